@@ -1,0 +1,181 @@
+"""Capture intermediate tensors (layer inputs/outputs) through onnxruntime with bounded memory.
+
+The chosen tensors become extra graph outputs of a temporary copy (the caller's model is never
+touched); one session per call is reused for every batch. Output types come from ONNX shape
+inference where it knows them; tensors it cannot type are declared without a type, which
+onnxruntime accepts and fills in (a guessed FLOAT would break integer tensors).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+from .errors import ConfigError
+from .report import fmt_bytes
+
+DEFAULT_COLLECT_BYTES = 1 << 30  # collect() refuses to hold more than 1 GB of activations
+_SKELETON_MIN = 64
+
+
+def _proto(model: Any) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if hasattr(model, "proto"):
+        return model.proto
+    from . import io
+    return io.load(model)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX elem type from shape inference on a weight-free skeleton."""
+    skel = onnx.ModelProto()
+    skel.ir_version = model.ir_version
+    skel.opset_import.extend(model.opset_import)
+    g = skel.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for t in model.graph.initializer:
+        c = g.initializer.add()
+        if int(np.prod(t.dims)) >= _SKELETON_MIN and t.data_type in (onnx.TensorProto.FLOAT,
+                                                                     onnx.TensorProto.FLOAT16):
+            c.name, c.data_type = t.name, t.data_type
+            c.dims.extend(t.dims)
+        else:
+            c.CopyFrom(t)
+    try:
+        g = shape_inference.infer_shapes(skel).graph
+    except Exception:  # noqa: BLE001 - fall back to whatever the model declares
+        g = model.graph
+    types = {}
+    for vi in list(g.value_info) + list(g.output) + list(model.graph.value_info):
+        if vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    return types
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[str]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Node outputs that depend on a graph input (not constant folding fodder), in graph order."""
+    live = set(graph_inputs(model))
+    order = []
+    for node in model.graph.node:
+        if any(i in live for i in node.input if i):
+            for o in node.output:
+                if o and o not in live:
+                    live.add(o)
+                    order.append(o)
+    return order
+
+
+def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``names`` added as graph outputs (the original is not modified)."""
+    produced = {o for n in model.graph.node for o in n.output if o}
+    inputs = set(graph_inputs(model))
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in produced and name not in inputs:
+            raise ConfigError(f"tensor {name!r} is not produced by any node of the model",
+                              "pick tensor names from the graph (see `onnxcomp inspect`)")
+    new = [n for n in dict.fromkeys(names) if n not in existing]
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    types = _elem_types(model) if new else {}
+    for name in new:
+        vi = copy.graph.output.add()
+        vi.name = name
+        if name in types:
+            vi.type.tensor_type.elem_type = types[name]
+    return copy
+
+
+def split_batch(batch: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Slices of at most ``size`` samples (views, no copies)."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    for i in range(0, max(n, 1), max(1, size)):
+        yield {k: v[i:i + size] for k, v in batch.items()}
+
+
+class Capturer:
+    """One session over a copy of the model that returns the chosen tensors for each batch."""
+
+    def __init__(self, model: Any, names: Sequence[str], *, threads: int | None = None,
+                 include_outputs: bool = False, provider: str | None = None) -> None:
+        from .runtime import DEFAULT_PROVIDER, session
+
+        proto = _proto(model)
+        self.inputs = set(graph_inputs(proto))
+        self.names = list(dict.fromkeys(names))
+        graph_outputs = [o.name for o in proto.graph.output]
+        outputs = graph_outputs if include_outputs else []
+        self.fetch = list(dict.fromkeys([n for n in self.names if n not in self.inputs] + outputs))
+        extra = [n for n in self.fetch if n not in graph_outputs]
+        self.sess = session(proto, threads=threads, provider=provider or DEFAULT_PROVIDER,
+                            extra_outputs=extra)
+        self._feeds = [i.name for i in self.sess.get_inputs()]
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: batch[k] for k in self._feeds if k in batch}
+        out = dict(zip(self.fetch, self.sess.run(self.fetch, feed))) if self.fetch else {}
+        for name in self.names:
+            if name in self.inputs:
+                out[name] = batch[name]
+        return out
+
+
+def capture(model: Any, tensor_names: Sequence[str], data: Iterable[dict[str, np.ndarray]], *,
+            threads: int | None = None, include_outputs: bool = False,
+            max_bytes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{tensor_name: array}`` per batch for the chosen tensors (plus outputs if asked).
+
+    With ``max_bytes``, batches are split so one result dict stays below that many bytes (the
+    per-sample size is measured on the first sample).
+    """
+    cap = Capturer(model, tensor_names, threads=threads, include_outputs=include_outputs)
+    chunk = None
+    for batch in data:
+        if max_bytes is None:
+            yield cap.run(batch)
+            continue
+        start = 0
+        n = len(next(iter(batch.values())))
+        while start < n:
+            size = chunk or 1
+            out = cap.run({k: v[start:start + size] for k, v in batch.items()})
+            if chunk is None:
+                per_sample = max(1, sum(a.nbytes for a in out.values()))
+                chunk = max(1, int(max_bytes // per_sample))
+            start += size
+            yield out
+
+
+def collect(model: Any, names: Sequence[str], data: Iterable[dict[str, np.ndarray]],
+            max_samples: int | None = None, *, threads: int | None = None,
+            max_bytes: int = DEFAULT_COLLECT_BYTES) -> dict[str, np.ndarray]:
+    """Capture ``names`` and concatenate along axis 0, up to ``max_samples`` and ``max_bytes``."""
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    total = count = 0
+    for out in capture(model, names, data, threads=threads):
+        n = len(next(iter(out.values())))
+        if max_samples is not None:
+            n = min(n, max_samples - count)
+        total += sum(a[:n].nbytes for a in out.values())
+        if total > max_bytes:
+            raise ConfigError(f"collecting {len(names)} tensor(s) would exceed {fmt_bytes(max_bytes)} "
+                              f"of memory after {count} samples",
+                              "use fewer calibration samples (--num-samples / max_samples) or raise max_bytes")
+        for k in names:
+            parts[k].append(np.array(out[k][:n]))
+        count += n
+        if max_samples is not None and count >= max_samples:
+            break
+    if count == 0:
+        raise ConfigError("no calibration samples were captured", "give data with at least one sample")
+    return {k: np.concatenate(v) for k, v in parts.items()}

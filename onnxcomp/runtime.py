@@ -1,0 +1,113 @@
+"""onnxruntime sessions from a proto or a file, and batch streaming through them."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import ConfigError, ModelLoadError
+
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+# protobuf cannot serialise past 2 GB: above this a proto goes through a temp file with external data
+PROTO_BYTES_LIMIT = 1_800_000_000
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+    return list(ort.get_available_providers())
+
+
+def resolve_provider(name: str | None) -> str:
+    """``cpu``, ``CPU`` or ``CPUExecutionProvider`` -> the provider's full name; ConfigError if absent."""
+    name = name or DEFAULT_PROVIDER
+    available = available_providers()
+    for p in available:
+        if name.lower() in (p.lower(), p.lower().removesuffix("executionprovider")):
+            return p
+    raise ConfigError(f"provider {name!r} is not available in this onnxruntime build",
+                      f"choose one of: {', '.join(available)}")
+
+
+def session_options(threads: int | None = None) -> Any:
+    """Quiet session options; ``threads`` pins intra-op threads (inter-op runs sequentially)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        if int(threads) < 1:
+            raise ConfigError(f"threads={threads} is not positive", "pass --threads 1 or more")
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
+def _as_proto_or_path(model: Any) -> onnx.ModelProto | Path:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if hasattr(model, "proto"):  # onnxcomp.api.Model
+        return model.proto
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist", "check the path")
+    return path
+
+
+def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_PROVIDER,
+            extra_outputs: Sequence[str] | None = None) -> Any:
+    """An onnxruntime InferenceSession for a ModelProto, an onnxcomp Model or a file path.
+
+    ``extra_outputs`` exposes intermediate tensors as outputs (on a copy; see
+    :func:`onnxcomp.activations.expose`). Protos above ~1.8 GB go through a temp file.
+    """
+    import onnxruntime as ort
+
+    provider = resolve_provider(provider)
+    src = _as_proto_or_path(model)
+    if extra_outputs:
+        if isinstance(src, Path):
+            from . import io
+            src = io.load(src)
+        from .activations import expose
+        src = expose(src, extra_outputs)
+    opts = session_options(threads)
+    tmp = None
+    try:
+        if isinstance(src, Path):
+            sess = ort.InferenceSession(str(src), opts, providers=[provider])
+        elif src.ByteSize() > PROTO_BYTES_LIMIT:
+            tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-session-")
+            path = os.path.join(tmp.name, "model.onnx")
+            onnx.save_model(src, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            sess = ort.InferenceSession(path, opts, providers=[provider])
+        else:
+            sess = ort.InferenceSession(src.SerializeToString(), opts, providers=[provider])
+    except (ConfigError, ModelLoadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        name = str(src) if isinstance(src, Path) else "the model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"onnxruntime cannot load {name}: {first}",
+                             "check the model with `onnxcomp inspect` or re-export it") from None
+    if tmp is not None:
+        sess._onnxcomp_tmp = tmp  # keep the external data alive as long as the session
+    return sess
+
+
+def feed(sess: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The part of a batch the session takes as inputs."""
+    return {i.name: batch[i.name] for i in sess.get_inputs() if i.name in batch}
+
+
+def run_batches(sess: Any, data: Iterable[dict[str, np.ndarray]],
+                output_names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Run every batch; yield ``{output_name: array}`` per batch."""
+    names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
+    for batch in data:
+        yield dict(zip(names, sess.run(names, feed(sess, batch))))
