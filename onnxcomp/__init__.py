@@ -1,0 +1,16 @@
+"""onnxcomp: post-training compression of ONNX models.
+
+The public API, re-exported; see :mod:`onnxcomp.api`.
+"""
+from .api import Model, as_model, inspect, load, save
+from .errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
+                     QualityGateError, UnsupportedModelError)
+from .graph.weights import Weight, find_weights
+from .inspection import InspectReport
+
+__all__ = [
+    "Model", "as_model", "load", "save", "inspect", "find_weights", "Weight", "InspectReport",
+    "OnnxCompError", "ModelLoadError", "ModelSaveError", "ConfigError", "DataError",
+    "UnsupportedModelError", "QualityGateError",
+]
+__version__ = "0.1.0"

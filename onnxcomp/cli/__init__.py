@@ -1,0 +1,48 @@
+"""The ``onnxcomp`` command line: one sub-command per capability.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback); 3 a quality
+gate was not met (the output is still written); 1 a bug (traceback); 130 interrupted.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import OnnxCompError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="onnxcomp")
+def cli() -> None:
+    """Post-training compression of ONNX models: prune, factorize, cluster, benchmark."""
+
+
+def _register() -> None:
+    from . import inspect_cmd  # noqa: F401 - each module adds its command to ``cli``
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the exit code."""
+    _register()
+    try:
+        rv = cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except OnnxCompError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        code = exc.exit_code
+    except click.exceptions.UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        code = 2
+    except click.exceptions.ClickException as exc:
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        code = 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted; no output written", err=True)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code

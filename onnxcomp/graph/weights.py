@@ -1,0 +1,331 @@
+"""Find every weight of a model, wherever the exporter put it, and write weights back.
+
+A weight is a constant tensor feeding a compute op (Conv, ConvTranspose, Gemm, MatMul). Exporters
+store such tensors as initializers, as ``Constant`` nodes (paddle2onnx), or as ``ConstantOfShape``
+with a constant shape (the ONNX zoo's architecture-only models), sometimes behind ``Identity``.
+Passes work on :class:`Weight` objects and never on raw protobufs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE)
+QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+             "DynamicQuantizeLinear", "QGemm")
+
+
+@dataclass
+class Use:
+    """One consumer of a weight: the node, the input slot and the role it plays there."""
+
+    node: onnx.NodeProto
+    index: int
+    role: str
+
+
+@dataclass
+class Weight:
+    """A constant tensor feeding compute ops, with its role and channel axes.
+
+    ``role`` is one of conv, conv_bias, convtranspose, convtranspose_bias, gemm_b, gemm_a, gemm_c,
+    matmul_b, matmul_a. ``out_axis``/``in_axis`` index the output-channel and reduction axes of
+    the stored tensor (None where they do not apply). ``source`` tells where it lives:
+    initializer, constant (a Constant node) or constant_of_shape.
+    """
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    role: str
+    out_axis: int | None
+    in_axis: int | None
+    group: int = 1
+    uses: list[Use] = field(default_factory=list)
+    holder: object = None  # the TensorProto / NodeProto that stores it
+    stored_shape: tuple[int, ...] | None = None  # differs from shape when seen through a Reshape
+
+    @property
+    def op_type(self) -> str:
+        return self.uses[0].node.op_type
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def consumers(self) -> list[str]:
+        return [u.node.name or u.node.output[0] for u in self.uses]
+
+    @property
+    def shared(self) -> bool:
+        return len(self.uses) > 1
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(u.role for u in self.uses))
+
+    @property
+    def is_bias(self) -> bool:
+        return self.role in ("conv_bias", "convtranspose_bias", "gemm_c")
+
+    @property
+    def is_depthwise(self) -> bool:
+        """A Conv kernel whose groups equal its output channels (one input channel each)."""
+        return self.role == "conv" and self.group > 1 and self.shape[1] == 1
+
+    def values(self) -> np.ndarray:
+        """The weight as a numpy array (a copy for ConstantOfShape)."""
+        if self.source == "constant_of_shape":
+            value = _constant_of_shape_value(self.holder)
+            return np.full(self.shape, value, dtype=self.dtype)
+        tensor = self.holder if self.source == "initializer" else _constant_tensor(self.holder)
+        return numpy_helper.to_array(tensor).reshape(self.shape)
+
+
+@dataclass
+class WeightReport:
+    """All weights of a graph plus the constant tensors found but deliberately left alone."""
+
+    weights: list[Weight]
+    quantized: list[str] = field(default_factory=list)  # feed DequantizeLinear / QLinear ops
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor name -> reason
+
+    def by_name(self) -> dict[str, Weight]:
+        return {w.name: w for w in self.weights}
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return attr.t
+    return None  # value_float(s)/value_int(s)/sparse_value: not weight-like
+
+
+def _constant_of_shape_value(node: onnx.NodeProto) -> float:
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t).reshape(-1)[0]
+    return np.float32(0.0)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+class _Constants:
+    """Where each constant tensor of a graph lives (without decoding any data)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.producers: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producers[out] = node
+
+    def shape_values(self, name: str) -> tuple[int, ...] | None:
+        if name in self.initializers:
+            return tuple(int(v) for v in numpy_helper.to_array(self.initializers[name]).reshape(-1))
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            t = _constant_tensor(node)
+            if t is not None:
+                return tuple(int(v) for v in numpy_helper.to_array(t).reshape(-1))
+        return None
+
+    def resolve(self, name: str) -> tuple[str, str, object, tuple[int, ...], int, tuple | None] | None:
+        """(tensor name, source, holder, stored shape, onnx dtype, view shape) of a constant.
+
+        Follows Identity, and Reshape with a constant target shape (``view shape`` is then the
+        shape the consumer sees; None when it sees the stored shape).
+        """
+        hit = self._resolve(name)
+        if hit is None or not self._reshape_chain:
+            return None if hit is None else (*hit, None)
+        view = hit[3]
+        for target in reversed(self._reshape_chain):
+            view = _reshaped(view, target)
+            if view is None:
+                return None
+        return (*hit, view)
+
+    def _resolve(self, name: str):
+        self._reshape_chain: list[tuple[int, ...]] = []
+        seen = 0
+        while seen < 16:
+            seen += 1
+            if name in self.initializers:
+                t = self.initializers[name]
+                return name, "initializer", t, tuple(t.dims), t.data_type
+            node = self.producers.get(name)
+            if node is None:
+                return None
+            if node.op_type == "Identity":
+                name = node.input[0]
+                continue
+            if node.op_type == "Reshape" and len(node.input) == 2:
+                target = self.shape_values(node.input[1])
+                if target is None:
+                    return None
+                self._reshape_chain.append(target)
+                name = node.input[0]
+                continue
+            if node.op_type == "Constant":
+                t = _constant_tensor(node)
+                if t is None:
+                    return None
+                return name, "constant", node, tuple(t.dims), t.data_type
+            if node.op_type == "ConstantOfShape":
+                shape = self.shape_values(node.input[0]) if node.input else ()
+                if shape is None:
+                    return None
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                dtype = value.data_type if value is not None else onnx.TensorProto.FLOAT
+                return name, "constant_of_shape", node, shape, dtype
+            return None
+        return None
+
+
+def _reshaped(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
+    """numpy-style Reshape semantics (0 copies the input dim, one -1 is inferred)."""
+    out = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(target)]
+    total = int(np.prod(shape, dtype=np.int64))
+    if out.count(-1) == 1:
+        rest = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        if rest == 0 or total % rest:
+            return None
+        out[out.index(-1)] = total // rest
+    if any(d < 0 for d in out) or int(np.prod(out, dtype=np.int64)) != total:
+        return None
+    return tuple(out)
+
+
+def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]]:
+    """(input index, role, out_axis, in_axis) for each weight slot of a compute node."""
+    op = node.op_type
+    if op == "Conv":
+        return [(1, "conv", 0, 1), (2, "conv_bias", 0, None)]
+    if op == "ConvTranspose":
+        return [(1, "convtranspose", 1, 0), (2, "convtranspose_bias", 0, None)]
+    if op == "Gemm":
+        ta, tb = _attr(node, "transA", 0), _attr(node, "transB", 0)
+        return [(1, "gemm_b", 0 if tb else 1, 1 if tb else 0),
+                (0, "gemm_a", 1 if ta else 0, 0 if ta else 1),
+                (2, "gemm_c", -1, None)]
+    if op == "MatMul":
+        return [(1, "matmul_b", -1, -2), (0, "matmul_a", -2, -1)]
+    return []
+
+
+def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1) -> WeightReport:
+    """Every constant float tensor feeding Conv/ConvTranspose/Gemm/MatMul in the main graph.
+
+    Weights feeding DequantizeLinear or QLinear/Integer ops are listed in ``quantized`` and never
+    returned as weights. Non-float constants and constants of unknown shape are in ``skipped``.
+    """
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
+    consts = _Constants(graph)
+    found: dict[str, Weight] = {}
+    report = WeightReport(weights=[])
+    for node in graph.node:
+        if node.op_type in QUANT_OPS:
+            for name in node.input:
+                hit = consts.resolve(name) if name else None
+                if hit is not None and hit[0] not in report.quantized:
+                    report.quantized.append(hit[0])
+            continue
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        for index, role, out_axis, in_axis in _roles(node):
+            if index >= len(node.input) or not node.input[index]:
+                continue
+            hit = consts.resolve(node.input[index])
+            if hit is None:
+                continue
+            name, source, holder, stored, dtype, view = hit
+            shape = view if view is not None else stored
+            if dtype not in FLOAT_TYPES:
+                report.skipped[name] = f"dtype {onnx.TensorProto.DataType.Name(dtype)} is not float"
+                continue
+            if len(shape) == 0 or int(np.prod(shape)) < min_size:
+                continue
+            if role in ("matmul_b", "matmul_a") and len(shape) < 2:
+                report.skipped[name] = "1-D MatMul operand"
+                continue
+            use = Use(node=node, index=index, role=role)
+            if name in found:
+                found[name].uses.append(use)
+                continue
+            rank = len(shape)
+            found[name] = Weight(
+                name=name, source=source, shape=tuple(int(d) for d in shape),
+                dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtype)), role=role,
+                out_axis=None if out_axis is None else out_axis % rank,
+                in_axis=None if in_axis is None else in_axis % rank,
+                group=int(_attr(node, "group", 1)) if node.op_type in ("Conv", "ConvTranspose") else 1,
+                uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored))
+    quantized = set(report.quantized)
+    report.weights = [w for w in found.values() if w.name not in quantized]
+    for w in found.values():
+        if w.name in quantized:
+            report.skipped[w.name] = "already quantized (feeds DequantizeLinear); left alone"
+    return report
+
+
+def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> None:
+    """Write new values for a weight back where it lives, keeping its name and dtype.
+
+    A ConstantOfShape weight cannot hold arbitrary values; it becomes an initializer of the same
+    name (its node is removed). All consumers see the new values (shared weights stay consistent).
+    """
+    values = np.asarray(values, dtype=weight.dtype)
+    if tuple(values.shape) != tuple(weight.shape):
+        raise ValueError(f"new values for {weight.name} have shape {values.shape}, not {weight.shape}")
+    values = values.reshape(weight.stored_shape or weight.shape)
+    tensor = numpy_helper.from_array(values, weight.name)
+    graph = model.graph
+    if weight.source == "initializer":
+        weight.holder.CopyFrom(tensor)
+    elif weight.source == "constant":
+        for attr in weight.holder.attribute:
+            if attr.name == "value":
+                attr.t.CopyFrom(tensor)
+    else:  # constant_of_shape -> initializer
+        node = weight.holder
+        graph.node.remove(node)
+        graph.initializer.append(tensor)
+        weight.source, weight.holder = "initializer", graph.initializer[-1]
+    # Identity / Reshape chains between storage and use stay; values flow through them unchanged
+
+
+def remove_storage(model: onnx.ModelProto, weight: Weight) -> None:
+    """Delete the tensor's storage so an encoding subgraph can produce the same name instead."""
+    graph = model.graph
+    if weight.source == "initializer":
+        graph.initializer.remove(weight.holder)
+        for i, vi in enumerate(graph.input):
+            if vi.name == weight.name:  # older exporters list initializers as inputs too
+                del graph.input[i]
+                break
+    else:
+        graph.node.remove(weight.holder)
+    weight.holder = None

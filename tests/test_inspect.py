@@ -1,0 +1,72 @@
+"""inspect: params and MACs on the ONNX zoo architectures shipped inside the onnx package."""
+import json
+
+import pytest
+
+import onnxcomp as oc
+from onnxcomp.cli import main
+
+from . import models as M
+
+# (params, Conv params, Gemm params, MACs) from the issue; each must hold within 2 %
+ZOO = {
+    "light_bvlc_alexnet": (60.97e6, 2.33e6, 58.63e6, 0.655e9),
+    "light_vgg19": (143.67e6, None, None, 19.63e9),
+    "light_resnet50": (25.50e6, None, None, 4.09e9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_figures(name):
+    params, conv, gemm, macs = ZOO[name]
+    r = oc.inspect(oc.load(M.LIGHT / f"{name}.onnx"))
+    assert r.total_params == pytest.approx(params, rel=0.02)
+    assert r.total_macs == pytest.approx(macs, rel=0.02)
+    if conv:
+        assert r.by_op["Conv"]["params"] == pytest.approx(conv, rel=0.02)
+        assert r.by_op["Gemm"]["params"] == pytest.approx(gemm, rel=0.02)
+        assert r.by_op["Gemm"]["params_share"] == pytest.approx(0.96, abs=0.01)
+
+
+def test_alexnet_groups_are_visible():
+    r = oc.inspect(oc.load(M.LIGHT / "light_bvlc_alexnet.onnx"))
+    assert [x.groups for x in r.layers if x.op == "Conv"] == [1, 2, 1, 2, 2]
+    assert any("groups=2" in n for n in r.notes)
+
+
+def test_json_output(capsys):
+    assert main(["inspect", str(M.LIGHT / "light_bvlc_alexnet.onnx"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {"total_params", "total_macs", "by_op", "layers"} <= set(d)
+    assert set(d["by_op"]) == {"Conv", "Gemm"} and len(d["layers"]) == 8
+    assert d["by_op"]["Gemm"]["params"] == pytest.approx(58.63e6, rel=0.02)
+
+
+def test_dynamic_dims_are_unknown_not_guessed(tmp_path):
+    # batch is dynamic (counted as 1); the spatial dims are dynamic too -> MACs unknown
+    model = M.conv_bn_relu(batch="N")
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    r = oc.inspect(model)
+    assert r.total_macs is None and any("--input-shape" in n for n in r.notes)
+    r = oc.inspect(model, input_shapes={"x": (1, 3, 8, 8)})
+    # conv1: 8*8*8 outputs x 3*9; conv2: 8*8*8 x 8*9; fc: 5*8
+    assert r.total_macs == 512 * 27 + 512 * 72 + 40
+
+
+def test_batch_dim_counts_as_one():
+    r = oc.inspect(M.conv_bn_relu(batch="N"))
+    assert r.total_macs == 512 * 27 + 512 * 72 + 40
+
+
+def test_sparsity_and_storage_reported():
+    model = M.constant_node_weights()
+    r = oc.inspect(model)
+    assert {x.storage for x in r.layers} == {"constant"}
+    assert r.storage == {"constant": 2}
+
+
+def test_input_shape_for_unknown_input_is_an_error(capsys):
+    code = main(["inspect", str(M.LIGHT / "light_bvlc_alexnet.onnx"), "--input-shape", "nope=1x3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a model input" in err and err.count("\n") == 1
