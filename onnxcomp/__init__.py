@@ -2,9 +2,11 @@
 
 The public API, re-exported; see :mod:`onnxcomp.api`.
 """
-from .api import Model, as_model, inspect, load, save
+from .api import Model, as_model, bench, compare, inspect, load, save
+from .calibration import CalibrationData, load_data
 from .errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
                      QualityGateError, UnsupportedModelError)
+from .evaluate import FidelityReport
 from .graph.weights import Weight, find_weights
 from .inspection import InspectReport
 
@@ -12,5 +14,6 @@ __all__ = [
     "Model", "as_model", "load", "save", "inspect", "find_weights", "Weight", "InspectReport",
     "OnnxCompError", "ModelLoadError", "ModelSaveError", "ConfigError", "DataError",
     "UnsupportedModelError", "QualityGateError",
+    "compare", "bench", "load_data", "CalibrationData", "FidelityReport",
 ]
 __version__ = "0.1.0"

@@ -68,3 +68,26 @@ def inspect(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None = 
     m = as_model(model)
     return _inspect(m.proto, input_shapes=input_shapes, file_size=m.file_size,
                     name=str(m.path) if m.path else "")
+
+
+def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None, per_layer: bool = False,
+            input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
+            num_samples: int | None = None, threads: int | None = None):
+    """Fidelity of ``candidate`` against ``original`` on the same inputs (see onnxcomp.evaluate).
+
+    ``data``: a path (.npz, .npy, folder), None for random data, or an iterable of batches.
+    """
+    from .evaluate import compare as _compare
+
+    return _compare(original, candidate, data, labels=labels, per_layer=per_layer, threads=threads,
+                    input_shapes=input_shapes, batch_size=batch_size, num_samples=num_samples)
+
+
+def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvider", runs: int = 50,
+          warmup: int = 5, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
+          ort_format: bool = False, mobile_check: bool = False):
+    """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.bench)."""
+    from .bench import bench as _bench
+
+    return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
+                  input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)
