@@ -154,3 +154,33 @@ def with_zeroed(model: onnx.ModelProto, weight: str) -> onnx.ModelProto:
         if t.name == weight:
             t.CopyFrom(init(weight, np.zeros_like(numpy_helper.to_array(t))))
     return out
+
+
+def classifier(batch="batch", channels: int = 8, n_cls: int = 10, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """x[batch,1,hw,hw] -> Conv 3x3 -> BN -> Relu -> Conv 3x3 /2 -> Relu -> Flatten -> Gemm.
+
+    No global pooling, so predictions depend on the input (the class changes from sample to
+    sample on random data); ``channels`` sets both convs' output channels.
+    """
+    r = rng(seed)
+    c, h2 = channels, hw // 2
+    inits = [init("w1", r.normal(0, 0.5, (c, 1, 3, 3)).astype(np.float32)),
+             init("b1", r.normal(0, 0.1, c).astype(np.float32)),
+             init("bn_s", r.uniform(0.5, 1.5, c).astype(np.float32)),
+             init("bn_b", r.normal(0, 0.1, c).astype(np.float32)),
+             init("bn_m", r.normal(0, 0.1, c).astype(np.float32)),
+             init("bn_v", r.uniform(0.5, 1.5, c).astype(np.float32)),
+             init("w2", r.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32)),
+             init("b2", r.normal(0, 0.1, c).astype(np.float32)),
+             init("fc_w", r.normal(0, 0.2, (n_cls, c * h2 * h2)).astype(np.float32)),
+             init("fc_b", np.zeros(n_cls, np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["conv1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["conv1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn1"],
+                              name="bn1"),
+             helper.make_node("Relu", ["bn1"], ["relu1"], name="relu1"),
+             helper.make_node("Conv", ["relu1", "w2", "b2"], ["conv2"], name="conv2", pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("Relu", ["conv2"], ["relu2"], name="relu2"),
+             helper.make_node("Flatten", ["relu2"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
+    return make(nodes, [vi("x", [batch, 1, hw, hw])], [vi("logits", [batch, n_cls])], inits)

@@ -1,0 +1,79 @@
+"""bench: child processes, interleaved runs, ratios to the first model; no absolute times asserted."""
+import json
+
+import pytest
+
+from onnxcomp.bench import _schedule, bench
+from onnxcomp.cli import main
+
+from . import models as M
+
+
+@pytest.fixture
+def files(tmp_path):
+    full = M.save(M.classifier(channels=16), tmp_path / "full.onnx")
+    half = M.save(M.classifier(channels=8), tmp_path / "half.onnx")
+    return str(full), str(half)
+
+
+def test_same_model_twice_ratios_near_one(files):
+    full, _ = files
+    r = bench([full, full], runs=40, warmup=3, rounds=8)
+    a, b = r.entries
+    assert b.ratios["file_size"] == 1.0
+    for key in ("p50_ms", "mean_ms", "throughput"):
+        assert 0.5 <= b.ratios[key] <= 2.0, (key, b.ratios)
+    assert len(a.times_ms) == 40 and a.p50_ms <= a.p90_ms <= a.p99_ms
+    assert a.peak_rss and a.peak_rss > 0 and a.model_rss is not None
+    assert a.create_s > 0 and a.throughput > 0
+
+
+def test_half_channels_cli_json_plot_ort(tmp_path, capsys, files):
+    full, half = files
+    plot = tmp_path / "lat.png"
+    args = ["bench", full, half, "--runs", "6", "--warmup", "1", "--batch", "2", "--json", "--ort-format"]
+    if _has_matplotlib():
+        args += ["--plot", str(plot)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = [e["name"] for e in out["entries"]]
+    assert names[:2] == [full, half]
+    assert out["entries"][1]["ratios"]["file_size"] < 1.0  # half the conv channels: smaller file
+    assert out["entries"][1]["ratios"]["p50_ms"] is not None  # latency ratio reported
+    assert any(n.endswith("(.ort)") for n in names) or out["notes"]
+    if _has_matplotlib():
+        assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_human_output_and_mobile_check(capsys, files):
+    full, _ = files
+    assert main(["bench", full, "--runs", "3", "--warmup", "0", "--mobile-check"]) == 0
+    out = capsys.readouterr().out
+    assert "p50 ms" in out and "mobile check full.onnx" in out
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--provider", "NoSuchExecutionProvider"], "choose one of: "),
+    (["--input-shape", "y=1x1x8x8"], "not a model input"),
+])
+def test_bad_bench_options_exit_2(capsys, files, argv, expect):
+    code = main(["bench", files[0], "--runs", "1"] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and expect in err and "Traceback" not in err
+
+
+def test_missing_model_exit_2(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "none.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_schedule_spreads_runs():
+    assert _schedule(10, 4) == [3, 3, 2, 2] and sum(_schedule(7, 7)) == 7
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True

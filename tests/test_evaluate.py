@@ -1,0 +1,113 @@
+"""compare(): exact self-agreement, a damaged conv found first per layer, labels, gates, CLI JSON."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import onnxcomp as oc
+from onnxcomp.cli import main
+from onnxcomp.evaluate import compare
+
+from . import models as M
+
+
+@pytest.fixture
+def model():
+    return M.classifier()
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).normal(size=(48, 1, 8, 8)).astype(np.float32))
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path, model):
+    a = M.save(model, tmp_path / "a.onnx")
+    b = M.save(M.with_zeroed(model, "w1"), tmp_path / "b.onnx")
+    return str(a), str(b)
+
+
+def test_self_comparison_is_exact(model, data):
+    r = compare(model, model, data, per_layer=True)
+    o = r.outputs[0]
+    assert o["top1_agreement"] == 1.0 and o["top5_overlap"] == 1.0
+    assert o["max_abs"] == 0.0 and o["rel_l2"] == 0.0 and o["sqnr_db"] == math.inf
+    assert o["cosine"] == pytest.approx(1.0)
+    assert r.first_degraded is None and all(e["sqnr_db"] == math.inf for e in r.per_layer)
+    assert r.num_samples == 48 and not r.random_data
+    d = json.loads(oc.report.to_json(r))
+    assert d["outputs"][0]["sqnr_db"] is None  # inf is not JSON: reported as null
+
+
+def test_zeroed_conv_is_reported_and_named_first(model, data):
+    r = compare(model, M.with_zeroed(model, "w1"), data, per_layer=True)
+    o = r.outputs[0]
+    assert o["top1_agreement"] < 0.9 and o["cosine"] < 0.99 and o["max_abs"] > 0 and o["sqnr_db"] < 20
+    assert [e["tensor"] for e in r.per_layer][:3] == ["conv1", "bn1", "relu1"]  # graph order
+    assert r.first_degraded == "conv1"
+    assert r.per_layer[0]["rel_l2"] > 0.1
+
+
+def test_labels_give_accuracy_of_both(model, data):
+    import onnxruntime as ort
+
+    x = np.load(data)["x"]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = sess.run(None, {"x": x})[0].argmax(1)
+    r = compare(model, M.with_zeroed(model, "w1"), data, labels=labels)
+    assert r.accuracy["original"] == 1.0 and r.accuracy["n"] == 48
+    assert r.accuracy["drop"] == pytest.approx(1.0 - r.accuracy["candidate"])
+    assert "accuracy 100.00 %" in r.summary
+
+
+def test_regression_output_has_no_top1(tmp_path):
+    nodes = [M.helper.make_node("Relu", ["x"], ["y"])]
+    model = M.make(nodes, [M.vi("x", ["N", 3, 4])], [M.vi("y", ["N", 3, 4])])
+    r = compare(model, model, None, num_samples=4)
+    assert r.outputs[0]["top1_agreement"] is None and r.headline[0] == "cosine"
+    assert r.random_data and "random data: no quality guarantee" in r.summary
+
+
+def test_cli_compare_json_and_per_layer(capsys, files, data):
+    a, b = files
+    assert main(["compare", a, b, "--data", data, "--per-layer", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["first_degraded"] == "conv1" and out["gate_failed"] is None
+    assert main(["compare", a, b, "--data", data, "--per-layer"]) == 0
+    text = capsys.readouterr().out
+    assert "first degraded: conv1" in text
+
+
+def test_cli_gate_exit_3(capsys, files, data):
+    a, b = files
+    assert main(["compare", a, b, "--data", data, "--min-agreement", "99.5%"]) == 3
+    captured = capsys.readouterr()
+    assert "summary:" in captured.out
+    assert captured.err.count("\n") == 1 and "--min-agreement 99.50 %" in captured.err
+    assert main(["compare", a, a, "--data", data, "--max-drop", "0", "--min-agreement", "1"]) == 0
+
+
+def test_cli_random_data_is_labelled(capsys, files):
+    a, _ = files
+    assert main(["compare", a, a, "--num-samples", "4"]) == 0
+    assert "random data: no quality guarantee" in capsys.readouterr().out
+
+
+def test_cli_compare_plot(tmp_path, files, data):
+    pytest.importorskip("matplotlib")
+    a, b = files
+    out = tmp_path / "layers.png"
+    assert main(["compare", a, b, "--data", data, "--plot", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not (M.MODELS / "digits_test.npz").exists(), reason="real models absent")
+def test_real_digits_models_with_labels():
+    r = compare(M.MODELS / "resnet_digits.onnx", M.MODELS / "mobilenet_digits.onnx",
+                str(M.MODELS / "digits_test.npz"))
+    assert r.accuracy is not None and r.accuracy["original"] > 0.9 and r.accuracy["candidate"] > 0.9
+    assert r.outputs[0]["top1_agreement"] > 0.9

@@ -1,0 +1,93 @@
+"""Verification on every write: default output, sizes, fidelity, gates, shared CLI options."""
+import json
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import onnxcomp as oc
+from onnxcomp.cli.common import (data_from_options, data_options, emit_write_result, gate_options,
+                                 input_shape_option, render_write_result)
+from onnxcomp.errors import ConfigError, ModelSaveError, QualityGateError
+from onnxcomp.evaluate import compare
+from onnxcomp.verify import check_gates, finish
+
+from . import models as M
+
+
+@pytest.fixture
+def original(tmp_path):
+    return oc.load(M.save(M.classifier(), tmp_path / "net.onnx"))
+
+
+@pytest.fixture
+def data(original):
+    x = np.random.default_rng(0).normal(size=(32, 1, 8, 8)).astype(np.float32)
+    return oc.load_data({"x": x}, original)
+
+
+def test_finish_writes_default_output_and_compares(original, data, capsys):
+    result = finish(original, original.copy().proto, None, command="prune", data=data)
+    assert result.path.name == "net.prune.onnx" and result.path.is_file()
+    assert result.size_after > 0 and result.ratio == pytest.approx(result.size_after / result.size_before)
+    assert result.fidelity.outputs[0]["top1_agreement"] == 1.0 and result.gate_failed is None
+    text = render_write_result(result)
+    assert "wrote" in text and "size:" in text and "top-1 agreement 100.00 %" in text
+    emit_write_result(result, as_json=True)
+    assert json.loads(capsys.readouterr().out)["fidelity"]["outputs"][0]["max_abs"] == 0.0
+
+
+def test_random_data_is_labelled(original):
+    result = finish(original, original.proto, original.path.with_name("r.onnx"), command="x",
+                    data=oc.load_data(None, original, num_samples=4))
+    assert result.fidelity.random_data
+    assert "random data: no quality guarantee" in render_write_result(result)
+
+
+def test_gate_miss_keeps_the_file_and_exits_3(original, data):
+    bad = M.with_zeroed(original.proto, "w1")
+    result = finish(original, bad, None, command="cluster", data=data, min_agreement=0.99)
+    assert result.path.is_file() and "below --min-agreement 99.00 %" in result.gate_failed
+    with pytest.raises(QualityGateError) as exc:
+        emit_write_result(result, as_json=False)
+    assert exc.value.exit_code == 3 and "still written" in exc.value.message
+
+
+def test_never_overwrites_the_input(original, data):
+    with pytest.raises(ModelSaveError, match="is the input model"):
+        finish(original, original.proto, original.path, command="x", data=data)
+
+
+def test_gate_rules(original, data):
+    labels = np.zeros(32, np.int64)
+    report = compare(original, M.with_zeroed(original.proto, "w1"), data, labels=labels)
+    acc = report.accuracy
+    assert check_gates(report, max_drop=1.0) is None
+    if acc["drop"] > 0:
+        assert "accuracy dropped" in check_gates(report, max_drop=acc["drop"] / 2)
+    same = compare(original, original, data)
+    assert check_gates(same, max_drop=0.0, min_agreement=1.0) is None
+    worse = compare(original, M.with_zeroed(original.proto, "w1"), data)
+    assert "points below 100 %" in check_gates(worse, max_drop=0.01)
+    with pytest.raises(ConfigError, match="outside 0..1"):
+        check_gates(same, max_drop=2.0)
+
+
+def test_shared_options_parse(original):
+    seen = {}
+
+    @click.command()
+    @input_shape_option
+    @data_options(input_shape=False)
+    @gate_options
+    def cmd(**kw):
+        seen.update(kw)
+        seen["data_obj"] = data_from_options(original, **kw)
+
+    res = CliRunner().invoke(cmd, ["--max-drop", "1%", "--min-agreement", "0.98", "--batch-size", "4",
+                                   "--num-samples", "6", "--input-shape", "x=2x1x8x8"])
+    assert res.exit_code == 0, res.output
+    assert seen["max_drop"] == pytest.approx(0.01) and seen["min_agreement"] == 0.98
+    assert seen["data_obj"].random and seen["data_obj"].num_samples == 6
+    assert CliRunner().invoke(cmd, ["--max-drop", "150%"]).exit_code == 2
