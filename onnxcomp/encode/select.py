@@ -1,0 +1,110 @@
+"""Choose, per weight, the smallest standard-ONNX encoding of its final values, and install it.
+
+Passes only change values (zeros from pruning, shared values from clustering); this stage looks
+at what each weight became and writes it in the smallest encoding that onnxruntime folds
+bit-exactly, or leaves it dense when nothing is smaller. The opset is raised only when an
+encoding needs it and every op in the graph means the same at the new opset.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import ConfigError
+from ..graph.weights import find_weights
+from ..io import default_opset
+from .base import Encoding
+from .common import NameScope, can_raise_opset, install_decoder, raise_opset
+from .sparse import Bitmask, Gaps, Zeros
+
+REGISTRY: dict[str, Encoding] = {e.kind: e for e in (Zeros(), Gaps(), Bitmask())}
+FAMILIES: dict[str, tuple[str, ...]] = {"sparse": ("zeros", "gaps", "bitmask")}
+MIN_SAVING = 0.02  # an encoding must save at least 2 % of the dense bytes to be worth a decoder
+
+
+def register(encoding: Encoding, family: str | None = None) -> None:
+    """Make an encoding available to ``encode_weights`` (and optionally to a family name)."""
+    REGISTRY[encoding.kind] = encoding
+    if family:
+        FAMILIES[family] = tuple(dict.fromkeys(FAMILIES.get(family, ()) + (encoding.kind,)))
+
+
+def allowed_kinds(encoding: str) -> tuple[str, ...]:
+    """The encodings an --encoding value allows ('auto' = all, 'dense' = none)."""
+    if encoding == "auto":
+        return tuple(REGISTRY)
+    if encoding == "dense":
+        return ()
+    if encoding in FAMILIES:
+        return FAMILIES[encoding]
+    if encoding in REGISTRY:
+        return (encoding,)
+    choices = ["auto", "dense", *FAMILIES, *REGISTRY]
+    raise ConfigError(f"--encoding {encoding!r} is unknown", f"choose one of: {', '.join(choices)}")
+
+
+@dataclass
+class EncodeChoice:
+    """How one weight is stored: encoding kind and bytes before/after."""
+
+    name: str
+    kind: str
+    dense_bytes: int
+    bytes: int
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok) -> tuple[str, int]:
+    """The smallest applicable encoding among ``kinds`` ('dense' when none beats dense)."""
+    dense = flat.size * flat.dtype.itemsize
+    best, best_size = "dense", dense
+    for kind in kinds:
+        enc = REGISTRY[kind]
+        if not opset_ok(enc.min_opset):
+            continue
+        size = enc.size(flat)
+        if size is not None and size < best_size and size < dense * (1 - MIN_SAVING):
+            best, best_size = kind, size
+    return best, best_size
+
+
+def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
+                   encoding: str = "auto") -> list[EncodeChoice]:
+    """Re-store each selected weight in its smallest encoding (in place); one row per weight."""
+    kinds = allowed_kinds(encoding)
+    fresh = NameScope(model)
+    choices: list[EncodeChoice] = []
+    blocked: set[int] = set()
+
+    def opset_ok(needed: int) -> bool:
+        if default_opset(model) >= needed:
+            return True
+        if needed in blocked:
+            return False
+        if can_raise_opset(model, needed):
+            return True
+        blocked.add(needed)
+        return False
+
+    for w in find_weights(model):
+        if names is not None and w.name not in names:
+            continue
+        if w.source not in ("initializer", "constant") or w.size == 0:
+            continue
+        flat = w.values().reshape(-1)
+        kind, size = best_encoding(flat, kinds, opset_ok)
+        reason = None
+        if kind != "dense":
+            enc = REGISTRY[kind]
+            raise_opset(model, enc.min_opset)
+            nodes, inits = enc.build(flat, w.stored_shape or w.shape, w.name, fresh)
+            install_decoder(model, w, nodes, inits)
+        elif kinds and any(default_opset(model) < REGISTRY[k].min_opset for k in kinds) and blocked:
+            reason = f"opset {default_opset(model)} cannot be raised safely for a smaller encoding"
+        choices.append(EncodeChoice(w.name, kind, w.nbytes, size, reason))
+    return choices

@@ -1,0 +1,1 @@
+"""Compression passes: one file per pass; see base.py for the abstraction."""
