@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .report import fmt_bytes
 
 DEFAULT_COLLECT_BYTES = 1 << 30  # collect() refuses to hold more than 1 GB of activations
@@ -96,6 +96,48 @@ def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     return copy
 
 
+def bytes_per_sample(model: onnx.ModelProto, names: Sequence[str],
+                     sample_shapes: dict[str, tuple[int, ...]]) -> dict[str, int | None]:
+    """Estimated bytes of one sample of each tensor (shape inference at batch 1; None = unknown)."""
+    from .graph.shapes import infer_shapes
+
+    try:
+        shapes = infer_shapes(model, input_shapes={k: (1,) + tuple(s[1:]) for k, s in sample_shapes.items()})
+    except Exception:  # noqa: BLE001 - estimation only: unknown sizes are handled by the caller
+        shapes = {}
+    out: dict[str, int | None] = {}
+    for name in names:
+        s = shapes.get(name)
+        known = s is not None and all(isinstance(d, int) and d > 0 for d in s)
+        out[name] = int(np.prod(s, dtype=np.int64)) * 4 if known else None
+    return out
+
+
+def plan_groups(model: onnx.ModelProto, names: Sequence[str], sample_shapes: dict[str, tuple[int, ...]],
+                max_bytes: int) -> list[tuple[list[str], int]]:
+    """Split ``names`` (in order) into groups whose tensors for one sample fit in ``max_bytes``.
+
+    Capturing group by group (one pass over the data each) bounds memory when all intermediate
+    tensors of a big model would not fit at once. Returns (names, bytes per sample) per group.
+    """
+    sizes = bytes_per_sample(model, names, sample_shapes)
+    known = [v for v in sizes.values() if v]
+    default = max(known) if known else max(1, max_bytes // 64)
+    groups: list[tuple[list[str], int]] = []
+    cur: list[str] = []
+    cur_bytes = 0
+    for name in names:
+        size = sizes[name] or default
+        if cur and cur_bytes + size > max_bytes:
+            groups.append((cur, cur_bytes))
+            cur, cur_bytes = [], 0
+        cur.append(name)
+        cur_bytes += size
+    if cur:
+        groups.append((cur, cur_bytes))
+    return groups
+
+
 def split_batch(batch: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
     """Slices of at most ``size`` samples (views, no copies)."""
     n = len(next(iter(batch.values()))) if batch else 0
@@ -107,10 +149,11 @@ class Capturer:
     """One session over a copy of the model that returns the chosen tensors for each batch."""
 
     def __init__(self, model: Any, names: Sequence[str], *, threads: int | None = None,
-                 include_outputs: bool = False, provider: str | None = None) -> None:
+                 include_outputs: bool = False, provider: str | None = None, label: str = "the model") -> None:
         from .runtime import DEFAULT_PROVIDER, session
 
         proto = _proto(model)
+        self.label = str(getattr(model, "path", None) or label)
         self.inputs = set(graph_inputs(proto))
         self.names = list(dict.fromkeys(names))
         graph_outputs = [o.name for o in proto.graph.output]
@@ -123,7 +166,12 @@ class Capturer:
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: batch[k] for k in self._feeds if k in batch}
-        out = dict(zip(self.fetch, self.sess.run(self.fetch, feed))) if self.fetch else {}
+        try:
+            out = dict(zip(self.fetch, self.sess.run(self.fetch, feed))) if self.fetch else {}
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types: report on one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"onnxruntime failed to run {self.label} on this data: {first}",
+                            "check that the data fits the model's inputs") from None
         for name in self.names:
             if name in self.inputs:
                 out[name] = batch[name]

@@ -193,7 +193,9 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
             if dims and not (isinstance(dims[0], int) and dims[0] > 0):
                 dims[0] = batch_size
             if any(not (isinstance(d, int) and d > 0) for d in dims):
-                example = "x".join(str(d) if isinstance(d, int) and d > 0 else str(d or "N") for d in dims)
+                example = "x".join(str(d) if isinstance(d, int) and d > 0 else
+                                   (d if isinstance(d, str) and d.isidentifier() and len(d) <= 8 else "N")
+                                   for d in dims)
                 raise DataError(f"random data for input {name!r} needs sizes for its dynamic dims "
                                 f"(the model expects {spec.describe()})",
                                 f"pass --input-shape {name}={example} or real data with --data")

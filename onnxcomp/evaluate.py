@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .activations import Capturer, activation_tensors
+from .activations import Capturer, activation_tensors, plan_groups
 from .calibration import RANDOM_NOTE, load_data, load_labels
 from .errors import DataError, UnsupportedModelError
 
@@ -116,10 +116,9 @@ class FidelityReport:
 
     @property
     def worst(self) -> str | None:
-        """The tensor with the lowest SQNR."""
-        if not self.per_layer:
-            return None
-        return min(self.per_layer, key=lambda e: e["sqnr_db"])["tensor"]
+        """The tensor with the lowest SQNR (None when every compared tensor is identical)."""
+        rows = [e for e in self.per_layer or [] if e["sqnr_db"] != math.inf]
+        return min(rows, key=lambda e: e["sqnr_db"])["tensor"] if rows else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -143,11 +142,76 @@ def _pair_outputs(a: list[str], b: list[str], notes: list[str]) -> list[tuple[st
                                 "compare models with the same outputs")
 
 
+class _Run:
+    """State of one comparison: accumulators filled pass by pass (pass 0 also takes the outputs)."""
+
+    def __init__(self, a: Any, b: Any, pairs: list[tuple[str, str]], layers: list[str],
+                 labels: np.ndarray | None, threads: int | None) -> None:
+        self.a, self.b, self.pairs, self.labels, self.threads = a, b, pairs, labels, threads
+        self.out_m = {p: _Metrics() for p in pairs}
+        self.layer_m = {t: _Metrics() for t in layers}
+        self.skipped: set[str] = set()
+        self.correct = np.zeros(2, np.int64)
+        self.samples = 0
+
+    def run_pass(self, data: Any, layers: list[str], outputs: bool, chunk: int | None) -> None:
+        """One pass over the data capturing ``layers`` (and the outputs), ``chunk`` samples a run."""
+        cap_a = Capturer(self.a, layers, threads=self.threads, include_outputs=outputs, label="the original")
+        cap_b = Capturer(self.b, layers, threads=self.threads, include_outputs=outputs, label="the candidate")
+        offset = 0
+        for batch in data:
+            n = len(next(iter(batch.values())))
+            for start in range(0, n, chunk or n):
+                part = {k: v[start:start + (chunk or n)] for k, v in batch.items()}
+                m = len(next(iter(part.values())))
+                ra, rb = cap_a.run(part), cap_b.run(part)
+                if outputs:
+                    self._outputs(ra, rb, offset, m)
+                for t in layers:
+                    if t in self.skipped or ra[t].shape != rb[t].shape or ra[t].dtype.kind != "f":
+                        self.skipped.add(t)
+                    else:
+                        self.layer_m[t].update(ra[t], rb[t])
+                offset += m
+        if outputs:
+            self.samples = offset
+
+    def _outputs(self, ra: dict, rb: dict, offset: int, m: int) -> None:
+        for (na, nb), acc in self.out_m.items():
+            if ra[na].shape != rb[nb].shape:
+                raise UnsupportedModelError(
+                    f"output {na!r} is {'x'.join(map(str, ra[na].shape))} in the original but "
+                    f"{'x'.join(map(str, rb[nb].shape))} in the candidate", "compare models with the same outputs")
+            acc.update(ra[na], rb[nb])
+        if self.labels is not None:
+            self.correct += _correct(ra[self.pairs[0][0]], rb[self.pairs[0][1]], self.labels, offset, m)
+
+    def layer_rows(self, degraded_db: float) -> list[dict[str, Any]]:
+        rows = []
+        for t, acc in self.layer_m.items():
+            if t in self.skipped or not acc.n:
+                continue
+            r = acc.result()
+            rows.append({"tensor": t, **{k: r[k] for k in ("cosine", "rel_l2", "sqnr_db", "max_abs")},
+                         "degraded": r["sqnr_db"] < degraded_db})
+        return rows
+
+
+def _common_layers(a: Any, b: Any, pairs: list[tuple[str, str]]) -> list[str]:
+    in_b = set(activation_tensors(b.proto))
+    outs = {p[0] for p in pairs}
+    return [t for t in activation_tensors(a.proto) if t in in_b and t not in outs]
+
+
 def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = None,
             per_layer: bool = False, threads: int | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
             num_samples: int | None = None, degraded_db: float = DEGRADED_SQNR_DB) -> FidelityReport:
-    """Run both models on the same inputs and measure how far the candidate's outputs moved."""
+    """Run both models on the same inputs and measure how far the candidate's outputs moved.
+
+    With ``per_layer``, intermediate tensors are captured in groups (one pass over the data
+    each) and batches are split, so captured tensors stay within ~PER_LAYER_BYTES.
+    """
     from .api import as_model
 
     a, b = as_model(original), as_model(candidate)
@@ -160,62 +224,31 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
         labels = load_labels(labels)
     notes: list[str] = []
     pairs = _pair_outputs([o.name for o in a.graph.output], [o.name for o in b.graph.output], notes)
-    layers: list[str] = []
-    if per_layer:
-        in_b = set(activation_tensors(b.proto))
-        outs = {p[0] for p in pairs}
-        layers = [t for t in activation_tensors(a.proto) if t in in_b and t not in outs]
-    cap_a = Capturer(a.proto, layers, threads=threads, include_outputs=True)
-    cap_b = Capturer(b.proto, layers, threads=threads, include_outputs=True)
-    out_m = {p: _Metrics() for p in pairs}
-    layer_m = {t: _Metrics() for t in layers}
-    skipped: set[str] = set()
-    correct = np.zeros(2, np.int64)
-    chunk, offset = None, 0
-    for batch in data:
-        n, start = len(next(iter(batch.values()))), 0
-        while start < n:
-            size = n if not layers else (chunk or 1)
-            part = {k: v[start:start + size] for k, v in batch.items()}
-            ra, rb = cap_a.run(part), cap_b.run(part)
-            m = len(next(iter(part.values())))
-            if layers and chunk is None:
-                per_sample = sum(x.nbytes for x in ra.values()) + sum(x.nbytes for x in rb.values())
-                chunk = max(1, PER_LAYER_BYTES // max(1, per_sample // m))
-            for (na, nb), acc in out_m.items():
-                if ra[na].shape != rb[nb].shape:
-                    raise UnsupportedModelError(
-                        f"output {na!r} is {'x'.join(map(str, ra[na].shape))} in the original but "
-                        f"{'x'.join(map(str, rb[nb].shape))} in the candidate", "compare models with the same outputs")
-                acc.update(ra[na], rb[nb])
-            for t, acc in layer_m.items():
-                if t in skipped or ra[t].shape != rb[t].shape or ra[t].dtype.kind != "f":
-                    skipped.add(t)
-                    continue
-                acc.update(ra[t], rb[t])
-            if labels is not None:
-                correct += _correct(ra[pairs[0][0]], rb[pairs[0][1]], labels, offset, m)
-            offset += m
-            start += size
-    if offset == 0:
+    layers = _common_layers(a, b, pairs) if per_layer else []
+    run = _Run(a, b, pairs, layers, labels, threads)
+    if not layers:
+        run.run_pass(data, [], True, None)
+    else:
+        first = next(iter(data), None)
+        shapes = {k: v.shape for k, v in (first or {}).items()}
+        budget = PER_LAYER_BYTES // 2  # per model
+        for i, (group, size) in enumerate(plan_groups(a.proto, layers, shapes, budget)):
+            run.run_pass(data, group, i == 0, max(1, budget // max(1, size)))
+    if run.samples == 0:
         raise DataError(f"{data.origin} yielded no samples", "give data with at least one sample")
-    outputs = [{"name": na, "shape": list(acc.shape or ()), **acc.result()} for (na, _), acc in out_m.items()]
+    outputs = [{"name": na, "shape": list(acc.shape or ()), **acc.result()} for (na, _), acc in run.out_m.items()]
     accuracy = None
     if labels is not None and outputs[0]["top1_agreement"] is not None:
-        acc_a, acc_b = correct / offset
+        acc_a, acc_b = run.correct / run.samples
         accuracy = {"output": outputs[0]["name"], "original": float(acc_a), "candidate": float(acc_b),
-                    "drop": float(acc_a - acc_b), "n": offset}
+                    "drop": float(acc_a - acc_b), "n": run.samples}
     elif labels is not None:
         notes.append("labels ignored: the first output is not class scores [N, C]")
-    rows = None
-    if per_layer:
-        rows = [{"tensor": t, **{k: acc.result()[k] for k in ("cosine", "rel_l2", "sqnr_db", "max_abs")},
-                 "degraded": acc.result()["sqnr_db"] < degraded_db}
-                for t, acc in layer_m.items() if t not in skipped and acc.n]
-        if skipped:
-            notes.append(f"{len(skipped)} intermediate tensor(s) skipped (shape or dtype differs)")
+    rows = run.layer_rows(degraded_db) if per_layer else None
+    if run.skipped:
+        notes.append(f"{len(run.skipped)} intermediate tensor(s) skipped (shape or dtype differs)")
     return FidelityReport(original=str(a.path or "original"), candidate=str(b.path or "candidate"),
-                          data=data.description, num_samples=offset, random_data=data.random,
+                          data=data.description, num_samples=run.samples, random_data=data.random,
                           outputs=outputs, accuracy=accuracy, per_layer=rows, notes=notes)
 
 

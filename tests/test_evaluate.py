@@ -111,3 +111,13 @@ def test_real_digits_models_with_labels():
                 str(M.MODELS / "digits_test.npz"))
     assert r.accuracy is not None and r.accuracy["original"] > 0.9 and r.accuracy["candidate"] > 0.9
     assert r.outputs[0]["top1_agreement"] > 0.9
+
+
+def test_candidate_that_cannot_run_is_one_line(tmp_path, capsys, model, data):
+    other = M.classifier()
+    other.graph.input[0].name = "z"
+    other.graph.node[0].input[0] = "z"
+    a, b = M.save(model, tmp_path / "a.onnx"), M.save(other, tmp_path / "z.onnx")
+    assert main(["compare", str(a), str(b), "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed to run" in err and str(b) in err
