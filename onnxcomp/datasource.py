@@ -63,6 +63,9 @@ def _convert(arr: np.ndarray, spec: InputSpec, origin: str, notes: list[str]) ->
 
 def _fit_rank(arr: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:
     dims = spec.dims
+    if not dims:
+        raise DataError(f"{origin}: input {spec.name!r} is a scalar (the model expects {spec.describe()})",
+                        "calibration data needs inputs with samples on axis 0")
     if arr.ndim == len(dims) - 1 and all(not isinstance(d, int) or d <= 0 or d == s
                                          for d, s in zip(dims[1:], arr.shape)):
         arr = arr[None]  # a single sample

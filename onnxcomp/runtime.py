@@ -10,10 +10,9 @@ import numpy as np
 import onnx
 
 from .errors import ConfigError, ModelLoadError
+from .io import needs_external_data
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-# protobuf cannot serialise past 2 GB: above this a proto goes through a temp file with external data
-PROTO_BYTES_LIMIT = 1_800_000_000
 
 
 def available_providers() -> list[str]:
@@ -63,7 +62,8 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
     """An onnxruntime InferenceSession for a ModelProto, an onnxcomp Model or a file path.
 
     ``extra_outputs`` exposes intermediate tensors as outputs (on a copy; see
-    :func:`onnxcomp.activations.expose`). Protos above ~1.8 GB go through a temp file.
+    :func:`onnxcomp.activations.expose`). Protos with more than ~1.8 GB of tensors (protobuf's
+    limit is 2 GB) go through a temp file with external data.
     """
     import onnxruntime as ort
 
@@ -80,7 +80,7 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
     try:
         if isinstance(src, Path):
             sess = ort.InferenceSession(str(src), opts, providers=[provider])
-        elif src.ByteSize() > PROTO_BYTES_LIMIT:
+        elif needs_external_data(src):
             tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-session-")
             path = os.path.join(tmp.name, "model.onnx")
             onnx.save_model(src, path, save_as_external_data=True, all_tensors_to_one_file=True,

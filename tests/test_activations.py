@@ -67,3 +67,10 @@ def test_runtime_session_errors(tmp_path, model):
     sess = runtime.session(model, threads=1, extra_outputs=["conv2"])
     out = list(runtime.run_batches(sess, _batches(n=2)))
     assert len(out) == 2 and set(out[0]) == {"logits", "conv2"}
+
+
+def test_huge_protos_go_through_a_temp_file(model, monkeypatch):
+    monkeypatch.setattr(runtime, "needs_external_data", lambda m: True)
+    sess = runtime.session(model)
+    assert sess._onnxcomp_tmp is not None
+    assert sess.run(None, _batches(n=1)[0])[0].shape == (4, 10)

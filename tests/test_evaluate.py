@@ -121,3 +121,14 @@ def test_candidate_that_cannot_run_is_one_line(tmp_path, capsys, model, data):
     assert main(["compare", str(a), str(b), "--data", data]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed to run" in err and str(b) in err
+
+
+def test_cli_labels_file_and_max_drop(tmp_path, capsys, files, data):
+    a, b = files
+    np.save(tmp_path / "y.npy", np.zeros(48, np.int64))
+    code = main(["compare", a, b, "--data", data, "--labels", str(tmp_path / "y.npy"), "--json",
+                 "--max-drop", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["accuracy"]["n"] == 48 and out["headline"]["metric"] == "top1_agreement"
+    assert main(["compare", a, b, "--labels", str(tmp_path / "y.npy")]) == 2  # labels need real data
+    assert "labels were given with random data" in capsys.readouterr().err

@@ -111,10 +111,10 @@ def data_from_options(model: Any, *, data: str | None = None, batch_size: int = 
 
 def gate_options(f: Callable) -> Callable:
     """Add --max-drop and --min-agreement (a miss exits 3; the output is still written)."""
-    f = click.option("--min-agreement", "min_agreement", type=FractionType(), default=None,
+    f = click.option("--min-agreement", "min_agreement", type=FractionType(), default=None, metavar="A",
                      help="Fail (exit 3) if top-1 agreement with the original (cosine similarity for "
                           "outputs that are not class scores) is below A, e.g. 0.99 or 99%.")(f)
-    return click.option("--max-drop", "max_drop", type=FractionType(), default=None,
+    return click.option("--max-drop", "max_drop", type=FractionType(), default=None, metavar="D",
                         help="Fail (exit 3) if accuracy drops by more than D (with labels; 0.01 or 1% = "
                              "one point); without labels, if top-1 agreement (or cosine) is below 1-D.")(f)
 
