@@ -9,7 +9,6 @@ setting; pass ``threads`` to measure multi-threaded latency. Ratios are to the f
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -149,8 +148,12 @@ def _check(models: Sequence[Any], runs: int, warmup: int, batch: int) -> list[Pa
 
 def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CPUExecutionProvider",
           runs: int = 50, warmup: int = 5, batch: int = 1, input_shapes: dict | None = None,
-          ort_format: bool = False, mobile_check: bool = False, rounds: int = 10) -> BenchReport:
-    """Benchmark model files side by side (interleaved runs, one child process per model)."""
+          ort_format: bool = False, mobile_check: bool = False, rounds: int = 10,
+          progress: Any = None) -> BenchReport:
+    """Benchmark model files side by side (interleaved runs, one child process per model).
+
+    ``progress(round_done, rounds)`` is called after every round.
+    """
     from .ortformat import mobile_check as _mobile, to_ort
 
     provider = resolve_provider(provider)
@@ -185,6 +188,8 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
                 order = range(len(workers)) if r % 2 == 0 else reversed(range(len(workers)))
                 for i in order:
                     times[i] += workers[i].ask({"cmd": "run", "n": n})["times"]
+                if progress is not None:
+                    progress(r + 1, report.rounds)
             for e, w, t in zip(entries, workers, times):
                 peak = w.ask({"cmd": "stop"})["peak_rss"]
                 base = w.ready.get("rss_base")

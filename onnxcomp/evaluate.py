@@ -146,8 +146,10 @@ class _Run:
     """State of one comparison: accumulators filled pass by pass (pass 0 also takes the outputs)."""
 
     def __init__(self, a: Any, b: Any, pairs: list[tuple[str, str]], layers: list[str],
-                 labels: np.ndarray | None, threads: int | None) -> None:
+                 labels: np.ndarray | None, threads: int | None, progress: Any = None) -> None:
         self.a, self.b, self.pairs, self.labels, self.threads = a, b, pairs, labels, threads
+        self.progress = progress or (lambda *args: None)
+        self.pass_index, self.pass_count = 0, 1
         self.out_m = {p: _Metrics() for p in pairs}
         self.layer_m = {t: _Metrics() for t in layers}
         self.skipped: set[str] = set()
@@ -173,6 +175,7 @@ class _Run:
                     else:
                         self.layer_m[t].update(ra[t], rb[t])
                 offset += m
+                self.progress(offset, self.pass_index, self.pass_count)
         if outputs:
             self.samples = offset
 
@@ -206,11 +209,13 @@ def _common_layers(a: Any, b: Any, pairs: list[tuple[str, str]]) -> list[str]:
 def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = None,
             per_layer: bool = False, threads: int | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
-            num_samples: int | None = None, degraded_db: float = DEGRADED_SQNR_DB) -> FidelityReport:
+            num_samples: int | None = None, degraded_db: float = DEGRADED_SQNR_DB,
+            progress: Any = None) -> FidelityReport:
     """Run both models on the same inputs and measure how far the candidate's outputs moved.
 
     With ``per_layer``, intermediate tensors are captured in groups (one pass over the data
     each) and batches are split, so captured tensors stay within ~PER_LAYER_BYTES.
+    ``progress(samples_done, pass_index, pass_count)`` is called after every run.
     """
     from .api import as_model
 
@@ -225,14 +230,17 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     notes: list[str] = []
     pairs = _pair_outputs([o.name for o in a.graph.output], [o.name for o in b.graph.output], notes)
     layers = _common_layers(a, b, pairs) if per_layer else []
-    run = _Run(a, b, pairs, layers, labels, threads)
+    run = _Run(a, b, pairs, layers, labels, threads, progress)
     if not layers:
         run.run_pass(data, [], True, None)
     else:
         first = next(iter(data), None)
         shapes = {k: v.shape for k, v in (first or {}).items()}
         budget = PER_LAYER_BYTES // 2  # per model
-        for i, (group, size) in enumerate(plan_groups(a.proto, layers, shapes, budget)):
+        groups = plan_groups(a.proto, layers, shapes, budget)
+        run.pass_count = len(groups)
+        for i, (group, size) in enumerate(groups):
+            run.pass_index = i
             run.run_pass(data, group, i == 0, max(1, budget // max(1, size)))
     if run.samples == 0:
         raise DataError(f"{data.origin} yielded no samples", "give data with at least one sample")

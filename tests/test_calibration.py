@@ -41,6 +41,7 @@ def _x(n, seed=0, dtype=np.float32):
 def test_npz_batches_are_reiterable_and_limited(tmp_path, model):
     np.savez(tmp_path / "d.npz", x=_x(40), labels=np.arange(40) % 5)
     data = load_data(str(tmp_path / "d.npz"), model, batch_size=16, num_samples=35)
+    assert isinstance(data, CalibrationData) and load_data(data, model) is data
     first = [b["x"] for b in data]
     second = [b["x"] for b in data]
     assert [len(b) for b in first] == [16, 16, 3]

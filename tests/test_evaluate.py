@@ -132,3 +132,9 @@ def test_cli_labels_file_and_max_drop(tmp_path, capsys, files, data):
     assert code == 0 and out["accuracy"]["n"] == 48 and out["headline"]["metric"] == "top1_agreement"
     assert main(["compare", a, b, "--labels", str(tmp_path / "y.npy")]) == 2  # labels need real data
     assert "labels were given with random data" in capsys.readouterr().err
+
+
+def test_progress_callback_counts_samples_and_passes(model, data):
+    calls = []
+    compare(model, model, data, per_layer=True, progress=lambda *a: calls.append(a))
+    assert calls[-1][0] == 48 and calls[-1][1] == calls[-1][2] - 1

@@ -10,11 +10,15 @@ from ..graph.shapes import parse_input_shapes
 from ..ortformat import mobile_lines
 from ..report import fmt_bytes, fmt_ratio, table
 from . import cli
-from .common import emit, input_shape_option, json_option
+from .common import emit, input_shape_option, json_option, progress_enabled, quiet_option
 
 
 def _name(path: str) -> str:
     return os.path.basename(path.replace(" (.ort)", "")) + (" (.ort)" if path.endswith("(.ort)") else "")
+
+
+def _progress(done: int, total: int) -> None:
+    click.echo(f"\rbenchmarking: round {done}/{total}", err=True, nl=False)
 
 
 def render(r: BenchReport) -> str:
@@ -59,10 +63,11 @@ def render(r: BenchReport) -> str:
               help="Summarise onnxruntime's mobile usability checker (NNAPI / CoreML partitions).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
               help="Save a box plot of the latency distributions (needs onnxcomp[plot]).")
+@quiet_option
 @json_option
 def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, warmup: int, batch: int,
               input_shape: tuple[str, ...], ort_format: bool, mobile_check: bool, plot: str | None,
-              as_json: bool) -> None:
+              quiet: bool, as_json: bool) -> None:
     """Benchmark models in onnxruntime: size, load time, latency, throughput, peak memory.
 
     Each model runs in its own process; runs are interleaved in rounds so machine drift hits all
@@ -74,7 +79,9 @@ def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, w
         require_matplotlib()
     report = bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
                    input_shapes=parse_input_shapes(input_shape), ort_format=ort_format,
-                   mobile_check=mobile_check)
+                   mobile_check=mobile_check, progress=_progress if progress_enabled(quiet) else None)
+    if progress_enabled(quiet):
+        click.echo("\r\033[K", err=True, nl=False)
     if plot:
         from ..plots import plot_latency
         plot_latency([_name(e.name) for e in report.entries], [e.times_ms for e in report.entries], plot,

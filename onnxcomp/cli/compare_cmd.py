@@ -11,7 +11,8 @@ from ..evaluate import FidelityReport, compare
 from ..report import table
 from ..verify import check_gates
 from . import cli
-from .common import data_from_options, data_options, emit, gate_options, json_option, render_fidelity_lines
+from .common import (data_from_options, data_options, emit, gate_options, json_option, progress_enabled,
+                     quiet_option, render_fidelity_lines)
 
 MAX_LAYER_ROWS = 30
 
@@ -34,6 +35,13 @@ def _layer_rows(r: FidelityReport) -> tuple[list, int]:
             _f(e["max_abs"], ".3g"), "<- degraded" if e["tensor"] == r.first_degraded else ""]
            for e in shown]
     return out, len(rows) - len(shown)
+
+
+def _progress(total: int | None):
+    def show(done: int, index: int, count: int) -> None:
+        step = f"pass {index + 1}/{count}, " if count > 1 else ""
+        click.echo(f"\rcomparing: {step}{done}/{total or '?'} samples", err=True, nl=False)
+    return show
 
 
 def render(r: FidelityReport, gate: str | None = None) -> str:
@@ -76,10 +84,11 @@ def render(r: FidelityReport, gate: str | None = None) -> str:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
               help="Save a per-layer SQNR plot (implies --per-layer; needs onnxcomp[plot]).")
 @gate_options
+@quiet_option
 @json_option
 def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | None, plot: str | None,
-                max_drop: float | None, min_agreement: float | None, as_json: bool, labels: str | None,
-                **data_opts) -> None:
+                max_drop: float | None, min_agreement: float | None, quiet: bool, as_json: bool,
+                labels: str | None, **data_opts) -> None:
     """Compare a candidate model's outputs with the original's on the same inputs.
 
     Reports per output top-1 agreement and top-5 overlap (class scores [N, C]), cosine similarity,
@@ -91,7 +100,10 @@ def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | N
         require_matplotlib()
     a, b = api.load(original), api.load(candidate)
     data = data_from_options(a, **data_opts)
-    report = compare(a, b, data, labels=labels, per_layer=per_layer or bool(plot), threads=threads)
+    report = compare(a, b, data, labels=labels, per_layer=per_layer or bool(plot), threads=threads,
+                     progress=_progress(data.num_samples) if progress_enabled(quiet) else None)
+    if progress_enabled(quiet):
+        click.echo("\r\033[K", err=True, nl=False)
     gate = check_gates(report, max_drop, min_agreement)
     if plot:
         from ..plots import plot_per_layer
