@@ -1,0 +1,259 @@
+"""Fast weighted 1-D k-means over many rows at once (one codebook per row), and an exact 1-D DP.
+
+Every row (an output channel, or a whole tensor) is sorted once; in sorted order each cluster is a
+contiguous run, so one Lloyd step is a ``searchsorted`` of the midpoints between centroids plus
+two gathers from prefix sums of ``w`` and ``w*x``: O(rows * k) per iteration after an
+O(n log n) sort, for all rows together (no Python loop over rows). Rows are made searchable as one
+array by keying each value as ``row << 32 | order-preserving bits of the float32 value``.
+
+Elements with weight 0 (e.g. exact zeros that must stay zero) take no part in the fit.
+Initialisations (Han et al., Deep Compression): ``linear`` (evenly spaced between min and max),
+``density`` (quantiles of the weighted CDF) and ``random`` (Forgy: k distinct data values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+INITS = ("linear", "density", "random")
+_SPLITS = (-1.5, -0.75, -0.25, 0.0, 0.25, 0.75, 1.5)  # split points tried, in cluster std units
+
+
+@dataclass
+class KMeansResult:
+    """Sorted centroids [rows, k] (float64), labels [rows, n] (int16) and the weighted SSE per row."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    sse: np.ndarray
+
+
+class _Sorted:
+    """Rows sorted once, with prefix sums of w, w*x, w*x^2 and a flat search index."""
+
+    def __init__(self, x32: np.ndarray, w: np.ndarray | None) -> None:
+        self.rows, self.n = x32.shape
+        self.order = np.argsort(x32, axis=1)
+        self.xs = np.take_along_axis(x32, self.order, axis=1)
+        x64 = self.xs.astype(np.float64)
+        if w is None:
+            self.cw = np.broadcast_to(np.arange(self.n + 1, dtype=np.float64), (self.rows, self.n + 1))
+            wx = x64
+        else:
+            ws = np.take_along_axis(w, self.order, axis=1)
+            self.cw = _prefix(ws)
+            wx = ws * x64
+        self.cwx = _prefix(wx)
+        wx *= x64
+        self.cwxx = _prefix(wx)
+        self.lo = self.xs[:, :1].astype(np.float64)
+        self.span = np.maximum(self.xs[:, -1:].astype(np.float64) - self.lo, 1e-300)
+        self.band = np.arange(self.rows, dtype=np.float64)[:, None] * 4.0
+        hay = self.xs.astype(np.float64)  # row r lives in [4r, 4r+1]
+        hay -= self.lo
+        hay *= 1.0 / self.span
+        hay += self.band
+        self.hay = hay.ravel()
+        self.r = np.arange(self.rows)[:, None]
+
+    def search(self, values: np.ndarray) -> np.ndarray:
+        """Per-row count of sorted elements below each of ``values`` [rows, q]."""
+        q = (np.clip((values - self.lo) / self.span, -1.0, 2.0) + self.band).ravel()
+        pos = np.searchsorted(self.hay, q, side="left").reshape(values.shape)
+        return pos - self.r * self.n
+
+    def bounds(self, c: np.ndarray) -> np.ndarray:
+        """[rows, k+1] start of each cluster in sorted order (boundaries at the midpoints)."""
+        inner = self.search((c[:, 1:] + c[:, :-1]) * 0.5)
+        edge = np.zeros((self.rows, 1), np.int64)
+        return np.concatenate([edge, inner, edge + self.n], axis=1)
+
+    def sums(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-cluster sums of w, w*x, w*x^2 for boundaries ``b``."""
+        return tuple(np.diff(a[self.r, b], axis=1) for a in (self.cw, self.cwx, self.cwxx))
+
+
+def _prefix(a: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative sums with a leading 0 column (float64)."""
+    out = np.empty((a.shape[0], a.shape[1] + 1), np.float64)
+    out[:, 0] = 0.0
+    np.cumsum(a, axis=1, out=out[:, 1:])
+    return out
+
+
+def _init(s: _Sorted, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
+    """Initial centroids [rows, k]: linear, density (weighted CDF quantiles) or random (Forgy)."""
+    total = s.cw[:, -1:]
+    if init == "random":
+        q = np.sort(rng.random((s.rows, k)), axis=1)
+    else:
+        q = np.broadcast_to((np.arange(k) + 0.5) / k, (s.rows, k))
+    # positions where the weighted CDF crosses each quantile (rows searched as one flat array)
+    frac = s.cw[:, 1:] / np.where(total > 0, total, 1.0) + s.band
+    pos = np.searchsorted(frac.ravel(), (q + s.band).ravel(), side="left").reshape(q.shape)
+    pos = np.clip(pos - s.r * s.n, 0, s.n - 1)
+    if init != "linear":
+        return s.xs[s.r, pos].astype(np.float64)
+    lo = s.xs[s.r[:, 0], np.clip(np.searchsorted(frac.ravel(), (s.band[:, 0] + 1e-300), "right")
+                                 - s.r[:, 0] * s.n, 0, s.n - 1)][:, None].astype(np.float64)
+    last = np.clip(np.searchsorted(frac.ravel(), (s.band[:, 0] + 1.0), "left") - s.r[:, 0] * s.n,
+                   0, s.n - 1)
+    hi = s.xs[s.r[:, 0], last][:, None].astype(np.float64)
+    return lo + (hi - lo) * (np.arange(k) + 0.5)[None, :] / k
+
+
+def _reseed(c: np.ndarray, sw: np.ndarray, sx: np.ndarray, sxx: np.ndarray) -> bool:
+    """Move one empty cluster per row next to the row's worst cluster (split it); True if any moved."""
+    empty = sw <= 0
+    safe = np.where(sw > 0, sw, 1.0)
+    sse = np.where(sw > 0, np.maximum(sxx - sx * sx / safe, 0.0), -1.0)
+    j = np.argmax(sse, axis=1)
+    rows = np.flatnonzero(empty.any(axis=1) & (sse.max(axis=1) > 0))
+    if rows.size == 0:
+        return False
+    jr = j[rows]
+    e = np.argmax(empty[rows], axis=1)
+    std = np.sqrt(sse[rows, jr] / safe[rows, jr])
+    mean = sx[rows, jr] / safe[rows, jr]
+    c[rows, e] = mean + 0.5 * std
+    c[rows, jr] = mean - 0.5 * std
+    c.sort(axis=1)
+    return True
+
+
+def _swap(s: _Sorted, c: np.ndarray) -> int:
+    """One merge+split move per row where it lowers the SSE (escapes Lloyd's local optima).
+
+    Merging the cheapest adjacent pair and splitting the cluster whose best split (tried at a few
+    points around its mean) gains most keeps k clusters; rows where the gain beats the cost take
+    the move. Returns how many rows did.
+    """
+    b = s.bounds(c)
+    sw, sx, sxx = s.sums(b)
+    safe = np.where(sw > 0, sw, 1.0)
+    mean = np.where(sw > 0, sx / safe, c)
+    pair = sw[:, 1:] + sw[:, :-1]
+    cost = np.where(pair > 0, sw[:, 1:] * sw[:, :-1] / np.where(pair > 0, pair, 1.0)
+                    * (mean[:, 1:] - mean[:, :-1]) ** 2, 0.0)
+    def sse(w_, x_, xx_):
+        return np.where(w_ > 0, np.maximum(xx_ - x_ * x_ / np.where(w_ > 0, w_, 1.0), 0.0), 0.0)
+
+    whole = sse(sw, sx, sxx)
+    std = np.sqrt(whole / safe)
+    gain = np.full(c.shape, -np.inf)
+    parts = None
+    for t in _SPLITS:  # best of a few split points around each cluster's mean
+        p = np.clip(s.search(mean + t * std), b[:, :-1], b[:, 1:])
+        lo = tuple(a[s.r, p] - a[s.r, b[:, :-1]] for a in (s.cw, s.cwx, s.cwxx))
+        hi = tuple(a[s.r, b[:, 1:]] - a[s.r, p] for a in (s.cw, s.cwx, s.cwxx))
+        g = whole - sse(*lo) - sse(*hi)
+        better = g > gain
+        gain = np.where(better, g, gain)
+        parts = (lo, hi) if parts is None else tuple(
+            tuple(np.where(better, new, old) for new, old in zip(n_, o_)) for n_, o_ in zip((lo, hi), parts))
+    m = np.argmin(cost, axis=1)
+    k = c.shape[1]
+    cols = np.arange(k)[None, :]
+    gain = np.where((cols == m[:, None]) | (cols == m[:, None] + 1), -np.inf, gain)
+    j = np.argmax(gain, axis=1)
+    rows = np.arange(s.rows)
+    best, price = gain[rows, j], cost[rows, m]
+    act = np.flatnonzero(best > price * (1 + 1e-9) + 1e-12 * np.abs(sxx).sum(axis=1))
+    if act.size == 0:
+        return 0
+    ma, ja = m[act], j[act]
+    pw = np.maximum(pair[act, ma], 1e-300)
+    merged = np.where(pair[act, ma] > 0, (sx[act, ma] + sx[act, ma + 1]) / pw, c[act, ma])
+    (lw, lx, _), (rw, rx, _) = parts
+    left = np.where(lw[act, ja] > 0, lx[act, ja] / np.maximum(lw[act, ja], 1e-300), c[act, ja])
+    right = np.where(rw[act, ja] > 0, rx[act, ja] / np.maximum(rw[act, ja], 1e-300), c[act, ja])
+    c[act, ma], c[act, ma + 1], c[act, ja] = merged, left, right
+    c[act] = np.sort(c[act], axis=1)
+    return int(act.size)
+
+
+def _lloyd(s: _Sorted, c: np.ndarray, iters: int, tol: float) -> np.ndarray:
+    """Lloyd iterations (with empty clusters re-seeded) until the centroids stop moving."""
+    for _ in range(max(1, iters)):
+        sw, sx, sxx = s.sums(s.bounds(c))
+        new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), c)
+        new.sort(axis=1)
+        moved = float(np.abs(new - c).max(initial=0.0))
+        c = new
+        if _reseed(c, sw, sx, sxx):
+            continue
+        if moved <= tol * float(s.span.max(initial=0.0)):
+            break
+    return c
+
+
+def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None,
+                init: str = "linear", iters: int = 40, seed: int = 0, tol: float = 1e-7,
+                dtype: np.dtype | None = None, swaps: int = 16) -> KMeansResult:
+    """Weighted 1-D k-means of every row of ``values`` [rows, n] into ``k`` clusters.
+
+    ``weights`` (broadcastable to ``values``, >= 0) weight each element's squared error; elements
+    of weight 0 are ignored by the fit. With ``dtype``, the centroids are rounded to it before the
+    final assignment, so ``centroids[labels]`` is exactly what a codebook of that dtype holds.
+    """
+    if init not in INITS:
+        raise ValueError(f"init {init!r} is not one of {INITS}")
+    x = np.asarray(values)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError("values must be 2-D [rows, n] with n > 0")
+    w = None if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
+    s = _Sorted(x.astype(np.float32, copy=False), w)
+    c = np.sort(_init(s, k, init, np.random.default_rng(seed)), axis=1)
+    c = _lloyd(s, c, iters, tol)
+    for _ in range(swaps):
+        if not _swap(s, c):
+            break
+        c = _lloyd(s, c, iters, tol)
+    c[s.cw[:, -1] <= 0] = 0.0
+    if dtype is not None:
+        c = np.sort(c.astype(dtype).astype(np.float64), axis=1)
+    b = s.bounds(c)
+    sw, sx, sxx = s.sums(b)
+    sse = np.maximum(sxx - 2 * c * sx + c * c * sw, 0.0).sum(axis=1)
+    ranks = np.repeat(np.tile(np.arange(k, dtype=np.int16), s.rows), np.diff(b, axis=1).ravel())
+    labels = np.empty(x.shape, np.int16)
+    np.put_along_axis(labels, s.order, ranks.reshape(x.shape), axis=1)
+    return KMeansResult(centroids=c, labels=labels, sse=sse)
+
+
+def kmeans_dp(values: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Exact weighted 1-D k-means (optimal SSE) by dynamic programming; O(k * m^2) for m distinct values.
+
+    For small inputs (tests, tiny tensors). Returns (sorted centroids of the used clusters, SSE).
+    """
+    x = np.asarray(values, np.float64).ravel()
+    w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape).ravel()
+    keep = w > 0
+    u, inv = np.unique(x[keep], return_inverse=True)
+    uw = np.bincount(inv, weights=w[keep], minlength=u.size)
+    m = u.size
+    if m == 0:
+        return np.zeros(0), 0.0
+    k = min(k, m)
+    pw = np.concatenate([[0.0], np.cumsum(uw)])
+    px = np.concatenate([[0.0], np.cumsum(uw * u)])
+    pxx = np.concatenate([[0.0], np.cumsum(uw * u * u)])
+    i, j = np.meshgrid(np.arange(m + 1), np.arange(m + 1), indexing="ij")  # segment [i, j)
+    sw = pw[j] - pw[i]
+    cost = np.where(j > i, pxx[j] - pxx[i] - (px[j] - px[i]) ** 2 / np.where(sw > 0, sw, 1.0), np.inf)
+    cost = np.maximum(cost, 0.0)
+    best = cost[0].copy()  # best[j]: one cluster over [0, j)
+    arg = [np.zeros(m + 1, np.int64)]
+    for _ in range(1, k):
+        total = best[:, None] + cost  # split at i
+        arg.append(np.argmin(total, axis=0))
+        best = total[arg[-1], np.arange(m + 1)]
+    cuts, j = [m], m
+    for a in reversed(arg[1:]):
+        j = int(a[j])
+        cuts.append(j)
+    cuts.append(0)
+    cuts = cuts[::-1]
+    cents = [(px[b] - px[a]) / (pw[b] - pw[a]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return np.array(cents), float(best[m])
