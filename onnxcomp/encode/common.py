@@ -55,7 +55,7 @@ def raise_opset(model: onnx.ModelProto, target: int) -> bool:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             imp.version = target
-    needed_ir = next((ir for _, ir, op, _ in helper.VERSION_TABLE if op == target), model.ir_version)
+    needed_ir = next((row[1] for row in helper.VERSION_TABLE if row[2] == target), model.ir_version)
     model.ir_version = min(max(model.ir_version, needed_ir), ort_limits()[0])
     return True
 

@@ -18,6 +18,7 @@ from ..io import default_opset
 from .base import Encoding
 from .common import NameScope, can_raise_opset, install_decoder, raise_opset
 from .sparse import Bitmask, Gaps, Zeros
+from .tables import Layout
 
 REGISTRY: dict[str, Encoding] = {e.kind: e for e in (Zeros(), Gaps(), Bitmask())}
 FAMILIES: dict[str, tuple[str, ...]] = {"sparse": ("zeros", "gaps", "bitmask")}
@@ -59,12 +60,18 @@ class EncodeChoice:
         return asdict(self)
 
 
-def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok) -> tuple[str, int]:
+def bound(enc: Encoding, layout: Layout | None) -> Encoding:
+    """The encoding told the weight's channel layout (codebook encodings use per-channel tables)."""
+    return enc.with_layout(layout) if layout is not None and hasattr(enc, "with_layout") else enc
+
+
+def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
+                  layout: Layout | None = None) -> tuple[str, int]:
     """The smallest applicable encoding among ``kinds`` ('dense' when none beats dense)."""
     dense = flat.size * flat.dtype.itemsize
     best, best_size = "dense", dense
     for kind in kinds:
-        enc = REGISTRY[kind]
+        enc = bound(REGISTRY[kind], layout)
         if not opset_ok(enc.min_opset):
             continue
         size = enc.size(flat)
@@ -97,10 +104,11 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
         if w.source not in ("initializer", "constant") or w.size == 0:
             continue
         flat = w.values().reshape(-1)
-        kind, size = best_encoding(flat, kinds, opset_ok)
+        layout = Layout.of(w.shape, w.out_axis)
+        kind, size = best_encoding(flat, kinds, opset_ok, layout)
         reason = None
         if kind != "dense":
-            enc = REGISTRY[kind]
+            enc = bound(REGISTRY[kind], layout)
             raise_opset(model, enc.min_opset)
             nodes, inits = enc.build(flat, w.stored_shape or w.shape, w.name, fresh)
             install_decoder(model, w, nodes, inits)
@@ -108,3 +116,16 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
             reason = f"opset {default_opset(model)} cannot be raised safely for a smaller encoding"
         choices.append(EncodeChoice(w.name, kind, w.nbytes, size, reason))
     return choices
+
+
+def _register_codebooks() -> None:
+    from .codebook import ENCODINGS as codebook
+    from .combined import ENCODINGS as combined
+
+    for enc in codebook:
+        register(enc, "codebook")
+    for enc in combined:
+        register(enc, "combined")
+
+
+_register_codebooks()

@@ -1,0 +1,195 @@
+"""Codebook encodings: indices into a table of the values a weight actually holds.
+
+codebook8      one uint8 index per weight (<= 256 entries per table row); Cast + Gather (opset 9).
+codebook4      two 4-bit indices per byte, first in the high nibble (<= 16 entries); unpacked with
+               BitShift + Mod (no BitwiseAnd, so opset 11 suffices), then Cast + Gather.
+codebook_uint4 the indices as a UINT4 initializer; Cast + Gather (opset 21).
+The table is per tensor, per output channel (one Gather over [C, K] flattened, index c*K + idx)
+or shared with a float16 scale per channel (see :mod:`.tables`). All decoders are bit-exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
+from .tables import Layout, Table, build_table, detect
+
+_CACHE: dict = {}
+
+
+def tables_for(flat: np.ndarray, layout: Layout | None) -> list[Table]:
+    """``detect`` with a one-entry cache: every encoding asks about the same tensor in turn."""
+    if _CACHE.get("flat") is flat and _CACHE.get("layout") == layout:
+        return _CACHE["tables"]
+    tables = detect(flat, layout)
+    _CACHE.update(flat=flat, layout=layout, tables=tables)
+    return tables
+
+
+def pick(flat: np.ndarray, layout: Layout | None, bits: int) -> Table | None:
+    """The smallest table whose rows fit ``bits``-bit indices."""
+    return next((t for t in tables_for(flat, layout) if t.width <= 1 << bits), None)
+
+
+def table_overhead(t: Table) -> int:
+    """Framing of the table's decoder: tensors and nodes beyond the index stream."""
+    if t.kind == "tensor" or t.store == "plain":
+        return TENSOR_OVERHEAD + (2 * NODE_OVERHEAD + 2 * TENSOR_OVERHEAD if t.kind == "channel" else 0)
+    extra = 4 if t.store == "grid" else 1
+    return (extra + 2) * (TENSOR_OVERHEAD + NODE_OVERHEAD)
+
+
+def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: list,
+           nodes: list) -> str:
+    """Gather the decoded values (flat, in element order) for the int32 flat index ``idx``."""
+    table = build_table(t, fresh, name, dtype, inits, nodes)
+    if t.kind == "tensor":
+        out = fresh(f"{name}_flat")
+        nodes.append(node("Gather", [table, idx], out, axis=0))
+        return out
+    lay = t.layout
+    dims = const(fresh, f"{name}_dims3", np.array([lay.outer, lay.channels, lay.inner], np.int64), inits)
+    i3, out = fresh(f"{name}_idx3"), fresh(f"{name}_vals3")
+    nodes.append(node("Reshape", [idx, dims], i3))
+    if t.kind == "channel":
+        offs = const(fresh, f"{name}_offsets",
+                     (np.arange(lay.channels, dtype=np.int32) * t.width).reshape(1, -1, 1), inits)
+        i3o = fresh(f"{name}_idx3o")
+        nodes += [node("Add", [i3, offs], i3o), node("Gather", [table, i3o], out, axis=0)]
+        return out
+    g = fresh(f"{name}_q3")
+    scales = const(fresh, f"{name}_scales", t.scales.reshape(1, -1, 1), inits)
+    sf = fresh(f"{name}_scalesf")
+    nodes += [node("Gather", [table, i3], g, axis=0),
+              node("Cast", [scales], sf, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))),
+              node("Mul", [g, sf], out)]
+    return out
+
+
+class _Codebook(Encoding):
+    """Shared logic: index stream (per subclass) + table + Gather + Reshape."""
+
+    bits = 8
+    layout: Layout | None = None
+
+    def with_layout(self, layout: Layout | None) -> "_Codebook":
+        bound = type(self)()
+        bound.layout = layout
+        return bound
+
+    def index_bytes(self, n: int) -> int:
+        return n
+
+    def index_nodes(self) -> int:
+        return 1
+
+    def size(self, flat: np.ndarray) -> int | None:
+        t = pick(flat, self.layout, self.bits)
+        if t is None:
+            return None
+        return (self.index_bytes(flat.size) + t.table_bytes() + table_overhead(t)
+                + (self.index_nodes() + 2) * (NODE_OVERHEAD + TENSOR_OVERHEAD))
+
+    def build(self, flat, shape, name, fresh):
+        t = pick(flat, self.layout, self.bits)
+        inits: list[onnx.TensorProto] = []
+        nodes: list[onnx.NodeProto] = []
+        idx = self.indices(t.idx.astype(np.uint8), fresh, name, inits, nodes)
+        out = gather(t, fresh, name, flat.dtype, idx, inits, nodes)
+        reshape_to(fresh, name, out, shape, name, inits, nodes)
+        return nodes, inits
+
+    def indices(self, idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list) -> str:
+        raw = const(fresh, f"{name}_idx8", idx, inits)
+        out = fresh(f"{name}_idx")
+        nodes.append(node("Cast", [raw], out, to=onnx.TensorProto.INT32))
+        return out
+
+
+class Codebook8(_Codebook):
+    """uint8 indices + table; Cast + Gather."""
+
+    kind = "codebook8"
+    min_opset = 9
+
+
+def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list) -> str:
+    """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values."""
+    col = const(fresh, f"{name}_col", np.array([-1, 1], np.int64), inits)
+    four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
+    sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
+    flat_shape = const(fresh, f"{name}_flatshape", np.array([-1], np.int64), inits)
+    p2, hi, lo, both, seq = (fresh(f"{name}_{s}") for s in ("p2", "hi", "lo", "nib2", "nibs"))
+    nodes += [node("Reshape", [packed, col], p2),
+              node("BitShift", [p2, four], hi, direction="RIGHT"),
+              node("Mod", [p2, sixteen], lo),
+              node("Concat", [hi, lo], both, axis=1),
+              node("Reshape", [both, flat_shape], seq)]
+    if n % 2:
+        start = const(fresh, f"{name}_start", np.array([0], np.int64), inits)
+        end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
+        cut = fresh(f"{name}_nibscut")
+        nodes.append(node("Slice", [seq, start, end], cut))
+        seq = cut
+    out = fresh(f"{name}_idx")
+    nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
+    return out
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, the first in the high nibble (odd length padded with 0)."""
+    v = np.asarray(values, np.uint8).reshape(-1)
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return (v[0::2] << 4) | v[1::2]
+
+
+class Codebook4(_Codebook):
+    """Two 4-bit indices per byte; BitShift + Mod + Concat unpack, then Gather."""
+
+    kind = "codebook4"
+    min_opset = 11
+    bits = 4
+
+    def index_bytes(self, n: int) -> int:
+        return (n + 1) // 2
+
+    def index_nodes(self) -> int:
+        return 7
+
+    def indices(self, idx, fresh, name, inits, nodes):
+        packed = const(fresh, f"{name}_idx4", pack_nibbles(idx), inits)
+        return unpack_nibbles(packed, idx.size, fresh, name, inits, nodes)
+
+
+class CodebookUint4(_Codebook):
+    """UINT4 indices (two per byte, as ONNX packs them); Cast + Gather. Needs opset 21.
+
+    Its size estimate equals codebook4's, so automatic choice keeps the opset-11 decoder (UINT4
+    cannot be saved to the .ort format); ask for it with ``encoding="codebook_uint4"``.
+    """
+
+    kind = "codebook_uint4"
+    min_opset = 21
+    bits = 4
+
+    def index_bytes(self, n: int) -> int:
+        return (n + 1) // 2
+
+    def index_nodes(self) -> int:
+        return Codebook4().index_nodes()
+
+    def indices(self, idx, fresh, name, inits, nodes):
+        tname = fresh(f"{name}_idxu4")
+        v = np.asarray(idx, np.uint8).reshape(-1)
+        padded = np.concatenate([v, np.zeros(v.size % 2, np.uint8)])
+        raw = (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8)  # ONNX: first value in the low nibble
+        inits.append(helper.make_tensor(tname, onnx.TensorProto.UINT4, [v.size], raw.tobytes(), raw=True))
+        out = fresh(f"{name}_idx")
+        nodes.append(node("Cast", [tname], out, to=onnx.TensorProto.INT32))
+        return out
+
+
+ENCODINGS = (Codebook8(), Codebook4(), CodebookUint4())

@@ -1,0 +1,193 @@
+"""Detect codebook structure in a weight's final values, and build the decoder for its table.
+
+The cluster pass only writes values; this module finds what they are made of, per tensor:
+  tensor   at most 256 distinct values: one table [K] of the weight's dtype;
+  channel  at most 256 distinct values per output channel: a [C, K] table addressed as c*K + idx,
+           stored in the weight's dtype, as float16 when every entry is float16-exact (Cast back),
+           or as int8 x a float16 scale per channel when every entry is q*s exactly (Cast, Mul);
+  shared   every channel's values are q[idx] * s[c] with one integer table q (|q| <= 2047) and a
+           float16 scale per channel: table [K] int16 + scales [C] float16, decoded by a Mul.
+Products of a <= 12-bit integer and a float16 are exact in float32, so every decoder is bit-exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Names, const, node
+
+GRID8, GRID12 = 127, 2047  # integer ranges whose products with a float16 are exact in float32
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The flat tensor viewed as [outer, channels, inner] with the output channel in the middle."""
+
+    outer: int
+    channels: int
+    inner: int
+
+    @staticmethod
+    def of(shape: tuple[int, ...], axis: int | None) -> "Layout":
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if axis is None or not shape:
+            return Layout(1, 1, n)
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        return Layout(outer, int(shape[axis]), int(np.prod(shape[axis + 1:], dtype=np.int64)))
+
+    def rows(self, flat: np.ndarray) -> np.ndarray:
+        """[channels, outer*inner] copy of the flat tensor, one row per output channel."""
+        return flat.reshape(self.outer, self.channels, self.inner).transpose(1, 0, 2).reshape(self.channels, -1)
+
+    def unrows(self, rows: np.ndarray) -> np.ndarray:
+        return rows.reshape(self.channels, self.outer, self.inner).transpose(1, 0, 2).reshape(-1)
+
+
+@dataclass
+class Table:
+    """What the values are made of: kind, the per-element index (flat) and the table arrays."""
+
+    kind: str  # tensor | channel | shared
+    idx: np.ndarray  # uint8/int16, flat, index into the row's table
+    width: int  # K: entries per table row
+    values: np.ndarray  # [K] or [C, K] in the weight dtype (shared: the int16 table q)
+    scales: np.ndarray | None = None  # channel-grid / shared: float16 per channel
+    store: str = "plain"  # plain | half | grid (channel tables)
+    layout: Layout | None = None
+
+    def table_bytes(self) -> int:
+        if self.kind == "shared":
+            return self.values.size * 2 + self.scales.size * 2
+        if self.store == "grid":
+            return self.values.size + self.scales.size * 2
+        item = 2 if self.store == "half" else self.values.dtype.itemsize
+        return self.values.size * item
+
+
+def row_ranks(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank of each element among its row's distinct values, distinct count per row, sorted rows)."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    srt = np.take_along_axis(rows, order, axis=1)
+    change = np.ones(srt.shape, bool)
+    change[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    rank_sorted = np.cumsum(change, axis=1) - 1
+    ranks = np.empty(rows.shape, np.int64)
+    np.put_along_axis(ranks, order, rank_sorted, axis=1)
+    return ranks, change.sum(axis=1), np.where(change, srt, np.nan)
+
+
+def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
+    """[rows, width] distinct values per row (padded with the row's last one)."""
+    out = np.empty((srt_marked.shape[0], width), np.float64)
+    for i, row in enumerate(srt_marked):  # rows are few (output channels); each is one boolean mask
+        vals = row[~np.isnan(row)]
+        out[i, :vals.size] = vals
+        out[i, vals.size:] = vals[-1] if vals.size else 0.0
+    return out
+
+
+def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Write each row as integers q (|q| <= maxint) times one float16 scale, exactly in float32.
+
+    Returns (q [C, K] int16, s [C] float16) or None when some row has no such factorisation.
+    """
+    c = np.asarray(table, np.float64)
+    m = np.abs(c).max(axis=1)
+    s = np.where(m == 0, 1.0, np.nan)
+    todo = np.flatnonzero(m > 0)
+    for j in range(maxint, 0, -1):  # the largest |q| first: the scale the pass chose
+        if todo.size == 0:
+            break
+        cand = m[todo] / j
+        ok = np.float16(cand).astype(np.float64) == cand
+        if not ok.any():
+            continue
+        rows, cs = todo[ok], cand[ok]
+        q = c[rows] / cs[:, None]
+        good = np.all((q == np.round(q)) & (np.abs(q) <= maxint), axis=1)
+        good &= np.all((np.round(q).astype(np.float32) * cs[:, None].astype(np.float32)) == c[rows].astype(np.float32), axis=1)
+        s[rows[good]] = cs[good]
+        todo = np.setdiff1d(todo, rows[good], assume_unique=True)
+    if todo.size:
+        return None
+    q = np.round(c / s[:, None]).astype(np.int16)
+    return q, s.astype(np.float16)
+
+
+def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> list[Table]:
+    """Every table form these values fit in (at most ``max_width`` entries per row), smallest first."""
+    if flat.dtype.kind != "f" or flat.size == 0 or not np.all(np.isfinite(flat)):
+        return []
+    out: list[Table] = []
+    u, inv = np.unique(flat, return_inverse=True)
+    if u.size <= max_width:
+        out.append(Table("tensor", inv.astype(np.int16), int(u.size), u.astype(flat.dtype)))
+    if layout is None or layout.channels <= 1 or u.size <= 16:
+        return out
+    rows = layout.rows(flat)
+    ranks, counts, srt = row_ranks(rows)
+    width = int(counts.max())
+    if width > max_width:
+        return out
+    idx = layout.unrows(ranks).astype(np.int16)
+    table = _distinct(srt, width)
+    out.append(Table("channel", idx, width, table.astype(flat.dtype), layout=layout))
+    if flat.dtype == np.float32:
+        if np.array_equal(table.astype(np.float16).astype(np.float64), table):
+            out.append(Table("channel", idx, width, table.astype(flat.dtype), store="half", layout=layout))
+        grid = factor(table, GRID8)
+        if grid is not None:
+            out.append(Table("channel", idx, width, grid[0], grid[1], store="grid", layout=layout))
+        shared = _shared(ranks, table, layout, max_width)
+        if shared is not None:
+            out.append(shared)
+    return sorted(out, key=Table.table_bytes)
+
+
+def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int) -> Table | None:
+    """One integer table for all channels times a float16 scale per channel, when it is exact."""
+    f = factor(table, GRID12)
+    if f is None:
+        return None
+    q, s = f
+    values, inv = np.unique(q, return_inverse=True)
+    if values.size > max_width:
+        return None
+    inv = inv.reshape(q.shape)
+    idx = np.take_along_axis(inv, ranks, axis=1)
+    return Table("shared", layout.unrows(idx).astype(np.int16), int(values.size),
+                 values.astype(np.int16), s, layout=layout)
+
+
+def build_table(t: Table, fresh: Names, name: str, dtype: np.dtype, inits: list, nodes: list,
+                zero_entry: bool = False) -> str:
+    """Decoder nodes producing the flat float table to Gather from (shared: the float q table).
+
+    With ``zero_entry`` a 0 is appended as the last entry (fillers of the sparse encodings).
+    """
+    from onnx import helper
+
+    to = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    vals = t.values.reshape(-1)
+    if zero_entry:
+        vals = np.concatenate([vals, np.zeros(1, vals.dtype)])
+    if t.store == "grid":  # [C, K] int8 x [C, 1] float16 scale, multiplied in float32
+        q = const(fresh, f"{name}_codes", t.values.astype(np.int8), inits)
+        sc = const(fresh, f"{name}_scales", t.scales.reshape(-1, 1), inits)
+        flat_shape = const(fresh, f"{name}_flat", np.array([-1], np.int64), inits)
+        qf, sf, tbl, flat = (fresh(f"{name}_{s}") for s in ("codesf", "scalesf", "table2d", "table"))
+        nodes += [node("Cast", [q], qf, to=to), node("Cast", [sc], sf, to=to),
+                  node("Mul", [qf, sf], tbl), node("Reshape", [tbl, flat_shape], flat)]
+        if not zero_entry:
+            return flat
+        zero = const(fresh, f"{name}_zero", np.zeros(1, dtype), inits)
+        out = fresh(f"{name}_table0")
+        nodes.append(node("Concat", [flat, zero], out, axis=0))
+        return out
+    if t.kind == "shared" or t.store == "half":  # int16 q (shared) or float16 entries, Cast up
+        raw = const(fresh, f"{name}_codes", vals.astype(np.int16 if t.kind == "shared" else np.float16), inits)
+        out = fresh(f"{name}_table")
+        nodes.append(node("Cast", [raw], out, to=to))
+        return out
+    return const(fresh, f"{name}_table", vals, inits)
