@@ -88,3 +88,114 @@ def parse_nm(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"--nm {text!r} is not N:M", "write it like 2:4 or 4:8") from None
     return n, m
+
+FACTORIZE_METHODS = ("auto", "spatial", "tucker2", "svd")
+DEFAULT_FACTORIZE_RATIO = 0.5
+
+
+def _positive(name: str, value: int | None, what: str = "a positive integer") -> None:
+    if value is not None and (int(value) != value or value < 1):
+        raise ConfigError(f"{name} {value} is not positive", f"give {what}, e.g. {name} 8")
+
+
+def _energy(value: float | None) -> None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise ConfigError(f"--energy {value} is outside 0..1 (exclusive of 0)",
+                          "give the fraction of weight energy to keep, e.g. --energy 0.9")
+
+
+@dataclass(frozen=True)
+class FactorizeConfig(Selection):
+    """Low-rank rewrites of convs and Gemm/MatMul (spatial SVD, Tucker-2, SVD).
+
+    At most one of ``rank`` (explicit), ``energy`` (fraction of squared singular values kept) and
+    ``ratio`` (target MACs after/before per layer; params when shapes are unknown) may be given;
+    with none, ``ratio`` is 0.5. Ranks are rounded up to a multiple of ``round_to`` (1 disables),
+    never above full rank. ``data_aware`` None = on when real calibration data is given.
+    ``measure``: rewrite only layers that onnxruntime runs faster (single-layer benchmark).
+    ``allow_growth``: rewrite even where MACs do not drop (exactness checks at full rank).
+    ``max_error``: skip layers whose estimated relative output error (the relative weight error
+    without calibration data) would exceed it.
+    """
+
+    method: str = "auto"
+    rank: int | None = None
+    energy: float | None = None
+    ratio: float | None = None
+    round_to: int = 8
+    data_aware: bool | None = None
+    measure: bool = False
+    hooi_iters: int = 2
+    max_samples: int = 64
+    allow_growth: bool = False
+    max_error: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("--method", self.method, FACTORIZE_METHODS)
+        given = [n for n, v in (("--rank", self.rank), ("--energy", self.energy), ("--ratio", self.ratio))
+                 if v is not None]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)} were both given",
+                              "give only one of --rank, --energy, --ratio")
+        _positive("--rank", self.rank)
+        _energy(self.energy)
+        if self.ratio is not None and not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"--ratio {self.ratio} is outside 0..1 (exclusive)",
+                              "give the target MACs fraction per layer, e.g. --ratio 0.5")
+        _positive("--round-to", self.round_to, "1 (no rounding) or more")
+        if self.max_error is not None and not 0.0 < self.max_error:
+            raise ConfigError(f"--max-error {self.max_error} is not positive",
+                              "give the largest relative error a layer may get, e.g. --max-error 0.1")
+        if self.hooi_iters < 0:
+            raise ConfigError(f"--hooi-iters {self.hooi_iters} is negative", "give 0 or more")
+        _positive("--calib-samples", self.max_samples)
+
+    @property
+    def target_ratio(self) -> float | None:
+        """The MACs ratio ranks are chosen for (None when --rank or --energy decides)."""
+        if self.rank is None and self.energy is None:
+            return DEFAULT_FACTORIZE_RATIO if self.ratio is None else self.ratio
+        return None
+
+
+DEFAULT_DEPTHWISE_ENERGY = 0.9
+
+
+@dataclass(frozen=True)
+class DepthwiseConfig(Selection):
+    """Dense conv -> depthwise (multiplier M) + pointwise, or -> grouped conv with G groups.
+
+    ``multiplier`` and ``groups`` are exclusive. ``energy``: alone, the smallest multiplier per
+    layer that keeps that fraction of the weight energy (default 0.9 when nothing is given);
+    with ``multiplier`` or ``groups``, a floor: layers that would keep less are skipped.
+    """
+
+    multiplier: int | None = None
+    groups: int | None = None
+    energy: float | None = None
+    data_aware: bool | None = None
+    measure: bool = False
+    max_samples: int = 64
+    allow_growth: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.multiplier is not None and self.groups is not None:
+            raise ConfigError("--multiplier and --groups were both given",
+                              "give --multiplier for depthwise+pointwise or --groups for a grouped conv")
+        _positive("--multiplier", self.multiplier)
+        _positive("--groups", self.groups)
+        _energy(self.energy)
+        _positive("--calib-samples", self.max_samples)
+
+    @property
+    def mode(self) -> str:
+        return "grouped" if self.groups is not None else "depthwise"
+
+    @property
+    def target_energy(self) -> float | None:
+        if self.multiplier is None and self.groups is None:
+            return DEFAULT_DEPTHWISE_ENERGY if self.energy is None else self.energy
+        return self.energy
+

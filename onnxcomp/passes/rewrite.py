@@ -1,0 +1,296 @@
+"""What the local rewrites (factorize, depthwise) share: layers, conv geometry, shapes, graph edits.
+
+A :class:`Layer` is one weight with all the compute nodes that use it (several when the weight is
+shared; they must all be the same kind of use), the kernel as a numpy array in a canonical
+layout (conv ``[O, C/g, kh, kw]``; Gemm/MatMul ``[O, K]`` with ``y = W x``), the conv geometry
+and the input/output shapes of every use. Shapes come from ONNX shape inference, and where it
+gives up (dynamic padding subgraphs, unknown dims) from one onnxruntime run on one sample.
+
+Rewrites replace each use node by new nodes at the same position in the graph; the last new node
+writes the ORIGINAL output tensor name, so consumers and graph outputs are untouched.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..encode.common import NameScope
+from ..graph.shapes import infer_shapes
+from ..graph.weights import Weight, WeightReport, find_weights, remove_storage
+from .base import Context, matches
+
+KINDS = {"conv": "Conv", "gemm_b": "Gemm", "matmul_b": "MatMul"}
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Kernel, strides, pads (top, left, bottom, right), dilations, groups and auto_pad of a 2-D conv."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    auto_pad: str = "NOTSET"
+
+    @staticmethod
+    def of(node: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> "ConvGeometry":
+        kh, kw = kernel_shape[2:]
+        pads = tuple(attr(node, "pads", [0, 0, 0, 0]))
+        auto = attr(node, "auto_pad", b"NOTSET")
+        return ConvGeometry((kh, kw), tuple(attr(node, "strides", [1, 1])),
+                            (pads[0], pads[1], pads[2], pads[3]),
+                            tuple(attr(node, "dilations", [1, 1])), int(attr(node, "group", 1)),
+                            auto.decode() if isinstance(auto, bytes) else str(auto))
+
+    def explicit_pads(self, in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Pads with auto_pad resolved for an input of height/width ``in_hw``."""
+        if self.auto_pad in ("NOTSET", ""):
+            return self.pads
+        if self.auto_pad == "VALID":
+            return (0, 0, 0, 0)
+        out = []
+        for size, k, s, d in zip(in_hw, self.kernel, self.strides, self.dilations):
+            total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
+            small = total // 2
+            out.append((small, total - small) if self.auto_pad == "SAME_UPPER" else (total - small, small))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+    def conv_attrs(self, axis: str = "both") -> dict:
+        """Attributes for a conv carrying this geometry on the vertical, horizontal or both axes."""
+        kh, kw = self.kernel
+        t, left, b, r = self.pads
+        if axis == "vertical":
+            return self._attrs((kh, 1), (self.strides[0], 1), (t, 0, b, 0), (self.dilations[0], 1))
+        if axis == "horizontal":
+            return self._attrs((1, kw), (1, self.strides[1]), (0, left, 0, r), (1, self.dilations[1]))
+        return self._attrs((kh, kw), self.strides, self.pads, self.dilations)
+
+    def _attrs(self, kernel, strides, pads, dilations) -> dict:
+        out = {"kernel_shape": list(kernel), "strides": list(strides), "dilations": list(dilations)}
+        if self.auto_pad not in ("NOTSET", ""):
+            out["auto_pad"] = self.auto_pad  # SAME_*/VALID resolve per axis exactly as in the original
+        else:
+            out["pads"] = list(pads)
+        return out
+
+
+@dataclass
+class Layer:
+    """One weight and its compute nodes, ready for a local rewrite."""
+
+    weight: Weight
+    nodes: list[onnx.NodeProto]
+    kind: str  # conv, gemm, matmul
+    kernel: np.ndarray
+    geom: ConvGeometry | None = None
+    in_shapes: list[tuple | None] = field(default_factory=list)
+    out_shapes: list[tuple | None] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        node = self.nodes[0]
+        return node.name or node.output[0]
+
+    @property
+    def group(self) -> int:
+        return self.geom.group if self.geom else 1
+
+    @property
+    def shapes_known(self) -> bool:
+        return all(_known(s) for s in self.in_shapes + self.out_shapes)
+
+
+def _known(shape) -> bool:
+    return shape is not None and len(shape) > 0 and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def _as_matrix(weight: Weight, values: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """Gemm/MatMul weight as ``W [out, K]`` (y = W x)."""
+    if weight.role == "gemm_b" and attr(node, "transB", 0):
+        return values
+    return values.T
+
+
+def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[str, ...],
+                   report: WeightReport | None = None) -> tuple[list[Layer], list[tuple[Weight, str]]]:
+    """Layers the pass may rewrite, and ``(weight, reason)`` for every candidate ruled out."""
+    report = report if report is not None else find_weights(model)
+    layers, skipped = [], []
+    for w in report:
+        if w.role not in KINDS or w.role not in roles:
+            continue
+        why = matches(w, config.include, config.exclude)
+        if why is None and w.size < config.min_params:
+            why = f"{w.size} params, below --min-params {config.min_params}"
+        if why is None and len(set((u.role, u.node.op_type) for u in w.uses)) > 1:
+            why = "shared by nodes that use it differently"
+        if why is None and any(u.role != w.role for u in w.uses):
+            why = "also used as another operand"
+        if why is None and w.role == "conv" and len(w.shape) != 4:
+            why = f"{len(w.shape) - 2}-D convolution (only 2-D convs are rewritten)"
+        if why is None and w.role == "matmul_b" and len(w.shape) != 2:
+            why = "batched MatMul weight (more than 2 dims)"
+        if why is None and w.role == "conv":
+            geoms = {ConvGeometry.of(u.node, w.shape) for u in w.uses}
+            why = "shared by convs with different strides/pads" if len(geoms) > 1 else None
+        if why is None and w.role == "gemm_b" and len({attr(u.node, "transB", 0) for u in w.uses}) > 1:
+            why = "shared by Gemms with different transB"
+        if why is not None:
+            skipped.append((w, why))
+            continue
+        node = w.uses[0].node
+        values = w.values()
+        if w.role == "conv":
+            layers.append(Layer(w, [u.node for u in w.uses], "conv", values, ConvGeometry.of(node, w.shape)))
+        else:
+            layers.append(Layer(w, [u.node for u in w.uses], KINDS[w.role].lower(),
+                                _as_matrix(w, values, node)))
+    fill_shapes(model, layers, ctx)
+    return layers, skipped
+
+
+def fill_shapes(model: onnx.ModelProto, layers: list[Layer], ctx: Context) -> None:
+    """Input/output shapes of every use (shape inference, else one onnxruntime run, batch 1)."""
+    shapes = infer_shapes(model, ctx.input_shapes)
+    missing = [t for lay in layers for n in lay.nodes for t in (n.input[0], n.output[0])
+               if not _known(shapes.get(t))]
+    if missing:
+        shapes.update(runtime_shapes(model, missing, ctx))
+    for lay in layers:
+        lay.in_shapes = [shapes.get(n.input[0]) for n in lay.nodes]
+        lay.out_shapes = [shapes.get(n.output[0]) for n in lay.nodes]
+
+
+def runtime_shapes(model: onnx.ModelProto, names: list[str], ctx: Context) -> dict[str, tuple]:
+    """Shapes of ``names`` from one onnxruntime run on one sample ({} if that is impossible)."""
+    from ..activations import Capturer
+    from ..calibration import load_data
+    from ..errors import OnnxCompError
+
+    try:
+        data = ctx.data if ctx.data is not None else load_data(None, model, input_shapes=ctx.input_shapes,
+                                                               batch_size=1, num_samples=1)
+        batch = next(iter(data))
+        batch = {k: v[:1] for k, v in batch.items()}
+        out = Capturer(model, list(dict.fromkeys(names)), threads=ctx.threads).run(batch)
+    except (OnnxCompError, StopIteration, Exception):  # noqa: BLE001 - shapes stay unknown
+        return {}
+    return {k: tuple(int(d) for d in v.shape) for k, v in out.items()}
+
+
+class GraphEditor:
+    """Replace nodes in place, add initializers under fresh names, drop storage that fell unused."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.scope = NameScope(model)
+
+    def replace(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+        """Put ``new_nodes`` where ``node`` was (its output name must be the last node's output)."""
+        assert new_nodes[-1].output[0] == node.output[0]
+        nodes = self.model.graph.node
+        index = next(i for i, n in enumerate(nodes) if n is node)
+        del nodes[index]
+        for k, new in enumerate(new_nodes):
+            nodes.insert(index + k, new)
+
+    def drop_weight(self, weight: Weight) -> None:
+        """Remove the old weight's storage, and the Identity/Reshape chain to it, once unused."""
+        g = self.model.graph
+        producers = {o: n for n in g.node for o in n.output}
+        chain, extras = [], []
+        for use in weight.uses:
+            name = use.node.input[use.index]
+            while name in producers and producers[name].op_type in ("Identity", "Reshape"):
+                node = producers[name]
+                chain.append(node)
+                extras += list(node.input[1:])
+                name = node.input[0]
+        if weight.source == "constant_of_shape" and weight.holder is not None:
+            extras += list(weight.holder.input)
+        for node in chain:
+            if self._unused(node.output[0]) and any(n is node for n in g.node):
+                g.node.remove(node)
+        if weight.holder is not None and self._unused(weight.name):
+            remove_storage(self.model, weight)
+        for name in extras:
+            t = next((t for t in g.initializer if t.name == name), None)
+            if t is not None and self._unused(name):
+                g.initializer.remove(t)
+
+    def _unused(self, name: str) -> bool:
+        g = self.model.graph
+        return all(name not in n.input for n in g.node) and all(o.name != name for o in g.output)
+
+
+class LocalNames:
+    """Fresh names for a throw-away micro-benchmark model (``x``, ``w``, ``y`` are taken)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = {"x", "y", "w"}
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+
+MEASURE_MAX_RATIO = 0.95  # --measure keeps a rewrite only if it runs in at most 95 % of the time
+
+
+def _micro_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], in_shape: tuple,
+                 dtype: int, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", dtype, list(in_shape))],
+                              [helper.make_tensor_value_info("y", dtype, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 8)
+    return model
+
+
+def micro_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy of a compute node reading ``x`` and weight ``w``, writing ``y``, without bias/C."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    copy.input.extend(["x", "w"])
+    del copy.output[:]
+    copy.output.append("y")
+    return copy
+
+
+def measure(original: onnx.NodeProto, weight: np.ndarray, rewritten: list[onnx.NodeProto],
+            inits: list[onnx.TensorProto], in_shape: tuple, dtype: int, opset: int,
+            macs: int | None = None) -> float:
+    """Time of the rewritten layer / time of the original, onnxruntime, 1 thread, interleaved.
+
+    ``original`` must come from :func:`micro_node`; ``rewritten`` reads ``x`` and writes ``y``.
+    Both run side by side in :func:`onnxcomp.bench.bench` (median of interleaved runs).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..bench import bench
+
+    runs = int(np.clip(2e9 / max(macs or 1, 1), 30, 200))
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-measure-") as tmp:
+        a, b = Path(tmp) / "original.onnx", Path(tmp) / "rewritten.onnx"
+        w = numpy_helper.from_array(weight, "w")
+        onnx.save_model(_micro_model([original], [w], in_shape, dtype, opset), str(a))
+        onnx.save_model(_micro_model(rewritten, inits, in_shape, dtype, opset), str(b))
+        report = bench([a, b], threads=1, runs=runs, warmup=max(3, runs // 10))
+    return float(report.entries[1].p50_ms / report.entries[0].p50_ms)

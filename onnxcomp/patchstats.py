@@ -1,0 +1,105 @@
+"""Layer-input covariances from calibration data, for the data-aware low-rank rewrites.
+
+For a conv the statistic is the uncentred covariance ``E[p pᵀ]`` of its im2col patches (one
+patch per output position, flattened in kernel order ``(c, i, j)``, per group); for a Gemm/MatMul
+it is ``E[x xᵀ]`` over the rows that meet the weight. Inputs are captured through onnxruntime
+batch by batch (:func:`onnxcomp.activations.capture`, split to stay under a memory bound), at
+most ``max_samples`` samples are used, and a seeded random subset of at most
+``max_patches / max_samples`` output positions per sample is gathered, so memory and time stay
+bounded on large feature maps. Only the ``D × D`` accumulators are kept (``D`` = patch size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .activations import capture
+
+CAPTURE_BYTES = 256 << 20
+
+
+@dataclass
+class StatsRequest:
+    """What to measure for one layer: its input tensor and how the weight meets it."""
+
+    key: str
+    tensor: str
+    kind: str  # "conv" or "matrix"
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
+
+
+def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]``: ``[S, C·kh·kw]``."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
+    t, left, b, r = req.pads
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
+    ho = (h + t + b - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + r - dw * (kw - 1) - 1) // sw + 1
+    if ho <= 0 or wo <= 0:
+        return np.zeros((0, c * kh * kw), np.float64)
+    per = min(count, ho * wo)
+    picks = np.concatenate([rng.choice(ho * wo, per, replace=False) for _ in range(n)])
+    batch = np.repeat(np.arange(n), per)
+    oy, ox = picks // wo, picks % wo
+    rows = oy[:, None] * sh + np.arange(kh)[None, :] * dh  # [S, kh]
+    cols = ox[:, None] * sw + np.arange(kw)[None, :] * dw  # [S, kw]
+    patches = xp[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [S, kh, kw, C]
+    return patches.transpose(0, 3, 1, 2).reshape(len(batch), c * kh * kw)
+
+
+def matrix_rows(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` random input rows per sample (the vectors the weight multiplies)."""
+    if req.transposed:
+        x = np.swapaxes(x, -1, -2)
+    n = x.shape[0] if x.ndim > 2 else 1
+    rows = x.reshape(n, -1, x.shape[-1])
+    per = min(count, rows.shape[1])
+    picks = [row[rng.choice(len(row), per, replace=False)] for row in rows]
+    return np.concatenate(picks)
+
+
+def _limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterator[dict[str, np.ndarray]]:
+    seen = 0
+    for batch in data:
+        n = len(next(iter(batch.values())))
+        take = min(n, max_samples - seen)
+        yield {k: v[:take] for k, v in batch.items()}
+        seen += take
+        if seen >= max_samples:
+            return
+
+
+def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable[dict[str, np.ndarray]],
+                        *, max_samples: int = 64, max_patches: int = 16384, seed: int = 0,
+                        threads: int | None = None) -> dict[str, list[np.ndarray]]:
+    """``key -> [covariance per group]`` (float64, ``D × D``) for every request."""
+    if not requests:
+        return {}
+    rng = np.random.default_rng(seed)
+    per_sample = max(1, math.ceil(max_patches / max_samples))
+    sums: dict[str, list[np.ndarray] | None] = {r.key: None for r in requests}
+    counts = {r.key: 0 for r in requests}
+    tensors = list(dict.fromkeys(r.tensor for r in requests))
+    for out in capture(model, tensors, _limited(data, max_samples), threads=threads,
+                       max_bytes=CAPTURE_BYTES):
+        for req in requests:
+            x = np.asarray(out[req.tensor], np.float32)
+            if req.kind == "conv":
+                p = conv_patches(x, req, per_sample, rng)
+            else:
+                p = matrix_rows(x, req, per_sample, rng)
+            p = p.astype(np.float64)
+            parts = np.split(p, req.group, axis=1) if req.group > 1 else [p]
+            grams = [q.T @ q for q in parts]
+            sums[req.key] = grams if sums[req.key] is None else [a + g for a, g in zip(sums[req.key], grams)]
+            counts[req.key] += len(p)
+    return {k: [g / max(counts[k], 1) for g in v] for k, v in sums.items() if v is not None}
