@@ -3,6 +3,7 @@ same bad values with the same one-line message.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -199,3 +200,77 @@ class DepthwiseConfig(Selection):
             return DEFAULT_DEPTHWISE_ENERGY if self.energy is None else self.energy
         return self.energy
 
+
+CLUSTER_GRANULARITIES = ("tensor", "channel", "shared")
+CLUSTER_INITS = ("linear", "density", "random")
+CLUSTER_ALLOCATIONS = ("uniform", "mixed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig(Selection):
+    """Weight sharing: 1-D k-means of each weight into 2^bits (or ``clusters``) values.
+
+    ``granularity``: one codebook per tensor, per output channel, or one shared codebook over
+    per-channel-scaled weights. ``init``: linear, density (CDF quantiles) or random (Forgy).
+    ``allocation`` mixed: per-layer bits (2..8) chosen so the parameter-weighted average is
+    ``bits``, spending bits where the estimated (calibration-weighted) error drops most.
+    Exact zeros stay zero. ``encoding`` is passed to encode_weights (auto = smallest).
+    """
+
+    bits: int | None = None
+    clusters: int | None = None
+    granularity: str = "channel"
+    init: str = "linear"
+    allocation: str = "uniform"
+    include_depthwise: bool = False
+    iterations: int = 40
+    max_samples: int = 64
+    encoding: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bits is None and self.clusters is None:
+            raise ConfigError("neither --bits nor --clusters was given", "give one, e.g. --bits 4")
+        if self.bits is not None and self.clusters is not None:
+            raise ConfigError("--bits and --clusters were both given", "give only one of them")
+        if self.bits is not None and (int(self.bits) != self.bits or not 1 <= self.bits <= 8):
+            raise ConfigError(f"--bits {self.bits} is outside 1..8", "give a whole number of bits, e.g. --bits 4")
+        if self.clusters is not None and (int(self.clusters) != self.clusters or not 2 <= self.clusters <= 256):
+            raise ConfigError(f"--clusters {self.clusters} is outside 2..256", "e.g. --clusters 16")
+        _choice("--granularity", self.granularity, CLUSTER_GRANULARITIES)
+        _choice("--init", self.init, CLUSTER_INITS)
+        _choice("--allocation", self.allocation, CLUSTER_ALLOCATIONS)
+        for name, value in (("--iterations", self.iterations), ("--calib-samples", self.max_samples)):
+            if int(value) != value or value < 1:
+                raise ConfigError(f"{name} {value} is not positive", f"give a positive integer, e.g. {name} 32")
+        if self.allocation == "mixed" and self.bits is None:
+            raise ConfigError("--allocation mixed needs --bits (the average budget)", "e.g. --bits 4 --allocation mixed")
+
+    @property
+    def k(self) -> int:
+        """Clusters per codebook."""
+        return int(self.clusters) if self.clusters is not None else 1 << int(self.bits)
+
+    @property
+    def budget_bits(self) -> float:
+        return float(self.bits) if self.bits is not None else math.log2(self.k)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """The Deep Compression pipeline: prune to ``sparsity``, cluster to ``bits``, encode, pack."""
+
+    sparsity: float = 0.9
+    bits: int = 4
+    granularity: str = "channel"
+    allocation: str = "auto"
+    bit_allocation: str = "uniform"
+    pack: bool = False
+
+    def __post_init__(self) -> None:
+        _fraction("--prune", self.sparsity)
+        if int(self.bits) != self.bits or not 1 <= self.bits <= 8:
+            raise ConfigError(f"--bits {self.bits} is outside 1..8", "e.g. --bits 4")
+        _choice("--granularity", self.granularity, CLUSTER_GRANULARITIES)
+        _choice("--allocation", self.allocation, ALLOCATIONS)
+        _choice("--bit-allocation", self.bit_allocation, CLUSTER_ALLOCATIONS)

@@ -13,6 +13,7 @@ Initialisations (Han et al., Deep Compression): ``linear`` (evenly spaced betwee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -190,12 +191,14 @@ def _lloyd(s: _Sorted, c: np.ndarray, iters: int, tol: float) -> np.ndarray:
 
 def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None,
                 init: str = "linear", iters: int = 40, seed: int = 0, tol: float = 1e-7,
-                dtype: np.dtype | None = None, swaps: int = 16) -> KMeansResult:
+                dtype: np.dtype | None = None, snap: Callable[[np.ndarray], np.ndarray] | None = None,
+                swaps: int = 16) -> KMeansResult:
     """Weighted 1-D k-means of every row of ``values`` [rows, n] into ``k`` clusters.
 
     ``weights`` (broadcastable to ``values``, >= 0) weight each element's squared error; elements
-    of weight 0 are ignored by the fit. With ``dtype``, the centroids are rounded to it before the
-    final assignment, so ``centroids[labels]`` is exactly what a codebook of that dtype holds.
+    of weight 0 are ignored by the fit. With ``dtype`` (or any ``snap`` function, e.g. rounding to
+    a grid), the centroids are rounded before the final assignment, so ``centroids[labels]`` is
+    exactly what the codebook holds.
     """
     if init not in INITS:
         raise ValueError(f"init {init!r} is not one of {INITS}")
@@ -212,7 +215,10 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
         c = _lloyd(s, c, iters, tol)
     c[s.cw[:, -1] <= 0] = 0.0
     if dtype is not None:
-        c = np.sort(c.astype(dtype).astype(np.float64), axis=1)
+        c = c.astype(dtype).astype(np.float64)
+    if snap is not None:
+        c = np.asarray(snap(c), np.float64)
+    c = np.sort(c, axis=1)
     b = s.bounds(c)
     sw, sx, sxx = s.sums(b)
     sse = np.maximum(sxx - 2 * c * sx + c * c * sw, 0.0).sum(axis=1)

@@ -1,6 +1,6 @@
 """Codebook encodings: indices into a table of the values a weight actually holds.
 
-codebook8      one uint8 index per weight (<= 256 entries per table row); Cast + Gather (opset 9).
+codebook8      one uint8 index per weight (<= 256 entries per table row); Cast + Gather (opset 11).
 codebook4      two 4-bit indices per byte, first in the high nibble (<= 16 entries); unpacked with
                BitShift + Mod (no BitwiseAnd, so opset 11 suffices), then Cast + Gather.
 codebook_uint4 the indices as a UINT4 initializer; Cast + Gather (opset 21).
@@ -53,11 +53,15 @@ def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: 
     dims = const(fresh, f"{name}_dims3", np.array([lay.outer, lay.channels, lay.inner], np.int64), inits)
     i3, out = fresh(f"{name}_idx3"), fresh(f"{name}_vals3")
     nodes.append(node("Reshape", [idx, dims], i3))
-    if t.kind == "channel":
-        offs = const(fresh, f"{name}_offsets",
-                     (np.arange(lay.channels, dtype=np.int32) * t.width).reshape(1, -1, 1), inits)
-        i3o = fresh(f"{name}_idx3o")
-        nodes += [node("Add", [i3, offs], i3o), node("Gather", [table, i3o], out, axis=0)]
+    if t.kind == "channel":  # offsets c*K built in-graph: K repeated C times, exclusive CumSum
+        nch = const(fresh, f"{name}_nch", np.array([lay.channels], np.int64), inits)
+        axis = const(fresh, f"{name}_axis0", np.array(0, np.int32), inits)
+        col = const(fresh, f"{name}_col3", np.array([1, -1, 1], np.int64), inits)
+        ks, offs, offs3, i3o = (fresh(f"{name}_{s}") for s in ("ks", "offs", "offs3", "idx3o"))
+        nodes += [helper.make_node("ConstantOfShape", [nch], [ks],
+                                   value=helper.make_tensor("v", onnx.TensorProto.INT32, [1], [t.width])),
+                  node("CumSum", [ks, axis], offs, exclusive=1), node("Reshape", [offs, col], offs3),
+                  node("Add", [i3, offs3], i3o), node("Gather", [table, i3o], out, axis=0)]
         return out
     g = fresh(f"{name}_q3")
     scales = const(fresh, f"{name}_scales", t.scales.reshape(1, -1, 1), inits)
@@ -66,6 +70,13 @@ def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: 
               node("Cast", [scales], sf, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))),
               node("Mul", [g, sf], out)]
     return out
+
+
+def unnamed(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Drop decoder node names (optional in ONNX; they cost bytes in every small model)."""
+    for n in nodes:
+        n.name = ""
+    return nodes
 
 
 class _Codebook(Encoding):
@@ -96,10 +107,11 @@ class _Codebook(Encoding):
         t = pick(flat, self.layout, self.bits)
         inits: list[onnx.TensorProto] = []
         nodes: list[onnx.NodeProto] = []
-        idx = self.indices(t.idx.astype(np.uint8), fresh, name, inits, nodes)
-        out = gather(t, fresh, name, flat.dtype, idx, inits, nodes)
-        reshape_to(fresh, name, out, shape, name, inits, nodes)
-        return nodes, inits
+        p = fresh("cb")  # short prefix: decoder names add up in small models
+        idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
+        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
+        reshape_to(fresh, p, out, shape, name, inits, nodes)
+        return unnamed(nodes), inits
 
     def indices(self, idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list) -> str:
         raw = const(fresh, f"{name}_idx8", idx, inits)
@@ -112,7 +124,7 @@ class Codebook8(_Codebook):
     """uint8 indices + table; Cast + Gather."""
 
     kind = "codebook8"
-    min_opset = 9
+    min_opset = 11  # CumSum builds the per-channel offsets
 
 
 def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list) -> str:

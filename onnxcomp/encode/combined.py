@@ -16,7 +16,7 @@ import onnx
 
 from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to, \
     zeros_like_flat
-from .codebook import pack_nibbles, unpack_nibbles
+from .codebook import pack_nibbles, unnamed, unpack_nibbles
 from .tables import Layout, Table, build_table, detect
 
 I32 = onnx.TensorProto.INT32
@@ -89,14 +89,15 @@ class _SparseCodebook(Encoding):
         idx[real] = t.idx[pos[which[real]]]
         inits: list[onnx.TensorProto] = []
         nodes: list[onnx.NodeProto] = []
+        final, name = name, fresh("scb")  # short prefix for the decoder's own tensors
         gap, ix = self.streams(fields, idx, t.width, fresh, name, inits, nodes)
         posn, filler = positions(gap, fmax, fresh, name, inits, nodes)
         vals = entry_values(t, flat.dtype, ix, posn, filler, fresh, name, inits, nodes)
         zeros = zeros_like_flat(fresh, name, flat.size, flat.dtype, inits, nodes)
         out = fresh(f"{name}_flat")
         nodes.append(node("ScatterElements", [zeros, posn, vals], out, axis=0))
-        reshape_to(fresh, name, out, shape, name, inits, nodes)
-        return nodes, inits
+        reshape_to(fresh, name, out, shape, final, inits, nodes)
+        return unnamed(nodes), inits
 
 
 def positions(gap: str, fmax: int, fresh: Names, name: str, inits: list, nodes: list) -> tuple[str, str]:

@@ -1,0 +1,166 @@
+"""Weight sharing: k-means each weight into a small codebook (Deep Compression, stage 2).
+
+plan: select weights (compute kernels; biases, tiny tensors and depthwise kernels skipped with a
+reason), measure each one's importance on real calibration data (diagonal of the layer-input
+Hessian, :mod:`.hessian`) and choose the bits per layer (uniform, or mixed from the average-bits
+budget); apply: write every weight's clustered values (:mod:`.cluster_fit`), zeros kept.
+Storage is a separate stage: :func:`onnxcomp.encode.encode_weights` finds the codebook in the
+final values and stores indices + table, bit-exactly.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..config import ClusterConfig
+from ..encode.tables import Layout
+from ..graph.weights import Weight, find_weights, set_weight
+from .base import Change, Context, Pass, PassResult, matches, skip
+from .cluster_fit import Fit, fit
+
+CLUSTER_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a")
+MIXED_RANGE = 2  # mixed bits stay within budget +- this
+
+
+@dataclass
+class ClusterPlan:
+    """Bits and granularity per selected weight, importance, precomputed fits, skipped rows."""
+
+    bits: dict[str, int] = field(default_factory=dict)
+    granularity: dict[str, str] = field(default_factory=dict)
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
+    fits: dict[str, Fit] = field(default_factory=dict)
+    skipped: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
+    """The weights the pass may cluster, and a skip row (with its reason) for the others."""
+    chosen, skipped = [], []
+    for w in weights:
+        if w.is_bias:
+            continue
+        if set(w.roles) - set(CLUSTER_ROLES):
+            skipped.append(skip(w, f"used as {', '.join(w.roles)}"))
+        elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
+            skipped.append(skip(w, why))
+        elif w.is_depthwise and not cfg.include_depthwise:
+            skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel; "
+                                   "--include-depthwise clusters it per tensor)"))
+        elif w.size < cfg.min_params:
+            skipped.append(skip(w, f"tiny tensor ({w.size} < --min-params {cfg.min_params})"))
+        elif not np.all(np.isfinite(w.values())):
+            skipped.append(skip(w, "contains NaN or Inf"))
+        else:
+            chosen.append(w)
+    return chosen, skipped
+
+
+def _granularity(w: Weight, cfg: ClusterConfig) -> str:
+    return "tensor" if w.is_depthwise or w.out_axis is None else cfg.granularity
+
+
+def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
+         is_k: bool = False) -> Fit:
+    k = bits_or_k if is_k else 1 << bits_or_k
+    return fit(w.values().reshape(-1), Layout.of(w.shape, w.out_axis), k, plan.granularity[w.name],
+               importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
+
+
+def allocate(errors: dict[str, dict[int, float]], sizes: dict[str, int], budget: float) -> dict[str, int]:
+    """Bits per layer minimising the summed relative error with sum(size*bits) <= budget*sum(size).
+
+    Greedy on marginal gain per parameter bit: start every layer at its fewest bits and upgrade
+    the layer whose error drops most per added bit*param while the budget allows.
+    """
+    bits = {n: min(e) for n, e in errors.items()}
+    spent = sum(sizes[n] * b for n, b in bits.items())
+    limit = budget * sum(sizes.values())
+    heap = []
+
+    def push(n: str) -> None:
+        b = bits[n]
+        if b + 1 in errors[n]:
+            heapq.heappush(heap, (-(errors[n][b] - errors[n][b + 1]) / sizes[n], n))
+
+    for n in bits:
+        push(n)
+    while heap:
+        _, n = heapq.heappop(heap)
+        if spent + sizes[n] <= limit + 1e-9:
+            bits[n] += 1
+            spent += sizes[n]
+            push(n)
+    return bits
+
+
+class ClusterPass(Pass):
+    """k-means weight sharing per tensor, per output channel or shared with per-channel scales."""
+
+    name = "cluster"
+    uses_data = True
+
+    def plan(self, model: onnx.ModelProto, ctx: Context) -> ClusterPlan:
+        cfg: ClusterConfig = self.config
+        weights, skipped = select(find_weights(model), cfg)
+        plan = ClusterPlan(skipped=skipped)
+        for w in weights:
+            plan.granularity[w.name] = _granularity(w, cfg)
+            if w.is_depthwise:
+                plan.notes.append(f"{w.name}: depthwise kernel clustered per tensor")
+        if ctx.has_real_data and weights:
+            from .hessian import importance
+
+            plan.importance = importance(model, weights, ctx.data, max_samples=cfg.max_samples,
+                                         threads=ctx.threads)
+            missing = len(weights) - len(plan.importance)
+            plan.notes.append(f"k-means weighted by calibration importance (E[x^2] per input) on "
+                              f"{len(plan.importance)} weight(s)" + (f"; {missing} unweighted" if missing else ""))
+        elif ctx.data is not None:
+            plan.notes.append("random data: k-means unweighted (no calibration importance)")
+        if cfg.allocation == "uniform":
+            plan.bits = {w.name: cfg.budget_bits for w in weights}
+            return plan
+        lo, hi = max(1, cfg.bits - MIXED_RANGE), min(8, cfg.bits + MIXED_RANGE)
+        errors: dict[str, dict[int, float]] = {}
+        for w in weights:
+            fits = {b: _fit(w, b, plan, cfg, ctx) for b in range(lo, hi + 1)}
+            errors[w.name] = {b: f.rel_error for b, f in fits.items()}
+            plan.fits[w.name] = fits  # type: ignore[assignment] - narrowed below
+        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits)
+        plan.fits = {n: fits[plan.bits[n]] for n, fits in plan.fits.items()}  # type: ignore[index]
+        spread = sorted(plan.bits.values())
+        if spread:
+            plan.notes.append(f"mixed bits {spread[0]}..{spread[-1]}, parameter-weighted average "
+                              f"{sum(w.size * plan.bits[w.name] for w in weights) / sum(w.size for w in weights):.2f}")
+        return plan
+
+    def apply(self, model: onnx.ModelProto, plan: ClusterPlan, ctx: Context) -> PassResult:
+        cfg: ClusterConfig = self.config
+        result = PassResult(self.name, settings={
+            "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
+            "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
+        by_name = find_weights(model).by_name()
+        for name, bits in plan.bits.items():
+            w = by_name[name]
+            if name in plan.fits:
+                f = plan.fits[name]
+            elif cfg.clusters is not None:
+                f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True)
+            else:
+                f = _fit(w, int(bits), plan, cfg, ctx)
+            set_weight(model, w, f.values.reshape(w.shape))
+            k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
+            index_bits = 4 if k <= 16 else 8
+            sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
+            result.changes.append(Change(
+                name=name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
+                bytes_before=w.nbytes, bytes_after=(w.size * index_bits + 7) // 8,
+                detail={"shape": list(w.shape), "bits": float(np.log2(k)), "clusters": int(k),
+                        "granularity": f.granularity, "sqnr_db": round(float(sqnr), 2),
+                        "weighted": name in plan.importance}))
+        result.changes.extend(plan.skipped)
+        return result

@@ -1,0 +1,92 @@
+"""The numbers behind the cluster pass: codebook values for one weight at one granularity.
+
+Every result is written so that a standard-ONNX decoder rebuilds it bit-exactly:
+  tensor   k-means over the whole tensor; centroids in the weight's dtype.
+  channel  k-means per output channel. float32 weights at <= 4 bits snap the centroids to an
+           int8 grid times a float16 scale per channel (q * s is exact in float32; the table
+           then costs k+2 bytes per channel); above 4 bits, centroids are rounded to float16
+           (a 2^-11 relative change, far below the quantisation step) so the table halves.
+  shared   one k-means over every channel divided by its float16 scale (absmax / 2047),
+           centroids snapped to integers <= 2047; weight = q[idx] * s[c], exact in float32.
+Exact zeros stay zero: they take no part in the fit, and when fewer than half the weights are
+zero they keep a code of their own (k - 1 clusters for the nonzeros).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..encode.tables import GRID8, GRID12, Layout
+from ..kmeans import kmeans_rows
+
+SPARSE_OWN_CODE = 0.5  # below this fraction of zeros, zero takes one of the k codes
+
+
+@dataclass
+class Fit:
+    """Clustered values (flat, the weight's dtype), weighted SSE and the weighted energy."""
+
+    values: np.ndarray
+    sse: float
+    energy: float
+    granularity: str
+
+    @property
+    def rel_error(self) -> float:
+        return self.sse / self.energy if self.energy > 0 else 0.0
+
+
+def f16_ceil(x: np.ndarray) -> np.ndarray:
+    """The smallest float16 >= x (positive x), as float32; 1 where x is 0."""
+    x = np.asarray(x, np.float64)
+    h = x.astype(np.float16)
+    up = h.astype(np.float64) < x
+    h[up] = np.nextafter(h[up], np.float16(np.inf))
+    h = np.maximum(h, np.float16(6e-8))  # the smallest float16 subnormal
+    return np.where(x > 0, h.astype(np.float32), np.float32(1.0))
+
+
+def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importance: np.ndarray | None = None,
+        init: str = "linear", iters: int = 40, seed: int = 0) -> Fit:
+    """Cluster one weight (flat, in stored order) into k values per codebook."""
+    dtype = flat.dtype
+    if dtype not in (np.float32, np.float16) and granularity != "tensor":
+        granularity = "tensor"
+    if granularity == "shared" and dtype != np.float32:
+        granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
+    rows = layout.rows(flat).astype(np.float64) if granularity != "tensor" else flat.reshape(1, -1).astype(np.float64)
+    imp = np.ones_like(rows) if importance is None else (
+        layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float64)
+    nz = rows != 0
+    kk = k - 1 if (~nz).any() and (~nz).mean() < SPARSE_OWN_CODE else k
+    kk = max(kk, 1)
+    w = imp * nz
+    if granularity == "tensor":
+        q = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
+        out = q.astype(dtype)
+    elif granularity == "channel" and dtype == np.float32 and k <= 16:
+        s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
+        q = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
+        out = q.astype(np.float32) * s
+    elif granularity == "channel":
+        half = lambda c: c.astype(np.float16).astype(np.float64)  # noqa: E731
+        out = _kmeans(rows, kk, w, init, iters, seed, half).astype(dtype)
+    else:
+        s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
+        u = (rows / s).reshape(1, -1)
+        ws = (w * s.astype(np.float64) ** 2).reshape(1, -1)
+        q = _kmeans(u, kk, ws, init, iters, seed, lambda c: np.clip(np.round(c), -GRID12, GRID12))
+        out = q.reshape(rows.shape).astype(np.float32) * s
+    out = np.where(nz, out, np.zeros((), out.dtype))
+    err = out.astype(np.float64) - rows
+    sse = float((imp * err * err).sum())
+    energy = float((imp * rows * rows).sum())
+    values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
+    return Fit(values.astype(dtype), sse, energy, granularity)
+
+
+def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int, snap) -> np.ndarray:
+    """k-means per row, centroids snapped by ``snap``, each element replaced by its centroid."""
+    r = kmeans_rows(rows, k, weights=w, init=init, iters=iters, seed=seed, snap=snap)
+    return np.take_along_axis(r.centroids, r.labels.astype(np.int64), axis=1)
