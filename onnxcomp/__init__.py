@@ -3,6 +3,7 @@
 The public API, re-exported; see :mod:`onnxcomp.api`.
 """
 from .api import Model, as_model, bench, compare, inspect, load, save
+from .api import cluster, compress, pack, unpack
 from .calibration import CalibrationData, load_data
 from .errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
                      QualityGateError, UnsupportedModelError)
@@ -16,4 +17,5 @@ __all__ = [
     "UnsupportedModelError", "QualityGateError",
     "compare", "bench", "load_data", "CalibrationData", "FidelityReport",
 ]
+__all__ += ["cluster", "compress", "pack", "unpack"]
 __version__ = "0.1.0"

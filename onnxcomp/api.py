@@ -91,3 +91,52 @@ def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvi
 
     return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
                   input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)
+
+
+def cluster(model: ModelLike, bits: int | None = None, *, clusters: int | None = None,
+            granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
+            include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
+            iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0):
+    """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
+
+    ``granularity``: tensor, channel (default) or shared (one codebook over per-channel-scaled
+    weights). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
+    ``model`` is encoded (indices + codebook); save it with ``oc.save(result.model, path)``.
+    """
+    from .clustering import run_cluster
+    from .config import ClusterConfig
+
+    cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
+                        allocation=allocation, include=include, exclude=exclude, min_params=min_params,
+                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding)
+    return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
+
+
+def compress(model: ModelLike, sparsity: float = 0.9, bits: int = 4, *, data=None,
+             granularity: str = "channel", allocation: str = "auto", bit_allocation: str = "uniform",
+             threads: int | None = None):
+    """Deep Compression without retraining: prune -> cluster -> encode; returns a Pipeline.
+
+    ``result.model`` is the encoded model; ``result.stages`` gives bytes and fidelity after each
+    stage (measured on ``data``; random data when None). Pack it with :func:`pack`.
+    """
+    from .compression import run_compress
+    from .config import CompressConfig
+
+    cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
+                         bit_allocation=bit_allocation)
+    return run_compress(model, cfg, data=data, threads=threads)
+
+
+def pack(model: str | os.PathLike, output: str | os.PathLike | None = None, *, force: bool = False):
+    """Write ``model`` (an .onnx file) as an entropy-coded .onnxc archive; returns a PackReport."""
+    from .encode.packfile import pack_file
+
+    return pack_file(model, output, force=force)
+
+
+def unpack(archive: str | os.PathLike, output: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Restore the byte-identical .onnx file from an archive (sha256 checked); returns its path."""
+    from .encode.packfile import unpack_file
+
+    return unpack_file(archive, output, force=force)

@@ -1,0 +1,272 @@
+"""The .onnxc archive: an ONNX file split into streams, each entropy-coded; unpacks byte-identical.
+
+Deep Compression's last stage is Huffman coding for downloads; lzma does that job here. The
+ONNX bytes are walked at the protobuf wire level (never re-serialised, so any writer's byte
+layout survives) and every tensor's ``raw_data`` is cut out into a stream by kind: float32,
+float16/bfloat16, float64, indices (8/4-bit and 16-bit integers: codebook indices, gaps) and
+other integers. What remains (graph, names, shapes) is the skeleton stream. Float streams are
+byte-shuffled (byte planes) before coding. Format, version 1 (little-endian):
+
+  magic      8 bytes  b"ONNXC\\x00\\r\\n"
+  version    u16      1
+  codec      u8       1 = lzma2 raw (preset 9e)
+  reserved   u8       0
+  sha256     32 bytes of the original ONNX file
+  length     u64      size of the original ONNX file
+  count      u16      number of streams
+  streams    count x (kind u8, shuffle u8 = itemsize or 0, raw length u64, coded length u64)
+  payloads   the coded streams, in table order
+Stream 0 is the skeleton, stream 1 the cut list (u64 pairs: original offset, length, plus u8
+stream id per cut, all little-endian), then the data streams.
+"""
+from __future__ import annotations
+
+import hashlib
+import lzma
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError
+
+MAGIC = b"ONNXC\x00\r\n"
+VERSION = 1
+CODEC_LZMA = 1
+_HEAD = struct.Struct("<8sHBB32sQH")
+_ENTRY = struct.Struct("<BBQQ")
+KINDS = {0: "skeleton", 1: "cuts", 2: "float32", 3: "float16", 4: "float64", 5: "indices", 6: "integers"}
+_DTYPE_KIND = {1: 2, 10: 3, 16: 3, 11: 4, 2: 5, 3: 5, 4: 5, 5: 5, 21: 5, 22: 5}  # TensorProto types
+_SHUFFLE = {2: 4, 3: 2, 4: 8}
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+# message field numbers walked: where TensorProtos can sit inside a ModelProto
+_GRAPH_IN_MODEL, _FUNCS_IN_MODEL = 7, 25
+_NODE, _INIT, _SPARSE_INIT = 1, 5, 15
+_FUNC_NODE = 7
+_ATTR = 5
+_ATTR_T, _ATTR_G, _ATTR_TS, _ATTR_GS, _ATTR_ST, _ATTR_STS = 5, 6, 10, 11, 22, 23
+_TENSOR_TYPE, _TENSOR_RAW = 2, 9
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(field number, wire type, value start, value end) of each field of one message."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            _, j = _varint(buf, i)
+        elif wt == 1:
+            j = i + 8
+        elif wt == 5:
+            j = i + 4
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            j = i + n
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        if j > end:
+            raise ValueError("field runs past its message")
+        yield num, wt, i, j
+        i = j
+
+
+def _tensor(buf: bytes, s: int, e: int, cuts: list) -> None:
+    dtype, raw = 0, None
+    for num, wt, a, b in _fields(buf, s, e):
+        if num == _TENSOR_TYPE and wt == 0:
+            dtype = _varint(buf, a)[0]
+        elif num == _TENSOR_RAW and wt == 2 and b > a:
+            raw = (a, b)
+    if raw is not None:
+        cuts.append((raw[0], raw[1] - raw[0], _DTYPE_KIND.get(dtype, 6)))
+
+
+def _sparse(buf: bytes, s: int, e: int, cuts: list) -> None:
+    for num, wt, a, b in _fields(buf, s, e):
+        if num in (1, 2) and wt == 2:
+            _tensor(buf, a, b, cuts)
+
+
+def _node(buf: bytes, s: int, e: int, cuts: list) -> None:
+    for num, wt, a, b in _fields(buf, s, e):
+        if num != _ATTR or wt != 2:
+            continue
+        for an, aw, x, y in _fields(buf, a, b):
+            if aw != 2:
+                continue
+            if an in (_ATTR_T, _ATTR_TS):
+                _tensor(buf, x, y, cuts)
+            elif an in (_ATTR_G, _ATTR_GS):
+                _graph(buf, x, y, cuts)
+            elif an in (_ATTR_ST, _ATTR_STS):
+                _sparse(buf, x, y, cuts)
+
+
+def _graph(buf: bytes, s: int, e: int, cuts: list) -> None:
+    for num, wt, a, b in _fields(buf, s, e):
+        if wt != 2:
+            continue
+        if num == _NODE:
+            _node(buf, a, b, cuts)
+        elif num == _INIT:
+            _tensor(buf, a, b, cuts)
+        elif num == _SPARSE_INIT:
+            _sparse(buf, a, b, cuts)
+
+
+def find_cuts(buf: bytes) -> list[tuple[int, int, int]]:
+    """(offset, length, stream kind) of every tensor payload in serialised ModelProto bytes."""
+    cuts: list[tuple[int, int, int]] = []
+    for num, wt, a, b in _fields(buf, 0, len(buf)):
+        if num == _GRAPH_IN_MODEL and wt == 2:
+            _graph(buf, a, b, cuts)
+        elif num == _FUNCS_IN_MODEL and wt == 2:
+            for fn, fw, x, y in _fields(buf, a, b):
+                if fn == _FUNC_NODE and fw == 2:
+                    _node(buf, x, y, cuts)
+    return sorted(cuts)
+
+
+def entropy_bytes(data: bytes) -> float:
+    """Order-0 Shannon entropy bound of a byte stream, in bytes."""
+    if not data:
+        return 0.0
+    p = np.bincount(np.frombuffer(data, np.uint8), minlength=256) / len(data)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum() * len(data) / 8)
+
+
+def _shuffle(data: bytes, item: int, inverse: bool = False) -> bytes:
+    if item <= 1 or len(data) % item:
+        return data
+    a = np.frombuffer(data, np.uint8)
+    return (a.reshape(item, -1).T if inverse else a.reshape(-1, item).T).tobytes()
+
+
+@dataclass
+class StreamInfo:
+    """One stream of an archive: kind, raw and coded size, and its order-0 entropy bound."""
+
+    kind: str
+    raw_bytes: int
+    coded_bytes: int
+    entropy_bytes: float | None = None
+
+
+@dataclass
+class PackReport:
+    """What ``pack`` wrote: sizes, per-stream figures (entropy bound beside the coded size)."""
+
+    original_bytes: int
+    archive_bytes: int
+    streams: list[StreamInfo] = field(default_factory=list)
+    path: str | None = None
+    source: str | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.archive_bytes / self.original_bytes if self.original_bytes else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "output": self.path, "original_bytes": self.original_bytes,
+                "archive_bytes": self.archive_bytes, "ratio": self.ratio,
+                "streams": [vars(s) for s in self.streams]}
+
+
+def pack_bytes(onnx_bytes: bytes) -> tuple[bytes, PackReport]:
+    """The archive for these ONNX bytes, and a report with the entropy bound per stream."""
+    cuts = find_cuts(onnx_bytes)
+    skeleton, pos = [], 0
+    data: dict[int, list[bytes]] = {k: [] for k in range(2, 7)}
+    for off, n, kind in cuts:
+        skeleton.append(onnx_bytes[pos:off])
+        data[kind].append(onnx_bytes[off:off + n])
+        pos = off + n
+    skeleton.append(onnx_bytes[pos:])
+    table = np.array([(o, n) for o, n, _ in cuts], "<u8").reshape(-1, 2)
+    kinds = np.array([k for _, _, k in cuts], np.uint8)
+    streams = [(0, 0, b"".join(skeleton)), (1, 0, table.tobytes() + kinds.tobytes())]
+    streams += [(k, _SHUFFLE.get(k, 0), b"".join(v)) for k, v in data.items() if v]
+    head = [_HEAD.pack(MAGIC, VERSION, CODEC_LZMA, 0, hashlib.sha256(onnx_bytes).digest(), len(onnx_bytes),
+                       len(streams))]
+    payloads, report = [], PackReport(len(onnx_bytes), 0)
+    for kind, item, raw in streams:
+        coded = lzma.compress(_shuffle(raw, item), format=lzma.FORMAT_RAW, filters=_FILTERS)
+        head.append(_ENTRY.pack(kind, item, len(raw), len(coded)))
+        payloads.append(coded)
+        report.streams.append(StreamInfo(KINDS[kind], len(raw), len(coded),
+                                         entropy_bytes(raw) if kind >= 2 else None))
+    out = b"".join(head + payloads)
+    report.archive_bytes = len(out)
+    return out, report
+
+
+def unpack_bytes(archive: bytes, name: str = "archive") -> bytes:
+    """The original ONNX bytes; a one-line DataError for a foreign, truncated or corrupted file."""
+    if archive[:8] != MAGIC:
+        raise DataError(f"{name} is not an onnxcomp archive (bad magic)", "pass a file written by onnxcomp pack")
+    if len(archive) < _HEAD.size:
+        raise DataError(f"{name} is truncated ({len(archive)} bytes, shorter than the header)",
+                        "copy or download the archive again")
+    _, version, codec, _, digest, length, count = _HEAD.unpack_from(archive)
+    if version != VERSION or codec != CODEC_LZMA:
+        raise DataError(f"{name} is archive format version {version} (codec {codec}); this onnxcomp reads "
+                        f"version {VERSION}", "unpack it with the onnxcomp version that packed it")
+    pos = _HEAD.size + count * _ENTRY.size
+    entries = [_ENTRY.unpack_from(archive, _HEAD.size + i * _ENTRY.size) for i in range(count)] \
+        if pos <= len(archive) else []
+    if not entries or pos + sum(e[3] for e in entries) != len(archive):
+        raise DataError(f"{name} is truncated or has trailing bytes ({len(archive)} bytes)",
+                        "copy or download the archive again")
+    raw = []
+    for kind, item, n, coded in entries:
+        try:
+            part = lzma.decompress(archive[pos:pos + coded], format=lzma.FORMAT_RAW, filters=_FILTERS)
+        except lzma.LZMAError:
+            raise DataError(f"{name} is corrupted (stream {KINDS.get(kind, kind)} does not decode)",
+                            "copy or download the archive again") from None
+        if len(part) != n:
+            raise DataError(f"{name} is corrupted (stream {KINDS.get(kind, kind)} has the wrong length)",
+                            "copy or download the archive again")
+        raw.append((kind, _shuffle(part, item, inverse=True)))
+        pos += coded
+    out = _reassemble(raw)
+    if len(out) != length or hashlib.sha256(out).digest() != digest:
+        raise DataError(f"{name} is corrupted (sha256 of the restored model does not match)",
+                        "copy or download the archive again")
+    return out
+
+
+def _reassemble(raw: list[tuple[int, bytes]]) -> bytes:
+    skeleton, cuts = raw[0][1], raw[1][1]
+    m = len(cuts) // 17
+    table = np.frombuffer(cuts[:16 * m], "<u8").reshape(-1, 2)
+    kinds = np.frombuffer(cuts[16 * m:], np.uint8)
+    streams = {kind: memoryview(data) for kind, data in raw[2:]}
+    cursor = {k: 0 for k in streams}
+    parts, pos, skel = [], 0, 0
+    for (off, n), kind in zip(table.tolist(), kinds.tolist()):
+        take = off - pos
+        parts.append(skeleton[skel:skel + take])
+        skel += take
+        c = cursor.get(kind, 0)
+        parts.append(bytes(streams[kind][c:c + n]) if kind in streams else b"")
+        cursor[kind] = c + n
+        pos = off + n
+    parts.append(skeleton[skel:])
+    return b"".join(parts)

@@ -1,0 +1,106 @@
+"""Cluster pass and CLI: codebook sizes, zeros kept, bit-exact encoding, calibration weighting."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxcomp as oc
+from onnxcomp.cli import main
+from onnxcomp.config import ClusterConfig
+from onnxcomp.encode.tables import Layout
+from onnxcomp.errors import ConfigError
+from onnxcomp.graph.weights import find_weights, set_weight
+from onnxcomp.passes.base import Context
+from onnxcomp.passes.cluster import ClusterPass, allocate
+from onnxcomp.passes.cluster_fit import fit
+from onnxcomp.runtime import session
+from tests.models import MODELS, conv_bn_relu
+
+
+def _rng_weight(shape=(16, 8, 3, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=shape) * rng.uniform(0.01, 2, (shape[0], 1, 1, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "shared"])
+@pytest.mark.parametrize("bits", [3, 4, 6])
+def test_fit_sizes_and_zeros(granularity, bits):
+    w = _rng_weight()
+    w[:, :, 0, :] = 0.0  # a third exact zeros: zero keeps its own code
+    f = fit(w.reshape(-1), Layout.of(w.shape, 0), 1 << bits, granularity)
+    out = f.values.reshape(w.shape)
+    assert np.all(out[w == 0] == 0)  # exact zeros stay zero (a centroid may also round to 0)
+    rows = out.reshape(16, -1) if granularity != "tensor" else out.reshape(1, -1)
+    assert max(np.unique(r).size for r in rows) <= 1 << bits
+    assert 0 < f.rel_error < 0.2
+
+
+def test_channel_beats_tensor_on_mixed_scales():
+    w = _rng_weight()
+    lay = Layout.of(w.shape, 0)
+    assert fit(w.reshape(-1), lay, 16, "channel").rel_error < 0.5 * fit(w.reshape(-1), lay, 16, "tensor").rel_error
+
+
+def test_allocate_respects_budget():
+    errors = {"a": {2: 1.0, 3: 0.3, 4: 0.1}, "b": {2: 0.1, 3: 0.09, 4: 0.08}}
+    bits = allocate(errors, {"a": 100, "b": 100}, 3.0)
+    assert bits == {"a": 4, "b": 2}
+
+
+def test_pass_then_encode_is_bit_exact():
+    """ORT output of the encoded model == ORT output of the same clustered weights stored dense."""
+    model = conv_bn_relu(c_in=16, c_mid=64, seed=3)
+    cfg = ClusterConfig(bits=4, min_params=16)
+    result = ClusterPass(cfg).run(model, Context())
+    assert len(result.applied) == 3
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    choices = oc.encode.encode_weights(model, {c.name for c in result.applied})
+    assert sum(c.kind.startswith("codebook") for c in choices) >= 2
+    x = np.random.default_rng(0).normal(size=(2, 16, 8, 8)).astype(np.float32)
+    a = session(dense).run(None, {"x": x})[0]
+    b = session(model).run(None, {"x": x})[0]
+    assert np.array_equal(a, b)
+
+
+def test_data_weighting_and_mixed_bits():
+    c = oc.cluster(MODELS / "resnet_digits.onnx", 4, allocation="mixed", data=MODELS / "digits_calib.npz")
+    applied = c.result.applied
+    assert applied and all(ch.detail["weighted"] for ch in applied)
+    sizes = {ch.name: ch.params_before for ch in applied}
+    avg = sum(ch.detail["bits"] * sizes[ch.name] for ch in applied) / sum(sizes.values())
+    assert avg <= 4.0 + 1e-9 and len({ch.detail["bits"] for ch in applied}) > 1
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="--bits 9"):
+        ClusterConfig(bits=9)
+    with pytest.raises(ConfigError, match="both given"):
+        ClusterConfig(bits=4, clusters=16)
+    with pytest.raises(ConfigError, match="neither"):
+        ClusterConfig()
+
+
+def test_cli_end_to_end_mobilenet(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    code = main(["cluster", str(MODELS / "mobilenet_digits.onnx"), "--bits", "4", "--data",
+                 str(MODELS / "digits_calib.npz"), "-o", str(out), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["write"]["ratio"] < 0.3
+    assert report["write"]["fidelity"]["outputs"][0]["top1_agreement"] >= 0.97
+    changes = report["passes"][0]["changes"]
+    assert any(c["action"] == "skipped" and "depthwise" in c["reason"] for c in changes)
+    assert {e["kind"] for e in report["encodings"]} <= {"codebook4", "codebook8"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bits", "9"], "--bits 9"), ([], "neither --bits"), (["--bits", "4", "--clusters", "8"], "both"),
+    (["--bits", "4", "--granularity", "row"], "--granularity"), (["--bits", "4", "--encoding", "zip"], "--encoding")])
+def test_cli_bad_options_exit_2_one_line(args, needle, capsys):
+    assert main(["cluster", str(MODELS / "mobilenet_digits.onnx"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
