@@ -184,3 +184,157 @@ def classifier(batch="batch", channels: int = 8, n_cls: int = 10, hw: int = 8, s
              helper.make_node("Flatten", ["relu2"], ["flat"], name="flatten"),
              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
     return make(nodes, [vi("x", [batch, 1, hw, hw])], [vi("logits", [batch, n_cls])], inits)
+
+
+# --- structured (channel) pruning fixtures: every builder takes ``zero`` = output channels of the
+# named producers whose filters (and biases / BN shifts) are exactly zero, for exactness tests.
+
+def _ch_conv(name: str, x: str, y: str, c_in: int, c_out: int, r, zero=(), k: int = 3, group: int = 1,
+             bias: bool = True, attrs=None):
+    w = r.normal(0, 0.4, (c_out, c_in // group, k, k)).astype(np.float32)
+    b = r.normal(0, 0.1, c_out).astype(np.float32)
+    w[list(zero)] = 0.0
+    b[list(zero)] = 0.0
+    inputs = [x, f"{name}_w"] + ([f"{name}_b"] if bias else [])
+    node = helper.make_node("Conv", inputs, [y], name=name, pads=[k // 2] * 4, group=group, **(attrs or {}))
+    return [node], [init(f"{name}_w", w)] + ([init(f"{name}_b", b)] if bias else [])
+
+
+def _ch_bn(name: str, x: str, y: str, c: int, r, zero=()):
+    g, beta = r.uniform(0.5, 1.5, c), r.normal(0, 0.1, c)
+    mean, var = r.normal(0, 0.1, c), r.uniform(0.5, 1.5, c)
+    beta[list(zero)] = 0.0
+    mean[list(zero)] = 0.0
+    arrays = [a.astype(np.float32) for a in (g, beta, mean, var)]
+    names = [f"{name}_{s}" for s in ("g", "b", "m", "v")]
+    return ([helper.make_node("BatchNormalization", [x, *names], [y], name=name)],
+            [init(n, a) for n, a in zip(names, arrays)])
+
+
+def _ch_build(parts, inputs, outputs, opset: int = 17):
+    nodes, inits = [], []
+    for n, i in parts:
+        nodes += n
+        inits += i
+    return make(nodes, inputs, outputs, inits, opset=opset)
+
+
+def _ch_head(x: str, c: int, r, n_cls: int = 5):
+    """GAP -> Flatten -> Gemm classifier (the graph output freezes the Gemm's group)."""
+    fc = r.normal(0, 0.3, (n_cls, c)).astype(np.float32)
+    return ([helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1)],
+            [init("fc_w", fc), init("fc_b", np.zeros(n_cls, np.float32))])
+
+
+def chan_residual(zero=None, seed: int = 11) -> onnx.ModelProto:
+    """conv0-BN-Relu, conv1-Relu-conv2-BN, residual Add, Relu, conv3, head. Groups {conv0, conv2}, {conv1}, {conv3}."""
+    z, r = zero or {}, rng(seed)
+    parts = [_ch_conv("conv0", "x", "c0", 3, 16, r, z.get("conv0", ()), bias=False),
+             _ch_bn("bn0", "c0", "n0", 16, r, z.get("conv0", ())),
+             ([helper.make_node("Relu", ["n0"], ["r0"], name="relu0")], []),
+             _ch_conv("conv1", "r0", "c1", 16, 8, r, z.get("conv1", ())),
+             ([helper.make_node("Relu", ["c1"], ["r1"], name="relu1")], []),
+             _ch_conv("conv2", "r1", "c2", 8, 16, r, z.get("conv0", ()), bias=False),
+             _ch_bn("bn2", "c2", "n2", 16, r, z.get("conv0", ())),
+             ([helper.make_node("Add", ["r0", "n2"], ["s"], name="add"),
+               helper.make_node("Relu", ["s"], ["rs"], name="relu_s")], []),
+             _ch_conv("conv3", "rs", "c3", 16, 16, r, z.get("conv3", ()), k=1),
+             ([helper.make_node("Relu", ["c3"], ["r3"], name="relu3")], []),
+             _ch_head("r3", 16, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def chan_concat(seed: int = 12) -> onnx.ModelProto:
+    """Two conv branches -> Concat -> per-channel Mul by a [1,16,1,1] constant -> conv -> head."""
+    r = rng(seed)
+    scale = r.uniform(0.5, 1.5, (1, 16, 1, 1)).astype(np.float32)
+    parts = [_ch_conv("conva", "x", "ca", 3, 8, r), _ch_conv("convb", "x", "cb", 3, 8, r),
+             ([helper.make_node("Relu", ["ca"], ["ra"], name="relua"),
+               helper.make_node("Relu", ["cb"], ["rb"], name="relub"),
+               helper.make_node("Concat", ["ra", "rb"], ["cat"], name="concat", axis=1),
+               helper.make_node("Mul", ["cat", "scale"], ["sc"], name="mul")], [init("scale", scale)]),
+             _ch_conv("convc", "sc", "cc", 16, 16, r),
+             ([helper.make_node("Relu", ["cc"], ["rc"], name="reluc")], []), _ch_head("rc", 16, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def chan_split(seed: int = 13) -> onnx.ModelProto:
+    """conv -> Split [8, 8] -> two convs -> Add; a second conv -> Slice channels 4:12 -> conv; Concat -> head."""
+    r = rng(seed)
+    parts = [_ch_conv("conv0", "x", "c0", 3, 16, r),
+             ([helper.make_node("Split", ["c0", "sizes"], ["s0", "s1"], name="split", axis=1)],
+              [init("sizes", np.array([8, 8], np.int64))]),
+             _ch_conv("convl", "s0", "cl", 8, 8, r), _ch_conv("convr", "s1", "cr", 8, 8, r),
+             ([helper.make_node("Add", ["cl", "cr"], ["a"], name="add")], []),
+             _ch_conv("conv1", "x", "c1", 3, 16, r),
+             ([helper.make_node("Slice", ["c1", "st", "en", "ax"], ["sl"], name="slice")],
+              [init("st", np.array([4], np.int64)), init("en", np.array([12], np.int64)),
+               init("ax", np.array([1], np.int64))]),
+             _ch_conv("conv2", "sl", "c2", 8, 16, r),
+             ([helper.make_node("Concat", ["a", "c2"], ["cat"], name="concat", axis=1)], []),
+             _ch_head("cat", 24, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def chan_depthwise(seed: int = 14) -> onnx.ModelProto:
+    """MobileNet-style: conv -> Clip -> depthwise 3x3 (group 16) -> Clip -> pointwise -> Add(input) -> head."""
+    r = rng(seed)
+    lo, hi = init("lo", np.array(0.0, np.float32)), init("hi", np.array(6.0, np.float32))
+    parts = [_ch_conv("conv0", "x", "c0", 3, 16, r),
+             ([helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"], name="clip0")], [lo, hi]),
+             _ch_conv("dw", "r0", "d", 16, 16, r, group=16),
+             ([helper.make_node("Clip", ["d", "lo", "hi"], ["rd"], name="clipd")], []),
+             _ch_conv("pw", "rd", "p", 16, 16, r, k=1),
+             ([helper.make_node("Add", ["p", "r0"], ["s"], name="add")], []), _ch_head("s", 16, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def chan_se(seed: int = 15) -> onnx.ModelProto:
+    """conv -> HardSwish trunk; SE: GAP -> conv 16->8 -> Relu -> conv 8->16 -> HardSigmoid -> Mul(trunk);
+    then conv -> swish (x * Sigmoid(x)) -> head."""
+    r = rng(seed)
+    parts = [_ch_conv("conv0", "x", "c0", 3, 16, r),
+             ([helper.make_node("HardSwish", ["c0"], ["t"], name="hswish"),
+               helper.make_node("GlobalAveragePool", ["t"], ["sq"], name="se_pool")], []),
+             _ch_conv("se1", "sq", "e1", 16, 8, r, k=1),
+             ([helper.make_node("Relu", ["e1"], ["er"], name="se_relu")], []),
+             _ch_conv("se2", "er", "e2", 8, 16, r, k=1),
+             ([helper.make_node("HardSigmoid", ["e2"], ["gate"], name="se_gate"),
+               helper.make_node("Mul", ["t", "gate"], ["m"], name="se_mul")], []),
+             _ch_conv("conv1", "m", "c1", 16, 16, r),
+             ([helper.make_node("Sigmoid", ["c1"], ["sg"], name="sig"),
+               helper.make_node("Mul", ["c1", "sg"], ["sw"], name="swish")], []), _ch_head("sw", 16, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def chan_mlp(seed: int = 16) -> onnx.ModelProto:
+    """conv 3->8 on 4x4 -> Relu -> Flatten (C*H*W = 128) -> Gemm 128->32 -> Relu -> Gemm 32->16 -> Relu -> Gemm."""
+    r = rng(seed)
+    gemm = []
+    for name, k, n in (("fc1", 128, 32), ("fc2", 32, 16), ("fc3", 16, 5)):
+        gemm.append(([], [init(f"{name}_w", r.normal(0, 0.2, (n, k)).astype(np.float32)),
+                          init(f"{name}_b", r.normal(0, 0.1, n).astype(np.float32))]))
+    nodes = [helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Flatten", ["r0"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc1_w", "fc1_b"], ["g1"], name="fc1", transB=1),
+             helper.make_node("Relu", ["g1"], ["h1"], name="relu1"),
+             helper.make_node("Gemm", ["h1", "fc2_w", "fc2_b"], ["g2"], name="fc2", transB=1),
+             helper.make_node("Relu", ["g2"], ["h2"], name="relu2"),
+             helper.make_node("Gemm", ["h2", "fc3_w", "fc3_b"], ["y"], name="fc3", transB=1)]
+    parts = [_ch_conv("conv0", "x", "c0", 3, 8, r), (nodes, [])] + gemm
+    return _ch_build(parts, [vi("x", ["N", 3, 4, 4])], [vi("y", ["N", 5])])
+
+
+def chan_shuffle(seed: int = 17) -> onnx.ModelProto:
+    """conv -> Reshape [N,2,8,H,W] -> Transpose -> Reshape [N,16,H,W] (channel shuffle) -> conv -> head."""
+    r = rng(seed)
+    parts = [_ch_conv("conv0", "x", "c0", 3, 16, r),
+             ([helper.make_node("Reshape", ["c0", "s5"], ["g5"], name="shuffle_reshape"),
+               helper.make_node("Transpose", ["g5"], ["t5"], name="shuffle_transpose", perm=[0, 2, 1, 3, 4]),
+               helper.make_node("Reshape", ["t5", "s4"], ["sh"], name="shuffle_back")],
+              [init("s5", np.array([0, 2, 8, 8, 8], np.int64)), init("s4", np.array([0, 16, 8, 8], np.int64))]),
+             _ch_conv("conv1", "sh", "c1", 16, 16, r),
+             ([helper.make_node("Relu", ["c1"], ["r1"], name="relu1")], []), _ch_head("r1", 16, r)]
+    return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])

@@ -1,0 +1,268 @@
+"""Small graph-editing helpers: fold constants, slice constant inputs, set attributes, clean up.
+
+Structured pruning removes channels from many constant tensors at once (weights, biases,
+BatchNorm statistics, broadcast constants, Split/Slice/Reshape parameters). :class:`SliceEdits`
+collects every request first and then rewrites each stored tensor once: in place (same name, same
+storage) when all its uses ask for the same slice, otherwise as a fresh initializer for each use.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..encode.common import NameScope
+
+FOLDABLE = {"Identity", "Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast",
+            "Unsqueeze", "Squeeze", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Expand",
+            "Flatten", "Tile", "Sqrt", "Reciprocal", "Abs", "Min", "Max"}
+
+
+class ConstEval:
+    """Values of constant tensors: initializers, Constant nodes, and small constant subgraphs.
+
+    A tensor is constant when no graph input reaches it; subgraphs of :data:`FOLDABLE` ops are
+    folded with onnx's reference evaluator at the model's opset (results are cached).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        inputs = {i.name for i in g.input} - set(self.inits)
+        self.live: set[str] = set(inputs)
+        for node in g.node:  # graph order is topological
+            if node.op_type not in FOLDABLE or any(i in self.live for i in node.input if i):
+                self.live.update(o for o in node.output if o)
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def is_constant(self, name: str) -> bool:
+        return bool(name) and name not in self.live and (name in self.inits or name in self.producer)
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The tensor's value, or None when it is not a (foldable) constant."""
+        if not self.is_constant(name):
+            return None
+        if name not in self._cache:
+            self._cache[name] = self._fold(name)
+        return self._cache[name]
+
+    def _fold(self, name: str) -> np.ndarray | None:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producer[name]
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        if node.op_type == "Identity":
+            return self.value(node.input[0])
+        try:
+            from onnx.reference import ReferenceEvaluator
+
+            feeds = {i: self.value(i) for i in node.input if i}
+            if any(v is None for v in feeds.values()):
+                return None
+            inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                      for i, v in feeds.items()]
+            outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
+            graph = helper.make_graph([node], "fold", inputs, outputs)
+            sub = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+            results = ReferenceEvaluator(sub).run(None, feeds)
+        except Exception:  # noqa: BLE001 - anything the evaluator cannot do is simply not constant
+            return None
+        for out, value in zip(node.output, results):
+            self._cache[out] = np.asarray(value)
+        return self._cache.get(name)
+
+
+def uses(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Tensor name -> [(consumer node, input slot)]."""
+    out: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name:
+                out[name].append((node, i))
+    return out
+
+
+def get_attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (or replace) one attribute of a node."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def del_attr(node: onnx.NodeProto, name: str) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            return
+
+
+def set_input(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray,
+              scope: NameScope, base: str) -> str:
+    """Feed ``value`` to ``node.input[slot]`` from a fresh initializer; returns its name."""
+    name = scope(base)
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    while len(node.input) <= slot:
+        node.input.append("")
+    node.input[slot] = name
+    return name
+
+
+def replace_value(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Store ``value`` under ``name`` where it lives now (initializer or Constant node).
+
+    Any other producer (a folded constant subgraph) is replaced by an initializer of that name.
+    """
+    tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+    init = next((t for t in model.graph.initializer if t.name == name), None)
+    if init is not None:
+        init.CopyFrom(tensor)
+        for vi in model.graph.input:  # old IRs list initializers as inputs too: keep the shape true
+            if vi.name == name:
+                vi.CopyFrom(helper.make_tensor_value_info(name, tensor.data_type, list(value.shape)))
+        return
+    node = next(n for n in model.graph.node if name in n.output)
+    if node.op_type == "Constant":
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("value", tensor))
+        return
+    model.graph.node.remove(node)  # anything else becomes an initializer of the same name
+    model.graph.initializer.append(tensor)
+
+
+def remove_dead(model: onnx.ModelProto) -> int:
+    """Drop nodes whose outputs nobody reads and initializers nobody uses; returns nodes removed."""
+    g = model.graph
+    removed = 0
+    while True:
+        needed = {o.name for o in g.output} | {i for n in g.node for i in n.input if i}
+        dead = [n for n in g.node if not any(o in needed for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+        removed += len(dead)
+    needed = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
+    unused = {t.name for t in g.initializer if t.name not in needed}
+    for t in [t for t in g.initializer if t.name in unused]:
+        g.initializer.remove(t)
+    inputs = [i for i in g.input if i.name not in unused]
+    if len(inputs) != len(g.input):
+        del g.input[:]
+        g.input.extend(inputs)
+    if model.ir_version < 4:  # IR 3 wants every initializer declared as a graph input too
+        listed = {i.name for i in g.input}
+        for t in g.initializer:
+            if t.name not in listed:
+                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return removed
+
+
+def clear_value_info(model: onnx.ModelProto, names: set[str] | None = None) -> None:
+    """Forget inferred shapes (of ``names``, or all): they are stale after channels were removed."""
+    g = model.graph
+    keep = [vi for vi in g.value_info if names is not None and vi.name not in names]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+
+
+class SliceEdits:
+    """Requests to keep a subset of a constant input along one or more axes, applied once."""
+
+    def __init__(self) -> None:
+        self._req: dict[tuple[int, int], tuple[onnx.NodeProto, dict[int, np.ndarray]]] = {}
+
+    def keep(self, node: onnx.NodeProto, slot: int, axis: int, mask: np.ndarray) -> None:
+        """Keep ``mask`` (bool, one per index along ``axis``) of ``node.input[slot]``."""
+        mask = np.asarray(mask, bool)
+        entry = self._req.setdefault((id(node), slot), (node, {}))[1]
+        if axis in entry and not np.array_equal(entry[axis], mask):
+            raise ValueError(f"conflicting channel masks for {node.name or node.op_type} input {slot}")
+        entry[axis] = mask
+
+    def __len__(self) -> int:
+        return len(self._req)
+
+    def commit(self, model: onnx.ModelProto, ev: ConstEval, scope: NameScope) -> list[str]:
+        """Rewrite every requested tensor; returns the names of inputs that could not be read."""
+        by_name: dict[str, list[tuple[onnx.NodeProto, int, dict[int, np.ndarray]]]] = defaultdict(list)
+        for (_, slot), (node, axes) in self._req.items():
+            by_name[node.input[slot]].append((node, slot, axes))
+        users = uses(model.graph)
+        failed = []
+        for name, reqs in by_name.items():
+            same = len(users[name]) == len(reqs) and name not in {o.name for o in model.graph.output} and \
+                all(_same(reqs[0][2], r[2]) for r in reqs)
+            fill = uniform_fill(ev, name)
+            if fill is not None:  # ConstantOfShape: only the shape changes, never materialise it
+                for node, slot, axes in (reqs[:1] if same else reqs):
+                    _new_fill(model, node, slot, fill, _sliced_shape(fill[1], axes), scope, name, same)
+                continue
+            value = ev.value(name)
+            if value is None:
+                failed.append(name)
+                continue
+            if same:
+                replace_value(model, name, _sliced(value, reqs[0][2]))
+                continue
+            for node, slot, axes in reqs:
+                set_input(model, node, slot, _sliced(value, axes), scope, f"{name}_pruned")
+        return failed
+
+
+def uniform_fill(ev: ConstEval, name: str) -> tuple[onnx.NodeProto, tuple[int, ...]] | None:
+    """(ConstantOfShape node, shape) when ``name`` is a ConstantOfShape output with a constant shape."""
+    node = ev.producer.get(name)
+    if name in ev.inits or node is None or node.op_type != "ConstantOfShape" or not ev.is_constant(name):
+        return None
+    shape = ev.value(node.input[0])
+    return None if shape is None else (node, tuple(int(d) for d in shape.reshape(-1)))
+
+
+def _new_fill(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, fill, shape: tuple[int, ...],
+              scope: NameScope, name: str, in_place: bool) -> None:
+    cos = fill[0]
+    shape_name = scope(f"{name}_shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), shape_name))
+    if in_place:
+        cos.input[0] = shape_name
+        return
+    new = helper.make_node("ConstantOfShape", [shape_name], [scope(f"{name}_pruned")], name=scope(f"{cos.name}_pruned"))
+    new.attribute.extend(cos.attribute)
+    g = model.graph
+    g.node.insert(list(g.node).index(node), new)
+    node.input[slot] = new.output[0]
+
+
+def _sliced_shape(shape: tuple[int, ...], axes: dict[int, np.ndarray]) -> tuple[int, ...]:
+    out = list(shape)
+    for axis, mask in axes.items():
+        if out[axis] != len(mask):
+            raise ValueError(f"channel mask of length {len(mask)} for an axis of size {out[axis]}")
+        out[axis] = int(np.count_nonzero(mask))
+    return tuple(out)
+
+
+def _same(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _sliced(value: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
+    for axis, mask in axes.items():
+        if value.shape[axis] != len(mask):
+            raise ValueError(f"channel mask of length {len(mask)} for an axis of size {value.shape[axis]}")
+        value = np.compress(mask, value, axis=axis)
+    return value

@@ -1,0 +1,186 @@
+"""Coupled-channel groups: discovery on fixtures, zoo and real models; removal is exact.
+
+Exactness check used throughout: removing a set of channels must give the same outputs as the
+original model in which every consumer simply ignores those channels (their input columns zeroed).
+"""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxcomp.graph.channels import FIXED, analyze, apply_removal, kept_mask
+from onnxcomp.graph.edit import ConstEval
+
+from . import models as M
+
+
+def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    inits = {t.name for t in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in inits)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {data_input(model).name: x})[0]
+
+
+def random_input(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> np.ndarray:
+    dims = [d.dim_value or batch for d in data_input(model).type.tensor_type.shape.dim]
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def drop_half(cg, seed: int = 0) -> np.ndarray:
+    """Remove a random half of the units of every prunable group (at least one unit kept)."""
+    keep = np.ones(cg.n_ids, bool)
+    r = np.random.default_rng(seed)
+    for g in cg.groups:
+        if g.frozen or g.size < 2:
+            continue
+        for u in r.permutation(g.size)[: g.size // 2]:
+            keep[g.units[u]] = False
+    return keep
+
+
+def zeroed_reference(model: onnx.ModelProto, cg, keep: np.ndarray) -> onnx.ModelProto:
+    """A copy of ``model`` whose consumers read zeros instead of the removed channels."""
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    ev = ConstEval(model)
+    index = {id(n): i for i, n in enumerate(model.graph.node)}
+    for c in cg.consumers:
+        w = ev.value(c.node.input[1]).copy()
+        sl = [slice(None)] * w.ndim
+        sl[c.axis] = ~kept_mask(keep, c.ids)
+        w[tuple(sl)] = 0
+        node = ref.graph.node[index[id(c.node)]]
+        name = f"{node.input[1]}__zeroed{index[id(c.node)]}"
+        ref.graph.initializer.append(numpy_helper.from_array(w, name))
+        node.input[1] = name
+    return ref
+
+
+def check_exact(model: onnx.ModelProto, seed: int = 0, atol: float = 1e-4) -> tuple:
+    cg = analyze(model)
+    keep = drop_half(cg, seed)
+    ref = zeroed_reference(model, cg, keep)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    apply_removal(pruned, analyze(pruned), keep)
+    onnx.checker.check_model(pruned)
+    x = random_input(model)
+    np.testing.assert_allclose(run(pruned, x), run(ref, x), atol=atol, rtol=1e-4)
+    return cg, pruned
+
+
+FIXTURES = [M.chan_residual, M.chan_concat, M.chan_split, M.chan_depthwise, M.chan_se, M.chan_mlp,
+            M.conv_bn_relu, M.classifier]
+
+
+@pytest.mark.parametrize("build", FIXTURES, ids=lambda f: f.__name__)
+def test_removal_is_exact_on_fixtures(build):
+    cg, pruned = check_exact(build())
+    assert sum(not g.frozen for g in cg.groups) >= 1
+    assert len(pruned.graph.node) > 0
+
+
+def test_residual_add_ties_both_branches():
+    cg = analyze(M.chan_residual())
+    by_name = {tuple(sorted(g.names)): g for g in cg.groups}
+    assert ("conv0", "conv2") in by_name and by_name[("conv0", "conv2")].size == 16
+    assert by_name[("conv1",)].size == 8 and not by_name[("conv1",)].frozen
+    assert by_name[("fc",)].frozen == ["graph output y"]
+
+
+def test_concat_split_slice_map_offsets():
+    cg = analyze(M.chan_split())
+    names = {tuple(sorted(g.names)) for g in cg.groups}
+    assert ("convl", "convr") in names  # the Add after the split ties the two branches
+    assert ("conv0",) in names and ("conv1",) in names
+    assert {e.kind for e in cg.edits} >= {"split", "slice"}
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(M.chan_split())
+    cg2 = analyze(pruned)
+    keep = np.ones(cg2.n_ids, bool)
+    conv0 = next(g for g in cg2.groups if g.names == ["conv0"])
+    for u in (0, 1, 2, 9):  # 3 channels from the first split half, 1 from the second
+        keep[conv0.units[u]] = False
+    apply_removal(pruned, cg2, keep)
+    sizes = next(t for t in pruned.graph.initializer if t.name.startswith("split_split"))
+    assert numpy_helper.to_array(sizes).tolist() == [5, 7]
+
+
+def test_se_block_ties_gate_to_trunk_and_bottleneck_is_own_group():
+    cg = analyze(M.chan_se())
+    names = {tuple(sorted(g.names)): g for g in cg.groups}
+    assert ("conv0", "se2") in names  # the SE Mul ties the gate channels to the trunk
+    assert ("se1",) in names and names[("se1",)].size == 8
+    _, pruned = check_exact(M.chan_se())
+    assert any(n.op_type == "HardSigmoid" for n in pruned.graph.node)
+
+
+def test_depthwise_group_follows_its_input():
+    _, pruned = check_exact(M.chan_depthwise())
+    dw = next(n for n in pruned.graph.node if n.name == "dw")
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    assert group == 8
+
+
+def test_flatten_maps_each_channel_to_hw_gemm_inputs():
+    cg = analyze(M.chan_mlp())
+    fc1 = next(c for c in cg.consumers if c.node.name == "fc1")
+    conv0 = next(p for p in cg.producers if p.node.name == "conv0")
+    assert len(fc1.ids) == 128 and np.array_equal(fc1.ids, np.repeat(conv0.ids, 16))
+
+
+def test_channel_shuffle_freezes_with_reason():
+    cg = analyze(M.chan_shuffle())
+    g = next(g for g in cg.groups if g.names == ["conv0"])
+    assert g.frozen and "Reshape shuffle_reshape" in g.frozen[0] and "channel shuffle" in g.frozen[0]
+    check_exact(M.chan_shuffle())  # the other groups still prune
+
+
+def test_fixed_channels_freeze_what_they_are_added_to():
+    m = M.make([onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                onnx.helper.make_node("Add", ["c", "x"], ["s"], name="add_input"),
+                onnx.helper.make_node("Conv", ["s", "w"], ["y"], name="conv2")],
+               [M.vi("x", [1, 4, 5, 5])], [M.vi("y", [1, 4, 5, 5])],
+               [M.init("w", np.ones((4, 4, 1, 1), np.float32))])
+    cg = analyze(m)
+    g = next(g for g in cg.groups if g.names == ["conv"])
+    assert g.frozen and "Add add_input" in g.frozen[0]
+    assert FIXED == -1
+
+
+def test_real_models_groups():
+    resnet = analyze(onnx.load(M.MODELS / "resnet_digits.onnx"))
+    assert sum(not g.frozen for g in resnet.groups) == 9  # 3 residual streams + 6 block-internal
+    mobile = analyze(onnx.load(M.MODELS / "mobilenet_digits.onnx"))
+    assert sum(not g.frozen for g in mobile.groups) == 7
+
+
+@pytest.mark.parametrize("name", ["resnet_digits.onnx", "mobilenet_digits.onnx"])
+def test_real_models_removal_is_exact(name):
+    check_exact(onnx.load(M.MODELS / name), atol=1e-3)
+
+
+SMALL_ZOO = ["light_squeezenet.onnx", "light_shufflenet.onnx", "light_inception_v1.onnx",
+             "light_densenet121.onnx"]
+
+
+@pytest.mark.parametrize("name", SMALL_ZOO)
+def test_zoo_models_prune_and_run(name):
+    model = onnx.load(M.LIGHT / name)
+    cg = analyze(model)
+    keep = drop_half(cg)
+    apply_removal(model, cg, keep)
+    onnx.checker.check_model(model)
+    out = run(model, random_input(model, batch=1))
+    assert np.isfinite(out).all()
+    frozen = [r for g in cg.groups for r in g.frozen]
+    assert frozen  # every zoo classifier ends in a graph output (or Softmax) that freezes its group
+    if name == "light_shufflenet.onnx":
+        assert all(g.frozen for g in cg.groups)
+        assert any("channel shuffle" in r for r in frozen) and any("grouped conv" in r for r in frozen)
