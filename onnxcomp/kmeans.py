@@ -58,21 +58,23 @@ class _Sorted:
         self.hay = hay.ravel()
         self.r = np.arange(self.rows)[:, None]
 
-    def search(self, values: np.ndarray) -> np.ndarray:
-        """Per-row count of sorted elements below each of ``values`` [rows, q]."""
-        q = (np.clip((values - self.lo) / self.span, -1.0, 2.0) + self.band).ravel()
+    def search(self, values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per-row count of sorted elements below each of ``values`` [rows, q] (or a subset of rows)."""
+        r = self.r if rows is None else rows[:, None]
+        q = (np.clip((values - self.lo[r[:, 0]]) / self.span[r[:, 0]], -1.0, 2.0) + self.band[r[:, 0]]).ravel()
         pos = np.searchsorted(self.hay, q, side="left").reshape(values.shape)
-        return pos - self.r * self.n
+        return pos - r * self.n
 
-    def bounds(self, c: np.ndarray) -> np.ndarray:
+    def bounds(self, c: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """[rows, k+1] start of each cluster in sorted order (boundaries at the midpoints)."""
-        inner = self.search((c[:, 1:] + c[:, :-1]) * 0.5)
-        edge = np.zeros((self.rows, 1), np.int64)
+        inner = self.search((c[:, 1:] + c[:, :-1]) * 0.5, rows)
+        edge = np.zeros((c.shape[0], 1), np.int64)
         return np.concatenate([edge, inner, edge + self.n], axis=1)
 
-    def sums(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sums(self, b: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-cluster sums of w, w*x, w*x^2 for boundaries ``b``."""
-        return tuple(np.diff(a[self.r, b], axis=1) for a in (self.cw, self.cwx, self.cwxx))
+        r = self.r if rows is None else rows[:, None]
+        return tuple(np.diff(a[r, b], axis=1) for a in (self.cw, self.cwx, self.cwxx))
 
 
 def _prefix(a: np.ndarray) -> np.ndarray:
@@ -104,34 +106,37 @@ def _init(s: _Sorted, k: int, init: str, rng: np.random.Generator) -> np.ndarray
     return lo + (hi - lo) * (np.arange(k) + 0.5)[None, :] / k
 
 
-def _reseed(c: np.ndarray, sw: np.ndarray, sx: np.ndarray, sxx: np.ndarray) -> bool:
-    """Move one empty cluster per row next to the row's worst cluster (split it); True if any moved."""
+def _reseed(c: np.ndarray, sw: np.ndarray, sx: np.ndarray, sxx: np.ndarray) -> np.ndarray:
+    """Move one empty cluster per row next to the row's worst cluster (split it); mask of rows moved."""
     empty = sw <= 0
     safe = np.where(sw > 0, sw, 1.0)
     sse = np.where(sw > 0, np.maximum(sxx - sx * sx / safe, 0.0), -1.0)
     j = np.argmax(sse, axis=1)
-    rows = np.flatnonzero(empty.any(axis=1) & (sse.max(axis=1) > 0))
+    hit = empty.any(axis=1) & (sse.max(axis=1) > 0)
+    rows = np.flatnonzero(hit)
     if rows.size == 0:
-        return False
+        return hit
     jr = j[rows]
     e = np.argmax(empty[rows], axis=1)
     std = np.sqrt(sse[rows, jr] / safe[rows, jr])
     mean = sx[rows, jr] / safe[rows, jr]
     c[rows, e] = mean + 0.5 * std
     c[rows, jr] = mean - 0.5 * std
-    c.sort(axis=1)
-    return True
+    c[rows] = np.sort(c[rows], axis=1)
+    return hit
 
 
-def _swap(s: _Sorted, c: np.ndarray) -> int:
+def _swap(s: _Sorted, c: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """One merge+split move per row where it lowers the SSE (escapes Lloyd's local optima).
 
     Merging the cheapest adjacent pair and splitting the cluster whose best split (tried at a few
     points around its mean) gains most keeps k clusters; rows where the gain beats the cost take
-    the move. Returns how many rows did.
+    the move (in place). Only ``rows`` are tried; returns the rows that moved.
     """
-    b = s.bounds(c)
-    sw, sx, sxx = s.sums(b)
+    full, c = c, c[rows]
+    r = rows[:, None]
+    b = s.bounds(c, rows)
+    sw, sx, sxx = s.sums(b, rows)
     safe = np.where(sw > 0, sw, 1.0)
     mean = np.where(sw > 0, sx / safe, c)
     pair = sw[:, 1:] + sw[:, :-1]
@@ -145,9 +150,9 @@ def _swap(s: _Sorted, c: np.ndarray) -> int:
     gain = np.full(c.shape, -np.inf)
     parts = None
     for t in _SPLITS:  # best of a few split points around each cluster's mean
-        p = np.clip(s.search(mean + t * std), b[:, :-1], b[:, 1:])
-        lo = tuple(a[s.r, p] - a[s.r, b[:, :-1]] for a in (s.cw, s.cwx, s.cwxx))
-        hi = tuple(a[s.r, b[:, 1:]] - a[s.r, p] for a in (s.cw, s.cwx, s.cwxx))
+        p = np.clip(s.search(mean + t * std, rows), b[:, :-1], b[:, 1:])
+        lo = tuple(a[r, p] - a[r, b[:, :-1]] for a in (s.cw, s.cwx, s.cwxx))
+        hi = tuple(a[r, b[:, 1:]] - a[r, p] for a in (s.cw, s.cwx, s.cwxx))
         g = whole - sse(*lo) - sse(*hi)
         better = g > gain
         gain = np.where(better, g, gain)
@@ -158,11 +163,11 @@ def _swap(s: _Sorted, c: np.ndarray) -> int:
     cols = np.arange(k)[None, :]
     gain = np.where((cols == m[:, None]) | (cols == m[:, None] + 1), -np.inf, gain)
     j = np.argmax(gain, axis=1)
-    rows = np.arange(s.rows)
-    best, price = gain[rows, j], cost[rows, m]
+    idx = np.arange(rows.size)
+    best, price = gain[idx, j], cost[idx, m]
     act = np.flatnonzero(best > price * (1 + 1e-9) + 1e-12 * np.abs(sxx).sum(axis=1))
     if act.size == 0:
-        return 0
+        return act
     ma, ja = m[act], j[act]
     pw = np.maximum(pair[act, ma], 1e-300)
     merged = np.where(pair[act, ma] > 0, (sx[act, ma] + sx[act, ma + 1]) / pw, c[act, ma])
@@ -170,27 +175,34 @@ def _swap(s: _Sorted, c: np.ndarray) -> int:
     left = np.where(lw[act, ja] > 0, lx[act, ja] / np.maximum(lw[act, ja], 1e-300), c[act, ja])
     right = np.where(rw[act, ja] > 0, rx[act, ja] / np.maximum(rw[act, ja], 1e-300), c[act, ja])
     c[act, ma], c[act, ma + 1], c[act, ja] = merged, left, right
-    c[act] = np.sort(c[act], axis=1)
-    return int(act.size)
+    full[rows[act]] = np.sort(c[act], axis=1)
+    return rows[act]
 
 
-def _lloyd(s: _Sorted, c: np.ndarray, iters: int, tol: float) -> np.ndarray:
-    """Lloyd iterations (with empty clusters re-seeded) until the centroids stop moving."""
+def _lloyd(s: _Sorted, c: np.ndarray, iters: int, tol: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """Lloyd iterations (empty clusters re-seeded) on ``rows`` (all by default), in place.
+
+    Rows whose centroids stop moving leave the active set, so later iterations cost only the
+    rows still changing.
+    """
+    active = np.arange(s.rows) if rows is None else np.asarray(rows)
+    limit = tol * s.span[:, 0]
     for _ in range(max(1, iters)):
-        sw, sx, sxx = s.sums(s.bounds(c))
-        new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), c)
-        new.sort(axis=1)
-        moved = float(np.abs(new - c).max(initial=0.0))
-        c = new
-        if _reseed(c, sw, sx, sxx):
-            continue
-        if moved <= tol * float(s.span.max(initial=0.0)):
+        if active.size == 0:
             break
+        cur = c[active]
+        sw, sx, sxx = s.sums(s.bounds(cur, active), active)
+        new = np.where(sw > 0, sx / np.where(sw > 0, sw, 1.0), cur)
+        new.sort(axis=1)
+        moved = np.abs(new - cur).max(axis=1)
+        reseeded = _reseed(new, sw, sx, sxx)
+        c[active] = new
+        active = active[(moved > limit[active]) | reseeded]
     return c
 
 
 def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None,
-                init: str = "linear", iters: int = 40, seed: int = 0, tol: float = 1e-7,
+                init: str = "linear", iters: int = 40, seed: int = 0, tol: float = 1e-5,
                 dtype: np.dtype | None = None, snap: Callable[[np.ndarray], np.ndarray] | None = None,
                 swaps: int = 16) -> KMeansResult:
     """Weighted 1-D k-means of every row of ``values`` [rows, n] into ``k`` clusters.
@@ -209,10 +221,12 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
     s = _Sorted(x.astype(np.float32, copy=False), w)
     c = np.sort(_init(s, k, init, np.random.default_rng(seed)), axis=1)
     c = _lloyd(s, c, iters, tol)
-    for _ in range(swaps):
-        if not _swap(s, c):
+    rows = np.arange(s.rows)
+    for _ in range(swaps):  # a row that did not move keeps its state: only movers are tried again
+        rows = _swap(s, c, rows)
+        if rows.size == 0:
             break
-        c = _lloyd(s, c, iters, tol)
+        c = _lloyd(s, c, iters, tol, rows)
     c[s.cw[:, -1] <= 0] = 0.0
     if dtype is not None:
         c = c.astype(dtype).astype(np.float64)

@@ -1,6 +1,6 @@
 """Codebook encodings: indices into a table of the values a weight actually holds.
 
-codebook8      one uint8 index per weight (<= 256 entries per table row); Cast + Gather (opset 11).
+codebook8      one uint8 index per weight (<= 256 entries per table row); Cast + Gather (opset 9).
 codebook4      two 4-bit indices per byte, first in the high nibble (<= 16 entries); unpacked with
                BitShift + Mod (no BitwiseAnd, so opset 11 suffices), then Cast + Gather.
 codebook_uint4 the indices as a UINT4 initializer; Cast + Gather (opset 21).
@@ -42,8 +42,12 @@ def table_overhead(t: Table) -> int:
 
 
 def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: list,
-           nodes: list) -> str:
-    """Gather the decoded values (flat, in element order) for the int32 flat index ``idx``."""
+           nodes: list, stored_offsets: bool = False) -> str:
+    """Gather the decoded values (flat, in element order) for the int32 flat index ``idx``.
+
+    Per-channel offsets c*K are built in-graph (CumSum, opset 11) or, with ``stored_offsets``,
+    stored as an int32 initializer (opset 9).
+    """
     table = build_table(t, fresh, name, dtype, inits, nodes)
     if t.kind == "tensor":
         out = fresh(f"{name}_flat")
@@ -53,6 +57,12 @@ def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: 
     dims = const(fresh, f"{name}_dims3", np.array([lay.outer, lay.channels, lay.inner], np.int64), inits)
     i3, out = fresh(f"{name}_idx3"), fresh(f"{name}_vals3")
     nodes.append(node("Reshape", [idx, dims], i3))
+    if t.kind == "channel" and stored_offsets:
+        offs = const(fresh, f"{name}_offsets",
+                     (np.arange(lay.channels, dtype=np.int32) * t.width).reshape(1, -1, 1), inits)
+        i3o = fresh(f"{name}_idx3o")
+        nodes += [node("Add", [i3, offs], i3o), node("Gather", [table, i3o], out, axis=0)]
+        return out
     if t.kind == "channel":  # offsets c*K built in-graph: K repeated C times, exclusive CumSum
         nch = const(fresh, f"{name}_nch", np.array([lay.channels], np.int64), inits)
         axis = const(fresh, f"{name}_axis0", np.array(0, np.int32), inits)
@@ -109,7 +119,7 @@ class _Codebook(Encoding):
         nodes: list[onnx.NodeProto] = []
         p = fresh("cb")  # short prefix: decoder names add up in small models
         idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
-        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
+        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes, self.min_opset < 11)
         reshape_to(fresh, p, out, shape, name, inits, nodes)
         return unnamed(nodes), inits
 
@@ -124,7 +134,12 @@ class Codebook8(_Codebook):
     """uint8 indices + table; Cast + Gather."""
 
     kind = "codebook8"
-    min_opset = 11  # CumSum builds the per-channel offsets
+    min_opset = 9  # per-channel offsets stored (4 bytes per channel), no CumSum
+
+    def size(self, flat: np.ndarray) -> int | None:
+        base = super().size(flat)
+        t = pick(flat, self.layout, self.bits)
+        return None if base is None else base + (4 * t.layout.channels if t.kind == "channel" else 0)
 
 
 def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list) -> str:

@@ -55,16 +55,15 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         granularity = "tensor"
     if granularity == "shared" and dtype != np.float32:
         granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
-    rows = layout.rows(flat).astype(np.float64) if granularity != "tensor" else flat.reshape(1, -1).astype(np.float64)
-    imp = np.ones_like(rows) if importance is None else (
-        layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float64)
+    rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32)
+    imp = None if importance is None else (
+        layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float32)
     nz = rows != 0
-    kk = k - 1 if (~nz).any() and (~nz).mean() < SPARSE_OWN_CODE else k
-    kk = max(kk, 1)
-    w = imp * nz
+    zeros = float((~nz).mean())
+    kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
+    w = None if imp is None and zeros == 0 else (nz if imp is None else imp * nz)
     if granularity == "tensor":
-        q = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
-        out = q.astype(dtype)
+        out = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64)).astype(dtype)
     elif granularity == "channel" and dtype == np.float32 and k <= 16:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
         q = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
@@ -74,14 +73,19 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         out = _kmeans(rows, kk, w, init, iters, seed, half).astype(dtype)
     else:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
-        u = (rows / s).reshape(1, -1)
-        ws = (w * s.astype(np.float64) ** 2).reshape(1, -1)
-        q = _kmeans(u, kk, ws, init, iters, seed, lambda c: np.clip(np.round(c), -GRID12, GRID12))
+        ws = (np.ones(rows.shape, np.float32) if w is None else w) * (s * s)
+        q = _kmeans((rows / s).reshape(1, -1), kk, ws.reshape(1, -1), init, iters, seed,
+                    lambda c: np.clip(np.round(c), -GRID12, GRID12))
         out = q.reshape(rows.shape).astype(np.float32) * s
-    out = np.where(nz, out, np.zeros((), out.dtype))
-    err = out.astype(np.float64) - rows
-    sse = float((imp * err * err).sum())
-    energy = float((imp * rows * rows).sum())
+    if zeros:
+        out = np.where(nz, out, np.zeros((), out.dtype))
+    err = (out.astype(np.float32) - rows).ravel()
+    ref = rows.ravel()
+    if imp is None:
+        sse, energy = float(np.dot(err, err)), float(np.dot(ref, ref))
+    else:
+        flat_imp = imp.ravel()
+        sse, energy = float(np.dot(flat_imp * err, err)), float(np.dot(flat_imp * ref, ref))
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
     return Fit(values.astype(dtype), sse, energy, granularity)
 
@@ -89,4 +93,4 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
 def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int, snap) -> np.ndarray:
     """k-means per row, centroids snapped by ``snap``, each element replaced by its centroid."""
     r = kmeans_rows(rows, k, weights=w, init=init, iters=iters, seed=seed, snap=snap)
-    return np.take_along_axis(r.centroids, r.labels.astype(np.int64), axis=1)
+    return np.take_along_axis(r.centroids, r.labels, axis=1)
