@@ -136,6 +136,6 @@ def output_error(weight: np.ndarray, approx: np.ndarray, cov: np.ndarray) -> flo
     """Relative output error ``sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ))`` with ``W`` flattened to [out, D]."""
     w = np.asarray(weight, np.float64).reshape(len(weight), -1)
     d = w - np.asarray(approx, np.float64).reshape(w.shape)
-    ref = float(np.einsum("ij,jk,ik->", w, cov, w))
-    err = float(np.einsum("ij,jk,ik->", d, cov, d))
+    ref = float(np.sum((w @ cov) * w))
+    err = float(np.sum((d @ cov) * d))
     return math.sqrt(max(err, 0.0) / ref) if ref > 0 else 0.0

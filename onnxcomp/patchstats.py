@@ -6,7 +6,8 @@ it is ``E[x xᵀ]`` over the rows that meet the weight. Inputs are captured thro
 batch by batch (:func:`onnxcomp.activations.capture`, split to stay under a memory bound), at
 most ``max_samples`` samples are used, and a seeded random subset of at most
 ``max_patches / max_samples`` output positions per sample is gathered, so memory and time stay
-bounded on large feature maps. Only the ``D × D`` accumulators are kept (``D`` = patch size).
+bounded on large feature maps. Only the ``D × D`` accumulators are kept (``D`` = patch size),
+and each estimate is shrunk toward a scaled identity by ``D / (D + n)`` (see :func:`shrink`).
 """
 from __future__ import annotations
 
@@ -102,4 +103,18 @@ def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable
             grams = [q.T @ q for q in parts]
             sums[req.key] = grams if sums[req.key] is None else [a + g for a, g in zip(sums[req.key], grams)]
             counts[req.key] += len(p)
-    return {k: [g / max(counts[k], 1) for g in v] for k, v in sums.items() if v is not None}
+    return {k: [shrink(g / max(counts[k], 1), counts[k]) for g in v]
+            for k, v in sums.items() if v is not None}
+
+
+def shrink(cov: np.ndarray, n: int) -> np.ndarray:
+    """Shrink a covariance estimated from ``n`` vectors toward a scaled identity.
+
+    ``(1 - a) cov + a (tr cov / D) I`` with ``a = D / (D + n)``: with few samples (``n`` not much
+    larger than the dimension ``D``, e.g. a Gemm after global pooling) the raw estimate has
+    unseen directions that whitening would discard; the shrunk one falls back smoothly toward
+    the plain (data-free) SVD, which is the ``a = 1`` limit.
+    """
+    d = len(cov)
+    a = d / (d + max(n, 0))
+    return (1.0 - a) * cov + a * (np.trace(cov) / max(d, 1)) * np.eye(d)
