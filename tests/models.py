@@ -203,6 +203,7 @@ def _ch_conv(name: str, x: str, y: str, c_in: int, c_out: int, r, zero=(), k: in
 def _ch_bn(name: str, x: str, y: str, c: int, r, zero=()):
     g, beta = r.uniform(0.5, 1.5, c), r.normal(0, 0.1, c)
     mean, var = r.normal(0, 0.1, c), r.uniform(0.5, 1.5, c)
+    g[list(zero)] = 0.0
     beta[list(zero)] = 0.0
     mean[list(zero)] = 0.0
     arrays = [a.astype(np.float32) for a in (g, beta, mean, var)]
