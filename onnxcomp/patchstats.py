@@ -53,8 +53,9 @@ def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Ge
     oy, ox = picks // wo, picks % wo
     rows = oy[:, None] * sh + np.arange(kh)[None, :] * dh  # [S, kh]
     cols = ox[:, None] * sw + np.arange(kw)[None, :] * dw  # [S, kw]
-    patches = xp[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [S, kh, kw, C]
-    return patches.transpose(0, 3, 1, 2).reshape(len(batch), c * kh * kw)
+    patches = xp[batch[:, None, None, None], np.arange(c)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]  # [S, C, kh, kw], kernel order
+    return patches.reshape(len(batch), c * kh * kw)
 
 
 def matrix_rows(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -98,9 +99,9 @@ def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable
                 p = conv_patches(x, req, per_sample, rng)
             else:
                 p = matrix_rows(x, req, per_sample, rng)
-            p = p.astype(np.float64)
+            p = np.ascontiguousarray(p, np.float32)
             parts = np.split(p, req.group, axis=1) if req.group > 1 else [p]
-            grams = [q.T @ q for q in parts]
+            grams = [(q.T @ q).astype(np.float64) for q in parts]  # float32 BLAS, float64 sums
             sums[req.key] = grams if sums[req.key] is None else [a + g for a, g in zip(sums[req.key], grams)]
             counts[req.key] += len(p)
     return {k: [shrink(g / max(counts[k], 1), counts[k]) for g in v]

@@ -62,6 +62,8 @@ def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
         for i, node in enumerate(lay.nodes):
             key = f"{lay.weight.name}#{i}"
             if lay.kind == "conv":
+                if lay.group > 1 and lay.kernel.shape[1] == 1:
+                    break  # depthwise: never rewritten, no statistics needed
                 dim = int(np.prod(lay.kernel.shape[1:]))
                 shape = lay.in_shapes[i]
                 if lay.geom.auto_pad not in ("NOTSET", "") and not lay.shapes_known:
