@@ -93,6 +93,78 @@ def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvi
                   input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)
 
 
+def prune(model: ModelLike, sparsity: float = 0.5, *, data=None, allocation: str = "auto",
+          granularity: str = "channel", nm: tuple[int, int] | str | None = None,
+          include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
+          encoding: str = "auto", max_layer_sparsity: float = 0.98, correction: str = "auto",
+          score: str = "magnitude", structured: bool = False, threads: int | None = None, **structured_options):
+    """Prune weights (unstructured or N:M) with a layer-adaptive budget; returns a Compressed.
+
+    ``sparsity`` is the fraction of the prunable parameters removed overall. ``data``: real
+    calibration inputs (path, CalibrationData or iterable of batches) enable data-aware scores
+    and per-channel output correction (``correction``: auto, affine, bias, none). ``structured=True`` removes whole channels instead
+    (see :func:`prune_channels`). Save the result with ``oc.save(result.model, path)``.
+    """
+    if structured:
+        return prune_channels(model, data=data, include=include, exclude=exclude,
+                              threads=threads, **structured_options)
+    from .config import PruneConfig
+    from .passes.prune import PrunePass
+    from .pipeline import run
+
+    cfg = PruneConfig(sparsity=sparsity, allocation=allocation, granularity=granularity, nm=nm,
+                      include=include, exclude=exclude, min_params=min_params,
+                      include_depthwise=include_depthwise, encoding=encoding,
+                      max_layer_sparsity=max_layer_sparsity, score=score)
+    return run(model, [PrunePass(cfg)], data=data, encoding=encoding, correction=correction,
+               threads=threads)
+
+
+def factorize(model: ModelLike, method: str = "auto", *, rank: int | None = None, energy: float | None = None,
+              ratio: float | None = None, round_to: int = 8, data=None, data_aware: bool | None = None,
+              measure: bool = False, include=(), exclude=(), min_params: int = 1024,
+              allow_growth: bool = False, hooi_iters: int = 2, max_samples: int = 64,
+              max_error: float | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              threads: int | None = None):
+    """Low-rank factorization of convs and Gemm/MatMul (spatial, tucker2, svd, auto); returns a Compressed.
+
+    Ranks: ``rank``, ``energy`` (fraction of squared singular values kept) or ``ratio`` (target
+    MACs per layer; default 0.5), rounded up to ``round_to``. Real calibration ``data`` makes
+    the factors data-aware (lower output error at the same rank). See onnxcomp.passes.factorize.
+    """
+    from .config import FactorizeConfig
+    from .passes.factorize import FactorizePass
+    from .pipeline import run
+
+    cfg = FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
+                          data_aware=data_aware, measure=measure, include=include, exclude=exclude,
+                          min_params=min_params, allow_growth=allow_growth, hooi_iters=hooi_iters,
+                          max_samples=max_samples, max_error=max_error)
+    return run(model, [FactorizePass(cfg)], data=data, encoding="dense", correction="none",
+               input_shapes=input_shapes, threads=threads)
+
+
+def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | None = None,
+              energy: float | None = None, data=None, data_aware: bool | None = None, measure: bool = False,
+              include=(), exclude=(), min_params: int = 1024, allow_growth: bool = False,
+              max_samples: int = 64, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              threads: int | None = None):
+    """Dense convs -> depthwise + pointwise (``multiplier``) or grouped convs (``groups``); returns a Compressed.
+
+    ``energy`` alone picks the smallest multiplier keeping that fraction of the weight energy
+    (default 0.9); with ``multiplier``/``groups`` it is a floor below which a layer is skipped.
+    """
+    from .config import DepthwiseConfig
+    from .passes.depthwise import DepthwisePass
+    from .pipeline import run
+
+    cfg = DepthwiseConfig(multiplier=multiplier, groups=groups, energy=energy, data_aware=data_aware,
+                          measure=measure, include=include, exclude=exclude, min_params=min_params,
+                          allow_growth=allow_growth, max_samples=max_samples)
+    return run(model, [DepthwisePass(cfg)], data=data, encoding="dense", correction="none",
+               input_shapes=input_shapes, threads=threads)
+
+
 def cluster(model: ModelLike, bits: int | None = None, *, clusters: int | None = None,
             granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
             include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
@@ -140,3 +212,32 @@ def unpack(archive: str | os.PathLike, output: str | os.PathLike | None = None, 
     from .encode.packfile import unpack_file
 
     return unpack_file(archive, output, force=force)
+
+
+def prune_channels(model: ModelLike, ratio: float = 0.5, *, importance: str = "auto", allocation: str = "auto",
+                   round_to: int = 8, refit: bool | None = None, data=None, include=(), exclude=(),
+                   max_samples: int = 256, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                   threads: int | None = None, seed: int = 0, config=None):
+    """Structured pruning: remove whole channels and every tensor coupled to them; returns a Compressed.
+
+    ``ratio`` is the fraction of channels removed (``allocation`` uniform: in every prunable
+    group; sensitivity: the same MACs saving where the output moves least). Real calibration
+    ``data`` turns on activation importance, sensitivity allocation and the least-squares refit.
+    ``result.results[0].groups`` lists every group, pruned or frozen (with the reason). Save with
+    ``oc.save(result.model, path)``. ``config``: a ready StructuredPruneConfig (overrides the rest).
+    """
+    from .config import StructuredPruneConfig
+    from .passes.base import Context
+    from .passes.channels import StructuredPrunePass
+    from .pipeline import Compressed, as_data
+
+    cfg = config or StructuredPruneConfig(ratio=ratio, importance=importance, allocation=allocation,
+                                          round_to=round_to, refit=refit, include=include, exclude=exclude,
+                                          max_samples=max_samples)
+    original = as_model(model)
+    data = as_data(data, original, input_shapes)
+    ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads, seed=seed)
+    work = original.copy()
+    work.path = None
+    result = StructuredPrunePass(cfg).run(work.proto, ctx)
+    return Compressed(work, [result])

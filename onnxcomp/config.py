@@ -49,6 +49,7 @@ class Selection:
 ALLOCATIONS = ("auto", "uniform", "global", "lamp", "sensitivity")
 GRANULARITIES = ("tensor", "channel")
 ENCODINGS = ("auto", "dense", "sparse", "gaps", "bitmask")
+SCORES = ("magnitude", "activation")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class PruneConfig(Selection):
     ``sparsity`` is the fraction of the selected parameters removed overall; ``allocation``
     spreads it across layers (auto = sensitivity with real calibration data, else lamp).
     ``nm`` = (N, M): keep N of every M consecutive weights along the reduction axis.
+    ``score``: magnitude |w|, or activation |w| x input-channel RMS (needs real data).
     """
 
     sparsity: float = 0.5
@@ -67,10 +69,12 @@ class PruneConfig(Selection):
     include_depthwise: bool = False
     encoding: str = "auto"
     max_layer_sparsity: float = 0.98
+    score: str = "magnitude"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _fraction("--sparsity", self.sparsity)
+        _choice("--score", self.score, SCORES)
         _choice("--allocation", self.allocation, ALLOCATIONS)
         _choice("--granularity", self.granularity, GRANULARITIES)
         _choice("--encoding", self.encoding, ENCODINGS)

@@ -24,6 +24,7 @@ def _register() -> None:
     from . import inspect_cmd  # noqa: F401 - each module adds its command to ``cli``
     from . import bench_cmd, compare_cmd  # noqa: F401
     from . import cluster_cmd, compress_cmd, pack_cmd  # noqa: F401
+    from . import prune_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,3 +146,21 @@ def emit_write_result(result: Any, as_json: bool) -> None:
     emit(result, as_json, render_write_result)
     if result.gate_failed:
         raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")
+
+
+def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
+    """Print a pass report with the write summary (or one JSON object), then apply the gates.
+
+    JSON: ``{**report, "write": result.to_dict()}``. A missed gate raises QualityGateError
+    (exit 3) after printing; the file is already written.
+    """
+    from ..errors import QualityGateError
+    from ..report import to_json as _to_json
+
+    if as_json:
+        click.echo(_to_json({**report, "write": result.to_dict()}))
+    else:
+        click.echo(human)
+        click.echo(render_write_result(result))
+    if result.gate_failed:
+        raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")

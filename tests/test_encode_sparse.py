@@ -1,0 +1,117 @@
+"""Sparse encodings: bit-exact after onnxruntime folding, chosen by size, opset rules."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxcomp.encode import encode_weights
+from onnxcomp.encode.select import allowed_kinds
+from onnxcomp.encode.sparse import Bitmask, Gaps, gap_stream
+from onnxcomp.errors import ConfigError
+from onnxcomp.graph.weights import find_weights, set_weight
+
+from . import models as M
+
+
+def sparsify(values: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
+    out = values.copy()
+    out[M.rng(seed).random(values.shape) < sparsity] = 0
+    return out
+
+
+def outputs(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def decoded(model: onnx.ModelProto, names: list[str]) -> list[np.ndarray]:
+    """Expose the decoded weights as outputs (graph optimizations on, so after folding)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for n in names:
+        m.graph.output.append(onnx.ValueInfoProto(name=n))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], types[i.type])
+            for i in sess.get_inputs()}
+    return sess.run(names, feed)
+
+
+@pytest.mark.parametrize("sparsity,kind", [(0.5, "bitmask"), (0.95, "gaps"), (1.0, "zeros")])
+def test_encoded_weight_is_bit_exact_and_smaller(sparsity, kind):
+    model = M.conv_bn_relu(c_mid=16)
+    w = find_weights(model).by_name()["w2"]
+    ref = sparsify(w.values(), sparsity)
+    set_weight(model, w, ref)
+    x = {"x": M.rng(3).normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    dense_out = outputs(model, x)
+    choices = {c.name: c for c in encode_weights(model, names={"w2"})}
+    assert choices["w2"].kind == kind and choices["w2"].bytes < choices["w2"].dense_bytes
+    assert np.array_equal(decoded(model, ["w2"])[0], ref)
+    assert all(np.array_equal(a, b) for a, b in zip(dense_out, outputs(model, x)))
+    onnx.checker.check_model(model)
+
+
+def test_gap_stream_bridges_long_gaps_with_fillers():
+    flat = np.zeros(2000, np.float32)
+    flat[[3, 700, 1999]] = [1.0, -2.0, 3.0]
+    gaps, vals = gap_stream(flat)
+    assert gaps.max() <= 255 and vals.size > 3  # fillers were needed
+    pos = np.cumsum(gaps.astype(np.int64)) - 1
+    rebuilt = np.zeros_like(flat)
+    rebuilt[pos] = vals
+    assert np.array_equal(rebuilt, flat)
+
+
+def test_sizes_follow_the_design_crossover():
+    rng = M.rng(1)
+    dense = rng.normal(size=100_000).astype(np.float32)
+    for s, best in ((0.5, "bitmask"), (0.8, "bitmask"), (0.95, "gaps")):
+        flat = sparsify(dense, s)
+        sizes = {"gaps": Gaps().size(flat), "bitmask": Bitmask().size(flat)}
+        assert min(sizes, key=sizes.get) == best
+        assert sizes[best] < flat.nbytes
+
+
+def test_dense_weights_stay_dense():
+    model = M.conv_bn_relu(c_mid=16)
+    choices = encode_weights(model)
+    assert {c.kind for c in choices} == {"dense"}
+    assert len(model.graph.node) == 8
+
+
+def test_fp16_and_constant_node_and_shared_weights():
+    for build, name in ((M.fp16_conv, "w"), (M.constant_node_weights, "m"), (M.shared_weight, "w")):
+        model = build()
+        w = find_weights(model).by_name()[name]
+        ref = sparsify(w.values(), 0.97)
+        set_weight(model, w, ref)
+        feeds = {i.name: M.rng(0).normal(size=[d.dim_value for d in i.type.tensor_type.shape.dim]).astype(
+            onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in model.graph.input}
+        before = outputs(model, feeds)
+        encode_weights(model, names={name})
+        onnx.checker.check_model(model)
+        assert np.array_equal(decoded(model, [name])[0], ref), build.__name__
+        assert all(np.array_equal(a, b) for a, b in zip(before, outputs(model, feeds)))
+
+
+def test_opset_raised_only_when_safe():
+    model = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                    onnx.helper.make_node("Relu", ["h"], ["y"], name="relu")],
+                   [M.vi("x", [2, 64])], [M.vi("y", [2, 64])],
+                   [M.init("w", M.rng(0).normal(size=(64, 64)).astype(np.float32))], opset=9)
+    w = find_weights(model).by_name()["w"]
+    set_weight(model, w, sparsify(w.values(), 0.97))
+    encode_weights(model, names={"w"})
+    assert model.opset_import[0].version == 11  # MatMul/Relu mean the same at 9 and 11
+    # Conv's schema changed at opset 11: the opset must stay and the weight stay dense
+    model = M.constant_node_weights()
+    model.opset_import[0].version = 9
+    w = find_weights(model).by_name()["m"]
+    set_weight(model, w, sparsify(w.values(), 0.97))
+    assert [c.kind for c in encode_weights(model, names={"m"}, encoding="sparse")] == ["dense"]
+    assert model.opset_import[0].version == 9
+
+
+def test_unknown_encoding_is_a_config_error():
+    with pytest.raises(ConfigError, match="choose one of"):
+        allowed_kinds("zip")
