@@ -104,3 +104,23 @@ def test_cli_bad_options_exit_2_one_line(args, needle, capsys):
     assert main(["cluster", str(MODELS / "mobilenet_digits.onnx"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "shared"])
+def test_fp16_constant_node_weight_keeps_fp16_codebook(granularity):
+    from onnx import TensorProto, helper
+
+    from tests.models import const_node, make, vi
+
+    w = _rng_weight((32, 16, 3, 3), seed=7).astype(np.float16)
+    nodes = [const_node("w", w), helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    model = make(nodes, [vi("x", [1, 16, 6, 6], TensorProto.FLOAT16)], [vi("y", [1, 32, 6, 6], TensorProto.FLOAT16)])
+    result = ClusterPass(ClusterConfig(bits=4, granularity=granularity)).run(model, Context())
+    assert result.applied and result.applied[0].detail["granularity"] in ("tensor", "channel")
+    dense = onnx.ModelProto()
+    dense.CopyFrom(model)
+    choice = oc.encode.encode_weights(model, {"w"})[0]
+    assert choice.kind == "codebook4"
+    assert not any(t.data_type == TensorProto.FLOAT for t in model.graph.initializer)  # fp16 tables
+    x = np.random.default_rng(1).normal(size=(1, 16, 6, 6)).astype(np.float16)
+    assert np.array_equal(session(dense).run(None, {"x": x})[0], session(model).run(None, {"x": x})[0])
