@@ -136,3 +136,18 @@ def test_no_structure_stays_dense():
     w = np.random.default_rng(5).normal(size=(16, 8, 3, 3)).astype(np.float32)
     model = _conv(w)
     assert encode_weights(model, encoding="codebook")[0].kind == "dense"
+
+
+@pytest.mark.parametrize("k,bits", [(2, 1), (8, 3), (32, 5), (64, 6)])
+@pytest.mark.parametrize("kind", ["tensor", "channel"])
+def test_packed_bits_bit_exact(k, bits, kind):
+    rng = np.random.default_rng(k)
+    w = _codebook_weight(rng, kind, shape=(12, 67, 3, 3), k=k)  # 7236 weights: not a multiple of 8
+    model = _conv(w.astype(np.float32), opset=13)
+    x = rng.normal(size=(1, 67, 5, 5)).astype(np.float32)
+    ref = _run(model, x)[0]
+    choice = encode_weights(model, encoding="codebook_packed")[0]
+    assert choice.kind == "codebook_packed"
+    assert any(t.name.endswith(f"idx{bits}b") for t in model.graph.initializer)
+    assert np.array_equal(_decoded(model, w.shape, np.float32).view(np.uint32), w.view(np.uint32))
+    assert np.array_equal(_run(model, x)[0], ref)

@@ -119,10 +119,11 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
 
 
 def _register_codebooks() -> None:
+    from .bitpack import ENCODINGS as packed
     from .codebook import ENCODINGS as codebook
     from .combined import ENCODINGS as combined
 
-    for enc in codebook:
+    for enc in codebook + packed:
         register(enc, "codebook")
     for enc in combined:
         register(enc, "combined")

@@ -1,0 +1,98 @@
+"""codebook_packed: codebook indices of any width 1..6 bits, packed eight indices to b bytes.
+
+Eight b-bit indices form one big-endian 8b-bit word stored as b bytes. The decoder rebuilds the
+word in int64 (Cast, Reshape [G, b], Mul by 256^(b-1..0), ReduceSum) and cuts the fields out
+with Div by 2^(b*(7..0)) and Mod 2^b; then Cast + Gather as for the other codebook encodings.
+Useful at 3, 5 and 6 bits, where 4-bit or 8-bit indices waste space (opset 13: ReduceSum
+takes its axes as an input). Words stay below 2^53 (b <= 6): onnxruntime's int64 ReduceSum
+lost bits on 56-bit words. Exact: integer arithmetic only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, reshape_to
+from .codebook import _Codebook, gather, table_overhead, tables_for, unnamed
+
+GROUP = 8
+MAX_BITS = 6  # 8 x 6 = 48-bit words; 56-bit words came back wrong from onnxruntime's ReduceSum
+
+
+def width_bits(width: int) -> int:
+    """Index bits for a table of ``width`` entries (at least 1)."""
+    return max(1, int(np.ceil(np.log2(max(width, 2)))))
+
+
+def pack_bits(idx: np.ndarray, bits: int) -> np.ndarray:
+    """Eight ``bits``-bit values per ``bits`` bytes, big-endian words (padded with zeros)."""
+    v = np.asarray(idx, np.uint64).reshape(-1)
+    groups = -(-v.size // GROUP)
+    v = np.concatenate([v, np.zeros(groups * GROUP - v.size, np.uint64)]).reshape(groups, GROUP)
+    shifts = np.arange(GROUP - 1, -1, -1, dtype=np.uint64) * np.uint64(bits)
+    word = (v << shifts).sum(axis=1, dtype=np.uint64)
+    out = [(word >> np.uint64(8 * (bits - 1 - j))) & np.uint64(255) for j in range(bits)]
+    return np.stack(out, axis=1).astype(np.uint8).reshape(-1)
+
+
+def unpack_bits(packed: str, n: int, bits: int, fresh: Names, name: str, inits: list, nodes: list) -> str:
+    """Decoder nodes turning ``pack_bits`` bytes back into ``n`` int32 indices."""
+    i64 = onnx.TensorProto.INT64
+    shape = const(fresh, f"{name}_grp", np.array([-1, bits], np.int64), inits)
+    weights = const(fresh, f"{name}_byteval", 256 ** np.arange(bits - 1, -1, -1, dtype=np.int64), inits)
+    axes = const(fresh, f"{name}_axis1", np.array([1], np.int64), inits)
+    div = const(fresh, f"{name}_fielddiv", 2 ** (bits * np.arange(GROUP - 1, -1, -1, dtype=np.int64)), inits)
+    mod = const(fresh, f"{name}_fieldmod", np.array([1 << bits], np.int64), inits)
+    flat = const(fresh, f"{name}_flat1", np.array([-1], np.int64), inits)
+    b64, grp, vals, word, fields, low, seq = (fresh(f"{name}_{s}") for s in
+                                              ("b64", "grp", "vals", "word", "fields", "low", "seq"))
+    nodes += [node("Cast", [packed], b64, to=i64), node("Reshape", [b64, shape], grp),
+              node("Mul", [grp, weights], vals), node("ReduceSum", [vals, axes], word, keepdims=1),
+              node("Div", [word, div], fields), node("Mod", [fields, mod], low),
+              node("Reshape", [low, flat], seq)]
+    if n % GROUP:
+        start = const(fresh, f"{name}_start0", np.array([0], np.int64), inits)
+        end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
+        cut = fresh(f"{name}_seqcut")
+        nodes.append(node("Slice", [seq, start, end], cut))
+        seq = cut
+    out = fresh(f"{name}_idx")
+    nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
+    return out
+
+
+class CodebookPacked(_Codebook):
+    """Indices packed at exactly the bits their table needs (1..6), eight per b bytes."""
+
+    kind = "codebook_packed"
+    min_opset = 13
+
+    def _choose(self, flat: np.ndarray):
+        best = None
+        for t in tables_for(flat, self.layout):
+            b = width_bits(t.width)
+            if b > MAX_BITS:
+                continue
+            size = (-(-flat.size // GROUP)) * b + t.table_bytes() + table_overhead(t) \
+                + 12 * (NODE_OVERHEAD + TENSOR_OVERHEAD)
+            if best is None or size < best[0]:
+                best = (size, t, b)
+        return best
+
+    def size(self, flat: np.ndarray) -> int | None:
+        best = self._choose(flat)
+        return None if best is None else best[0]
+
+    def build(self, flat, shape, name, fresh):
+        _, t, b = self._choose(flat)
+        inits: list[onnx.TensorProto] = []
+        nodes: list[onnx.NodeProto] = []
+        p = fresh("cb")
+        packed = const(fresh, f"{p}_idx{b}b", pack_bits(t.idx, b), inits)
+        idx = unpack_bits(packed, flat.size, b, fresh, p, inits, nodes)
+        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
+        reshape_to(fresh, p, out, shape, name, inits, nodes)
+        return unnamed(nodes), inits
+
+
+ENCODINGS = (CodebookPacked(),)
