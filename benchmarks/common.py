@@ -1,0 +1,83 @@
+"""Shared helpers for the benchmark scripts: real models, their quality metrics, tables, JSON."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+RESULTS = ROOT / "benchmarks" / "results"
+CORPUS_EVAL = ROOT.parent / "shared" / "corpus" / "evaluate.py"
+CORPUS_PYTHON = Path("/tmp/corpus-venv/bin/python")
+
+
+@dataclass
+class RealModel:
+    """A real model, its calibration data and a quality metric (higher is better)."""
+
+    key: str
+    path: Path
+    calib: Path
+    metric: str
+    score: Callable[[onnx.ModelProto], float]
+    floor: float  # the quality floor of the issue for this model
+
+
+def _digits_accuracy(proto: onnx.ModelProto) -> float:
+    import onnxruntime as ort
+
+    test = np.load(MODELS / "digits_test.npz")
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return float((sess.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean())
+
+
+def _corpus_score(cache: Path, key: str, metric: str) -> Callable[[onnx.ModelProto], float]:
+    def score(proto: onnx.ModelProto) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save_model(proto, str(path))
+            out = subprocess.run([str(CORPUS_PYTHON), str(CORPUS_EVAL), "--cache", str(cache), key,
+                                  str(path), "--threads", "2"], capture_output=True, text=True, check=True)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])[metric])
+    return score
+
+
+def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[RealModel]:
+    """models/ digits models always; the corpus models when a built corpus cache is given."""
+    base = _digits_accuracy(onnx.load(str(MODELS / "resnet_digits.onnx")))
+    out = [RealModel("resnet_digits", MODELS / "resnet_digits.onnx", MODELS / "digits_calib.npz",
+                     "accuracy", _digits_accuracy, base - 0.005),
+           RealModel("mobilenet_digits", MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz",
+                     "accuracy", _digits_accuracy,
+                     _digits_accuracy(onnx.load(str(MODELS / "mobilenet_digits.onnx"))) - 0.005)]
+    if corpus is not None and CORPUS_PYTHON.exists():
+        out.append(RealModel("effnet_lite0", corpus / "effnet_lite0" / "model.onnx",
+                             corpus / "effnet_lite0" / "calib.npz", "top1_agree",
+                             _corpus_score(corpus, "effnet_lite0", "top1_agree"), 0.95))
+        ocr = _corpus_score(corpus, "ocr_det_ppocrv4", "f1")
+        out.append(RealModel("ocr_det_ppocrv4", corpus / "ocr_det_ppocrv4" / "model.onnx",
+                             corpus / "ocr_det_ppocrv4" / "calib.npz", "f1", ocr,
+                             ocr(onnx.load(str(corpus / "ocr_det_ppocrv4" / "model.onnx"))) - 0.01))
+    return [m for m in out if keys is None or m.key in keys]
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    from onnxcomp.report import table as _table
+
+    return _table(headers, rows)
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    print(f"\nwrote {path}", file=sys.stderr)
+    return path
