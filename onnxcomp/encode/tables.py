@@ -91,25 +91,30 @@ def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | No
     """Write each row as integers q (|q| <= maxint) times one float16 scale, exactly in float32.
 
     Returns (q [C, K] int16, s [C] float16) or None when some row has no such factorisation.
+    The scale tried first is the row's largest |value| / maxint, then / (maxint - 1), ...: the
+    largest |q| that works, which is the one the cluster pass chose.
     """
     c = np.asarray(table, np.float64)
     m = np.abs(c).max(axis=1)
     s = np.where(m == 0, 1.0, np.nan)
     todo = np.flatnonzero(m > 0)
-    for j in range(maxint, 0, -1):  # the largest |q| first: the scale the pass chose
-        if todo.size == 0:
-            break
-        cand = m[todo] / j
-        ok = np.float16(cand).astype(np.float64) == cand
-        if not ok.any():
+    js = np.arange(maxint, 0, -1, dtype=np.float64)
+    for chunk in np.array_split(todo, max(1, todo.size // 256)):  # bounded [rows, maxint] blocks
+        if chunk.size == 0:
             continue
-        rows, cs = todo[ok], cand[ok]
-        q = c[rows] / cs[:, None]
+        cand = m[chunk, None] / js[None, :]
+        rows, cols = np.nonzero(np.float16(cand).astype(np.float64) == cand)  # float16 scales only
+        if rows.size == 0:
+            return None
+        sc = cand[rows, cols]
+        q = c[chunk[rows]] / sc[:, None]
         good = np.all((q == np.round(q)) & (np.abs(q) <= maxint), axis=1)
-        good &= np.all((np.round(q).astype(np.float32) * cs[:, None].astype(np.float32)) == c[rows].astype(np.float32), axis=1)
-        s[rows[good]] = cs[good]
-        todo = np.setdiff1d(todo, rows[good], assume_unique=True)
-    if todo.size:
+        good &= np.all(np.round(q).astype(np.float32) * sc[:, None].astype(np.float32)
+                       == c[chunk[rows]].astype(np.float32), axis=1)
+        rows, sc = rows[good], sc[good]
+        first = np.unique(rows, return_index=True)[1]  # per row, the largest |q| that works
+        s[chunk[rows[first]]] = sc[first]
+    if np.isnan(s).any():
         return None
     q = np.round(c / s[:, None]).astype(np.int16)
     return q, s.astype(np.float16)
