@@ -120,7 +120,9 @@ class FactorizeConfig(Selection):
     ``measure``: rewrite only layers that onnxruntime runs faster (single-layer benchmark).
     ``allow_growth``: rewrite even where MACs do not drop (exactness checks at full rank).
     ``max_error``: skip layers whose estimated relative output error (the relative weight error
-    without calibration data) would exceed it.
+    without calibration data) would exceed it. ``sequential`` (data-aware only): fit the layers
+    in up to ``waves`` consecutive groups, each on the inputs the already rewritten layers
+    produce, toward the original outputs (else every layer on the original inputs).
     """
 
     method: str = "auto"
@@ -134,6 +136,8 @@ class FactorizeConfig(Selection):
     max_samples: int = 64
     allow_growth: bool = False
     max_error: float | None = None
+    sequential: bool = True
+    waves: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,6 +159,7 @@ class FactorizeConfig(Selection):
         if self.hooi_iters < 0:
             raise ConfigError(f"--hooi-iters {self.hooi_iters} is negative", "give 0 or more")
         _positive("--calib-samples", self.max_samples)
+        _positive("--waves", self.waves)
 
     @property
     def target_ratio(self) -> float | None:

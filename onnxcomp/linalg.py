@@ -132,10 +132,20 @@ def weight_energy(weight: np.ndarray, approx: np.ndarray) -> float:
     return 1.0 - float((d * d).sum()) / total
 
 
-def output_error(weight: np.ndarray, approx: np.ndarray, cov: np.ndarray) -> float:
-    """Relative output error ``sqrt(tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ))`` with ``W`` flattened to [out, D]."""
+def output_error(weight: np.ndarray, approx: np.ndarray, cov: np.ndarray, cross: np.ndarray | None = None,
+                 ref: np.ndarray | None = None) -> float:
+    """Relative output error ``sqrt(E||W x_ref - W' x||² / E||W x_ref||²)``, W flattened to [out, D].
+
+    Without ``cross``/``ref`` the inputs are the same (``x = x_ref``, ``E[x xᵀ] = cov``):
+    ``sqrt(tr(ΔW cov ΔWᵀ) / tr(W cov Wᵀ))``. With them ``cross = E[x_ref xᵀ]`` and
+    ``ref = E[x_ref x_refᵀ]`` (the inputs drifted because earlier layers were rewritten).
+    """
     w = np.asarray(weight, np.float64).reshape(len(weight), -1)
-    d = w - np.asarray(approx, np.float64).reshape(w.shape)
-    ref = float(np.sum((w @ cov) * w))
-    err = float(np.sum((d @ cov) * d))
-    return math.sqrt(max(err, 0.0) / ref) if ref > 0 else 0.0
+    a = np.asarray(approx, np.float64).reshape(w.shape)
+    if cross is None:
+        d = w - a
+        ref_e, err = float(np.sum((w @ cov) * w)), float(np.sum((d @ cov) * d))
+    else:
+        ref_e = float(np.sum((w @ ref) * w))
+        err = ref_e - 2.0 * float(np.sum((w @ cross) * a)) + float(np.sum((a @ cov) * a))
+    return math.sqrt(max(err, 0.0) / ref_e) if ref_e > 0 else 0.0

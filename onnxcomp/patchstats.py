@@ -80,32 +80,85 @@ def _limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterato
             return
 
 
+@dataclass
+class LayerStats:
+    """Second moments of one layer's (group's) input vectors ``x`` (``D × D``, float64, shrunk).
+
+    ``cov = E[x xᵀ]``. With a reference model (sequential fitting) ``x`` comes from the model
+    being rewritten and ``x_ref`` from the original at the same samples and positions:
+    ``cross = E[x_ref xᵀ]`` and ``ref = E[x_ref x_refᵀ]``.
+    """
+
+    cov: np.ndarray
+    cross: np.ndarray | None = None
+    ref: np.ndarray | None = None
+    n: int = 0
+
+    def target(self, weight: np.ndarray) -> np.ndarray:
+        """The weight to approximate on ``x``: ``W`` itself, or with a reference the least-squares
+        map ``W cross cov⁻¹`` that best reproduces the original outputs ``W x_ref`` from ``x``."""
+        if self.cross is None:
+            return weight
+        from .linalg import ridge_solve
+        w = np.asarray(weight, np.float64).reshape(len(weight), -1)
+        return ridge_solve(w @ self.cross, self.cov).reshape(weight.shape)
+
+
+def _draw(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    p = conv_patches(x, req, count, rng) if req.kind == "conv" else matrix_rows(x, req, count, rng)
+    return np.ascontiguousarray(p, np.float32)
+
+
+def _grams(a: np.ndarray, b: np.ndarray, group: int) -> list[np.ndarray]:
+    """Per group ``aᵀ b`` (float32 BLAS, float64 result)."""
+    pa = np.split(a, group, axis=1) if group > 1 else [a]
+    pb = np.split(b, group, axis=1) if group > 1 else [b]
+    return [(x.T @ y).astype(np.float64) for x, y in zip(pa, pb)]
+
+
 def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable[dict[str, np.ndarray]],
                         *, max_samples: int = 64, max_patches: int = 16384, seed: int = 0,
-                        threads: int | None = None) -> dict[str, list[np.ndarray]]:
-    """``key -> [covariance per group]`` (float64, ``D × D``) for every request."""
+                        threads: int | None = None, reference: Any = None) -> dict[str, list[LayerStats]]:
+    """``key -> [LayerStats per group]`` for every request (see :class:`LayerStats`).
+
+    With ``reference`` (the original model) the same batches also run through it and the same
+    patches are drawn from both, giving the cross moments sequential fitting needs.
+    """
     if not requests:
         return {}
     rng = np.random.default_rng(seed)
     per_sample = max(1, math.ceil(max_patches / max_samples))
-    sums: dict[str, list[np.ndarray] | None] = {r.key: None for r in requests}
+    sums: dict[str, dict[str, list[np.ndarray]]] = {r.key: {} for r in requests}
     counts = {r.key: 0 for r in requests}
     tensors = list(dict.fromkeys(r.tensor for r in requests))
-    for out in capture(model, tensors, _limited(data, max_samples), threads=threads,
-                       max_bytes=CAPTURE_BYTES):
+    batches = list(_limited(data, max_samples)) if reference is not None else _limited(data, max_samples)
+    outs = capture(model, tensors, batches, threads=threads, max_bytes=CAPTURE_BYTES)
+    refs = (capture(reference, tensors, batches, threads=threads, max_bytes=CAPTURE_BYTES)
+            if reference is not None else None)
+    for out in outs:
+        ref_out = next(refs) if refs is not None else None
         for req in requests:
-            x = np.asarray(out[req.tensor], np.float32)
-            if req.kind == "conv":
-                p = conv_patches(x, req, per_sample, rng)
-            else:
-                p = matrix_rows(x, req, per_sample, rng)
-            p = np.ascontiguousarray(p, np.float32)
-            parts = np.split(p, req.group, axis=1) if req.group > 1 else [p]
-            grams = [(q.T @ q).astype(np.float64) for q in parts]  # float32 BLAS, float64 sums
-            sums[req.key] = grams if sums[req.key] is None else [a + g for a, g in zip(sums[req.key], grams)]
+            state = rng.bit_generator.state
+            p = _draw(np.asarray(out[req.tensor], np.float32), req, per_sample, rng)
+            parts = {"cov": _grams(p, p, req.group)}
+            if ref_out is not None:
+                rng.bit_generator.state = state  # the same samples and positions in the original
+                q = _draw(np.asarray(ref_out[req.tensor], np.float32), req, per_sample, rng)
+                parts.update(cross=_grams(q, p, req.group), ref=_grams(q, q, req.group))
+            acc = sums[req.key]
+            for name, grams in parts.items():
+                acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
             counts[req.key] += len(p)
-    return {k: [shrink(g / max(counts[k], 1), counts[k]) for g in v]
-            for k, v in sums.items() if v is not None}
+    return {k: _finish(v, counts[k]) for k, v in sums.items() if v}
+
+
+def _finish(acc: dict[str, list[np.ndarray]], n: int) -> list[LayerStats]:
+    out = []
+    for g in range(len(acc["cov"])):
+        mom = {k: v[g] / max(n, 1) for k, v in acc.items()}
+        out.append(LayerStats(shrink(mom["cov"], n), shrink(mom["cross"], n) if "cross" in mom else None,
+                              shrink(mom["ref"], n) if "ref" in mom else None, n))
+    return out
 
 
 def shrink(cov: np.ndarray, n: int) -> np.ndarray:
@@ -119,3 +172,4 @@ def shrink(cov: np.ndarray, n: int) -> np.ndarray:
     d = len(cov)
     a = d / (d + max(n, 0))
     return (1.0 - a) * cov + a * (np.trace(cov) / max(d, 1)) * np.eye(d)
+    # (a cross moment E[x_ref xᵀ] is shrunk the same way, toward "no drift": x = x_ref)

@@ -88,7 +88,7 @@ class DepthwisePass(Pass):
         for lay in layers:
             parts = [covs.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
             ok = parts and all(p is not None for p in parts)
-            cov = sum(p[0] for p in parts) / len(parts) if ok else None
+            cov = sum(p[0].cov for p in parts) / len(parts) if ok else None
             entry, reason = self._plan_layer(model, lay, cov, biases)
             out.layers.append((lay, entry, reason))
         return out

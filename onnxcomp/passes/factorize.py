@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from ..errors import ConfigError
 from ..io import default_opset
 from ..linalg import blas_threads
-from ..patchstats import StatsRequest, collect_covariances
+from ..patchstats import LayerStats, StatsRequest, collect_covariances
 from .base import Change, Context, Pass, PassResult, skip
 from .lowrank_plan import Candidate, applicable, candidates_for, cost, evaluate, pick
 from .rewrite import (MEASURE_MAX_RATIO, GraphEditor, Layer, LocalNames, attr, collect_layers, measure,
@@ -100,17 +100,29 @@ class FactorizePass(Pass):
                               "pass --data with real samples (or drop --data-aware)")
         layers, skipped = collect_layers(model, cfg, ctx, ROLES)
         out = FactorizePlan([], skipped, data_aware)
-        covs: dict[str, list[np.ndarray]] = {}
-        if data_aware and layers:
-            reqs = stats_requests(layers, out.notes)
-            covs = collect_covariances(model, reqs, ctx.data, max_samples=cfg.max_samples, seed=ctx.seed,
-                                       threads=ctx.threads)
-        for lay in layers:
-            parts = [covs.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
-            layer_covs = None
-            if parts and all(p is not None for p in parts):
-                layer_covs = [sum(p[g] for p in parts) / len(parts) for g in range(len(parts[0]))]
-            out.layers.append(self._plan_layer(model, lay, layer_covs))
+        if not data_aware or not layers:
+            out.layers = [self._plan_layer(model, lay, None) for lay in layers]
+            return out
+        waves = split_waves(layers, cfg.waves if cfg.sequential else 1)
+        work, editor = None, None
+        for k, wave in enumerate(waves):
+            drifted = work is not None  # sequential: inputs come from the partly rewritten model
+            stats = collect_covariances(work if drifted else model, stats_requests(wave, out.notes), ctx.data,
+                                        max_samples=cfg.max_samples, seed=ctx.seed, threads=ctx.threads,
+                                        reference=model if drifted else None)
+            for lay in wave:
+                out.layers.append(self._plan_layer(model, lay, merge_stats(stats, lay)))
+            if k + 1 < len(waves):  # later waves see the rewrites so far
+                if work is None:
+                    work = onnx.ModelProto()
+                    work.CopyFrom(model)
+                    editor = GraphEditor(work)
+                for lp in out.layers[-len(wave):]:
+                    if lp.candidate is not None:
+                        rewrite(work, lp, editor, drop=False)
+        if len(waves) > 1:
+            out.notes.append(f"sequential fitting in {len(waves)} waves: each layer is fit on the inputs "
+                             "the rewritten layers before it produce, toward the original outputs")
         return out
 
     def _plan_layer(self, model: onnx.ModelProto, lay: Layer, covs) -> LayerPlan:
@@ -174,17 +186,49 @@ class FactorizePass(Pass):
                 change.detail = {"layer": lay.name, "latency_ratio": lp.latency_ratio}
                 result.changes.append(change)
                 continue
-            reserved = [node_names(node, cand.method, editor.scope) for node in lay.nodes]
-            names, inits = factor_tensors(lay, cand, editor.scope)
-            model.graph.initializer.extend(inits)
-            new_names = []
-            for node, own in zip(lay.nodes, reserved):
-                nodes = build_nodes(lay, cand, node, names, editor.scope, own)
-                editor.replace(node, nodes)
-                new_names += [n.name for n in nodes]
-            editor.drop_weight(lay.weight)
+            new_names = rewrite(model, lp, editor, drop=True)
             result.changes.append(_change(lp, new_names))
         return result
+
+
+def split_waves(layers: list[Layer], waves: int) -> list[list[Layer]]:
+    """Consecutive groups of layers (graph order), at most ``waves`` of them."""
+    size = max(1, -(-len(layers) // max(1, waves)))
+    return [layers[i:i + size] for i in range(0, len(layers), size)]
+
+
+def merge_stats(stats: dict[str, list[LayerStats]], lay: Layer) -> list[LayerStats] | None:
+    """The layer's statistics per group, averaged over the uses of a shared weight (None if missing)."""
+    parts = [stats.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
+    if not parts or any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+
+    def mean(field: str, g: int):
+        vals = [getattr(p[g], field) for p in parts]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+    return [LayerStats(mean("cov", g), mean("cross", g), mean("ref", g), sum(p[g].n for p in parts))
+            for g in range(len(parts[0]))]
+
+
+def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bool) -> list[str]:
+    """Replace every use of the layer in ``model`` (found by output name); the new node names."""
+    lay, cand = lp.layer, lp.candidate
+    by_output = {n.output[0]: n for n in model.graph.node if n.output}
+    nodes = [by_output[n.output[0]] for n in lay.nodes]
+    reserved = [node_names(node, cand.method, editor.scope) for node in nodes]
+    names, inits = factor_tensors(lay, cand, editor.scope)
+    model.graph.initializer.extend(inits)
+    new_names = []
+    for node, own in zip(nodes, reserved):
+        new = build_nodes(lay, cand, node, names, editor.scope, own)
+        editor.replace(node, new)
+        new_names += [n.name for n in new]
+    if drop:
+        editor.drop_weight(lay.weight)
+    return new_names
 
 
 def factor_tensors(lay: Layer, cand: Candidate, scope) -> tuple[list[str], list[onnx.TensorProto]]:
@@ -262,7 +306,7 @@ def _settings(cfg, plan: FactorizePlan) -> dict:
     ratio = cfg.target_ratio
     return {"method": cfg.method, "rank": cfg.rank, "energy": cfg.energy, "ratio": ratio,
             "round_to": cfg.round_to, "data_aware": plan.data_aware, "measure": cfg.measure,
-            "max_error": cfg.max_error,
+            "max_error": cfg.max_error, "sequential": cfg.sequential if plan.data_aware else None,
             "rank_rule": "rank" if cfg.rank else "energy" if cfg.energy else f"ratio {ratio:g}",
             "measure_max_ratio": MEASURE_MAX_RATIO if cfg.measure else None,
             "max_samples": cfg.max_samples if plan.data_aware else None}

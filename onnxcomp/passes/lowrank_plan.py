@@ -124,14 +124,15 @@ def _groups(layer: Layer) -> list[np.ndarray]:
     return np.split(layer.kernel, g, axis=0) if g > 1 else [layer.kernel]
 
 
-def _makers(method: str, layer: Layer, covs: list[np.ndarray] | None, hooi_iters: int):
+def _makers(method: str, layer: Layer, stats: list | None, hooi_iters: int):
+    """One factorizer per group, on the weight to approximate (see LayerStats.target)."""
     parts = _groups(layer)
-    covs = covs or [None] * len(parts)
+    pairs = [(s.target(w), s.cov) for w, s in zip(parts, stats)] if stats else [(w, None) for w in parts]
     if method == "spatial":
-        return [SpatialSVD(w, c) for w, c in zip(parts, covs)]
+        return [SpatialSVD(w, c) for w, c in pairs]
     if method == "tucker2":
-        return [Tucker2(w, c, iters=hooi_iters) for w, c in zip(parts, covs)]
-    return [MatrixSVD(w, c) for w, c in zip(parts, covs)]
+        return [Tucker2(w, c, iters=hooi_iters) for w, c in pairs]
+    return [MatrixSVD(w, c) for w, c in pairs]
 
 
 def _budget(layer: Layer, ratio: float) -> tuple[int, float]:
@@ -167,18 +168,22 @@ def choose_ranks(method: str, layer: Layer, makers: list, config) -> tuple[int, 
     return (round_rank(r, step, full),)
 
 
-def evaluate(method: str, layer: Layer, covs: list[np.ndarray] | None, config) -> Candidate:
-    """Factorize ``layer`` with ``method`` at the configured rank; cost and error included."""
-    makers = _makers(method, layer, covs, config.hooi_iters)
+def evaluate(method: str, layer: Layer, stats: list | None, config) -> Candidate:
+    """Factorize ``layer`` with ``method`` at the configured rank; cost and error included.
+
+    ``stats``: one :class:`onnxcomp.patchstats.LayerStats` per group (None: data-free).
+    """
+    makers = _makers(method, layer, stats, config.hooi_iters)
     ranks = choose_ranks(method, layer, makers, config)
     arg = ranks if method == "tucker2" else ranks[0]
     factors = [m.factors(arg) for m in makers]
     approx = np.concatenate([m.approx(f) for m, f in zip(makers, factors)], axis=0)
     macs, params = cost(layer, method, ranks)
     out_err = None
-    if covs:
+    if stats:
         parts = np.split(approx, layer.group, axis=0) if layer.group > 1 else [approx]
-        errs = [output_error(w, a, c) ** 2 for w, a, c in zip(_groups(layer), parts, covs)]
+        errs = [output_error(w, a, s.cov, s.cross, s.ref) ** 2
+                for w, a, s in zip(_groups(layer), parts, stats)]
         out_err = math.sqrt(sum(errs) / len(errs))
     return Candidate(method, ranks, factors, macs, params, weight_energy(layer.kernel, approx), out_err)
 
