@@ -124,8 +124,8 @@ def factorize(model: ModelLike, method: str = "auto", *, rank: int | None = None
               ratio: float | None = None, round_to: int = 8, data=None, data_aware: bool | None = None,
               measure: bool = False, include=(), exclude=(), min_params: int = 1024,
               allow_growth: bool = False, hooi_iters: int = 2, max_samples: int = 64,
-              max_error: float | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-              threads: int | None = None):
+              max_error: float | None = None, sequential: bool = True, waves: int = 8,
+              input_shapes: dict[str, tuple[int, ...]] | None = None, threads: int | None = None):
     """Low-rank factorization of convs and Gemm/MatMul (spatial, tucker2, svd, auto); returns a Compressed.
 
     Ranks: ``rank``, ``energy`` (fraction of squared singular values kept) or ``ratio`` (target
@@ -139,7 +139,7 @@ def factorize(model: ModelLike, method: str = "auto", *, rank: int | None = None
     cfg = FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
                           data_aware=data_aware, measure=measure, include=include, exclude=exclude,
                           min_params=min_params, allow_growth=allow_growth, hooi_iters=hooi_iters,
-                          max_samples=max_samples, max_error=max_error)
+                          max_samples=max_samples, max_error=max_error, sequential=sequential, waves=waves)
     return run(model, [FactorizePass(cfg)], data=data, encoding="dense", correction="none",
                input_shapes=input_shapes, threads=threads)
 

@@ -186,6 +186,51 @@ def classifier(batch="batch", channels: int = 8, n_cls: int = 10, hw: int = 8, s
     return make(nodes, [vi("x", [batch, 1, hw, hw])], [vi("logits", [batch, n_cls])], inits)
 
 
+def conv_layer(c_in: int = 4, c_out: int = 6, kernel=(3, 3), hw=(9, 9), strides=(1, 1), pads=None,
+               dilations=(1, 1), group: int = 1, bias: bool = True, auto_pad: str | None = None,
+               seed: int = 7, batch="N") -> onnx.ModelProto:
+    """x -> Conv (name 'conv', output 'c', any geometry) -> Relu -> y: one conv to rewrite."""
+    r = rng(seed)
+    w = r.normal(0, 0.5, (c_out, c_in // group) + tuple(kernel)).astype(np.float32)
+    inits = [init("w", w)]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(init("b", r.normal(0, 0.5, c_out).astype(np.float32)))
+        inputs.append("b")
+    attrs = dict(kernel_shape=list(kernel), strides=list(strides), dilations=list(dilations), group=group)
+    if auto_pad:
+        attrs["auto_pad"] = auto_pad
+    else:
+        attrs["pads"] = list(pads or [0, 0, 0, 0])
+    nodes = [helper.make_node("Conv", inputs, ["c"], name="conv", **attrs),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    return make(nodes, [vi("x", [batch, c_in, hw[0], hw[1]])], [vi("y", [batch, c_out, "H", "W"])], inits)
+
+
+def gemm_layer(k: int = 12, n: int = 10, trans_a: int = 0, trans_b: int = 1, alpha: float = 1.0,
+               beta: float = 1.0, with_c: bool = True, seed: int = 8) -> onnx.ModelProto:
+    """x -> Gemm (name 'gemm', output 'g', any transA/transB/alpha/beta/C) -> Relu -> y."""
+    r = rng(seed)
+    b = r.normal(0, 0.5, (n, k) if trans_b else (k, n)).astype(np.float32)
+    inits = [init("B", b)]
+    inputs = ["x", "B"]
+    if with_c:
+        inits.append(init("C", r.normal(0, 0.5, n).astype(np.float32)))
+        inputs.append("C")
+    nodes = [helper.make_node("Gemm", inputs, ["g"], name="gemm", transA=trans_a, transB=trans_b,
+                              alpha=alpha, beta=beta),
+             helper.make_node("Relu", ["g"], ["y"], name="relu")]
+    x_shape = [k, 5] if trans_a else [5, k]
+    return make(nodes, [vi("x", x_shape)], [vi("y", [5, n])], inits)
+
+
+def matmul_layer(k: int = 12, n: int = 10, seed: int = 9) -> onnx.ModelProto:
+    """x[N, 3, K] -> MatMul with a constant [K, N] weight (name 'mm', output 'y', a graph output)."""
+    w = rng(seed).normal(0, 0.5, (k, n)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
+    return make(nodes, [vi("x", ["N", 3, k])], [vi("y", ["N", 3, n])], [init("W", w)])
+
+
 # --- structured (channel) pruning fixtures: every builder takes ``zero`` = output channels of the
 # named producers whose filters (and biases / BN shifts) are exactly zero, for exactness tests.
 

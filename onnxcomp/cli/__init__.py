@@ -25,6 +25,7 @@ def _register() -> None:
     from . import bench_cmd, compare_cmd  # noqa: F401
     from . import cluster_cmd, compress_cmd, pack_cmd  # noqa: F401
     from . import prune_cmd  # noqa: F401
+    from . import depthwise_cmd, factorize_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -255,8 +255,9 @@ MEASURE_MAX_RATIO = 0.95  # --measure keeps a rewrite only if it runs in at most
 
 def _micro_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], in_shape: tuple,
                  dtype: int, opset: int) -> onnx.ModelProto:
+    out = helper.make_tensor_value_info("y", dtype, [f"d{i}" for i in range(len(in_shape))])
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", dtype, list(in_shape))],
-                              [helper.make_tensor_value_info("y", dtype, None)], initializer=inits)
+                              [out], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 8)
     return model
