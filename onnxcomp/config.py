@@ -49,7 +49,7 @@ class Selection:
 ALLOCATIONS = ("auto", "uniform", "global", "lamp", "sensitivity")
 GRANULARITIES = ("tensor", "channel")
 ENCODINGS = ("auto", "dense", "sparse", "gaps", "bitmask")
-SCORES = ("magnitude", "activation")
+SCORES = ("magnitude", "activation", "obs")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class PruneConfig(Selection):
     ``sparsity`` is the fraction of the selected parameters removed overall; ``allocation``
     spreads it across layers (auto = sensitivity with real calibration data, else lamp).
     ``nm`` = (N, M): keep N of every M consecutive weights along the reduction axis.
-    ``score``: magnitude |w|, or activation |w| x input-channel RMS (needs real data).
+    ``score``: magnitude |w|; activation |w| x input-channel RMS; obs: OBS/SparseGPT masks
+    with updates of the remaining weights from the layer-input Hessian (both need real data).
     """
 
     sparsity: float = 0.5

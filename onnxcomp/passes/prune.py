@@ -102,10 +102,10 @@ class PrunePass(Pass):
         if not chosen:
             plan.notes.append("no prunable weights selected")
             return plan
+        if cfg.score in ("activation", "obs") and not ctx.has_real_data:
+            raise ConfigError(f"--score {cfg.score} needs calibration data",
+                              "pass --data FILE.npz (real inputs), or use --score magnitude")
         if cfg.score == "activation":
-            if not ctx.has_real_data:
-                raise ConfigError("--score activation needs calibration data",
-                                  "pass --data FILE.npz (real inputs), or use --score magnitude")
             from ..stats import input_channel_rms
 
             plan.channel_rms = input_channel_rms(model, chosen, ctx.data, threads=ctx.threads)
@@ -149,11 +149,22 @@ class PrunePass(Pass):
             "granularity": self.config.granularity,
             "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
         by_name = find_weights(model).by_name()
+        solved = {}
+        if self.config.score == "obs":
+            from .prune_obs import obs_values
+
+            solved = obs_values(model, [by_name[n] for n in plan.sparsity], plan.sparsity, ctx.data,
+                                nm=self.config.nm, rowwise=self.config.granularity == "channel",
+                                fallback=lambda w, v, lv: v * self.mask(w, v, lv, plan),
+                                threads=ctx.threads, notes=result.notes)
         for name, level in plan.sparsity.items():
             w = by_name[name]
             values = w.values()
-            keep = self.mask(w, values, level, plan)
-            pruned = np.where(keep, values, np.zeros((), values.dtype))
+            if name in solved:
+                pruned = solved[name]
+            else:
+                keep = self.mask(w, values, level, plan)
+                pruned = np.where(keep, values, np.zeros((), values.dtype))
             set_weight(model, w, pruned)
             nonzero = int(np.count_nonzero(pruned))
             result.changes.append(Change(

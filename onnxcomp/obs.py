@@ -1,0 +1,83 @@
+"""Optimal-Brain-Surgeon pruning with weight updates (SparseGPT, Frantar & Alistarh 2023).
+
+For a layer ``y = W x`` with input second moments ``H = E[x xᵀ]`` (the layer-input Hessian of the
+output error), weights are removed column by column; each removal's error is spread over the
+not-yet-processed columns through the inverse Hessian, so the remaining weights compensate. The
+mask is chosen block by block by the OBS saliency ``w² / [H⁻¹]_jj²`` — per output row (the
+channel granularity) or N:M within the row. numpy only; memory ``O(D²)`` per layer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 128
+DAMP = 0.01
+
+
+def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of (H + damp·mean(diag)·I)⁻¹, adding damping until it is definite."""
+    d = len(h)
+    scale = float(np.mean(np.diag(h))) or 1.0
+    for k in range(8):
+        try:
+            reg = h + (damp * 10**k) * scale * np.eye(d)
+            inv = np.linalg.inv(reg)
+            return np.linalg.cholesky((inv + inv.T) / 2).T
+        except np.linalg.LinAlgError:
+            continue
+    return np.eye(d) / np.sqrt(scale)
+
+
+def _block_mask(w: np.ndarray, hdiag: np.ndarray, sparsity: float, rowwise: bool) -> np.ndarray:
+    """True where a weight of this block is removed."""
+    sal = w * w / (hdiag * hdiag)[None, :]
+    if rowwise:
+        k = int(round(sparsity * w.shape[1]))
+        mask = np.zeros(w.shape, bool)
+        if k:
+            np.put_along_axis(mask, np.argpartition(sal, k - 1, axis=1)[:, :k], True, axis=1)
+        return mask
+    k = int(round(sparsity * sal.size))
+    mask = np.zeros(sal.size, bool)
+    if k:
+        mask[np.argpartition(sal.reshape(-1), k - 1)[:k]] = True
+    return mask.reshape(w.shape)
+
+
+def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bool = True,
+              nm: tuple[int, int] | None = None, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+    """Prune ``weight`` [rows, D] to ``sparsity`` with OBS updates, given ``h`` = E[x xᵀ] [D, D]."""
+    w = np.array(weight, dtype=np.float64)
+    rows, d = w.shape
+    h = np.array(h, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hinv = _inverse_cholesky(h, damp)
+    out = np.zeros_like(w)
+    for i1 in range(0, d, block):
+        i2 = min(i1 + block, d)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        hb = hinv[i1:i2, i1:i2]
+        mask = None if nm else _block_mask(w1, np.diag(hb), sparsity, rowwise)
+        if nm is not None:
+            mask = np.zeros_like(w1, dtype=bool)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                span = slice(i, min(i + nm[1], i2 - i1))
+                sal = w1[:, span] ** 2 / np.diag(hb)[span][None, :] ** 2
+                drop = max(0, (span.stop - span.start) - nm[0]) if span.stop - span.start == nm[1] else 0
+                if drop:
+                    idx = np.argpartition(sal, drop - 1, axis=1)[:, :drop]
+                    np.put_along_axis(mask[:, span], idx, True, axis=1)
+            col = w1[:, i]
+            q = np.where(mask[:, i], 0.0, col)
+            e = (col - q) / hb[i, i]
+            w1[:, i:] -= np.outer(e, hb[i, i:])
+            w1[:, i] = q
+            err[:, i] = e
+        out[:, i1:i2] = w1
+        w[:, i2:] -= err @ hinv[i1:i2, i2:]
+    out[:, dead] = 0.0
+    return out.astype(weight.dtype)
