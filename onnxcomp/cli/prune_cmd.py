@@ -9,6 +9,7 @@ from ..report import fmt_bytes, fmt_count, fmt_pct, table
 from . import cli
 from .common import (data_from_options, data_options, emit_outcome, force_option, gate_options,
                      json_option, model_argument, output_option)
+from .structured import run_structured, structured_options
 
 
 def render_changes(compressed) -> str:
@@ -43,6 +44,9 @@ def render_changes(compressed) -> str:
 @model_argument
 @click.option("--sparsity", type=float, default=None,
               help="Fraction of the prunable parameters to remove overall, e.g. 0.9.")
+@click.option("--structured", is_flag=True,
+              help="Remove whole channels (real speed) instead of single weights; see --ratio.")
+@structured_options
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="auto", show_default=True,
               help="How the sparsity is spread over layers (auto = lamp, the best measured).")
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default="channel", show_default=True,
@@ -68,20 +72,35 @@ def render_changes(compressed) -> str:
 @output_option
 @force_option
 @json_option
-def prune_cmd(model: str, sparsity: float | None, allocation: str, granularity: str, nm: str | None,
+def prune_cmd(model: str, sparsity: float | None, structured: bool, ratio: float | None,
+              importance: str, round_to: int, refit: bool | None, max_samples: int, allocation: str, granularity: str, nm: str | None,
               include: tuple[str, ...], exclude: tuple[str, ...], min_params: int,
               include_depthwise: bool, max_layer_sparsity: float, encoding: str, score: str,
               correction: str,
               threads: int | None, output: str | None, force: bool, as_json: bool,
               max_drop: float | None, min_agreement: float | None, **data_opts) -> None:
-    """Prune weights to a target sparsity and store them in sparse encodings.
+    """Prune weights (or, with --structured, whole channels) and store them compactly.
 
-    The sparsity is spread across layers by the allocation (LAMP by default); with --data (real
-    inputs) each pruned layer's output channels are refitted (scale and bias), layer by layer. Tiny tensors and depthwise kernels are skipped. Zeros give no speed
-    in onnxruntime CPU: the gain is file size.
+    Unstructured: --sparsity is spread across layers by the allocation (LAMP by default); with
+    --data (real inputs) each pruned layer's output channels are refitted (scale and bias), layer
+    by layer. Tiny tensors and depthwise kernels are skipped. Zeros give no speed in onnxruntime
+    CPU: the gain is file size (sparse encodings). Structured (--structured --ratio R): channels
+    are removed through BatchNorm, residual Adds and Concats: real speed.
     """
+    if structured:
+        if sparsity is not None or nm is not None:
+            raise click.UsageError("--structured takes --ratio (fraction of channels), not --sparsity/--nm")
+        if allocation not in ("auto", "uniform", "sensitivity"):
+            raise click.UsageError(f"--structured takes --allocation auto, uniform or sensitivity, "
+                                   f"not {allocation}")
+        return run_structured(model, ratio, importance, round_to, allocation=allocation, refit=refit,
+                              max_samples=max_samples, output=output, force=force, as_json=as_json,
+                              include=include, exclude=exclude, max_drop=max_drop,
+                              min_agreement=min_agreement, threads=threads, **data_opts)
+    if ratio is not None:
+        raise click.UsageError("--ratio is for --structured; unstructured pruning takes --sparsity")
     if sparsity is None and nm is None:
-        raise click.UsageError("give --sparsity S (e.g. 0.9) or --nm N:M")
+        raise click.UsageError("give --sparsity S (e.g. 0.9), --nm N:M, or --structured --ratio R")
     cfg = PruneConfig(sparsity=0.5 if sparsity is None else sparsity, allocation=allocation,
                       granularity=granularity, nm=nm, include=include, exclude=exclude,
                       min_params=min_params, include_depthwise=include_depthwise,
