@@ -52,6 +52,8 @@ def render_stages(pipe: Any) -> str:
               help="How the pruning budget is spread over layers (see onnxcomp prune).")
 @click.option("--bit-allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,
               help="uniform bits, or mixed per-layer bits averaging --bits.")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
+              help="Replay a recipe (YAML, e.g. written by onnxcomp auto) instead of --prune/--bits.")
 @click.option("--pack", "pack", is_flag=True, help="Also write OUT.onnxc, the entropy-coded archive (stage 3).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")
 @data_options
@@ -60,8 +62,8 @@ def render_stages(pipe: Any) -> str:
 @force_option
 @json_option
 def compress_cmd(model: str, sparsity: float, bits: int, granularity: str, allocation: str, bit_allocation: str,
-                 pack: bool, threads: int | None, output: str | None, force: bool, as_json: bool,
-                 max_drop: float | None, min_agreement: float | None, **data_opts: Any) -> None:
+                 recipe_path: str | None, pack: bool, threads: int | None, output: str | None, force: bool,
+                 as_json: bool, max_drop: float | None, min_agreement: float | None, **data_opts: Any) -> None:
     """Prune, cluster and encode (Deep Compression without retraining); print the stage table.
 
     Bytes after each stage, the ratio to the original and the fidelity on the data (random data
@@ -71,6 +73,9 @@ def compress_cmd(model: str, sparsity: float, bits: int, granularity: str, alloc
     from ..compression import run_compress
     from ..verify import check_gate_values, finish
 
+    if recipe_path is not None:
+        return _replay(model, recipe_path, pack=pack, threads=threads, output=output, force=force,
+                       as_json=as_json, max_drop=max_drop, min_agreement=min_agreement, **data_opts)
     cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
                          bit_allocation=bit_allocation, pack=pack)
     check_gate_values(max_drop, min_agreement)
@@ -88,3 +93,28 @@ def compress_cmd(model: str, sparsity: float, bits: int, granularity: str, alloc
         pipe.stages[-1].ratio = archive.archive_bytes / pipe.stages[0].bytes
         report["stages"][-1].update(bytes=archive.archive_bytes, ratio=pipe.stages[-1].ratio, path=archive.path)
     emit(report, result, as_json, render_stages(pipe) + (f"\nwrote {report['archive']['output']}" if pack else ""))
+
+
+def _replay(model: str, recipe_path: str, *, pack: bool, threads: int | None, output: str | None,
+            force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
+            **data_opts: Any) -> None:
+    """compress --recipe: run a recipe's steps, write (verified), optionally pack."""
+    from .. import recipe as recipes
+    from ..encode.packfile import SUFFIX
+    from ..verify import check_gate_values, finish
+
+    rec = recipes.load(recipe_path)  # a bad recipe fails before any work
+    check_gate_values(max_drop, min_agreement)
+    original = api.load(model)
+    data = data_from_options(original.proto, **data_opts)
+    compressed = recipes.apply(original, rec, data=data, threads=threads)
+    result = finish(original, compressed.proto, output, command="compress", data=data, force=force,
+                    max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),
+                    threads=threads)
+    report: dict[str, Any] = {"recipe": rec}
+    lines = [f"recipe {recipe_path}: " + " -> ".join(next(iter(s)) for s in rec["steps"])]
+    if pack:
+        archive = api.pack(result.path, Path(result.path).with_suffix(SUFFIX), force=force)
+        report["archive"] = archive.to_dict()
+        lines.append(f"wrote {report['archive']['output']} ({archive.archive_bytes} bytes)")
+    emit(report, result, as_json, "\n".join(lines))

@@ -1,0 +1,139 @@
+"""``onnxcomp auto``: search recipes for a size / MACs / latency target within a quality drop.
+
+Size targets combine weight sharing and pruning: the fewest bits that stay within the drop,
+then the highest sparsity on top of them (bisection). Speed targets use structured channel
+pruning (bisection on the ratio), then low-rank factorization on top when the target is not yet
+met. Every candidate is scored on held-out calibration samples that the compression never saw
+(a quarter of the data when there are at least 32 samples). The winner is the smallest /
+fastest candidate within the drop; its recipe replays with ``onnxcomp compress --recipe``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import recipe as recipes
+from .api import Model, as_model
+from .errors import ConfigError
+
+BITS = (8, 6, 5, 4, 3)
+BISECT_STEPS = 4
+
+
+@dataclass
+class Trial:
+    """One candidate recipe and what it measured."""
+
+    steps: list[tuple[str, dict]]
+    size_ratio: float
+    macs_ratio: float | None
+    drop: float
+    ok: bool
+    model: Model | None = field(default=None, repr=False)
+    latency_ratio: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"steps": [{k: v} for k, v in self.steps], "size_ratio": self.size_ratio,
+                "macs_ratio": self.macs_ratio, "latency_ratio": self.latency_ratio,
+                "drop": self.drop, "within_drop": self.ok}
+
+
+def split(data: Any) -> tuple[list[dict], list[dict]]:
+    """(calibration batches, held-out batches): a quarter held out when there are >= 32 samples."""
+    batches = list(data)
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    if n < 32:
+        return batches, batches
+    cut = n - n // 4
+    calib, hold, seen = [], [], 0
+    for b in batches:
+        k = len(next(iter(b.values())))
+        if seen + k <= cut:
+            calib.append(b)
+        elif seen >= cut:
+            hold.append(b)
+        else:
+            calib.append({x: v[: cut - seen] for x, v in b.items()})
+            hold.append({x: v[cut - seen:] for x, v in b.items()})
+        seen += k
+    return calib, hold
+
+
+class Search:
+    """Evaluates candidate recipes against the original on held-out data."""
+
+    def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
+                 labels: Any = None) -> None:
+        from .inspection import inspect
+
+        self.original = as_model(model)
+        if data is None or getattr(data, "random", False):
+            raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
+        self.calib, self.holdout = split(data)
+        self.max_drop, self.threads, self.labels = max_drop, threads, labels
+        self.base_size = self.original.proto.ByteSize()
+        self.base_macs = inspect(self.original.proto).total_macs
+        self.trials: list[Trial] = []
+
+    def drop(self, candidate: Model) -> float:
+        from .evaluate import compare
+
+        rep = compare(self.original, candidate, self.holdout, threads=self.threads)
+        _, value = rep.headline
+        return float(1.0 - (value if value is not None else 0.0))
+
+    def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
+        from .inspection import inspect
+
+        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads)
+        macs = inspect(model.proto).total_macs
+        d = self.drop(model)
+        t = Trial(steps, model.proto.ByteSize() / self.base_size,
+                  macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model)
+        self.trials.append(t)
+        return t
+
+    def bisect(self, make_steps, lo: float, hi: float) -> Trial | None:
+        """The best passing trial for the highest level in [lo, hi] (level -> steps)."""
+        best = None
+        for _ in range(BISECT_STEPS):
+            mid = round((lo + hi) / 2, 3)
+            t = self.evaluate(make_steps(mid))
+            if t.ok:
+                best, lo = t, mid
+            else:
+                hi = mid
+        return best
+
+
+def for_size(s: Search) -> list[Trial]:
+    """Fewest bits within the drop, then the highest sparsity on top (both bisected)."""
+    bits = None
+    for b in BITS:
+        if not s.evaluate([("cluster", {"bits": b})]).ok:
+            break
+        bits = b
+    if bits is None:
+        s.bisect(lambda x: [("prune", {"sparsity": x})], 0.0, 0.95)
+    else:
+        s.bisect(lambda x: [("prune", {"sparsity": x}), ("cluster", {"bits": bits})], 0.0, 0.95)
+    return s.trials
+
+
+def for_speed(s: Search, target: float) -> list[Trial]:
+    """Highest structured ratio within the drop; factorization on top if MACs are still high."""
+    best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
+    if best is None or (best.macs_ratio or 1.0) > target:
+        base = best.steps if best else []
+        s.evaluate(base + [("factorize", {"ratio": 0.5})])
+    return s.trials
+
+
+def choose(trials: list[Trial], key: str) -> Trial | None:
+    ok = [t for t in trials if t.ok]
+    pool = ok or trials
+    if not pool:
+        return None
+    return min(pool, key=lambda t: (not t.ok, getattr(t, key) if getattr(t, key) is not None else np.inf))

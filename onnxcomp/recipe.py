@@ -1,0 +1,147 @@
+"""Recipes: a replayable list of compression steps, stored as YAML.
+
+```yaml
+onnxcomp_recipe: 1
+steps:
+  - structured: {ratio: 0.3}
+  - prune: {sparsity: 0.8}
+  - cluster: {bits: 5}
+  - int8: {}
+encoding: auto
+correction: auto
+```
+Steps run in order on the same model with dense intermediate weights; with real calibration data
+every changed layer's output channels are then refitted once (``correction``: auto = affine,
+bias or none; see :mod:`onnxcomp.correction`), and the final model is encoded once (each weight
+in its smallest encoding). The same recipe replays on the same model
+or on a retrained one in a deployment pipeline (``onnxcomp compress MODEL --recipe FILE``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .api import Model, ModelLike, as_model
+from .errors import ConfigError
+
+VERSION = 1
+STEPS = ("structured", "factorize", "depthwise", "prune", "cluster", "int8")
+
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        raise ConfigError("recipes need PyYAML", "pip install pyyaml") from None
+    return yaml
+
+
+def validate(recipe: Any, origin: str = "recipe") -> dict:
+    """Check the structure; raise a one-line ConfigError naming the problem."""
+    if not isinstance(recipe, dict) or recipe.get("onnxcomp_recipe") != VERSION:
+        raise ConfigError(f"{origin} is not an onnxcomp recipe (version {VERSION})",
+                          "start it with 'onnxcomp_recipe: 1' (see onnxcomp auto)")
+    steps = recipe.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"{origin} has no steps", "add a 'steps:' list, e.g. - prune: {sparsity: 0.8}")
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in STEPS:
+            raise ConfigError(f"{origin}: step {i + 1} is not one of {', '.join(STEPS)}",
+                              "write each step as '- NAME: {options}'")
+        params = next(iter(step.values())) or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{origin}: step {i + 1} options are not a mapping",
+                              "write options as {key: value}")
+    return recipe
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read and validate a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe {p} does not exist", "check the path (onnxcomp auto writes one)")
+    try:
+        data = _yaml().safe_load(p.read_text())
+    except Exception as exc:  # noqa: BLE001 - YAML syntax errors: one line
+        raise ConfigError(f"recipe {p} is not valid YAML ({str(exc).splitlines()[0]})",
+                          "fix the file or regenerate it with onnxcomp auto") from None
+    return validate(data, str(p))
+
+
+def dump(recipe: dict, path: str | os.PathLike) -> Path:
+    """Write a recipe as YAML (atomically)."""
+    validate(recipe)
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(_yaml().safe_dump(recipe, sort_keys=False))
+    os.replace(tmp, p)
+    return p
+
+
+def make(steps: list[tuple[str, dict]], **extra: Any) -> dict:
+    """A recipe dict from (step, options) pairs."""
+    return {"onnxcomp_recipe": VERSION, "steps": [{k: dict(v)} for k, v in steps], **extra}
+
+
+def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None) -> Model:
+    from . import api
+
+    try:
+        if kind == "prune":  # the recipe corrects once, after every step
+            params.setdefault("correction", "none")
+            return api.prune(model, data=data, encoding="dense", threads=threads, **params).model
+        if kind == "structured":
+            return api.prune_channels(model, data=data, threads=threads, **params).model
+        if kind == "factorize":
+            return api.factorize(model, data=data, threads=threads, **params).model
+        if kind == "depthwise":
+            return api.depthwise(model, data=data, threads=threads, **params).model
+        if kind == "cluster":
+            return api.cluster(model, data=data, encoding="dense", threads=threads, **params).model
+        from .int8 import quantize_int8
+
+        return quantize_int8(model, data, **params)
+    except TypeError as exc:  # an unknown option name in the recipe
+        raise ConfigError(f"recipe step {kind}: {exc}", f"check the option names of {kind}") from None
+
+
+def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | None = None) -> Model:
+    """Run every step of ``recipe`` on a copy of ``model``; return the encoded result."""
+    from .encode import encode_weights
+    from .pipeline import as_data
+
+    validate(recipe)
+    m = as_model(model)
+    data = as_data(data, m)
+    current = m
+    for step in recipe["steps"]:
+        kind, params = next(iter(step.items()))
+        current = _step(kind, current, dict(params or {}), data, threads)
+    out = current.copy()
+    out.path = None
+    if recipe.get("correction", "auto") != "none" and data is not None and not data.random:
+        _correct(m, out, data, recipe.get("correction", "auto"), threads)
+    if not any("int8" in s for s in recipe["steps"]):
+        encode_weights(out.proto, encoding=recipe.get("encoding", "auto"))
+    return out
+
+
+def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None) -> None:
+    """Per-channel output correction of every weight the steps changed (same name and shape).
+
+    A per-channel scale keeps per-channel codebooks and zeros intact, so it composes with
+    clustering and pruning.
+    """
+    import numpy as np
+
+    from .correction import correct
+    from .graph.weights import find_weights
+
+    before = {w.name: w for w in find_weights(original.proto)}
+    changed = [w.name for w in find_weights(out.proto) if w.name in before and not w.is_bias
+               and w.shape == before[w.name].shape and w.source != "constant_of_shape"
+               and not np.array_equal(w.values(), before[w.name].values())]
+    if changed:
+        correct(original.proto, out.proto, changed, data, mode="affine" if mode == "auto" else mode,
+                threads=threads)

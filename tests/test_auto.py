@@ -1,0 +1,88 @@
+"""auto and recipes: search within a drop, write a recipe, replay it byte for byte."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxcomp as oc
+from onnxcomp import auto, recipe
+from onnxcomp.cli import main
+
+from . import models as M
+
+MOBILENET = M.MODELS / "mobilenet_digits.onnx"
+CALIB = M.MODELS / "digits_calib.npz"
+
+
+@pytest.fixture
+def small_search(monkeypatch):
+    monkeypatch.setattr(auto, "BITS", (8, 4))
+    monkeypatch.setattr(auto, "BISECT_STEPS", 2)
+
+
+def test_recipe_round_trip_and_validation(tmp_path):
+    rec = recipe.make([("prune", {"sparsity": 0.5}), ("cluster", {"bits": 6})], encoding="auto")
+    path = recipe.dump(rec, tmp_path / "r.yaml")
+    assert recipe.load(path) == rec
+    for bad, expect in (("steps: []\n", "not an onnxcomp recipe"),
+                        ("onnxcomp_recipe: 1\nsteps: []\n", "no steps"),
+                        ("onnxcomp_recipe: 1\nsteps:\n  - shrink: {}\n", "not one of"),
+                        ("onnxcomp_recipe: 1\nsteps: [\n", "not valid YAML")):
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(oc.ConfigError, match=expect):
+            recipe.load(tmp_path / "bad.yaml")
+
+
+def test_apply_chains_steps_and_encodes_once():
+    rec = recipe.make([("prune", {"sparsity": 0.7}), ("cluster", {"bits": 4})])
+    out = recipe.apply(MOBILENET, rec, data=str(CALIB))
+    assert out.proto.ByteSize() < 0.3 * MOBILENET.stat().st_size  # small rows: codebooks cost
+    test = np.load(M.MODELS / "digits_test.npz")
+    pred = ort.InferenceSession(out.proto.SerializeToString()).run(None, {"input": test["input"]})[0]
+    assert (pred.argmax(1) == test["labels"]).mean() >= 0.97
+
+
+def test_split_holds_out_a_quarter():
+    data = [{"x": np.zeros((16, 2), np.float32)} for _ in range(4)]
+    calib, hold = auto.split(data)
+    assert sum(len(b["x"]) for b in calib) == 48 and sum(len(b["x"]) for b in hold) == 16
+
+
+def test_auto_size_writes_model_and_recipe_that_replays(tmp_path, capsys, small_search):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(MOBILENET.read_bytes())
+    code = main(["auto", str(src), "--data", str(CALIB), "--target-size", "0.3", "--max-drop", "0.02",
+                 "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    out = tmp_path / "m.auto.onnx"
+    assert d["chosen"]["within_drop"] and d["chosen"]["size_ratio"] <= 0.3
+    assert out.stat().st_size <= 0.3 * src.stat().st_size
+    rec = tmp_path / "m.auto.yaml"
+    assert d["recipe"] == str(rec) and rec.is_file()
+    assert main(["compress", str(src), "--recipe", str(rec), "--data", str(CALIB),
+                 "-o", str(tmp_path / "replay.onnx")]) == 0
+    assert onnx.load(str(tmp_path / "replay.onnx")) == onnx.load(str(out))
+
+
+def test_auto_unreachable_target_exits_3_with_best(tmp_path, capsys, small_search):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(MOBILENET.read_bytes())
+    code = main(["auto", str(src), "--data", str(CALIB), "--target-size", "0.001", "--max-drop", "0.0"])
+    assert code == 3 and (tmp_path / "m.auto.onnx").is_file()
+    assert "above the target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--target-size", "0.5"], "real calibration data"),
+    (["--data", str(CALIB)], "exactly one of"),
+    (["--data", str(CALIB), "--target-size", "2"], "outside"),
+])
+def test_auto_bad_usage_exit_2(tmp_path, capsys, argv, expect):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(MOBILENET.read_bytes())
+    assert main(["auto", str(src), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err
