@@ -1,0 +1,39 @@
+"""sensitivity: per-layer loss curves, one layer at a time."""
+import json
+
+import pytest
+
+from onnxcomp.cli import main
+
+from . import models as M
+
+RESNET = M.MODELS / "resnet_digits.onnx"
+CALIB = M.MODELS / "digits_calib.npz"
+
+
+def test_prune_sensitivity_table_json_and_plot(tmp_path, capsys):
+    png = tmp_path / "s.png"
+    code = main(["sensitivity", str(RESNET), "--data", str(CALIB), "--levels", "0.5,0.9",
+                 "--samples", "8", "--jobs", "2", "--json", "--plot", str(png)])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    loss = {row["layer"]: row["loss"] for row in d["layers"]}
+    assert len(loss) == 15 and png.stat().st_size > 10_000
+    assert all(v["0.9"] > v["0.5"] > 0 for v in loss.values())  # more pruning, more error
+    assert max(loss, key=lambda k: loss[k]["0.5"]) == "head.weight"  # the classifier is the most fragile
+    assert any("tiny tensor" in n for n in d["notes"])
+
+
+def test_cluster_sensitivity_grows_as_bits_shrink(capsys):
+    assert main(["sensitivity", str(RESNET), "--data", str(CALIB), "--method", "cluster",
+                 "--levels", "6,2", "--samples", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert all(r["loss"]["2"] > r["loss"]["6"] for r in rows)
+
+
+@pytest.mark.parametrize("argv,expect", [([], "real calibration data"),
+                                          (["--data", str(CALIB), "--levels", "a,b"], "--levels")])
+def test_bad_input_exit_2(capsys, argv, expect):
+    assert main(["sensitivity", str(RESNET), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err
