@@ -204,4 +204,17 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
                                 f"pass --input-shape {name}={example} or real data with --data")
             shape = tuple(dims)
         shapes[name] = shape
+    _check_random_size(specs, shapes)
     return shapes
+
+
+def _check_random_size(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, before allocating, a random batch larger than half the available memory."""
+    from .modelcheck import available_memory
+
+    for name, shape in shapes.items():
+        n_bytes = int(np.prod([int(d) for d in shape], dtype=object)) * np.dtype(specs[name].dtype).itemsize
+        if n_bytes > available_memory() // 2:
+            raise DataError(f"random data for input {name!r} of shape {'x'.join(map(str, shape))} would need "
+                            f"{n_bytes / 1e9:.3g} GB", f"pass --input-shape {name}=... with real sizes, or "
+                            "real data with --data")

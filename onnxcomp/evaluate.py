@@ -59,8 +59,8 @@ class _Metrics:
 
     def result(self) -> dict[str, Any]:
         rel = math.sqrt(self.err2 / self.ref2) if self.ref2 > 0 else (0.0 if self.err2 == 0 else math.inf)
-        sqnr = math.inf if self.err2 == 0 else (10 * math.log10(self.ref2 / self.err2) if self.ref2 > 0
-                                                else -math.inf)
+        ratio = self.ref2 / self.err2 if self.err2 and self.ref2 > 0 else 0.0  # NaN/Inf outputs: -inf
+        sqnr = math.inf if self.err2 == 0 else (10 * math.log10(ratio) if ratio > 0 else -math.inf)
         cls = bool(self.classification)
         return {"top1_agreement": self.top1 / self.n if cls and self.n else None,
                 "top5_overlap": self.top5 / self.n if cls and self.n else None,

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelLoadError, ModelSaveError
+from .modelcheck import _expected_bytes, check_allocation, check_declared_sizes, check_tensor_data
 
 PROTOBUF_LIMIT = 2**31 - 1
 # leave headroom for the graph itself: above this many tensor bytes we always use external data
@@ -27,7 +28,7 @@ _ONNX_MAGIC_FIRST_BYTE = 0x08  # field 1 (ir_version), varint: every serialized 
 @functools.lru_cache(maxsize=1)
 def ort_limits() -> tuple[int, int]:
     """(max IR version, max default-domain opset) the installed onnxruntime accepts, probed once."""
-    import onnxruntime as ort
+    ort = quiet_ort()
 
     def runs(ir: int, opset: int) -> bool:
         graph = helper.make_graph(
@@ -55,7 +56,7 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _parse(path: Path) -> onnx.ModelProto:
+def _parse(path: Path) -> tuple[onnx.ModelProto, bytes]:
     data = path.read_bytes()
     if not data:
         raise ModelLoadError(f"{path} is empty (0 bytes)", "re-export the model or check the copy")
@@ -72,7 +73,60 @@ def _parse(path: Path) -> onnx.ModelProto:
     if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
         raise ModelLoadError(f"{path} is not an ONNX model (no IR version or no graph nodes)",
                              "pass the .onnx file exported by your framework")
-    return model
+    if not model.graph.output:
+        raise ModelLoadError(f"{path} has no graph outputs, so there is nothing to compute or compare",
+                             "re-export the model with its outputs")
+    return model, data
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def check_valid(model: bytes | Path, path: Path) -> None:
+    """Run onnx.checker with strict shape inference and turn a failure into one line.
+
+    ``model`` is the file's bytes, or its path when tensors live in external data (the checker
+    then resolves their locations against the model's folder). A model that only ONNX's shape
+    inference rejects is accepted when onnxruntime loads it (onnxruntime has the last word).
+    """
+    src = model if isinstance(model, bytes) else str(model)
+    try:
+        onnx.checker.check_model(src, full_check=True)
+        return
+    except Exception as exc:  # noqa: BLE001 - ValidationError, InferenceError, ValueError on odd fields
+        strict = _first_line(exc)
+    try:
+        onnx.checker.check_model(src, full_check=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path} is not a valid ONNX model (onnx.checker: {_first_line(exc)})",
+                             "re-export the model, or repair it with the onnx tools") from None
+    problem = ort_load_error(path)
+    if problem is not None:
+        raise ModelLoadError(f"onnxruntime cannot load {path}: {problem}",
+                             f"re-export the model (onnx shape inference says: {strict})")
+
+
+def quiet_ort():
+    """The onnxruntime module with its global logger silenced (failures surface as exceptions)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    return ort
+
+
+def ort_load_error(path: Path) -> str | None:
+    """None if onnxruntime creates a session from the file, else the first line of its error."""
+    ort = quiet_ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        return _first_line(exc).replace("[ONNXRuntimeError] : ", "")
+    return None
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -83,6 +137,9 @@ def _external_tensors(model: onnx.ModelProto):
 
 def check_external_location(base_dir: Path, location: str, model_path: Path) -> Path:
     """Resolve an external-data location, refusing paths that leave the model's folder."""
+    if not isinstance(location, str) or "\x00" in location:
+        raise ModelLoadError(f"{model_path} refers to external data at an invalid location ({location!r})",
+                             "re-export the model")
     if not location or os.path.isabs(location) or Path(location).is_absolute():
         raise ModelLoadError(
             f"{model_path} refers to external data at an absolute path ({location!r})",
@@ -109,36 +166,34 @@ def _load_external(model: onnx.ModelProto, path: Path) -> None:
     if not tensors:
         return
     base = path.parent
+    total = 0
     for tensor in tensors:
-        info = ExternalDataInfo(tensor)
+        try:
+            info = ExternalDataInfo(tensor)
+        except (ValueError, TypeError) as exc:  # a negative or non-numeric offset / length
+            raise ModelLoadError(f"{path}: tensor {tensor.name!r} has bad external-data fields "
+                                 f"({_first_line(exc)})", "re-export the model") from None
         file = check_external_location(base, info.location, path)
         size = file.stat().st_size
         offset = info.offset or 0
         n_bytes = _expected_bytes(tensor)
-        length = info.length if info.length is not None else n_bytes
-        if n_bytes is not None and length is not None and length != n_bytes:
-            raise ModelLoadError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external "
-                                 f"data but its shape needs {n_bytes}", "re-export the model")
-        if length is not None and offset + length > size:
+        if offset < 0 or (info.length is not None and info.length < 0):
+            raise ModelLoadError(f"{path}: tensor {tensor.name!r} has a negative external-data offset or "
+                                 "length", "re-export the model")
+        # without a length, onnx reads from the offset to the end of the file
+        length = info.length if info.length is not None else max(size - offset, 0)
+        needed = offset + (info.length if info.length is not None else (n_bytes or 0))
+        if needed > size:
             raise ModelLoadError(f"{path}: external data {info.location!r} is truncated (tensor "
-                                 f"{tensor.name!r} needs bytes up to {offset + length}, file has {size})",
+                                 f"{tensor.name!r} needs bytes up to {needed}, file has {size})",
                                  "copy the complete .data file next to the model")
+        if n_bytes is not None and length != n_bytes:
+            raise ModelLoadError(f"{path}: tensor {tensor.name!r} has {length} bytes of external data but "
+                                 f"its shape and type need {n_bytes}", "re-export the model")
+        total += length or 0
+    check_allocation(total, f"{path}: its external data")
+    check_valid(path, path)
     onnx.load_external_data_for_model(model, str(base))
-
-
-def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
-    try:
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except Exception:  # noqa: BLE001 - exotic dtypes (4-bit, strings): skip the check
-        return None
-    if tensor.data_type in (onnx.TensorProto.STRING,) or itemsize == 0:
-        return None
-    n = 1
-    for d in tensor.dims:
-        n *= d
-    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return (n + 1) // 2
-    return n * itemsize
 
 
 def check_runnable(model: onnx.ModelProto, name: str = "the model") -> None:
@@ -166,10 +221,18 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         raise ModelLoadError(f"model file {path} does not exist", "check the path")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder, not a model file", "pass the .onnx file inside it")
-    model = _parse(path)
-    if load_external_data:
-        _load_external(model, path)
+    model, data = _parse(path)
     check_runnable(model, str(path))
+    check_tensor_data(model, path)  # external tensors are checked against their files below
+    external = bool(_external_tensors(model))
+    if not external:
+        check_valid(data, path)  # the bytes already read: no second serialization
+    del data
+    if load_external_data and external:
+        _load_external(model, path)  # runs the checker once the locations are known to be safe
+    elif external:
+        check_valid(path, path)
+    check_declared_sizes(model, path)
     return model
 
 
@@ -190,6 +253,11 @@ def compatible_ir(model: onnx.ModelProto) -> None:
     max_ir, _ = ort_limits()
     if model.ir_version > max_ir:
         model.ir_version = max_ir
+    if model.ir_version < 4:  # IR 3 requires every initializer to be a graph input as well
+        listed = {i.name for i in model.graph.input}
+        for t in model.graph.initializer:
+            if t.name not in listed:
+                model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -197,6 +265,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _refuse_input_data(data_file: Path, input_path: Path) -> None:
+    """The output's ``.data`` file may not be the input model or one of its external data files."""
+    if not data_file.exists():
+        return
+    inputs = [input_path]
+    try:
+        header = onnx.load(str(input_path), load_external_data=False)
+        from onnx.external_data_helper import ExternalDataInfo
+
+        inputs += [input_path.parent / ExternalDataInfo(t).location for t in _external_tensors(header)]
+    except Exception:  # noqa: BLE001 - the input was loaded before; be conservative
+        pass
+    if any(_same_file(data_file, p) for p in inputs):
+        raise ModelSaveError(f"the output's external data file {data_file} is the input's external data",
+                             "choose another -o name (the input would be overwritten)")
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
@@ -220,6 +305,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
         raise ModelSaveError(f"output {path} is a folder", "give a file name ending in .onnx")
     compatible_ir(model)
     external = needs_external_data(model)
+    if external and input_path is not None and not force:
+        _refuse_input_data(folder / (path.name + ".data"), Path(input_path))
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
     try:
         tmp = tmp_dir / path.name
@@ -230,7 +317,15 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
         else:
             onnx.save_model(model, str(tmp))
         if verify:
-            verify_file(tmp)
+            try:
+                verify_file(tmp)
+            except Exception:  # noqa: BLE001 - blame the input when onnxruntime cannot load it either
+                problem = ort_load_error(Path(input_path)) if input_path is not None else None
+                if problem is not None:
+                    raise ModelLoadError(f"onnxruntime cannot load {input_path}: {problem}",
+                                         "re-export the model; onnxcomp writes only models onnxruntime "
+                                         "loads") from None
+                raise
         if external:
             os.replace(tmp_dir / data_name, folder / data_name)
         os.replace(tmp, path)
@@ -244,13 +339,24 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     return path
 
 
+def discard(path: Path, keep: Path | None = None) -> None:
+    """Remove a written output (and its .data) after the command failed; never the file ``keep``."""
+    if keep is not None and _same_file(path, Path(keep)):
+        return
+    for p in (path, path.with_name(path.name + ".data")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def verify_file(path: Path) -> None:
     """Run onnx.checker on the file and create an onnxruntime session from it (raise on failure)."""
-    import onnxruntime as ort
+    ort = quiet_ort()
 
     onnx.checker.check_model(str(path))
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

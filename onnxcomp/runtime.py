@@ -33,10 +33,12 @@ def resolve_provider(name: str | None) -> str:
 
 def session_options(threads: int | None = None) -> Any:
     """Quiet session options; ``threads`` pins intra-op threads (inter-op runs sequentially)."""
-    import onnxruntime as ort
+    from .io import quiet_ort
+
+    ort = quiet_ort()
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures surface as exceptions, reported on one line
     if threads is not None:
         if int(threads) < 1:
             raise ConfigError(f"threads={threads} is not positive", "pass --threads 1 or more")

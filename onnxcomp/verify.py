@@ -115,7 +115,11 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
                               "pass an output path (-o)")
         output = io.default_output(original.path, command)
     path = io.save(compressed, output, input_path=original.path, force=force)
-    report = compare(original, path, data, labels=labels, threads=threads)
+    try:
+        report = compare(original, path, data, labels=labels, threads=threads)
+    except BaseException:  # a failed or interrupted command leaves no output behind
+        io.discard(path, keep=original.path)
+        raise
     return WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
                        fidelity=report, gate_failed=check_gates(report, max_drop, min_agreement),
                        command=command)

@@ -6,6 +6,7 @@ gate was not met (the output is still written); 1 a bug (traceback); 130 interru
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     _register()
     try:
-        rv = cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        with warnings.catch_warnings():  # stderr carries one error line, not library warnings
+            warnings.simplefilter("ignore")
+            rv = cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except OnnxCompError as exc:
         click.echo(f"error: {exc.message}", err=True)

@@ -110,6 +110,8 @@ class StructuredPrunePass(Pass):
             why = matches(p.weight, (), cfg.exclude)
             if why:
                 return why
+            if not np.all(np.isfinite(p.weight.values())):
+                return f"{p.weight.name} contains NaN or Inf"  # same rule as prune and cluster
         if cfg.include and all(matches(p.weight, cfg.include, ()) for p in g.producers):
             return "not matched by --include"
         if keep_count(g.size, cfg.ratio, cfg.round_to) >= g.size:

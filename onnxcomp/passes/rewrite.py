@@ -109,7 +109,8 @@ class Layer:
 
     @property
     def shapes_known(self) -> bool:
-        return all(_known(s) for s in self.in_shapes + self.out_shapes)
+        rank = self.kernel.ndim if self.kind == "conv" else None  # a conv's activations: its kernel's rank
+        return all(_known(s) and (rank is None or len(s) == rank) for s in self.in_shapes + self.out_shapes)
 
 
 def _known(shape) -> bool:
@@ -152,6 +153,9 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
             continue
         node = w.uses[0].node
         values = w.values()
+        if not np.all(np.isfinite(values)):
+            skipped.append((w, "contains NaN or Inf"))  # same rule as prune and cluster
+            continue
         if w.role == "conv":
             layers.append(Layer(w, [u.node for u in w.uses], "conv", values, ConvGeometry.of(node, w.shape)))
         else:
