@@ -70,13 +70,23 @@ def zero_fraction(weight: Weight) -> float:
     return float(np.count_nonzero(values == 0)) / max(values.size, 1)
 
 
+def subgraph_notes(found) -> list[str]:
+    """One note naming the weights every pass leaves alone because If/Loop/Scan subgraphs hold or read them."""
+    names = [n for n, why in found.skipped.items() if "subgraph" in why]
+    if not names:
+        return []
+    more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+    return [f"{len(names)} weight(s) inside or read by If/Loop/Scan subgraphs are left alone by every "
+            f"pass: {', '.join(names[:5])}{more}"]
+
+
 def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             file_size: int | None = None, name: str = "") -> InspectReport:
     """Show where a model's parameters and MACs are, layer by layer and per op type."""
     found = find_weights(model)
     shapes = infer_shapes(model, input_shapes)
     by_node: dict[int, dict[str, Weight]] = {}
-    for w in found:
+    for w in [*found, *found.held]:  # held: weights passes leave alone still count here
         for use in w.uses:
             by_node.setdefault(id(use.node), {})[use.role] = w
     counted: set[str] = set()
@@ -138,6 +148,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
                      f"{unknown[0]}); pass --input-shape NAME=DIMS")
     if not found.weights:
         notes.append("no weights found: nothing feeds Conv/ConvTranspose/Gemm/MatMul from a constant")
+    notes += subgraph_notes(found)
     storage: dict[str, int] = {}
     for w in found:
         storage[w.source] = storage.get(w.source, 0) + 1

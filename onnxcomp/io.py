@@ -328,7 +328,13 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
                 raise
         if external:
             os.replace(tmp_dir / data_name, folder / data_name)
-        os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:  # never a .data file without its model
+                (folder / data_name).unlink(missing_ok=True)
+                raise
+        else:
+            os.replace(tmp, path)
     except OSError as exc:
         raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}",
                              "check the folder's permissions and free space") from None

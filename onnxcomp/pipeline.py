@@ -65,6 +65,11 @@ def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding:
     work = original.copy()
     work.path = None
     results = [p.run(work.proto, ctx) for p in passes]
+    if results:
+        from .graph.weights import find_weights
+        from .inspection import subgraph_notes
+
+        results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
     mode = ("affine" if ctx.has_real_data else "none") if correction == "auto" else correction
     if touched and mode != "none":

@@ -38,6 +38,7 @@ class WriteResult:
     fidelity: FidelityReport
     gate_failed: str | None = None
     command: str = ""
+    unchanged: bool = False  # nothing was compressed: same graph and weights as the input
 
     @property
     def ratio(self) -> float:
@@ -47,7 +48,7 @@ class WriteResult:
     def to_dict(self) -> dict[str, Any]:
         return {"command": self.command, "output": str(self.path), "size_before": self.size_before,
                 "size_after": self.size_after, "ratio": self.ratio, "gate_failed": self.gate_failed,
-                "fidelity": self.fidelity.to_dict()}
+                "unchanged": self.unchanged, "fidelity": self.fidelity.to_dict()}
 
 
 def check_gate_values(max_drop: float | None, min_agreement: float | None) -> None:
@@ -114,6 +115,7 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
             raise ConfigError("the model has no file path, so there is no default output",
                               "pass an output path (-o)")
         output = io.default_output(original.path, command)
+    unchanged = compressed == original.proto  # field-by-field, no serialization
     path = io.save(compressed, output, input_path=original.path, force=force)
     try:
         report = compare(original, path, data, labels=labels, threads=threads)
@@ -122,4 +124,4 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
         raise
     return WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
                        fidelity=report, gate_failed=check_gates(report, max_drop, min_agreement),
-                       command=command)
+                       command=command, unchanged=unchanged)

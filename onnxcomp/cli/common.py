@@ -134,6 +134,8 @@ def render_write_result(result: Any) -> str:
              f"size: {fmt_bytes(result.size_before)} -> {fmt_bytes(result.size_after)} "
              f"({fmt_ratio(result.ratio)} of the input)"]
     lines += render_fidelity_lines(result.fidelity)
+    if getattr(result, "unchanged", False):
+        lines.append("note: nothing to compress: the output holds the same graph and weights as the input")
     if result.gate_failed:
         lines.append(f"quality gate missed: {result.gate_failed} (the file is written)")
     return "\n".join(lines)

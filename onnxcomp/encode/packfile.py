@@ -13,7 +13,8 @@ SUFFIX = ".onnxc"
 
 def _write(path: Path, data: bytes, source: Path, force: bool) -> Path:
     if path.exists() and source.exists() and os.path.samefile(path, source) and not force:
-        raise ModelSaveError(f"output {path} is the input file", "choose another -o path")
+        raise ModelSaveError(f"output {path} is the input file",
+                             "choose another -o path (or pass --force to overwrite the input)")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelSaveError(f"output folder {folder} does not exist", "create it or choose another -o")

@@ -100,6 +100,7 @@ class WeightReport:
     weights: list[Weight]
     quantized: list[str] = field(default_factory=list)  # feed DequantizeLinear / QLinear ops
     skipped: dict[str, str] = field(default_factory=dict)  # tensor name -> reason
+    held: list[Weight] = field(default_factory=list)  # real weights no pass may touch (read by subgraphs)
 
     def by_name(self) -> dict[str, Weight]:
         return {w.name: w for w in self.weights}
@@ -284,11 +285,36 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 group=int(_attr(node, "group", 1)) if node.op_type in ("Conv", "ConvTranspose") else 1,
                 uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored))
     quantized = set(report.quantized)
-    report.weights = [w for w in found.values() if w.name not in quantized]
+    outer, inner = _subgraph_reads(graph)
+    report.weights = [w for w in found.values() if w.name not in quantized and w.name not in outer]
     for w in found.values():
         if w.name in quantized:
             report.skipped[w.name] = "already quantized (feeds DequantizeLinear); left alone"
+        elif w.name in outer:
+            report.skipped[w.name] = "also read inside an If/Loop/Scan subgraph; left alone"
+            report.held.append(w)
+    for name in inner:
+        report.skipped.setdefault(name, "inside an If/Loop/Scan subgraph; left alone")
     return report
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """(names subgraphs read from this graph's scope, constant tensors stored inside subgraphs)."""
+    outer: set[str] = set()
+    inner: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for g in subs:
+                local = {t.name for t in g.initializer} | {i.name for i in g.input}
+                local |= {o for n in g.node for o in n.output}
+                inner |= {t.name for t in g.initializer}
+                inner |= {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
+                deeper_outer, deeper_inner = _subgraph_reads(g)
+                inner |= deeper_inner
+                reads = {i for n in g.node for i in n.input if i} | deeper_outer
+                outer |= reads - local
+    return outer, inner
 
 
 def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> None:
