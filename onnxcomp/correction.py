@@ -30,6 +30,7 @@ SCALE_LIMITS = (0.25, 4.0)
 
 
 POSITIONS_PER_BATCH = 4096  # spatial positions kept per batch and layer: enough for 2 moments
+PRIOR_POSITIONS = 32  # the scale is shrunk toward 1 as if this many positions said "no change"
 
 
 def _rows(t: np.ndarray, axis: int) -> np.ndarray:
@@ -53,7 +54,9 @@ def fit(new: np.ndarray, ref: np.ndarray, mode: str) -> tuple[np.ndarray, np.nda
     var = (xc * xc).mean(1)
     cov = (xc * (y - my[:, None])).mean(1)
     ok = var > 1e-12 * np.maximum(1.0, my * my)
-    a = np.clip(np.where(ok, cov / np.where(ok, var, 1.0), 1.0), *SCALE_LIMITS)
+    a = np.where(ok, cov / np.where(ok, var, 1.0), 1.0)
+    n = x.shape[1]  # few positions (a Gemm head sees one per sample): trust the fit less
+    a = np.clip((n * a + PRIOR_POSITIONS) / (n + PRIOR_POSITIONS), *SCALE_LIMITS)
     return a, my - a * mx
 
 
@@ -145,13 +148,16 @@ def _sample_budget(compressed: onnx.ModelProto, batches: list[dict], layers: int
 
 def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str],
             data: Iterable[dict], *, mode: str = "affine", max_samples: int = 32,
-            budget_s: float = 90.0, threads: int | None = None) -> dict[str, dict]:
+            budget_s: float = 90.0, threads: int | None = None,
+            bias_only: Iterable[str] = ()) -> dict[str, dict]:
     """Refit the output channels of the named compressed layers in place, one layer at a time.
 
     The original model's layer outputs are captured once (at a subset of positions); then, in
     topological order, each layer's output in the *current* compressed model (earlier layers
-    already corrected) is fitted to them. Returns a per-layer summary.
+    already corrected) is fitted to them. Layers in ``bias_only`` (e.g. clustered weights whose
+    codebook must stay as encoded) only get the shift. Returns a per-layer summary.
     """
+    shift_only = set(bias_only)
     wanted = set(names)
     order = {n.output[0]: i for i, n in enumerate(compressed.graph.node)}
     ws = [w for w in find_weights(compressed) if w.name in wanted and correctable(w)]
@@ -168,7 +174,8 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
         cap = Capturer(truncate(compressed, [out]), [out], threads=threads)
         axis = _channel_axis(w)
         new = [_rows(t := cap.run(b)[out], axis % t.ndim)[:, idx] for b, idx in zip(batches, picks[w.name])]
-        a, b = fit(np.concatenate(new, 1), np.concatenate(ref.pop(w.name), 1), mode)
+        a, b = fit(np.concatenate(new, 1), np.concatenate(ref.pop(w.name), 1),
+                   "bias" if w.name in shift_only else mode)
         _apply(compressed, find_weights(compressed).by_name()[w.name], a, b, fresh)
         summary[w.name] = {"scale_mean": float(a.mean()), "shift_abs_mean": float(np.abs(b).mean())}
     return summary

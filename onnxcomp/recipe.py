@@ -12,7 +12,7 @@ correction: auto
 ```
 Steps run in order on the same model with dense intermediate weights; with real calibration data
 every changed layer's output channels are then refitted once (``correction``: auto = affine,
-bias or none; see :mod:`onnxcomp.correction`), and the final model is encoded once (each weight
+bias or none; clustered layers get the shift only; see :mod:`onnxcomp.correction`), and the final model is encoded once (each weight
 in its smallest encoding). The same recipe replays on the same model
 or on a retrained one in a deployment pipeline (``onnxcomp compress MODEL --recipe FILE``).
 """
@@ -88,8 +88,7 @@ def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None)
     from . import api
 
     try:
-        if kind == "prune":  # the recipe corrects once, after every step
-            params.setdefault("correction", "none")
+        if kind == "prune":  # with data: its own affine correction, before any clustering
             return api.prune(model, data=data, encoding="dense", threads=threads, **params).model
         if kind == "structured":
             return api.prune_channels(model, data=data, threads=threads, **params).model
@@ -130,8 +129,8 @@ def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | No
 def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None) -> None:
     """Per-channel output correction of every weight the steps changed (same name and shape).
 
-    A per-channel scale keeps per-channel codebooks and zeros intact, so it composes with
-    clustering and pruning.
+    Pruned weights get scale and shift (zeros stay zeros); clustered ones (at most 256 distinct
+    values per output channel) only the shift, so their codebooks stay exactly as encoded.
     """
     import numpy as np
 
@@ -139,9 +138,18 @@ def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | N
     from .graph.weights import find_weights
 
     before = {w.name: w for w in find_weights(original.proto)}
-    changed = [w.name for w in find_weights(out.proto) if w.name in before and not w.is_bias
-               and w.shape == before[w.name].shape and w.source != "constant_of_shape"
-               and not np.array_equal(w.values(), before[w.name].values())]
+    changed, shared_values = [], []
+    for w in find_weights(out.proto):
+        if w.name not in before or w.is_bias or w.shape != before[w.name].shape or \
+                w.source == "constant_of_shape":
+            continue
+        values = w.values()
+        if np.array_equal(values, before[w.name].values()):
+            continue
+        changed.append(w.name)
+        rows = values.reshape(values.shape[w.out_axis or 0], -1) if w.out_axis == 0 else values.reshape(1, -1)
+        if all(len(u := np.unique(r)) <= 256 and len(u) <= 0.5 * np.count_nonzero(r) + 1 for r in rows):
+            shared_values.append(w.name)  # values repeat: a codebook that scaling would re-quantize
     if changed:
         correct(original.proto, out.proto, changed, data, mode="affine" if mode == "auto" else mode,
-                threads=threads)
+                threads=threads, bias_only=shared_values)
