@@ -10,7 +10,8 @@
   Gathers are left out where a permutation is the identity.
 
 Only dense 2-D convs (group = 1) are rewritten; with real calibration data the pointwise factor
-(depthwise) or each block (grouped) is refit by least squares on the layer-input patches.
+(depthwise) or each block (grouped) is refit by least squares on the layer-input patches of the
+original model (every layer on its original inputs; no sequential waves here).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..linalg import blas_threads, output_error, weight_energy
 from ..patchstats import collect_covariances
 from ..separable import Separable, co_cluster, grouped_approx, grouped_kernel
 from .base import Change, Context, Pass, PassResult, skip
-from .factorize import stats_requests
+from .layerstats import stats_requests
 from .rewrite import MEASURE_MAX_RATIO, GraphEditor, Layer, LocalNames, collect_layers, measure, micro_node
 
 

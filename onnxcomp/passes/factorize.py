@@ -25,14 +25,14 @@ from onnx import helper, numpy_helper
 from ..errors import ConfigError
 from ..io import default_opset
 from ..linalg import blas_threads
-from ..patchstats import LayerStats, StatsRequest, collect_covariances
+from ..patchstats import collect_covariances
 from .base import Change, Context, Pass, PassResult, skip
+from .layerstats import merge_stats, split_waves, stats_requests
 from .lowrank_plan import Candidate, applicable, candidates_for, cost, evaluate, pick
 from .rewrite import (MEASURE_MAX_RATIO, GraphEditor, Layer, LocalNames, attr, collect_layers, measure,
                       micro_node)
 
 ROLES = ("conv", "gemm_b", "matmul_b")
-MAX_COV_DIM = 4608  # larger patches: data-free factors for that layer (the D×D statistics get big)
 SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
 
 
@@ -53,33 +53,6 @@ class FactorizePlan:
     skipped: list = field(default_factory=list)
     data_aware: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
-    """One covariance request per use of every layer whose patch size is small enough."""
-    reqs = []
-    for lay in layers:
-        for i, node in enumerate(lay.nodes):
-            key = f"{lay.weight.name}#{i}"
-            if lay.kind == "conv":
-                if lay.group > 1 and lay.kernel.shape[1] == 1:
-                    break  # depthwise: never rewritten, no statistics needed
-                dim = int(np.prod(lay.kernel.shape[1:]))
-                shape = lay.in_shapes[i]
-                if lay.geom.auto_pad not in ("NOTSET", "") and not lay.shapes_known:
-                    continue
-                pads = lay.geom.explicit_pads(tuple(shape[2:]) if lay.shapes_known else (0, 0))
-                req = StatsRequest(key, node.input[0], "conv", lay.geom.kernel, lay.geom.strides, pads,
-                                   lay.geom.dilations, lay.group)
-            else:
-                dim = lay.kernel.shape[1]
-                req = StatsRequest(key, node.input[0], "matrix",
-                                   transposed=lay.kind == "gemm" and bool(attr(node, "transA", 0)))
-            if dim > MAX_COV_DIM:
-                notes.append(f"{lay.name}: input patch size {dim} > {MAX_COV_DIM}, factorized without data")
-                continue
-            reqs.append(req)
-    return reqs
 
 
 class FactorizePass(Pass):
@@ -189,28 +162,6 @@ class FactorizePass(Pass):
             new_names = rewrite(model, lp, editor, drop=True)
             result.changes.append(_change(lp, new_names))
         return result
-
-
-def split_waves(layers: list[Layer], waves: int) -> list[list[Layer]]:
-    """Consecutive groups of layers (graph order), at most ``waves`` of them."""
-    size = max(1, -(-len(layers) // max(1, waves)))
-    return [layers[i:i + size] for i in range(0, len(layers), size)]
-
-
-def merge_stats(stats: dict[str, list[LayerStats]], lay: Layer) -> list[LayerStats] | None:
-    """The layer's statistics per group, averaged over the uses of a shared weight (None if missing)."""
-    parts = [stats.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
-    if not parts or any(p is None for p in parts):
-        return None
-    if len(parts) == 1:
-        return parts[0]
-
-    def mean(field: str, g: int):
-        vals = [getattr(p[g], field) for p in parts]
-        return None if any(v is None for v in vals) else sum(vals) / len(vals)
-
-    return [LayerStats(mean("cov", g), mean("cross", g), mean("ref", g), sum(p[g].n for p in parts))
-            for g in range(len(parts[0]))]
 
 
 def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bool) -> list[str]:
