@@ -8,7 +8,7 @@ Prints tables and writes ``benchmarks/results/structured.json`` (git-ignored). T
    ratios with the calibration set ``models/digits_calib.npz`` (activation importance,
    sensitivity allocation, least-squares refit), plus the data-free baseline (l1, uniform, no
    refit) at one ratio; test accuracy on ``models/digits_test.npz`` and latency of all of them
-   side by side in one interleaved ``onnxcomp.bench`` run, one thread, at batch 1 and batch 32
+   side by side in one interleaved ``onnxcomp.benchmarking`` run, one thread, at batch 1 and batch 32
    (a 16x16 model is overhead-dominated at batch 1: both are reported). Criterion: >= 2x
    single-thread speedup at <= 1 point test-accuracy drop.
 2. ``--corpus``: effnet_lite0 and ocr_det_ppocrv4 pruned at a few ratios with their calib.npz,
@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 import onnxcomp as oc
-from onnxcomp.bench import bench
+from onnxcomp.benchmarking import bench
 from onnxcomp.evaluate import compare
 from onnxcomp.report import table
 

@@ -86,8 +86,8 @@ def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None
 def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvider", runs: int = 50,
           warmup: int = 5, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
           ort_format: bool = False, mobile_check: bool = False):
-    """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.bench)."""
-    from .bench import bench as _bench
+    """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.benchmarking)."""
+    from .benchmarking import bench as _bench
 
     return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
                   input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)

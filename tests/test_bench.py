@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from onnxcomp.bench import _schedule, bench
+from onnxcomp.benchmarking import _schedule, bench
 from onnxcomp.cli import main
 
 from . import models as M
@@ -77,3 +77,11 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_api_bench_stays_a_function_after_use(tmp_path):
+    """Importing the implementation module must not replace oc.bench (it once did)."""
+    import onnxcomp as oc
+    import onnxcomp.benchmarking  # noqa: F401
+
+    assert callable(oc.bench) and callable(oc.compare) and callable(oc.prune)

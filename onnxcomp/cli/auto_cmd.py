@@ -15,7 +15,7 @@ from .common import (FractionType, data_from_options, data_options, emit_outcome
 
 def _latencies(original: api.Model, trials, threads: int | None) -> None:
     """Measure the passing candidates side by side with the original (interleaved, 1 thread)."""
-    from ..bench import bench
+    from ..benchmarking import bench
 
     ok = [t for t in trials if t.ok]
     if not ok:

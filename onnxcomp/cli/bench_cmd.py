@@ -5,7 +5,7 @@ import os
 
 import click
 
-from ..bench import BenchReport, bench
+from ..benchmarking import BenchReport, bench
 from ..graph.shapes import parse_input_shapes
 from ..ortformat import mobile_lines
 from ..report import fmt_bytes, fmt_ratio, table

@@ -284,12 +284,12 @@ def measure(original: onnx.NodeProto, weight: np.ndarray, rewritten: list[onnx.N
     """Time of the rewritten layer / time of the original, onnxruntime, 1 thread, interleaved.
 
     ``original`` must come from :func:`micro_node`; ``rewritten`` reads ``x`` and writes ``y``.
-    Both run side by side in :func:`onnxcomp.bench.bench` (median of interleaved runs).
+    Both run side by side in :func:`onnxcomp.benchmarking.bench` (median of interleaved runs).
     """
     import tempfile
     from pathlib import Path
 
-    from ..bench import bench
+    from ..benchmarking import bench
 
     runs = int(np.clip(2e9 / max(macs or 1, 1), 30, 200))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-measure-") as tmp:
