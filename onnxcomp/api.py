@@ -168,7 +168,8 @@ def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | 
 def cluster(model: ModelLike, bits: int | None = None, *, clusters: int | None = None,
             granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
             include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
-            iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0):
+            iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0,
+            gptq: bool | None = None):
     """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
 
     ``granularity``: tensor, channel (default) or shared (one codebook over per-channel-scaled
@@ -180,7 +181,8 @@ def cluster(model: ModelLike, bits: int | None = None, *, clusters: int | None =
 
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
-                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding)
+                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
+                        gptq=gptq)
     return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
 
 

@@ -257,6 +257,8 @@ class ClusterConfig(Selection):
             raise ConfigError("--allocation mixed needs --bits (the average budget)", "e.g. --bits 4 --allocation mixed")
 
     @property
+    ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
+    the layer-input Hessian (GPTQ-style); None = on with real calibration data.
     def k(self) -> int:
         """Clusters per codebook."""
         return int(self.clusters) if self.clusters is not None else 1 << int(self.bits)
@@ -268,6 +270,7 @@ class ClusterConfig(Selection):
 
 @dataclass(frozen=True)
 class CompressConfig:
+    gptq: bool | None = None
     """The Deep Compression pipeline: prune to ``sparsity``, cluster to ``bits``, encode, pack."""
 
     sparsity: float = 0.9

@@ -81,3 +81,46 @@ def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bo
         w[:, i2:] -= err @ hinv[i1:i2, i2:]
     out[:, dead] = 0.0
     return out.astype(weight.dtype)
+
+
+def _nearest(col: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per row, the value of ``table`` [rows, K] (padded with NaN) closest to ``col``."""
+    dist = np.abs(table - col[:, None])
+    dist[np.isnan(dist)] = np.inf
+    return table[np.arange(len(col)), np.argmin(dist, axis=1)]
+
+
+def assign_gptq(weight: np.ndarray, h: np.ndarray, table: np.ndarray, *, keep_zero: np.ndarray | None = None,
+                damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+    """GPTQ-style assignment of ``weight`` [rows, D] to per-row codebooks ``table`` [rows, K].
+
+    Columns are assigned in order to their nearest codebook value; each column's error is spread
+    over the remaining columns through the inverse Hessian (Frantar et al. 2023), so later
+    assignments compensate. Every output value is one of its row's codebook values (NaN pads
+    unused table slots); positions in ``keep_zero`` stay exactly zero (composes with pruning).
+    """
+    w = np.array(weight, dtype=np.float64)
+    d = w.shape[1]
+    h = np.array(h, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    hinv = _inverse_cholesky(h, damp)
+    tab = np.asarray(table, dtype=np.float64)
+    out = np.zeros_like(w)
+    for i1 in range(0, d, block):
+        i2 = min(i1 + block, d)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        hb = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            q = _nearest(col, tab)
+            if keep_zero is not None:
+                q = np.where(keep_zero[:, i1 + i], 0.0, q)
+            e = (col - q) / hb[i, i]
+            w1[:, i:] -= np.outer(e, hb[i, i:])
+            w1[:, i] = q
+            err[:, i] = e
+        out[:, i1:i2] = w1
+        w[:, i2:] -= err @ hinv[i1:i2, i2:]
+    return out

@@ -74,6 +74,9 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
               help="Lloyd iterations per refinement round.")
 @click.option("--encoding", default="auto", show_default=True,
               help="Storage: auto (smallest per tensor), dense, codebook, combined, or one kind.")
+@click.option("--gptq/--no-gptq", "gptq", default=None,
+              help="Assign weights to their codebooks column by column with error feedback through the "
+                   "layer-input Hessian (default: on with real --data).")
 @cluster_options
 @data_options
 @gate_options
@@ -81,7 +84,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @force_option
 @json_option
 def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: str, iterations: int,
-                encoding: str, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
+                encoding: str, gptq: bool | None, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
                 min_params: int, include_depthwise: bool, threads: int | None, output: str | None,
                 force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
                 **data_opts: Any) -> None:
@@ -89,7 +92,8 @@ def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: 
 
     One codebook per output channel by default (per tensor destroys models whose channels differ
     in scale). With --data (real inputs) the k-means is weighted by each input's mean square
-    (diagonal of the layer-input Hessian). Exact zeros stay zero, so it composes with pruning.
+    (diagonal of the layer-input Hessian) and weights are assigned GPTQ-style with error feedback.
+    Exact zeros stay zero, so it composes with pruning.
     """
     from ..clustering import run_cluster
     from ..encode.select import allowed_kinds
@@ -97,7 +101,8 @@ def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: 
 
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
-                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding)
+                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
+                        gptq=gptq)
     allowed_kinds(encoding)
     check_gate_values(max_drop, min_agreement)
     original = api.load(model)

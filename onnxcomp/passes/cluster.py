@@ -144,6 +144,17 @@ class ClusterPass(Pass):
             "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
             "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
         by_name = find_weights(model).by_name()
+        hess = {}
+        if (cfg.gptq if cfg.gptq is not None else ctx.has_real_data) and plan.bits:
+            if not ctx.has_real_data:
+                from ..errors import ConfigError
+
+                raise ConfigError("--gptq needs real calibration data", "pass --data FILE.npz")
+            from .prune_obs import hessians
+
+            hess = {w.name: st for w, st in hessians(model, [by_name[n] for n in plan.bits], ctx.data,
+                                                     threads=ctx.threads)}
+            result.notes.append(f"GPTQ-style assignment with error feedback on {len(hess)} weight(s)")
         for name, bits in plan.bits.items():
             w = by_name[name]
             if name in plan.fits:
@@ -152,7 +163,12 @@ class ClusterPass(Pass):
                 f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True)
             else:
                 f = _fit(w, int(bits), plan, cfg, ctx)
-            set_weight(model, w, f.values.reshape(w.shape))
+            values = f.values.reshape(w.shape)
+            if name in hess:
+                from .prune_obs import gptq_values
+
+                values = gptq_values(w, w.values(), values, hess[name], f.granularity == "tensor")
+            set_weight(model, w, values)
             k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
             index_bits = 4 if k <= 16 else 8
             sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")

@@ -7,7 +7,7 @@ magnitude masks, with a note.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -58,21 +58,10 @@ def _dim(w: Weight) -> int:
     return int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[w.in_axis]
 
 
-def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, float],
-               data: Iterable, *, nm: tuple[int, int] | None, rowwise: bool,
-               fallback: Callable[[Weight, np.ndarray, float], np.ndarray],
-               threads: int | None = None, notes: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Pruned values per weight: OBS where statistics exist, ``fallback`` elsewhere."""
-    out: dict[str, np.ndarray] = {}
-    todo = []
-    for w in weights:
-        req = request(w)
-        if req is None or _dim(w) > MAX_DIM:
-            out[w.name] = fallback(w, w.values(), levels[w.name])
-            if notes is not None:
-                notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
-        else:
-            todo.append((w, req))
+def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
+             threads: int | None = None) -> Iterator[tuple[Weight, list]]:
+    """(weight, per-group LayerStats) for every weight OBS can model, ~1 GB of matrices at a time."""
+    todo = [(w, r) for w in weights if (r := request(w)) is not None and _dim(w) <= MAX_DIM]
     chunk: list[tuple[Weight, StatsRequest]] = []
     size = 0
     for item in todo + [None]:
@@ -80,12 +69,45 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
         if chunk and (item is None or size + cost > STATS_BYTES):
             stats = collect_covariances(model, [r for _, r in chunk], data, threads=threads)
             for w, r in chunk:
-                out[w.name] = _solve(w, stats[r.key], levels[w.name], nm, rowwise)
+                yield w, stats[r.key]
             chunk, size = [], 0
         if item is not None:
             chunk.append(item)
             size += cost
+
+
+def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, float],
+               data: Iterable, *, nm: tuple[int, int] | None, rowwise: bool,
+               fallback: Callable[[Weight, np.ndarray, float], np.ndarray],
+               threads: int | None = None, notes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Pruned values per weight: OBS where statistics exist, ``fallback`` elsewhere."""
+    out = {w.name: _solve(w, stats, levels[w.name], nm, rowwise)
+           for w, stats in hessians(model, weights, data, threads=threads)}
+    for w in weights:
+        if w.name not in out:
+            out[w.name] = fallback(w, w.values(), levels[w.name])
+            if notes is not None:
+                notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
     return out
+
+
+def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: list,
+                per_tensor: bool) -> np.ndarray:
+    """Re-assign ``clustered`` (values from its codebooks) with GPTQ error feedback."""
+    from ..obs import assign_gptq
+
+    rows, crow = _rows(w, original), _rows(w, clustered)
+    if per_tensor:
+        uniq = [np.unique(crow)] * len(crow)
+    else:
+        uniq = [np.unique(r) for r in crow]
+    table = np.full((len(crow), max(len(u) for u in uniq)), np.nan)
+    for i, u in enumerate(uniq):
+        table[i, : len(u)] = u
+    zero = rows == 0
+    parts = zip(np.split(rows, len(groups)), np.split(table, len(groups)), np.split(zero, len(groups)), groups)
+    solved = [assign_gptq(r, g.cov, t, keep_zero=z if z.any() else None) for r, t, z, g in parts]
+    return _unrows(w, np.concatenate(solved, axis=0)).astype(clustered.dtype)
 
 
 def _solve(w: Weight, groups: list, level: float, nm, rowwise: bool) -> np.ndarray:
