@@ -27,14 +27,14 @@ import onnxcomp as oc  # noqa: E402
 from onnxcomp import recipe  # noqa: E402
 
 EQUAL = {  # model -> (sparsity, bits) compared with and without data
-    "resnet_digits": (0.9, 3), "mobilenet_digits": (0.8, 3), "effnet_lite0": (0.3, 5),
+    "resnet_digits": (0.9, 2), "mobilenet_digits": (0.8, 2), "effnet_lite0": (0.3, 4),
     "ocr_det_ppocrv4": (0.5, 3),
 }
 TARGETS = {  # model -> (size target, recipes to try, most compressed first)
     "resnet_digits": (0.05, [[("prune", {"sparsity": 0.9}), ("cluster", {"bits": 3})],
                              [("prune", {"sparsity": 0.85}), ("cluster", {"bits": 4})]]),
-    "effnet_lite0": (0.125, [[("prune", {"sparsity": 0.2}), ("cluster", {"bits": 5})],
-                             [("cluster", {"bits": 5})], [("cluster", {"bits": 6})]]),
+    "effnet_lite0": (0.125, [[("cluster", {"bits": 4})], [("prune", {"sparsity": 0.2}), ("cluster", {"bits": 5})],
+                             [("cluster", {"bits": 6})]]),
     "ocr_det_ppocrv4": (0.1, [[("prune", {"sparsity": 0.5}), ("cluster", {"bits": 4})],
                               [("cluster", {"bits": 3})]]),
 }
