@@ -5,9 +5,10 @@
 Prints tables and writes ``benchmarks/results/factorize.json`` (git-ignored). Three parts:
 
 1. speed/accuracy on the trained digit models (``models/resnet_digits.onnx``,
-   ``models/vgg_digits.onnx``): factorized with the calibration set ``models/digits_calib.npz``
+   ``models/vgg_digits.onnx``): factorized (and, for comparison, ``depthwise`` rows) with the
+   calibration set ``models/digits_calib.npz``
    (data-aware), accuracy on the held-out ``models/digits_test.npz`` labels (onnxruntime), and
-   latency of all candidates side by side in one interleaved ``onnxcomp.bench`` run (1 thread;
+   latency of all candidates side by side in one interleaved ``onnxcomp.benchmarking`` run (1 thread;
    batch 1 and batch 32). Criterion: >= 1.5x faster at <= 1 point accuracy drop.
 2. data-aware vs plain at the same ranks on every real model: the relative L2 error of the
    model outputs on held-out inputs (digits: the test set; corpus: the calib.npz samples not
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import onnxcomp as oc
-from onnxcomp.bench import bench
+from onnxcomp.benchmarking import bench
 from onnxcomp.evaluate import compare
 from onnxcomp.report import table
 
@@ -42,7 +43,9 @@ CORPUS_PY = Path("/tmp/corpus-venv/bin/python")
 
 def speed_configs(quick: bool) -> list[dict]:
     configs = [dict(method="spatial", ratio=0.3), dict(method="spatial", ratio=0.4),
-               dict(method="tucker2", ratio=0.3), dict(method="auto", ratio=0.3, max_error=0.15)]
+               dict(method="tucker2", ratio=0.3), dict(method="auto", ratio=0.3, max_error=0.15),
+               dict(command="depthwise", multiplier=2), dict(command="depthwise", multiplier=4),
+               dict(command="depthwise", groups=2)]
     return configs[:2] if quick else configs
 
 
@@ -63,7 +66,8 @@ def speed_accuracy(name: str, quick: bool, tmp: Path) -> dict:
     rows, files = [], [path]
     for cfg in speed_configs(quick):
         t0 = time.time()
-        c = oc.factorize(m, data=CALIB, **cfg)
+        kw = {k: v for k, v in cfg.items() if k != "command"}
+        c = (oc.depthwise if cfg.get("command") == "depthwise" else oc.factorize)(m, data=CALIB, **kw)
         out = tmp / f"{name}.{len(files)}.onnx"
         oc.save(c.model, out)
         files.append(out)
@@ -245,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                     result["curves"].append(curve(key, corpus, ratios[key], tmp))
                     print_curve(result["curves"][-1])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if args.skip and RESULTS.exists():  # a partial run keeps the other parts of the last run
+        old = json.loads(RESULTS.read_text())
+        for part, key in (("speed", "speed"), ("data", "data_aware"), ("curves", "curves")):
+            if part in args.skip and key in old:
+                result[key] = old[key]
     RESULTS.write_text(json.dumps(result, indent=2, default=str))
     print(f"\nwrote {RESULTS}")
     return 0

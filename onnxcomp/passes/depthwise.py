@@ -172,7 +172,9 @@ class DepthwisePass(Pass):
         result = PassResult(self.name, notes=list(plan.notes), settings={
             "mode": cfg.mode, "multiplier": cfg.multiplier, "groups": cfg.groups, "energy": cfg.target_energy,
             "data_aware": plan.data_aware, "measure": cfg.measure})
-        result.changes += [skip(w, why) for w, why in plan.skipped]
+        for w, why in plan.skipped:
+            result.changes.append(skip(w, why))
+            result.changes[-1].detail = {"layer": w.consumers[0]}
         editor = GraphEditor(model)
         for lay, entry, reason in plan.layers:
             if entry is None:

@@ -151,6 +151,7 @@ class FactorizePass(Pass):
         editor = GraphEditor(model)
         for w, why in plan.skipped:
             result.changes.append(skip(w, why))
+            result.changes[-1].detail = {"layer": w.consumers[0]}
         for lp in plan.layers:
             lay, cand = lp.layer, lp.candidate
             if cand is None:
