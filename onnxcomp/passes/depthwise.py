@@ -29,7 +29,8 @@ from ..patchstats import collect_covariances
 from ..separable import Separable, co_cluster, grouped_approx, grouped_kernel
 from .base import Change, Context, Pass, PassResult, skip
 from .layerstats import stats_requests
-from .rewrite import MEASURE_MAX_RATIO, GraphEditor, Layer, LocalNames, collect_layers, measure, micro_node
+from .microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
+from .rewrite import GraphEditor, Layer, collect_layers
 
 
 @dataclass

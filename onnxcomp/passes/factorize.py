@@ -29,8 +29,8 @@ from ..patchstats import collect_covariances
 from .base import Change, Context, Pass, PassResult, skip
 from .layerstats import merge_stats, split_waves, stats_requests
 from .lowrank_plan import Candidate, applicable, candidates_for, cost, evaluate, pick
-from .rewrite import (MEASURE_MAX_RATIO, GraphEditor, Layer, LocalNames, attr, collect_layers, measure,
-                      micro_node)
+from .microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
+from .rewrite import GraphEditor, Layer, attr, collect_layers
 
 ROLES = ("conv", "gemm_b", "matmul_b")
 SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
