@@ -184,3 +184,11 @@ def test_zoo_models_prune_and_run(name):
     if name == "light_shufflenet.onnx":
         assert all(g.frozen for g in cg.groups)
         assert any("channel shuffle" in r for r in frozen) and any("grouped conv" in r for r in frozen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["light_resnet50.onnx", "light_inception_v2.onnx", "light_bvlc_alexnet.onnx",
+                                  "light_zfnet512.onnx"])
+def test_bigger_zoo_models_prune_and_run(name):
+    """The rest of the light zoo but vgg19 (about 1 GB in onnxruntime; see benchmarks/structured.py)."""
+    test_zoo_models_prune_and_run(name)

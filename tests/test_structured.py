@@ -80,7 +80,7 @@ def test_random_data_never_refits_and_activation_needs_real_data():
 def digits():
     model = oc.load(M.MODELS / "resnet_digits.onnx")
     with np.load(M.MODELS / "digits_calib.npz") as z:
-        calib = z["input"][:48]
+        calib = z["input"][:32]
     with np.load(M.MODELS / "digits_test.npz") as z:
         test = z["input"][:200], z["labels"][:200]
     return model, calib, test
@@ -92,7 +92,7 @@ def accuracy(model: onnx.ModelProto, test) -> float:
 
 def test_refit_with_real_data_recovers_accuracy(digits):
     model, calib, test = digits
-    kw = dict(importance="activation", allocation="uniform", max_samples=48)
+    kw = dict(importance="activation", allocation="uniform", max_samples=32)
     plain = oc.prune_channels(model, 0.25, data={"input": calib}, refit=False, **kw)
     fitted = oc.prune_channels(model, 0.25, data={"input": calib}, **kw)
     assert fitted.results[0].settings["refit"] and any("least-squares refit" in n for n in fitted.results[0].notes)

@@ -247,23 +247,6 @@ class MapRules:
             return self.passthrough(node, lay)
         self.passthrough(node, lay, axis=lay.axis - sum(x < lay.axis for x in axes), rank=R - len(axes))
 
-    def r_Softmax(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        R = lay.rank or self.rank(node.input[0])
-        axis = int(get_attr(node, "axis", 1 if self.opset < 13 else -1)) % R
-        if (lay.axis >= axis) if self.opset < 13 else (lay.axis == axis):
-            return self.opaque(node, "normalises across channels")
-        self.passthrough(node, lay)
-
-    r_LogSoftmax = r_Hardmax = r_Softmax
-
-    def r_LayerNormalization(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        R = lay.rank or self.rank(node.input[0])
-        if lay.axis >= int(get_attr(node, "axis", -1)) % R:
-            return self.opaque(node, "normalises across channels")
-        self.passthrough(node, lay)
-
 
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)

@@ -48,7 +48,13 @@ class Walker(MapRules):
                     inner.update(i for n in sub.node for i in n.input)
             self.node = node
             if node.op_type in PRODUCERS or any(i in self.L for i in node.input):
-                getattr(self, f"r_{node.op_type}", self.default)(node)
+                try:
+                    getattr(self, f"r_{node.op_type}", self.default)(node)
+                except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
+                    # an unusual form of a known op: freeze what it touches rather than guess
+                    for o in node.output:
+                        self.L.pop(o, None)
+                    self.opaque(node, f"unsupported form ({type(exc).__name__}: {exc})")
         for name in inner & set(self.L):
             self.cg.freeze(self.L[name].ids, f"tensor {name} is read inside a subgraph (If/Loop/Scan)")
         for out in g.output:
@@ -253,6 +259,24 @@ class Walker(MapRules):
             self.cg.params.append(Param(node, k, pos, out))
         for o in node.output:
             self.out(o, A, out, R)
+
+    def r_Softmax(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        axis = int(get_attr(node, "axis", 1 if self.opset < 13 else -1)) % R
+        if (lay.axis >= axis) if self.opset < 13 else (lay.axis == axis):
+            return self.opaque(node, "normalises across channels")
+        self.passthrough(node, lay)
+
+    r_LogSoftmax = r_Hardmax = r_Softmax
+
+    def r_LayerNormalization(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        if lay.axis >= int(get_attr(node, "axis", -1)) % R:
+            return self.opaque(node, "normalises across channels")
+        self.passthrough(node, lay)
+
 
 for _op in UNARY:
     setattr(Walker, f"r_{_op}", Walker.r_unary)

@@ -102,7 +102,7 @@ class StructuredPrunePass(Pass):
                               "pass --data with real inputs, or use --allocation uniform")
         return alloc
 
-    def _eligible(self, g: ChannelGroup) -> str | None:
+    def _eligible(self, g: ChannelGroup, allocation: str) -> str | None:
         cfg = self.config
         if g.frozen:
             return "; ".join(g.frozen[:3]) + (f" (+{len(g.frozen) - 3} more)" if len(g.frozen) > 3 else "")
@@ -114,7 +114,12 @@ class StructuredPrunePass(Pass):
                 return f"{p.weight.name} contains NaN or Inf"  # same rule as prune and cluster
         if cfg.include and all(matches(p.weight, cfg.include, ()) for p in g.producers):
             return "not matched by --include"
-        if keep_count(g.size, cfg.ratio, cfg.round_to) >= g.size:
+        if cfg.ratio <= 0:
+            return "--ratio 0"
+        from .channel_alloc import LEVELS, MAX_RATIO
+
+        most = cfg.ratio if allocation == "uniform" else min(MAX_RATIO, cfg.ratio * max(LEVELS))
+        if keep_count(g.size, most, cfg.round_to) >= g.size:
             return f"too small: {g.size} channels, --round-to {cfg.round_to}"
         return None
 
@@ -130,7 +135,7 @@ class StructuredPrunePass(Pass):
         macs = MacModel(cg, cg.shapes)
         plans = []
         for g in cg.groups:
-            gp = GroupPlan(g, reason=self._eligible(g))
+            gp = GroupPlan(g, reason=self._eligible(g, allocation))
             if gp.reason is None:
                 gp.scores = unit_scores(cg, g, id_scores)
                 gp.ratio = cfg.ratio
