@@ -81,7 +81,8 @@ def _parse(path: Path) -> tuple[onnx.ModelProto, bytes]:
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(exc).__name__]
+    line = lines[0] if not lines[0].endswith(":") or len(lines) == 1 else f"{lines[0]} {lines[1]}"
     return line if len(line) <= limit else line[:limit] + "..."
 
 
