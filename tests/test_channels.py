@@ -192,3 +192,20 @@ def test_zoo_models_prune_and_run(name):
 def test_bigger_zoo_models_prune_and_run(name):
     """The rest of the light zoo but vgg19 (about 1 GB in onnxruntime; see benchmarks/structured.py)."""
     test_zoo_models_prune_and_run(name)
+
+
+@pytest.mark.parametrize("build", [M.chan_split, M.chan_depthwise, M.chan_mlp], ids=lambda f: f.__name__)
+def test_stale_shapes_are_dropped_others_kept(build):
+    model = onnx.shape_inference.infer_shapes(build())
+    before = {vi.name for vi in model.graph.value_info}
+    cg = analyze(model)
+    keep = np.ones(cg.n_ids, bool)
+    first = next(g for g in cg.groups if not g.frozen)
+    keep[first.units[0]] = False  # one channel of one group: only its tensors change shape
+    apply_removal(model, cg, keep)
+    onnx.checker.check_model(model, full_check=True)  # strict inference agrees with what is left
+    names = {vi.name for vi in model.graph.value_info}
+    changed = {n for n, lay in cg.layouts.items() if np.isin(first.units[0], lay.ids).any()}
+    produced = {o for n in model.graph.node for o in n.output}
+    assert names == (before - changed) & produced
+    assert np.isfinite(run(model, random_input(model))).all()

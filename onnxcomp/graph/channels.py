@@ -249,7 +249,8 @@ def apply_removal(model: onnx.ModelProto, cg: ChannelGraph, keep: np.ndarray) ->
     """Remove every channel id with ``keep[id] == False`` from ``model`` (the graph ``cg`` describes).
 
     Slices weights, biases, BN statistics and broadcast constants, updates depthwise ``group``,
-    Split sizes, Slice bounds, Reshape shapes and Resize sizes, drops dead nodes and stale shapes.
+    Split sizes, Slice bounds, Reshape shapes and Resize sizes, drops dead nodes and the
+    value_info of every tensor whose shape changed.
     """
     from ..encode.common import NameScope
     from .channel_maps import apply_index_edit
@@ -270,7 +271,8 @@ def apply_removal(model: onnx.ModelProto, cg: ChannelGraph, keep: np.ndarray) ->
     if failed:
         raise ValueError(f"cannot read constant {failed[0]!r} to remove channels from it")
     remove_dead(model)
-    clear_value_info(model)
+    changed = {name for name, lay in cg.layouts.items() if not kept_mask(keep, lay.ids).all()}
+    clear_value_info(model, changed | edits.rewritten)  # other inferred shapes stay true
 
 
 def rebind(cg: ChannelGraph, model: onnx.ModelProto) -> ChannelGraph:

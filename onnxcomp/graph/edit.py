@@ -184,6 +184,7 @@ class SliceEdits:
 
     def __init__(self) -> None:
         self._req: dict[tuple[int, int], tuple[onnx.NodeProto, dict[int, np.ndarray]]] = {}
+        self.rewritten: set[str] = set()  # tensors whose shape changed under their own name
 
     def keep(self, node: onnx.NodeProto, slot: int, axis: int, mask: np.ndarray) -> None:
         """Keep ``mask`` (bool, one per index along ``axis``) of ``node.input[slot]``."""
@@ -207,6 +208,8 @@ class SliceEdits:
             same = len(users[name]) == len(reqs) and name not in {o.name for o in model.graph.output} and \
                 all(_same(reqs[0][2], r[2]) for r in reqs)
             fill = uniform_fill(ev, name)
+            if same:
+                self.rewritten.add(name)
             if fill is not None:  # ConstantOfShape: only the shape changes, never materialise it
                 for node, slot, axes in (reqs[:1] if same else reqs):
                     _new_fill(model, node, slot, fill, _sliced_shape(fill[1], axes), scope, name, same)
