@@ -133,3 +133,19 @@ def test_cli_bad_options_exit_2_one_line(tmp_path, capsys, args, needle):
     assert main(["prune-channels", str(path), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_constant_channels_are_folded_into_the_consumer_bias():
+    model = M.chan_residual(zero={"conv3": ZERO["conv3"]})
+    bias = next(t for t in model.graph.initializer if t.name == "conv3_b")
+    b = onnx.numpy_helper.to_array(bias).copy()
+    b[ZERO["conv3"]] = np.linspace(0.5, 2.0, 8)  # zero filters, positive bias: constant channels
+    bias.CopyFrom(onnx.numpy_helper.from_array(b, "conv3_b"))
+    x = np.random.default_rng(2).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    kw = dict(importance="l1", allocation="uniform", round_to=4, refit=False, include=("conv3",))
+    with_data = oc.prune_channels(model, 0.5, data={"x": x}, **kw)
+    without = oc.prune_channels(model, 0.5, **kw)
+    assert channels(with_data.proto)["conv3"] == 8 and channels(with_data.proto)["conv0"] == 16
+    assert any("folded into 1 consumer bias" in n for n in with_data.results[0].notes)
+    np.testing.assert_allclose(run(with_data.proto, x), run(model, x), atol=1e-4)
+    assert np.abs(run(without.proto, x) - run(model, x)).max() > 0.1

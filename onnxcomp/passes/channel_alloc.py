@@ -14,6 +14,7 @@ import onnx
 from ..graph.channels import apply_removal, rebind
 from ..runtime import session
 from .channel_importance import limited
+from .channel_refit import add_shifts, mean_shifts
 
 LEVELS = (0.5, 1.0, 1.5)
 MAX_RATIO = 0.9
@@ -72,7 +73,10 @@ def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
             seen.add(n_kept)
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            apply_removal(copy, rebind(plan.cg, copy), keep)
+            bound = rebind(plan.cg, copy)
+            shifts = mean_shifts(plan.cg, keep, plan.stats) if plan.stats is not None else {}
+            apply_removal(copy, bound, keep)
+            add_shifts(copy, bound, keep, shifts)
             opts.append((r, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads)), keep))
         options.append(opts)
     target = total - plan.macs.after(uniform)

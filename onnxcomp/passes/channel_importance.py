@@ -12,6 +12,7 @@ group count alike whatever their scale.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -80,31 +81,45 @@ def weight_scores(cg: ChannelGraph, kind: str) -> np.ndarray:
     return scores
 
 
-def activation_scores(cg: ChannelGraph, data: Iterable[dict[str, np.ndarray]], max_samples: int,
-                      threads: int | None = None) -> np.ndarray:
-    """Per channel id: sum over consumers of E[x^2] x ||consumer weights reading it||^2."""
+@dataclass
+class ActivationStats:
+    """Per consumer input tensor, per position along its channel axis: E[x] and E[x^2]."""
+
+    mean: dict[str, np.ndarray] = field(default_factory=dict)
+    power: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def activation_stats(cg: ChannelGraph, data: Iterable[dict[str, np.ndarray]], max_samples: int,
+                     threads: int | None = None) -> ActivationStats:
+    """Mean and second moment of every consumer's input channels on the calibration data."""
     from ..activations import capture
 
     names = sorted({c.tensor for c in cg.consumers})
-    sums: dict[str, np.ndarray] = {}
-    rows: dict[str, int] = {}
+    sums: dict[str, list] = {}
     if names:
         for out in capture(cg.model, names, limited(data, max_samples), threads=threads, max_bytes=1 << 28):
             for n in names:
                 axis = cg.layouts[n].axis
                 x = np.moveaxis(np.asarray(out[n], np.float64), axis, -1)
                 x = x.reshape(-1, x.shape[-1])
-                sums[n] = sums.get(n, 0.0) + (x ** 2).sum(0)
-                rows[n] = rows.get(n, 0) + len(x)
+                acc = sums.setdefault(n, [0.0, 0.0, 0])
+                acc[0], acc[1], acc[2] = acc[0] + x.sum(0), acc[1] + (x ** 2).sum(0), acc[2] + len(x)
+    stats = ActivationStats()
+    for n, (s1, s2, rows) in sums.items():
+        stats.mean[n], stats.power[n] = s1 / max(1, rows), s2 / max(1, rows)
+    return stats
+
+
+def activation_scores(cg: ChannelGraph, stats: ActivationStats) -> np.ndarray:
+    """Per channel id: sum over consumers of E[x^2] x ||consumer weights reading it||^2."""
     scores = np.zeros(cg.n_ids)
     for c in cg.consumers:
-        if c.tensor not in sums:
+        if c.tensor not in stats.power:
             continue
-        energy = sums[c.tensor] / max(1, rows[c.tensor])
         wnorm = (_rows(c.weight.values(), c.axis) ** 2).sum(1) if c.weight.source != "constant_of_shape" \
             else np.ones(len(c.ids))
         real = c.ids >= 0
-        np.add.at(scores, c.ids[real], (energy * wnorm)[real])
+        np.add.at(scores, c.ids[real], (stats.power[c.tensor] * wnorm)[real])
     return scores
 
 

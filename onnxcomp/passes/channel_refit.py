@@ -24,7 +24,7 @@ from .channel_importance import limited
 RIDGE = 3e-2  # x mean diagonal of the Gram matrix; 1e-3..1e-1 tried on effnet_lite0 and the digit models
 ROWS = 32768  # at most this many sampled rows (output positions) per consumer
 MIN_ROWS = 2048
-ROWS_PER_UNKNOWN = 4
+ROWS_PER_UNKNOWN = 8
 WAVE_BYTES = 512 << 20  # normal equations held at once
 MAX_WAVES = 16
 
@@ -173,11 +173,13 @@ def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ct
         cap_o = Capturer(prefix(original, ys_names), ys_names, threads=ctx.threads)
         cap_p = Capturer(prefix(pruned, xs_names), xs_names, threads=ctx.threads)
         rng = np.random.default_rng(ctx.seed)
+        known = getattr(ctx.data, "num_samples", None)
+        total = min(max_samples, known) if known else max_samples  # rows are spread over the samples
         for batch in limited(ctx.data, max_samples):
             ys, xs = cap_o.run(batch), cap_p.run(batch)
             n = len(next(iter(batch.values())))
             for t in fits:
-                _accumulate(t, xs[t.node.input[0]], ys[t.node.output[0]], rng, max(64, t.budget * n // max_samples))
+                _accumulate(t, xs[t.node.input[0]], ys[t.node.output[0]], rng, max(64, -(-t.budget * n // total)))
         for t in fits:
             w, b = t.solve()
             base = t.node.name or t.node.output[0]
@@ -226,3 +228,47 @@ def _accumulate(t: _Target, x: np.ndarray, y: np.ndarray, rng: np.random.Generat
     if t.kept_out is not None:
         y = y[:, t.kept_out]
     t.add(a, y)
+
+
+def mean_shifts(cg, keep: np.ndarray, stats) -> dict[int, np.ndarray]:
+    """Per consumer (by node id): the average output the removed input channels contributed.
+
+    Conv (group 1) and Gemm (alpha = beta = 1, transA = 0) consumers only; computed from the
+    original weights, so call it before the channels are removed.
+    """
+    shifts = {}
+    for c in cg.consumers:
+        removed = ~kept_mask(keep, c.ids)
+        op = c.node.op_type
+        if not removed.any() or c.tensor not in stats.mean or c.weight.source == "constant_of_shape" or \
+                _supported(c.node, c.weight.values()) or op not in ("Conv", "Gemm"):
+            continue
+        w = np.moveaxis(np.asarray(c.weight.values(), np.float64), c.axis, 1)  # [out, in, ...]
+        w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)
+        shifts[id(c.node)] = w[:, removed] @ stats.mean[c.tensor][removed]
+    return shifts
+
+
+def add_shifts(model: onnx.ModelProto, cg, keep: np.ndarray, shifts: dict[int, np.ndarray]) -> int:
+    """Fold ``shifts`` into the consumers' biases (kept output channels only); returns how many."""
+    from ..encode.common import NameScope
+
+    producer = {id(p.node): p for p in cg.producers}
+    ev, scope, done = ConstEval(model), NameScope(model), 0
+    for c in cg.consumers:
+        delta = shifts.get(id(c.node))
+        if delta is None:
+            continue
+        p = producer.get(id(c.node))
+        if p is not None:
+            delta = delta[kept_mask(keep, p.ids)]
+        node = c.node
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = ev.value(node.input[2]) if has_bias else np.zeros(len(delta), np.float32)
+        if bias is None or bias.size != len(delta):
+            continue
+        set_input(model, node, 2, (bias.reshape(-1) + delta).astype(bias.dtype).reshape(bias.shape),
+                  scope, f"{node.name or node.output[0]}_bias")
+        done += 1
+    remove_dead(model)
+    return done

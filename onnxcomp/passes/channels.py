@@ -18,7 +18,9 @@ from ..errors import ConfigError
 from ..graph.channels import ChannelGraph, ChannelGroup, analyze, apply_removal
 from ..graph.weights import find_weights
 from .base import Change, Context, Pass, PassResult, matches
-from .channel_importance import MacModel, activation_scores, unit_scores, weight_scores
+from .channel_refit import add_shifts, mean_shifts
+from .channel_importance import (ActivationStats, MacModel, activation_scores, activation_stats, unit_scores,
+                                 weight_scores)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class StructuredPlan:
     importance: str
     allocation: str
     macs: MacModel
+    stats: ActivationStats | None = None  # with real data: consumer input means (bias compensation)
     notes: list[str] = field(default_factory=list)
 
 
@@ -128,8 +131,9 @@ class StructuredPrunePass(Pass):
         importance, allocation = self._importance(ctx), self._allocation(ctx)
         shapes_in = data_shapes(ctx)
         cg = analyze(model, shapes_in)
+        stats = activation_stats(cg, ctx.data, cfg.max_samples, ctx.threads) if ctx.has_real_data else None
         if importance == "activation":
-            id_scores = activation_scores(cg, ctx.data, cfg.max_samples, ctx.threads)
+            id_scores = activation_scores(cg, stats)
         else:
             id_scores = weight_scores(cg, importance)
         macs = MacModel(cg, cg.shapes)
@@ -140,7 +144,7 @@ class StructuredPrunePass(Pass):
                 gp.scores = unit_scores(cg, g, id_scores)
                 gp.ratio = cfg.ratio
             plans.append(gp)
-        plan = StructuredPlan(cg, plans, np.ones(cg.n_ids, bool), importance, allocation, macs)
+        plan = StructuredPlan(cg, plans, np.ones(cg.n_ids, bool), importance, allocation, macs, stats)
         if allocation == "sensitivity":
             from .channel_alloc import allocate
 
@@ -157,11 +161,15 @@ class StructuredPrunePass(Pass):
         original.CopyFrom(model)
         nodes = _compute_nodes(plan)
         before = {key: (w.name, w.size, w.nbytes) for key, (_, w) in nodes.items()}
+        shifts = mean_shifts(plan.cg, plan.keep, plan.stats) if plan.stats is not None else {}
         apply_removal(model, plan.cg, plan.keep)
         result = StructuredResult(self.name, settings={
             "ratio": cfg.ratio, "importance": plan.importance, "allocation": plan.allocation,
             "round_to": cfg.round_to, "refit": bool(refit), "macs_before": plan.macs.total,
             "macs_after": int(round(plan.macs.after(plan.keep)))})
+        if shifts:
+            n = add_shifts(model, plan.cg, plan.keep, shifts)
+            result.notes.append(f"mean of the removed channels folded into {n} consumer bias(es)")
         if refit and any(gp.keep is not None for gp in plan.groups):
             from .channel_refit import refit_consumers
 
