@@ -40,6 +40,7 @@ class Walker(MapRules):
 
     # ---------------------------------------------------------------- driver and helpers
     def run(self) -> None:
+        """Visit every node in order, then freeze what subgraphs and graph outputs see."""
         g = self.cg.model.graph
         inner = set()
         for node in g.node:

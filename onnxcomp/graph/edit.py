@@ -88,6 +88,7 @@ def uses(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
 
 
 def get_attr(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's value (``default`` when absent)."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -104,6 +105,7 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:
 
 
 def del_attr(node: onnx.NodeProto, name: str) -> None:
+    """Remove an attribute if present."""
     for i, a in enumerate(node.attribute):
         if a.name == name:
             del node.attribute[i]

@@ -51,36 +51,30 @@ def _keep_for(plan, gp, ratio: float, round_to: int) -> np.ndarray:
     return keep
 
 
-def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
-    """Set ``ratio`` of every prunable group in ``plan`` from measured sensitivity."""
-    groups = [gp for gp in plan.groups if gp.reason is None]
-    if not groups:
-        return
-    batches = _subset(ctx, cfg.max_samples)
-    ref = _outputs(model, batches, ctx.threads)
+def _probe(model: onnx.ModelProto, plan, gp, batches, ref, ctx, cfg) -> list[tuple]:
+    """[(ratio, MACs saved, output error, keep mask)] of one group pruned alone at each level."""
     total = plan.macs.total
-    uniform = np.ones(plan.cg.n_ids, bool)
-    options = []  # per group: [(ratio, saving, error, keep)], starting with nothing pruned
-    for gp in groups:
-        uniform &= _keep_for(plan, gp, cfg.ratio, cfg.round_to)
-        opts, seen = [(0.0, 0.0, 0.0, None)], set()
-        for level in LEVELS:
-            r = min(MAX_RATIO, cfg.ratio * level)
-            keep = _keep_for(plan, gp, r, cfg.round_to)
-            n_kept = int(keep[np.concatenate(gp.group.units)].sum())
-            if n_kept in seen or n_kept == sum(len(u) for u in gp.group.units):
-                continue
-            seen.add(n_kept)
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            bound = rebind(plan.cg, copy)
-            shifts = mean_shifts(plan.cg, keep, plan.stats) if plan.stats is not None else {}
-            apply_removal(copy, bound, keep)
-            add_shifts(copy, bound, keep, shifts)
-            opts.append((r, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads)), keep))
-        options.append(opts)
-    target = total - plan.macs.after(uniform)
-    level = [0] * len(groups)
+    opts, seen = [(0.0, 0.0, 0.0, None)], set()
+    for level in LEVELS:
+        r = min(MAX_RATIO, cfg.ratio * level)
+        keep = _keep_for(plan, gp, r, cfg.round_to)
+        n_kept = int(keep[np.concatenate(gp.group.units)].sum())
+        if n_kept in seen or n_kept == sum(len(u) for u in gp.group.units):
+            continue
+        seen.add(n_kept)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        bound = rebind(plan.cg, copy)
+        shifts = mean_shifts(plan.cg, keep, plan.stats) if plan.stats is not None else {}
+        apply_removal(copy, bound, keep)
+        add_shifts(copy, bound, keep, shifts)
+        opts.append((r, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads)), keep))
+    return opts
+
+
+def _choose(plan, options: list[list[tuple]], target: float) -> list[int]:
+    """Per group the level reached by greedy steps of least added error per MAC saved."""
+    level = [0] * len(options)
     saved = 0.0
     while saved < target * 0.995:
         best = None
@@ -92,13 +86,27 @@ def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
                     best = (de / ds, g, j)
         if best is None:
             break
-        _, g, j = best
-        level[g] = j
+        level[best[1]] = best[2]
         joint = np.ones(plan.cg.n_ids, bool)
         for opts, lv in zip(options, level):
             if opts[lv][3] is not None:
                 joint &= opts[lv][3]
-        saved = total - plan.macs.after(joint)  # savings of coupled groups do not simply add up
+        saved = plan.macs.total - plan.macs.after(joint)  # coupled groups' savings do not simply add up
+    return level
+
+
+def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
+    """Set ``ratio`` of every prunable group in ``plan`` from measured sensitivity."""
+    groups = [gp for gp in plan.groups if gp.reason is None]
+    if not groups:
+        return
+    batches = _subset(ctx, cfg.max_samples)
+    ref = _outputs(model, batches, ctx.threads)
+    uniform = np.ones(plan.cg.n_ids, bool)
+    for gp in groups:
+        uniform &= _keep_for(plan, gp, cfg.ratio, cfg.round_to)
+    options = [_probe(model, plan, gp, batches, ref, ctx, cfg) for gp in groups]
+    level = _choose(plan, options, plan.macs.total - plan.macs.after(uniform))
     for gp, opts, lv in zip(groups, options, level):
         gp.ratio = opts[lv][0]
         if gp.ratio == 0:

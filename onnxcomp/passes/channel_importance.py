@@ -124,6 +124,7 @@ def activation_scores(cg: ChannelGraph, stats: ActivationStats) -> np.ndarray:
 
 
 def unit_scores(cg: ChannelGraph, group, id_scores: np.ndarray) -> np.ndarray:
+    """Score of each unit of ``group``: the sum over its channel ids."""
     return np.array([float(id_scores[u].sum()) for u in group.units])
 
 

@@ -139,48 +139,58 @@ def _waves(targets: list, sizes: list[int], max_waves: int) -> list[list]:
     return waves + ([cur] if cur else [])
 
 
-def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx, max_samples: int,
-                    max_waves: int = MAX_WAVES) -> list[str]:
-    """Refit every consumer that lost input channels; returns report notes."""
-    from ..activations import Capturer
-    from ..encode.common import NameScope
-
-    cg = plan.cg
-    producer = {id(p.node): p for p in cg.producers}
-    ev = ConstEval(pruned)
-    targets, notes, sizes = [], [], []
-    for c in cg.consumers:
+def _targets(plan, ev: ConstEval) -> tuple[list, list[int], list[str]]:
+    """Consumers that lost input channels and can be refit, their normal-equation bytes, notes."""
+    targets, sizes, notes = [], [], []
+    for c in plan.cg.consumers:
         if kept_mask(plan.keep, c.ids).all():
             continue
-        why = _supported(c.node, ev.value(c.node.input[1]))
+        w = ev.value(c.node.input[1])
+        why = _supported(c.node, w)
         if why:
             notes.append(f"not refit: {c.name}: {why}")
             continue
         targets.append(c)
-        d = ev.value(c.node.input[1]).size // max(1, ev.value(c.node.input[1]).shape[0]) + 1
+        d = w.size // max(1, w.shape[0]) + 1
         sizes.append(8 * d * d)
+    return targets, sizes, notes
+
+
+def _fit_wave(original, pruned, plan, wave, ctx, max_samples: int) -> list[_Target]:
+    """Accumulate the normal equations of one wave of consumers over the calibration data."""
+    from ..activations import Capturer
+
+    producer = {id(p.node): p for p in plan.cg.producers}
+    ev = ConstEval(pruned)
+    fits = []
+    for c in wave:
+        p = producer.get(id(c.node))
+        b = ev.value(c.node.input[2]) if len(c.node.input) > 2 and c.node.input[2] else None
+        fits.append(_Target(c.node, None if p is None else kept_mask(plan.keep, p.ids), ev.value(c.node.input[1]), b))
+    ys_names, xs_names = [t.node.output[0] for t in fits], [t.node.input[0] for t in fits]
+    cap_o = Capturer(prefix(original, ys_names), ys_names, threads=ctx.threads)
+    cap_p = Capturer(prefix(pruned, xs_names), xs_names, threads=ctx.threads)
+    rng = np.random.default_rng(ctx.seed)
+    known = getattr(ctx.data, "num_samples", None)
+    total = min(max_samples, known) if known else max_samples  # rows are spread over the samples
+    for batch in limited(ctx.data, max_samples):
+        ys, xs = cap_o.run(batch), cap_p.run(batch)
+        n = len(next(iter(batch.values())))
+        for t in fits:
+            _accumulate(t, xs[t.node.input[0]], ys[t.node.output[0]], rng, max(64, -(-t.budget * n // total)))
+    return fits
+
+
+def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx, max_samples: int,
+                    max_waves: int = MAX_WAVES) -> list[str]:
+    """Refit every consumer that lost input channels, wave after wave; returns report notes."""
+    from ..encode.common import NameScope
+
+    targets, sizes, notes = _targets(plan, ConstEval(pruned))
     scope = NameScope(pruned)
     rows_fit = 0
     for wave in _waves(targets, sizes, max_waves):
-        ev = ConstEval(pruned)
-        fits = []
-        for c in wave:
-            p = producer.get(id(c.node))
-            b = ev.value(c.node.input[2]) if len(c.node.input) > 2 and c.node.input[2] else None
-            fits.append(_Target(c.node, None if p is None else kept_mask(plan.keep, p.ids),
-                                ev.value(c.node.input[1]), b))
-        ys_names, xs_names = [t.node.output[0] for t in fits], [t.node.input[0] for t in fits]
-        cap_o = Capturer(prefix(original, ys_names), ys_names, threads=ctx.threads)
-        cap_p = Capturer(prefix(pruned, xs_names), xs_names, threads=ctx.threads)
-        rng = np.random.default_rng(ctx.seed)
-        known = getattr(ctx.data, "num_samples", None)
-        total = min(max_samples, known) if known else max_samples  # rows are spread over the samples
-        for batch in limited(ctx.data, max_samples):
-            ys, xs = cap_o.run(batch), cap_p.run(batch)
-            n = len(next(iter(batch.values())))
-            for t in fits:
-                _accumulate(t, xs[t.node.input[0]], ys[t.node.output[0]], rng, max(64, -(-t.budget * n // total)))
-        for t in fits:
+        for t in _fit_wave(original, pruned, plan, wave, ctx, max_samples):
             w, b = t.solve()
             base = t.node.name or t.node.output[0]
             set_input(pruned, t.node, 1, w, scope, f"{base}_refit_w")

@@ -127,6 +127,7 @@ class StructuredPrunePass(Pass):
         return None
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> StructuredPlan:
+        """Groups, scores, per-group ratios and the kept units; ``model`` is not modified."""
         cfg = self.config
         importance, allocation = self._importance(ctx), self._allocation(ctx)
         shapes_in = data_shapes(ctx)
@@ -153,6 +154,7 @@ class StructuredPrunePass(Pass):
         return plan
 
     def apply(self, model: onnx.ModelProto, plan: StructuredPlan, ctx: Context) -> PassResult:
+        """Remove the planned channels, fold their means into biases, refit; one row per layer."""
         cfg = self.config
         refit = cfg.refit if cfg.refit is not None else ctx.has_real_data
         if refit and not ctx.has_real_data:
