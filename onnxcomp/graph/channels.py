@@ -266,7 +266,9 @@ def apply_removal(model: onnx.ModelProto, cg: ChannelGraph, keep: np.ndarray) ->
     ev = ConstEval(model)
     scope = NameScope(model)
     for e in cg.edits:
-        apply_index_edit(model, e, [kept_mask(keep, ids) for ids in e.ids], ev, scope)
+        masks = [kept_mask(keep, ids) for ids in e.ids]
+        if not all(m.all() for m in masks):
+            apply_index_edit(model, e, masks, ev, scope)
     failed = edits.commit(model, ev, scope)
     if failed:
         raise ValueError(f"cannot read constant {failed[0]!r} to remove channels from it")

@@ -191,6 +191,8 @@ class SliceEdits:
     def keep(self, node: onnx.NodeProto, slot: int, axis: int, mask: np.ndarray) -> None:
         """Keep ``mask`` (bool, one per index along ``axis``) of ``node.input[slot]``."""
         mask = np.asarray(mask, bool)
+        if mask.all():
+            return  # nothing removed along this axis: leave the tensor alone
         entry = self._req.setdefault((id(node), slot), (node, {}))[1]
         if axis in entry and not np.array_equal(entry[axis], mask):
             raise ValueError(f"conflicting channel masks for {node.name or node.op_type} input {slot}")
