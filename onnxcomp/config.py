@@ -225,6 +225,8 @@ class ClusterConfig(Selection):
     ``allocation`` mixed: per-layer bits (2..8) chosen so the parameter-weighted average is
     ``bits``, spending bits where the estimated (calibration-weighted) error drops most.
     Exact zeros stay zero. ``encoding`` is passed to encode_weights (auto = smallest).
+    ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
+    the layer-input Hessian (GPTQ-style); None = on with real calibration data.
     """
 
     bits: int | None = None
@@ -236,6 +238,7 @@ class ClusterConfig(Selection):
     iterations: int = 40
     max_samples: int = 64
     encoding: str = "auto"
+    gptq: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -257,8 +260,6 @@ class ClusterConfig(Selection):
             raise ConfigError("--allocation mixed needs --bits (the average budget)", "e.g. --bits 4 --allocation mixed")
 
     @property
-    ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
-    the layer-input Hessian (GPTQ-style); None = on with real calibration data.
     def k(self) -> int:
         """Clusters per codebook."""
         return int(self.clusters) if self.clusters is not None else 1 << int(self.bits)
@@ -270,7 +271,6 @@ class ClusterConfig(Selection):
 
 @dataclass(frozen=True)
 class CompressConfig:
-    gptq: bool | None = None
     """The Deep Compression pipeline: prune to ``sparsity``, cluster to ``bits``, encode, pack."""
 
     sparsity: float = 0.9
