@@ -231,17 +231,20 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     pairs = _pair_outputs([o.name for o in a.graph.output], [o.name for o in b.graph.output], notes)
     layers = _common_layers(a, b, pairs) if per_layer else []
     run = _Run(a, b, pairs, layers, labels, threads, progress)
-    if not layers:
-        run.run_pass(data, [], True, None)
-    else:
-        first = next(iter(data), None)
-        shapes = {k: v.shape for k, v in (first or {}).items()}
-        budget = PER_LAYER_BYTES // 2  # per model
-        groups = plan_groups(a.proto, layers, shapes, budget)
-        run.pass_count = len(groups)
-        for i, (group, size) in enumerate(groups):
-            run.pass_index = i
-            run.run_pass(data, group, i == 0, max(1, budget // max(1, size)))
+    from .runtime import low_memory_sessions
+
+    with low_memory_sessions(a.proto, b.proto):  # both sessions alike; big ones without constant folding
+        if not layers:
+            run.run_pass(data, [], True, None)
+        else:
+            first = next(iter(data), None)
+            shapes = {k: v.shape for k, v in (first or {}).items()}
+            budget = PER_LAYER_BYTES // 2  # per model
+            groups = plan_groups(a.proto, layers, shapes, budget)
+            run.pass_count = len(groups)
+            for i, (group, size) in enumerate(groups):
+                run.pass_index = i
+                run.run_pass(data, group, i == 0, max(1, budget // max(1, size)))
     if run.samples == 0:
         raise DataError(f"{data.origin} yielded no samples", "give data with at least one sample")
     outputs = [{"name": na, "shape": list(acc.shape or ()), **acc.result()} for (na, _), acc in run.out_m.items()]

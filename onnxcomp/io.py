@@ -123,6 +123,7 @@ def ort_load_error(path: Path) -> str | None:
     ort = quiet_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # a load check only
     try:
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -237,16 +238,16 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
     return model
 
 
-def _tensor_bytes(model: onnx.ModelProto) -> int:
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the model's tensors (ByteSize: no copy of the data is made)."""
     from onnx.external_data_helper import _get_all_tensors
 
-    return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.int64_data) + 4 * len(t.int32_data)
-               + 8 * len(t.double_data) for t in _get_all_tensors(model))
+    return sum(t.ByteSize() for t in _get_all_tensors(model))
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """True when the serialized model would exceed protobuf's 2 GB limit."""
-    return _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def compatible_ir(model: onnx.ModelProto) -> None:
@@ -364,6 +365,8 @@ def verify_file(path: Path) -> None:
     onnx.checker.check_model(str(path))
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    # a load check only: constant-folding big in-graph decoders here would cost ~8x their weights
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -416,3 +416,25 @@ def test_interrupt_leaves_no_output(tmp_path, sig, when):
     code, err = _interrupt(tmp_path, sig, when)
     assert code == 128 + sig, err
     assert err.strip().splitlines() == ["interrupted; no output written"], err
+
+
+# --- memory on big models ---------------------------------------------------------------------------
+
+def test_big_models_skip_constant_folding(monkeypatch, capsys, tmp_path):
+    """Above runtime.LOW_MEMORY_BYTES sessions run decoders per batch instead of folding them
+    (folding peaks at ~8x the decoded weights); a compressed model is sized on its original."""
+    from onnxcomp import runtime
+
+    disabled = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = M.conv_bn_relu(c_mid=16)
+    assert runtime.session(model).get_session_options().graph_optimization_level != disabled
+    monkeypatch.setattr(runtime, "LOW_MEMORY_BYTES", 4000)
+    assert runtime.session(model).get_session_options().graph_optimization_level == disabled
+    with runtime.low_memory_sessions(model):
+        level = runtime.session(nothing_model()).get_session_options().graph_optimization_level
+    assert level == disabled
+    assert runtime.session(nothing_model()).get_session_options().graph_optimization_level != disabled
+    src = M.save(model, tmp_path / "m.onnx")
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.0", "--min-params", "1", "-o",
+                                  str(tmp_path / "o.onnx")])
+    assert code == 0 and "SQNR inf dB" in out, err  # both sides unfolded alike: still exact
