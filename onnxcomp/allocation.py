@@ -42,7 +42,8 @@ def lamp_scores(scores: np.ndarray) -> np.ndarray:
     """
     sq = np.sort(np.abs(scores.astype(np.float64, copy=False)).reshape(-1)) ** 2
     suffix = np.cumsum(sq[::-1])[::-1]
-    return np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0)
+    # kept as float32: every layer's scores are held at once (float64 doubled a model's weight bytes)
+    return np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0).astype(np.float32)
 
 
 def uniform(sizes: Sequence[int], target: float, cap: float = 1.0) -> np.ndarray:
