@@ -335,7 +335,17 @@ def test_nan_weights_skipped_with_reason(capsys, tmp_path, command):
 # --- no data loss: -o onto the input, --force, interrupts ---------------------------------------------
 
 WRITING_ARGV = {**{k: v for k, v in COMMANDS.items()}, "prune-channels": ["prune-channels", "--ratio", "0.5"],
-                "pack": ["pack"]}
+                "pack": ["pack"], "auto": ["auto", "--target-size", "1.0", "--max-drop", "1", "--data", "{data}"]}
+
+
+def writing_argv(command: str, folder: Path) -> list[str]:
+    """The command's argv; ``auto`` needs real calibration data, written next to the model."""
+    argv = WRITING_ARGV[command]
+    if "{data}" in argv:
+        data = folder.parent / f"{folder.name}_calib.npz"
+        np.savez(data, x=M.rng(26).normal(size=(8, 3, 8, 8)).astype(np.float32))
+        argv = [str(data) if a == "{data}" else a for a in argv]
+    return argv
 
 
 @pytest.mark.parametrize("command", sorted(WRITING_ARGV))
@@ -344,7 +354,7 @@ def test_output_onto_input_refused_without_force(capsys, tmp_path, command):
     link = tmp_path / "link.onnx"
     link.symlink_to(src)
     before = sha(src)
-    argv = WRITING_ARGV[command]
+    argv = writing_argv(command, tmp_path)
     for target in (src, link):
         code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "-o", str(target)])
         assert code == 2 and err.count("\n") == 1 and "--force" in err, err
@@ -355,11 +365,11 @@ def test_output_onto_input_refused_without_force(capsys, tmp_path, command):
 @pytest.mark.parametrize("command", sorted(set(WRITING_ARGV) - {"pack"}))
 def test_force_replaces_input_atomically(capsys, tmp_path, command):
     src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
-    argv = WRITING_ARGV[command]
+    argv = writing_argv(command, tmp_path)
     code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "-o", str(src), "--force", "--num-samples", "2"])
     assert code == 0, err
     ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["m.onnx", "m.yaml"] if command == "auto" else ["m.onnx"])
 
 
 def test_unpack_onto_archive_refused(capsys, tmp_path):
