@@ -44,16 +44,21 @@ def _block_mask(w: np.ndarray, hdiag: np.ndarray, sparsity: float, rowwise: bool
     return mask.reshape(w.shape)
 
 
-def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bool = True,
-              nm: tuple[int, int] | None = None, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
-    """Prune ``weight`` [rows, D] to ``sparsity`` with OBS updates, given ``h`` = E[x xᵀ] [D, D]."""
+def _prepare(weight: np.ndarray, h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float64 weight with dead inputs zeroed, upper Cholesky of H⁻¹, dead-input mask)."""
     w = np.array(weight, dtype=np.float64)
-    rows, d = w.shape
     h = np.array(h, dtype=np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    hinv = _inverse_cholesky(h, damp)
+    return w, _inverse_cholesky(h, damp), dead
+
+
+def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bool = True,
+              nm: tuple[int, int] | None = None, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+    """Prune ``weight`` [rows, D] to ``sparsity`` with OBS updates, given ``h`` = E[x xᵀ] [D, D]."""
+    w, hinv, dead = _prepare(weight, h, damp)
+    d = w.shape[1]
     out = np.zeros_like(w)
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
@@ -99,12 +104,8 @@ def assign_gptq(weight: np.ndarray, h: np.ndarray, table: np.ndarray, *, keep_ze
     assignments compensate. Every output value is one of its row's codebook values (NaN pads
     unused table slots); positions in ``keep_zero`` stay exactly zero (composes with pruning).
     """
-    w = np.array(weight, dtype=np.float64)
+    w, hinv, _ = _prepare(weight, h, damp)
     d = w.shape[1]
-    h = np.array(h, dtype=np.float64)
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    hinv = _inverse_cholesky(h, damp)
     tab = np.asarray(table, dtype=np.float64)
     out = np.zeros_like(w)
     for i1 in range(0, d, block):

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
 from .activations import capture
+from .sensitivity import limit_samples
 
 CAPTURE_BYTES = 256 << 20
 
@@ -67,17 +68,6 @@ def matrix_rows(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Gen
     per = min(count, rows.shape[1])
     picks = [row[rng.choice(len(row), per, replace=False)] for row in rows]
     return np.concatenate(picks)
-
-
-def _limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterator[dict[str, np.ndarray]]:
-    seen = 0
-    for batch in data:
-        n = len(next(iter(batch.values())))
-        take = min(n, max_samples - seen)
-        yield {k: v[:take] for k, v in batch.items()}
-        seen += take
-        if seen >= max_samples:
-            return
 
 
 @dataclass
@@ -131,7 +121,7 @@ def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable
     sums: dict[str, dict[str, list[np.ndarray]]] = {r.key: {} for r in requests}
     counts = {r.key: 0 for r in requests}
     tensors = list(dict.fromkeys(r.tensor for r in requests))
-    batches = list(_limited(data, max_samples)) if reference is not None else _limited(data, max_samples)
+    batches = list(limit_samples(data, max_samples)) if reference is not None else limit_samples(data, max_samples)
     outs = capture(model, tensors, batches, threads=threads, max_bytes=CAPTURE_BYTES)
     refs = (capture(reference, tensors, batches, threads=threads, max_bytes=CAPTURE_BYTES)
             if reference is not None else None)

@@ -8,7 +8,7 @@ uncompressed outputs on a fixed calibration subset.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -55,17 +55,21 @@ class Probe:
         return float(np.mean(errs)) if errs else 0.0
 
 
-def take_samples(data: Iterable[dict], n: int) -> list[dict]:
-    """The first ``n`` samples of a data source, as a list of batches."""
-    out, got = [], 0
+def limit_samples(data: Iterable[dict], n: int) -> Iterator[dict]:
+    """Batches of ``data`` until ``n`` samples have been given (the last one cut to fit)."""
+    given = 0
     for batch in data:
         k = len(next(iter(batch.values())))
-        take = min(k, n - got)
-        out.append({name: arr[:take] for name, arr in batch.items()})
-        got += take
-        if got >= n:
-            break
-    return out
+        take = min(k, n - given)
+        yield {name: arr[:take] for name, arr in batch.items()}
+        given += take
+        if given >= n:
+            return
+
+
+def take_samples(data: Iterable[dict], n: int) -> list[dict]:
+    """The first ``n`` samples of a data source, as a list of batches."""
+    return list(limit_samples(data, n))
 
 
 def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Sequence[float],

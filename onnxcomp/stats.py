@@ -8,6 +8,7 @@ import onnx
 
 from .activations import capture
 from .graph.weights import Weight
+from .sensitivity import limit_samples
 
 CAPTURE_BYTES = 256 * 2**20
 
@@ -44,7 +45,7 @@ def input_channel_rms(model: onnx.ModelProto, weights: list[Weight], data: Itera
     tensors = sorted({t for t, _ in wanted.values()})
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for out in capture(model, tensors, _limit(data, max_samples), threads=threads,
+    for out in capture(model, tensors, limit_samples(data, max_samples), threads=threads,
                        max_bytes=CAPTURE_BYTES):
         for name, (tensor, axis) in wanted.items():
             x = out[tensor].astype(np.float64, copy=False)
@@ -54,15 +55,3 @@ def input_channel_rms(model: onnx.ModelProto, weights: list[Weight], data: Itera
             sums[name] = sums.get(name, 0) + sq
             counts[name] = counts.get(name, 0) + int(np.prod([x.shape[i] for i in other]))
     return {n: np.sqrt(sums[n] / max(counts[n], 1)).astype(np.float32) for n in sums}
-
-
-def _limit(data: Iterable, max_samples: int):
-    """Yield batches until ``max_samples`` samples have been given."""
-    given = 0
-    for batch in data:
-        n = len(next(iter(batch.values())))
-        take = min(n, max_samples - given)
-        yield {k: v[:take] for k, v in batch.items()}
-        given += take
-        if given >= max_samples:
-            return

@@ -18,10 +18,9 @@ import onnx
 from ..config import ClusterConfig
 from ..encode.tables import Layout
 from ..graph.weights import Weight, find_weights, set_weight
-from .base import Change, Context, Pass, PassResult, matches, skip
+from .base import Change, Context, Pass, PassResult
 from .cluster_fit import Fit, fit
 
-CLUSTER_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a")
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 
 
@@ -39,24 +38,10 @@ class ClusterPlan:
 
 def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
     """The weights the pass may cluster, and a skip row (with its reason) for the others."""
-    chosen, skipped = [], []
-    for w in weights:
-        if w.is_bias:
-            continue
-        if set(w.roles) - set(CLUSTER_ROLES):
-            skipped.append(skip(w, f"used as {', '.join(w.roles)}"))
-        elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
-            skipped.append(skip(w, why))
-        elif w.is_depthwise and not cfg.include_depthwise:
-            skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel; "
-                                   "--include-depthwise clusters it per tensor)"))
-        elif w.size < cfg.min_params:
-            skipped.append(skip(w, f"tiny tensor ({w.size} < --min-params {cfg.min_params})"))
-        elif not np.all(np.isfinite(w.values())):
-            skipped.append(skip(w, "contains NaN or Inf"))
-        else:
-            chosen.append(w)
-    return chosen, skipped
+    from .prune import select as select_weights
+
+    return select_weights(weights, cfg, single_role=False,
+                          depthwise_hint="; --include-depthwise clusters it per tensor")
 
 
 def _granularity(w: Weight, cfg: ClusterConfig) -> str:

@@ -11,20 +11,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..encode.common import NameScope
 
-class LocalNames:
+
+class LocalNames(NameScope):
     """Fresh names for a throw-away micro-benchmark model (``x``, ``w``, ``y`` are taken)."""
 
-    def __init__(self) -> None:
-        self.used: set[str] = {"x", "y", "w"}
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.used:
-            i += 1
-            name = f"{base}_{i}"
-        self.used.add(name)
-        return name
+    def __init__(self) -> None:  # no model to scan: only the fixed names are taken
+        self.shared = {}
+        self.used = {"x", "y", "w"}
 
 
 MEASURE_MAX_RATIO = 0.95  # --measure keeps a rewrite only if it runs in at most 95 % of the time

@@ -43,18 +43,24 @@ class PrunePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def select(weights, cfg) -> tuple[list[Weight], list[Change]]:
-    """Weights a pruning/clustering pass may touch, and a skip row (with reason) for the rest."""
+def select(weights, cfg, *, single_role: bool = True,
+           depthwise_hint: str = "") -> tuple[list[Weight], list[Change]]:
+    """Weights a pruning/clustering pass may touch, and a skip row (with reason) for the rest.
+
+    ``single_role``: also skip a shared weight used in two different roles (a mask follows one
+    role's channel axis). ``depthwise_hint`` is appended to the depthwise skip reason.
+    """
     chosen, skipped = [], []
     for w in weights:
         if w.is_bias:
             continue
-        if set(w.roles) - set(PRUNABLE_ROLES) or len(w.roles) > 1:
+        if set(w.roles) - set(PRUNABLE_ROLES) or (single_role and len(w.roles) > 1):
             skipped.append(skip(w, f"used in several roles ({', '.join(w.roles)})"))
         elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
             skipped.append(skip(w, why))
         elif w.is_depthwise and not getattr(cfg, "include_depthwise", False):
-            skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel)"))
+            skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel"
+                                   f"{depthwise_hint})"))
         elif w.size < cfg.min_params:
             skipped.append(skip(w, f"tiny tensor ({w.size} < --min-params {cfg.min_params})"))
         elif not np.all(np.isfinite(w.values())):
