@@ -238,11 +238,18 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
     return model
 
 
+def _size_of(tensor: onnx.TensorProto) -> int:
+    try:
+        return tensor.ByteSize()  # no copy of the data
+    except Exception:  # noqa: BLE001 - protobuf refuses to size a single tensor above 2 GB
+        return len(tensor.raw_data) + 8 * len(tensor.int64_data) + 4 * len(tensor.float_data)
+
+
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Serialized bytes of the model's tensors (ByteSize: no copy of the data is made)."""
+    """Serialized bytes of the model's tensors (ByteSize where protobuf allows it: no copy)."""
     from onnx.external_data_helper import _get_all_tensors
 
-    return sum(t.ByteSize() for t in _get_all_tensors(model))
+    return sum(_size_of(t) for t in _get_all_tensors(model))
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
