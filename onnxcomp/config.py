@@ -95,6 +95,7 @@ def parse_nm(text: str) -> tuple[int, int]:
         raise ConfigError(f"--nm {text!r} is not N:M", "write it like 2:4 or 4:8") from None
     return n, m
 
+
 FACTORIZE_METHODS = ("auto", "spatial", "tucker2", "svd")
 DEFAULT_FACTORIZE_RATIO = 0.5
 
@@ -211,6 +212,37 @@ class DepthwiseConfig(Selection):
         return self.energy
 
 
+STRUCTURED_IMPORTANCE = ("auto", "l1", "l2", "bn", "activation")
+STRUCTURED_ALLOCATIONS = ("auto", "uniform", "sensitivity")
+
+
+@dataclass(frozen=True)
+class StructuredPruneConfig(Selection):
+    """Structured pruning: remove whole channels and every tensor coupled to them.
+
+    ``ratio`` is the fraction of channels removed. ``allocation`` uniform removes that fraction
+    from every prunable group; sensitivity (auto with real data) spends the same MACs saving
+    where the measured output error is smallest, protecting sensitive groups. ``importance``
+    auto = activation with real data, else l1. Kept counts are multiples of ``round_to``.
+    ``refit`` None = least-squares refit of the consumers when real data is given.
+    """
+
+    ratio: float = 0.5
+    importance: str = "auto"
+    allocation: str = "auto"
+    round_to: int = 8
+    refit: bool | None = None
+    max_samples: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fraction("--ratio", self.ratio)
+        _choice("--importance", self.importance, STRUCTURED_IMPORTANCE)
+        _choice("--allocation", self.allocation, STRUCTURED_ALLOCATIONS)
+        _positive("--round-to", self.round_to, "1 (no rounding) or more")
+        _positive("--calib-samples", self.max_samples)
+
+
 CLUSTER_GRANULARITIES = ("tensor", "channel", "shared")
 CLUSTER_INITS = ("linear", "density", "random")
 CLUSTER_ALLOCATIONS = ("uniform", "mixed")
@@ -287,34 +319,3 @@ class CompressConfig:
         _choice("--granularity", self.granularity, CLUSTER_GRANULARITIES)
         _choice("--allocation", self.allocation, ALLOCATIONS)
         _choice("--bit-allocation", self.bit_allocation, CLUSTER_ALLOCATIONS)
-
-
-STRUCTURED_IMPORTANCE = ("auto", "l1", "l2", "bn", "activation")
-STRUCTURED_ALLOCATIONS = ("auto", "uniform", "sensitivity")
-
-
-@dataclass(frozen=True)
-class StructuredPruneConfig(Selection):
-    """Structured pruning: remove whole channels and every tensor coupled to them.
-
-    ``ratio`` is the fraction of channels removed. ``allocation`` uniform removes that fraction
-    from every prunable group; sensitivity (auto with real data) spends the same MACs saving
-    where the measured output error is smallest, protecting sensitive groups. ``importance``
-    auto = activation with real data, else l1. Kept counts are multiples of ``round_to``.
-    ``refit`` None = least-squares refit of the consumers when real data is given.
-    """
-
-    ratio: float = 0.5
-    importance: str = "auto"
-    allocation: str = "auto"
-    round_to: int = 8
-    refit: bool | None = None
-    max_samples: int = 256
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _fraction("--ratio", self.ratio)
-        _choice("--importance", self.importance, STRUCTURED_IMPORTANCE)
-        _choice("--allocation", self.allocation, STRUCTURED_ALLOCATIONS)
-        _positive("--round-to", self.round_to, "1 (no rounding) or more")
-        _positive("--calib-samples", self.max_samples)

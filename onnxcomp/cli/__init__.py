@@ -30,9 +30,8 @@ def _register() -> None:
     from . import bench_cmd, compare_cmd  # noqa: F401
     from . import cluster_cmd, compress_cmd, pack_cmd  # noqa: F401
     from . import prune_cmd  # noqa: F401
-    from . import depthwise_cmd, factorize_cmd  # noqa: F401
     from . import auto_cmd, sensitivity_cmd  # noqa: F401
-    from . import auto_cmd  # noqa: F401
+    from . import depthwise_cmd, factorize_cmd  # noqa: F401
     from . import structured  # noqa: F401 - prune-channels (= prune --structured)
 
 
