@@ -395,6 +395,15 @@ def big_chain(path: Path, layers: int = 4, width: int = 1024) -> Path:
     return path
 
 
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
 def _interrupt(tmp_path: Path, sig: int, when: str) -> tuple[int, str]:
     src = big_chain(tmp_path / "big.onnx")
     before = sha(src)
@@ -409,8 +418,10 @@ def _interrupt(tmp_path: Path, sig: int, when: str) -> tuple[int, str]:
             if any(p.name.startswith(".out.onnx.") for p in tmp_path.iterdir()):
                 break
             time.sleep(0.005)
-    else:
-        time.sleep(3.0)  # past the imports: loading and pruning
+    else:  # main() is running once it catches SIGTERM; shortly after, it is loading or pruning
+        while time.monotonic() < deadline and proc.poll() is None and not _catches_sigterm(proc.pid):
+            time.sleep(0.005)
+        time.sleep(0.3)
     if proc.poll() is not None:
         pytest.skip(f"the command finished before the signal ({when}); machine too fast for this test")
     proc.send_signal(sig)
