@@ -8,6 +8,8 @@ channel granularity) or N:M within the row. numpy only; memory ``O(D²)`` per la
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 BLOCK = 128
@@ -54,10 +56,14 @@ def _prepare(weight: np.ndarray, h: np.ndarray, damp: float) -> tuple[np.ndarray
     return w, _inverse_cholesky(h, damp), dead
 
 
-def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bool = True,
-              nm: tuple[int, int] | None = None, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
-    """Prune ``weight`` [rows, D] to ``sparsity`` with OBS updates, given ``h`` = E[x xᵀ] [D, D]."""
-    w, hinv, dead = _prepare(weight, h, damp)
+def _sweep(w: np.ndarray, hinv: np.ndarray, block: int, start: Callable, pick: Callable) -> np.ndarray:
+    """The OBS/GPTQ column sweep: ``pick`` chooses each column's new values, the error feeds forward.
+
+    ``start(w1, hb, i1)`` runs once per block (e.g. to choose its mask); ``pick(col, w1, hb, i,
+    i1, state)`` returns the column's new values. Each column's error, divided by its inverse
+    Hessian pivot, is subtracted from the remaining columns (inside the block, then in one
+    matrix product for the columns after it).
+    """
     d = w.shape[1]
     out = np.zeros_like(w)
     for i1 in range(0, d, block):
@@ -65,25 +71,47 @@ def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bo
         w1 = w[:, i1:i2].copy()
         err = np.zeros_like(w1)
         hb = hinv[i1:i2, i1:i2]
-        mask = None if nm else _block_mask(w1, np.diag(hb), sparsity, rowwise)
-        if nm is not None:
-            mask = np.zeros_like(w1, dtype=bool)
+        state = start(w1, hb, i1)
         for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
-                span = slice(i, min(i + nm[1], i2 - i1))
-                sal = w1[:, span] ** 2 / np.diag(hb)[span][None, :] ** 2
-                drop = max(0, (span.stop - span.start) - nm[0]) if span.stop - span.start == nm[1] else 0
-                if drop:
-                    idx = np.argpartition(sal, drop - 1, axis=1)[:, :drop]
-                    np.put_along_axis(mask[:, span], idx, True, axis=1)
             col = w1[:, i]
-            q = np.where(mask[:, i], 0.0, col)
+            q = pick(col, w1, hb, i, i1, state)
             e = (col - q) / hb[i, i]
             w1[:, i:] -= np.outer(e, hb[i, i:])
             w1[:, i] = q
             err[:, i] = e
         out[:, i1:i2] = w1
         w[:, i2:] -= err @ hinv[i1:i2, i2:]
+    return out
+
+
+def _nm_update(mask: np.ndarray, w1: np.ndarray, hb: np.ndarray, i: int, nm: tuple[int, int]) -> None:
+    """At the start of each group of M columns, mark its M - N lowest-saliency weights per row."""
+    if i % nm[1]:
+        return
+    span = slice(i, min(i + nm[1], w1.shape[1]))
+    if span.stop - span.start < nm[1]:
+        return  # a short tail group is kept whole
+    sal = w1[:, span] ** 2 / np.diag(hb)[span][None, :] ** 2
+    idx = np.argpartition(sal, nm[1] - nm[0] - 1, axis=1)[:, : nm[1] - nm[0]]
+    np.put_along_axis(mask[:, span], idx, True, axis=1)
+
+
+def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bool = True,
+              nm: tuple[int, int] | None = None, damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+    """Prune ``weight`` [rows, D] to ``sparsity`` with OBS updates, given ``h`` = E[x xᵀ] [D, D]."""
+    w, hinv, dead = _prepare(weight, h, damp)
+
+    def start(w1, hb, i1):
+        if nm is not None:
+            return np.zeros_like(w1, dtype=bool)
+        return _block_mask(w1, np.diag(hb), sparsity, rowwise)
+
+    def pick(col, w1, hb, i, i1, mask):
+        if nm is not None:
+            _nm_update(mask, w1, hb, i, nm)
+        return np.where(mask[:, i], 0.0, col)
+
+    out = _sweep(w, hinv, block, start, pick)
     out[:, dead] = 0.0
     return out.astype(weight.dtype)
 
@@ -105,23 +133,10 @@ def assign_gptq(weight: np.ndarray, h: np.ndarray, table: np.ndarray, *, keep_ze
     unused table slots); positions in ``keep_zero`` stay exactly zero (composes with pruning).
     """
     w, hinv, _ = _prepare(weight, h, damp)
-    d = w.shape[1]
     tab = np.asarray(table, dtype=np.float64)
-    out = np.zeros_like(w)
-    for i1 in range(0, d, block):
-        i2 = min(i1 + block, d)
-        w1 = w[:, i1:i2].copy()
-        err = np.zeros_like(w1)
-        hb = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = w1[:, i]
-            q = _nearest(col, tab)
-            if keep_zero is not None:
-                q = np.where(keep_zero[:, i1 + i], 0.0, q)
-            e = (col - q) / hb[i, i]
-            w1[:, i:] -= np.outer(e, hb[i, i:])
-            w1[:, i] = q
-            err[:, i] = e
-        out[:, i1:i2] = w1
-        w[:, i2:] -= err @ hinv[i1:i2, i2:]
-    return out
+
+    def pick(col, w1, hb, i, i1, state):
+        q = _nearest(col, tab)
+        return q if keep_zero is None else np.where(keep_zero[:, i1 + i], 0.0, q)
+
+    return _sweep(w, hinv, block, lambda w1, hb, i1: None, pick)

@@ -152,3 +152,12 @@ def test_quality_gate_exit_3_keeps_the_file(tmp_path, capsys):
     assert (tmp_path / "m.prune.onnx").is_file()
     captured = capsys.readouterr()
     assert "quality gate missed" in captured.out and captured.err.count("\n") == 1
+
+
+def test_obs_updates_beat_magnitude_without_correction():
+    """OBS/SparseGPT masks with Hessian updates keep a model that plain magnitude pruning breaks."""
+    magnitude = oc.prune(RESNET, 0.8, data=str(CALIB), score="magnitude", correction="none", encoding="dense")
+    obs = oc.prune(RESNET, 0.8, data=str(CALIB), score="obs", correction="none", encoding="dense")
+    assert accuracy(obs.proto) >= 0.95 > 0.5 > accuracy(magnitude.proto)
+    zeros = [x.detail["sparsity"] for x in obs.results[0].applied]
+    assert sum(zeros) / len(zeros) > 0.5  # the updates kept the masks: still sparse
