@@ -5,11 +5,10 @@ from typing import Any
 
 import click
 
-from .. import api
 from ..config import CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CLUSTER_INITS, ClusterConfig
 from ..report import fmt_bytes, table, to_json
 from . import cli
-from .common import (data_from_options, data_options, force_option, gate_options, json_option,
+from .common import (data_options, load_for_write, force_option, gate_options, json_option,
                      model_argument, output_option, render_write_result)
 
 
@@ -97,16 +96,14 @@ def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: 
     """
     from ..clustering import run_cluster
     from ..encode.select import allowed_kinds
-    from ..verify import check_gate_values, finish
+    from ..verify import finish
 
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
                         gptq=gptq)
     allowed_kinds(encoding)
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     clustered = run_cluster(original, cfg, data=data, threads=threads)
     result = finish(original, clustered.proto, output, command="cluster", data=data, force=force,
                     max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),

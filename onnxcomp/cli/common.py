@@ -166,3 +166,15 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
         click.echo(render_write_result(result))
     if result.gate_failed:
         raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")
+
+
+def load_for_write(model: str, max_drop: float | None, min_agreement: float | None,
+                   **data_opts: Any) -> tuple[Any, Any]:
+    """(original Model, CalibrationData) for a writing command; bad gates/data fail before work."""
+    from .. import api
+    from ..verify import check_gate_values
+
+    check_gate_values(max_drop, min_agreement)
+    original = api.load(model)
+    return original, data_from_options(original.proto, **data_opts)
+

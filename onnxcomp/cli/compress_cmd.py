@@ -11,7 +11,7 @@ from ..config import ALLOCATIONS, CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, Co
 from ..report import fmt_bytes, fmt_ratio, table
 from . import cli
 from .cluster_cmd import emit
-from .common import data_from_options, data_options, force_option, gate_options, json_option, model_argument, \
+from .common import data_options, load_for_write, force_option, gate_options, json_option, model_argument, \
     output_option
 
 
@@ -71,16 +71,14 @@ def compress_cmd(model: str, sparsity: float, bits: int, granularity: str, alloc
     """
     from ..encode.packfile import SUFFIX
     from ..compression import run_compress
-    from ..verify import check_gate_values, finish
+    from ..verify import finish
 
     if recipe_path is not None:
         return _replay(model, recipe_path, pack=pack, threads=threads, output=output, force=force,
                        as_json=as_json, max_drop=max_drop, min_agreement=min_agreement, **data_opts)
     cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
                          bit_allocation=bit_allocation, pack=pack)
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     pipe = run_compress(original, cfg, data=data, threads=threads)
     result = finish(original, pipe.proto, output, command="compress", data=data, force=force,
                     max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),
@@ -101,12 +99,10 @@ def _replay(model: str, recipe_path: str, *, pack: bool, threads: int | None, ou
     """compress --recipe: run a recipe's steps, write (verified), optionally pack."""
     from .. import recipe as recipes
     from ..encode.packfile import SUFFIX
-    from ..verify import check_gate_values, finish
+    from ..verify import finish
 
     rec = recipes.load(recipe_path)  # a bad recipe fails before any work
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     compressed = recipes.apply(original, rec, data=data, threads=threads)
     result = finish(original, compressed.proto, output, command="compress", data=data, force=force,
                     max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),

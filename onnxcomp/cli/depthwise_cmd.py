@@ -6,7 +6,7 @@ import click
 from .. import api
 from ..config import DepthwiseConfig
 from . import cli
-from .common import (data_from_options, data_options, force_option, gate_options, json_option, model_argument,
+from .common import (data_options, load_for_write, force_option, gate_options, json_option, model_argument,
                      output_option)
 from .factorize_cmd import common_options, finish_command
 
@@ -40,12 +40,9 @@ def depthwise_cmd(model: str, multiplier: int | None, groups: int | None, energy
     the G diagonal blocks; Gathers on the channel axis permute the input and restore the output
     order, so consumers are untouched. The retained energy is reported per layer.
     """
-    from ..verify import check_gate_values
 
     DepthwiseConfig(multiplier=multiplier, groups=groups, energy=energy, max_samples=calib_samples)
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     shapes = None
     if data_opts.get("input_shape"):
         from ..graph.shapes import parse_input_shapes

@@ -9,7 +9,7 @@ from .. import api
 from ..config import FACTORIZE_METHODS, FactorizeConfig
 from ..report import fmt_count, fmt_pct, fmt_ratio, table
 from . import cli
-from .common import (data_from_options, data_options, emit_outcome, force_option, gate_options, json_option,
+from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options, json_option,
                      model_argument, output_option)
 
 
@@ -153,14 +153,11 @@ def factorize_cmd(model: str, method: str, rank: int | None, energy: float | Non
     minimise each layer's output error on it (whitening by the input covariance, least-squares
     refit), the default; random data is only for smoke runs.
     """
-    from ..verify import check_gate_values
 
     FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
                     max_error=max_error, hooi_iters=hooi_iters, max_samples=calib_samples,
                     waves=waves)  # fail fast
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     shapes = None
     if data_opts.get("input_shape"):
         from ..graph.shapes import parse_input_shapes

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from .. import api
 from ..config import ALLOCATIONS, GRANULARITIES, SCORES, PruneConfig
 from ..report import fmt_bytes, fmt_count, fmt_pct, table
 from . import cli
-from .common import (data_from_options, data_options, emit_outcome, force_option, gate_options,
+from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
                      json_option, model_argument, output_option)
 from .structured import run_structured, structured_options
 
@@ -106,12 +105,10 @@ def prune_cmd(model: str, sparsity: float | None, structured: bool, ratio: float
                       min_params=min_params, include_depthwise=include_depthwise,
                       encoding=encoding, max_layer_sparsity=max_layer_sparsity, score=score)
     from ..encode.select import allowed_kinds
-    from ..verify import check_gate_values, finish
+    from ..verify import finish
 
     allowed_kinds(encoding)
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     from ..passes.prune import PrunePass
     from ..pipeline import run
 

@@ -14,7 +14,7 @@ from .. import api
 from ..config import STRUCTURED_ALLOCATIONS, STRUCTURED_IMPORTANCE, StructuredPruneConfig
 from ..report import fmt_count, fmt_pct, table
 from . import cli
-from .common import (data_from_options, data_options, emit_outcome, force_option, gate_options, json_option,
+from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options, json_option,
                      model_argument, output_option)
 
 
@@ -68,14 +68,12 @@ def run_structured(model_path: str, ratio: float | None, importance: str = "auto
                    threads: int | None = None, **data_opts: Any) -> None:
     """Structured pruning end to end: load, prune, refit, write (verified), compare, gates, print."""
     from ..graph.shapes import parse_input_shapes
-    from ..verify import check_gate_values, finish
+    from ..verify import finish
 
     cfg = StructuredPruneConfig(ratio=0.5 if ratio is None else ratio, importance=importance,
                                 allocation=allocation, round_to=round_to, refit=refit, max_samples=max_samples,
                                 include=include, exclude=exclude)  # bad values fail before any work
-    check_gate_values(max_drop, min_agreement)
-    original = api.load(model_path)
-    data = data_from_options(original.proto, **data_opts)
+    original, data = load_for_write(model_path, max_drop, min_agreement, **data_opts)
     compressed = api.prune_channels(original, config=cfg, data=data, threads=threads,
                                     input_shapes=parse_input_shapes(data_opts.get("input_shape", ())))
     result = finish(original, compressed.proto, output, command="prune", data=data, force=force,
