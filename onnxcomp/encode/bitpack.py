@@ -1,11 +1,11 @@
-"""codebook_packed: codebook indices of any width 1..6 bits, packed eight indices to b bytes.
+"""codebook_packed: codebook indices of any width 1..7 bits, packed eight indices to b bytes.
 
 Eight b-bit indices form one big-endian 8b-bit word stored as b bytes. The decoder rebuilds the
-word in int64 (Cast, Reshape [G, b], Mul by 256^(b-1..0), ReduceSum) and cuts the fields out
+word in int64 (Cast, Reshape [G, b], MatMul by the column 256^(b-1..0)) and cuts the fields out
 with Div by 2^(b*(7..0)) and Mod 2^b; then Cast + Gather as for the other codebook encodings.
-Useful at 3, 5 and 6 bits, where 4-bit or 8-bit indices waste space (opset 13: ReduceSum
-takes its axes as an input). Words stay below 2^53 (b <= 6): onnxruntime's int64 ReduceSum
-lost bits on 56-bit words. Exact: integer arithmetic only.
+Useful at 3, 5, 6 and 7 bits, where 4-bit or 8-bit indices waste space. Every op means the same
+from opset 11 to 21, so it works on opset-11/12 models too (an int64 MatMul is exact in
+onnxruntime up to 56-bit words; its int64 ReduceSum was not). Integer arithmetic only.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, reshape_to
 from .codebook import _Codebook, gather, table_overhead, tables_for, unnamed
 
 GROUP = 8
-MAX_BITS = 6  # 8 x 6 = 48-bit words; 56-bit words came back wrong from onnxruntime's ReduceSum
+MAX_BITS = 7  # 8 x 7 = 56-bit words, exact in an int64 MatMul
 
 
 def width_bits(width: int) -> int:
@@ -39,16 +39,13 @@ def unpack_bits(packed: str, n: int, bits: int, fresh: Names, name: str, inits: 
     """Decoder nodes turning ``pack_bits`` bytes back into ``n`` int32 indices."""
     i64 = onnx.TensorProto.INT64
     shape = const(fresh, f"{name}_grp", np.array([-1, bits], np.int64), inits)
-    weights = const(fresh, f"{name}_byteval", 256 ** np.arange(bits - 1, -1, -1, dtype=np.int64), inits)
-    axes = const(fresh, f"{name}_axis1", np.array([1], np.int64), inits)
+    weights = const(fresh, f"{name}_byteval", (256 ** np.arange(bits - 1, -1, -1, dtype=np.int64))[:, None], inits)
     div = const(fresh, f"{name}_fielddiv", 2 ** (bits * np.arange(GROUP - 1, -1, -1, dtype=np.int64)), inits)
     mod = const(fresh, f"{name}_fieldmod", np.array([1 << bits], np.int64), inits)
     flat = const(fresh, f"{name}_flat1", np.array([-1], np.int64), inits)
-    b64, grp, vals, word, fields, low, seq = (fresh(f"{name}_{s}") for s in
-                                              ("b64", "grp", "vals", "word", "fields", "low", "seq"))
+    b64, grp, word, fields, low, seq = (fresh(f"{name}_{s}") for s in ("b64", "grp", "word", "fields", "low", "seq"))
     nodes += [node("Cast", [packed], b64, to=i64), node("Reshape", [b64, shape], grp),
-              node("Mul", [grp, weights], vals), node("ReduceSum", [vals, axes], word, keepdims=1),
-              node("Div", [word, div], fields), node("Mod", [fields, mod], low),
+              node("MatMul", [grp, weights], word), node("Div", [word, div], fields), node("Mod", [fields, mod], low),
               node("Reshape", [low, flat], seq)]
     if n % GROUP:
         start = const(fresh, f"{name}_start0", np.array([0], np.int64), inits)
@@ -65,7 +62,7 @@ class CodebookPacked(_Codebook):
     """Indices packed at exactly the bits their table needs (1..6), eight per b bytes."""
 
     kind = "codebook_packed"
-    min_opset = 13
+    min_opset = 11
 
     def _choose(self, flat: np.ndarray):
         best = None
