@@ -124,19 +124,25 @@ def _nearest(col: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def assign_gptq(weight: np.ndarray, h: np.ndarray, table: np.ndarray, *, keep_zero: np.ndarray | None = None,
-                damp: float = DAMP, block: int = BLOCK) -> np.ndarray:
+                damp: float = DAMP, block: int = BLOCK, act_order: bool = True) -> np.ndarray:
     """GPTQ-style assignment of ``weight`` [rows, D] to per-row codebooks ``table`` [rows, K].
 
-    Columns are assigned in order to their nearest codebook value; each column's error is spread
-    over the remaining columns through the inverse Hessian (Frantar et al. 2023), so later
-    assignments compensate. Every output value is one of its row's codebook values (NaN pads
-    unused table slots); positions in ``keep_zero`` stay exactly zero (composes with pruning).
+    Columns are assigned to their nearest codebook value; each column's error is spread over the
+    remaining columns through the inverse Hessian (Frantar et al. 2023), so later assignments
+    compensate. ``act_order``: columns with the largest input energy (diagonal of H) go first,
+    while the most columns remain to absorb their error. Every output value is one of its row's
+    codebook values (NaN pads unused table slots); positions in ``keep_zero`` stay exactly zero.
     """
-    w, hinv, _ = _prepare(weight, h, damp)
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
+    w, hinv, _ = _prepare(np.asarray(weight)[:, order], np.asarray(h)[np.ix_(order, order)], damp)
     tab = np.asarray(table, dtype=np.float64)
+    zero = None if keep_zero is None else keep_zero[:, order]
 
     def pick(col, w1, hb, i, i1, state):
         q = _nearest(col, tab)
-        return q if keep_zero is None else np.where(keep_zero[:, i1 + i], 0.0, q)
+        return q if zero is None else np.where(zero[:, i1 + i], 0.0, q)
 
-    return _sweep(w, hinv, block, lambda w1, hb, i1: None, pick)
+    out = _sweep(w, hinv, block, lambda w1, hb, i1: None, pick)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return out[:, back]

@@ -45,7 +45,11 @@ def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
 
 
 def _granularity(w: Weight, cfg: ClusterConfig) -> str:
-    return "tensor" if w.is_depthwise or w.out_axis is None else cfg.granularity
+    """Depthwise kernels (a handful of weights per channel): one shared codebook over the
+    channel-scaled kernels (float32; channels differ in scale), else one per tensor."""
+    if w.is_depthwise:
+        return "shared" if w.dtype == np.float32 else "tensor"
+    return "tensor" if w.out_axis is None else cfg.granularity
 
 
 def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
@@ -95,7 +99,7 @@ class ClusterPass(Pass):
         for w in weights:
             plan.granularity[w.name] = _granularity(w, cfg)
             if w.is_depthwise:
-                plan.notes.append(f"{w.name}: depthwise kernel clustered per tensor")
+                plan.notes.append(f"{w.name}: depthwise kernel clustered with one {plan.granularity[w.name]} codebook")
         if ctx.has_real_data and weights:
             from .hessian import importance
 
@@ -152,7 +156,7 @@ class ClusterPass(Pass):
             if name in hess:
                 from .prune_obs import gptq_values
 
-                values = gptq_values(w, w.values(), values, hess[name], f.granularity == "tensor")
+                values = gptq_values(w, w.values(), values, hess[name], f.granularity == "tensor", f.table)
             set_weight(model, w, values)
             k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
             index_bits = 4 if k <= 16 else 8

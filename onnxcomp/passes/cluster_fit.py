@@ -25,12 +25,17 @@ SPARSE_OWN_CODE = 0.5  # below this fraction of zeros, zero takes one of the k c
 
 @dataclass
 class Fit:
-    """Clustered values (flat, the weight's dtype), weighted SSE and the weighted energy."""
+    """Clustered values (flat, the weight's dtype), weighted SSE and the weighted energy.
+
+    ``table`` [channels or 1, K] holds every value a row may take (NaN pads; 0 included when the
+    weight has zeros), so a GPTQ re-assignment stays inside the codebooks the encoder will find.
+    """
 
     values: np.ndarray
     sse: float
     energy: float
     granularity: str
+    table: np.ndarray | None = None
 
     @property
     def rel_error(self) -> float:
@@ -63,22 +68,26 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
     w = None if imp is None and zeros == 0 else (nz if imp is None else imp * nz)
     if granularity == "tensor":
-        out = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64)).astype(dtype)
+        out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
+        out, table = out.astype(dtype), cent.astype(dtype)
     elif granularity == "channel" and dtype == np.float32 and k <= 16:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
-        q = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
-        out = q.astype(np.float32) * s
+        q, cent = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
+        out, table = q.astype(np.float32) * s, cent.astype(np.float32) * s
     elif granularity == "channel":
         half = lambda c: c.astype(np.float16).astype(np.float64)  # noqa: E731
-        out = _kmeans(rows, kk, w, init, iters, seed, half).astype(dtype)
+        out, cent = _kmeans(rows, kk, w, init, iters, seed, half)
+        out, table = out.astype(dtype), cent.astype(dtype)
     else:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
         ws = (np.ones(rows.shape, np.float32) if w is None else w) * (s * s)
-        q = _kmeans((rows / s).reshape(1, -1), kk, ws.reshape(1, -1), init, iters, seed,
-                    lambda c: np.clip(np.round(c), -GRID12, GRID12))
+        q, cent = _kmeans((rows / s).reshape(1, -1), kk, ws.reshape(1, -1), init, iters, seed,
+                          lambda c: np.clip(np.round(c), -GRID12, GRID12))
         out = q.reshape(rows.shape).astype(np.float32) * s
+        table = cent.astype(np.float32) * s  # [C, K]: the shared integers times each row's scale
     if zeros:
         out = np.where(nz, out, np.zeros((), out.dtype))
+        table = np.concatenate([table, np.zeros((len(table), 1), table.dtype)], axis=1)
     err = (out.astype(np.float32) - rows).ravel()
     ref = rows.ravel()
     if imp is None:
@@ -87,10 +96,11 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         flat_imp = imp.ravel()
         sse, energy = float(np.dot(flat_imp * err, err)), float(np.dot(flat_imp * ref, ref))
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
-    return Fit(values.astype(dtype), sse, energy, granularity)
+    return Fit(values.astype(dtype), sse, energy, granularity, table)
 
 
-def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int, snap) -> np.ndarray:
-    """k-means per row, centroids snapped by ``snap``, each element replaced by its centroid."""
+def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int,
+            snap) -> tuple[np.ndarray, np.ndarray]:
+    """k-means per row, centroids snapped by ``snap``: (each element's centroid, centroids [rows, k])."""
     r = kmeans_rows(rows, k, weights=w, init=init, iters=iters, seed=seed, snap=snap)
-    return np.take_along_axis(r.centroids, r.labels, axis=1)
+    return np.take_along_axis(r.centroids, r.labels, axis=1), r.centroids

@@ -92,18 +92,21 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
 
 
 def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: list,
-                per_tensor: bool) -> np.ndarray:
-    """Re-assign ``clustered`` (values from its codebooks) with GPTQ error feedback."""
+                per_tensor: bool, table: np.ndarray | None = None) -> np.ndarray:
+    """Re-assign ``clustered`` (values from its codebooks) with GPTQ error feedback.
+
+    ``table`` [rows or 1, K]: every value each output row may take (NaN pads); without it, the
+    values the row already uses.
+    """
     from ..obs import assign_gptq
 
     rows, crow = _rows(w, original), _rows(w, clustered)
-    if per_tensor:
-        uniq = [np.unique(crow)] * len(crow)
-    else:
-        uniq = [np.unique(r) for r in crow]
-    table = np.full((len(crow), max(len(u) for u in uniq)), np.nan)
-    for i, u in enumerate(uniq):
-        table[i, : len(u)] = u
+    if table is None:
+        uniq = [np.unique(crow)] * len(crow) if per_tensor else [np.unique(r) for r in crow]
+        table = np.full((len(crow), max(len(u) for u in uniq)), np.nan)
+        for i, u in enumerate(uniq):
+            table[i, : len(u)] = u
+    table = np.broadcast_to(np.asarray(table, np.float64), (len(crow), np.shape(table)[-1]))
     zero = rows == 0
     parts = zip(np.split(rows, len(groups)), np.split(table, len(groups)), np.split(zero, len(groups)), groups)
     solved = [assign_gptq(r, g.cov, t, keep_zero=z if z.any() else None) for r, t, z, g in parts]
