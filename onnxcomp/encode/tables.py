@@ -120,9 +120,22 @@ def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | No
     return q, s.astype(np.float16)
 
 
+def _too_many(flat: np.ndarray, layout: Layout | None, max_width: int) -> bool:
+    """True when one output channel (or, without channels, the first 64 K values) already holds
+    more than ``max_width`` distinct values: no table fits, so the whole-tensor sorts below (and
+    their int64 temporaries, ~10x the tensor's bytes) are skipped."""
+    if layout is not None and layout.channels > 1:
+        part = flat.reshape(layout.outer, layout.channels, layout.inner)[:, 0, :]
+    else:
+        part = flat[:1 << 16]
+    return np.unique(part).size > max_width
+
+
 def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> list[Table]:
     """Every table form these values fit in (at most ``max_width`` entries per row), smallest first."""
     if flat.dtype.kind != "f" or flat.size == 0 or not np.all(np.isfinite(flat)):
+        return []
+    if _too_many(flat, layout, max_width):
         return []
     out: list[Table] = []
     u, inv = np.unique(flat, return_inverse=True)
