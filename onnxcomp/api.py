@@ -165,7 +165,7 @@ def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | 
                input_shapes=input_shapes, threads=threads)
 
 
-def cluster(model: ModelLike, bits: int | None = None, *, clusters: int | None = None,
+def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None = None,
             granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
             include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
             iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0,

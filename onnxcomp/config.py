@@ -245,7 +245,7 @@ class StructuredPruneConfig(Selection):
 
 CLUSTER_GRANULARITIES = ("tensor", "channel", "shared")
 CLUSTER_INITS = ("linear", "density", "random")
-CLUSTER_ALLOCATIONS = ("uniform", "mixed")
+CLUSTER_ALLOCATIONS = ("uniform", "mixed", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -254,14 +254,18 @@ class ClusterConfig(Selection):
 
     ``granularity``: one codebook per tensor, per output channel, or one shared codebook over
     per-channel-scaled weights. ``init``: linear, density (CDF quantiles) or random (Forgy).
-    ``allocation`` mixed: per-layer bits (2..8) chosen so the parameter-weighted average is
-    ``bits``, spending bits where the estimated (calibration-weighted) error drops most.
+    ``allocation`` mixed: per-layer bits chosen so the parameter-weighted average is ``bits``
+    (which may then be fractional, e.g. 3.5), spending bits where the estimated
+    (calibration-weighted) layer error drops most; sensitivity: the same budget spent where the
+    *measured* model-output error drops most (each layer clustered alone at every candidate
+    width and run through the model on the calibration data; needs real data; depthwise kernels
+    take part).
     Exact zeros stay zero. ``encoding`` is passed to encode_weights (auto = smallest).
     ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
     the layer-input Hessian (GPTQ-style); None = on with real calibration data.
     """
 
-    bits: int | None = None
+    bits: float | None = None
     clusters: int | None = None
     granularity: str = "channel"
     init: str = "linear"
@@ -278,8 +282,11 @@ class ClusterConfig(Selection):
             raise ConfigError("neither --bits nor --clusters was given", "give one, e.g. --bits 4")
         if self.bits is not None and self.clusters is not None:
             raise ConfigError("--bits and --clusters were both given", "give only one of them")
-        if self.bits is not None and (int(self.bits) != self.bits or not 1 <= self.bits <= 8):
-            raise ConfigError(f"--bits {self.bits} is outside 1..8", "give a whole number of bits, e.g. --bits 4")
+        if self.bits is not None and not 1 <= self.bits <= 8:
+            raise ConfigError(f"--bits {self.bits:g} is outside 1..8", "e.g. --bits 4")
+        if self.bits is not None and int(self.bits) != self.bits and self.allocation == "uniform":
+            raise ConfigError(f"--bits {self.bits:g} is fractional with --allocation uniform",
+                              "give a whole number of bits, or an average with --allocation mixed|sensitivity")
         if self.clusters is not None and (int(self.clusters) != self.clusters or not 2 <= self.clusters <= 256):
             raise ConfigError(f"--clusters {self.clusters} is outside 2..256", "e.g. --clusters 16")
         _choice("--granularity", self.granularity, CLUSTER_GRANULARITIES)
@@ -288,8 +295,9 @@ class ClusterConfig(Selection):
         for name, value in (("--iterations", self.iterations), ("--calib-samples", self.max_samples)):
             if int(value) != value or value < 1:
                 raise ConfigError(f"{name} {value} is not positive", f"give a positive integer, e.g. {name} 32")
-        if self.allocation == "mixed" and self.bits is None:
-            raise ConfigError("--allocation mixed needs --bits (the average budget)", "e.g. --bits 4 --allocation mixed")
+        if self.allocation != "uniform" and self.bits is None:
+            raise ConfigError(f"--allocation {self.allocation} needs --bits (the average budget)",
+                              f"e.g. --bits 3.5 --allocation {self.allocation}")
 
     @property
     def k(self) -> int:

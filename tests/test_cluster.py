@@ -145,3 +145,30 @@ def test_gptq_assignment_keeps_size_and_beats_plain_kmeans_at_2_bits():
     gptq = oc.cluster(src, 2, granularity="tensor", data=calib)
     assert gptq.proto.ByteSize() == plain.proto.ByteSize()
     assert acc(gptq.proto) >= acc(plain.proto) + 0.1 and acc(gptq.proto) >= 0.97
+
+
+def test_sensitivity_allocation_spends_a_fractional_budget_and_takes_depthwise():
+    """Measured allocation: average bits within a fractional budget, depthwise kernels clustered
+    too, a smaller file than uniform 3 bits with the test accuracy kept."""
+    import numpy as np
+    import onnxruntime as ort
+
+    test = np.load(MODELS / "digits_test.npz")
+    src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
+    measured = oc.cluster(src, 2.5, allocation="sensitivity", data=calib)
+    uniform = oc.cluster(src, 3, data=calib)
+    applied = measured.result.applied
+    avg = sum(ch.detail["bits"] * ch.params_before for ch in applied) / sum(ch.params_before for ch in applied)
+    assert avg <= 2.5 + 1e-9 and len({ch.detail["bits"] for ch in applied}) > 1
+    assert len(applied) > len(uniform.result.applied)  # the depthwise kernels
+    assert measured.proto.ByteSize() < uniform.proto.ByteSize()
+    s = ort.InferenceSession(measured.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert float((s.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean()) >= 0.99
+
+
+def test_fractional_bits_need_a_non_uniform_allocation_and_sensitivity_needs_data():
+    with pytest.raises(ConfigError, match="fractional"):
+        ClusterConfig(bits=3.5)
+    assert ClusterConfig(bits=3.5, allocation="mixed").bits == 3.5
+    with pytest.raises(ConfigError, match="needs real calibration data"):
+        oc.cluster(MODELS / "mobilenet_digits.onnx", 3, allocation="sensitivity")

@@ -64,11 +64,14 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 
 @cli.command("cluster")
 @model_argument
-@click.option("--bits", type=int, default=None, help="Codebook size 2^B per codebook (1..8), e.g. 4.")
+@click.option("--bits", type=float, default=None,
+              help="Codebook size 2^B per codebook (1..8), e.g. 4; with --allocation mixed|sensitivity the "
+                   "parameter-weighted average, e.g. 3.5.")
 @click.option("--clusters", type=int, default=None, help="Codebook size K (2..256) instead of --bits.")
 @click.option("--allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,
               help="uniform: every layer at --bits; mixed: per-layer bits averaging --bits, spent "
-                   "where the (calibration-weighted) error drops most.")
+                   "where the (calibration-weighted) layer error drops most; sensitivity: spent where the "
+                   "measured model-output error drops most (needs --data; slower; takes depthwise kernels).")
 @click.option("--iterations", type=click.IntRange(min=1), default=40, show_default=True,
               help="Lloyd iterations per refinement round.")
 @click.option("--encoding", default="auto", show_default=True,
@@ -82,7 +85,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @output_option
 @force_option
 @json_option
-def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: str, iterations: int,
+def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation: str, iterations: int,
                 encoding: str, gptq: bool | None, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
                 min_params: int, include_depthwise: bool, threads: int | None, output: str | None,
                 force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
@@ -98,6 +101,8 @@ def cluster_cmd(model: str, bits: int | None, clusters: int | None, allocation: 
     from ..encode.select import allowed_kinds
     from ..verify import finish
 
+    if bits is not None and bits == int(bits):
+        bits = int(bits)
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,

@@ -22,6 +22,8 @@ from .base import Change, Context, Pass, PassResult
 from .cluster_fit import Fit, fit
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
+MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
+MEASURE_BUDGET_S = 300.0  # sensitivity trials: fewer probe samples beyond this (at least 4)
 
 
 @dataclass
@@ -32,14 +34,23 @@ class ClusterPlan:
     granularity: dict[str, str] = field(default_factory=dict)
     importance: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, Fit] = field(default_factory=dict)
+    hessians: dict[str, list] = field(default_factory=dict)
     skipped: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
-    """The weights the pass may cluster, and a skip row (with its reason) for the others."""
+    """The weights the pass may cluster, and a skip row (with its reason) for the others.
+
+    The measured (sensitivity) allocation also takes depthwise kernels: it gives them the bits
+    their measured effect on the outputs warrants.
+    """
+    from dataclasses import replace
+
     from .prune import select as select_weights
 
+    if cfg.allocation == "sensitivity":
+        cfg = replace(cfg, include_depthwise=True)
     return select_weights(weights, cfg, single_role=False,
                           depthwise_hint="; --include-depthwise clusters it per tensor")
 
@@ -113,7 +124,10 @@ class ClusterPass(Pass):
         if cfg.allocation == "uniform":
             plan.bits = {w.name: cfg.budget_bits for w in weights}
             return plan
-        lo, hi = max(1, cfg.bits - MIXED_RANGE), min(8, cfg.bits + MIXED_RANGE)
+        if cfg.allocation == "sensitivity":
+            return self._measured(model, weights, plan, ctx)
+        lo = max(1, int(np.floor(cfg.bits)) - MIXED_RANGE)
+        hi = min(8, int(np.ceil(cfg.bits)) + MIXED_RANGE)
         errors: dict[str, dict[int, float]] = {}
         for w in weights:
             fits = {b: _fit(w, b, plan, cfg, ctx) for b in range(lo, hi + 1)}
@@ -121,10 +135,76 @@ class ClusterPass(Pass):
             plan.fits[w.name] = fits  # type: ignore[assignment] - narrowed below
         plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits)
         plan.fits = {n: fits[plan.bits[n]] for n, fits in plan.fits.items()}  # type: ignore[index]
-        spread = sorted(plan.bits.values())
-        if spread:
-            plan.notes.append(f"mixed bits {spread[0]}..{spread[-1]}, parameter-weighted average "
-                              f"{sum(w.size * plan.bits[w.name] for w in weights) / sum(w.size for w in weights):.2f}")
+        _note_spread(plan, weights, "mixed")
+        return plan
+
+    def _gptq_on(self, ctx: Context) -> bool:
+        cfg: ClusterConfig = self.config
+        on = cfg.gptq if cfg.gptq is not None else ctx.has_real_data
+        if on and not ctx.has_real_data:
+            from ..errors import ConfigError
+
+            raise ConfigError("--gptq needs real calibration data", "pass --data FILE.npz")
+        return bool(on)
+
+    def _hessians(self, model: onnx.ModelProto, weights: list[Weight], ctx: Context) -> dict[str, list]:
+        from .prune_obs import hessians
+
+        return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads)}
+
+    def _values(self, w: Weight, bits: int, plan: ClusterPlan, ctx: Context, f: Fit | None = None) -> tuple[np.ndarray, Fit]:
+        """The clustered values of ``w`` at ``bits`` (GPTQ-assigned when its Hessian is known)."""
+        cfg: ClusterConfig = self.config
+        if f is None:
+            f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True) if cfg.clusters is not None and \
+                cfg.allocation == "uniform" else _fit(w, int(bits), plan, cfg, ctx)
+        values = f.values.reshape(w.shape)
+        if w.name in plan.hessians:
+            from .prune_obs import gptq_values
+
+            values = gptq_values(w, w.values(), values, plan.hessians[w.name], f.granularity == "tensor", f.table)
+        return values, f
+
+    def _measured(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan,
+                  ctx: Context) -> ClusterPlan:
+        """Per-layer bits from measured output losses, spent greedily where they drop most.
+
+        Each layer alone is clustered at the budget's width (GPTQ-assigned with data) and run
+        through the whole model on the calibration samples: that output loss, divided by the
+        layer's own weighted error at that width, is its sensitivity; the layer's loss at every
+        other width is the sensitivity times its own error there (one model run per layer, not
+        one per layer and width).
+        """
+        cfg: ClusterConfig = self.config
+        if not ctx.has_real_data:
+            from ..errors import ConfigError
+
+            raise ConfigError("--allocation sensitivity needs real calibration data",
+                              "pass --data with inputs from your task, or use --allocation mixed")
+        from ..sensitivity import measure_curves
+
+        if self._gptq_on(ctx):
+            plan.hessians = self._hessians(model, weights, ctx)
+        levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
+        at = min(max(int(round(cfg.bits)), levels[0]), 8)
+        local = {w.name: {b: max(_fit(w, b, plan, cfg, ctx).rel_error, 1e-12) for b in levels} for w in weights}
+        fits: dict[str, Fit] = {}
+
+        def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
+            values, fits[w.name] = self._values(w, int(bits), plan, ctx)
+            return values
+
+        losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=cfg.max_samples,
+                                      budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
+        errors = {}
+        for w, (loss,) in zip(weights, losses):
+            scale = max(float(loss), 0.0) / local[w.name][at]
+            errors[w.name] = {b: scale * e for b, e in local[w.name].items()}
+        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits)
+        plan.fits = {n: fits[n] for n, b in plan.bits.items() if b == at and n in fits}
+        plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
+                          f"({info['seconds']} s); predicted output error {sum(errors[n][b] for n, b in plan.bits.items()):.3g}")
+        _note_spread(plan, weights, "measured")
         return plan
 
     def apply(self, model: onnx.ModelProto, plan: ClusterPlan, ctx: Context) -> PassResult:
@@ -133,30 +213,13 @@ class ClusterPass(Pass):
             "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
             "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
         by_name = find_weights(model).by_name()
-        hess = {}
-        if (cfg.gptq if cfg.gptq is not None else ctx.has_real_data) and plan.bits:
-            if not ctx.has_real_data:
-                from ..errors import ConfigError
-
-                raise ConfigError("--gptq needs real calibration data", "pass --data FILE.npz")
-            from .prune_obs import hessians
-
-            hess = {w.name: st for w, st in hessians(model, [by_name[n] for n in plan.bits], ctx.data,
-                                                     threads=ctx.threads)}
-            result.notes.append(f"GPTQ-style assignment with error feedback on {len(hess)} weight(s)")
+        if not plan.hessians and plan.bits and self._gptq_on(ctx):
+            plan.hessians = self._hessians(model, [by_name[n] for n in plan.bits], ctx)
+        if plan.hessians:
+            result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)")
         for name, bits in plan.bits.items():
             w = by_name[name]
-            if name in plan.fits:
-                f = plan.fits[name]
-            elif cfg.clusters is not None:
-                f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True)
-            else:
-                f = _fit(w, int(bits), plan, cfg, ctx)
-            values = f.values.reshape(w.shape)
-            if name in hess:
-                from .prune_obs import gptq_values
-
-                values = gptq_values(w, w.values(), values, hess[name], f.granularity == "tensor", f.table)
+            values, f = self._values(w, int(bits), plan, ctx, plan.fits.get(name))
             set_weight(model, w, values)
             k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
             index_bits = 4 if k <= 16 else 8
@@ -169,3 +232,9 @@ class ClusterPass(Pass):
                         "weighted": name in plan.importance}))
         result.changes.extend(plan.skipped)
         return result
+
+def _note_spread(plan: ClusterPlan, weights: list[Weight], kind: str) -> None:
+    spread = sorted(plan.bits.values())
+    if spread:
+        avg = sum(w.size * plan.bits[w.name] for w in weights) / sum(w.size for w in weights)
+        plan.notes.append(f"{kind} bits {spread[0]}..{spread[-1]}, parameter-weighted average {avg:.2f}")
