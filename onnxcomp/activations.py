@@ -26,7 +26,7 @@ def _proto(model: Any) -> onnx.ModelProto:
     if hasattr(model, "proto"):
         return model.proto
     from . import io
-    return io.load(model)
+    return io.load(model, lazy=True)  # onnxruntime reads big tensors from their files
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -160,8 +160,8 @@ class Capturer:
         outputs = graph_outputs if include_outputs else []
         self.fetch = list(dict.fromkeys([n for n in self.names if n not in self.inputs] + outputs))
         extra = [n for n in self.fetch if n not in graph_outputs]
-        self.sess = session(proto, threads=threads, provider=provider or DEFAULT_PROVIDER,
-                            extra_outputs=extra)
+        self.sess = session(model if hasattr(model, "proto") else proto, threads=threads,
+                            provider=provider or DEFAULT_PROVIDER, extra_outputs=extra)
         self._feeds = [i.name for i in self.sess.get_inputs()]
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import io
 from .api import Model, ModelLike, as_model
 from .clustering import Clustered, as_data, run_cluster
 from .config import ClusterConfig, CompressConfig, PruneConfig
@@ -88,7 +89,7 @@ def run_compress(model: ModelLike, cfg: CompressConfig, *, data: Any = None, thr
     out.stages.append(stage(f"clustered {cfg.bits} bits", out.model, _size(out.model),
                             "codebook / sparse+codebook encodings"))
     if cfg.pack:
-        out.archive, _ = pack_bytes(out.model.proto.SerializeToString())
+        out.archive, _ = pack_bytes(io.serialize(out.model.proto))  # lazy tensors read in
         last = out.stages[-1]
         out.stages.append(Stage("packed (lzma)", len(out.archive), len(out.archive) / base, last.fidelity,
                                 "lossless: same fidelity as clustered"))

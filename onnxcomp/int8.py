@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx
 
+from . import io
 from .api import Model
 from .errors import ConfigError, UnsupportedModelError
 
@@ -40,7 +41,7 @@ def quantize_int8(model: Model, data: Any, per_channel: bool = True) -> Model:
                                     "install the full onnxruntime package") from None
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        onnx.save_model(model.proto, str(src))
+        io.write_model(model.proto, src, external=io.needs_external_data(model.proto))  # lazy tensors copied
         try:
             quantize_static(str(src), str(dst), _Reader(data), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, weight_type=QuantType.QInt8,

@@ -4,6 +4,14 @@ Loading checks everything a user can get wrong (missing file, not ONNX, truncate
 escaping external data, an IR version or opset the installed onnxruntime cannot run) and raises a
 one-line :class:`ModelLoadError`. Saving is atomic (temp file in the target folder, verified, then
 renamed), never onto the input, with external data when the model exceeds protobuf's 2 GB limit.
+
+Big models stay on disk: ``load(path, lazy=True)`` validates the external data like a full load
+but leaves every large initializer where it is, as a reference to its (checked) file by absolute
+path. :func:`tensor_array` reads such a tensor when a pass asks for it; :func:`save`,
+:func:`serialize` and onnxruntime sessions (:mod:`onnxcomp.runtime`) copy it from its file. A
+protobuf message never frees the bytes of a tensor that is replaced until the whole message is
+freed (upb arenas), so a model whose weights are rewritten one by one would otherwise hold the old
+and the new weights together; :func:`compact` drops the dead bytes.
 """
 from __future__ import annotations
 
@@ -12,8 +20,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .errors import ModelLoadError, ModelSaveError
 from .modelcheck import _expected_bytes, check_allocation, check_declared_sizes, check_tensor_data
@@ -161,12 +170,33 @@ def check_external_location(base_dir: Path, location: str, model_path: Path) -> 
     return target
 
 
-def _load_external(model: onnx.ModelProto, path: Path) -> None:
+def _load_external(model: onnx.ModelProto, path: Path, lazy: bool = False) -> None:
+    """Validate every external tensor, then read it into the model (or, ``lazy``, the large ones
+    become references to their checked files by absolute path)."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    if not _check_external(model, path):
+        return
+    if not lazy:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        return
+    for tensor in model.graph.initializer:
+        location, _, length = _external_info(tensor)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and length >= LAZY_MIN_BYTES:
+            file = check_external_location(path.parent, location, path)
+            _set_location(tensor, str(file.resolve()))
+    for tensor in _external_tensors(model):
+        if not is_lazy(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+
+
+def _check_external(model: onnx.ModelProto, path: Path) -> bool:
+    """Check every external tensor's location, bounds and size (and run the checker); False if none."""
     from onnx.external_data_helper import ExternalDataInfo
 
     tensors = _external_tensors(model)
     if not tensors:
-        return
+        return False
     base = path.parent
     total = 0
     for tensor in tensors:
@@ -195,7 +225,7 @@ def _load_external(model: onnx.ModelProto, path: Path) -> None:
         total += length or 0
     check_allocation(total, f"{path}: its external data")
     check_valid(path, path)
-    onnx.load_external_data_for_model(model, str(base))
+    return True
 
 
 def check_runnable(model: onnx.ModelProto, name: str = "the model") -> None:
@@ -216,8 +246,12 @@ def check_runnable(model: onnx.ModelProto, name: str = "the model") -> None:
             f"convert it with onnx.version_converter.convert_version(model, {MIN_ORT_OPSET + 4})")
 
 
-def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model, with its external data, or raise a one-line ModelLoadError."""
+def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False) -> onnx.ModelProto:
+    """Load an ONNX model, with its external data, or raise a one-line ModelLoadError.
+
+    ``lazy``: external initializers of LAZY_MIN_BYTES or more are checked like a full load but
+    stay on disk (see the module doc); smaller external tensors are read.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist", "check the path")
@@ -231,7 +265,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
         check_valid(data, path)  # the bytes already read: no second serialization
     del data
     if load_external_data and external:
-        _load_external(model, path)  # runs the checker once the locations are known to be safe
+        _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe
     elif external:
         check_valid(path, path)
     check_declared_sizes(model, path)
@@ -239,6 +273,8 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.Mo
 
 
 def _size_of(tensor: onnx.TensorProto) -> int:
+    if is_lazy(tensor):
+        return _external_info(tensor)[2]
     try:
         return tensor.ByteSize()  # no copy of the data
     except Exception:  # noqa: BLE001 - protobuf refuses to size a single tensor above 2 GB
@@ -246,10 +282,221 @@ def _size_of(tensor: onnx.TensorProto) -> int:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Serialized bytes of the model's tensors (ByteSize where protobuf allows it: no copy)."""
+    """Bytes of the model's tensors, in memory or lazy on disk (ByteSize where protobuf allows: no copy)."""
     from onnx.external_data_helper import _get_all_tensors
 
     return sum(_size_of(t) for t in _get_all_tensors(model))
+
+
+# --- lazy external data: large initializers left on disk until read -------------------------
+
+LAZY_MIN_BYTES = 1 << 20  # smaller external tensors are read at load time
+
+
+def _external_info(tensor: onnx.TensorProto) -> tuple[str, int, int]:
+    """(location, offset, length) of an external tensor (length from its shape when absent)."""
+    fields = {e.key: e.value for e in tensor.external_data}
+    length = fields.get("length")
+    n = int(length) if length is not None else (_expected_bytes(tensor) or 0)
+    return fields.get("location", ""), int(fields.get("offset") or 0), n
+
+
+def _set_location(tensor: onnx.TensorProto, location: str) -> None:
+    for e in tensor.external_data:
+        if e.key == "location":
+            e.value = location
+
+
+def is_lazy(tensor: onnx.TensorProto) -> bool:
+    """True for a tensor left on disk by ``load(lazy=True)`` (external, absolute location)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    return any(e.key == "location" and os.path.isabs(e.value) for e in tensor.external_data)
+
+
+def lazy_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in model.graph.initializer if is_lazy(t)]
+
+
+def _lost(name: str, location: str, exc: OSError | None = None) -> ModelLoadError:
+    """The error for a lazy tensor's file that changed or vanished after it was checked."""
+    problem = f"cannot read it: {exc.strerror or exc}" if exc is not None else "the file is shorter now"
+    return ModelLoadError(f"the external data of tensor {name!r} in {location} changed while onnxcomp ran "
+                          f"({problem})", "leave the model's .data file alone while onnxcomp runs")
+
+
+def _read_lazy(tensor: onnx.TensorProto) -> bytes:
+    location, offset, length = _external_info(tensor)
+    try:
+        with open(location, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+    except OSError as exc:
+        raise _lost(tensor.name, location, exc) from None
+    if len(data) != length:
+        raise _lost(tensor.name, location)
+    return data
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's values; a lazy tensor is read from its file (one copy, writable)."""
+    if not is_lazy(tensor):
+        return numpy_helper.to_array(tensor)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    location, offset, length = _external_info(tensor)
+    if dtype.kind not in "biufc" or length != _expected_bytes(tensor):  # 4-bit, float8, ...: onnx decodes
+        shim = onnx.TensorProto(data_type=tensor.data_type, dims=tensor.dims, raw_data=_read_lazy(tensor))
+        return numpy_helper.to_array(shim)
+    count = length // dtype.itemsize
+    try:
+        values = np.fromfile(location, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+    except OSError as exc:
+        raise _lost(tensor.name, location, exc) from None
+    if values.size != count:
+        raise _lost(tensor.name, location)
+    return values.astype(dtype, copy=False).reshape(tuple(tensor.dims))
+
+
+def _shell(tensor: onnx.TensorProto, dst: onnx.TensorProto) -> None:
+    """Copy everything of ``tensor`` into ``dst`` but its data (no copy of raw_data is made)."""
+    for name in ("name", "data_type", "doc_string"):
+        if tensor.HasField(name):
+            setattr(dst, name, getattr(tensor, name))
+    dst.dims.extend(tensor.dims)
+    dst.metadata_props.extend(tensor.metadata_props)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        dst.data_location = tensor.data_location
+        dst.external_data.extend(tensor.external_data)
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _header(model: onnx.ModelProto, apart) -> tuple[onnx.ModelProto, list]:
+    """A copy of ``model`` in which each top-level initializer for which ``apart(t)`` holds is a
+    shell without data; returns it with the (shell, source tensor) pairs. Nothing big is copied."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, "graph")
+    _copy_fields(model.graph, out.graph, "initializer")
+    pairs = []
+    for t in model.graph.initializer:
+        h = out.graph.initializer.add()
+        if apart(t):
+            _shell(t, h)
+            pairs.append((h, t))
+        else:
+            h.CopyFrom(t)
+    return out, pairs
+
+
+def _fill(shell: onnx.TensorProto, src: onnx.TensorProto) -> None:
+    """Put the source's data into the shell, inline."""
+    shell.raw_data = _read_lazy(src) if is_lazy(src) else src.raw_data
+    shell.data_location = onnx.TensorProto.DEFAULT
+    del shell.external_data[:]
+
+
+def inline_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` itself when nothing in it is lazy, else a copy with every lazy tensor read in."""
+    if not lazy_tensors(model):
+        return model
+    out, pairs = _header(model, is_lazy)
+    for shell, src in pairs:
+        _fill(shell, src)
+    return out
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """The model as one protobuf (lazy tensors read in); a one-line error above protobuf's limit."""
+    if tensor_bytes(model) > PROTOBUF_LIMIT:
+        raise ModelSaveError(f"the model has {tensor_bytes(model) / 1e9:.2f} GB of tensors, more than one "
+                             "protobuf holds (2 GB)", "save it to a file (onnxcomp.save uses external data)")
+    return inline_copy(model).SerializeToString()
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A fresh copy holding only the model's live bytes; lazy tensors are read in when the whole
+    model fits in one protobuf (so results below 2 GB are self-contained), else kept lazy."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if lazy_tensors(out) and not needs_external_data(out):
+        return inline_copy(out)
+    return out
+
+
+def _goes_apart(tensor: onnx.TensorProto, threshold: int) -> bool:
+    """Whether a tensor goes to the external data file (as onnx.save_model's size_threshold)."""
+    if is_lazy(tensor):
+        return _external_info(tensor)[2] >= threshold
+    return tensor.HasField("raw_data") and _size_of(tensor) >= threshold
+
+
+def write_model(model: onnx.ModelProto, path: Path, *, external: bool, data_name: str | None = None,
+                threshold: int = 1024) -> None:
+    """Write ``model`` to ``path`` without modifying it; with ``external``, initializers of
+    ``threshold`` bytes or more go, one at a time, to ``data_name`` beside it (lazy ones are copied
+    from their files in blocks: memory stays at one tensor)."""
+    if not external:
+        onnx.save_model(inline_copy(model), str(path))
+        return
+    data_name = data_name or path.name + ".data"
+    header, pairs = _header(model, lambda t: is_lazy(t) or _goes_apart(t, threshold))
+    with open(path.parent / data_name, "wb") as f:
+        for shell, src in pairs:
+            if not _goes_apart(src, threshold):  # a small lazy tensor: inline, as if it had been read
+                _fill(shell, src)
+                continue
+            offset = f.tell()
+            if is_lazy(src):
+                location, start, length = _external_info(src)
+                _copy_range(location, start, length, f, src.name)
+            else:
+                length = f.write(src.raw_data)
+            del shell.external_data[:]
+            shell.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                shell.external_data.add(key=key, value=value)
+    onnx.save_model(header, str(path))
+
+
+def _copy_range(location: str, start: int, length: int, out, name: str, block: int = 64 << 20) -> None:
+    try:
+        with open(location, "rb") as src:
+            src.seek(start)
+            left = length
+            while left > 0:
+                chunk = src.read(min(block, left))
+                if not chunk:
+                    raise _lost(name, location)
+                out.write(chunk)
+                left -= len(chunk)
+    except OSError as exc:
+        raise _lost(name, location, exc) from None
+
+
+def session_source(model: onnx.ModelProto) -> tuple[bytes, str | None] | None:
+    """(model bytes, external-data folder) onnxruntime can load without a copy of the lazy tensors:
+    they must all sit under one folder, and everything else fit in one protobuf; None otherwise."""
+    lazy = lazy_tensors(model)
+    inline = tensor_bytes(model) - sum(_external_info(t)[2] for t in lazy)
+    if inline > EXTERNAL_DATA_THRESHOLD:
+        return None
+    if not lazy:
+        return model.SerializeToString(), None
+    folder = os.path.commonpath([os.path.dirname(_external_info(t)[0]) for t in lazy])
+    header, pairs = _header(model, is_lazy)
+    for shell, _ in pairs:
+        _set_location(shell, os.path.relpath(_external_info(shell)[0], folder))
+    return header.SerializeToString(), folder
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
@@ -299,8 +546,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
 
     The model goes to a temporary file in the target folder; when ``verify`` is set it must pass
     ``onnx.checker`` and load in onnxruntime before it is renamed into place. Models above 2 GB
-    get their tensors in ``<name>.data`` beside the file. ``path`` may not be ``input_path``
-    unless ``force`` is set.
+    get their tensors in ``<name>.data`` beside the file, written one tensor at a time (lazy
+    tensors are copied from their files); ``model`` keeps its tensors. ``path`` may not be
+    ``input_path`` unless ``force`` is set.
     """
     path = Path(path)
     if input_path is not None and not force and (
@@ -319,12 +567,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=folder))
     try:
         tmp = tmp_dir / path.name
-        if external:
-            data_name = path.name + ".data"
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(model, str(tmp))
+        data_name = path.name + ".data"
+        write_model(model, tmp, external=external, data_name=data_name)  # leaves ``model`` as it was
         if verify:
             try:
                 verify_file(tmp)

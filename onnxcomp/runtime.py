@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import ConfigError, ModelLoadError
-from .io import needs_external_data
+from .io import session_source, write_model
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
 
@@ -50,9 +50,24 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
-def _as_proto_or_path(model: Any) -> onnx.ModelProto | Path:
+@dataclass
+class Written:
+    """A model just written to ``path``: ``proto`` (what was written) answers questions about the
+    graph, sessions read the file (onnxruntime maps external data; no second copy in memory)."""
+
+    proto: onnx.ModelProto
+    path: Path
+
+    @property
+    def graph(self) -> onnx.GraphProto:
+        return self.proto.graph
+
+
+def _as_proto_or_path(model: Any, extra_outputs: bool = False) -> onnx.ModelProto | Path:
     if isinstance(model, onnx.ModelProto):
         return model
+    if isinstance(model, Written) and not extra_outputs:
+        return model.path
     if hasattr(model, "proto"):  # onnxcomp.api.Model
         return model.proto
     path = Path(model)
@@ -95,17 +110,19 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
     """An onnxruntime InferenceSession for a ModelProto, an onnxcomp Model or a file path.
 
     ``extra_outputs`` exposes intermediate tensors as outputs (on a copy; see
-    :func:`onnxcomp.activations.expose`). Protos with more than ~1.8 GB of tensors (protobuf's
-    limit is 2 GB) go through a temp file with external data.
+    :func:`onnxcomp.activations.expose`). The caller's model is never modified. Lazy tensors
+    (:func:`onnxcomp.io.load` with ``lazy=True``) are read by onnxruntime from their own files;
+    protos with more than ~1.8 GB of tensors in memory (protobuf's limit is 2 GB) go through a
+    temp file with external data.
     """
     import onnxruntime as ort
 
     provider = resolve_provider(provider)
-    src = _as_proto_or_path(model)
+    src = _as_proto_or_path(model, bool(extra_outputs))
     if extra_outputs:
         if isinstance(src, Path):
             from . import io
-            src = io.load(src)
+            src = io.load(src, lazy=True)
         from .activations import expose
         src = expose(src, extra_outputs)
     opts = session_options(threads)
@@ -115,14 +132,17 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
     try:
         if isinstance(src, Path):
             sess = ort.InferenceSession(str(src), opts, providers=[provider])
-        elif needs_external_data(src):
+        elif (direct := session_source(src)) is None:
             tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-session-")
-            path = os.path.join(tmp.name, "model.onnx")
-            onnx.save_model(src, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx.data", size_threshold=1024)
-            sess = ort.InferenceSession(path, opts, providers=[provider])
+            path = Path(tmp.name) / "model.onnx"
+            write_model(src, path, external=True, data_name="model.onnx.data")
+            sess = ort.InferenceSession(str(path), opts, providers=[provider])
         else:
-            sess = ort.InferenceSession(src.SerializeToString(), opts, providers=[provider])
+            blob, folder = direct
+            if folder is not None:  # lazy tensors: onnxruntime maps them from their files
+                opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            sess = ort.InferenceSession(blob, opts, providers=[provider])
+            del blob
     except (ConfigError, ModelLoadError):
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

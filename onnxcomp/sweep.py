@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import masks
+from . import io, masks
 from .graph.weights import Weight, find_weights
 
 METHODS = ("prune", "cluster", "factorize", "structured")
@@ -106,7 +106,7 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
     chunks = [c.tolist() for c in np.array_split(np.array(names, dtype=object), max(1, min(jobs, len(names))))
               if len(c)]
     work = _probe_chunk if method in ("prune", "cluster") else _rewrite_chunk
-    blob = model.SerializeToString()
+    blob = io.serialize(model)  # lazy tensors read in: the workers get the whole model
     parts = Parallel(n_jobs=jobs)(delayed(work)(blob, c, method, levels, batches) for c in chunks)
     losses = [row for part in parts for row in part]
     notes = [f"skipped {c.name}: {c.reason}" for c in skipped]

@@ -2,9 +2,10 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
+import onnx
 from onnx import helper
 
-from onnxcomp import runtime
+from onnxcomp import io, runtime
 from onnxcomp.activations import activation_tensors, capture, collect, expose
 from onnxcomp.errors import ConfigError, ModelLoadError
 
@@ -70,7 +71,12 @@ def test_runtime_session_errors(tmp_path, model):
 
 
 def test_huge_protos_go_through_a_temp_file(model, monkeypatch):
-    monkeypatch.setattr(runtime, "needs_external_data", lambda m: True)
+    """Above the protobuf threshold the session reads a temp file; the caller's proto keeps its data."""
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
     sess = runtime.session(model)
     assert sess._onnxcomp_tmp is not None
     assert sess.run(None, _batches(n=1)[0])[0].shape == (4, 10)
+    assert model == before  # no tensor moved to external data, nothing cleared
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..encode.common import NameScope
+from ..io import tensor_array
 
 FOLDABLE = {"Identity", "Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast",
             "Unsqueeze", "Squeeze", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Expand",
@@ -52,7 +53,7 @@ class ConstEval:
 
     def _fold(self, name: str) -> np.ndarray | None:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            return tensor_array(self.inits[name])
         node = self.producer[name]
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             return numpy_helper.to_array(node.attribute[0].t)

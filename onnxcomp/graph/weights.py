@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..io import tensor_array
+
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE)
@@ -90,7 +92,7 @@ class Weight:
             value = _constant_of_shape_value(self.holder)
             return np.full(self.shape, value, dtype=self.dtype)
         tensor = self.holder if self.source == "initializer" else _constant_tensor(self.holder)
-        return numpy_helper.to_array(tensor).reshape(self.shape)
+        return tensor_array(tensor).reshape(self.shape)  # read from disk when lazy (io.load(lazy=True))
 
 
 @dataclass
@@ -145,7 +147,7 @@ class _Constants:
 
     def shape_values(self, name: str) -> tuple[int, ...] | None:
         if name in self.initializers:
-            return tuple(int(v) for v in numpy_helper.to_array(self.initializers[name]).reshape(-1))
+            return tuple(int(v) for v in tensor_array(self.initializers[name]).reshape(-1))
         node = self.producers.get(name)
         if node is not None and node.op_type == "Constant":
             t = _constant_tensor(node)
