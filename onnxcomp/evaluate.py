@@ -9,7 +9,9 @@ both graphs with the same shape, in graph order, and names where fidelity is los
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from .errors import DataError, UnsupportedModelError
 
 DEGRADED_SQNR_DB = 40.0  # below this (1 % relative L2 error) a tensor counts as degraded
 PER_LAYER_BYTES = 256 << 20  # per-layer mode splits batches to keep captured tensors below this
+HELD_BYTES = 256 << 20  # the original's results kept while its session is dropped and the candidate's runs
 
 
 class _Metrics:
@@ -157,27 +160,52 @@ class _Run:
         self.samples = 0
 
     def run_pass(self, data: Any, layers: list[str], outputs: bool, chunk: int | None) -> None:
-        """One pass over the data capturing ``layers`` (and the outputs), ``chunk`` samples a run."""
-        cap_a = Capturer(self.a, layers, threads=self.threads, include_outputs=outputs, label="the original")
-        cap_b = Capturer(self.b, layers, threads=self.threads, include_outputs=outputs, label="the candidate")
-        offset = 0
+        """One pass over the data capturing ``layers`` (and the outputs), ``chunk`` samples a run.
+
+        The two models never hold memory at once: the original runs first on a stretch of the
+        data (its results kept up to HELD_BYTES) and its session is dropped before the
+        candidate's is made and runs on the same stretch. Usually the whole data is one stretch.
+        """
+        parts = iter(self._parts(data, chunk))
+        offset, more = 0, True
+        while more:
+            cap_a = Capturer(self.a, layers, threads=self.threads, include_outputs=outputs, label="the original")
+            held, size, more = [], 0, False
+            for part in parts:
+                ra = cap_a.run(part)
+                held.append((part, ra))
+                size += sum(v.nbytes for v in ra.values())
+                if size >= HELD_BYTES:
+                    more = True
+                    break
+            del cap_a
+            if not held:
+                break
+            cap_b = Capturer(self.b, layers, threads=self.threads, include_outputs=outputs, label="the candidate")
+            for part, ra in held:
+                m = len(next(iter(part.values())))
+                self._take(ra, cap_b.run(part), layers, outputs, offset, m)
+                offset += m
+                self.progress(offset, self.pass_index, self.pass_count)
+            del cap_b, held
+        if outputs:
+            self.samples = offset
+
+    @staticmethod
+    def _parts(data: Any, chunk: int | None):
         for batch in data:
             n = len(next(iter(batch.values())))
             for start in range(0, n, chunk or n):
-                part = {k: v[start:start + (chunk or n)] for k, v in batch.items()}
-                m = len(next(iter(part.values())))
-                ra, rb = cap_a.run(part), cap_b.run(part)
-                if outputs:
-                    self._outputs(ra, rb, offset, m)
-                for t in layers:
-                    if t in self.skipped or ra[t].shape != rb[t].shape or ra[t].dtype.kind != "f":
-                        self.skipped.add(t)
-                    else:
-                        self.layer_m[t].update(ra[t], rb[t])
-                offset += m
-                self.progress(offset, self.pass_index, self.pass_count)
+                yield {k: v[start:start + (chunk or n)] for k, v in batch.items()}
+
+    def _take(self, ra: dict, rb: dict, layers: list[str], outputs: bool, offset: int, m: int) -> None:
         if outputs:
-            self.samples = offset
+            self._outputs(ra, rb, offset, m)
+        for t in layers:
+            if t in self.skipped or ra[t].shape != rb[t].shape or ra[t].dtype.kind != "f":
+                self.skipped.add(t)
+            else:
+                self.layer_m[t].update(ra[t], rb[t])
 
     def _outputs(self, ra: dict, rb: dict, offset: int, m: int) -> None:
         for (na, nb), acc in self.out_m.items():
@@ -206,6 +234,20 @@ def _common_layers(a: Any, b: Any, pairs: list[tuple[str, str]]) -> list[str]:
     return [t for t in activation_tensors(a.proto) if t in in_b and t not in outs]
 
 
+def _model(model: Any) -> Any:
+    """A Model; a path is loaded lazily (onnxruntime reads its big tensors from their files)."""
+    from .api import Model, as_model
+    from .runtime import Written
+
+    if isinstance(model, Written):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from . import io
+
+        return Model(io.load(model, lazy=True), Path(model))
+    return as_model(model)
+
+
 def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = None,
             per_layer: bool = False, threads: int | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
@@ -217,9 +259,7 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     each) and batches are split, so captured tensors stay within ~PER_LAYER_BYTES.
     ``progress(samples_done, pass_index, pass_count)`` is called after every run.
     """
-    from .api import as_model
-
-    a, b = as_model(original), as_model(candidate)
+    a, b = _model(original), _model(candidate)
     data = load_data(data, a.proto, input_shapes=input_shapes, batch_size=batch_size,
                      num_samples=num_samples)
     labels = data.labels if labels is None and not data.random else labels

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import onnx
 
+from . import io
 from .api import Model, ModelLike, as_model
 from .encode import EncodeChoice, encode_weights
 from .errors import ConfigError
@@ -46,6 +47,10 @@ def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding:
         progress: bool = False, seed: int = 0) -> Compressed:
     """Apply ``passes`` in order to a copy of ``model``, correct, and encode the changed weights.
 
+    A model loaded lazily (``io.load(path, lazy=True)``, as the CLI does) is copied without its
+    big tensors: passes read each weight from disk when they need it. The result holds only live
+    bytes; above 2 GB, weights no pass changed stay references to the input's external data.
+
     Needs are checked before anything runs: a pass that needs real calibration data refuses
     random or missing data with a one-line error. ``correction`` (auto = affine with real data,
     none without) refits each changed layer's output channels on the calibration data, layer by
@@ -82,6 +87,10 @@ def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding:
         results[-1].notes.append(f"{mode} correction of {len(fixed)} layer(s) on the calibration data")
         results[-1].settings["correction"] = mode
     encodings = encode_weights(work.proto, names=touched, encoding=encoding) if touched else []
+    if touched:
+        # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
+        # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)
+        work.proto = io.compact(work.proto)
     sizes = {e.name: e.bytes for e in encodings}
     for r in results:
         for c in r.applied:

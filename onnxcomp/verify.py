@@ -117,16 +117,12 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
         output = io.default_output(original.path, command)
     unchanged = compressed == original.proto  # field-by-field, no serialization
     path = io.save(compressed, output, input_path=original.path, force=force)
-    from onnx.external_data_helper import uses_external_data
+    from .runtime import Written
 
-    from .api import Model
-
-    # the written model is in memory already: compare it without reading the file back (a copy
-    # less); a model saved with external data no longer holds its tensors, so that one is read
-    in_memory = not any(uses_external_data(t) for t in compressed.graph.initializer)
+    # what was written is compared: onnxruntime reads the file (maps external data), the proto in
+    # memory answers questions about the graph (no second copy of a big model in memory)
     try:
-        report = compare(original, Model(compressed, path) if in_memory else path, data, labels=labels,
-                         threads=threads)
+        report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
     except BaseException:  # a failed or interrupted command leaves no output behind
         io.discard(path, keep=original.path)
         raise

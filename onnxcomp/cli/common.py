@@ -171,10 +171,19 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
 def load_for_write(model: str, max_drop: float | None, min_agreement: float | None,
                    **data_opts: Any) -> tuple[Any, Any]:
     """(original Model, CalibrationData) for a writing command; bad gates/data fail before work."""
-    from .. import api
     from ..verify import check_gate_values
 
     check_gate_values(max_drop, min_agreement)
-    original = api.load(model)
+    original = load_model(model)
     return original, data_from_options(original.proto, **data_opts)
+
+
+def load_model(path: str) -> Any:
+    """A Model whose big external tensors stay on disk until a pass reads them (io.load lazy=True):
+    a model above 2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
+    from pathlib import Path
+
+    from .. import api, io
+
+    return api.Model(io.load(path, lazy=True), Path(path))
 

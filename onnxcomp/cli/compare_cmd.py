@@ -5,14 +5,13 @@ import math
 
 import click
 
-from .. import api
 from ..errors import QualityGateError
 from ..evaluate import FidelityReport, compare
 from ..report import table
 from ..verify import check_gates
 from . import cli
-from .common import (data_from_options, data_options, emit, gate_options, json_option, progress_enabled,
-                     quiet_option, render_fidelity_lines)
+from .common import (data_from_options, data_options, emit, gate_options, json_option, load_model,
+                     progress_enabled, quiet_option, render_fidelity_lines)
 
 MAX_LAYER_ROWS = 30
 
@@ -98,7 +97,7 @@ def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | N
     if plot:
         from ..plots import require_matplotlib
         require_matplotlib()
-    a, b = api.load(original), api.load(candidate)
+    a, b = load_model(original), load_model(candidate)
     data = data_from_options(a, **data_opts)
     report = compare(a, b, data, labels=labels, per_layer=per_layer or bool(plot), threads=threads,
                      progress=_progress(data.num_samples) if progress_enabled(quiet) else None)

@@ -1,0 +1,155 @@
+"""Big models without holding them twice: lazy external data, saves and sessions that copy no
+weights, the original's session dropped before the candidate's (benchmarks/bigmodel.py measures
+the memory; these tests pin the behaviour on tiny models with the thresholds lowered)."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from onnxcomp import evaluate, io, runtime
+from onnxcomp.cli import main
+from onnxcomp.encode import tables
+from onnxcomp.errors import ModelLoadError
+
+from . import models as M
+
+
+def external(folder, model: onnx.ModelProto, name: str = "m.onnx"):
+    """``model`` saved in ``folder`` with every tensor in one external data file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=name + ".data", size_threshold=0)
+    return folder / name
+
+
+@pytest.fixture
+def lazy_all(monkeypatch):
+    """Every external tensor stays on disk (not only those of 1 MiB and more)."""
+    monkeypatch.setattr(io, "LAZY_MIN_BYTES", 0)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def test_lazy_load_reads_the_same_values(tmp_path, lazy_all):
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
+    eager, lazy = io.load(path), io.load(path, lazy=True)
+    assert not io.lazy_tensors(eager)
+    assert len(io.lazy_tensors(lazy)) == len(lazy.graph.initializer)
+    assert all(not t.HasField("raw_data") for t in lazy.graph.initializer)
+    for a, b in zip(eager.graph.initializer, lazy.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), io.tensor_array(b))
+    assert onnx.load_from_string(io.serialize(lazy)) == eager  # read in: the same model
+
+
+def test_small_external_tensors_are_read_at_load(tmp_path):
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))  # every tensor below 1 MiB
+    assert io.load(path, lazy=True) == io.load(path)
+
+
+def test_lazy_load_keeps_the_safety_checks(tmp_path, lazy_all):
+    path = external(tmp_path / "sub", M.conv_bn_relu(c_mid=32))
+    m = onnx.load(str(path), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../m.onnx.data"
+    onnx.save_model(m, str(path))
+    (tmp_path / "sub" / "m.onnx.data").rename(tmp_path / "m.onnx.data")
+    with pytest.raises(ModelLoadError, match="outside its folder"):
+        io.load(path, lazy=True)
+
+
+def test_save_and_sessions_copy_lazy_data_and_leave_the_model_intact(tmp_path, lazy_all, monkeypatch):
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
+    eager, lazy = io.load(path), io.load(path, lazy=True)
+    before = _copy(lazy)
+    one = io.save(lazy, tmp_path / "one.onnx")  # one protobuf: lazy tensors read in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "one.onnx"]
+    assert io.load(one) == eager
+    x = {"x": M.rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    want = runtime.session(eager).run(None, x)[0]
+    np.testing.assert_array_equal(runtime.session(lazy).run(None, x)[0], want)  # maps the input's data
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    two = io.save(lazy, tmp_path / "two.onnx")  # external data, copied tensor by tensor
+    assert (tmp_path / "two.onnx.data").stat().st_size == sum(  # tensors of 1 KB and more, as onnx does
+        n for t in eager.graph.initializer if (n := numpy_helper.to_array(t).nbytes) >= 1024)
+    assert io.load(two) == eager
+    sess = runtime.session(lazy)  # still mapped from the input's files: nothing big in memory
+    assert not hasattr(sess, "_onnxcomp_tmp")
+    np.testing.assert_array_equal(sess.run(None, x)[0], want)
+    mixed = _copy(lazy)  # a rewritten weight in memory above the threshold, the rest lazy
+    big = max(range(len(eager.graph.initializer)), key=lambda i: eager.graph.initializer[i].ByteSize())
+    mixed.graph.initializer[big].CopyFrom(eager.graph.initializer[big])
+    sess = runtime.session(mixed)  # through a temp file with external data
+    assert sess._onnxcomp_tmp is not None
+    np.testing.assert_array_equal(sess.run(None, x)[0], want)
+    assert lazy == before
+
+
+def _prune(argv_model, out, capsys) -> dict:
+    assert main(["prune", str(argv_model), "--sparsity", "0.5", "--min-params", "1", "-o", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    report["write"].pop("output")
+    report["write"]["fidelity"].pop("candidate")
+    return report
+
+
+@pytest.mark.parametrize("threshold", [None, 1000])
+def test_prune_of_a_lazy_model_matches_the_eager_one(tmp_path, capsys, monkeypatch, threshold):
+    """The CLI loads external data lazily; the output is the one an eager load gives, byte for byte."""
+    if threshold:
+        monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", threshold)  # output with external data
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
+    for sub in ("eager", "lazy"):
+        (tmp_path / sub).mkdir()
+    eager = _prune(path, tmp_path / "eager" / "out.onnx", capsys)  # tensors below LAZY_MIN_BYTES: read
+    monkeypatch.setattr(io, "LAZY_MIN_BYTES", 0)
+    lazy = _prune(path, tmp_path / "lazy" / "out.onnx", capsys)
+    assert lazy == eager
+    files = sorted(p.name for p in (tmp_path / "eager").iterdir())
+    assert files == (["out.onnx", "out.onnx.data"] if threshold else ["out.onnx"])
+    for name in files:
+        assert (tmp_path / "eager" / name).read_bytes() == (tmp_path / "lazy" / name).read_bytes()
+
+
+def test_compare_drops_the_original_session_before_the_candidates(monkeypatch):
+    """Never two sessions at once; a small HELD_BYTES (several stretches) gives the same report."""
+    a = M.conv_bn_relu()
+    b = M.with_zeroed(a, a.graph.initializer[0].name)
+    data = [{"x": M.rng(i).standard_normal((4, 3, 8, 8)).astype(np.float32)} for i in range(3)]
+    whole = evaluate.compare(a, b, data).to_dict()
+    alive, peak = [0], [0]
+
+    class Counted(evaluate.Capturer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+
+        def __del__(self):
+            alive[0] -= 1
+
+    monkeypatch.setattr(evaluate, "Capturer", Counted)
+    monkeypatch.setattr(evaluate, "HELD_BYTES", 1)  # one run per stretch
+    assert evaluate.compare(a, b, data).to_dict() == whole
+    assert peak[0] == 1 and alive[0] == 0
+
+
+def test_detect_gives_up_without_sorting_the_whole_tensor(monkeypatch):
+    rng = M.rng(3)
+    flat = rng.standard_normal(64 * 300).astype(np.float32)
+    layout = tables.Layout(1, 64, 300)
+    monkeypatch.setattr(tables, "row_ranks", lambda *a: pytest.fail("sorted every row"))
+    assert tables.detect(flat, layout) == []
+    assert tables.detect(flat, None) == []
+    monkeypatch.undo()
+    rows = np.round(rng.standard_normal((64, 300)), 1).astype(np.float32)  # few values per channel
+    rows[5] = rng.standard_normal(300)  # but one channel with 300 distinct values: no table fits
+    assert tables.detect(rows.reshape(-1), layout) == []
