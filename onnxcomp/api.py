@@ -43,18 +43,22 @@ class Model:
 ModelLike = Union[Model, onnx.ModelProto, str, os.PathLike]
 
 
-def load(path: str | os.PathLike) -> Model:
-    """Load an ONNX model (with external data beside it); raises ModelLoadError on bad input."""
-    return Model(io.load(path), Path(path))
+def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
+    """Load an ONNX model (with external data beside it); raises ModelLoadError on bad input.
+
+    ``lazy``: big external tensors stay on disk until read (see :func:`onnxcomp.io.load`); the
+    proto then refers to them by absolute path, so save it with :func:`save`, not onnx.save.
+    """
+    return Model(io.load(path, lazy=lazy), Path(path))
 
 
 def as_model(model: ModelLike) -> Model:
-    """Accept a Model, a raw ModelProto or a path."""
+    """Accept a Model, a raw ModelProto or a path (loaded lazily: a big model is not held twice)."""
     if isinstance(model, Model):
         return model
     if isinstance(model, onnx.ModelProto):
         return Model(model)
-    return load(model)
+    return load(model, lazy=True)
 
 
 def save(model: ModelLike, path: str | os.PathLike, *, force: bool = False, verify: bool = True) -> Path:
@@ -169,7 +173,7 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
             granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
             include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
             iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0,
-            gptq: bool | None = None):
+            gptq: bool | None = None, correction: str = "auto"):
     """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
 
     ``granularity``: tensor, channel (default) or shared (one codebook over per-channel-scaled
@@ -182,7 +186,7 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
-                        gptq=gptq)
+                        gptq=gptq, correction=correction)
     return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
 
 

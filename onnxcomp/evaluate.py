@@ -9,9 +9,7 @@ both graphs with the same shape, in graph order, and names where fidelity is los
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,17 +233,11 @@ def _common_layers(a: Any, b: Any, pairs: list[tuple[str, str]]) -> list[str]:
 
 
 def _model(model: Any) -> Any:
-    """A Model; a path is loaded lazily (onnxruntime reads its big tensors from their files)."""
-    from .api import Model, as_model
+    """A Model (a path is loaded lazily: onnxruntime reads its big tensors from their files)."""
+    from .api import as_model
     from .runtime import Written
 
-    if isinstance(model, Written):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        from . import io
-
-        return Model(io.load(model, lazy=True), Path(model))
-    return as_model(model)
+    return model if isinstance(model, Written) else as_model(model)
 
 
 def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = None,

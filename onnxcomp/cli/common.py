@@ -181,9 +181,7 @@ def load_for_write(model: str, max_drop: float | None, min_agreement: float | No
 def load_model(path: str) -> Any:
     """A Model whose big external tensors stay on disk until a pass reads them (io.load lazy=True):
     a model above 2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
-    from pathlib import Path
+    from .. import api
 
-    from .. import api, io
-
-    return api.Model(io.load(path, lazy=True), Path(path))
+    return api.load(path, lazy=True)
 
