@@ -244,6 +244,7 @@ class StructuredPruneConfig(Selection):
 
 
 CLUSTER_GRANULARITIES = ("tensor", "channel", "shared")
+CORRECTIONS = ("auto", "affine", "bias", "none")
 CLUSTER_INITS = ("linear", "density", "random")
 CLUSTER_ALLOCATIONS = ("uniform", "mixed", "sensitivity")
 
@@ -263,6 +264,8 @@ class ClusterConfig(Selection):
     Exact zeros stay zero. ``encoding`` is passed to encode_weights (auto = smallest).
     ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
     the layer-input Hessian (GPTQ-style); None = on with real calibration data.
+    ``correction``: per-channel output refit after clustering (auto = affine with real data);
+    the scales go into the codebooks' per-channel scales, so the file stays the same size.
     """
 
     bits: float | None = None
@@ -275,9 +278,11 @@ class ClusterConfig(Selection):
     max_samples: int = 64
     encoding: str = "auto"
     gptq: bool | None = None
+    correction: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _choice("--correction", self.correction, CORRECTIONS)
         if self.bits is None and self.clusters is None:
             raise ConfigError("neither --bits nor --clusters was given", "give one, e.g. --bits 4")
         if self.bits is not None and self.clusters is not None:

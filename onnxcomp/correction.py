@@ -104,11 +104,15 @@ def _set_bias(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, f
     model.graph.node.insert(pos + 1, helper.make_node("Add", [inner, name], [out], name=f"{out}_bias"))
 
 
-def _apply(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, fresh) -> None:
-    values = w.values()
-    shape = [1] * values.ndim
-    shape[w.out_axis] = values.shape[w.out_axis]
-    set_weight(model, w, (values * a.reshape(shape).astype(values.dtype)).astype(values.dtype))
+def _apply(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, fresh,
+           scaled: np.ndarray | None = None) -> None:
+    """Scale the kernel's output channels by ``a`` (or write ``scaled``) and shift the bias by ``b``."""
+    if scaled is None:
+        values = w.values()
+        shape = [1] * values.ndim
+        shape[w.out_axis] = values.shape[w.out_axis]
+        scaled = (values * a.reshape(shape).astype(values.dtype)).astype(values.dtype)
+    set_weight(model, w, scaled)
     _set_bias(model, w, a, b, fresh)
 
 
@@ -149,14 +153,21 @@ def _sample_budget(compressed: onnx.ModelProto, batches: list[dict], layers: int
 def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str],
             data: Iterable[dict], *, mode: str = "affine", max_samples: int = 32,
             budget_s: float = 90.0, threads: int | None = None,
-            bias_only: Iterable[str] = ()) -> dict[str, dict]:
+            bias_only: Iterable[str] = (), codebooks: dict[str, str] | None = None) -> dict[str, dict]:
     """Refit the output channels of the named compressed layers in place, one layer at a time.
 
     The original model's layer outputs are captured once (at a subset of positions); then, in
     topological order, each layer's output in the *current* compressed model (earlier layers
     already corrected) is fitted to them. Layers in ``bias_only`` (e.g. clustered weights whose
-    codebook must stay as encoded) only get the shift. Returns a per-layer summary.
+    codebook must stay as encoded) only get the shift. Weights in ``codebooks`` (name ->
+    cluster granularity) get the scale folded into their per-channel codebook scales, so the
+    codebooks stay encodable; where that is impossible (one table per tensor), only the shift.
+    Returns a per-layer summary.
     """
+    from .encode.tables import Layout
+    from .passes.cluster_fit import rescaler
+
+    codebooks = dict(codebooks or {})
     shift_only = set(bias_only)
     wanted = set(names)
     order = {n.output[0]: i for i, n in enumerate(compressed.graph.node)}
@@ -174,8 +185,15 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
         cap = Capturer(truncate(compressed, [out]), [out], threads=threads)
         axis = _channel_axis(w)
         new = [_rows(t := cap.run(b)[out], axis % t.ndim)[:, idx] for b, idx in zip(batches, picks[w.name])]
-        a, b = fit(np.concatenate(new, 1), np.concatenate(ref.pop(w.name), 1),
-                   "bias" if w.name in shift_only else mode)
-        _apply(compressed, find_weights(compressed).by_name()[w.name], a, b, fresh)
+        cur = find_weights(compressed).by_name()[w.name]
+        scaler = rescaler(cur.values(), Layout.of(cur.shape, cur.out_axis), codebooks[w.name]) \
+            if w.name in codebooks else None
+        wmode = "bias" if w.name in shift_only or (w.name in codebooks and scaler is None) else mode
+        x, y = np.concatenate(new, 1), np.concatenate(ref.pop(w.name), 1)
+        a, b = fit(x, y, wmode)
+        scaled = scaler(a) if scaler is not None and wmode != "bias" else None
+        if scaler is not None and wmode != "bias" and scaled is None:
+            a, b = fit(x, y, "bias")  # the scales would overflow float16: shift only
+        _apply(compressed, cur, a, b, fresh, scaled)
         summary[w.name] = {"scale_mean": float(a.mean()), "shift_abs_mean": float(np.abs(b).mean())}
     return summary

@@ -8,6 +8,7 @@ import onnx
 
 from . import io
 from .api import Model, ModelLike, as_model
+from .config import CORRECTIONS
 from .encode import EncodeChoice, encode_weights
 from .errors import ConfigError
 from .passes.base import Context, Pass, PassResult
@@ -37,9 +38,6 @@ def as_data(data: Any, model: Model, input_shapes: dict | None = None) -> Any:
     if data is None or isinstance(data, CalibrationData):
         return data
     return load_data(data, model.proto, input_shapes=input_shapes)
-
-
-CORRECTIONS = ("auto", "affine", "bias", "none")
 
 
 def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding: str = "auto",

@@ -129,8 +129,9 @@ def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | No
 def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None) -> None:
     """Per-channel output correction of every weight the steps changed (same name and shape).
 
-    Pruned weights get scale and shift (zeros stay zeros); clustered ones (at most 256 distinct
-    values per output channel) only the shift, so their codebooks stay exactly as encoded.
+    Pruned weights get scale and shift (zeros stay zeros). Clustered ones (at most 256 distinct
+    values per output channel) are left as the cluster step corrected them (its scales live in
+    the codebooks); a second, shift-only refit measured worse (noisy per-class shifts).
     """
     import numpy as np
 
@@ -149,7 +150,8 @@ def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | N
         changed.append(w.name)
         rows = values.reshape(values.shape[w.out_axis or 0], -1) if w.out_axis == 0 else values.reshape(1, -1)
         if all(len(u := np.unique(r)) <= 256 and len(u) <= 0.5 * np.count_nonzero(r) + 1 for r in rows):
-            shared_values.append(w.name)  # values repeat: a codebook that scaling would re-quantize
+            shared_values.append(w.name)  # values repeat: a codebook the cluster step corrected
+    changed = [n for n in changed if n not in set(shared_values)]
     if changed:
         correct(original.proto, out.proto, changed, data, mode="affine" if mode == "auto" else mode,
-                threads=threads, bias_only=shared_values)
+                threads=threads)

@@ -141,8 +141,8 @@ def test_gptq_assignment_keeps_size_and_beats_plain_kmeans_at_2_bits():
         return float((s.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean())
 
     src, calib = MODELS / "mobilenet_digits.onnx", str(MODELS / "digits_calib.npz")
-    plain = oc.cluster(src, 2, granularity="tensor", data=calib, gptq=False)
-    gptq = oc.cluster(src, 2, granularity="tensor", data=calib)
+    plain = oc.cluster(src, 2, granularity="tensor", data=calib, gptq=False, correction="none")
+    gptq = oc.cluster(src, 2, granularity="tensor", data=calib, correction="none")
     assert gptq.proto.ByteSize() == plain.proto.ByteSize()
     assert acc(gptq.proto) >= acc(plain.proto) + 0.1 and acc(gptq.proto) >= 0.97
 
@@ -172,3 +172,26 @@ def test_fractional_bits_need_a_non_uniform_allocation_and_sensitivity_needs_dat
     assert ClusterConfig(bits=3.5, allocation="mixed").bits == 3.5
     with pytest.raises(ConfigError, match="needs real calibration data"):
         oc.cluster(MODELS / "mobilenet_digits.onnx", 3, allocation="sensitivity")
+
+
+@pytest.mark.parametrize("granularity,bits", [("channel", 2), ("channel", 6), ("shared", 2)])
+def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granularity, bits):
+    """The per-channel refit after clustering keeps every codebook encodable (same encoded bytes
+    per weight; only shifts are added) and brings the outputs closer to the original's."""
+    import numpy as np
+
+    from onnxcomp.runtime import session
+
+    src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
+    x = np.load(calib)["input"][:64]
+    ref = session(oc.load(src).proto).run(None, {"input": x})[0]
+
+    def err(c):
+        y = session(c.proto).run(None, {"input": x})[0]
+        return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
+
+    plain = oc.cluster(src, bits, granularity=granularity, data=calib, correction="none")
+    fixed = oc.cluster(src, bits, granularity=granularity, data=calib)
+    assert fixed.result.settings["correction"] == "affine"
+    assert [(e.kind, e.bytes) for e in fixed.encodings] == [(e.kind, e.bytes) for e in plain.encodings]
+    assert err(fixed) < err(plain)

@@ -79,6 +79,10 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @click.option("--gptq/--no-gptq", "gptq", default=None,
               help="Assign weights to their codebooks column by column with error feedback through the "
                    "layer-input Hessian (default: on with real --data).")
+@click.option("--correction", type=click.Choice(("auto", "affine", "bias", "none")), default="auto",
+              show_default=True,
+              help="Per-channel output refit after clustering on --data (auto: affine with real data); the "
+                   "scales go into the codebooks' channel scales, so the file size is unchanged.")
 @cluster_options
 @data_options
 @gate_options
@@ -86,7 +90,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @force_option
 @json_option
 def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation: str, iterations: int,
-                encoding: str, gptq: bool | None, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
+                encoding: str, gptq: bool | None, correction: str, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
                 min_params: int, include_depthwise: bool, threads: int | None, output: str | None,
                 force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
                 **data_opts: Any) -> None:
@@ -106,7 +110,7 @@ def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
-                        gptq=gptq)
+                        gptq=gptq, correction=correction)
     allowed_kinds(encoding)
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     clustered = run_cluster(original, cfg, data=data, threads=threads)

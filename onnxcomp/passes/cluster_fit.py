@@ -104,3 +104,38 @@ def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed
     """k-means per row, centroids snapped by ``snap``: (each element's centroid, centroids [rows, k])."""
     r = kmeans_rows(rows, k, weights=w, init=init, iters=iters, seed=seed, snap=snap)
     return np.take_along_axis(r.centroids, r.labels, axis=1), r.centroids
+
+
+def rescaler(values: np.ndarray, layout: Layout, granularity: str):
+    """A function ``a -> values scaled by a[c] per output channel`` that keeps the codebooks
+    encodable as they were, or None when scaling would break them (one table per tensor).
+
+    channel/shared grids (q * s with a float16 scale per channel) keep q and round s * a to
+    float16; float16 tables are rounded back to float16. Exact in float32, like the fits.
+    """
+    from ..encode.tables import _distinct, factor, row_ranks
+
+    if granularity == "tensor" or values.dtype != np.float32:
+        return None
+    rows = layout.rows(values.reshape(-1))
+    ranks, counts, srt = row_ranks(rows)
+    width = int(counts.max()) if counts.size else 0
+    grid = factor(_distinct(srt, width), GRID12 if granularity == "shared" else GRID8) if 0 < width <= 256 else None
+    if grid is not None:
+        q, s = grid
+
+        def scale_grid(a: np.ndarray) -> np.ndarray | None:
+            s2 = (s.astype(np.float64) * np.asarray(a, np.float64).reshape(-1)).astype(np.float16)
+            if not np.isfinite(s2).all():
+                return None
+            table = q.astype(np.float32) * s2.astype(np.float32)[:, None]
+            return layout.unrows(np.take_along_axis(table, ranks, axis=1)).reshape(values.shape)
+
+        return scale_grid
+    if granularity == "channel" and np.array_equal(rows.astype(np.float16).astype(np.float32), rows):
+        def scale_half(a: np.ndarray) -> np.ndarray | None:
+            out = (rows * np.asarray(a, np.float32).reshape(-1, 1)).astype(np.float16)
+            return layout.unrows(out.astype(np.float32)).reshape(values.shape) if np.isfinite(out).all() else None
+
+        return scale_half
+    return None
