@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -441,14 +442,16 @@ def _goes_apart(tensor: onnx.TensorProto, threshold: int) -> bool:
 
 
 def write_model(model: onnx.ModelProto, path: Path, *, external: bool, data_name: str | None = None,
-                threshold: int = 1024) -> None:
+                threshold: int = 1024) -> dict[str, tuple[int, int]]:
     """Write ``model`` to ``path`` without modifying it; with ``external``, initializers of
     ``threshold`` bytes or more go, one at a time, to ``data_name`` beside it (lazy ones are copied
-    from their files in blocks: memory stays at one tensor)."""
+    from their files in blocks: memory stays at one tensor). Returns {name: (offset, length)} of
+    the initializers in the data file."""
     if not external:
         onnx.save_model(inline_copy(model), str(path))
-        return
+        return {}
     data_name = data_name or path.name + ".data"
+    placed = {}
     header, pairs = _header(model, lambda t: is_lazy(t) or _goes_apart(t, threshold))
     with open(path.parent / data_name, "wb") as f:
         for shell, src in pairs:
@@ -461,11 +464,43 @@ def write_model(model: onnx.ModelProto, path: Path, *, external: bool, data_name
                 _copy_range(location, start, length, f, src.name)
             else:
                 length = f.write(src.raw_data)
-            del shell.external_data[:]
-            shell.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-                shell.external_data.add(key=key, value=value)
+            _point(shell, data_name, offset, length)
+            placed[src.name] = (offset, length)
     onnx.save_model(header, str(path))
+    return placed
+
+
+def _point(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def _reading(model: onnx.ModelProto, file: Path) -> list[onnx.TensorProto]:
+    """The model's lazy tensors whose data is in ``file``."""
+    return [t for t in lazy_tensors(model) if _same_file(Path(_external_info(t)[0]), file)]
+
+
+def shelter(models, files) -> Path | None:
+    """Before ``files`` are replaced, keep what they hold readable for the lazy tensors of
+    ``models``: each file such tensors read is hard-linked (or copied) into a hidden folder beside
+    it and they point there. Returns that folder (remove it when done), None when nothing reads them."""
+    hidden = None
+    for file in map(Path, files):
+        readers = [t for m in models for t in _reading(m, file)]
+        if not readers:
+            continue
+        hidden = hidden or Path(tempfile.mkdtemp(prefix=".onnxcomp-input.", dir=file.parent))
+        keep = hidden / file.name
+        if not keep.exists():
+            try:
+                os.link(file, keep)
+            except OSError:  # no hard links here: a copy
+                shutil.copyfile(file, keep)
+        for t in readers:
+            _set_location(t, str(keep.resolve()))
+    return hidden
 
 
 def _copy_range(location: str, start: int, length: int, out, name: str, block: int = 64 << 20) -> None:
@@ -568,7 +603,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     try:
         tmp = tmp_dir / path.name
         data_name = path.name + ".data"
-        write_model(model, tmp, external=external, data_name=data_name)  # leaves ``model`` as it was
+        placed = write_model(model, tmp, external=external, data_name=data_name)  # ``model`` as it was
+        stale = _reading(model, folder / data_name) if external else []  # in the file to be replaced
         if verify:
             try:
                 verify_file(tmp)
@@ -579,8 +615,14 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
                                          "re-export the model; onnxcomp writes only models onnxruntime "
                                          "loads") from None
                 raise
+        for t in stale:  # small ones were written inline: read them in now, while the file is there
+            if t.name not in placed:
+                _fill(t, t)
         if external:
             os.replace(tmp_dir / data_name, folder / data_name)
+            for t in stale:  # the same bytes, at their place in the new file
+                if t.name in placed:
+                    _point(t, str((folder / data_name).resolve()), *placed[t.name])
             try:
                 os.replace(tmp, path)
             except BaseException:  # never a .data file without its model

@@ -15,6 +15,7 @@ Gates (shared with ``onnxcomp compare``):
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,24 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
                               "pass an output path (-o)")
         output = io.default_output(original.path, command)
     unchanged = compressed == original.proto  # field-by-field, no serialization
-    path = io.save(compressed, output, input_path=original.path, force=force)
-    from .runtime import Written
-
-    # what was written is compared: onnxruntime reads the file (maps external data), the proto in
-    # memory answers questions about the graph (no second copy of a big model in memory)
+    output = Path(output)
+    # -o onto the input (--force): the original's weights left on disk must outlive the files
+    # the save replaces, until the comparison is done
+    sheltered = io.shelter([original.proto, compressed], [output, output.with_name(output.name + ".data")])
     try:
-        report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
-    except BaseException:  # a failed or interrupted command leaves no output behind
-        io.discard(path, keep=original.path)
-        raise
+        path = io.save(compressed, output, input_path=original.path, force=force)
+        from .runtime import Written
+
+        # what was written is compared: onnxruntime reads the file (maps external data), the proto
+        # in memory answers questions about the graph (no second copy of a big model in memory)
+        try:
+            report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
+        except BaseException:  # a failed or interrupted command leaves no output behind
+            io.discard(path, keep=original.path)
+            raise
+    finally:
+        if sheltered is not None:
+            shutil.rmtree(sheltered, ignore_errors=True)
     return WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
                        fidelity=report, gate_failed=check_gates(report, max_drop, min_agreement),
                        command=command, unchanged=unchanged)

@@ -153,3 +153,34 @@ def test_detect_gives_up_without_sorting_the_whole_tensor(monkeypatch):
     rows = np.round(rng.standard_normal((64, 300)), 1).astype(np.float32)  # few values per channel
     rows[5] = rng.standard_normal(300)  # but one channel with 300 distinct values: no table fits
     assert tables.detect(rows.reshape(-1), layout) == []
+
+
+@pytest.mark.parametrize("threshold", [None, 1000])
+def test_force_onto_a_lazy_input_compares_with_the_input_it_replaced(tmp_path, capsys, monkeypatch, lazy_all,
+                                                                    threshold):
+    """-o INPUT --force replaces the input (and, with external data, its .data file) while the
+    original's weights are still read from there: the report is the one of a separate output."""
+    if threshold:
+        monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", threshold)
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
+    (tmp_path / "out").mkdir()
+    elsewhere = _prune(path, tmp_path / "out" / "m.onnx", capsys)
+    assert main(["prune", str(path), "--sparsity", "0.5", "--min-params", "1", "-o", str(path), "--force",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    report["write"]["fidelity"].pop("candidate")
+    assert report["write"]["fidelity"] == elsewhere["write"]["fidelity"]
+    assert report["passes"] == elsewhere["passes"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert io.load(path) == io.load(tmp_path / "out" / "m.onnx")
+
+
+def test_saving_a_lazy_model_over_its_own_data_keeps_it_readable(tmp_path, lazy_all, monkeypatch):
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
+    eager, lazy = io.load(path), io.load(path, lazy=True)
+    io.save(lazy, path, input_path=path, force=True)  # rewrites m.onnx.data, laid out differently
+    assert io.load(path) == eager
+    for a, b in zip(eager.graph.initializer, lazy.graph.initializer):  # read from the new file
+        np.testing.assert_array_equal(numpy_helper.to_array(a), io.tensor_array(b))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
