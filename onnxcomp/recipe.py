@@ -84,7 +84,9 @@ def make(steps: list[tuple[str, dict]], **extra: Any) -> dict:
     return {"onnxcomp_recipe": VERSION, "steps": [{k: dict(v)} for k, v in steps], **extra}
 
 
-def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None) -> Model:
+def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None,
+          clustered: set[str] | None = None) -> Model:
+    """Run one recipe step; the names of clustered weights are added to ``clustered``."""
     from . import api
 
     try:
@@ -97,7 +99,10 @@ def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None)
         if kind == "depthwise":
             return api.depthwise(model, data=data, threads=threads, **params).model
         if kind == "cluster":
-            return api.cluster(model, data=data, encoding="dense", threads=threads, **params).model
+            c = api.cluster(model, data=data, encoding="dense", threads=threads, **params)
+            if clustered is not None:
+                clustered.update(ch.name for ch in c.result.applied)
+            return c.model
         from .int8 import quantize_int8
 
         return quantize_int8(model, data, **params)
@@ -113,25 +118,26 @@ def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | No
     validate(recipe)
     m = as_model(model)
     data = as_data(data, m)
-    current = m
+    current, clustered = m, set()
     for step in recipe["steps"]:
         kind, params = next(iter(step.items()))
-        current = _step(kind, current, dict(params or {}), data, threads)
+        current = _step(kind, current, dict(params or {}), data, threads, clustered)
     out = current.copy()
     out.path = None
     if recipe.get("correction", "auto") != "none" and data is not None and not data.random:
-        _correct(m, out, data, recipe.get("correction", "auto"), threads)
+        _correct(m, out, data, recipe.get("correction", "auto"), threads, clustered)
     if not any("int8" in s for s in recipe["steps"]):
         encode_weights(out.proto, encoding=recipe.get("encoding", "auto"))
     return out
 
 
-def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None) -> None:
+def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None,
+             clustered: set[str] = frozenset()) -> None:
     """Per-channel output correction of every weight the steps changed (same name and shape).
 
-    Pruned weights get scale and shift (zeros stay zeros). Clustered ones (at most 256 distinct
-    values per output channel) are left as the cluster step corrected them (its scales live in
-    the codebooks); a second, shift-only refit measured worse (noisy per-class shifts).
+    Pruned weights get scale and shift (zeros stay zeros). Clustered weights are left as the
+    cluster step corrected them (its scales live in the codebooks, which any further scaling
+    would break; a second, shift-only refit measured worse: noisy per-class shifts).
     """
     import numpy as np
 
@@ -139,19 +145,13 @@ def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | N
     from .graph.weights import find_weights
 
     before = {w.name: w for w in find_weights(original.proto)}
-    changed, shared_values = [], []
+    changed = []
     for w in find_weights(out.proto):
-        if w.name not in before or w.is_bias or w.shape != before[w.name].shape or \
+        if w.name not in before or w.name in clustered or w.is_bias or w.shape != before[w.name].shape or \
                 w.source == "constant_of_shape":
             continue
-        values = w.values()
-        if np.array_equal(values, before[w.name].values()):
-            continue
-        changed.append(w.name)
-        rows = values.reshape(values.shape[w.out_axis or 0], -1) if w.out_axis == 0 else values.reshape(1, -1)
-        if all(len(u := np.unique(r)) <= 256 and len(u) <= 0.5 * np.count_nonzero(r) + 1 for r in rows):
-            shared_values.append(w.name)  # values repeat: a codebook the cluster step corrected
-    changed = [n for n in changed if n not in set(shared_values)]
+        if not np.array_equal(w.values(), before[w.name].values()):
+            changed.append(w.name)
     if changed:
         correct(original.proto, out.proto, changed, data, mode="affine" if mode == "auto" else mode,
                 threads=threads)

@@ -2,9 +2,9 @@
 
 Every result is written so that a standard-ONNX decoder rebuilds it bit-exactly:
   tensor   k-means over the whole tensor; centroids in the weight's dtype.
-  channel  k-means per output channel. float32 weights at <= 4 bits snap the centroids to an
+  channel  k-means per output channel. float32 weights at <= 6 bits snap the centroids to an
            int8 grid times a float16 scale per channel (q * s is exact in float32; the table
-           then costs k+2 bytes per channel); above 4 bits, centroids are rounded to float16
+           then costs k+2 bytes per channel, not 2k or 4k); above, centroids are rounded to float16
            (a 2^-11 relative change, far below the quantisation step) so the table halves.
   shared   one k-means over every channel divided by its float16 scale (absmax / 2047),
            centroids snapped to integers <= 2047; weight = q[idx] * s[c], exact in float32.
@@ -21,6 +21,7 @@ from ..encode.tables import GRID8, GRID12, Layout
 from ..kmeans import kmeans_rows
 
 SPARSE_OWN_CODE = 0.5  # below this fraction of zeros, zero takes one of the k codes
+GRID_MAX_K = 64  # channel tables up to 6 bits: int8 grid x float16 scale (k + 2 bytes per channel)
 
 
 @dataclass
@@ -70,7 +71,7 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if granularity == "tensor":
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
         out, table = out.astype(dtype), cent.astype(dtype)
-    elif granularity == "channel" and dtype == np.float32 and k <= 16:
+    elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
         q, cent = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
         out, table = q.astype(np.float32) * s, cent.astype(np.float32) * s
