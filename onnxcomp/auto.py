@@ -1,7 +1,8 @@
 """``onnxcomp auto``: search recipes for a size / MACs / latency target within a quality drop.
 
-Size targets combine weight sharing and pruning: the fewest bits that stay within the drop,
-then the highest sparsity on top of them (bisection). Speed targets use structured channel
+Size targets combine weight sharing and pruning: the fewest uniform bits that stay within the
+drop, then (if the file is still above the target) a fractional average budget spent per layer
+by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets use structured channel
 pruning (bisection on the ratio), then low-rank factorization on top when the target is not yet
 met. Every candidate is scored on held-out calibration samples that the compression never saw
 (a quarter of the data when there are at least 32 samples). The winner is the smallest /
@@ -20,6 +21,7 @@ from .errors import ConfigError
 
 BITS = (8, 6, 5, 4, 3)
 BISECT_STEPS = 4
+MEASURED_STEPS = 2  # bisection steps on the average bits of the measured (sensitivity) allocation
 
 
 @dataclass
@@ -108,17 +110,31 @@ class Search:
         return best
 
 
-def for_size(s: Search) -> list[Trial]:
-    """Fewest bits within the drop, then the highest sparsity on top (both bisected)."""
-    bits = None
+def for_size(s: Search, target: float | None = None) -> list[Trial]:
+    """Fewest uniform bits within the drop; then, while the file is above ``target``, an average
+    bit budget between that and the next width down, spent per layer where the measured output
+    error is lowest (bisected); then the highest sparsity on top of the best (bisected)."""
+    bits, failed, best = None, None, None
     for b in BITS:
-        if not s.evaluate([("cluster", {"bits": b})]).ok:
+        t = s.evaluate([("cluster", {"bits": b})])
+        if not t.ok:
+            failed = b
             break
-        bits = b
+        bits, best = b, t
     if bits is None:
         s.bisect(lambda x: [("prune", {"sparsity": x})], 0.0, 0.95)
-    else:
-        s.bisect(lambda x: [("prune", {"sparsity": x}), ("cluster", {"bits": bits})], 0.0, 0.95)
+        return s.trials
+    step = {"bits": bits}
+    if failed is not None and target is not None and best.size_ratio > target:
+        lo, hi = float(failed), float(bits)
+        for _ in range(MEASURED_STEPS):
+            mid = round((lo + hi) / 2, 2)
+            t = s.evaluate([("cluster", {"bits": mid, "allocation": "sensitivity"})])
+            if t.ok:
+                hi, step = mid, {"bits": mid, "allocation": "sensitivity"}
+            else:
+                lo = mid
+    s.bisect(lambda x: [("prune", {"sparsity": x}), ("cluster", dict(step))], 0.0, 0.95)
     return s.trials
 
 

@@ -86,3 +86,28 @@ def test_auto_bad_usage_exit_2(tmp_path, capsys, argv, expect):
     assert main(["auto", str(src), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expect in err
+
+
+def test_size_search_tries_measured_fractional_bits_between_uniform_widths(monkeypatch):
+    """Uniform 5 bits passes but is above the target and 4 fails: the search bisects an average
+    budget in (4, 5) with the measured allocation and builds the pruning on the best one."""
+    tried = []
+
+    class Fake(auto.Search):
+        def __init__(self):
+            self.trials = []
+
+        def evaluate(self, steps):
+            tried.append(steps)
+            cl = dict(steps[-1][1])
+            ok = cl["bits"] >= 4.5 and not (len(steps) > 1 and steps[0][1]["sparsity"] > 0.5)
+            t = auto.Trial(steps, cl["bits"] / 32, 1.0, 0.0 if ok else 0.5, ok)
+            self.trials.append(t)
+            return t
+
+    monkeypatch.setattr(auto, "BITS", (8, 5, 4))
+    auto.for_size(Fake(), target=0.1)
+    measured = [s[0][1] for s in tried if s[0][1].get("allocation") == "sensitivity"]
+    assert measured == [{"bits": 4.5, "allocation": "sensitivity"}, {"bits": 4.25, "allocation": "sensitivity"}]
+    assert tried[-1][-1] == ("cluster", {"bits": 4.5, "allocation": "sensitivity"})
+    assert tried[-1][0][0] == "prune"

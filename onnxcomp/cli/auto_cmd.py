@@ -81,7 +81,7 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
     original = api.load(model)
     data = data_from_options(original.proto, **data_opts)
     search = auto.Search(original, data, max_drop, threads=threads, labels=data_opts.get("labels"))
-    trials = auto.for_size(search) if kind == "size" else auto.for_speed(search, target)
+    trials = auto.for_size(search, target) if kind == "size" else auto.for_speed(search, target)
     if kind == "latency":
         _latencies(original, trials, threads)
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
