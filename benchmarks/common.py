@@ -58,6 +58,9 @@ def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[Real
            RealModel("mobilenet_digits", MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz",
                      "accuracy", _digits_accuracy,
                      _digits_accuracy(onnx.load(str(MODELS / "mobilenet_digits.onnx"))) - 0.005)]
+    if (MODELS / "vgg_digits.onnx").exists():
+        out.append(RealModel("vgg_digits", MODELS / "vgg_digits.onnx", MODELS / "digits_calib.npz", "accuracy",
+                             _digits_accuracy, _digits_accuracy(onnx.load(str(MODELS / "vgg_digits.onnx"))) - 0.005))
     if corpus is not None and CORPUS_PYTHON.exists():
         out.append(RealModel("effnet_lite0", corpus / "effnet_lite0" / "model.onnx",
                              corpus / "effnet_lite0" / "calib.npz", "top1_agree",
@@ -66,6 +69,9 @@ def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[Real
         out.append(RealModel("ocr_det_ppocrv4", corpus / "ocr_det_ppocrv4" / "model.onnx",
                              corpus / "ocr_det_ppocrv4" / "calib.npz", "f1", ocr,
                              ocr(onnx.load(str(corpus / "ocr_det_ppocrv4" / "model.onnx"))) - 0.01))
+        cnn = _corpus_score(corpus, "digits_cnn", "accuracy")
+        out.append(RealModel("digits_cnn", corpus / "digits_cnn" / "model.onnx", corpus / "digits_cnn" / "calib.npz",
+                             "accuracy", cnn, cnn(onnx.load(str(corpus / "digits_cnn" / "model.onnx"))) - 0.005))
     return [m for m in out if keys is None or m.key in keys]
 
 

@@ -27,15 +27,19 @@ import onnxcomp as oc  # noqa: E402
 from onnxcomp import recipe  # noqa: E402
 
 EQUAL = {  # model -> (sparsity, bits) compared with and without data
-    "resnet_digits": (0.9, 2), "mobilenet_digits": (0.8, 2), "effnet_lite0": (0.3, 4),
-    "ocr_det_ppocrv4": (0.7, 3),
+    "resnet_digits": (0.9, 2), "mobilenet_digits": (0.8, 2), "vgg_digits": (0.9, 2), "digits_cnn": (0.9, 2),
+    "effnet_lite0": (0.3, 4), "ocr_det_ppocrv4": (0.7, 3),
 }
+MEASURED = "sensitivity"
 TARGETS = {  # model -> (size target, recipes to try, most compressed first)
     "resnet_digits": (0.05, [[("prune", {"sparsity": 0.9}), ("cluster", {"bits": 3})],
                              [("prune", {"sparsity": 0.85}), ("cluster", {"bits": 4})]]),
-    "effnet_lite0": (0.125, [[("cluster", {"bits": 4})], [("prune", {"sparsity": 0.2}), ("cluster", {"bits": 5})],
-                             [("cluster", {"bits": 6})]]),
-    "ocr_det_ppocrv4": (0.1, [[("prune", {"sparsity": 0.5}), ("cluster", {"bits": 4})],
+    "effnet_lite0": (0.125, [[("cluster", {"bits": 3.5, "allocation": MEASURED})],
+                             [("cluster", {"bits": 4, "allocation": MEASURED})],
+                             [("cluster", {"bits": 4.5, "allocation": MEASURED})],
+                             [("cluster", {"bits": 5})]]),
+    "ocr_det_ppocrv4": (0.1, [[("cluster", {"bits": 2.5, "allocation": MEASURED})],
+                              [("cluster", {"bits": 3, "allocation": MEASURED})],
                               [("cluster", {"bits": 3})]]),
 }
 
@@ -86,7 +90,7 @@ def targets_section(models, tmp: Path) -> dict:
             entry = {"steps": [{k: v} for k, v in steps], "quality": q, "file_ratio": size / orig,
                      "packed_ratio": packed / orig, "meets_floor": q >= m.floor}
             res.append(entry)
-            rows.append([m.key, " + ".join(f"{k} {next(iter(v.values()))}" for k, v in steps),
+            rows.append([m.key, " + ".join(f"{k} " + " ".join(str(x) for x in v.values()) for k, v in steps),
                          f"{orig / size:.1f}x", f"{orig / packed:.1f}x", f"{q:.4f} (base {base:.4f})",
                          "yes" if q >= m.floor else "no"])
             print(f"  {m.key} {entry}", file=sys.stderr, flush=True)
