@@ -255,12 +255,11 @@ class ClusterConfig(Selection):
 
     ``granularity``: one codebook per tensor, per output channel, or one shared codebook over
     per-channel-scaled weights. ``init``: linear, density (CDF quantiles) or random (Forgy).
-    ``allocation`` mixed: per-layer bits chosen so the parameter-weighted average is ``bits``
-    (which may then be fractional, e.g. 3.5), spending bits where the estimated
-    (calibration-weighted) layer error drops most; sensitivity: the same budget spent where the
-    *measured* model-output error drops most (each layer clustered alone at every candidate
-    width and run through the model on the calibration data; needs real data; depthwise kernels
-    take part).
+    ``allocation`` mixed: per-layer bits chosen so the stored bits per weight, codebooks
+    included, average at most ``bits`` (then possibly fractional, e.g. 3.5), spent where the
+    estimated (calibration-weighted) layer error drops most; sensitivity: the same budget spent
+    where the *measured* model-output error drops most (each layer clustered alone and run
+    through the model on the calibration data; needs real data; depthwise kernels take part).
     Exact zeros stay zero. ``encoding`` is passed to encode_weights (auto = smallest).
     ``gptq``: re-assign each weight to its codebooks column by column with error feedback through
     the layer-input Hessian (GPTQ-style); None = on with real calibration data.

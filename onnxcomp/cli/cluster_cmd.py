@@ -66,7 +66,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @model_argument
 @click.option("--bits", type=float, default=None,
               help="Codebook size 2^B per codebook (1..8), e.g. 4; with --allocation mixed|sensitivity the "
-                   "parameter-weighted average, e.g. 3.5.")
+                   "average stored bits per weight, codebooks included, e.g. 3.5.")
 @click.option("--clusters", type=int, default=None, help="Codebook size K (2..256) instead of --bits.")
 @click.option("--allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,
               help="uniform: every layer at --bits; mixed: per-layer bits averaging --bits, spent "

@@ -19,7 +19,7 @@ from ..config import ClusterConfig
 from ..encode.tables import Layout
 from ..graph.weights import Weight, find_weights, set_weight
 from .base import Change, Context, Pass, PassResult
-from .cluster_fit import Fit, fit
+from .cluster_fit import GRID_MAX_K, Fit, fit
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
@@ -70,29 +70,48 @@ def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: 
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
 
 
-def allocate(errors: dict[str, dict[int, float]], sizes: dict[str, int], budget: float) -> dict[str, int]:
-    """Bits per layer minimising the summed relative error with sum(size*bits) <= budget*sum(size).
+def storage_bits(w: Weight, granularity: str, bits: int) -> int:
+    """Bits of ``w`` stored as 2^bits-entry codebooks: indices plus the tables (see cluster_fit)."""
+    k, channels = 1 << bits, Layout.of(w.shape, w.out_axis).channels
+    if granularity == "tensor":
+        table = 8 * k * w.dtype.itemsize
+    elif granularity == "shared":
+        table = 16 * (k + channels)
+    elif w.dtype == np.float32 and k <= GRID_MAX_K:
+        table = 8 * channels * (k + 2)
+    else:
+        table = 16 * channels * k
+    return w.size * bits + table
 
-    Greedy on marginal gain per parameter bit: start every layer at its fewest bits and upgrade
-    the layer whose error drops most per added bit*param while the budget allows.
+
+def allocate(errors: dict[str, dict[int, float]], sizes: dict[str, int], budget: float,
+             costs: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
+    """Bits per layer minimising the summed error with the stored bits <= budget * sum(size).
+
+    ``costs[n][b]``: the stored bits of layer ``n`` at ``b`` bits (default: size * b, indices
+    only). Greedy on marginal gain per stored bit: start every layer at its fewest bits and
+    upgrade the layer whose error drops most per added bit while the budget allows.
     """
+    cost = costs or {n: {b: sizes[n] * b for b in e} for n, e in errors.items()}
     bits = {n: min(e) for n, e in errors.items()}
-    spent = sum(sizes[n] * b for n, b in bits.items())
+    spent = sum(cost[n][b] for n, b in bits.items())
     limit = budget * sum(sizes.values())
     heap = []
 
     def push(n: str) -> None:
         b = bits[n]
         if b + 1 in errors[n]:
-            heapq.heappush(heap, (-(errors[n][b] - errors[n][b + 1]) / sizes[n], n))
+            step = max(cost[n][b + 1] - cost[n][b], 1)
+            heapq.heappush(heap, (-(errors[n][b] - errors[n][b + 1]) / step, n))
 
     for n in bits:
         push(n)
     while heap:
         _, n = heapq.heappop(heap)
-        if spent + sizes[n] <= limit + 1e-9:
+        step = cost[n][bits[n] + 1] - cost[n][bits[n]]
+        if spent + step <= limit + 1e-9:
             bits[n] += 1
-            spent += sizes[n]
+            spent += step
             push(n)
     return bits
 
@@ -133,7 +152,8 @@ class ClusterPass(Pass):
             fits = {b: _fit(w, b, plan, cfg, ctx) for b in range(lo, hi + 1)}
             errors[w.name] = {b: f.rel_error for b, f in fits.items()}
             plan.fits[w.name] = fits  # type: ignore[assignment] - narrowed below
-        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits)
+        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits,
+                             _costs(weights, plan, range(lo, hi + 1)))
         plan.fits = {n: fits[plan.bits[n]] for n, fits in plan.fits.items()}  # type: ignore[index]
         _note_spread(plan, weights, "mixed")
         return plan
@@ -200,7 +220,7 @@ class ClusterPass(Pass):
         for w, (loss,) in zip(weights, losses):
             scale = max(float(loss), 0.0) / local[w.name][at]
             errors[w.name] = {b: scale * e for b, e in local[w.name].items()}
-        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits)
+        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, plan, levels))
         plan.fits = {n: fits[n] for n, b in plan.bits.items() if b == at and n in fits}
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
                           f"({info['seconds']} s); predicted output error {sum(errors[n][b] for n, b in plan.bits.items()):.3g}")
@@ -232,6 +252,10 @@ class ClusterPass(Pass):
                         "weighted": name in plan.importance}))
         result.changes.extend(plan.skipped)
         return result
+
+def _costs(weights: list[Weight], plan: ClusterPlan, levels) -> dict[str, dict[int, int]]:
+    return {w.name: {b: storage_bits(w, plan.granularity[w.name], b) for b in levels} for w in weights}
+
 
 def _note_spread(plan: ClusterPlan, weights: list[Weight], kind: str) -> None:
     spread = sorted(plan.bits.values())
