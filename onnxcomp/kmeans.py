@@ -222,7 +222,8 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
     c = np.sort(_init(s, k, init, np.random.default_rng(seed)), axis=1)
     c = _lloyd(s, c, iters, tol)
     rows = np.arange(s.rows)
-    for _ in range(swaps):  # a row that did not move keeps its state: only movers are tried again
+    for _ in range(swaps if k >= 3 else 0):  # merge two + split one needs 3 clusters; a row that
+        # did not move keeps its state: only movers are tried again
         rows = _swap(s, c, rows)
         if rows.size == 0:
             break

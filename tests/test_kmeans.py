@@ -74,3 +74,12 @@ def test_dtype_rounding_gives_codebook_values():
     assert np.array_equal(r.centroids, r.centroids.astype(np.float16).astype(np.float64))
     q = np.take_along_axis(r.centroids, r.labels.astype(np.int64), axis=1)
     assert all(np.unique(row).size <= 16 for row in q)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_one_or_two_clusters_fit_without_swaps(k):
+    """k < 3 (e.g. 1-bit codebooks with a zero code of their own) has no merge/split move."""
+    x = np.random.default_rng(3).normal(size=(4, 50))
+    r = kmeans_rows(x, k)
+    assert r.centroids.shape == (4, k) and np.isfinite(r.centroids).all()
+    assert (r.labels < k).all()
