@@ -37,9 +37,9 @@ TARGETS = {  # model -> (size target, recipes to try, most compressed first)
     "effnet_lite0": (0.125, [[("cluster", {"bits": 3.5, "allocation": MEASURED})],
                              [("cluster", {"bits": 4, "allocation": MEASURED})],
                              [("cluster", {"bits": 4.5, "allocation": MEASURED})],
-                             [("cluster", {"bits": 5})]]),
-    "ocr_det_ppocrv4": (0.1, [[("cluster", {"bits": 2.5, "allocation": MEASURED})],
-                              [("cluster", {"bits": 3, "allocation": MEASURED})],
+                             [("cluster", {"bits": 5})], [("cluster", {"bits": 6})]]),
+    "ocr_det_ppocrv4": (0.1, [[("cluster", {"bits": 2, "allocation": MEASURED})],
+                              [("cluster", {"bits": 2.5, "allocation": MEASURED})],
                               [("cluster", {"bits": 3})]]),
 }
 
