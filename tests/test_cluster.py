@@ -100,7 +100,8 @@ def test_cli_end_to_end_mobilenet(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["--bits", "9"], "--bits 9"), ([], "neither --bits"), (["--bits", "4", "--clusters", "8"], "both"),
-    (["--bits", "4", "--granularity", "row"], "--granularity"), (["--bits", "4", "--encoding", "zip"], "--encoding")])
+    (["--bits", "4", "--granularity", "row"], "--granularity"), (["--bits", "4", "--encoding", "zip"], "--encoding"),
+    (["--bits", "2.5"], "fractional"), (["--bits", "3", "--allocation", "sensitivity"], "real calibration data")])
 def test_cli_bad_options_exit_2_one_line(args, needle, capsys):
     assert main(["cluster", str(MODELS / "mobilenet_digits.onnx"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
