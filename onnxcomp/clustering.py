@@ -65,4 +65,7 @@ def run_cluster(model: ModelLike, cfg: ClusterConfig, *, data: Any = None, threa
                             "(scales folded into the codebooks' channel scales)")
         result.settings["correction"] = mode
     encodings = encode_weights(work.proto, names, cfg.encoding) if encode and names else []
+    from . import io
+
+    work.proto = io.compact(work.proto)  # drop the replaced float bytes; self-contained below 2 GB
     return Clustered(work, result, encodings)

@@ -184,3 +184,19 @@ def test_saving_a_lazy_model_over_its_own_data_keeps_it_readable(tmp_path, lazy_
     for a, b in zip(eager.graph.initializer, lazy.graph.initializer):  # read from the new file
         np.testing.assert_array_equal(numpy_helper.to_array(a), io.tensor_array(b))
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_cluster_of_a_lazy_external_model_is_self_contained(tmp_path, lazy_all):
+    """The cluster command reads an external-data input lazily and its result holds only live
+    bytes, with no reference left to the input's data file."""
+    import onnxcomp as oc
+
+    src = M.conv_bn_relu(c_mid=32)
+    path = external(tmp_path / "in", src)
+    before = (tmp_path / "in" / "m.onnx.data").read_bytes()
+    c = oc.cluster(path, 4)
+    assert not io.lazy_tensors(c.proto)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in c.proto.graph.initializer)
+    assert c.proto == onnx.load_from_string(c.proto.SerializeToString())
+    out = main(["cluster", str(path), "--bits", "4", "-o", str(tmp_path / "out.onnx")])
+    assert out == 0 and (tmp_path / "in" / "m.onnx.data").read_bytes() == before
