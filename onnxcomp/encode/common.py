@@ -61,9 +61,17 @@ def raise_opset(model: onnx.ModelProto, target: int) -> bool:
 
 
 class NameScope:
-    """Fresh tensor/node names that collide with nothing in the graph."""
+    """Fresh tensor/node names that collide with nothing in the graph.
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    ``short``: ignore the suggested base and hand out the shortest free names (``e0``, ``e1``,
+    ... in hex). Decoder tensors are named twice each (producer and consumer); on a 2.8 MB model
+    compressed 20x their descriptive names were 6 % of the file.
+    """
+
+    short, count = False, 0
+
+    def __init__(self, model: onnx.ModelProto, short: bool = False) -> None:
+        self.short, self.count = short, 0
         self.shared: dict = {}  # small constants reused across decoders (see encode.base.const)
         g = model.graph
         self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | \
@@ -73,6 +81,14 @@ class NameScope:
             self.used.update(n.output)
 
     def __call__(self, base: str) -> str:
+        if self.short:
+            name = f"e{self.count:x}"
+            while name in self.used:
+                self.count += 1
+                name = f"e{self.count:x}"
+            self.count += 1
+            self.used.add(name)
+            return name
         name, i = base, 0
         while name in self.used:
             i += 1

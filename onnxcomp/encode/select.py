@@ -84,7 +84,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
                    encoding: str = "auto") -> list[EncodeChoice]:
     """Re-store each selected weight in its smallest encoding (in place); one row per weight."""
     kinds = allowed_kinds(encoding)
-    fresh = NameScope(model)
+    fresh = NameScope(model, short=True)
     choices: list[EncodeChoice] = []
     blocked: set[int] = set()
 
