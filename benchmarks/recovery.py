@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, real_models, table, write_json  # noqa: E402
+from common import MODELS, RESULTS, real_models, table, write_json  # noqa: E402
 
 import onnxcomp as oc  # noqa: E402
 from onnxcomp import recipe  # noqa: E402
@@ -32,8 +32,9 @@ EQUAL = {  # model -> (sparsity, bits) compared with and without data
 }
 MEASURED = "sensitivity"
 TARGETS = {  # model -> (size target, recipes to try, most compressed first)
-    "resnet_digits": (0.05, [[("prune", {"sparsity": 0.9}), ("cluster", {"bits": 3})],
-                             [("prune", {"sparsity": 0.85}), ("cluster", {"bits": 4})]]),
+    "resnet_digits": (0.05, [[("prune", {"sparsity": 0.92}), ("cluster", {"bits": 2, "allocation": MEASURED})],
+                             [("prune", {"sparsity": 0.92}), ("cluster", {"bits": 2})],
+                             [("prune", {"sparsity": 0.9}), ("cluster", {"bits": 3})]]),
     "effnet_lite0": (0.125, [[("cluster", {"bits": 3.5, "allocation": MEASURED})],
                              [("cluster", {"bits": 4, "allocation": MEASURED})],
                              [("cluster", {"bits": 4.5, "allocation": MEASURED})],
@@ -134,6 +135,15 @@ def main() -> None:
             payload["targets"] = targets_section(models, tmp)
         if "latency" not in args.skip:
             payload["latency"] = latency_section(tmp)
+    if args.models:  # a partial run updates the models it ran in the existing results
+        old = RESULTS / "recovery.json"
+        merged = json.loads(old.read_text()) if old.exists() else {}
+        for section, value in payload.items():
+            if section == "latency":
+                merged[section] = value
+            else:
+                merged.setdefault(section, {}).update(value)
+        payload = merged
     write_json("recovery", payload)
     json.dumps(payload, default=float)
 
