@@ -19,6 +19,7 @@ from ..config import ClusterConfig
 from ..encode.tables import Layout
 from ..graph.weights import Weight, find_weights, set_weight
 from .base import Change, Context, Pass, PassResult
+from . import cluster_seq
 from .cluster_fit import GRID_MAX_K, Fit, fit
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
@@ -64,9 +65,10 @@ def _granularity(w: Weight, cfg: ClusterConfig) -> str:
 
 
 def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
-         is_k: bool = False) -> Fit:
+         is_k: bool = False, source: np.ndarray | None = None) -> Fit:
     k = bits_or_k if is_k else 1 << bits_or_k
-    return fit(w.values().reshape(-1), Layout.of(w.shape, w.out_axis), k, plan.granularity[w.name],
+    values = w.values() if source is None else source.astype(w.dtype)
+    return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, plan.granularity[w.name],
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
 
 
@@ -172,17 +174,20 @@ class ClusterPass(Pass):
 
         return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads)}
 
-    def _values(self, w: Weight, bits: int, plan: ClusterPlan, ctx: Context, f: Fit | None = None) -> tuple[np.ndarray, Fit]:
-        """The clustered values of ``w`` at ``bits`` (GPTQ-assigned when its Hessian is known)."""
+    def _values(self, w: Weight, bits: int, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
+                source: np.ndarray | None = None) -> tuple[np.ndarray, Fit]:
+        """The clustered values of ``w`` (or of ``source``, a re-targeted weight) at ``bits``,
+        GPTQ-assigned when its Hessian is known."""
         cfg: ClusterConfig = self.config
         if f is None:
-            f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True) if cfg.clusters is not None and \
-                cfg.allocation == "uniform" else _fit(w, int(bits), plan, cfg, ctx)
+            f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True, source=source) if cfg.clusters is not None \
+                and cfg.allocation == "uniform" else _fit(w, int(bits), plan, cfg, ctx, source=source)
         values = f.values.reshape(w.shape)
         if w.name in plan.hessians:
             from .prune_obs import gptq_values
 
-            values = gptq_values(w, w.values(), values, plan.hessians[w.name], f.granularity == "tensor", f.table)
+            values = gptq_values(w, w.values() if source is None else source, values, plan.hessians[w.name],
+                                 f.granularity == "tensor", f.table)
         return values, f
 
     def _measured(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan,
@@ -233,13 +238,23 @@ class ClusterPass(Pass):
             "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
             "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
         by_name = find_weights(model).by_name()
-        if not plan.hessians and plan.bits and self._gptq_on(ctx):
+        gptq = bool(plan.bits) and self._gptq_on(ctx)
+        reference = None
+        if gptq and cluster_seq.usable(model):  # output-matched, layer after layer
+            reference = onnx.ModelProto()
+            reference.CopyFrom(model)
+        elif gptq and not plan.hessians:
             plan.hessians = self._hessians(model, [by_name[n] for n in plan.bits], ctx)
-        if plan.hessians:
-            result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)")
-        for name, bits in plan.bits.items():
-            w = by_name[name]
-            values, f = self._values(w, int(bits), plan, ctx, plan.fits.get(name))
+        matched = 0
+        for name in _graph_order(model, list(plan.bits)):
+            w, bits, source, fitted = by_name[name], plan.bits[name], None, plan.fits.get(name)
+            if reference is not None:
+                plan.hessians.pop(name, None)
+                st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed)
+                if st is not None:
+                    plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
+                    matched += 1
+            values, f = self._values(w, int(bits), plan, ctx, fitted, source)
             set_weight(model, w, values)
             k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
             index_bits = 4 if k <= 16 else 8
@@ -250,8 +265,21 @@ class ClusterPass(Pass):
                 detail={"shape": list(w.shape), "bits": float(np.log2(k)), "clusters": int(k),
                         "granularity": f.granularity, "sqnr_db": round(float(sqnr), 2),
                         "weighted": name in plan.importance}))
+        if plan.hessians:
+            result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)"
+                                + (f"; {matched} re-targeted layer by layer to the original outputs" if matched else ""))
         result.changes.extend(plan.skipped)
         return result
+
+
+def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """``names`` ordered by their first consumer in the graph."""
+    first: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        for x in node.input:
+            first.setdefault(x, i)
+    return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
+
 
 def _costs(weights: list[Weight], plan: ClusterPlan, levels) -> dict[str, dict[int, int]]:
     return {w.name: {b: storage_bits(w, plan.granularity[w.name], b) for b in levels} for w in weights}

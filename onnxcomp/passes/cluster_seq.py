@@ -1,0 +1,51 @@
+"""Output-matched GPTQ, layer after layer along the graph.
+
+Plain GPTQ fits each layer to its own output on the *original* model's inputs, so the errors of
+the layers clustered before it add up along the graph. Here each layer is re-targeted in graph
+order instead: with x_o its input in the original model and x_q its input in the partly
+clustered model (same samples, same positions; im2col patches for convolutions), the weights
+that best reproduce the original output from the new inputs are W' = W E[x_o x_qᵀ] E[x_q x_qᵀ]⁻¹
+(:meth:`onnxcomp.patchstats.LayerStats.target`); W' is then clustered and GPTQ-assigned with the
+Hessian of x_q. Where the sample has fewer than MIN_POSITIONS_PER_DIM input vectors per input
+dimension (a classifier head sees one vector per image), W itself stays the target.
+
+Measured on effnet_lite0 at 4 bits (followed by the affine correction): KL to the original 0.030
+-> 0.025, top-1 agreement 0.81 -> 0.89; re-taking only the Hessian, without the new target, was
+worse than plain GPTQ.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from ..graph.weights import Weight
+from ..patchstats import LayerStats, collect_covariances
+from .prune_obs import _dim, _rows, _unrows, request
+
+MIN_POSITIONS_PER_DIM = 8
+MAX_MODEL_BYTES = 1 << 30  # above this the original is not copied: plain GPTQ
+
+
+def usable(model: onnx.ModelProto) -> bool:
+    """Whether the model is small enough to keep an untouched copy as the reference."""
+    return model.ByteSize() <= MAX_MODEL_BYTES
+
+
+def stats(model: onnx.ModelProto, reference: onnx.ModelProto, w: Weight, data: Iterable[dict], *,
+          threads: int | None = None, seed: int = 0) -> list[LayerStats] | None:
+    """Per-group statistics of ``w``'s input in ``model`` with cross moments to ``reference``."""
+    req = request(w)
+    if req is None:
+        return None
+    return collect_covariances(model, [req], data, threads=threads, reference=reference, seed=seed).get(req.key)
+
+
+def target(w: Weight, groups: list[LayerStats]) -> np.ndarray:
+    """The weight (in ``w``'s shape) that best maps the new inputs to the original outputs."""
+    rows = _rows(w, w.values()).astype(np.float64)
+    parts = np.split(rows, len(groups), axis=0)
+    enough = all(g.n >= MIN_POSITIONS_PER_DIM * _dim(w) for g in groups)
+    out = [g.target(p) if enough else p for p, g in zip(parts, groups)]
+    return _unrows(w, np.concatenate(out, axis=0))
