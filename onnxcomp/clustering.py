@@ -49,21 +49,11 @@ def run_cluster(model: ModelLike, cfg: ClusterConfig, *, data: Any = None, threa
     work = original.copy()
     result = ClusterPass(cfg).run(work.proto, Context(data=data, threads=threads, seed=seed))
     names = {c.name for c in result.applied}
-    real = data is not None and not getattr(data, "random", False)
-    mode = ("affine" if real else "none") if cfg.correction == "auto" \
-        else cfg.correction
-    if names and mode != "none":
-        from .correction import correct
-        from .errors import ConfigError
+    if names:
+        from .correction import apply_correction
 
-        if not real:
-            raise ConfigError(f"--correction {mode} needs real calibration data",
-                              "pass --data with inputs from your task, or --correction none")
-        grans = {c.name: c.detail["granularity"] for c in result.applied}
-        fixed = correct(original.proto, work.proto, names, data, mode=mode, threads=threads, codebooks=grans)
-        result.notes.append(f"{mode} correction of {len(fixed)} layer(s) on the calibration data "
-                            "(scales folded into the codebooks' channel scales)")
-        result.settings["correction"] = mode
+        apply_correction(original.proto, work.proto, names, data, cfg.correction, result, threads=threads,
+                         codebooks={c.name: c.detail["granularity"] for c in result.applied})
     encodings = encode_weights(work.proto, names, cfg.encoding) if encode and names else []
     from . import io
 

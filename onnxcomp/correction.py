@@ -197,3 +197,25 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
         _apply(compressed, cur, a, b, fresh, scaled)
         summary[w.name] = {"scale_mean": float(a.mean()), "shift_abs_mean": float(np.abs(b).mean())}
     return summary
+
+
+def apply_correction(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str], data,
+                     correction: str, result, *, threads: int | None = None,
+                     codebooks: dict[str, str] | None = None) -> None:
+    """Resolve ``--correction`` (auto = affine with real data, none without), refit ``names`` in
+    ``compressed`` and record it in the pass ``result``; a refit asked for without real data is
+    refused with a one-line error."""
+    from .errors import ConfigError
+
+    names = set(names)
+    real = data is not None and not getattr(data, "random", False)
+    mode = ("affine" if real else "none") if correction == "auto" else correction
+    if not names or mode == "none":
+        return
+    if not real:
+        raise ConfigError(f"--correction {mode} needs real calibration data",
+                          "pass --data with inputs from your task, or --correction none")
+    fixed = correct(original, compressed, names, data, mode=mode, threads=threads, codebooks=codebooks)
+    result.notes.append(f"{mode} correction of {len(fixed)} layer(s) on the calibration data"
+                        + (" (scales folded into the codebooks' channel scales)" if codebooks else ""))
+    result.settings["correction"] = mode

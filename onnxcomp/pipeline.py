@@ -74,16 +74,10 @@ def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding:
 
         results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
-    mode = ("affine" if ctx.has_real_data else "none") if correction == "auto" else correction
-    if touched and mode != "none":
-        if not ctx.has_real_data:
-            raise ConfigError(f"--correction {mode} needs real calibration data",
-                              "pass --data with inputs from your task, or --correction none")
-        from .correction import correct
+    if touched:
+        from .correction import apply_correction
 
-        fixed = correct(original.proto, work.proto, touched, data, mode=mode, threads=threads)
-        results[-1].notes.append(f"{mode} correction of {len(fixed)} layer(s) on the calibration data")
-        results[-1].settings["correction"] = mode
+        apply_correction(original.proto, work.proto, touched, data, correction, results[-1], threads=threads)
     encodings = encode_weights(work.proto, names=touched, encoding=encoding) if touched else []
     if touched:
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from ..config import CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CLUSTER_INITS, ClusterConfig
+from ..config import CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CLUSTER_INITS, CORRECTIONS, ClusterConfig
 from ..report import fmt_bytes, table, to_json
 from . import cli
 from .common import (data_options, load_for_write, force_option, gate_options, json_option,
@@ -79,7 +79,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @click.option("--gptq/--no-gptq", "gptq", default=None,
               help="Assign weights to their codebooks column by column with error feedback through the "
                    "layer-input Hessian (default: on with real --data).")
-@click.option("--correction", type=click.Choice(("auto", "affine", "bias", "none")), default="auto",
+@click.option("--correction", type=click.Choice(CORRECTIONS), default="auto",
               show_default=True,
               help="Per-channel output refit after clustering on --data (auto: affine with real data); the "
                    "scales go into the codebooks' channel scales, so the file size is unchanged.")

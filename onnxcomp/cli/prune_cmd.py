@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import ALLOCATIONS, GRANULARITIES, SCORES, PruneConfig
+from ..config import ALLOCATIONS, CORRECTIONS, GRANULARITIES, SCORES, PruneConfig
 from ..report import fmt_bytes, fmt_count, fmt_pct, table
 from . import cli
 from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
@@ -62,7 +62,7 @@ def render_changes(compressed) -> str:
               help="Storage: auto (smallest per tensor), dense, sparse, gaps or bitmask.")
 @click.option("--score", type=click.Choice(SCORES), default="magnitude", show_default=True,
               help="Weight importance: |w|, or |w| x input RMS on --data (activation).")
-@click.option("--correction", type=click.Choice(("auto", "affine", "bias", "none")), default="auto",
+@click.option("--correction", type=click.Choice(CORRECTIONS), default="auto",
               show_default=True, help="Refit each pruned layer's output channels (scale and bias) on "
               "--data, layer by layer; auto = affine with real data, none without.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")

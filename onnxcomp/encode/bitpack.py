@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, reshape_to
-from .codebook import _Codebook, gather, table_overhead, tables_for, unnamed
+from .codebook import _Codebook, first_as_int32, gather, table_overhead, tables_for, unnamed
 
 GROUP = 8
 MAX_BITS = 7  # 8 x 7 = 56-bit words, exact in an int64 MatMul
@@ -47,15 +47,7 @@ def unpack_bits(packed: str, n: int, bits: int, fresh: Names, name: str, inits: 
     nodes += [node("Cast", [packed], b64, to=i64), node("Reshape", [b64, shape], grp),
               node("MatMul", [grp, weights], word), node("Div", [word, div], fields), node("Mod", [fields, mod], low),
               node("Reshape", [low, flat], seq)]
-    if n % GROUP:
-        start = const(fresh, f"{name}_start0", np.array([0], np.int64), inits)
-        end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
-        cut = fresh(f"{name}_seqcut")
-        nodes.append(node("Slice", [seq, start, end], cut))
-        seq = cut
-    out = fresh(f"{name}_idx")
-    nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
-    return out
+    return first_as_int32(seq, n, n % GROUP != 0, fresh, name, inits, nodes)
 
 
 class CodebookPacked(_Codebook):

@@ -154,10 +154,15 @@ def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, no
               node("Mod", [p2, sixteen], lo),
               node("Concat", [hi, lo], both, axis=1),
               node("Reshape", [both, flat_shape], seq)]
-    if n % 2:
+    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes)
+
+
+def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list) -> str:
+    """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32."""
+    if padded:
         start = const(fresh, f"{name}_start", np.array([0], np.int64), inits)
         end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
-        cut = fresh(f"{name}_nibscut")
+        cut = fresh(f"{name}_cut")
         nodes.append(node("Slice", [seq, start, end], cut))
         seq = cut
     out = fresh(f"{name}_idx")

@@ -212,12 +212,18 @@ class ClusterPass(Pass):
             plan.hessians = self._hessians(model, weights, ctx)
         levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
         at = min(max(int(round(cfg.bits)), levels[0]), 8)
-        local = {w.name: {b: max(_fit(w, b, plan, cfg, ctx).rel_error, 1e-12) for b in levels} for w in weights}
-        fits: dict[str, Fit] = {}
+        local: dict[str, dict[int, float]] = {}
+        fits: dict[str, Fit] = {}  # the fit at the measured width only (one copy of the weights)
+        for w in weights:
+            local[w.name] = {}
+            for b in levels:
+                f = _fit(w, b, plan, cfg, ctx)
+                local[w.name][b] = max(f.rel_error, 1e-12)
+                if b == at:
+                    fits[w.name] = f
 
         def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
-            values, fits[w.name] = self._values(w, int(bits), plan, ctx)
-            return values
+            return self._values(w, int(bits), plan, ctx, fits[w.name])[0]
 
         losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=cfg.max_samples,
                                       budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
@@ -226,7 +232,7 @@ class ClusterPass(Pass):
             scale = max(float(loss), 0.0) / local[w.name][at]
             errors[w.name] = {b: scale * e for b, e in local[w.name].items()}
         plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, plan, levels))
-        plan.fits = {n: fits[n] for n, b in plan.bits.items() if b == at and n in fits}
+        plan.fits = {n: fits[n] for n, b in plan.bits.items() if b == at}
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
                           f"({info['seconds']} s); predicted output error {sum(errors[n][b] for n, b in plan.bits.items()):.3g}")
         _note_spread(plan, weights, "measured")
