@@ -121,6 +121,20 @@ def test_uint4_needs_opset_21():
     assert np.array_equal(_run(model, x)[0], ref)
 
 
+def test_shared_codebook_with_all_zero_channels_keeps_its_width():
+    """A channel of zeros (e.g. a dead one the output correction zeroed) must not add a 17th code
+    to a 16-entry shared codebook: it takes a zero scale instead. Decoded bit for bit."""
+    rng = np.random.default_rng(5)
+    w = _codebook_weight(rng, "shared")
+    w[[3, 7]] = 0.0
+    model = _conv(w)
+    x = rng.normal(size=(1, 8, 5, 5)).astype(np.float32)
+    ref = _run(model, x)[0]
+    assert encode_weights(model)[0].kind == "codebook4"
+    assert np.array_equal(_decoded(model, w.shape, np.float32).view(np.uint32), w.view(np.uint32))
+    assert np.array_equal(_run(model, x)[0], ref)
+
+
 def test_detect_and_factor():
     rng = np.random.default_rng(4)
     assert detect(rng.normal(size=1000).astype(np.float32), None) == []  # no structure: no table

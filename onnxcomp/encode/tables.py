@@ -169,6 +169,10 @@ def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int
     if f is None:
         return None
     q, s = f
+    zero = ~np.any(table, axis=1)
+    if zero.any() and not zero.all():  # an all-zero channel (e.g. a dead one the output correction
+        q, s = q.copy(), s.copy()      # zeroed) takes any code times a zero scale, not a code of 0
+        q[zero], s[zero] = q[~zero].max(), 0
     values, inv = np.unique(q, return_inverse=True)
     if values.size > max_width:
         return None
