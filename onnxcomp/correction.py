@@ -23,7 +23,7 @@ from .activations import Capturer
 from .encode.common import NameScope
 from .graph.subgraph import truncate
 from .graph.weights import Weight, find_weights, set_weight
-from .sensitivity import take_samples
+from .sensitivity import estimated_seconds, take_samples
 
 MODES = ("affine", "bias")
 SCALE_LIMITS = (0.25, 4.0)
@@ -133,18 +133,13 @@ def _reference(original: onnx.ModelProto, ws: list[Weight], batches: list[dict],
     return ref, picks
 
 
-def _sample_budget(compressed: onnx.ModelProto, batches: list[dict], layers: int, budget_s: float,
-                   threads: int | None) -> list[dict]:
-    """Fewer samples when a wave per layer would exceed ``budget_s`` (never below 4)."""
-    import time
-
-    from .runtime import session
-
-    sess = session(compressed, threads=threads)
-    t0 = time.perf_counter()
-    sess.run(None, batches[0])
-    per_sample = (time.perf_counter() - t0) / max(len(next(iter(batches[0].values()))), 1)
+def _sample_budget(compressed: onnx.ModelProto, batches: list[dict], layers: int, budget_s: float) -> list[dict]:
+    """Fewer samples when a wave per layer would exceed ``budget_s`` (never below 4), by the
+    deterministic cost model of :func:`onnxcomp.sensitivity.estimated_seconds`."""
     total = sum(len(next(iter(b.values()))) for b in batches)
+    per_sample = estimated_seconds(compressed, batches[:1], samples=1)
+    if per_sample is None:
+        return batches
     # each wave runs a prefix of the model: about half of it on average
     affordable = int(budget_s / max(per_sample * max(layers, 1) / 2, 1e-9))
     return take_samples(batches, max(4, min(total, affordable)))
@@ -176,7 +171,7 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
     if not ws:
         return {}
     batches = take_samples(data, max_samples)
-    batches = _sample_budget(compressed, batches, len(ws), budget_s, threads)
+    batches = _sample_budget(compressed, batches, len(ws), budget_s)
     ref, picks = _reference(original, ws, batches, threads)
     fresh = NameScope(compressed)
     summary: dict[str, dict] = {}

@@ -72,6 +72,25 @@ def take_samples(data: Iterable[dict], n: int) -> list[dict]:
     return list(limit_samples(data, n))
 
 
+MACS_PER_SECOND = 1e10  # the cost model behind the sample budgets (not a timing: reproducible)
+
+
+def estimated_seconds(model: onnx.ModelProto, batches: Sequence[dict], *, samples: int) -> float | None:
+    """Predicted seconds to run ``samples`` samples shaped like ``batches[0]``: the model's MACs
+    over MACS_PER_SECOND. A timing would make the sample budgets (and so the results) depend on
+    how loaded the machine is. None when shape inference cannot count the MACs."""
+    from .inspection import inspect
+
+    if not batches:
+        return None
+    shapes = {k: (1,) + tuple(np.shape(v)[1:]) for k, v in batches[0].items()}
+    try:
+        macs = inspect(model, input_shapes=shapes).total_macs
+    except (ValueError, KeyError, IndexError, TypeError, onnx.checker.ValidationError):
+        return None
+    return macs * samples / MACS_PER_SECOND if macs else None
+
+
 def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Sequence[float],
                    compress: Callable[[Weight, np.ndarray, float], np.ndarray], data: Iterable[dict],
                    *, samples: int = 32, budget_s: float = 240.0, threads: int | None = None,
@@ -84,9 +103,8 @@ def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Se
     batches = take_samples(data, samples)
     probe = Probe(model, weights, batches, threads=threads)
     t0 = time.perf_counter()
-    probe.loss({})
-    per_run = time.perf_counter() - t0
     n = sum(len(next(iter(b.values()))) for b in batches)
+    per_run = estimated_seconds(model, batches, samples=n) or 0.0
     trials = len(weights) * len(levels)
     if trials * per_run > budget_s and n > 4:
         keep = max(4, int(n * budget_s / (trials * per_run)))
