@@ -74,6 +74,7 @@ class Search:
         if data is None or getattr(data, "random", False):
             raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
         self.calib, self.holdout = split(data)
+        self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
         self.max_drop, self.threads, self.labels = max_drop, threads, labels
         self.base_size = self.original.proto.ByteSize()
         self.base_macs = inspect(self.original.proto).total_macs

@@ -9,12 +9,16 @@ steps:
   - int8: {}
 encoding: auto
 correction: auto
+calib_samples: 96
 ```
 Steps run in order on the same model with dense intermediate weights; with real calibration data
 every changed layer's output channels are then refitted once (``correction``: auto = affine,
 bias or none; clustered layers get the shift only; see :mod:`onnxcomp.correction`), and the final model is encoded once (each weight
 in its smallest encoding). The same recipe replays on the same model
 or on a retrained one in a deployment pipeline (``onnxcomp compress MODEL --recipe FILE``).
+``calib_samples`` (optional): only the first N calibration samples are used - ``onnxcomp auto``
+records the samples it calibrated on (it holds the rest out), so a replay with the same data
+file writes the same model.
 """
 from __future__ import annotations
 
@@ -53,6 +57,10 @@ def validate(recipe: Any, origin: str = "recipe") -> dict:
         if not isinstance(params, dict):
             raise ConfigError(f"{origin}: step {i + 1} options are not a mapping",
                               "write options as {key: value}")
+    n = recipe.get("calib_samples")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"{origin}: calib_samples {n!r} is not a positive whole number",
+                          "write e.g. 'calib_samples: 96', or drop the line to use every sample")
     return recipe
 
 
@@ -118,13 +126,18 @@ def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | No
     validate(recipe)
     m = as_model(model)
     data = as_data(data, m)
+    random = data is not None and data.random
+    if data is not None and recipe.get("calib_samples"):
+        from .sensitivity import take_samples
+
+        data = take_samples(data, int(recipe["calib_samples"]))
     current, clustered = m, set()
     for step in recipe["steps"]:
         kind, params = next(iter(step.items()))
         current = _step(kind, current, dict(params or {}), data, threads, clustered)
     out = current.copy()
     out.path = None
-    if recipe.get("correction", "auto") != "none" and data is not None and not data.random:
+    if recipe.get("correction", "auto") != "none" and data is not None and not random:
         _correct(m, out, data, recipe.get("correction", "auto"), threads, clustered)
     if not any("int8" in s for s in recipe["steps"]):
         encode_weights(out.proto, encoding=recipe.get("encoding", "auto"))

@@ -29,7 +29,8 @@ def test_recipe_round_trip_and_validation(tmp_path):
     for bad, expect in (("steps: []\n", "not an onnxcomp recipe"),
                         ("onnxcomp_recipe: 1\nsteps: []\n", "no steps"),
                         ("onnxcomp_recipe: 1\nsteps:\n  - shrink: {}\n", "not one of"),
-                        ("onnxcomp_recipe: 1\nsteps: [\n", "not valid YAML")):
+                        ("onnxcomp_recipe: 1\nsteps: [\n", "not valid YAML"),
+                        ("onnxcomp_recipe: 1\nsteps:\n  - prune: {}\ncalib_samples: -3\n", "calib_samples")):
         (tmp_path / "bad.yaml").write_text(bad)
         with pytest.raises(oc.ConfigError, match=expect):
             recipe.load(tmp_path / "bad.yaml")

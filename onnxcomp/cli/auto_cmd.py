@@ -90,7 +90,8 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
         with_int8 = search.evaluate(chosen.steps + [("int8", {})])
         if with_int8.ok:
             chosen = with_int8
-    rec = recipes.make(chosen.steps, encoding="auto", source=Path(model).name, max_drop=max_drop)
+    rec = recipes.make(chosen.steps, encoding="auto", source=Path(model).name, max_drop=max_drop,
+                       calib_samples=search.calib_samples)
     result = finish(original, chosen.model.proto, output, command="auto", data=data, force=force,
                     threads=threads)
     rec_path = recipes.dump(rec, recipe_out or result.path.with_suffix(".yaml"))
