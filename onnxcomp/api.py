@@ -170,14 +170,15 @@ def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | 
 
 
 def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None = None,
-            granularity: str = "channel", init: str = "linear", allocation: str = "uniform", data=None,
+            granularity: str = "auto", init: str = "linear", allocation: str = "uniform", data=None,
             include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
             iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0,
-            gptq: bool | None = None, correction: str = "auto"):
+            gptq: bool | None = None, correction: str = "auto", max_samples: int = 128):
     """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
 
-    ``granularity``: tensor, channel (default) or shared (one codebook over per-channel-scaled
-    weights). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
+    ``granularity``: tensor, channel, shared (one codebook over per-channel-scaled weights) or
+    auto (default: channel, or shared per layer where a mixed/sensitivity allocation finds it
+    cheaper for the error). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
     ``model`` is encoded (indices + codebook); save it with ``oc.save(result.model, path)``.
     """
     from .clustering import run_cluster
@@ -186,12 +187,12 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
-                        gptq=gptq, correction=correction)
+                        gptq=gptq, correction=correction, max_samples=max_samples)
     return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
 
 
 def compress(model: ModelLike, sparsity: float = 0.9, bits: int = 4, *, data=None,
-             granularity: str = "channel", allocation: str = "auto", bit_allocation: str = "uniform",
+             granularity: str = "auto", allocation: str = "auto", bit_allocation: str = "uniform",
              threads: int | None = None):
     """Deep Compression without retraining: prune -> cluster -> encode; returns a Pipeline.
 

@@ -35,9 +35,10 @@ def render_clustered(clustered: Any) -> str:
 def cluster_options(f):
     """The options shared by ``cluster`` and ``compress`` (codebook side)."""
     opts = [
-        click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="channel",
+        click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto",
                      show_default=True, help="One codebook per tensor, per output channel, or one "
-                     "shared codebook over per-channel-scaled weights."),
+                     "shared codebook over per-channel-scaled weights; auto: per channel, or shared where "
+                     "--allocation mixed|sensitivity finds it cheaper for the error."),
         click.option("--init", type=click.Choice(CLUSTER_INITS), default="linear", show_default=True,
                      help="Centroid initialisation: linear (min..max), density (CDF quantiles), random."),
         click.option("--include", multiple=True, metavar="GLOB", help="Only weights/nodes matching (repeatable)."),
@@ -83,6 +84,8 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
               show_default=True,
               help="Per-channel output refit after clustering on --data (auto: affine with real data); the "
                    "scales go into the codebooks' channel scales, so the file size is unchanged.")
+@click.option("--calib-samples", "max_samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Calibration samples for the layer statistics (GPTQ Hessians, importance, sensitivity).")
 @cluster_options
 @data_options
 @gate_options
@@ -90,7 +93,7 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @force_option
 @json_option
 def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation: str, iterations: int,
-                encoding: str, gptq: bool | None, correction: str, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
+                encoding: str, gptq: bool | None, correction: str, max_samples: int, granularity: str, init: str, include: tuple[str, ...], exclude: tuple[str, ...],
                 min_params: int, include_depthwise: bool, threads: int | None, output: str | None,
                 force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
                 **data_opts: Any) -> None:
@@ -110,7 +113,7 @@ def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
                         include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
-                        gptq=gptq, correction=correction)
+                        gptq=gptq, correction=correction, max_samples=max_samples)
     allowed_kinds(encoding)
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     clustered = run_cluster(original, cfg, data=data, threads=threads)

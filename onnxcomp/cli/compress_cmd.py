@@ -46,8 +46,9 @@ def render_stages(pipe: Any) -> str:
 @click.option("--prune", "sparsity", type=float, default=0.9, show_default=True,
               help="Fraction of the prunable parameters removed (stage 1).")
 @click.option("--bits", type=int, default=4, show_default=True, help="Codebook bits (stage 2), 1..8.")
-@click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="channel", show_default=True,
-              help="Codebook per tensor, per output channel, or shared with per-channel scales.")
+@click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto", show_default=True,
+              help="Codebook per tensor, per output channel, or shared with per-channel scales; auto: per "
+                   "channel, or shared where --bit-allocation mixed|sensitivity finds it cheaper.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="auto", show_default=True,
               help="How the pruning budget is spread over layers (see onnxcomp prune).")
 @click.option("--bit-allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,

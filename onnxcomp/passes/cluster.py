@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Hashable
 
 import numpy as np
 import onnx
@@ -25,6 +26,7 @@ from .cluster_fit import GRID_MAX_K, Fit, fit
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
 MEASURE_BUDGET_S = 300.0  # sensitivity trials: fewer probe samples beyond this (at least 4)
+REFIT = True  # least-squares refit of channel codebooks after the GPTQ assignment
 
 
 @dataclass
@@ -58,17 +60,33 @@ def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
 
 def _granularity(w: Weight, cfg: ClusterConfig) -> str:
     """Depthwise kernels (a handful of weights per channel): one shared codebook over the
-    channel-scaled kernels (float32; channels differ in scale), else one per tensor."""
+    channel-scaled kernels (float32; channels differ in scale), else one per tensor; ``auto``
+    starts from channel (the allocations may switch a layer to shared, see :func:`_candidates`)."""
     if w.is_depthwise:
         return "shared" if w.dtype == np.float32 else "tensor"
-    return "tensor" if w.out_axis is None else cfg.granularity
+    if w.out_axis is None:
+        return "tensor"
+    return "channel" if cfg.granularity == "auto" else cfg.granularity
+
+
+def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
+    """The granularities a budget allocation may choose from for ``w`` (the first is the default).
+
+    With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
+    tables cost k+2 bytes per output channel, a sixth of the indices of a 4-bit 1×1 conv with 96
+    inputs, and on such short rows a shared codebook one bit wider is more accurate for the bytes.
+    """
+    first = _granularity(w, cfg)
+    if cfg.granularity == "auto" and first == "channel" and w.dtype == np.float32:
+        return [first, "shared"]
+    return [first]
 
 
 def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
-         is_k: bool = False, source: np.ndarray | None = None) -> Fit:
+         is_k: bool = False, source: np.ndarray | None = None, granularity: str | None = None) -> Fit:
     k = bits_or_k if is_k else 1 << bits_or_k
     values = w.values() if source is None else source.astype(w.dtype)
-    return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, plan.granularity[w.name],
+    return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, granularity or plan.granularity[w.name],
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
 
 
@@ -86,36 +104,55 @@ def storage_bits(w: Weight, granularity: str, bits: int) -> int:
     return w.size * bits + table
 
 
-def allocate(errors: dict[str, dict[int, float]], sizes: dict[str, int], budget: float,
-             costs: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
-    """Bits per layer minimising the summed error with the stored bits <= budget * sum(size).
+def allocate(errors: dict[str, dict[Hashable, float]], sizes: dict[str, int], budget: float,
+             costs: dict[str, dict[Hashable, int]] | None = None) -> dict[str, Hashable]:
+    """The option per layer minimising the summed error with the stored bits <= budget * sum(size).
 
-    ``costs[n][b]``: the stored bits of layer ``n`` at ``b`` bits (default: size * b, indices
-    only). Greedy on marginal gain per stored bit: start every layer at its fewest bits and
-    upgrade the layer whose error drops most per added bit while the budget allows.
+    ``errors[n]`` maps each option of layer ``n`` (its bits, or a (granularity, bits) pair) to
+    its predicted error; ``costs[n][option]``: its stored bits (default: size * bits, indices
+    only). Every layer starts at its cheapest option and moves along the lower convex hull of its
+    (cost, error) points, the step with the largest error drop per added bit first, while the
+    budget allows (options off the hull never pay for their bits better than a hull mix).
     """
-    cost = costs or {n: {b: sizes[n] * b for b in e} for n, e in errors.items()}
-    bits = {n: min(e) for n, e in errors.items()}
-    spent = sum(cost[n][b] for n, b in bits.items())
+    cost = costs or {n: {b: sizes[n] * b for b in e} for n, e in errors.items()}  # type: ignore[operator]
+    hulls = {n: _hull([(cost[n][o], errors[n][o], o) for o in e]) for n, e in errors.items()}
+    at = {n: 0 for n in hulls}
+    spent = sum(h[0][0] for h in hulls.values())
     limit = budget * sum(sizes.values())
-    heap = []
+    heap: list = []
 
     def push(n: str) -> None:
-        b = bits[n]
-        if b + 1 in errors[n]:
-            step = max(cost[n][b + 1] - cost[n][b], 1)
-            heapq.heappush(heap, (-(errors[n][b] - errors[n][b + 1]) / step, n))
+        h, i = hulls[n], at[n]
+        if i + 1 < len(h):
+            heapq.heappush(heap, (-(h[i][1] - h[i + 1][1]) / max(h[i + 1][0] - h[i][0], 1), n))
 
-    for n in bits:
+    for n in hulls:
         push(n)
     while heap:
         _, n = heapq.heappop(heap)
-        step = cost[n][bits[n] + 1] - cost[n][bits[n]]
+        h, i = hulls[n], at[n]
+        step = h[i + 1][0] - h[i][0]
         if spent + step <= limit + 1e-9:
-            bits[n] += 1
+            at[n] += 1
             spent += step
             push(n)
-    return bits
+    return {n: hulls[n][i][2] for n, i in at.items()}
+
+
+def _hull(points: list[tuple[float, float, Hashable]]) -> list[tuple[float, float, Hashable]]:
+    """The lower convex hull of (cost, error, option) points, cheapest first, error falling."""
+    out: list[tuple[float, float, Hashable]] = []
+    for p in sorted(points, key=lambda p: (p[0], p[1])):
+        if out and p[1] >= out[-1][1]:
+            continue  # costs more, no better
+        while len(out) >= 2 and _cross(out[-2], out[-1], p) <= 0:
+            out.pop()  # out[-1] lies on or above the segment from out[-2] to p
+        out.append(p)
+    return out
+
+
+def _cross(a, b, c) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
 
 
 class ClusterPass(Pass):
@@ -149,14 +186,14 @@ class ClusterPass(Pass):
             return self._measured(model, weights, plan, ctx)
         lo = max(1, int(np.floor(cfg.bits)) - MIXED_RANGE)
         hi = min(8, int(np.ceil(cfg.bits)) + MIXED_RANGE)
-        errors: dict[str, dict[int, float]] = {}
+        errors: dict[str, dict[tuple[str, int], float]] = {}
+        every: dict[str, dict[tuple[str, int], Fit]] = {}
         for w in weights:
-            fits = {b: _fit(w, b, plan, cfg, ctx) for b in range(lo, hi + 1)}
-            errors[w.name] = {b: f.rel_error for b, f in fits.items()}
-            plan.fits[w.name] = fits  # type: ignore[assignment] - narrowed below
-        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits,
-                             _costs(weights, plan, range(lo, hi + 1)))
-        plan.fits = {n: fits[plan.bits[n]] for n, fits in plan.fits.items()}  # type: ignore[index]
+            every[w.name] = {(g, b): _fit(w, b, plan, cfg, ctx, granularity=g)
+                             for g in _candidates(w, cfg) for b in range(lo, hi + 1)}
+            errors[w.name] = {o: f.rel_error for o, f in every[w.name].items()}
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, errors))
+        _take(plan, chosen, {n: every[n][o] for n, o in chosen.items()})
         _note_spread(plan, weights, "mixed")
         return plan
 
@@ -172,7 +209,8 @@ class ClusterPass(Pass):
     def _hessians(self, model: onnx.ModelProto, weights: list[Weight], ctx: Context) -> dict[str, list]:
         from .prune_obs import hessians
 
-        return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads)}
+        return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads,
+                                                 max_samples=self.config.max_samples)}
 
     def _values(self, w: Weight, bits: int, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
                 source: np.ndarray | None = None) -> tuple[np.ndarray, Fit]:
@@ -186,8 +224,11 @@ class ClusterPass(Pass):
         if w.name in plan.hessians:
             from .prune_obs import gptq_values
 
-            values = gptq_values(w, w.values() if source is None else source, values, plan.hessians[w.name],
-                                 f.granularity == "tensor", f.table)
+            target = w.values() if source is None else source
+            values = gptq_values(w, target, values, plan.hessians[w.name], f.granularity == "tensor", f.table)
+            if REFIT and f.granularity == "channel":
+                k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << bits
+                values = _refit(w, target, values, plan.hessians[w.name], k)
         return values, f
 
     def _measured(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan,
@@ -212,29 +253,31 @@ class ClusterPass(Pass):
             plan.hessians = self._hessians(model, weights, ctx)
         levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
         at = min(max(int(round(cfg.bits)), levels[0]), 8)
-        local: dict[str, dict[int, float]] = {}
-        fits: dict[str, Fit] = {}  # the fit at the measured width only (one copy of the weights)
+        local: dict[str, dict[tuple[str, int], float]] = {}
+        fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
         for w in weights:
-            local[w.name] = {}
-            for b in levels:
-                f = _fit(w, b, plan, cfg, ctx)
-                local[w.name][b] = max(f.rel_error, 1e-12)
-                if b == at:
-                    fits[w.name] = f
+            local[w.name], fits[w.name] = {}, {}
+            for g in _candidates(w, cfg):
+                for b in levels:
+                    f = _fit(w, b, plan, cfg, ctx, granularity=g)
+                    local[w.name][g, b] = max(f.rel_error, 1e-12)
+                    if b == at:
+                        fits[w.name][g] = f
+            _rescale_by_gptq(w, local[w.name], fits[w.name], at, plan.hessians.get(w.name))
 
         def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
-            return self._values(w, int(bits), plan, ctx, fits[w.name])[0]
+            return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
 
         losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=cfg.max_samples,
                                       budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
         errors = {}
         for w, (loss,) in zip(weights, losses):
-            scale = max(float(loss), 0.0) / local[w.name][at]
-            errors[w.name] = {b: scale * e for b, e in local[w.name].items()}
-        plan.bits = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, plan, levels))
-        plan.fits = {n: fits[n] for n, b in plan.bits.items() if b == at}
+            scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
+            errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, errors))
+        _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
-                          f"({info['seconds']} s); predicted output error {sum(errors[n][b] for n, b in plan.bits.items()):.3g}")
+                          f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
         _note_spread(plan, weights, "measured")
         return plan
 
@@ -256,7 +299,8 @@ class ClusterPass(Pass):
             w, bits, source, fitted = by_name[name], plan.bits[name], None, plan.fits.get(name)
             if reference is not None:
                 plan.hessians.pop(name, None)
-                st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed)
+                st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed,
+                                       max_samples=cfg.max_samples)
                 if st is not None:
                     plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
                     matched += 1
@@ -278,6 +322,16 @@ class ClusterPass(Pass):
         return result
 
 
+def _refit(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:
+    """``values`` with each channel's codebook refitted to ``target`` on the layer's Hessian."""
+    from ..codebook_refit import refit_channels
+    from .prune_obs import _rows, _unrows
+
+    grid = w.dtype == np.float32 and k <= GRID_MAX_K  # the table format cluster_fit.fit chose
+    rows = refit_channels(_rows(w, target), _rows(w, values), [g.cov for g in groups], grid=grid)
+    return _unrows(w, rows).astype(w.dtype)
+
+
 def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
     """``names`` ordered by their first consumer in the graph."""
     first: dict[str, int] = {}
@@ -287,8 +341,45 @@ def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
 
 
-def _costs(weights: list[Weight], plan: ClusterPlan, levels) -> dict[str, dict[int, int]]:
-    return {w.name: {b: storage_bits(w, plan.granularity[w.name], b) for b in levels} for w in weights}
+def _costs(weights: list[Weight], options: dict[str, dict[tuple[str, int], float]]) -> dict[str, dict]:
+    return {w.name: {(g, b): storage_bits(w, g, b) for g, b in options[w.name]} for w in weights}
+
+
+def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str, Fit]) -> None:
+    """Record the allocation's (granularity, bits) per layer and the fits that can be reused."""
+    plan.bits = {n: b for n, (_, b) in chosen.items()}
+    switched = [n for n, (g, _) in chosen.items() if g != plan.granularity[n]]
+    plan.granularity.update({n: g for n, (g, _) in chosen.items()})
+    plan.fits = dict(fits)
+    if switched:
+        plan.notes.append(f"{len(switched)} layer(s) take one shared codebook over channel-scaled weights "
+                          f"(cheaper than per-channel tables for their error)")
+
+
+def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit], at: int,
+                     groups: list | None) -> None:
+    """Put the granularities of ``w`` on one footing: GPTQ recovers more of a coarse codebook's
+    error (a shared codebook: 4-8x on short rows, per-channel ones 2x), so each granularity's
+    curve is scaled by its GPTQ gain at the measured width (output error on the layer Hessian)."""
+    if len(fits) < 2 or not groups:
+        return
+    from .prune_obs import _rows, gptq_values
+
+    h = [np.asarray(g.cov, np.float64) for g in groups]
+    ref = _rows(w, w.values()).astype(np.float64)
+
+    def out_err(values: np.ndarray) -> float:
+        e = np.split(_rows(w, values).astype(np.float64) - ref, len(h))
+        return float(sum(((x @ m) * x).sum() for x, m in zip(e, h)))
+
+    gain = {}
+    for g, f in fits.items():
+        near = out_err(f.values.reshape(w.shape))
+        gain[g] = out_err(gptq_values(w, w.values(), f.values.reshape(w.shape), groups, False, f.table)) / near \
+            if near > 0 else 1.0
+    first = next(iter(fits))
+    for g, b in local:
+        local[g, b] *= gain[g] / gain[first]
 
 
 def _note_spread(plan: ClusterPlan, weights: list[Weight], kind: str) -> None:

@@ -34,12 +34,13 @@ def usable(model: onnx.ModelProto) -> bool:
 
 
 def stats(model: onnx.ModelProto, reference: onnx.ModelProto, w: Weight, data: Iterable[dict], *,
-          threads: int | None = None, seed: int = 0) -> list[LayerStats] | None:
+          threads: int | None = None, seed: int = 0, max_samples: int = 64) -> list[LayerStats] | None:
     """Per-group statistics of ``w``'s input in ``model`` with cross moments to ``reference``."""
     req = request(w)
     if req is None:
         return None
-    return collect_covariances(model, [req], data, threads=threads, reference=reference, seed=seed).get(req.key)
+    return collect_covariances(model, [req], data, threads=threads, reference=reference, seed=seed,
+                               max_samples=max_samples).get(req.key)
 
 
 def target(w: Weight, groups: list[LayerStats]) -> np.ndarray:

@@ -59,7 +59,7 @@ def _dim(w: Weight) -> int:
 
 
 def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
-             threads: int | None = None) -> Iterator[tuple[Weight, list]]:
+             threads: int | None = None, max_samples: int = 64) -> Iterator[tuple[Weight, list]]:
     """(weight, per-group LayerStats) for every weight OBS can model, ~1 GB of matrices at a time."""
     todo = [(w, r) for w in weights if (r := request(w)) is not None and _dim(w) <= MAX_DIM]
     chunk: list[tuple[Weight, StatsRequest]] = []
@@ -67,7 +67,8 @@ def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
     for item in todo + [None]:
         cost = 0 if item is None else 8 * _dim(item[0]) ** 2 * max(1, item[0].group)
         if chunk and (item is None or size + cost > STATS_BYTES):
-            stats = collect_covariances(model, [r for _, r in chunk], data, threads=threads)
+            stats = collect_covariances(model, [r for _, r in chunk], data, threads=threads,
+                                        max_samples=max_samples)
             for w, r in chunk:
                 yield w, stats[r.key]
             chunk, size = [], 0
