@@ -6,12 +6,14 @@ order instead: with x_o its input in the original model and x_q its input in the
 clustered model (same samples, same positions; im2col patches for convolutions), the weights
 that best reproduce the original output from the new inputs are W' = W E[x_o x_qᵀ] E[x_q x_qᵀ]⁻¹
 (:meth:`onnxcomp.patchstats.LayerStats.target`); W' is then clustered and GPTQ-assigned with the
-Hessian of x_q. Where the sample has fewer than MIN_POSITIONS_PER_DIM input vectors per input
-dimension (a classifier head sees one vector per image), W itself stays the target.
+Hessian of x_q. Where the sample has few input vectors per input dimension (a classifier head
+sees one vector per image), the moments are shrunk toward a scaled identity
+(:func:`onnxcomp.patchstats.shrink`), so the target falls back smoothly toward W itself.
 
 Measured on effnet_lite0 at 4 bits (followed by the affine correction): KL to the original 0.030
 -> 0.025, top-1 agreement 0.81 -> 0.89; re-taking only the Hessian, without the new target, was
-worse than plain GPTQ.
+worse than plain GPTQ. Re-targeting the head too (128 images for 1280 inputs, shrunk): KL 0.0156
+-> 0.0141.
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ import onnx
 
 from ..graph.weights import Weight
 from ..patchstats import LayerStats, collect_covariances
-from .prune_obs import _dim, _rows, _unrows, request
+from .prune_obs import _rows, _unrows, request
 
-MIN_POSITIONS_PER_DIM = 8
 MAX_MODEL_BYTES = 1 << 30  # above this the original is not copied: plain GPTQ
 
 
@@ -47,6 +48,4 @@ def target(w: Weight, groups: list[LayerStats]) -> np.ndarray:
     """The weight (in ``w``'s shape) that best maps the new inputs to the original outputs."""
     rows = _rows(w, w.values()).astype(np.float64)
     parts = np.split(rows, len(groups), axis=0)
-    enough = all(g.n >= MIN_POSITIONS_PER_DIM * _dim(w) for g in groups)
-    out = [g.target(p) if enough else p for p, g in zip(parts, groups)]
-    return _unrows(w, np.concatenate(out, axis=0))
+    return _unrows(w, np.concatenate([g.target(p) for p, g in zip(parts, groups)], axis=0))
