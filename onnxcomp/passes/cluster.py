@@ -73,8 +73,9 @@ def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
     """The granularities a budget allocation may choose from for ``w`` (the first is the default).
 
     With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
-    tables cost k+2 bytes per output channel, a sixth of the indices of a 4-bit 1×1 conv with 96
-    inputs, and on such short rows a shared codebook one bit wider is more accurate for the bytes.
+    tables cost k+2 bytes per output channel (at 4 bits 18 bytes, against 48 bytes of indices for
+    a 1×1 conv with 96 inputs), and on such short rows a shared codebook one bit wider is more
+    accurate for the bytes.
     """
     first = _granularity(w, cfg)
     if cfg.granularity == "auto" and first == "channel" and w.dtype == np.float32:
@@ -187,13 +188,11 @@ class ClusterPass(Pass):
         lo = max(1, int(np.floor(cfg.bits)) - MIXED_RANGE)
         hi = min(8, int(np.ceil(cfg.bits)) + MIXED_RANGE)
         errors: dict[str, dict[tuple[str, int], float]] = {}
-        every: dict[str, dict[tuple[str, int], Fit]] = {}
-        for w in weights:
-            every[w.name] = {(g, b): _fit(w, b, plan, cfg, ctx, granularity=g)
-                             for g in _candidates(w, cfg) for b in range(lo, hi + 1)}
-            errors[w.name] = {o: f.rel_error for o, f in every[w.name].items()}
+        for w in weights:  # errors only: keeping every option's values would hold 10 model copies
+            errors[w.name] = {(g, b): _fit(w, b, plan, cfg, ctx, granularity=g).rel_error
+                              for g in _candidates(w, cfg) for b in range(lo, hi + 1)}
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, errors))
-        _take(plan, chosen, {n: every[n][o] for n, o in chosen.items()})
+        _take(plan, chosen, {})  # apply fits the chosen option again
         _note_spread(plan, weights, "mixed")
         return plan
 
@@ -263,7 +262,7 @@ class ClusterPass(Pass):
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
                     if b == at:
                         fits[w.name][g] = f
-            _rescale_by_gptq(w, local[w.name], fits[w.name], at, plan.hessians.get(w.name))
+            _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
 
         def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
             return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
@@ -356,7 +355,7 @@ def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str,
                           f"(cheaper than per-channel tables for their error)")
 
 
-def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit], at: int,
+def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit],
                      groups: list | None) -> None:
     """Put the granularities of ``w`` on one footing: GPTQ recovers more of a coarse codebook's
     error (a shared codebook: 4-8x on short rows, per-channel ones 2x), so each granularity's
