@@ -37,3 +37,27 @@ def test_bad_input_exit_2(capsys, argv, expect):
     assert main(["sensitivity", str(RESNET), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expect in err
+
+
+def test_sample_budgets_follow_the_model_cost_not_the_clock(monkeypatch):
+    """The correction's and the probe's sample counts come from the model's MACs, so the same
+    inputs give the same result on an idle or a loaded machine."""
+    import time
+
+    import numpy as np
+
+    import onnxcomp as oc
+    from onnxcomp.correction import _sample_budget
+    from onnxcomp.sensitivity import estimated_seconds
+
+    model = oc.load(M.MODELS / "resnet_digits.onnx").proto
+    batches = [{"input": np.load(M.MODELS / "digits_calib.npz")["input"][:32]}]
+    one = estimated_seconds(model, batches, samples=1)
+    assert one is not None and one > 0
+    assert estimated_seconds(model, batches, samples=10) == pytest.approx(10 * one)
+    first = _sample_budget(model, batches, layers=8, budget_s=40.5 * one)  # 10 samples' waves
+    slow = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: slow() * 1000)  # a clock running wild
+    again = _sample_budget(model, batches, layers=8, budget_s=40.5 * one)
+    n = [sum(len(b["input"]) for b in x) for x in (first, again)]
+    assert n[0] == n[1] == 10
