@@ -79,6 +79,7 @@ def estimated_seconds(model: onnx.ModelProto, batches: Sequence[dict], *, sample
     """Predicted seconds to run ``samples`` samples shaped like ``batches[0]``: the model's MACs
     over MACS_PER_SECOND. A timing would make the sample budgets (and so the results) depend on
     how loaded the machine is. None when shape inference cannot count the MACs."""
+    from .errors import ConfigError
     from .inspection import inspect
 
     if not batches:
@@ -86,8 +87,8 @@ def estimated_seconds(model: onnx.ModelProto, batches: Sequence[dict], *, sample
     shapes = {k: (1,) + tuple(np.shape(v)[1:]) for k, v in batches[0].items()}
     try:
         macs = inspect(model, input_shapes=shapes).total_macs
-    except (ValueError, KeyError, IndexError, TypeError, onnx.checker.ValidationError):
-        return None
+    except (ConfigError, ValueError, KeyError, IndexError, TypeError, onnx.checker.ValidationError):
+        return None  # shapes it cannot take: no estimate (every sample is kept)
     return macs * samples / MACS_PER_SECOND if macs else None
 
 
