@@ -60,7 +60,7 @@ def _refit_block(t: np.ndarray, v: np.ndarray, h: np.ndarray, k: int, grid: bool
     c = np.where(used, c, codes)
     c = _snap(c, grid)
     new = np.matmul(onehot, c[..., None])[..., 0].astype(np.float32)  # zeros stay 0
-    return np.where(_row_error(new, t, h) < _row_error(v, t, h), new.T, v.T).T
+    return np.where(row_error(new, t, h) < row_error(v, t, h), new.T, v.T).T
 
 
 def _snap(c: np.ndarray, grid: bool) -> np.ndarray:
@@ -72,6 +72,7 @@ def _snap(c: np.ndarray, grid: bool) -> np.ndarray:
     return np.clip(np.round(c / s), -GRID8, GRID8) * s
 
 
-def _row_error(v: np.ndarray, t: np.ndarray, h: np.ndarray) -> np.ndarray:
+def row_error(v: np.ndarray, t: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per row, the output error (v - t) H (v - t)ᵀ."""
     e = np.asarray(v, np.float64) - t
     return ((e @ h) * e).sum(axis=1)

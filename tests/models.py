@@ -384,3 +384,19 @@ def chan_shuffle(seed: int = 17) -> onnx.ModelProto:
              _ch_conv("conv1", "sh", "c1", 16, 16, r),
              ([helper.make_node("Relu", ["c1"], ["r1"], name="relu1")], []), _ch_head("r1", 16, r)]
     return _ch_build(parts, [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 5])])
+
+
+def output_error(src, calib, n: int = 64):
+    """A function ``compressed -> relative squared error of its outputs`` against ``src``'s, on
+    the first ``n`` samples of ``calib`` (``compressed``: anything with a ``.proto``)."""
+    from onnxcomp.api import load
+    from onnxcomp.runtime import session
+
+    x = np.load(calib)["input"][:n]
+    ref = session(load(src).proto).run(None, {"input": x})[0]
+
+    def err(compressed) -> float:
+        y = session(compressed.proto).run(None, {"input": x})[0]
+        return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
+
+    return err

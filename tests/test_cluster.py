@@ -12,12 +12,11 @@ from onnxcomp.cli import main
 from onnxcomp.config import ClusterConfig
 from onnxcomp.encode.tables import Layout
 from onnxcomp.errors import ConfigError
-from onnxcomp.graph.weights import find_weights, set_weight
 from onnxcomp.passes.base import Context
 from onnxcomp.passes.cluster import ClusterPass, allocate
 from onnxcomp.passes.cluster_fit import fit
 from onnxcomp.runtime import session
-from tests.models import MODELS, conv_bn_relu
+from tests.models import MODELS, conv_bn_relu, output_error
 
 
 def _rng_weight(shape=(16, 8, 3, 3), seed=0):
@@ -179,17 +178,8 @@ def test_fractional_bits_need_a_non_uniform_allocation_and_sensitivity_needs_dat
 def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granularity, bits):
     """The per-channel refit after clustering keeps every codebook encodable (the same encoded
     bytes within 1 %; only shifts are added) and brings the outputs closer to the original's."""
-    import numpy as np
-
-    from onnxcomp.runtime import session
-
     src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
-    x = np.load(calib)["input"][:64]
-    ref = session(oc.load(src).proto).run(None, {"input": x})[0]
-
-    def err(c):
-        y = session(c.proto).run(None, {"input": x})[0]
-        return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
+    err = output_error(src, calib)
 
     plain = oc.cluster(src, bits, granularity=granularity, data=calib, correction="none")
     fixed = oc.cluster(src, bits, granularity=granularity, data=calib)
@@ -202,18 +192,10 @@ def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granula
 def test_output_matched_gptq_beats_plain_gptq_at_the_same_bytes(monkeypatch):
     """Each layer re-targeted to the original outputs from the already clustered inputs: the
     outputs move less than with plain GPTQ, at the same encoded size."""
-    import numpy as np
-
     from onnxcomp.passes import cluster_seq
-    from onnxcomp.runtime import session
 
     src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
-    x = np.load(calib)["input"][:64]
-    ref = session(oc.load(src).proto).run(None, {"input": x})[0]
-
-    def err(c):
-        y = session(c.proto).run(None, {"input": x})[0]
-        return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
+    err = output_error(src, calib)
 
     matched = oc.cluster(src, 2, data=calib, correction="none")
     assert any("re-targeted layer by layer" in n for n in matched.result.notes)

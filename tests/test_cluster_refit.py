@@ -15,7 +15,7 @@ from onnxcomp.passes.cluster_fit import fit
 from onnxcomp.passes.prune_obs import _rows, hessians
 from onnxcomp.calibration import load_data
 from onnxcomp.runtime import session
-from tests.models import MODELS
+from tests.models import MODELS, output_error
 
 SRC, CALIB = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
 
@@ -53,12 +53,7 @@ def test_refit_lowers_output_error_and_keeps_the_table_format(layer):
 
 
 def test_refit_in_the_pass_moves_outputs_less_at_the_same_bytes(monkeypatch):
-    x = np.load(CALIB)["input"][:64]
-    ref = session(oc.load(SRC).proto).run(None, {"input": x})[0]
-
-    def err(c):
-        y = session(c.proto).run(None, {"input": x})[0]
-        return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
+    err = output_error(SRC, CALIB)
 
     refit = oc.cluster(SRC, 3, data=CALIB, correction="none")
     monkeypatch.setattr(cluster_pass, "REFIT", False)

@@ -362,14 +362,15 @@ def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[
     curve is scaled by its GPTQ gain at the measured width (output error on the layer Hessian)."""
     if len(fits) < 2 or not groups:
         return
+    from ..codebook_refit import row_error
     from .prune_obs import _rows, gptq_values
 
     h = [np.asarray(g.cov, np.float64) for g in groups]
-    ref = _rows(w, w.values()).astype(np.float64)
+    ref = np.split(_rows(w, w.values()).astype(np.float64), len(h))
 
     def out_err(values: np.ndarray) -> float:
-        e = np.split(_rows(w, values).astype(np.float64) - ref, len(h))
-        return float(sum(((x @ m) * x).sum() for x, m in zip(e, h)))
+        rows = np.split(_rows(w, values), len(h))
+        return float(sum(row_error(v, t, m).sum() for v, t, m in zip(rows, ref, h)))
 
     gain = {}
     for g, f in fits.items():
