@@ -122,8 +122,9 @@ def _register_codebooks() -> None:
     from .bitpack import ENCODINGS as packed
     from .codebook import ENCODINGS as codebook
     from .combined import ENCODINGS as combined
+    from .vlc import ENCODINGS as vlc
 
-    for enc in codebook + packed:
+    for enc in codebook + packed + vlc:
         register(enc, "codebook")
     for enc in combined:
         register(enc, "combined")

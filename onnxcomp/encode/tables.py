@@ -168,7 +168,7 @@ def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int
     f = factor(table, GRID12)
     if f is None:
         return None
-    q, s = f
+    q, s = lowest_terms(*f, table)
     zero = ~np.any(table, axis=1)
     if zero.any() and not zero.all():  # an all-zero channel (e.g. a dead one the output correction
         q, s = q.copy(), s.copy()      # zeroed) takes any code times a zero scale, not a code of 0
@@ -180,6 +180,23 @@ def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int
     idx = np.take_along_axis(inv, ranks, axis=1)
     return Table("shared", layout.unrows(idx).astype(np.int16), int(values.size),
                  values.astype(np.int16), s, layout=layout)
+
+
+def lowest_terms(q: np.ndarray, s: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's integers divided by their common divisor (the scale multiplied by it) where that
+    stays exact: ``factor`` picks the largest integers, so rows of one uniform grid (q * step) come
+    out as q * 2^t with a different t per row; in lowest terms they share one small table."""
+    d = np.gcd.reduce(np.abs(q.astype(np.int64)), axis=1)
+    d[d == 0] = 1
+    s2 = (s.astype(np.float64) * d).astype(np.float16)
+    q2 = (q // d[:, None]).astype(np.int16)
+    ok = (d > 1) & np.isfinite(s2) & np.all(q2.astype(np.float32) * s2.astype(np.float32)[:, None]
+                                           == np.asarray(table, np.float32), axis=1)
+    if not ok.any():
+        return q, s
+    q, s = q.copy(), s.copy()
+    q[ok], s[ok] = q2[ok], s2[ok]
+    return q, s
 
 
 def build_table(t: Table, fresh: Names, name: str, dtype: np.dtype, inits: list, nodes: list,
