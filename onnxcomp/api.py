@@ -176,9 +176,9 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
             gptq: bool | None = None, correction: str = "auto", max_samples: int = 128):
     """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
 
-    ``granularity``: tensor, channel, shared (one codebook over per-channel-scaled weights) or
-    auto (default: channel, or shared per layer where a mixed/sensitivity allocation finds it
-    cheaper for the error). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
+    ``granularity``: tensor, channel, shared (one codebook over per-channel-scaled weights), grid
+    (a uniform step per channel in a variable-length code) or auto (default: channel, or
+    shared/grid per layer where a mixed/sensitivity allocation finds it cheaper for the error). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
     ``model`` is encoded (indices + codebook); save it with ``oc.save(result.model, path)``.
     """
     from .clustering import run_cluster

@@ -243,7 +243,7 @@ class StructuredPruneConfig(Selection):
         _positive("--calib-samples", self.max_samples)
 
 
-CLUSTER_GRANULARITIES = ("auto", "tensor", "channel", "shared")
+CLUSTER_GRANULARITIES = ("auto", "tensor", "channel", "shared", "grid")
 CORRECTIONS = ("auto", "affine", "bias", "none")
 CLUSTER_INITS = ("linear", "density", "random")
 CLUSTER_ALLOCATIONS = ("uniform", "mixed", "sensitivity")
@@ -253,9 +253,11 @@ CLUSTER_ALLOCATIONS = ("uniform", "mixed", "sensitivity")
 class ClusterConfig(Selection):
     """Weight sharing: 1-D k-means of each weight into 2^bits (or ``clusters``) values.
 
-    ``granularity``: one codebook per tensor, per output channel, or one shared codebook over
-    per-channel-scaled weights; auto: per channel, except that the mixed and sensitivity
-    allocations may give a layer one shared codebook where that buys less error per stored bit. ``init``: linear, density (CDF quantiles) or random (Forgy).
+    ``granularity``: one codebook per tensor, per output channel, one shared codebook over
+    per-channel-scaled weights, or grid (a uniform step per channel, stored in the
+    variable-length code); auto: per channel, except that the mixed and sensitivity
+    allocations may give a layer a shared codebook or a grid where that buys less error per
+    stored bit. ``init``: linear, density (CDF quantiles) or random (Forgy).
     ``allocation`` mixed: per-layer bits chosen so the stored bits per weight, codebooks
     included, average at most ``bits`` (then possibly fractional, e.g. 3.5), spent where the
     estimated (calibration-weighted) layer error drops most; sensitivity: the same budget spent

@@ -36,8 +36,9 @@ def cluster_options(f):
     """The options shared by ``cluster`` and ``compress`` (codebook side)."""
     opts = [
         click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto",
-                     show_default=True, help="One codebook per tensor, per output channel, or one "
-                     "shared codebook over per-channel-scaled weights; auto: per channel, or shared where "
+                     show_default=True, help="One codebook per tensor, per output channel, one "
+                     "shared codebook over per-channel-scaled weights, or a uniform grid per channel in a "
+                     "variable-length code; auto: per channel, or shared/grid where "
                      "--allocation mixed|sensitivity finds it cheaper for the error."),
         click.option("--init", type=click.Choice(CLUSTER_INITS), default="linear", show_default=True,
                      help="Centroid initialisation: linear (min..max), density (CDF quantiles), random."),

@@ -47,8 +47,9 @@ def render_stages(pipe: Any) -> str:
               help="Fraction of the prunable parameters removed (stage 1).")
 @click.option("--bits", type=int, default=4, show_default=True, help="Codebook bits (stage 2), 1..8.")
 @click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto", show_default=True,
-              help="Codebook per tensor, per output channel, or shared with per-channel scales; auto: per "
-                   "channel, or shared where --bit-allocation mixed|sensitivity finds it cheaper.")
+              help="Codebook per tensor, per output channel, shared with per-channel scales, or a uniform "
+                   "grid per channel in a variable-length code; auto: per channel, or shared/grid where "
+                   "--bit-allocation mixed|sensitivity finds it cheaper.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default="auto", show_default=True,
               help="How the pruning budget is spread over layers (see onnxcomp prune).")
 @click.option("--bit-allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,

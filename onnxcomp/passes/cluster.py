@@ -21,7 +21,7 @@ from ..encode.tables import Layout
 from ..graph.weights import Weight, find_weights, set_weight
 from .base import Change, Context, Pass, PassResult
 from . import cluster_seq
-from .cluster_fit import GRID_MAX_K, Fit, fit
+from .cluster_fit import GRID_MAX_K, GRID_Q, Fit, fit
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
@@ -75,11 +75,14 @@ def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
     With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
     tables cost k+2 bytes per output channel (at 4 bits 18 bytes, against 48 bytes of indices for
     a 1×1 conv with 96 inputs), and on such short rows a shared codebook one bit wider is more
-    accurate for the bytes.
+    accurate for the bytes. They may also take a uniform grid stored in the variable-length code
+    (when the encoding allows it), whose stored bits are counted from the code itself.
     """
     first = _granularity(w, cfg)
     if cfg.granularity == "auto" and first == "channel" and w.dtype == np.float32:
-        return [first, "shared"]
+        from ..encode.select import allowed_kinds
+
+        return [first, "shared"] + (["grid"] if "codebook_vlc" in allowed_kinds(cfg.encoding) else [])
     return [first]
 
 
@@ -89,6 +92,16 @@ def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: 
     values = w.values() if source is None else source.astype(w.dtype)
     return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, granularity or plan.granularity[w.name],
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
+
+
+VLC_FRAMING_BITS = 8 * 1100  # the variable-length decoder's nodes beyond a fixed-width one's
+
+
+def fit_bits(w: Weight, f: Fit, bits: int) -> int:
+    """Stored bits of ``w`` as fitted: the code's own count for a grid, else :func:`storage_bits`."""
+    if f.coded_bits is None:
+        return storage_bits(w, f.granularity, bits)
+    return f.coded_bits + 16 * (Layout.of(w.shape, w.out_axis).channels + 2 * GRID_Q) + VLC_FRAMING_BITS
 
 
 def storage_bits(w: Weight, granularity: str, bits: int) -> int:
@@ -188,10 +201,14 @@ class ClusterPass(Pass):
         lo = max(1, int(np.floor(cfg.bits)) - MIXED_RANGE)
         hi = min(8, int(np.ceil(cfg.bits)) + MIXED_RANGE)
         errors: dict[str, dict[tuple[str, int], float]] = {}
+        costs: dict[str, dict[tuple[str, int], int]] = {}
         for w in weights:  # errors only: keeping every option's values would hold 10 model copies
-            errors[w.name] = {(g, b): _fit(w, b, plan, cfg, ctx, granularity=g).rel_error
-                              for g in _candidates(w, cfg) for b in range(lo, hi + 1)}
-        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, errors))
+            errors[w.name], costs[w.name] = {}, {}
+            for g in _candidates(w, cfg):
+                for b in range(lo, hi + 1):
+                    f = _fit(w, b, plan, cfg, ctx, granularity=g)
+                    errors[w.name][g, b], costs[w.name][g, b] = f.rel_error, fit_bits(w, f, b)
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs)
         _take(plan, chosen, {})  # apply fits the chosen option again
         _note_spread(plan, weights, "mixed")
         return plan
@@ -253,13 +270,15 @@ class ClusterPass(Pass):
         levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
         at = min(max(int(round(cfg.bits)), levels[0]), 8)
         local: dict[str, dict[tuple[str, int], float]] = {}
+        costs: dict[str, dict[tuple[str, int], int]] = {}
         fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
         for w in weights:
-            local[w.name], fits[w.name] = {}, {}
+            local[w.name], fits[w.name], costs[w.name] = {}, {}, {}
             for g in _candidates(w, cfg):
                 for b in levels:
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
+                    costs[w.name][g, b] = fit_bits(w, f, b)
                     if b == at:
                         fits[w.name][g] = f
             _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
@@ -273,7 +292,7 @@ class ClusterPass(Pass):
         for w, (loss,) in zip(weights, losses):
             scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
             errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
-        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, _costs(weights, errors))
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs)
         _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
                           f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
@@ -306,11 +325,11 @@ class ClusterPass(Pass):
             values, f = self._values(w, int(bits), plan, ctx, fitted, source)
             set_weight(model, w, values)
             k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
-            index_bits = 4 if k <= 16 else 8
+            index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
             sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
             result.changes.append(Change(
                 name=name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
-                bytes_before=w.nbytes, bytes_after=(w.size * index_bits + 7) // 8,
+                bytes_before=w.nbytes, bytes_after=int(w.size * index_bits + 7) // 8,
                 detail={"shape": list(w.shape), "bits": float(np.log2(k)), "clusters": int(k),
                         "granularity": f.granularity, "sqnr_db": round(float(sqnr), 2),
                         "weighted": name in plan.importance}))
@@ -340,19 +359,18 @@ def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
 
 
-def _costs(weights: list[Weight], options: dict[str, dict[tuple[str, int], float]]) -> dict[str, dict]:
-    return {w.name: {(g, b): storage_bits(w, g, b) for g, b in options[w.name]} for w in weights}
-
-
 def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str, Fit]) -> None:
     """Record the allocation's (granularity, bits) per layer and the fits that can be reused."""
     plan.bits = {n: b for n, (_, b) in chosen.items()}
-    switched = [n for n, (g, _) in chosen.items() if g != plan.granularity[n]]
+    switched = [g for n, (g, _) in chosen.items() if g != plan.granularity[n]]
     plan.granularity.update({n: g for n, (g, _) in chosen.items()})
     plan.fits = dict(fits)
-    if switched:
-        plan.notes.append(f"{len(switched)} layer(s) take one shared codebook over channel-scaled weights "
-                          f"(cheaper than per-channel tables for their error)")
+    if "shared" in switched:
+        plan.notes.append(f"{switched.count('shared')} layer(s) take one shared codebook over channel-scaled "
+                          f"weights (cheaper than per-channel tables for their error)")
+    if "grid" in switched:
+        plan.notes.append(f"{switched.count('grid')} layer(s) take a uniform grid in the variable-length code "
+                          f"(fewer stored bits than a codebook for their error)")
 
 
 def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit],

@@ -8,6 +8,16 @@ Every result is written so that a standard-ONNX decoder rebuilds it bit-exactly:
            (a 2^-11 relative change, far below the quantisation step) so the table halves.
   shared   one k-means over every channel divided by its float16 scale (absmax / 2047),
            centroids snapped to integers <= 2047; weight = q[idx] * s[c], exact in float32.
+  grid     no k-means: a uniform grid per output channel, weight = round(w / step[c]) * step[c]
+           with a float16 step proportional to the channel's rms (channels keep the same
+           relative error, as per-channel codebooks do: a per-tensor step starves channels a
+           following BatchNorm scales up). Meant for the variable-length code
+           (:mod:`onnxcomp.encode.vlc`): at the same error a uniform grid's indices carry
+           0.5-0.7 fewer bits of entropy than a 2^b-entry k-means codebook's (measured on
+           effnet_lite0's 1x1 convs and classifier), and the grid costs 2 bytes per channel, not
+           k + 2. ``k = 2^b`` sets the step so a Gaussian row would take about b bits
+           (step = sqrt(2 pi e) * rms / 2^b); the bits it really takes are counted from the code
+           (``Fit.coded_bits``).
 Exact zeros stay zero: they take no part in the fit, and when fewer than half the weights are
 zero they keep a code of their own (k - 1 clusters for the nonzeros).
 """
@@ -37,6 +47,7 @@ class Fit:
     energy: float
     granularity: str
     table: np.ndarray | None = None
+    coded_bits: int | None = None  # grid: bits of the variable-length code for these values
 
     @property
     def rel_error(self) -> float:
@@ -59,7 +70,7 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     dtype = flat.dtype
     if dtype not in (np.float32, np.float16) and granularity != "tensor":
         granularity = "tensor"
-    if granularity == "shared" and dtype != np.float32:
+    if granularity in ("shared", "grid") and dtype != np.float32:
         granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
     rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32)
     imp = None if importance is None else (
@@ -68,7 +79,10 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     zeros = float((~nz).mean())
     kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
     w = None if imp is None and zeros == 0 else (nz if imp is None else imp * nz)
-    if granularity == "tensor":
+    coded = None
+    if granularity == "grid":
+        out, table, coded = _grid(rows, k)
+    elif granularity == "tensor":
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
         out, table = out.astype(dtype), cent.astype(dtype)
     elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K:
@@ -97,7 +111,32 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         flat_imp = imp.ravel()
         sse, energy = float(np.dot(flat_imp * err, err)), float(np.dot(flat_imp * ref, ref))
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
-    return Fit(values.astype(dtype), sse, energy, granularity, table)
+    return Fit(values.astype(dtype), sse, energy, granularity, table, coded)
+
+
+GRID_Q = 127  # grid integers stay within +-127: a table of at most 255 entries
+GAUSS_SPAN = float(np.sqrt(2 * np.pi * np.e))  # a Gaussian's entropy is log2(this * sigma / step)
+
+
+def grid_steps(rows: np.ndarray, k: int) -> np.ndarray:
+    """[rows, 1] float16 steps of a uniform grid worth about log2(k) bits on each row."""
+    nz = rows != 0
+    count = np.maximum(nz.sum(axis=1, keepdims=True), 1)
+    rms = np.sqrt(np.square(rows, dtype=np.float64).sum(axis=1, keepdims=True) / count)
+    step = np.maximum(GAUSS_SPAN * rms / k, np.abs(rows).max(axis=1, keepdims=True) / GRID_Q)
+    return f16_ceil(step)
+
+
+def _grid(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Round each row to its uniform grid: (values, the grids as a [rows, K] table, coded bits)."""
+    from ..encode.vlc import design
+
+    step = grid_steps(rows, k)
+    q = np.clip(np.round(rows / step), -GRID_Q, GRID_Q)
+    top = int(min(GRID_Q, np.abs(q).max() + 2))
+    table = np.arange(-top, top + 1, dtype=np.float32)[None, :] * step
+    _, bits = design(np.bincount((q + GRID_Q).astype(np.int64).ravel()))
+    return (q * step).astype(np.float32), table, int(bits)
 
 
 def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int,
@@ -114,16 +153,17 @@ def rescaler(values: np.ndarray, layout: Layout, granularity: str):
     channel/shared grids (q * s with a float16 scale per channel) keep q and round s * a to
     float16; float16 tables are rounded back to float16. Exact in float32, like the fits.
     """
-    from ..encode.tables import _distinct, factor, row_ranks
+    from ..encode.tables import _distinct, factor, lowest_terms, row_ranks
 
     if granularity == "tensor" or values.dtype != np.float32:
         return None
     rows = layout.rows(values.reshape(-1))
     ranks, counts, srt = row_ranks(rows)
     width = int(counts.max()) if counts.size else 0
-    grid = factor(_distinct(srt, width), GRID12 if granularity == "shared" else GRID8) if 0 < width <= 256 else None
+    table = _distinct(srt, width) if 0 < width <= 256 else None
+    grid = None if table is None else factor(table, GRID12 if granularity in ("shared", "grid") else GRID8)
     if grid is not None:
-        q, s = grid
+        q, s = lowest_terms(*grid, table)  # the step itself, not step / 602: a precise new scale
 
         def scale_grid(a: np.ndarray) -> np.ndarray | None:
             s2 = (s.astype(np.float64) * np.asarray(a, np.float64).reshape(-1)).astype(np.float16)
