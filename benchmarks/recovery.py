@@ -35,7 +35,7 @@ TARGETS = {  # model -> (size target, recipes to try, most compressed first)
     "resnet_digits": (0.05, [[("prune", {"sparsity": 0.92}), ("cluster", {"bits": 2, "allocation": MEASURED})],
                              [("prune", {"sparsity": 0.92}), ("cluster", {"bits": 2})],
                              [("prune", {"sparsity": 0.9}), ("cluster", {"bits": 3})]]),
-    "effnet_lite0": (0.125, [[("cluster", {"bits": 3.7, "allocation": MEASURED})],
+    "effnet_lite0": (0.125, [[("cluster", {"bits": 3.6, "allocation": MEASURED})],
                              [("cluster", {"bits": 4, "allocation": MEASURED})],
                              [("cluster", {"bits": 4.5, "allocation": MEASURED})],
                              [("cluster", {"bits": 5})]]),

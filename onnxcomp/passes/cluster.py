@@ -33,7 +33,7 @@ REFIT = True  # least-squares refit of channel codebooks after the GPTQ assignme
 class ClusterPlan:
     """Bits and granularity per selected weight, importance, precomputed fits, skipped rows."""
 
-    bits: dict[str, int] = field(default_factory=dict)
+    bits: dict[str, float] = field(default_factory=dict)
     granularity: dict[str, str] = field(default_factory=dict)
     importance: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, Fit] = field(default_factory=dict)
@@ -75,20 +75,31 @@ def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
     With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
     tables cost k+2 bytes per output channel (at 4 bits 18 bytes, against 48 bytes of indices for
     a 1×1 conv with 96 inputs), and on such short rows a shared codebook one bit wider is more
-    accurate for the bytes. They may also take a uniform grid stored in the variable-length code
-    (when the encoding allows it), whose stored bits are counted from the code itself.
+    accurate for the bytes. They, and float32 depthwise kernels, may also take a uniform grid
+    stored in the variable-length code (when the encoding allows it), whose stored bits are
+    counted from the code itself.
     """
+    from ..encode.select import allowed_kinds
+
     first = _granularity(w, cfg)
-    if cfg.granularity == "auto" and first == "channel" and w.dtype == np.float32:
-        from ..encode.select import allowed_kinds
+    if cfg.granularity != "auto" or w.dtype != np.float32:
+        return [first]
+    grid = ["grid"] if "codebook_vlc" in allowed_kinds(cfg.encoding) else []
+    if first == "channel":
+        return [first, "shared"] + grid
+    return [first] + grid if w.is_depthwise else [first]
 
-        return [first, "shared"] + (["grid"] if "codebook_vlc" in allowed_kinds(cfg.encoding) else [])
-    return [first]
+
+def _grid_levels(levels) -> list[float]:
+    """A grid's step needs no power-of-two table: its options go in half bits, so the allocation
+    can move a large layer (effnet_lite0's classifier: 160 KB per bit) in smaller steps."""
+    levels = list(levels)
+    return sorted({float(b) for b in levels} | {b + 0.5 for b in levels[:-1]})
 
 
-def _fit(w: Weight, bits_or_k: int, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
+def _fit(w: Weight, bits_or_k: float, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
          is_k: bool = False, source: np.ndarray | None = None, granularity: str | None = None) -> Fit:
-    k = bits_or_k if is_k else 1 << bits_or_k
+    k = bits_or_k if is_k else int(round(2 ** bits_or_k))  # grid levels may be half bits
     values = w.values() if source is None else source.astype(w.dtype)
     return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, granularity or plan.granularity[w.name],
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
@@ -205,7 +216,7 @@ class ClusterPass(Pass):
         for w in weights:  # errors only: keeping every option's values would hold 10 model copies
             errors[w.name], costs[w.name] = {}, {}
             for g in _candidates(w, cfg):
-                for b in range(lo, hi + 1):
+                for b in _grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     errors[w.name][g, b], costs[w.name][g, b] = f.rel_error, fit_bits(w, f, b)
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs)
@@ -228,14 +239,14 @@ class ClusterPass(Pass):
         return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads,
                                                  max_samples=self.config.max_samples)}
 
-    def _values(self, w: Weight, bits: int, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
+    def _values(self, w: Weight, bits: float, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
                 source: np.ndarray | None = None) -> tuple[np.ndarray, Fit]:
         """The clustered values of ``w`` (or of ``source``, a re-targeted weight) at ``bits``,
         GPTQ-assigned when its Hessian is known."""
         cfg: ClusterConfig = self.config
         if f is None:
             f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True, source=source) if cfg.clusters is not None \
-                and cfg.allocation == "uniform" else _fit(w, int(bits), plan, cfg, ctx, source=source)
+                and cfg.allocation == "uniform" else _fit(w, bits, plan, cfg, ctx, source=source)
         values = f.values.reshape(w.shape)
         if w.name in plan.hessians:
             from .prune_obs import gptq_values
@@ -243,7 +254,7 @@ class ClusterPass(Pass):
             target = w.values() if source is None else source
             values = gptq_values(w, target, values, plan.hessians[w.name], f.granularity == "tensor", f.table)
             if REFIT and f.granularity == "channel":
-                k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << bits
+                k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
                 values = _refit(w, target, values, plan.hessians[w.name], k)
         return values, f
 
@@ -275,7 +286,7 @@ class ClusterPass(Pass):
         for w in weights:
             local[w.name], fits[w.name], costs[w.name] = {}, {}, {}
             for g in _candidates(w, cfg):
-                for b in levels:
+                for b in _grid_levels(levels) if g == "grid" else levels:
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
                     costs[w.name][g, b] = fit_bits(w, f, b)
@@ -322,9 +333,9 @@ class ClusterPass(Pass):
                 if st is not None:
                     plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
                     matched += 1
-            values, f = self._values(w, int(bits), plan, ctx, fitted, source)
+            values, f = self._values(w, bits, plan, ctx, fitted, source)
             set_weight(model, w, values)
-            k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
+            k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else int(round(2 ** bits))
             index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
             sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
             result.changes.append(Change(
