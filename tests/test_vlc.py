@@ -123,3 +123,36 @@ def test_grid_clustering_of_a_real_model_stays_in_the_code_after_correction(tmp_
     size = oc.save(grid.model.proto, tmp_path / "g.onnx").stat().st_size
     assert src.stat().st_size / size > 10
     assert err(grid) < 1.1 * err(book)
+
+
+def test_uniform_bits_take_the_grid_only_where_it_is_no_larger_and_more_accurate(tmp_path):
+    """``--bits 4`` with ``auto`` granularity: a heavy-tailed (Laplacian) layer takes the grid in
+    the variable-length code — a file no larger than per-channel codebooks, with outputs that
+    move less — while the same layer with light-tailed (uniform) weights keeps its codebook."""
+    from onnx import helper
+
+    from tests.models import init, make, vi
+
+    def model(weights: np.ndarray) -> onnx.ModelProto:
+        node = helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")
+        return make([node], [vi("x", [8, 256])], [vi("y", [8, 192])], [init("W", weights)])
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(8, 256)).astype(np.float32)
+    for weights, grid_expected in ((rng.laplace(size=(256, 192)), True), (rng.uniform(-1, 1, (256, 192)), False)):
+        src = model(weights.astype(np.float32))
+        ref = _run_mm(src, x)
+        auto, book = oc.cluster(src, bits=4), oc.cluster(src, bits=4, granularity="channel")
+        assert any("uniform grid" in n for n in auto.result.notes) == grid_expected
+        sizes = [len(m.model.proto.SerializeToString()) for m in (auto, book)]
+        errs = [float(np.square(_run_mm(m.model.proto, x) - ref).sum()) for m in (auto, book)]
+        assert sizes[0] <= sizes[1]
+        if grid_expected:
+            assert errs[0] < 0.8 * errs[1]
+        else:
+            assert errs[0] == errs[1]
+
+
+def _run_mm(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]

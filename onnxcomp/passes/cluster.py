@@ -206,6 +206,8 @@ class ClusterPass(Pass):
             plan.notes.append("random data: k-means unweighted (no calibration importance)")
         if cfg.allocation == "uniform":
             plan.bits = {w.name: cfg.budget_bits for w in weights}
+            if cfg.clusters is None:
+                self._grid_where_cheaper(weights, plan, ctx)
             return plan
         if cfg.allocation == "sensitivity":
             return self._measured(model, weights, plan, ctx)
@@ -223,6 +225,28 @@ class ClusterPass(Pass):
         _take(plan, chosen, {})  # apply fits the chosen option again
         _note_spread(plan, weights, "mixed")
         return plan
+
+    def _grid_where_cheaper(self, weights: list[Weight], plan: ClusterPlan, ctx: Context) -> None:
+        """Uniform bits with ``auto``: a layer takes the grid step (of the half-bit levels around
+        the budget) with the least error among those storing no more bits than its codebook."""
+        cfg: ClusterConfig = self.config
+        b = int(cfg.budget_bits)
+        taken = 0
+        for w in weights:
+            if "grid" not in _candidates(w, cfg):
+                continue
+            g0 = plan.granularity[w.name]
+            base = _fit(w, b, plan, cfg, ctx, granularity=g0)
+            best, cost = base, fit_bits(w, base, b)
+            for level in (b - 0.5, float(b), b + 0.5):
+                f = _fit(w, level, plan, cfg, ctx, granularity="grid")
+                if fit_bits(w, f, b) <= cost and f.rel_error < best.rel_error:
+                    best, plan.bits[w.name] = f, level
+            if best is not base:  # apply fits it again (keeping every fit would hold a model copy)
+                plan.granularity[w.name], taken = "grid", taken + 1
+        if taken:
+            plan.notes.append(f"{taken} layer(s) take a uniform grid in the variable-length code "
+                              f"(less error than their codebook in no more stored bits)")
 
     def _gptq_on(self, ctx: Context) -> bool:
         cfg: ClusterConfig = self.config
@@ -341,8 +365,9 @@ class ClusterPass(Pass):
             result.changes.append(Change(
                 name=name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
                 bytes_before=w.nbytes, bytes_after=int(w.size * index_bits + 7) // 8,
-                detail={"shape": list(w.shape), "bits": float(np.log2(k)), "clusters": int(k),
-                        "granularity": f.granularity, "sqnr_db": round(float(sqnr), 2),
+                detail={"shape": list(w.shape), "clusters": int(k), "granularity": f.granularity,
+                        "bits": float(bits) if f.granularity == "grid" else float(np.log2(k)),  # grid: the level
+                        "sqnr_db": round(float(sqnr), 2),
                         "weighted": name in plan.importance}))
         if plan.hessians:
             result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)"
