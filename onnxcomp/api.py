@@ -191,7 +191,7 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
     return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
 
 
-def compress(model: ModelLike, sparsity: float = 0.9, bits: int = 4, *, data=None,
+def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data=None,
              granularity: str = "auto", allocation: str = "auto", bit_allocation: str = "uniform",
              threads: int | None = None):
     """Deep Compression without retraining: prune -> cluster -> encode; returns a Pipeline.

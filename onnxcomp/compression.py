@@ -86,7 +86,7 @@ def run_compress(model: ModelLike, cfg: CompressConfig, *, data: Any = None, thr
     cluster_cfg = ClusterConfig(bits=cfg.bits, granularity=cfg.granularity, allocation=cfg.bit_allocation)
     out.cluster = run_cluster(pruned, cluster_cfg, data=data, threads=threads)
     out.model = out.cluster.model
-    out.stages.append(stage(f"clustered {cfg.bits} bits", out.model, _size(out.model),
+    out.stages.append(stage(f"clustered {cfg.bits:g} bits", out.model, _size(out.model),
                             "codebook / sparse+codebook encodings"))
     if cfg.pack:
         out.archive, _ = pack_bytes(io.serialize(out.model.proto))  # lazy tensors read in

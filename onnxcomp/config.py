@@ -324,7 +324,7 @@ class CompressConfig:
     """The Deep Compression pipeline: prune to ``sparsity``, cluster to ``bits``, encode, pack."""
 
     sparsity: float = 0.9
-    bits: int = 4
+    bits: float = 4
     granularity: str = "auto"
     allocation: str = "auto"
     bit_allocation: str = "uniform"
@@ -332,8 +332,11 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         _fraction("--prune", self.sparsity)
-        if int(self.bits) != self.bits or not 1 <= self.bits <= 8:
-            raise ConfigError(f"--bits {self.bits} is outside 1..8", "e.g. --bits 4")
+        if not 1 <= self.bits <= 8:
+            raise ConfigError(f"--bits {self.bits:g} is outside 1..8", "e.g. --bits 4")
+        if int(self.bits) != self.bits and self.bit_allocation == "uniform":
+            raise ConfigError(f"--bits {self.bits:g} is fractional with --bit-allocation uniform",
+                              "give a whole number of bits, or an average with --bit-allocation mixed|sensitivity")
         _choice("--granularity", self.granularity, CLUSTER_GRANULARITIES)
         _choice("--allocation", self.allocation, ALLOCATIONS)
         _choice("--bit-allocation", self.bit_allocation, CLUSTER_ALLOCATIONS)

@@ -34,3 +34,15 @@ def test_bad_options(capsys):
     assert main(["compress", str(MODELS / "resnet_digits.onnx"), "--bits", "12"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--prune 1.5" in err[0] and "--bits 12" in err[1]
+
+
+def test_fractional_bits_need_a_mixed_allocation(tmp_path, capsys):
+    """--bits 2.5 is an average: refused (one line, exit 2) with uniform bits, taken by mixed."""
+    src = str(MODELS / "resnet_digits.onnx")
+    assert main(["compress", src, "--prune", "0.9", "--bits", "2.5", "-o", str(tmp_path / "u.onnx")]) == 2
+    assert "--bits 2.5 is fractional" in capsys.readouterr().err
+    out = tmp_path / "m.onnx"
+    assert main(["compress", src, "--prune", "0.9", "--bits", "2.5", "--bit-allocation", "mixed",
+                 "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert out.is_file() and report["stages"][2]["stage"] == "clustered 2.5 bits"

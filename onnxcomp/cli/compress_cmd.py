@@ -45,7 +45,8 @@ def render_stages(pipe: Any) -> str:
 @model_argument
 @click.option("--prune", "sparsity", type=float, default=0.9, show_default=True,
               help="Fraction of the prunable parameters removed (stage 1).")
-@click.option("--bits", type=int, default=4, show_default=True, help="Codebook bits (stage 2), 1..8.")
+@click.option("--bits", type=float, default=4, show_default=True,
+              help="Codebook bits (stage 2), 1..8; an average (e.g. 3.5) with --bit-allocation mixed|sensitivity.")
 @click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto", show_default=True,
               help="Codebook per tensor, per output channel, shared with per-channel scales, or a uniform "
                    "grid per channel in a variable-length code; auto: per channel, or shared/grid where "
@@ -63,7 +64,7 @@ def render_stages(pipe: Any) -> str:
 @output_option
 @force_option
 @json_option
-def compress_cmd(model: str, sparsity: float, bits: int, granularity: str, allocation: str, bit_allocation: str,
+def compress_cmd(model: str, sparsity: float, bits: float, granularity: str, allocation: str, bit_allocation: str,
                  recipe_path: str | None, pack: bool, threads: int | None, output: str | None, force: bool,
                  as_json: bool, max_drop: float | None, min_agreement: float | None, **data_opts: Any) -> None:
     """Prune, cluster and encode (Deep Compression without retraining); print the stage table.
