@@ -156,3 +156,16 @@ def test_uniform_bits_take_the_grid_only_where_it_is_no_larger_and_more_accurate
 def _run_mm(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x})[0]
+
+
+def test_large_tensors_keep_a_fixed_width_encoding(monkeypatch):
+    """Above MAX_ELEMENTS the variable-length code does not apply (its folding temporaries would
+    cost hundreds of MB when the session loads): the automatic choice falls back."""
+    from onnxcomp.encode import vlc
+
+    w = _grid_weight(np.random.default_rng(8), (64, 96, 1, 1))
+    layout = Layout.of(w.shape, 0)
+    assert bound(REGISTRY["codebook_vlc"], layout).size(w.reshape(-1)) is not None
+    monkeypatch.setattr(vlc, "MAX_ELEMENTS", w.size - 1)
+    assert bound(REGISTRY["codebook_vlc"], layout).size(w.reshape(-1)) is None
+    assert encode_weights(_conv(w))[0].kind not in ("codebook_vlc", "dense")

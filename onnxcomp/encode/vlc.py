@@ -29,6 +29,9 @@ from .codebook import _Codebook, gather, table_overhead, tables_for, unnamed
 from .tables import Table
 
 MAX_FIELD_BITS = 8
+# folding holds several [n, widest field] temporaries (a 4.2 M-weight tensor added 590 MB to the
+# peak while the session loaded): larger tensors keep the fixed-width encodings
+MAX_ELEMENTS = 1 << 21
 MAX_GROUPS = 12
 DECODER_NODES, DECODER_TENSORS = 34, 20  # framing of one decoder beyond the table's (measured)
 
@@ -116,6 +119,8 @@ class CodebookVLC(_Codebook):
 
     def _choose(self, flat: np.ndarray):
         best = None
+        if flat.size > MAX_ELEMENTS:
+            return None
         for t in tables_for(flat, self.layout):
             if t.width > 1 << MAX_FIELD_BITS:
                 continue
