@@ -94,7 +94,7 @@ def test_cli_end_to_end_mobilenet(tmp_path, capsys):
     assert report["write"]["fidelity"]["outputs"][0]["top1_agreement"] >= 0.97
     changes = report["passes"][0]["changes"]
     assert any(c["action"] == "skipped" and "depthwise" in c["reason"] for c in changes)
-    assert {e["kind"] for e in report["encodings"]} <= {"codebook4", "codebook8"}
+    assert {e["kind"] for e in report["encodings"]} <= {"codebook4", "codebook8", "codebook_vlc"}  # indices + table
 
 
 @pytest.mark.parametrize("args,needle", [
