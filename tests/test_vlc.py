@@ -153,6 +153,24 @@ def test_uniform_bits_take_the_grid_only_where_it_is_no_larger_and_more_accurate
             assert errs[0] == errs[1]
 
 
+def test_recipes_offer_the_grid_and_encode_it_at_the_end():
+    """A recipe's cluster step stores nothing (the recipe encodes once, at the end): the grid is
+    still offered, and the final model holds it in the variable-length code, as a direct
+    ``cluster`` run does, byte for byte."""
+    from onnx import helper
+
+    from onnxcomp import recipe
+    from tests.models import init, make, vi
+
+    w = np.random.default_rng(9).laplace(size=(256, 192)).astype(np.float32)
+    src = make([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [vi("x", [8, 256])],
+               [vi("y", [8, 192])], [init("W", w)])
+    replayed = recipe.apply(src, recipe.make([("cluster", {"bits": 4})]))
+    direct = oc.cluster(src, bits=4)
+    assert {n.op_type for n in replayed.proto.graph.node} >= {"ScatterElements", "MatMul"}
+    assert replayed.proto.SerializeToString() == direct.model.proto.SerializeToString()
+
+
 def _run_mm(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x})[0]

@@ -84,7 +84,9 @@ def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
     first = _granularity(w, cfg)
     if cfg.granularity != "auto" or w.dtype != np.float32:
         return [first]
-    grid = ["grid"] if "codebook_vlc" in allowed_kinds(cfg.encoding) else []
+    # 'dense' defers the encoding (recipes encode once at the end, in 'auto'); only an explicit
+    # choice without the variable-length code rules the grid out
+    grid = ["grid"] if cfg.encoding == "dense" or "codebook_vlc" in allowed_kinds(cfg.encoding) else []
     if first == "channel":
         return [first, "shared"] + grid
     return [first] + grid if w.is_depthwise else [first]
