@@ -208,7 +208,7 @@ class ClusterPass(Pass):
             plan.notes.append("random data: k-means unweighted (no calibration importance)")
         if cfg.allocation == "uniform":
             plan.bits = {w.name: cfg.budget_bits for w in weights}
-            if cfg.clusters is None:
+            if cfg.clusters is None and cfg.granularity == "auto":
                 self._grid_where_cheaper(weights, plan, ctx)
             return plan
         if cfg.allocation == "sensitivity":
