@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, reshape_to
-from .codebook import _Codebook, first_as_int32, gather, table_overhead, tables_for, unnamed
+from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node
+from .codebook import _BestTable, first_as_int32, table_overhead
 
 GROUP = 8
 MAX_BITS = 7  # 8 x 7 = 56-bit words, exact in an int64 MatMul
@@ -50,38 +50,22 @@ def unpack_bits(packed: str, n: int, bits: int, fresh: Names, name: str, inits: 
     return first_as_int32(seq, n, n % GROUP != 0, fresh, name, inits, nodes)
 
 
-class CodebookPacked(_Codebook):
+class CodebookPacked(_BestTable):
     """Indices packed at exactly the bits their table needs (1..6), eight per b bytes."""
 
     kind = "codebook_packed"
     min_opset = 11
 
-    def _choose(self, flat: np.ndarray):
-        best = None
-        for t in tables_for(flat, self.layout):
-            b = width_bits(t.width)
-            if b > MAX_BITS:
-                continue
-            size = (-(-flat.size // GROUP)) * b + t.table_bytes() + table_overhead(t) \
-                + 12 * (NODE_OVERHEAD + TENSOR_OVERHEAD)
-            if best is None or size < best[0]:
-                best = (size, t, b)
-        return best
+    def _cost(self, flat, t):
+        b = width_bits(t.width)
+        if b > MAX_BITS:
+            return None
+        return (-(-flat.size // GROUP)) * b + t.table_bytes() + table_overhead(t) \
+            + 12 * (NODE_OVERHEAD + TENSOR_OVERHEAD), b
 
-    def size(self, flat: np.ndarray) -> int | None:
-        best = self._choose(flat)
-        return None if best is None else best[0]
-
-    def build(self, flat, shape, name, fresh):
-        _, t, b = self._choose(flat)
-        inits: list[onnx.TensorProto] = []
-        nodes: list[onnx.NodeProto] = []
-        p = fresh("cb")
+    def _stream(self, t, b, n, fresh, p, inits, nodes):
         packed = const(fresh, f"{p}_idx{b}b", pack_bits(t.idx, b), inits)
-        idx = unpack_bits(packed, flat.size, b, fresh, p, inits, nodes)
-        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
-        reshape_to(fresh, p, out, shape, name, inits, nodes)
-        return unnamed(nodes), inits
+        return t, unpack_bits(packed, n, b, fresh, p, inits, nodes)
 
 
 ENCODINGS = (CodebookPacked(),)

@@ -130,6 +130,40 @@ class _Codebook(Encoding):
         return out
 
 
+class _BestTable(_Codebook):
+    """A codebook encoding whose index stream depends on the table: each detected table is priced
+    by ``_cost`` (bytes and the stream's parameters, or None), the cheapest one is stored."""
+
+    def _cost(self, flat: np.ndarray, t: Table):
+        raise NotImplementedError
+
+    def _stream(self, t: Table, params, n: int, fresh: Names, p: str, inits: list, nodes: list) -> tuple[Table, str]:
+        """(the table as stored, the int32 flat index decoded from the stream)."""
+        raise NotImplementedError
+
+    def _choose(self, flat: np.ndarray):
+        best = None
+        for t in tables_for(flat, self.layout):
+            priced = self._cost(flat, t)
+            if priced is not None and (best is None or priced[0] < best[0]):
+                best = (priced[0], t, priced[1])
+        return best
+
+    def size(self, flat: np.ndarray) -> int | None:
+        best = self._choose(flat)
+        return None if best is None else best[0]
+
+    def build(self, flat, shape, name, fresh):
+        _, t, params = self._choose(flat)
+        inits: list[onnx.TensorProto] = []
+        nodes: list[onnx.NodeProto] = []
+        p = fresh("cb")
+        t, idx = self._stream(t, params, flat.size, fresh, p, inits, nodes)
+        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
+        reshape_to(fresh, p, out, shape, name, inits, nodes)
+        return unnamed(nodes), inits
+
+
 class Codebook8(_Codebook):
     """uint8 indices + table; Cast + Gather."""
 

@@ -24,8 +24,8 @@ from functools import lru_cache
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, reshape_to, zeros_like_flat
-from .codebook import _Codebook, gather, table_overhead, tables_for, unnamed
+from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, zeros_like_flat
+from .codebook import _BestTable, table_overhead
 from .tables import Table
 
 MAX_FIELD_BITS = 8
@@ -111,41 +111,23 @@ def reorder(t: Table, order: np.ndarray) -> Table:
     return replace(t, idx=rank[t.idx.astype(np.int64)].astype(np.int16), values=values)
 
 
-class CodebookVLC(_Codebook):
+class CodebookVLC(_BestTable):
     """Indices in a per-tensor group code (unary group + fixed field), table entries by frequency."""
 
     kind = "codebook_vlc"
     min_opset = 11
 
-    def _choose(self, flat: np.ndarray):
-        best = None
-        if flat.size > MAX_ELEMENTS:
+    def _cost(self, flat, t):
+        if flat.size > MAX_ELEMENTS or t.width > 1 << MAX_FIELD_BITS:
             return None
-        for t in tables_for(flat, self.layout):
-            if t.width > 1 << MAX_FIELD_BITS:
-                continue
-            code, bits = design(np.bincount(t.idx.astype(np.int64), minlength=t.width))
-            groups = len(code.widths)
-            size = (bits + 7) // 8 + t.table_bytes() + table_overhead(t) + (8 + 4 * max(code.widths)) * groups \
-                + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD
-            if best is None or size < best[0]:
-                best = (size, t, code)
-        return best
+        code, bits = design(np.bincount(t.idx.astype(np.int64), minlength=t.width))
+        groups = len(code.widths)
+        return (bits + 7) // 8 + t.table_bytes() + table_overhead(t) + (8 + 4 * max(code.widths)) * groups \
+            + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD, code
 
-    def size(self, flat: np.ndarray) -> int | None:
-        best = self._choose(flat)
-        return None if best is None else best[0]
-
-    def build(self, flat, shape, name, fresh):
-        _, t, code = self._choose(flat)
+    def _stream(self, t, code, n, fresh, p, inits, nodes):
         t = reorder(t, code.order)
-        inits: list[onnx.TensorProto] = []
-        nodes: list[onnx.NodeProto] = []
-        p = fresh("cb")
-        idx = decoder(t.idx.astype(np.int64), code, fresh, p, inits, nodes)
-        out = gather(t, fresh, p, flat.dtype, idx, inits, nodes)
-        reshape_to(fresh, p, out, shape, name, inits, nodes)
-        return unnamed(nodes), inits
+        return t, decoder(t.idx.astype(np.int64), code, fresh, p, inits, nodes)
 
 
 def decoder(sym: np.ndarray, code: Code, fresh: Names, p: str, inits: list, nodes: list) -> str:
