@@ -59,29 +59,33 @@ class _SparseCodebook(Encoding):
         bound.layout = layout
         return bound
 
+    max_width = 256
+
     def _plan(self, flat: np.ndarray):
+        """(positions, table, bytes) with the table storing the fewest bytes, or None."""
         pos = np.flatnonzero(flat)
         if pos.size == 0 or pos.size > flat.size * 0.6:
             return None
-        tables = nonzero_tables(flat, self.layout)
-        t = next((t for t in tables if t.width <= (16 if self.gap_bits == 4 else 256)), None)
-        return None if t is None else (pos, t)
+        best = None
+        for t in nonzero_tables(flat, self.layout):
+            if t.width <= self.max_width:
+                cost = self._cost(pos, t)
+                if cost is not None and (best is None or cost[2] < best[2]):
+                    best = cost
+        return best
 
-    def _entries(self, pos: np.ndarray) -> int:
+    def _cost(self, pos: np.ndarray, t: Table) -> tuple[np.ndarray, Table, int] | None:
         fmax = (1 << self.gap_bits) - 1
-        return int(((np.diff(pos, prepend=-1) - 1) // fmax + 1).sum())
+        e = int(((np.diff(pos, prepend=-1) - 1) // fmax + 1).sum())
+        payload = e if self.gap_bits == 4 else e + ((e + 1) // 2 if t.width <= 16 else e)
+        return pos, t, payload + t.table_bytes() + 12 * TENSOR_OVERHEAD + 20 * NODE_OVERHEAD
 
     def size(self, flat: np.ndarray) -> int | None:
         plan = self._plan(flat)
-        if plan is None:
-            return None
-        pos, t = plan
-        e = self._entries(pos)
-        payload = e if self.gap_bits == 4 else e + ((e + 1) // 2 if t.width <= 16 else e)
-        return payload + t.table_bytes() + 12 * TENSOR_OVERHEAD + 20 * NODE_OVERHEAD
+        return None if plan is None else plan[2]
 
     def build(self, flat, shape, name, fresh):
-        pos, t = self._plan(flat)
+        pos, t, _ = self._plan(flat)
         fmax = (1 << self.gap_bits) - 1
         fields, which = gap_fields(pos, fmax)
         real = which >= 0
@@ -159,6 +163,7 @@ class SparseCodebook4(_SparseCodebook):
     kind = "sparse_codebook4"
     min_opset = 11
     gap_bits = 4
+    max_width = 16
 
     def streams(self, fields, idx, width, fresh, name, inits, nodes):
         both = const(fresh, f"{name}_gapidx", (fields << 4) | idx, inits)
