@@ -111,8 +111,27 @@ def reorder(t: Table, order: np.ndarray) -> Table:
     return replace(t, idx=rank[t.idx.astype(np.int64)].astype(np.int16), values=values)
 
 
+def by_channel_frequency(t: Table, at: np.ndarray | None = None) -> Table:
+    """A per-channel table with each row's entries reordered most frequent first (indices
+    remapped): a pruned weight's zero, or a grid's 0 step, sits at a different entry in every row
+    of a sorted table, which spreads the tensor's index histogram; ranked per row it is one peak.
+    ``at``: the flat positions whose indices count (default: all)."""
+    lay = t.layout
+    flat = np.arange(t.idx.size) if at is None else at
+    chan = (flat // lay.inner) % lay.channels
+    counts = np.zeros((lay.channels, t.width), np.int64)
+    np.add.at(counts, (chan, t.idx[flat].astype(np.int64)), 1)
+    rows = lay.rows(t.idx.astype(np.int64))
+    order = np.argsort(-counts, axis=1, kind="stable")  # rank -> old entry, per row
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(t.width)[None, :].repeat(len(order), 0), axis=1)
+    idx = t.layout.unrows(np.take_along_axis(rank, rows, axis=1)).astype(np.int16)
+    return replace(t, idx=idx, values=np.take_along_axis(t.values, order, axis=1))
+
+
 class CodebookVLC(_BestTable):
-    """Indices in a per-tensor group code (unary group + fixed field), table entries by frequency."""
+    """Indices in a per-tensor group code (unary group + fixed field), table entries by frequency
+    (per channel for per-channel tables)."""
 
     kind = "codebook_vlc"
     min_opset = 11
@@ -120,12 +139,18 @@ class CodebookVLC(_BestTable):
     def _cost(self, flat, t):
         if flat.size > MAX_ELEMENTS or t.width > 1 << MAX_FIELD_BITS:
             return None
-        code, bits = design(np.bincount(t.idx.astype(np.int64), minlength=t.width))
-        groups = len(code.widths)
-        return (bits + 7) // 8 + t.table_bytes() + table_overhead(t) + (8 + 4 * max(code.widths)) * groups \
-            + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD, code
+        best = None
+        for cand in (t, by_channel_frequency(t)) if t.kind == "channel" else (t,):
+            code, bits = design(np.bincount(cand.idx.astype(np.int64), minlength=cand.width))
+            groups = len(code.widths)
+            size = (bits + 7) // 8 + cand.table_bytes() + table_overhead(cand) + (8 + 4 * max(code.widths)) * groups \
+                + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD
+            if best is None or size < best[0]:
+                best = (size, (code, cand))
+        return best
 
-    def _stream(self, t, code, n, fresh, p, inits, nodes):
+    def _stream(self, t, params, n, fresh, p, inits, nodes):
+        code, t = params
         t = reorder(t, code.order)
         return t, decoder(t.idx.astype(np.int64), code, fresh, p, inits, nodes)
 
