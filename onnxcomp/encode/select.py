@@ -122,11 +122,12 @@ def _register_codebooks() -> None:
     from .bitpack import ENCODINGS as packed
     from .codebook import ENCODINGS as codebook
     from .combined import ENCODINGS as combined
+    from .sparse_vlc import ENCODINGS as sparse_vlc
     from .vlc import ENCODINGS as vlc
 
     for enc in codebook + packed + vlc:
         register(enc, "codebook")
-    for enc in combined:
+    for enc in combined + sparse_vlc:
         register(enc, "combined")
 
 
