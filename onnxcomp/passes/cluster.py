@@ -117,6 +117,43 @@ def fit_bits(w: Weight, f: Fit, bits: int) -> int:
     return f.coded_bits + 16 * (Layout.of(w.shape, w.out_axis).channels + 2 * GRID_Q) + VLC_FRAMING_BITS
 
 
+def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig) -> int:
+    """Stored bits of one allocation option: :func:`fit_bits`, or for a pruned weight (at most
+    :data:`SPARSE_DENSITY` nonzeros) the bytes of its smallest encoding, since the sparse
+    encodings store positions plus indices of a fixed width (2 or 4 bits cost the same in
+    sparse_codebook4) and a dense count would misprice every option."""
+    if not _pruned(w):
+        return fit_bits(w, f, bits)
+    from ..encode.select import allowed_kinds, best_encoding
+
+    kinds = allowed_kinds("auto" if cfg.encoding == "dense" else cfg.encoding)
+    values = f.values.reshape(-1).astype(w.dtype)
+    return 8 * best_encoding(values, kinds, lambda _opset: True, Layout.of(w.shape, w.out_axis))[1]
+
+
+SPARSE_DENSITY = 0.6  # the sparse encodings apply up to this fraction of nonzeros
+
+
+def _pruned(w: Weight) -> bool:
+    return np.count_nonzero(w.values()) <= SPARSE_DENSITY * w.size
+
+
+def _limit(weights: list[Weight], plan: "ClusterPlan", costs: dict, budget: float) -> float:
+    """The allocation's budget in stored bits: ``budget`` bits per weight, except that a pruned
+    weight brings the bits uniform ``budget`` would store for it (its default granularity, the
+    two neighbouring widths interpolated), so the average means the same with and without pruning."""
+    total = 0.0
+    lo, hi = int(np.floor(budget)), int(np.ceil(budget))
+    for w in weights:
+        c, g = costs[w.name], plan.granularity[w.name]
+        if _pruned(w) and (g, lo) in c and (g, hi) in c:
+            t = budget - lo
+            total += (1 - t) * c[g, lo] + t * c[g, hi]
+        else:
+            total += budget * w.size
+    return total
+
+
 def storage_bits(w: Weight, granularity: str, bits: int) -> int:
     """Bits of ``w`` stored as 2^bits-entry codebooks: indices plus the tables (see cluster_fit)."""
     k, channels = 1 << bits, Layout.of(w.shape, w.out_axis).channels
@@ -132,8 +169,10 @@ def storage_bits(w: Weight, granularity: str, bits: int) -> int:
 
 
 def allocate(errors: dict[str, dict[Hashable, float]], sizes: dict[str, int], budget: float,
-             costs: dict[str, dict[Hashable, int]] | None = None) -> dict[str, Hashable]:
-    """The option per layer minimising the summed error with the stored bits <= budget * sum(size).
+             costs: dict[str, dict[Hashable, int]] | None = None, *,
+             limit: float | None = None) -> dict[str, Hashable]:
+    """The option per layer minimising the summed error with the stored bits <= budget * sum(size)
+    (or <= ``limit`` bits when given).
 
     ``errors[n]`` maps each option of layer ``n`` (its bits, or a (granularity, bits) pair) to
     its predicted error; ``costs[n][option]``: its stored bits (default: size * bits, indices
@@ -145,7 +184,7 @@ def allocate(errors: dict[str, dict[Hashable, float]], sizes: dict[str, int], bu
     hulls = {n: _hull([(cost[n][o], errors[n][o], o) for o in e]) for n, e in errors.items()}
     at = {n: 0 for n in hulls}
     spent = sum(h[0][0] for h in hulls.values())
-    limit = budget * sum(sizes.values())
+    limit = budget * sum(sizes.values()) if limit is None else limit
     heap: list = []
 
     def push(n: str) -> None:
@@ -222,8 +261,9 @@ class ClusterPass(Pass):
             for g in _candidates(w, cfg):
                 for b in _grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
-                    errors[w.name][g, b], costs[w.name][g, b] = f.rel_error, fit_bits(w, f, b)
-        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs)
+                    errors[w.name][g, b], costs[w.name][g, b] = f.rel_error, option_bits(w, f, b, cfg)
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
+                          limit=_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {})  # apply fits the chosen option again
         _note_spread(plan, weights, "mixed")
         return plan
@@ -239,10 +279,10 @@ class ClusterPass(Pass):
                 continue
             g0 = plan.granularity[w.name]
             base = _fit(w, b, plan, cfg, ctx, granularity=g0)
-            best, cost = base, fit_bits(w, base, b)
+            best, cost = base, option_bits(w, base, b, cfg)
             for level in (b - 0.5, float(b), b + 0.5):
                 f = _fit(w, level, plan, cfg, ctx, granularity="grid")
-                if fit_bits(w, f, b) <= cost and f.rel_error < best.rel_error:
+                if option_bits(w, f, b, cfg) <= cost and f.rel_error < best.rel_error:
                     best, plan.bits[w.name] = f, level
             if best is not base:  # apply fits it again (keeping every fit would hold a model copy)
                 plan.granularity[w.name], taken = "grid", taken + 1
@@ -306,8 +346,8 @@ class ClusterPass(Pass):
             plan.hessians = self._hessians(model, weights, ctx)
         levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
         at = min(max(int(round(cfg.bits)), levels[0]), 8)
-        local: dict[str, dict[tuple[str, int], float]] = {}
-        costs: dict[str, dict[tuple[str, int], int]] = {}
+        local: dict[str, dict[tuple[str, float], float]] = {}
+        costs: dict[str, dict[tuple[str, float], int]] = {}
         fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
         for w in weights:
             local[w.name], fits[w.name], costs[w.name] = {}, {}, {}
@@ -315,7 +355,7 @@ class ClusterPass(Pass):
                 for b in _grid_levels(levels) if g == "grid" else levels:
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
-                    costs[w.name][g, b] = fit_bits(w, f, b)
+                    costs[w.name][g, b] = option_bits(w, f, b, cfg)
                     if b == at:
                         fits[w.name][g] = f
             _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
@@ -329,7 +369,8 @@ class ClusterPass(Pass):
         for w, (loss,) in zip(weights, losses):
             scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
             errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
-        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs)
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
+                          limit=_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
                           f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")

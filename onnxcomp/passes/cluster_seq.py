@@ -45,7 +45,13 @@ def stats(model: onnx.ModelProto, reference: onnx.ModelProto, w: Weight, data: I
 
 
 def target(w: Weight, groups: list[LayerStats]) -> np.ndarray:
-    """The weight (in ``w``'s shape) that best maps the new inputs to the original outputs."""
-    rows = _rows(w, w.values()).astype(np.float64)
+    """The weight (in ``w``'s shape) that best maps the new inputs to the original outputs.
+
+    Exact zeros (a pruned weight's) stay zero: the least-squares map is dense, and clustering it
+    would fill the pruned positions (the GPTQ assignment then spreads the masked part's error over
+    the kept weights)."""
+    values = w.values()
+    rows = _rows(w, values).astype(np.float64)
     parts = np.split(rows, len(groups), axis=0)
-    return _unrows(w, np.concatenate([g.target(p) for p, g in zip(parts, groups)], axis=0))
+    out = _unrows(w, np.concatenate([g.target(p) for p, g in zip(parts, groups)], axis=0))
+    return np.where(values == 0, 0.0, out) if not values.all() else out
