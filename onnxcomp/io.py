@@ -558,6 +558,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _own_data(path: Path, data_file: Path) -> Path | None:
+    """``data_file`` when the file at ``path`` (about to be replaced by a model with its tensors
+    inline) keeps its tensors there and nowhere else: overwriting the input with ``--force``
+    must not leave its old ``.data`` behind. A .data file of another name may be shared; kept."""
+    if not (path.is_file() and data_file.is_file()):
+        return None
+    try:
+        from onnx.external_data_helper import ExternalDataInfo
+
+        header = onnx.load(str(path), load_external_data=False)
+        places = {ExternalDataInfo(t).location for t in _external_tensors(header)}
+    except Exception:  # noqa: BLE001 - not a model we can read: leave its neighbours alone
+        return None
+    return data_file if places == {data_file.name} else None
+
+
 def _refuse_input_data(data_file: Path, input_path: Path) -> None:
     """The output's ``.data`` file may not be the input model or one of its external data files."""
     if not data_file.exists():
@@ -629,7 +645,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
                 (folder / data_name).unlink(missing_ok=True)
                 raise
         else:
+            orphan = _own_data(path, folder / data_name)
             os.replace(tmp, path)
+            if orphan is not None:  # the replaced file's .data: nothing refers to it any more
+                for t in _reading(model, orphan):
+                    _fill(t, t)
+                orphan.unlink(missing_ok=True)
     except OSError as exc:
         raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}",
                              "check the folder's permissions and free space") from None

@@ -88,6 +88,21 @@ def test_external_data_loads(tmp_path):
     assert oc.inspect(m).total_params == expected
 
 
+@pytest.mark.parametrize("location", ["ext.onnx.data", "weights.bin"])
+def test_overwriting_an_external_data_input_leaves_no_orphan(tmp_path, location):
+    """prune -o INPUT --force on a model with its tensors in ext.onnx.data writes them inline and
+    removes that .data file (nothing refers to it any more); a data file of another name may be
+    shared with other models and stays. The result loads and runs either way."""
+    model = M.conv_bn_relu(c_mid=32)
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location=location, size_threshold=0)
+    assert main(["prune", str(src), "--sparsity", "0.5", "-o", str(src), "--force"]) == 0
+    assert (tmp_path / location).exists() == (location != "ext.onnx.data")
+    header = onnx.load(str(src), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
+    io.verify_file(src)  # onnx.checker and an onnxruntime session on the file as written
+
+
 def test_opset_too_new(capsys, tmp_path):
     _, max_opset = io.ort_limits()
     model = M.conv_bn_relu()
