@@ -27,6 +27,7 @@ from ..patchstats import LayerStats, collect_covariances
 from .prune_obs import _rows, _unrows, request
 
 MAX_MODEL_BYTES = 1 << 30  # above this the original is not copied: plain GPTQ
+PRUNED_ZEROS = 0.2  # a weight with at least this fraction of exact zeros was pruned: keep them
 
 
 def usable(model: onnx.ModelProto) -> bool:
@@ -47,11 +48,14 @@ def stats(model: onnx.ModelProto, reference: onnx.ModelProto, w: Weight, data: I
 def target(w: Weight, groups: list[LayerStats]) -> np.ndarray:
     """The weight (in ``w``'s shape) that best maps the new inputs to the original outputs.
 
-    Exact zeros (a pruned weight's) stay zero: the least-squares map is dense, and clustering it
-    would fill the pruned positions (the GPTQ assignment then spreads the masked part's error over
-    the kept weights)."""
+    A pruned weight's zeros (at least :data:`PRUNED_ZEROS` of it) stay zero: the least-squares
+    map is dense, and clustering it would fill the pruned positions (the GPTQ assignment then
+    spreads the masked part's error over the kept weights). The scattered exact zeros of a trained
+    weight (0.1-7 % in effnet_lite0's folded convs) are not a mask: pinning them cost that model
+    4 points of top-1 agreement at 3.6 bits."""
     values = w.values()
     rows = _rows(w, values).astype(np.float64)
     parts = np.split(rows, len(groups), axis=0)
     out = _unrows(w, np.concatenate([g.target(p) for p, g in zip(parts, groups)], axis=0))
-    return np.where(values == 0, 0.0, out) if not values.all() else out
+    zeros = values == 0
+    return np.where(zeros, 0.0, out) if zeros.mean() >= PRUNED_ZEROS else out
