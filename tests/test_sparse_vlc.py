@@ -3,14 +3,13 @@ and the per-channel frequency order that makes small per-channel tables cheap to
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
 from onnxcomp.encode import encode_weights
 from onnxcomp.encode.select import REGISTRY, bound
 from onnxcomp.encode.tables import Layout
-from tests.test_codebook import _codebook_weight, _conv, _decoded, _run
+from tests.test_codebook import _codebook_weight, _conv, _run
+from tests.test_vlc import encodes_exactly_and_folds
 
 
 def _pruned(rng, kind: str, shape, keep: float, k: int) -> np.ndarray:
@@ -34,20 +33,8 @@ def test_decodes_bit_exactly_and_folds(kind, opset, tmp_path):
     w = _pruned(rng, kind, shape, keep=0.05, k=6)
     w[3] = 0  # whole zero channels: gaps far above 255 need fillers
     w[4, :40] = 0
-    model = _conv(w, opset=opset)
-    x = rng.normal(size=(1, 64, 5, 5)).astype(np.float32)
-    ref = _run(model, x)[0]
-    choice = encode_weights(model, encoding="sparse_codebook_vlc")[0]
-    assert choice.kind == "sparse_codebook_vlc"
-    assert model.opset_import[0].version == opset
+    choice = encodes_exactly_and_folds(_conv(w, opset=opset), w, "sparse_codebook_vlc", rng, tmp_path)
     assert choice.bytes == _sizes(w)["sparse_codebook_vlc"]
-    assert np.array_equal(_decoded(model, shape, np.float32).view(np.uint32), w.view(np.uint32))
-    assert np.array_equal(_run(model, x)[0], ref)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["Conv"]
 
 
 def test_a_large_pruned_layer_takes_the_variable_length_code():

@@ -41,18 +41,27 @@ def test_decodes_bit_exactly_and_folds(kind, opset, tmp_path):
     shape = (12, 67, 3, 3)  # 7236 weights: not a multiple of 8
     w = _grid_weight(rng, shape, laplace=True) if kind == "peaked" else _codebook_weight(rng, kind, shape, k=16)
     model = _conv(w, opset=opset)
-    x = rng.normal(size=(1, 67, 5, 5)).astype(np.float32)
+    encodes_exactly_and_folds(model, w, "codebook_vlc", rng, tmp_path)
+
+
+def encodes_exactly_and_folds(model: onnx.ModelProto, w: np.ndarray, kind: str, rng, tmp_path):
+    """Encode the conv's weight as ``kind``: the opset stays, onnxruntime rebuilds ``w`` bit for
+    bit and gives the same output, and its basic optimisation folds the decoder away (the
+    optimised graph is the bare Conv). Returns the encoding choice."""
+    opset = model.opset_import[0].version
+    x = rng.normal(size=(1, w.shape[1], 5, 5)).astype(np.float32)
     ref = _run(model, x)[0]
-    choice = encode_weights(model, encoding="codebook_vlc")[0]
-    assert choice.kind == "codebook_vlc"
+    choice = encode_weights(model, encoding=kind)[0]
+    assert choice.kind == kind
     assert model.opset_import[0].version == opset
-    assert np.array_equal(_decoded(model, shape, np.float32).view(np.uint32), w.view(np.uint32))
+    assert np.array_equal(_decoded(model, w.shape, np.float32).view(np.uint32), w.view(np.uint32))
     assert np.array_equal(_run(model, x)[0], ref)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["Conv"]
+    return choice
 
 
 def test_peaked_indices_cost_close_to_their_entropy_and_win_the_automatic_choice():

@@ -11,8 +11,6 @@ encodings; onnxruntime folds all of it at session creation.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import onnx
 
@@ -20,7 +18,8 @@ from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, const, node
 from .codebook import table_overhead
 from .combined import _SparseCodebook, gap_fields
 from .tables import Table
-from .vlc import DECODER_NODES, DECODER_TENSORS, MAX_ELEMENTS, Code, by_channel_frequency, decoder, design
+from .vlc import DECODER_NODES, DECODER_TENSORS, MAX_ELEMENTS, Code, by_channel_frequency, decoder, design, \
+    reorder
 
 FILLER_SPAN = 255
 
@@ -30,20 +29,15 @@ def ranked(t: Table, pos: np.ndarray) -> Table:
     per-channel tables), so the index stream's histogram is one peak at 0."""
     if t.kind == "channel":
         return by_channel_frequency(t, pos)
-    counts = np.bincount(t.idx[pos].astype(np.int64), minlength=t.width)
-    order = np.argsort(-counts, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    values = t.values[..., order]
-    return replace(t, idx=rank[t.idx.astype(np.int64)].astype(np.int16), values=values)
+    return reorder(t, np.argsort(-np.bincount(t.idx[pos].astype(np.int64), minlength=t.width), kind="stable"))
 
 
-def _coded(symbols: np.ndarray, width: int) -> tuple[Code, int, int]:
-    """(code, payload bits, bytes of its symbol map) for one stream."""
-    code, bits = design(np.bincount(symbols.astype(np.int64), minlength=width))
-    used = int(np.count_nonzero(np.bincount(symbols.astype(np.int64), minlength=width)))
-    identity = np.array_equal(code.order[:used], np.arange(used))
-    return code, bits, 0 if identity else used + TENSOR_OVERHEAD + 2 * NODE_OVERHEAD
+def _coded(symbols: np.ndarray, width: int) -> tuple[Code, int, np.ndarray | None]:
+    """(code, payload bits, the symbol -> value map to store, or None when it is the identity)."""
+    counts = np.bincount(symbols.astype(np.int64), minlength=width)
+    code, bits = design(counts)
+    used = code.order[:int(np.count_nonzero(counts))]
+    return code, bits, None if np.array_equal(used, np.arange(used.size)) else used
 
 
 class SparseCodebookVLC(_SparseCodebook):
@@ -63,21 +57,21 @@ class SparseCodebookVLC(_SparseCodebook):
         idx[real] = t.idx[pos[which[real]]]
         total = 0
         for symbols, width in ((fields, FILLER_SPAN + 1), (idx, t.width)):
-            code, bits, table = _coded(symbols, width)
-            total += (bits + 7) // 8 + table + (8 + 4 * max(code.widths)) * len(code.widths) \
-                + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD
+            code, bits, mapping = _coded(symbols, width)
+            total += (bits + 7) // 8 + (8 + 4 * max(code.widths)) * len(code.widths) \
+                + DECODER_NODES * NODE_OVERHEAD + DECODER_TENSORS * TENSOR_OVERHEAD \
+                + (0 if mapping is None else mapping.size + TENSOR_OVERHEAD + 2 * NODE_OVERHEAD)
         return pos, t, total + t.table_bytes() + table_overhead(t) + 12 * TENSOR_OVERHEAD + 20 * NODE_OVERHEAD
 
     def streams(self, fields, idx, width, fresh, name, inits, nodes):
         out = []
         for tag, symbols, w in (("g", fields, FILLER_SPAN + 1), ("i", idx, width)):
-            code = design(np.bincount(symbols.astype(np.int64), minlength=w))[0]
+            code, _, mapping = _coded(symbols, w)
             rank = np.empty(code.order.size, np.int64)
             rank[code.order] = np.arange(code.order.size)
             sym = decoder(rank[symbols.astype(np.int64)], code, fresh, f"{name}{tag}", inits, nodes)
-            used = int(np.count_nonzero(np.bincount(symbols.astype(np.int64), minlength=w)))
-            if not np.array_equal(code.order[:used], np.arange(used)):  # symbol -> value
-                table = const(fresh, f"{name}{tag}_map", code.order[:used].astype(np.uint8), inits)
+            if mapping is not None:  # symbol -> value
+                table = const(fresh, f"{name}{tag}_map", mapping.astype(np.uint8), inits)
                 raw, mapped = fresh(f"{name}{tag}_mapped8"), fresh(f"{name}{tag}_mapped")
                 nodes += [node("Gather", [table, sym], raw, axis=0),
                           node("Cast", [raw], mapped, to=onnx.TensorProto.INT32)]

@@ -38,6 +38,7 @@ class ClusterPlan:
     importance: dict[str, np.ndarray] = field(default_factory=dict)
     fits: dict[str, Fit] = field(default_factory=dict)
     hessians: dict[str, list] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)  # weights stored sparse: priced by their encoding
     skipped: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -117,12 +118,12 @@ def fit_bits(w: Weight, f: Fit, bits: int) -> int:
     return f.coded_bits + 16 * (Layout.of(w.shape, w.out_axis).channels + 2 * GRID_Q) + VLC_FRAMING_BITS
 
 
-def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig) -> int:
-    """Stored bits of one allocation option: :func:`fit_bits`, or for a pruned weight (at most
-    :data:`SPARSE_DENSITY` nonzeros) the bytes of its smallest encoding, since the sparse
-    encodings store positions plus indices of a fixed width (2 or 4 bits cost the same in
-    sparse_codebook4) and a dense count would misprice every option."""
-    if not _pruned(w):
+def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig, pruned: bool) -> int:
+    """Stored bits of one allocation option: :func:`fit_bits`, or for a ``pruned`` weight
+    (:func:`is_pruned`) the bytes of its smallest encoding, since the sparse encodings store
+    positions plus indices of a fixed width (2 or 4 bits cost the same in sparse_codebook4) and a
+    dense count would misprice every option."""
+    if not pruned:
         return fit_bits(w, f, bits)
     from ..encode.select import allowed_kinds, best_encoding
 
@@ -134,7 +135,8 @@ def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig) -> int:
 SPARSE_DENSITY = 0.6  # the sparse encodings apply up to this fraction of nonzeros
 
 
-def _pruned(w: Weight) -> bool:
+def is_pruned(w: Weight) -> bool:
+    """Whether ``w`` has few enough nonzeros to be stored by a sparse encoding."""
     return np.count_nonzero(w.values()) <= SPARSE_DENSITY * w.size
 
 
@@ -146,7 +148,7 @@ def _limit(weights: list[Weight], plan: "ClusterPlan", costs: dict, budget: floa
     lo, hi = int(np.floor(budget)), int(np.ceil(budget))
     for w in weights:
         c, g = costs[w.name], plan.granularity[w.name]
-        if _pruned(w) and (g, lo) in c and (g, hi) in c:
+        if w.name in plan.pruned and (g, lo) in c and (g, hi) in c:
             t = budget - lo
             total += (1 - t) * c[g, lo] + t * c[g, hi]
         else:
@@ -230,7 +232,7 @@ class ClusterPass(Pass):
     def plan(self, model: onnx.ModelProto, ctx: Context) -> ClusterPlan:
         cfg: ClusterConfig = self.config
         weights, skipped = select(find_weights(model), cfg)
-        plan = ClusterPlan(skipped=skipped)
+        plan = ClusterPlan(skipped=skipped, pruned={w.name for w in weights if is_pruned(w)})
         for w in weights:
             plan.granularity[w.name] = _granularity(w, cfg)
             if w.is_depthwise:
@@ -261,7 +263,8 @@ class ClusterPass(Pass):
             for g in _candidates(w, cfg):
                 for b in _grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
-                    errors[w.name][g, b], costs[w.name][g, b] = f.rel_error, option_bits(w, f, b, cfg)
+                    errors[w.name][g, b] = f.rel_error
+                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
                           limit=_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {})  # apply fits the chosen option again
@@ -279,10 +282,10 @@ class ClusterPass(Pass):
                 continue
             g0 = plan.granularity[w.name]
             base = _fit(w, b, plan, cfg, ctx, granularity=g0)
-            best, cost = base, option_bits(w, base, b, cfg)
+            best, cost = base, option_bits(w, base, b, cfg, w.name in plan.pruned)
             for level in (b - 0.5, float(b), b + 0.5):
                 f = _fit(w, level, plan, cfg, ctx, granularity="grid")
-                if option_bits(w, f, b, cfg) <= cost and f.rel_error < best.rel_error:
+                if option_bits(w, f, b, cfg, w.name in plan.pruned) <= cost and f.rel_error < best.rel_error:
                     best, plan.bits[w.name] = f, level
             if best is not base:  # apply fits it again (keeping every fit would hold a model copy)
                 plan.granularity[w.name], taken = "grid", taken + 1
@@ -355,7 +358,7 @@ class ClusterPass(Pass):
                 for b in _grid_levels(levels) if g == "grid" else levels:
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
-                    costs[w.name][g, b] = option_bits(w, f, b, cfg)
+                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
                     if b == at:
                         fits[w.name][g] = f
             _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
