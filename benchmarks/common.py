@@ -29,6 +29,15 @@ class RealModel:
     metric: str
     score: Callable[[onnx.ModelProto], float]
     floor: float  # the quality floor of the issue for this model
+    metrics: Callable[[onnx.ModelProto], dict] | None = None  # everything the evaluator reports
+
+    def measure(self, proto: onnx.ModelProto) -> tuple[float, dict]:
+        """The quality metric and every other metric the evaluator reports, from one evaluation."""
+        if self.metrics is None:
+            q = self.score(proto)
+            return q, {self.metric: q}
+        everything = self.metrics(proto)
+        return float(everything[self.metric]), everything
 
 
 def _digits_accuracy(proto: onnx.ModelProto) -> float:
@@ -39,15 +48,29 @@ def _digits_accuracy(proto: onnx.ModelProto) -> float:
     return float((sess.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean())
 
 
-def _corpus_score(cache: Path, key: str, metric: str) -> Callable[[onnx.ModelProto], float]:
-    def score(proto: onnx.ModelProto) -> float:
+def _corpus_metrics(cache: Path, key: str) -> Callable[[onnx.ModelProto], dict]:
+    def metrics(proto: onnx.ModelProto) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save_model(proto, str(path))
             out = subprocess.run([str(CORPUS_PYTHON), str(CORPUS_EVAL), "--cache", str(cache), key,
                                   str(path), "--threads", "2"], capture_output=True, text=True, check=True)
-        return float(json.loads(out.stdout.strip().splitlines()[-1])[metric])
-    return score
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    return metrics
+
+
+def _corpus_model(cache: Path, key: str, metric: str, drop: float | None = None,
+                  floor: float | None = None) -> RealModel:
+    """A corpus model scored by ``metric``; its floor is ``floor`` or the original's score - ``drop``."""
+    metrics = _corpus_metrics(cache, key)
+
+    def score(proto: onnx.ModelProto) -> float:
+        return float(metrics(proto)[metric])
+
+    d = cache / key
+    if floor is None:
+        floor = score(onnx.load(str(d / "model.onnx"))) - drop
+    return RealModel(key, d / "model.onnx", d / "calib.npz", metric, score, floor, metrics)
 
 
 def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[RealModel]:
@@ -62,16 +85,9 @@ def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[Real
         out.append(RealModel("vgg_digits", MODELS / "vgg_digits.onnx", MODELS / "digits_calib.npz", "accuracy",
                              _digits_accuracy, _digits_accuracy(onnx.load(str(MODELS / "vgg_digits.onnx"))) - 0.005))
     if corpus is not None and CORPUS_PYTHON.exists():
-        out.append(RealModel("effnet_lite0", corpus / "effnet_lite0" / "model.onnx",
-                             corpus / "effnet_lite0" / "calib.npz", "top1_agree",
-                             _corpus_score(corpus, "effnet_lite0", "top1_agree"), 0.95))
-        ocr = _corpus_score(corpus, "ocr_det_ppocrv4", "f1")
-        out.append(RealModel("ocr_det_ppocrv4", corpus / "ocr_det_ppocrv4" / "model.onnx",
-                             corpus / "ocr_det_ppocrv4" / "calib.npz", "f1", ocr,
-                             ocr(onnx.load(str(corpus / "ocr_det_ppocrv4" / "model.onnx"))) - 0.01))
-        cnn = _corpus_score(corpus, "digits_cnn", "accuracy")
-        out.append(RealModel("digits_cnn", corpus / "digits_cnn" / "model.onnx", corpus / "digits_cnn" / "calib.npz",
-                             "accuracy", cnn, cnn(onnx.load(str(corpus / "digits_cnn" / "model.onnx"))) - 0.005))
+        out.append(_corpus_model(corpus, "effnet_lite0", "top1_agree", floor=0.95))
+        out.append(_corpus_model(corpus, "ocr_det_ppocrv4", "f1", drop=0.01))
+        out.append(_corpus_model(corpus, "digits_cnn", "accuracy", drop=0.005))
     return [m for m in out if keys is None or m.key in keys]
 
 
