@@ -196,3 +196,16 @@ def test_large_tensors_keep_a_fixed_width_encoding(monkeypatch):
     monkeypatch.setattr(vlc, "MAX_ELEMENTS", w.size - 1)
     assert bound(REGISTRY["codebook_vlc"], layout).size(w.reshape(-1)) is None
     assert encode_weights(_conv(w))[0].kind not in ("codebook_vlc", "dense")
+
+
+def test_fixed_family_leaves_the_variable_length_code_out():
+    """--encoding fixed, for devices short of memory at load: the weight that auto stores in the
+    variable-length code gets a fixed-width codebook encoding instead, larger but bit-exact."""
+    w = _grid_weight(np.random.default_rng(9), (32, 48, 3, 3), laplace=True)
+    auto = encode_weights(_conv(w))[0]
+    assert auto.kind == "codebook_vlc"
+    model = _conv(w)
+    fixed = encode_weights(model, encoding="fixed")[0]
+    assert fixed.kind.startswith("codebook") and "vlc" not in fixed.kind
+    assert auto.bytes < fixed.bytes < w.nbytes / 3
+    assert np.array_equal(_decoded(model, w.shape, np.float32).view(np.uint32), w.view(np.uint32))

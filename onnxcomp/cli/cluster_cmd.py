@@ -77,7 +77,8 @@ def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=40, show_default=True,
               help="Lloyd iterations per refinement round.")
 @click.option("--encoding", default="auto", show_default=True,
-              help="Storage: auto (smallest per tensor), dense, codebook, combined, or one kind.")
+              help="Storage: auto (smallest per tensor), dense, codebook, combined, fixed (no "
+                   "variable-length code: 3-4x less memory to load), or one kind.")
 @click.option("--gptq/--no-gptq", "gptq", default=None,
               help="Assign weights to their codebooks column by column with error feedback through the "
                    "layer-input Hessian (default: on with real --data).")

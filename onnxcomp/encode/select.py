@@ -22,6 +22,12 @@ from .tables import Layout
 
 REGISTRY: dict[str, Encoding] = {e.kind: e for e in (Zeros(), Gaps(), Bitmask())}
 FAMILIES: dict[str, tuple[str, ...]] = {"sparse": ("zeros", "gaps", "bitmask")}
+# onnxruntime keeps every temporary of its constant folding until the pass ends, so a model's load
+# peak grows with the decoders' per-weight temporaries: on effnet_lite0 about 200 bytes per weight
+# with the variable-length code's bit-level prefix sums, 50 with the fixed-width codes, 15 with
+# codebook8 (`onnxcomp bench`, README "Load memory"). --encoding fixed leaves the variable-length
+# code out.
+VARIABLE_LENGTH = ("codebook_vlc", "sparse_codebook_vlc")
 MIN_SAVING = 0.02  # an encoding must save at least 2 % of the dense bytes to be worth a decoder
 
 
@@ -129,6 +135,7 @@ def _register_codebooks() -> None:
         register(enc, "codebook")
     for enc in combined + sparse_vlc:
         register(enc, "combined")
+    FAMILIES["fixed"] = tuple(k for k in REGISTRY if k not in VARIABLE_LENGTH)
 
 
 _register_codebooks()
