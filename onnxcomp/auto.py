@@ -18,6 +18,7 @@ import numpy as np
 from . import recipe as recipes
 from .api import Model, as_model
 from .errors import ConfigError
+from .io import model_bytes
 
 BITS = (8, 6, 5, 4, 3)
 BISECT_STEPS = 4
@@ -76,7 +77,7 @@ class Search:
         self.calib, self.holdout = split(data)
         self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
         self.max_drop, self.threads, self.labels = max_drop, threads, labels
-        self.base_size = self.original.proto.ByteSize()
+        self.base_size = model_bytes(self.original.proto)
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
 
@@ -93,7 +94,7 @@ class Search:
         model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads)
         macs = inspect(model.proto).total_macs
         d = self.drop(model)
-        t = Trial(steps, model.proto.ByteSize() / self.base_size,
+        t = Trial(steps, model_bytes(model.proto) / self.base_size,
                   macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model)
         self.trials.append(t)
         return t

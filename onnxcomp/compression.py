@@ -53,7 +53,7 @@ class Pipeline:
 
 
 def _size(model: Model) -> int:
-    return model.proto.ByteSize()
+    return io.model_bytes(model.proto)
 
 
 def run_compress(model: ModelLike, cfg: CompressConfig, *, data: Any = None, threads: int | None = None,
@@ -66,7 +66,7 @@ def run_compress(model: ModelLike, cfg: CompressConfig, *, data: Any = None, thr
 
     original = as_model(model)
     data = as_data(data, original)
-    base = original.file_size or _size(original)
+    base = _size(original)  # as the stages are measured: lazy external tensors at their bytes
 
     def stage(name: str, m: Model | None, size: int, note: str = "") -> Stage:
         fid = compare(original, m, data, threads=threads) if measure and m is not None else None

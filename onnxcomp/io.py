@@ -289,6 +289,28 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(_size_of(t) for t in _get_all_tensors(model))
 
 
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The model's size as one protobuf with its tensors inline: a lazy tensor counts the bytes of
+    its data on disk, not of its reference to them (the ByteSize of the same file loaded eagerly)."""
+    extra = 0
+    for t in lazy_tensors(model):
+        shell = onnx.TensorProto()
+        shell.CopyFrom(t)
+        del shell.external_data[:]
+        shell.data_location = onnx.TensorProto.DEFAULT  # as onnx leaves a tensor it read in
+        n = _external_info(t)[2]
+        inline = shell.ByteSize() + 1 + _varint_len(n) + n  # + the raw_data field
+        extra += inline + _varint_len(inline) - t.ByteSize() - _varint_len(t.ByteSize())
+    if not extra:
+        return model.ByteSize()
+    graph = model.graph.ByteSize()  # its length prefix in the model may grow too
+    return model.ByteSize() + extra + _varint_len(graph + extra) - _varint_len(graph)
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
 # --- lazy external data: large initializers left on disk until read -------------------------
 
 LAZY_MIN_BYTES = 1 << 20  # smaller external tensors are read at load time

@@ -91,11 +91,9 @@ def _file_size(path: Path) -> int:
 
 
 def _original_size(original: Any) -> int:
-    size = original.file_size
-    if size is not None:
-        data = original.path.with_name(original.path.name + ".data")
-        return size + (data.stat().st_size if data.is_file() else 0)
-    return original.proto.ByteSize()
+    """The input's bytes with its tensors counted wherever they are stored (its .onnx file, or
+    external data files of any name)."""
+    return io.model_bytes(original.proto)
 
 
 def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike | None, *,

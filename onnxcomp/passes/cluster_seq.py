@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..graph.weights import Weight
+from ..io import model_bytes
 from ..patchstats import LayerStats, collect_covariances
 from .prune_obs import _rows, _unrows, request
 
@@ -32,7 +33,7 @@ PRUNED_ZEROS = 0.2  # a weight with at least this fraction of exact zeros was pr
 
 def usable(model: onnx.ModelProto) -> bool:
     """Whether the model is small enough to keep an untouched copy as the reference."""
-    return model.ByteSize() <= MAX_MODEL_BYTES
+    return model_bytes(model) <= MAX_MODEL_BYTES
 
 
 def stats(model: onnx.ModelProto, reference: onnx.ModelProto, w: Weight, data: Iterable[dict], *,
