@@ -10,7 +10,7 @@ from .. import api
 from ..report import fmt_pct, table
 from . import cli
 from .common import (FractionType, data_from_options, data_options, emit_outcome, force_option,
-                     json_option, model_argument, output_option)
+                     json_option, load_model, model_argument, output_option)
 
 
 def _latencies(original: api.Model, trials, threads: int | None) -> None:
@@ -78,7 +78,7 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
     (kind, target), = targets.items()
     if not 0 < target <= 1:
         raise ConfigError(f"--target-{kind} {target} is outside (0, 1]", "give a fraction, e.g. 0.5")
-    original = api.load(model)
+    original = load_model(model)
     data = data_from_options(original.proto, **data_opts)
     search = auto.Search(original, data, max_drop, threads=threads, labels=data_opts.get("labels"))
     trials = auto.for_size(search, target) if kind == "size" else auto.for_speed(search, target)

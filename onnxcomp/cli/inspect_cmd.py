@@ -8,7 +8,7 @@ from ..graph.shapes import parse_input_shapes
 from ..inspection import InspectReport
 from ..report import fmt_bytes, fmt_count, fmt_pct, table
 from . import cli
-from .common import emit, input_shape_option, json_option, model_argument
+from .common import emit, input_shape_option, json_option, load_model, model_argument
 
 
 def render(r: InspectReport, top: int | None = None) -> str:
@@ -58,6 +58,6 @@ def inspect_cmd(model: str, input_shape: tuple[str, ...], top: int | None, as_js
     --input-shape, or their MACs are reported unknown.
     """
     shapes = parse_input_shapes(input_shape)
-    m = api.load(model)
+    m = load_model(model)
     report = api.inspect(m, input_shapes=shapes)
     emit(report, as_json, lambda r: render(r, top))

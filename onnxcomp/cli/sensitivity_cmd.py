@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-from .. import api
 from ..report import table
 from ..sweep import METHODS
 from . import cli
-from .common import data_from_options, data_options, json_option, model_argument
+from .common import data_from_options, data_options, json_option, load_model, model_argument
 
 
 def render(s) -> str:
@@ -75,7 +74,7 @@ def sensitivity_cmd(model: str, method: str, levels: str | None, samples: int, j
         except ValueError:
             raise ConfigError(f"--levels {levels!r} is not a comma-separated list of numbers",
                               "e.g. --levels 0.5,0.8,0.9") from None
-    m = api.load(model)
+    m = load_model(model)
     data = data_from_options(m.proto, **data_opts)
     if data.random:
         raise ConfigError("sensitivity needs real calibration data", "pass --data FILE.npz")
