@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from .graph.shapes import infer_shapes, node_macs
-from .graph.weights import COMPUTE_OPS, Weight, find_weights
+from .graph.weights import COMPUTE_OPS, Weight, find_weights, load_time_constants
 
 
 @dataclass
@@ -24,7 +24,7 @@ class LayerInfo:
     params: int
     macs: int | None
     weight_bytes: int
-    sparsity: float
+    sparsity: float | None  # None: stored encoded (not decoded to count)
     storage: str | None
     shared: bool = False
 
@@ -80,6 +80,53 @@ def subgraph_notes(found) -> list[str]:
             f"pass: {', '.join(names[:5])}{more}"]
 
 
+ENCODED = "encoded"  # storage of a weight an onnxcomp decoder (or any load-time subgraph) computes
+
+
+class _Encoded:
+    """Weights computed at load from stored tensors (the encodings' decoders): their stored bytes."""
+
+    def __init__(self, graph: onnx.GraphProto, folded: set[str]):
+        self.folded = folded
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.stored = {t.name: t for t in graph.initializer}
+        self.seen: dict[str, int] = {}  # weight -> stored bytes
+        self.claimed: set[str] = set()  # stored tensors already counted (shared small constants)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+    def weight_of(self, node: onnx.NodeProto, shapes: dict) -> tuple[str, tuple] | None:
+        """The node's decoded weight (the first computed constant input of rank 2 or more)."""
+        for name in node.input:
+            if name and name in self.folded and name in self.producer:
+                shape = shapes.get(name)
+                if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape):
+                    return name, tuple(shape)
+        return None
+
+    def stored_bytes(self, name: str) -> int:
+        if name in self.seen:
+            return 0  # a shared weight counts once
+        total, todo = 0, [name]
+        while todo:
+            node = self.producer.get(todo.pop())
+            if node is None:
+                continue
+            for i in node.input:
+                if i in self.stored and i not in self.claimed:
+                    self.claimed.add(i)
+                    total += self.stored[i].ByteSize()
+                elif i in self.producer:
+                    todo.append(i)
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    total += a.t.ByteSize()
+        self.seen[name] = total
+        return total
+
+
 def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             file_size: int | None = None, name: str = "") -> InspectReport:
     """Show where a model's parameters and MACs are, layer by layer and per op type."""
@@ -93,9 +140,11 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     zero_cache: dict[str, float] = {}
     layers: list[LayerInfo] = []
     notes: list[str] = []
+    folded = load_time_constants(model.graph)
+    encoded = _Encoded(model.graph, folded)
     for node in model.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
+        if node.op_type not in COMPUTE_OPS or all(i in folded for i in node.input if i):
+            continue  # a decoder's MatMul is computed once, when onnxruntime folds it at load
         ws = by_node.get(id(node), {})
         main = next((w for role, w in ws.items() if not w.is_bias and role != "gemm_a"), None) \
             or ws.get("gemm_a")
@@ -109,6 +158,12 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         wshape = list(main.shape) if main is not None else None
         kernel_shape = tuple(main.shape) if main is not None else None
+        hit = encoded.weight_of(node, shapes) if main is None else None
+        if hit is not None:  # stored behind a decoder: its element count, its stored bytes
+            if hit[0] not in encoded.seen:
+                params += int(np.prod(hit[1]))
+            nbytes += encoded.stored_bytes(hit[0])
+            wshape, kernel_shape = list(hit[1]), hit[1]
         if kernel_shape is None and node.op_type in ("Conv", "ConvTranspose"):
             kernel_shape = shapes.get(node.input[1])
         macs = node_macs(node, shapes, kernel_shape, group)
@@ -118,12 +173,12 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
         kernel = _ints(node, "kernel_shape") or (list(kernel_shape[2:]) if conv and kernel_shape else None)
         layers.append(LayerInfo(
             name=node.name or node.output[0], op=node.op_type,
-            weight=main.name if main is not None else None, weight_shape=wshape,
+            weight=main.name if main is not None else hit[0] if hit is not None else None, weight_shape=wshape,
             kernel=kernel if conv else None,
             stride=(_ints(node, "strides") or [1] * len(kernel or [])) if conv else None,
             groups=int(group), params=params, macs=macs, weight_bytes=nbytes,
-            sparsity=zero_cache.get(main.name, 0.0) if main is not None else 0.0,
-            storage=main.source if main is not None else None,
+            sparsity=zero_cache.get(main.name, 0.0) if main is not None else None if hit is not None else 0.0,
+            storage=main.source if main is not None else ENCODED if hit is not None else None,
             shared=bool(main is not None and main.shared)))
         if conv and group > 1 and main is not None and not main.is_depthwise:
             notes.append(f"{layers[-1].name}: grouped {node.op_type} (groups={group}) — params and "
@@ -152,6 +207,8 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     storage: dict[str, int] = {}
     for w in found:
         storage[w.source] = storage.get(w.source, 0) + 1
+    if encoded.seen:
+        storage[ENCODED] = len(encoded.seen)
     specs = {vi.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                        for d in vi.type.tensor_type.shape.dim]
              for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}}
@@ -160,5 +217,5 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     return InspectReport(
         model=name, file_size=file_size, opset=default_opset(model), ir_version=model.ir_version,
         inputs=specs, total_params=total_params, total_macs=None if unknown else known,
-        known_macs=known, weight_bytes=sum(w.nbytes for w in found), by_op=by_op, layers=layers,
+        known_macs=known, weight_bytes=sum(w.nbytes for w in found) + encoded.bytes, by_op=by_op, layers=layers,
         storage=storage, quantized=list(found.quantized), skipped=dict(found.skipped), notes=notes)

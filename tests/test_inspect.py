@@ -70,3 +70,20 @@ def test_input_shape_for_unknown_input_is_an_error(capsys):
     code = main(["inspect", str(M.LIGHT / "light_bvlc_alexnet.onnx"), "--input-shape", "nope=1x3"])
     err = capsys.readouterr().err
     assert code == 2 and "not a model input" in err and err.count("\n") == 1
+
+
+def test_a_compressed_model_reads_like_its_original():
+    """A clustered model stores its weights behind decoders that onnxruntime folds at load: inspect
+    counts their decoder MatMuls as no MACs (they made auto's macs_ratio 1.12) and shows each
+    encoded weight's shape, params and stored bytes (it showed '-' and 0 params)."""
+    src = M.MODELS / "mobilenet_digits.onnx"
+    before = oc.inspect(oc.load(src))
+    clustered = oc.cluster(src, 4)
+    after = oc.inspect(clustered.model)
+    assert after.total_macs == before.total_macs and after.total_params == before.total_params
+    assert [(x.name, x.op, x.weight_shape) for x in after.layers] == \
+        [(x.name, x.op, x.weight_shape) for x in before.layers]
+    n = sum(1 for x in after.layers if x.storage == "encoded")
+    assert n >= 5 and after.storage["encoded"] == n
+    assert after.weight_bytes < 0.4 * before.weight_bytes
+    assert all(x.sparsity is None for x in after.layers if x.storage == "encoded")

@@ -239,6 +239,17 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
     return []
 
 
+def load_time_constants(graph: onnx.GraphProto) -> set[str]:
+    """Tensors onnxruntime can compute when it loads the model: initializers, and the outputs of
+    nodes that read nothing else (the encodings' decoders)."""
+    known = {t.name for t in graph.initializer}
+    for node in graph.node:  # topological order
+        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if not subgraph and all(i in known for i in node.input if i):
+            known.update(o for o in node.output if o)
+    return known
+
+
 def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1) -> WeightReport:
     """Every constant float tensor feeding Conv/ConvTranspose/Gemm/MatMul in the main graph.
 
@@ -249,6 +260,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
     consts = _Constants(graph)
     found: dict[str, Weight] = {}
     report = WeightReport(weights=[])
+    folded = load_time_constants(graph)
     for node in graph.node:
         if node.op_type in QUANT_OPS:
             for name in node.input:
@@ -256,8 +268,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 if hit is not None and hit[0] not in report.quantized:
                     report.quantized.append(hit[0])
             continue
-        if node.op_type not in COMPUTE_OPS:
-            continue
+        if node.op_type not in COMPUTE_OPS or all(i in folded for i in node.input if i):
+            continue  # no layer: a decoder's MatMul (folded at load), not a weight's consumer
         for index, role, out_axis, in_axis in _roles(node):
             if index >= len(node.input) or not node.input[index]:
                 continue
