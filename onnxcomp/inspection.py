@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from .graph.shapes import infer_shapes, node_macs
-from .graph.weights import COMPUTE_OPS, Weight, find_weights, load_time_constants
+from .graph.weights import ENCODED_WHY, COMPUTE_OPS, Weight, find_weights, load_time_constants
 
 
 @dataclass
@@ -71,13 +71,19 @@ def zero_fraction(weight: Weight) -> float:
 
 
 def subgraph_notes(found) -> list[str]:
-    """One note naming the weights every pass leaves alone because If/Loop/Scan subgraphs hold or read them."""
-    names = [n for n, why in found.skipped.items() if "subgraph" in why]
-    if not names:
-        return []
-    more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
-    return [f"{len(names)} weight(s) inside or read by If/Loop/Scan subgraphs are left alone by every "
-            f"pass: {', '.join(names[:5])}{more}"]
+    """Notes naming the weights every pass leaves alone: those If/Loop/Scan subgraphs hold or read,
+    and those already stored behind a decoder."""
+    notes = []
+    for pick, what, hint in (
+            (lambda why: "subgraph" in why, "inside or read by If/Loop/Scan subgraphs are left alone by every pass",
+             ""),
+            (lambda why: why == ENCODED_WHY, "are already compressed (a decoder computes them at load) and left "
+             "alone by every pass", "; to compress further, start from the original model")):
+        names = [n for n, why in found.skipped.items() if pick(why)]
+        if names:
+            more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+            notes.append(f"{len(names)} weight(s) {what}: {', '.join(names[:5])}{more}{hint}")
+    return notes
 
 
 ENCODED = "encoded"  # storage of a weight an onnxcomp decoder (or any load-time subgraph) computes

@@ -87,3 +87,12 @@ def test_a_compressed_model_reads_like_its_original():
     assert n >= 5 and after.storage["encoded"] == n
     assert after.weight_bytes < 0.4 * before.weight_bytes
     assert all(x.sparsity is None for x in after.layers if x.storage == "encoded")
+
+
+def test_passes_say_why_they_leave_an_encoded_weight_alone(tmp_path, capsys):
+    """Pruning an already clustered model changes nothing, and says why: its weights are computed
+    at load by decoders (it said only 'nothing to compress')."""
+    clustered = M.save(oc.cluster(M.MODELS / "resnet_digits.onnx", 4).model.proto, tmp_path / "c.onnx")
+    assert main(["prune", str(clustered), "--sparsity", "0.5", "-o", str(tmp_path / "p.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "15 weight(s) are already compressed" in out and "start from the original model" in out

@@ -239,6 +239,9 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
     return []
 
 
+ENCODED_WHY = "computed at load by a decoder (already compressed); left alone"
+
+
 def load_time_constants(graph: onnx.GraphProto) -> set[str]:
     """Tensors onnxruntime can compute when it loads the model: initializers, and the outputs of
     nodes that read nothing else (the encodings' decoders)."""
@@ -275,6 +278,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 continue
             hit = consts.resolve(node.input[index])
             if hit is None:
+                if node.input[index] in folded:
+                    report.skipped.setdefault(node.input[index], ENCODED_WHY)
                 continue
             name, source, holder, stored, dtype, view = hit
             shape = view if view is not None else stored
