@@ -7,7 +7,8 @@ import numpy as np
 import onnx
 
 from .graph.shapes import infer_shapes, node_macs
-from .graph.weights import ENCODED_WHY, COMPUTE_OPS, Weight, find_weights, load_time_constants
+from .graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights, load_time_constants
+from .io import stored_size
 
 
 @dataclass
@@ -115,15 +116,16 @@ class _Encoded:
     def stored_bytes(self, name: str) -> int:
         if name in self.seen:
             return 0  # a shared weight counts once
-        total, todo = 0, [name]
+        total, todo, visited = 0, [name], set()
         while todo:
             node = self.producer.get(todo.pop())
-            if node is None:
+            if node is None or id(node) in visited:
                 continue
+            visited.add(id(node))
             for i in node.input:
                 if i in self.stored and i not in self.claimed:
                     self.claimed.add(i)
-                    total += self.stored[i].ByteSize()
+                    total += stored_size(self.stored[i])
                 elif i in self.producer:
                     todo.append(i)
             for a in node.attribute:
@@ -177,15 +179,18 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
             zero_cache[main.name] = zero_fraction(main)
         conv = node.op_type in ("Conv", "ConvTranspose")
         kernel = _ints(node, "kernel_shape") or (list(kernel_shape[2:]) if conv and kernel_shape else None)
+        if main is not None:
+            weight, sparsity, where = main.name, zero_cache.get(main.name, 0.0), main.source
+        elif hit is not None:
+            weight, sparsity, where = hit[0], None, ENCODED
+        else:
+            weight, sparsity, where = None, 0.0, None
         layers.append(LayerInfo(
-            name=node.name or node.output[0], op=node.op_type,
-            weight=main.name if main is not None else hit[0] if hit is not None else None, weight_shape=wshape,
+            name=node.name or node.output[0], op=node.op_type, weight=weight, weight_shape=wshape,
             kernel=kernel if conv else None,
             stride=(_ints(node, "strides") or [1] * len(kernel or [])) if conv else None,
-            groups=int(group), params=params, macs=macs, weight_bytes=nbytes,
-            sparsity=zero_cache.get(main.name, 0.0) if main is not None else None if hit is not None else 0.0,
-            storage=main.source if main is not None else ENCODED if hit is not None else None,
-            shared=bool(main is not None and main.shared)))
+            groups=int(group), params=params, macs=macs, weight_bytes=nbytes, sparsity=sparsity,
+            storage=where, shared=bool(main is not None and main.shared)))
         if conv and group > 1 and main is not None and not main.is_depthwise:
             notes.append(f"{layers[-1].name}: grouped {node.op_type} (groups={group}) — params and "
                          f"MACs are 1/{group} of a dense layer")

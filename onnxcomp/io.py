@@ -273,7 +273,8 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     return model
 
 
-def _size_of(tensor: onnx.TensorProto) -> int:
+def stored_size(tensor: onnx.TensorProto) -> int:
+    """A tensor's bytes, in memory or lazy on disk."""
     if is_lazy(tensor):
         return _external_info(tensor)[2]
     try:
@@ -286,7 +287,7 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the model's tensors, in memory or lazy on disk (ByteSize where protobuf allows: no copy)."""
     from onnx.external_data_helper import _get_all_tensors
 
-    return sum(_size_of(t) for t in _get_all_tensors(model))
+    return sum(stored_size(t) for t in _get_all_tensors(model))
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
@@ -460,7 +461,7 @@ def _goes_apart(tensor: onnx.TensorProto, threshold: int) -> bool:
     """Whether a tensor goes to the external data file (as onnx.save_model's size_threshold)."""
     if is_lazy(tensor):
         return _external_info(tensor)[2] >= threshold
-    return tensor.HasField("raw_data") and _size_of(tensor) >= threshold
+    return tensor.HasField("raw_data") and stored_size(tensor) >= threshold
 
 
 def write_model(model: onnx.ModelProto, path: Path, *, external: bool, data_name: str | None = None,
