@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from .graph.shapes import infer_shapes, node_macs
-from .graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights, load_time_constants
+from .graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights
 from .io import stored_size
 
 
@@ -113,9 +113,11 @@ class _Encoded:
                     return name, tuple(shape)
         return None
 
-    def stored_bytes(self, name: str) -> int:
+    def claim(self, name: str, shape: tuple) -> tuple[int, int]:
+        """(params, stored bytes) of a decoded weight the first time a layer reads it; (0, 0) after
+        (a shared weight counts once)."""
         if name in self.seen:
-            return 0  # a shared weight counts once
+            return 0, 0
         total, todo, visited = 0, [name], set()
         while todo:
             node = self.producer.get(todo.pop())
@@ -132,7 +134,7 @@ class _Encoded:
                 if a.type == onnx.AttributeProto.TENSOR:
                     total += a.t.ByteSize()
         self.seen[name] = total
-        return total
+        return int(np.prod(shape)), total
 
 
 def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -148,7 +150,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     zero_cache: dict[str, float] = {}
     layers: list[LayerInfo] = []
     notes: list[str] = []
-    folded = load_time_constants(model.graph)
+    folded = found.load_time
     encoded = _Encoded(model.graph, folded)
     for node in model.graph.node:
         if node.op_type not in COMPUTE_OPS or all(i in folded for i in node.input if i):
@@ -168,9 +170,8 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
         kernel_shape = tuple(main.shape) if main is not None else None
         hit = encoded.weight_of(node, shapes) if main is None else None
         if hit is not None:  # stored behind a decoder: its element count, its stored bytes
-            if hit[0] not in encoded.seen:
-                params += int(np.prod(hit[1]))
-            nbytes += encoded.stored_bytes(hit[0])
+            n, b = encoded.claim(*hit)
+            params, nbytes = params + n, nbytes + b
             wshape, kernel_shape = list(hit[1]), hit[1]
         if kernel_shape is None and node.op_type in ("Conv", "ConvTranspose"):
             kernel_shape = shapes.get(node.input[1])

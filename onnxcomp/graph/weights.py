@@ -103,6 +103,7 @@ class WeightReport:
     quantized: list[str] = field(default_factory=list)  # feed DequantizeLinear / QLinear ops
     skipped: dict[str, str] = field(default_factory=dict)  # tensor name -> reason
     held: list[Weight] = field(default_factory=list)  # real weights no pass may touch (read by subgraphs)
+    load_time: set[str] = field(default_factory=set)  # tensors onnxruntime computes at load (decoders)
 
     def by_name(self) -> dict[str, Weight]:
         return {w.name: w for w in self.weights}
@@ -262,8 +263,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
     graph = model.graph if isinstance(model, onnx.ModelProto) else model
     consts = _Constants(graph)
     found: dict[str, Weight] = {}
-    report = WeightReport(weights=[])
     folded = load_time_constants(graph)
+    report = WeightReport(weights=[], load_time=folded)
     for node in graph.node:
         if node.op_type in QUANT_OPS:
             for name in node.input:
