@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnxcomp as oc  # noqa: E402
-from onnxcomp.passes import hessian  # noqa: E402
-from onnxcomp.report import table  # noqa: E402
+from onnxcomp.measure import hessian  # noqa: E402
+from onnxcomp.report.tables import table  # noqa: E402
 
 LOCAL = {"resnet_digits": ROOT / "models" / "resnet_digits.onnx", "mobilenet_digits": ROOT / "models" / "mobilenet_digits.onnx"}
 CORPUS = ("ocr_det_ppocrv4", "effnet_lite0", "digits_cnn")
@@ -120,10 +120,10 @@ def size_pipeline() -> dict:
 
 def exactness() -> dict:
     """ORT(encoded) == ORT(same clustered weights stored dense), bit for bit."""
-    from onnxcomp.clustering import run_cluster
+    from onnxcomp.pipeline.cluster import run_cluster
     from onnxcomp.config import ClusterConfig
     from onnxcomp.encode import encode_weights
-    from onnxcomp.runtime import session
+    from onnxcomp.io.sessions import session
 
     out = {}
     x = np.load(ROOT / "models" / "digits_calib.npz")["input"]
@@ -142,7 +142,7 @@ def speed() -> dict:
     from onnxcomp.config import ClusterConfig
     from onnxcomp.encode import encode_weights
     from onnxcomp.passes.base import Context
-    from onnxcomp.passes.cluster import ClusterPass
+    from onnxcomp.passes.cluster.cluster import ClusterPass
 
     model = onnx.load(str(Path(onnx.__file__).parent / "backend/test/data/light/light_resnet50.onnx"))
     rng = np.random.default_rng(0)

@@ -92,7 +92,7 @@ def real_models(corpus: Path | None, keys: list[str] | None = None) -> list[Real
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    from onnxcomp.report import table as _table
+    from onnxcomp.report.tables import table as _table
 
     return _table(headers, rows)
 

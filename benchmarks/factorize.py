@@ -8,7 +8,7 @@ Prints tables and writes ``benchmarks/results/factorize.json`` (git-ignored). Th
    ``models/vgg_digits.onnx``): factorized (and, for comparison, ``depthwise`` rows) with the
    calibration set ``models/digits_calib.npz``
    (data-aware), accuracy on the held-out ``models/digits_test.npz`` labels (onnxruntime), and
-   latency of all candidates side by side in one interleaved ``onnxcomp.benchmarking`` run (1 thread;
+   latency of all candidates side by side in one interleaved ``onnxcomp.measure.bench`` run (1 thread;
    batch 1 and batch 32). Criterion: >= 1.5x faster at <= 1 point accuracy drop.
 2. data-aware vs plain at the same ranks on every real model: the relative L2 error of the
    model outputs on held-out inputs (digits: the test set; corpus: the calib.npz samples not
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 import onnxcomp as oc
-from onnxcomp.benchmarking import bench
-from onnxcomp.evaluate import compare
-from onnxcomp.report import table
+from onnxcomp.measure.bench import bench
+from onnxcomp.measure.fidelity import compare
+from onnxcomp.report.tables import table
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODELS, RESULTS, real_models, table, write_json  # noqa: E402
 
 import onnxcomp as oc  # noqa: E402
-from onnxcomp import recipe  # noqa: E402
+from onnxcomp.pipeline import recipe  # noqa: E402
 
 EQUAL = {  # model -> (sparsity, bits) compared with and without data
     "resnet_digits": (0.9, 2), "mobilenet_digits": (0.8, 2), "vgg_digits": (0.9, 2), "digits_cnn": (0.9, 2),

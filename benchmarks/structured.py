@@ -8,7 +8,7 @@ Prints tables and writes ``benchmarks/results/structured.json`` (git-ignored). T
    ratios with the calibration set ``models/digits_calib.npz`` (activation importance,
    sensitivity allocation, least-squares refit), plus the data-free baseline (l1, uniform, no
    refit) at one ratio; test accuracy on ``models/digits_test.npz`` and latency of all of them
-   side by side in one interleaved ``onnxcomp.benchmarking`` run, one thread, at batch 1 and batch 32
+   side by side in one interleaved ``onnxcomp.measure.bench`` run, one thread, at batch 1 and batch 32
    (a 16x16 model is overhead-dominated at batch 1: both are reported). Criterion: >= 2x
    single-thread speedup at <= 1 point test-accuracy drop.
 2. ``--corpus``: effnet_lite0 and ocr_det_ppocrv4 pruned at a few ratios with their calib.npz,
@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 
 import onnxcomp as oc
-from onnxcomp.benchmarking import bench
-from onnxcomp.evaluate import compare
-from onnxcomp.report import table
+from onnxcomp.measure.bench import bench
+from onnxcomp.measure.fidelity import compare
+from onnxcomp.report.tables import table
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -124,7 +124,7 @@ def zoo(tmp: Path, quick: bool) -> list[dict]:
         onnx.checker.check_model(str(out))
         feed = {k: np.random.default_rng(0).standard_normal(v.shape).astype(v.dtype)
                 for k, v in next(iter(oc.load_data(None, c.proto, batch_size=1))).items()}
-        from onnxcomp.runtime import session
+        from onnxcomp.io.sessions import session
 
         y = session(c.proto).run(None, feed)[0]
         groups = row.pop("_groups")

@@ -2,15 +2,16 @@
 
 The public API, re-exported; see :mod:`onnxcomp.api`.
 """
-from .api import Model, as_model, bench, compare, inspect, load, prune, save
-from .api import depthwise, factorize
-from .api import cluster, compress, pack, unpack
-from .calibration import CalibrationData, load_data
-from .errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
-                     QualityGateError, UnsupportedModelError)
-from .evaluate import FidelityReport
-from .graph.weights import Weight, find_weights
-from .inspection import InspectReport
+from onnxcomp.io.model import Model, as_model
+from onnxcomp.api import bench, compare, inspect, load, prune, save
+from onnxcomp.api import depthwise, factorize
+from onnxcomp.api import cluster, compress, pack, unpack
+from onnxcomp.data.calibration import CalibrationData, load_data
+from onnxcomp.errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
+    QualityGateError, UnsupportedModelError)
+from onnxcomp.measure.fidelity import FidelityReport
+from onnxcomp.graph.weights import Weight, find_weights
+from onnxcomp.measure.inspect import InspectReport
 
 __all__ = [
     "Model", "as_model", "load", "save", "inspect", "find_weights", "Weight", "InspectReport",
@@ -20,6 +21,6 @@ __all__ = [
 ]
 __all__ += ["factorize", "depthwise"]
 __all__ += ["cluster", "compress", "pack", "unpack"]
-from .api import prune_channels  # noqa: E402
+from onnxcomp.api import prune_channels  # noqa: E402
 __all__ += ["prune_channels"]
 __version__ = "0.1.0"

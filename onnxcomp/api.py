@@ -8,39 +8,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import onnx
 
-from . import io
-from .inspection import InspectReport
-from .inspection import inspect as _inspect
-
-
-@dataclass
-class Model:
-    """An ONNX model plus where it came from (so it is never saved over its source by accident)."""
-
-    proto: onnx.ModelProto
-    path: Path | None = None
-
-    @property
-    def file_size(self) -> int | None:
-        return self.path.stat().st_size if self.path is not None and self.path.exists() else None
-
-    @property
-    def graph(self) -> onnx.GraphProto:
-        return self.proto.graph
-
-    def copy(self) -> "Model":
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        return Model(proto, self.path)
-
-
-ModelLike = Union[Model, onnx.ModelProto, str, os.PathLike]
+from onnxcomp import io
+from onnxcomp.io.model import Model, ModelLike, as_model, load_model
+from onnxcomp.measure.inspect import InspectReport
+from onnxcomp.measure.inspect import inspect as _inspect
 
 
 def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
@@ -49,16 +24,7 @@ def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
     ``lazy``: big external tensors stay on disk until read (see :func:`onnxcomp.io.load`); the
     proto then refers to them by absolute path, so save it with :func:`save`, not onnx.save.
     """
-    return Model(io.load(path, lazy=lazy), Path(path))
-
-
-def as_model(model: ModelLike) -> Model:
-    """Accept a Model, a raw ModelProto or a path (loaded lazily: a big model is not held twice)."""
-    if isinstance(model, Model):
-        return model
-    if isinstance(model, onnx.ModelProto):
-        return Model(model)
-    return load(model, lazy=True)
+    return load_model(path, lazy=lazy)
 
 
 def save(model: ModelLike, path: str | os.PathLike, *, force: bool = False, verify: bool = True) -> Path:
@@ -77,11 +43,11 @@ def inspect(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None = 
 def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None, per_layer: bool = False,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
             num_samples: int | None = None, threads: int | None = None):
-    """Fidelity of ``candidate`` against ``original`` on the same inputs (see onnxcomp.evaluate).
+    """Fidelity of ``candidate`` against ``original`` on the same inputs (see onnxcomp.measure.fidelity).
 
     ``data``: a path (.npz, .npy, folder), None for random data, or an iterable of batches.
     """
-    from .evaluate import compare as _compare
+    from onnxcomp.measure.fidelity import compare as _compare
 
     return _compare(original, candidate, data, labels=labels, per_layer=per_layer, threads=threads,
                     input_shapes=input_shapes, batch_size=batch_size, num_samples=num_samples)
@@ -90,8 +56,8 @@ def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None
 def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvider", runs: int = 50,
           warmup: int = 5, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
           ort_format: bool = False, mobile_check: bool = False):
-    """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.benchmarking)."""
-    from .benchmarking import bench as _bench
+    """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.measure.bench)."""
+    from onnxcomp.measure.bench import bench as _bench
 
     return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
                   input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)
@@ -112,9 +78,9 @@ def prune(model: ModelLike, sparsity: float = 0.5, *, data=None, allocation: str
     if structured:
         return prune_channels(model, data=data, include=include, exclude=exclude,
                               threads=threads, **structured_options)
-    from .config import PruneConfig
-    from .passes.prune import PrunePass
-    from .pipeline import run
+    from onnxcomp.config import PruneConfig
+    from onnxcomp.passes.prune.prune import PrunePass
+    from onnxcomp.pipeline.run import run
 
     cfg = PruneConfig(sparsity=sparsity, allocation=allocation, granularity=granularity, nm=nm,
                       include=include, exclude=exclude, min_params=min_params,
@@ -134,11 +100,11 @@ def factorize(model: ModelLike, method: str = "auto", *, rank: int | None = None
 
     Ranks: ``rank``, ``energy`` (fraction of squared singular values kept) or ``ratio`` (target
     MACs per layer; default 0.5), rounded up to ``round_to``. Real calibration ``data`` makes
-    the factors data-aware (lower output error at the same rank). See onnxcomp.passes.factorize.
+    the factors data-aware (lower output error at the same rank). See onnxcomp.passes.factorize.factorize.
     """
-    from .config import FactorizeConfig
-    from .passes.factorize import FactorizePass
-    from .pipeline import run
+    from onnxcomp.config import FactorizeConfig
+    from onnxcomp.passes.factorize.factorize import FactorizePass
+    from onnxcomp.pipeline.run import run
 
     cfg = FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
                           data_aware=data_aware, measure=measure, include=include, exclude=exclude,
@@ -158,9 +124,9 @@ def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | 
     ``energy`` alone picks the smallest multiplier keeping that fraction of the weight energy
     (default 0.9); with ``multiplier``/``groups`` it is a floor below which a layer is skipped.
     """
-    from .config import DepthwiseConfig
-    from .passes.depthwise import DepthwisePass
-    from .pipeline import run
+    from onnxcomp.config import DepthwiseConfig
+    from onnxcomp.passes.depthwise import DepthwisePass
+    from onnxcomp.pipeline.run import run
 
     cfg = DepthwiseConfig(multiplier=multiplier, groups=groups, energy=energy, data_aware=data_aware,
                           measure=measure, include=include, exclude=exclude, min_params=min_params,
@@ -181,8 +147,8 @@ def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None
     shared/grid per layer where a mixed/sensitivity allocation finds it cheaper for the error). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
     ``model`` is encoded (indices + codebook); save it with ``oc.save(result.model, path)``.
     """
-    from .clustering import run_cluster
-    from .config import ClusterConfig
+    from onnxcomp.pipeline.cluster import run_cluster
+    from onnxcomp.config import ClusterConfig
 
     cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
                         allocation=allocation, include=include, exclude=exclude, min_params=min_params,
@@ -199,8 +165,8 @@ def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data=N
     ``result.model`` is the encoded model; ``result.stages`` gives bytes and fidelity after each
     stage (measured on ``data``; random data when None). Pack it with :func:`pack`.
     """
-    from .compression import run_compress
-    from .config import CompressConfig
+    from onnxcomp.pipeline.deep import run_compress
+    from onnxcomp.config import CompressConfig
 
     cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
                          bit_allocation=bit_allocation)
@@ -209,14 +175,14 @@ def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data=N
 
 def pack(model: str | os.PathLike, output: str | os.PathLike | None = None, *, force: bool = False):
     """Write ``model`` (an .onnx file) as an entropy-coded .onnxc archive; returns a PackReport."""
-    from .encode.packfile import pack_file
+    from onnxcomp.encode.packfile import pack_file
 
     return pack_file(model, output, force=force)
 
 
 def unpack(archive: str | os.PathLike, output: str | os.PathLike | None = None, *, force: bool = False) -> Path:
     """Restore the byte-identical .onnx file from an archive (sha256 checked); returns its path."""
-    from .encode.packfile import unpack_file
+    from onnxcomp.encode.packfile import unpack_file
 
     return unpack_file(archive, output, force=force)
 
@@ -233,10 +199,10 @@ def prune_channels(model: ModelLike, ratio: float = 0.5, *, importance: str = "a
     ``result.results[0].groups`` lists every group, pruned or frozen (with the reason). Save with
     ``oc.save(result.model, path)``. ``config``: a ready StructuredPruneConfig (overrides the rest).
     """
-    from .config import StructuredPruneConfig
-    from .passes.base import Context
-    from .passes.channels import StructuredPrunePass
-    from .pipeline import Compressed, as_data
+    from onnxcomp.config import StructuredPruneConfig
+    from onnxcomp.passes.base import Context
+    from onnxcomp.passes.structured.structured import StructuredPrunePass
+    from onnxcomp.pipeline.run import Compressed, as_data
 
     cfg = config or StructuredPruneConfig(ratio=ratio, importance=importance, allocation=allocation,
                                           round_to=round_to, refit=refit, include=include, exclude=exclude,

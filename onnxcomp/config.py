@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from onnxcomp.errors import ConfigError
 
 
 def _fraction(name: str, value: float, *, low: float = 0.0, high: float = 1.0,

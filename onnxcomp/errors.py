@@ -46,3 +46,11 @@ class QualityGateError(OnnxCompError):
     """A quality gate (--max-drop, --min-agreement) was not met; the output was still written."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of a library's exception message (for one-line errors)."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(exc).__name__]
+    line = lines[0] if not lines[0].endswith(":") or len(lines) == 1 else f"{lines[0]} {lines[1]}"
+    return line if len(line) <= limit else line[:limit] + "..."

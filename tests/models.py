@@ -390,7 +390,7 @@ def output_error(src, calib, n: int = 64):
     """A function ``compressed -> relative squared error of its outputs`` against ``src``'s, on
     the first ``n`` samples of ``calib`` (``compressed``: anything with a ``.proto``)."""
     from onnxcomp.api import load
-    from onnxcomp.runtime import session
+    from onnxcomp.io.sessions import session
 
     x = np.load(calib)["input"][:n]
     ref = session(load(src).proto).run(None, {"input": x})[0]

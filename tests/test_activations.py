@@ -5,8 +5,10 @@ import pytest
 import onnx
 from onnx import helper
 
-from onnxcomp import io, runtime
-from onnxcomp.activations import activation_tensors, capture, collect, expose
+from onnxcomp import io
+from onnxcomp.io import sessions as runtime
+from onnxcomp.graph.subgraph import activation_tensors, expose
+from onnxcomp.measure.capture import capture, collect
 from onnxcomp.errors import ConfigError, ModelLoadError
 
 from . import models as M
@@ -65,14 +67,14 @@ def test_runtime_session_errors(tmp_path, model):
     assert runtime.resolve_provider("cpu") == "CPUExecutionProvider"
     with pytest.raises(ModelLoadError, match="does not exist"):
         runtime.session(tmp_path / "missing.onnx")
-    sess = runtime.session(model, threads=1, extra_outputs=["conv2"])
+    sess = runtime.session(expose(model, ["conv2"]), threads=1)
     out = list(runtime.run_batches(sess, _batches(n=2)))
     assert len(out) == 2 and set(out[0]) == {"logits", "conv2"}
 
 
 def test_huge_protos_go_through_a_temp_file(model, monkeypatch):
     """Above the protobuf threshold the session reads a temp file; the caller's proto keeps its data."""
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", 1000)
     before = onnx.ModelProto()
     before.CopyFrom(model)
     sess = runtime.session(model)

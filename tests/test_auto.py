@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 import onnxcomp as oc
-from onnxcomp import auto, recipe
+from onnxcomp.pipeline import auto, recipe
 from onnxcomp.cli import main
 
 from . import models as M

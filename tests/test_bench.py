@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from onnxcomp.benchmarking import _schedule, bench
+from onnxcomp.measure.bench import _schedule, bench
 from onnxcomp.cli import main
 
 from . import models as M
@@ -82,6 +82,6 @@ def _has_matplotlib() -> bool:
 def test_api_bench_stays_a_function_after_use(tmp_path):
     """Importing the implementation module must not replace oc.bench (it once did)."""
     import onnxcomp as oc
-    import onnxcomp.benchmarking  # noqa: F401
+    import onnxcomp.measure.bench  # noqa: F401
 
     assert callable(oc.bench) and callable(oc.compare) and callable(oc.prune)

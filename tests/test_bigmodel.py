@@ -8,7 +8,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxcomp import evaluate, io, runtime
+from onnxcomp.measure import fidelity as evaluate
+from onnxcomp import io
+from onnxcomp.io import sessions as runtime
 from onnxcomp.cli import main
 from onnxcomp.encode import tables
 from onnxcomp.errors import ModelLoadError
@@ -27,7 +29,7 @@ def external(folder, model: onnx.ModelProto, name: str = "m.onnx"):
 @pytest.fixture
 def lazy_all(monkeypatch):
     """Every external tensor stays on disk (not only those of 1 MiB and more)."""
-    monkeypatch.setattr(io, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setattr(io.tensors, "LAZY_MIN_BYTES", 0)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,7 +77,7 @@ def test_save_and_sessions_copy_lazy_data_and_leave_the_model_intact(tmp_path, l
     x = {"x": M.rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     want = runtime.session(eager).run(None, x)[0]
     np.testing.assert_array_equal(runtime.session(lazy).run(None, x)[0], want)  # maps the input's data
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", 1000)
     two = io.save(lazy, tmp_path / "two.onnx")  # external data, copied tensor by tensor
     assert (tmp_path / "two.onnx.data").stat().st_size == sum(  # tensors of 1 KB and more, as onnx does
         n for t in eager.graph.initializer if (n := numpy_helper.to_array(t).nbytes) >= 1024)
@@ -105,12 +107,12 @@ def _prune(argv_model, out, capsys) -> dict:
 def test_prune_of_a_lazy_model_matches_the_eager_one(tmp_path, capsys, monkeypatch, threshold):
     """The CLI loads external data lazily; the output is the one an eager load gives, byte for byte."""
     if threshold:
-        monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", threshold)  # output with external data
+        monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", threshold)  # output with external data
     path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
     for sub in ("eager", "lazy"):
         (tmp_path / sub).mkdir()
     eager = _prune(path, tmp_path / "eager" / "out.onnx", capsys)  # tensors below LAZY_MIN_BYTES: read
-    monkeypatch.setattr(io, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setattr(io.tensors, "LAZY_MIN_BYTES", 0)
     lazy = _prune(path, tmp_path / "lazy" / "out.onnx", capsys)
     assert lazy == eager
     files = sorted(p.name for p in (tmp_path / "eager").iterdir())
@@ -162,7 +164,7 @@ def test_force_onto_a_lazy_input_compares_with_the_input_it_replaced(tmp_path, c
     output removes the old one) while the original's weights are still read from there: the
     report is the one of a separate output."""
     if threshold:
-        monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", threshold)
+        monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", threshold)
     path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
     (tmp_path / "out").mkdir()
     elsewhere = _prune(path, tmp_path / "out" / "m.onnx", capsys)
@@ -177,7 +179,7 @@ def test_force_onto_a_lazy_input_compares_with_the_input_it_replaced(tmp_path, c
 
 
 def test_saving_a_lazy_model_over_its_own_data_keeps_it_readable(tmp_path, lazy_all, monkeypatch):
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", 1000)
     path = external(tmp_path / "in", M.conv_bn_relu(c_mid=32))
     eager, lazy = io.load(path), io.load(path, lazy=True)
     io.save(lazy, path, input_path=path, force=True)  # rewrites m.onnx.data, laid out differently
@@ -211,7 +213,7 @@ def _cli_json(argv, capsys) -> dict:
 def test_inspect_sensitivity_and_auto_read_a_lazy_model_as_an_eager_one(tmp_path, capsys, monkeypatch):
     """inspect, sensitivity and auto load big external tensors lazily, as prune and cluster do, and
     report what an eager load reports; auto writes the same model."""
-    from onnxcomp import auto
+    from onnxcomp.pipeline import auto
 
     monkeypatch.setattr(auto, "BITS", (6,))
     monkeypatch.setattr(auto, "BISECT_STEPS", 1)
@@ -220,7 +222,7 @@ def test_inspect_sensitivity_and_auto_read_a_lazy_model_as_an_eager_one(tmp_path
     runs = {}
     for mode in ("eager", "lazy"):
         if mode == "lazy":
-            monkeypatch.setattr(io, "LAZY_MIN_BYTES", 0)
+            monkeypatch.setattr(io.tensors, "LAZY_MIN_BYTES", 0)
         out = tmp_path / mode / "auto.onnx"
         out.parent.mkdir()
         report = _cli_json(["auto", str(path), "--data", calib, "--target-size", "0.5", "--json", "-o", str(out)],

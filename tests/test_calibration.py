@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxcomp import CalibrationData, load_data
-from onnxcomp.calibration import RANDOM_NOTE, load_labels
+from onnxcomp.data.calibration import RANDOM_NOTE, load_labels
 from onnxcomp.cli import main
 from onnxcomp.errors import ConfigError, DataError
 

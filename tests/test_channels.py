@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxcomp.graph.channels import FIXED, analyze, apply_removal, kept_mask
+from onnxcomp.graph.channels.types import FIXED, kept_mask
+from onnxcomp.graph.channels.groups import analyze, apply_removal
 from onnxcomp.graph.edit import ConstEval
 
 from . import models as M

@@ -13,9 +13,10 @@ from onnxcomp.config import ClusterConfig
 from onnxcomp.encode.tables import Layout
 from onnxcomp.errors import ConfigError
 from onnxcomp.passes.base import Context
-from onnxcomp.passes.cluster import ClusterPass, allocate
-from onnxcomp.passes.cluster_fit import fit
-from onnxcomp.runtime import session
+from onnxcomp.passes.cluster.cluster import ClusterPass
+from onnxcomp.algo.allocation import allocate
+from onnxcomp.passes.cluster.fit import fit
+from onnxcomp.io.sessions import session
 from tests.models import MODELS, conv_bn_relu, output_error
 
 
@@ -192,7 +193,7 @@ def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granula
 def test_output_matched_gptq_beats_plain_gptq_at_the_same_bytes(monkeypatch):
     """Each layer re-targeted to the original outputs from the already clustered inputs: the
     outputs move less than with plain GPTQ, at the same encoded size."""
-    from onnxcomp.passes import cluster_seq
+    from onnxcomp.passes.cluster import seq as cluster_seq
 
     src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
     err = output_error(src, calib)
@@ -236,8 +237,8 @@ def test_output_matched_target_pins_only_a_pruned_weights_zeros(zero_share, pinn
     import numpy as np
 
     from onnxcomp.graph.weights import find_weights
-    from onnxcomp.passes.cluster_seq import target
-    from onnxcomp.patchstats import LayerStats
+    from onnxcomp.passes.cluster.seq import target
+    from onnxcomp.measure.patchstats import LayerStats
 
     from onnx import numpy_helper
 

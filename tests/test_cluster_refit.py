@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 
 import onnxcomp as oc
-from onnxcomp.codebook_refit import refit_channels
+from onnxcomp.passes.cluster.refit import refit_channels
 from onnxcomp.encode.tables import GRID8, Layout, factor
 from onnxcomp.graph.weights import find_weights
-from onnxcomp.obs import assign_gptq
-from onnxcomp.passes import cluster as cluster_pass
-from onnxcomp.passes.cluster import allocate
-from onnxcomp.passes.cluster_fit import fit
-from onnxcomp.passes.prune_obs import _rows, hessians
-from onnxcomp.calibration import load_data
-from onnxcomp.runtime import session
+from onnxcomp.algo.obs import assign_gptq
+from onnxcomp.passes.cluster import cluster as cluster_pass
+from onnxcomp.algo.allocation import allocate
+from onnxcomp.passes.cluster.fit import fit
+from onnxcomp.passes.prune.obs import _rows, hessians
+from onnxcomp.data.calibration import load_data
+from onnxcomp.io.sessions import session
 from tests.models import MODELS, output_error
 
 SRC, CALIB = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"

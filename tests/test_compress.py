@@ -8,8 +8,8 @@ import pytest
 from onnxcomp.cli import main
 from tests.models import MODELS
 
-pytest.importorskip("onnxcomp.passes.prune")
-pytest.importorskip("onnxcomp.pipeline")
+pytest.importorskip("onnxcomp.passes.prune.prune")
+pytest.importorskip("onnxcomp.pipeline.run")
 
 
 def test_stage_table_and_pack(tmp_path, capsys):

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 import onnxcomp as oc
 from onnxcomp.cli import main
-from onnxcomp.evaluate import compare
+from onnxcomp.measure.fidelity import compare
 from tests import models as M
 from tests.test_factorize import GEOMETRIES, producer, rel_err
 

@@ -7,7 +7,7 @@ import pytest
 
 import onnxcomp as oc
 from onnxcomp.cli import main
-from onnxcomp.evaluate import compare
+from onnxcomp.measure.fidelity import compare
 
 from . import models as M
 

@@ -10,7 +10,7 @@ import pytest
 
 import onnxcomp as oc
 from onnxcomp.cli import main
-from onnxcomp.evaluate import compare
+from onnxcomp.measure.fidelity import compare
 from tests import models as M
 
 FULL = dict(rank=10**6, round_to=1, allow_growth=True, min_params=0)
@@ -179,8 +179,8 @@ def test_readme_factorization_commands_run(tmp_path, monkeypatch, capsys):
 
 
 def test_sequential_statistics_reduce_to_local_without_drift():
-    from onnxcomp.linalg import output_error
-    from onnxcomp.patchstats import LayerStats
+    from onnxcomp.algo.linalg import output_error
+    from onnxcomp.measure.patchstats import LayerStats
 
     r = M.rng(11)
     x = r.normal(size=(500, 12))

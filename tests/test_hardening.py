@@ -444,7 +444,7 @@ def test_interrupt_leaves_no_output(tmp_path, sig, when):
 def test_big_models_skip_constant_folding(monkeypatch, capsys, tmp_path):
     """Above runtime.LOW_MEMORY_BYTES sessions run decoders per batch instead of folding them
     (folding peaks at ~8x the decoded weights); a compressed model is sized on its original."""
-    from onnxcomp import runtime
+    from onnxcomp.io import sessions as runtime
 
     disabled = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     model = M.conv_bn_relu(c_mid=16)

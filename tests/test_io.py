@@ -158,7 +158,7 @@ def test_save_into_missing_folder(tmp_path):
 
 def test_external_data_threshold(tmp_path, monkeypatch):
     """Above the threshold the tensors go to <name>.data beside the model (same code path as 2 GB)."""
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", 1000)
     out = oc.save(M.conv_bn_relu(c_mid=32), tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxcomp.kmeans import kmeans_dp, kmeans_rows
+from onnxcomp.algo.kmeans import kmeans_dp, kmeans_rows
 
 
 def _brute(x: np.ndarray, k: int) -> float:

@@ -47,8 +47,8 @@ def test_sample_budgets_follow_the_model_cost_not_the_clock(monkeypatch):
     import numpy as np
 
     import onnxcomp as oc
-    from onnxcomp.correction import _sample_budget
-    from onnxcomp.sensitivity import estimated_seconds
+    from onnxcomp.passes.correction import _sample_budget
+    from onnxcomp.measure.sensitivity import estimated_seconds
 
     model = oc.load(M.MODELS / "resnet_digits.onnx").proto
     batches = [{"input": np.load(M.MODELS / "digits_calib.npz")["input"][:32]}]

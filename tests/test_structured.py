@@ -10,7 +10,8 @@ from onnxcomp.cli import main
 from onnxcomp.config import StructuredPruneConfig
 from onnxcomp.errors import ConfigError
 from onnxcomp.passes.base import Context
-from onnxcomp.passes.channels import StructuredPrunePass, keep_count
+from onnxcomp.passes.structured.structured import StructuredPrunePass
+from onnxcomp.passes.structured.alloc import keep_count
 
 from . import models as M
 from .test_channels import run

@@ -14,7 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp import io, modelcheck
+from onnxcomp import io
+from onnxcomp.errors import ModelLoadError, ModelSaveError
+from onnxcomp.io import checks as modelcheck
 from onnxcomp.cli import main
 
 from . import models as M
@@ -191,7 +193,7 @@ def test_constant_of_shape_negative_dims_refused(capsys, tmp_path):
 def test_allocation_guard_uses_available_memory(monkeypatch):
     monkeypatch.setattr(modelcheck, "available_memory", lambda: 1000)
     modelcheck.check_allocation(1000, "x")
-    with pytest.raises(io.ModelLoadError, match="more than the"):
+    with pytest.raises(ModelLoadError, match="more than the"):
         modelcheck.check_allocation(1001, "x")
 
 
@@ -243,13 +245,13 @@ def test_model_with_custom_domain_op_fails_cleanly(capsys, tmp_path):
 
 def test_output_data_file_never_clobbers_input_data(tmp_path, monkeypatch):
     """-o NAME whose NAME.data is the input's external data file: refused, the input intact."""
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(io.tensors, "EXTERNAL_DATA_THRESHOLD", 1000)
     folder = tmp_path / "sub"
     model = external_model(folder, "out.onnx.data")
     (folder / "w.data").rename(folder / "out.onnx.data")
     before = (folder / "out.onnx.data").read_bytes()
     m = io.load(model)
-    with pytest.raises(io.ModelSaveError, match="external data"):
+    with pytest.raises(ModelSaveError, match="external data"):
         io.save(m, folder / "out.onnx", input_path=model)
     assert (folder / "out.onnx.data").read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "out.onnx.data"]

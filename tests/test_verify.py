@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 import onnxcomp as oc
 from onnxcomp.cli.common import (data_from_options, data_options, emit_write_result, gate_options,
-                                 input_shape_option, render_write_result)
+    input_shape_option, render_write_result)
 from onnxcomp.errors import ConfigError, ModelSaveError, QualityGateError
-from onnxcomp.evaluate import compare
-from onnxcomp.verify import check_gates, finish
+from onnxcomp.measure.fidelity import compare
+from onnxcomp.pipeline.write import check_gates, finish
 
 from . import models as M
 

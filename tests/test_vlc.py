@@ -11,7 +11,7 @@ from onnxcomp.encode import encode_weights
 from onnxcomp.encode.select import REGISTRY, bound
 from onnxcomp.encode.tables import Layout, detect
 from onnxcomp.encode.vlc import design
-from onnxcomp.passes.cluster_fit import fit
+from onnxcomp.passes.cluster.fit import fit
 from tests.models import MODELS, output_error
 from tests.test_codebook import _codebook_weight, _conv, _decoded, _run
 
@@ -107,7 +107,7 @@ def test_grid_beats_a_codebook_on_heavy_tailed_weights():
     the variable-length code stores fewer bits than 16-entry per-channel codebooks, at about half
     of their error."""
     from onnxcomp.graph.weights import Weight
-    from onnxcomp.passes.cluster import fit_bits, storage_bits
+    from onnxcomp.passes.cluster.cluster import fit_bits, storage_bits
 
     rng = np.random.default_rng(6)
     w = (rng.laplace(size=(128, 576)) * rng.uniform(0.5, 2, (128, 1))).astype(np.float32)
@@ -168,7 +168,7 @@ def test_recipes_offer_the_grid_and_encode_it_at_the_end():
     ``cluster`` run does, byte for byte."""
     from onnx import helper
 
-    from onnxcomp import recipe
+    from onnxcomp.pipeline import recipe
     from tests.models import init, make, vi
 
     w = np.random.default_rng(9).laplace(size=(256, 192)).astype(np.float32)

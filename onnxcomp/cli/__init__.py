@@ -14,7 +14,7 @@ import warnings
 
 import click
 
-from ..errors import OnnxCompError
+from onnxcomp.errors import OnnxCompError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -26,13 +26,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import inspect_cmd  # noqa: F401 - each module adds its command to ``cli``
-    from . import bench_cmd, compare_cmd  # noqa: F401
-    from . import cluster_cmd, compress_cmd, pack_cmd  # noqa: F401
-    from . import prune_cmd  # noqa: F401
-    from . import auto_cmd, sensitivity_cmd  # noqa: F401
-    from . import depthwise_cmd, factorize_cmd  # noqa: F401
-    from . import structured  # noqa: F401 - prune-channels (= prune --structured)
+    from onnxcomp.cli import inspect_cmd  # noqa: F401 - each module adds its command to ``cli``
+    from onnxcomp.cli import bench_cmd, compare_cmd  # noqa: F401
+    from onnxcomp.cli import cluster_cmd, compress_cmd, pack_cmd  # noqa: F401
+    from onnxcomp.cli import prune_cmd  # noqa: F401
+    from onnxcomp.cli import auto_cmd, sensitivity_cmd  # noqa: F401
+    from onnxcomp.cli import depthwise_cmd, factorize_cmd  # noqa: F401
+    from onnxcomp.cli import structured  # noqa: F401 - prune-channels (= prune --structured)
 
 
 class Terminated(KeyboardInterrupt):

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from .. import api
-from ..report import fmt_pct, table
-from . import cli
-from .common import (FractionType, data_from_options, data_options, emit_outcome, force_option,
-                     json_option, load_model, model_argument, output_option)
+from onnxcomp import api
+from onnxcomp.report.tables import fmt_pct, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (FractionType, data_from_options, data_options, emit_outcome, force_option,
+    json_option, load_model, model_argument, output_option)
 
 
 def _latencies(original: api.Model, trials, threads: int | None) -> None:
     """Measure the passing candidates side by side with the original (interleaved, 1 thread)."""
-    from ..benchmarking import bench
+    from onnxcomp.measure.bench import bench
 
     ok = [t for t in trials if t.ok]
     if not ok:
@@ -67,9 +67,9 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
     structured channel pruning, then factorization. Exits 3 (writing the best it reached)
     when the target cannot be met within the drop.
     """
-    from .. import auto, recipe as recipes
-    from ..errors import ConfigError
-    from ..verify import finish
+    from onnxcomp.pipeline import auto, recipe as recipes
+    from onnxcomp.errors import ConfigError
+    from onnxcomp.pipeline.write import finish
 
     targets = {k: v for k, v in (("size", target_size), ("latency", target_latency),
                                  ("macs", target_macs)) if v is not None}

@@ -5,12 +5,12 @@ import os
 
 import click
 
-from ..benchmarking import BenchReport, bench
-from ..graph.shapes import parse_input_shapes
-from ..ortformat import mobile_lines
-from ..report import fmt_bytes, fmt_ratio, table
-from . import cli
-from .common import emit, input_shape_option, json_option, progress_enabled, quiet_option
+from onnxcomp.measure.bench import BenchReport, bench
+from onnxcomp.graph.shapes import parse_input_shapes
+from onnxcomp.measure.ortformat import mobile_lines
+from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import emit, input_shape_option, json_option, progress_enabled, quiet_option
 
 
 def _name(path: str) -> str:
@@ -75,7 +75,7 @@ def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, w
     (latency does not depend on values for these ops).
     """
     if plot:
-        from ..plots import require_matplotlib
+        from onnxcomp.report.plots import require_matplotlib
         require_matplotlib()
     report = bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
                    input_shapes=parse_input_shapes(input_shape), ort_format=ort_format,
@@ -83,7 +83,7 @@ def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, w
     if progress_enabled(quiet):
         click.echo("\r\033[K", err=True, nl=False)
     if plot:
-        from ..plots import plot_latency
+        from onnxcomp.report.plots import plot_latency
         plot_latency([_name(e.name) for e in report.entries], [e.times_ms for e in report.entries], plot,
                      title=f"latency per run (batch {report.batch}, threads {report.threads})")
     emit(report, as_json, render)

@@ -5,11 +5,12 @@ from typing import Any
 
 import click
 
-from ..config import CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CLUSTER_INITS, CORRECTIONS, ClusterConfig
-from ..report import fmt_bytes, table, to_json
-from . import cli
-from .common import (data_options, load_for_write, force_option, gate_options, json_option,
-                     model_argument, output_option, render_write_result)
+from onnxcomp.config import (CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CLUSTER_INITS, CORRECTIONS,
+    ClusterConfig)
+from onnxcomp.report.tables import fmt_bytes, table, to_json
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_options, load_for_write, force_option, gate_options, json_option,
+    model_argument, output_option, render_write_result)
 
 
 def render_clustered(clustered: Any) -> str:
@@ -57,7 +58,7 @@ def cluster_options(f):
 
 def emit(report: dict, result: Any, as_json: bool, human: str) -> None:
     """Print the report and the write summary (or one JSON object); exit 3 on a missed gate."""
-    from ..errors import QualityGateError
+    from onnxcomp.errors import QualityGateError
 
     click.echo(to_json({**report, "write": result.to_dict()}) if as_json else f"{human}\n{render_write_result(result)}")
     if result.gate_failed:
@@ -106,9 +107,9 @@ def cluster_cmd(model: str, bits: float | None, clusters: int | None, allocation
     (diagonal of the layer-input Hessian) and weights are assigned GPTQ-style with error feedback.
     Exact zeros stay zero, so it composes with pruning.
     """
-    from ..clustering import run_cluster
-    from ..encode.select import allowed_kinds
-    from ..verify import finish
+    from onnxcomp.pipeline.cluster import run_cluster
+    from onnxcomp.encode.select import allowed_kinds
+    from onnxcomp.pipeline.write import finish
 
     if bits is not None and bits == int(bits):
         bits = int(bits)

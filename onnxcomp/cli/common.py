@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from ..report import to_json
+from onnxcomp.report.tables import to_json
 
 
 def json_option(f: Callable) -> Callable:
@@ -102,8 +102,8 @@ def data_from_options(model: Any, *, data: str | None = None, batch_size: int = 
                       num_samples: int | None = None, input_shape: tuple[str, ...] = (),
                       preprocess: str | None = None, **_: Any) -> Any:
     """The CalibrationData the data options describe (load it before doing any work: fail fast)."""
-    from ..calibration import load_data
-    from ..graph.shapes import parse_input_shapes
+    from onnxcomp.data.calibration import load_data
+    from onnxcomp.graph.shapes import parse_input_shapes
 
     return load_data(data, model, input_shapes=parse_input_shapes(input_shape), batch_size=batch_size,
                      num_samples=num_samples, preprocess=preprocess)
@@ -128,7 +128,7 @@ def render_fidelity_lines(report: Any) -> list[str]:
 
 def render_write_result(result: Any) -> str:
     """Sizes, ratio and fidelity of a written model (random data is labelled as such)."""
-    from ..report import fmt_bytes, fmt_ratio
+    from onnxcomp.report.tables import fmt_bytes, fmt_ratio
 
     lines = [f"wrote {result.path}",
              f"size: {fmt_bytes(result.size_before)} -> {fmt_bytes(result.size_after)} "
@@ -143,7 +143,7 @@ def render_write_result(result: Any) -> str:
 
 def emit_write_result(result: Any, as_json: bool) -> None:
     """Print the write summary (or JSON), then raise QualityGateError (exit 3) if a gate was missed."""
-    from ..errors import QualityGateError
+    from onnxcomp.errors import QualityGateError
 
     emit(result, as_json, render_write_result)
     if result.gate_failed:
@@ -156,8 +156,8 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
     JSON: ``{**report, "write": result.to_dict()}``. A missed gate raises QualityGateError
     (exit 3) after printing; the file is already written.
     """
-    from ..errors import QualityGateError
-    from ..report import to_json as _to_json
+    from onnxcomp.errors import QualityGateError
+    from onnxcomp.report.tables import to_json as _to_json
 
     if as_json:
         click.echo(_to_json({**report, "write": result.to_dict()}))
@@ -171,7 +171,7 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
 def load_for_write(model: str, max_drop: float | None, min_agreement: float | None,
                    **data_opts: Any) -> tuple[Any, Any]:
     """(original Model, CalibrationData) for a writing command; bad gates/data fail before work."""
-    from ..verify import check_gate_values
+    from onnxcomp.pipeline.write import check_gate_values
 
     check_gate_values(max_drop, min_agreement)
     original = load_model(model)
@@ -181,7 +181,7 @@ def load_for_write(model: str, max_drop: float | None, min_agreement: float | No
 def load_model(path: str) -> Any:
     """A Model whose big external tensors stay on disk until a pass reads them (io.load lazy=True):
     a model above 2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
-    from .. import api
+    from onnxcomp import api
 
     return api.load(path, lazy=True)
 

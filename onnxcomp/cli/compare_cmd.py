@@ -5,13 +5,13 @@ import math
 
 import click
 
-from ..errors import QualityGateError
-from ..evaluate import FidelityReport, compare
-from ..report import table
-from ..verify import check_gates
-from . import cli
-from .common import (data_from_options, data_options, emit, gate_options, json_option, load_model,
-                     progress_enabled, quiet_option, render_fidelity_lines)
+from onnxcomp.errors import QualityGateError
+from onnxcomp.measure.fidelity import FidelityReport, compare
+from onnxcomp.report.tables import table
+from onnxcomp.pipeline.write import check_gates
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_from_options, data_options, emit, gate_options, json_option, load_model,
+    progress_enabled, quiet_option, render_fidelity_lines)
 
 MAX_LAYER_ROWS = 30
 
@@ -95,7 +95,7 @@ def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | N
     Exit code 3 when --max-drop or --min-agreement is missed.
     """
     if plot:
-        from ..plots import require_matplotlib
+        from onnxcomp.report.plots import require_matplotlib
         require_matplotlib()
     a, b = load_model(original), load_model(candidate)
     data = data_from_options(a, **data_opts)
@@ -105,7 +105,7 @@ def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | N
         click.echo("\r\033[K", err=True, nl=False)
     gate = check_gates(report, max_drop, min_agreement)
     if plot:
-        from ..plots import plot_per_layer
+        from onnxcomp.report.plots import plot_per_layer
         plot_per_layer(report, plot)
     out = report.to_dict() if as_json else report
     if as_json:

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from .. import api
-from ..config import ALLOCATIONS, CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CompressConfig
-from ..report import fmt_bytes, fmt_ratio, table
-from . import cli
-from .cluster_cmd import emit
-from .common import data_options, load_for_write, force_option, gate_options, json_option, model_argument, \
-    output_option
+from onnxcomp import api
+from onnxcomp.config import ALLOCATIONS, CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CompressConfig
+from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.cluster_cmd import emit
+from onnxcomp.cli.common import (data_options, load_for_write, force_option, gate_options, json_option,
+    model_argument, output_option)
 
 
 def _quality(fid: Any) -> str:
@@ -72,9 +72,9 @@ def compress_cmd(model: str, sparsity: float, bits: float, granularity: str, all
     Bytes after each stage, the ratio to the original and the fidelity on the data (random data
     when --data is not given: no quality guarantee). With --pack the .onnxc archive is written too.
     """
-    from ..encode.packfile import SUFFIX
-    from ..compression import run_compress
-    from ..verify import finish
+    from onnxcomp.encode.packfile import SUFFIX
+    from onnxcomp.pipeline.deep import run_compress
+    from onnxcomp.pipeline.write import finish
 
     if recipe_path is not None:
         return _replay(model, recipe_path, pack=pack, threads=threads, output=output, force=force,
@@ -100,9 +100,9 @@ def _replay(model: str, recipe_path: str, *, pack: bool, threads: int | None, ou
             force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
             **data_opts: Any) -> None:
     """compress --recipe: run a recipe's steps, write (verified), optionally pack."""
-    from .. import recipe as recipes
-    from ..encode.packfile import SUFFIX
-    from ..verify import finish
+    from onnxcomp.pipeline import recipe as recipes
+    from onnxcomp.encode.packfile import SUFFIX
+    from onnxcomp.pipeline.write import finish
 
     rec = recipes.load(recipe_path)  # a bad recipe fails before any work
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)

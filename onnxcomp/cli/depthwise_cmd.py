@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from .. import api
-from ..config import DepthwiseConfig
-from . import cli
-from .common import (data_options, load_for_write, force_option, gate_options, json_option, model_argument,
-                     output_option)
-from .factorize_cmd import common_options, finish_command
+from onnxcomp import api
+from onnxcomp.config import DepthwiseConfig
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_options, load_for_write, force_option, gate_options, json_option,
+    model_argument, output_option)
+from onnxcomp.cli.factorize_cmd import common_options, finish_command
 
 
 @cli.command("depthwise")
@@ -45,7 +45,7 @@ def depthwise_cmd(model: str, multiplier: int | None, groups: int | None, energy
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     shapes = None
     if data_opts.get("input_shape"):
-        from ..graph.shapes import parse_input_shapes
+        from onnxcomp.graph.shapes import parse_input_shapes
         shapes = parse_input_shapes(data_opts["input_shape"])
     compressed = api.depthwise(original, multiplier=multiplier, groups=groups, energy=energy, data=data,
                                data_aware=data_aware, measure=measure, include=include, exclude=exclude,

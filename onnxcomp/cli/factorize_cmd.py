@@ -5,12 +5,12 @@ from typing import Any, Callable
 
 import click
 
-from .. import api
-from ..config import FACTORIZE_METHODS, FactorizeConfig
-from ..report import fmt_count, fmt_pct, fmt_ratio, table
-from . import cli
-from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options, json_option,
-                     model_argument, output_option)
+from onnxcomp import api
+from onnxcomp.config import FACTORIZE_METHODS, FactorizeConfig
+from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
+    json_option, model_argument, output_option)
 
 
 def _arrow(a: Any, b: Any, fmt: Callable = fmt_count) -> str:
@@ -94,12 +94,12 @@ def common_options(f: Callable) -> Callable:
 def finish_command(command: str, original, compressed, data, data_opts: dict, *, output, force, as_json,
                    max_drop, min_agreement, threads, dry_run) -> None:
     """Write (verified) and print the per-layer table with the write summary; or just the table."""
-    from ..report import to_json
-    from ..verify import finish
+    from onnxcomp.report.tables import to_json
+    from onnxcomp.pipeline.write import finish
 
     shapes = None
     if data_opts.get("input_shape"):
-        from ..graph.shapes import parse_input_shapes
+        from onnxcomp.graph.shapes import parse_input_shapes
         shapes = parse_input_shapes(data_opts["input_shape"])
     macs = model_macs(original, compressed, shapes)
     human = render_changes(compressed, macs)
@@ -160,7 +160,7 @@ def factorize_cmd(model: str, method: str, rank: int | None, energy: float | Non
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
     shapes = None
     if data_opts.get("input_shape"):
-        from ..graph.shapes import parse_input_shapes
+        from onnxcomp.graph.shapes import parse_input_shapes
         shapes = parse_input_shapes(data_opts["input_shape"])
     compressed = api.factorize(original, method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
                                data=data, data_aware=data_aware, measure=measure, include=include,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from .. import api
-from ..graph.shapes import parse_input_shapes
-from ..inspection import InspectReport
-from ..report import fmt_bytes, fmt_count, fmt_pct, table
-from . import cli
-from .common import emit, input_shape_option, json_option, load_model, model_argument
+from onnxcomp import api
+from onnxcomp.graph.shapes import parse_input_shapes
+from onnxcomp.measure.inspect import InspectReport
+from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import emit, input_shape_option, json_option, load_model, model_argument
 
 
 def render(r: InspectReport, top: int | None = None) -> str:

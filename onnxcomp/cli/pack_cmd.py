@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..report import fmt_bytes, fmt_ratio, table
-from . import cli
-from .common import emit, force_option, json_option
+from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import emit, force_option, json_option
 
 
 def render_pack(report) -> str:
@@ -30,7 +30,7 @@ def pack_cmd(model: str, output: str | None, force: bool, as_json: bool) -> None
     The archive has a versioned header and the sha256 of the original; `onnxcomp unpack`
     restores the exact bytes. Prints each stream's order-0 entropy bound beside its coded size.
     """
-    from ..api import pack
+    from onnxcomp.api import pack
 
     emit(pack(model, output, force=force), as_json, render_pack)
 
@@ -43,7 +43,7 @@ def pack_cmd(model: str, output: str | None, force: bool, as_json: bool) -> None
 @json_option
 def unpack_cmd(archive: str, output: str | None, force: bool, as_json: bool) -> None:
     """Restore the byte-identical ONNX file from an .onnxc archive (checksum verified)."""
-    from ..api import unpack
+    from onnxcomp.api import unpack
 
     path = unpack(archive, output, force=force)
     emit({"archive": archive, "output": str(path), "bytes": path.stat().st_size}, as_json,

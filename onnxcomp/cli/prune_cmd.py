@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from ..config import ALLOCATIONS, CORRECTIONS, GRANULARITIES, SCORES, PruneConfig
-from ..report import fmt_bytes, fmt_count, fmt_pct, table
-from . import cli
-from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
-                     json_option, model_argument, output_option)
-from .structured import run_structured, structured_options
+from onnxcomp.config import ALLOCATIONS, CORRECTIONS, GRANULARITIES, SCORES, PruneConfig
+from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
+    json_option, model_argument, output_option)
+from onnxcomp.cli.structured import run_structured, structured_options
 
 
 def render_changes(compressed) -> str:
@@ -104,13 +104,13 @@ def prune_cmd(model: str, sparsity: float | None, structured: bool, ratio: float
                       granularity=granularity, nm=nm, include=include, exclude=exclude,
                       min_params=min_params, include_depthwise=include_depthwise,
                       encoding=encoding, max_layer_sparsity=max_layer_sparsity, score=score)
-    from ..encode.select import allowed_kinds
-    from ..verify import finish
+    from onnxcomp.encode.select import allowed_kinds
+    from onnxcomp.pipeline.write import finish
 
     allowed_kinds(encoding)
     original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
-    from ..passes.prune import PrunePass
-    from ..pipeline import run
+    from onnxcomp.passes.prune.prune import PrunePass
+    from onnxcomp.pipeline.run import run
 
     compressed = run(original, [PrunePass(cfg)], data=data, encoding=encoding,
                      correction=correction, threads=threads)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from ..report import table
-from ..sweep import METHODS
-from . import cli
-from .common import data_from_options, data_options, json_option, load_model, model_argument
+from onnxcomp.report.tables import table
+from onnxcomp.pipeline.sweep import METHODS
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import data_from_options, data_options, json_option, load_model, model_argument
 
 
 def render(s) -> str:
@@ -22,7 +22,7 @@ def plot(s, path: str) -> None:
     try:
         import matplotlib
     except ImportError:
-        from ..errors import ConfigError
+        from onnxcomp.errors import ConfigError
 
         raise ConfigError("--plot needs matplotlib", "pip install 'onnxcomp[plot]'") from None
     matplotlib.use("Agg")
@@ -63,9 +63,9 @@ def plot(s, path: str) -> None:
 def sensitivity_cmd(model: str, method: str, levels: str | None, samples: int, jobs: int, min_params: int,
                     plot_path: str | None, as_json: bool, **data_opts) -> None:
     """Measure each layer's sensitivity: output error vs compression level, one layer at a time."""
-    from ..errors import ConfigError
-    from ..report import to_json
-    from ..sweep import sweep
+    from onnxcomp.errors import ConfigError
+    from onnxcomp.report.tables import to_json
+    from onnxcomp.pipeline.sweep import sweep
 
     parsed = None
     if levels:

@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import click
 
-from .. import api
-from ..config import STRUCTURED_ALLOCATIONS, STRUCTURED_IMPORTANCE, StructuredPruneConfig
-from ..report import fmt_count, fmt_pct, table
-from . import cli
-from .common import (data_options, load_for_write, emit_outcome, force_option, gate_options, json_option,
-                     model_argument, output_option)
+from onnxcomp import api
+from onnxcomp.config import STRUCTURED_ALLOCATIONS, STRUCTURED_IMPORTANCE, StructuredPruneConfig
+from onnxcomp.report.tables import fmt_count, fmt_pct, table
+from onnxcomp.cli import cli
+from onnxcomp.cli.common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
+    json_option, model_argument, output_option)
 
 
 def structured_options(f: Callable) -> Callable:
@@ -67,8 +67,8 @@ def run_structured(model_path: str, ratio: float | None, importance: str = "auto
                    max_drop: float | None = None, min_agreement: float | None = None,
                    threads: int | None = None, **data_opts: Any) -> None:
     """Structured pruning end to end: load, prune, refit, write (verified), compare, gates, print."""
-    from ..graph.shapes import parse_input_shapes
-    from ..verify import finish
+    from onnxcomp.graph.shapes import parse_input_shapes
+    from onnxcomp.pipeline.write import finish
 
     cfg = StructuredPruneConfig(ratio=0.5 if ratio is None else ratio, importance=importance,
                                 allocation=allocation, round_to=round_to, refit=refit, max_samples=max_samples,

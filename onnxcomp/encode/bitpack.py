@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node
-from .codebook import _BestTable, first_as_int32, table_overhead
+from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node
+from onnxcomp.encode.codebook import _BestTable, first_as_int32, table_overhead
 
 GROUP = 8
 MAX_BITS = 7  # 8 x 7 = 56-bit words, exact in an int64 MatMul

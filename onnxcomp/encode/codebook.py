@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
-from .tables import Layout, Table, build_table, detect
+from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
+from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
 _CACHE: dict = {}
 

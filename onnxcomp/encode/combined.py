@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to, \
-    zeros_like_flat
-from .codebook import pack_nibbles, unnamed, unpack_nibbles
-from .tables import Layout, Table, build_table, detect
+from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to,
+    zeros_like_flat)
+from onnxcomp.encode.codebook import pack_nibbles, unnamed, unpack_nibbles
+from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
 I32 = onnx.TensorProto.INT32
 _CACHE: dict = {}

@@ -11,8 +11,8 @@ from typing import Iterable
 import onnx
 from onnx import defs, helper
 
-from ..graph.weights import Weight, remove_storage
-from ..io import default_opset, ort_limits
+from onnxcomp.graph.weights import Weight, remove_storage
+from onnxcomp.io import default_opset, ort_limits
 
 
 def _schema_version(op: str, opset: int, domain: str = "") -> int | None:
@@ -58,43 +58,6 @@ def raise_opset(model: onnx.ModelProto, target: int) -> bool:
     needed_ir = next((row[1] for row in helper.VERSION_TABLE if row[2] == target), model.ir_version)
     model.ir_version = min(max(model.ir_version, needed_ir), ort_limits()[0])
     return True
-
-
-class NameScope:
-    """Fresh tensor/node names that collide with nothing in the graph.
-
-    ``short``: ignore the suggested base and hand out the shortest free names (``e0``, ``e1``,
-    ... in hex). Decoder tensors are named twice each (producer and consumer); on a 2.8 MB model
-    compressed 20x their descriptive names were 6 % of the file.
-    """
-
-    short, count = False, 0
-
-    def __init__(self, model: onnx.ModelProto, short: bool = False) -> None:
-        self.short, self.count = short, 0
-        self.shared: dict = {}  # small constants reused across decoders (see encode.base.const)
-        g = model.graph
-        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | \
-            {o.name for o in g.output} | {n.name for n in g.node}
-        for n in g.node:
-            self.used.update(n.input)
-            self.used.update(n.output)
-
-    def __call__(self, base: str) -> str:
-        if self.short:
-            name = f"e{self.count:x}"
-            while name in self.used:
-                self.count += 1
-                name = f"e{self.count:x}"
-            self.count += 1
-            self.used.add(name)
-            return name
-        name, i = base, 0
-        while name in self.used:
-            i += 1
-            name = f"{base}_{i}"
-        self.used.add(name)
-        return name
 
 
 def install_decoder(model: onnx.ModelProto, weight: Weight, nodes: Iterable[onnx.NodeProto],

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DataError
+from onnxcomp.errors import DataError
 
 MAGIC = b"ONNXC\x00\r\n"
 VERSION = 1

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from ..errors import ConfigError
-from ..graph.weights import find_weights
-from ..io import default_opset
-from .base import Encoding
-from .common import NameScope, can_raise_opset, install_decoder, raise_opset
-from .sparse import Bitmask, Gaps, Zeros
-from .tables import Layout
+from onnxcomp.errors import ConfigError
+from onnxcomp.graph.weights import find_weights
+from onnxcomp.io import default_opset
+from onnxcomp.encode.base import Encoding
+from onnxcomp.graph.edit import NameScope
+from onnxcomp.encode.common import can_raise_opset, install_decoder, raise_opset
+from onnxcomp.encode.sparse import Bitmask, Gaps, Zeros
+from onnxcomp.encode.tables import Layout
 
 REGISTRY: dict[str, Encoding] = {e.kind: e for e in (Zeros(), Gaps(), Bitmask())}
 FAMILIES: dict[str, tuple[str, ...]] = {"sparse": ("zeros", "gaps", "bitmask")}
@@ -125,11 +126,11 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
 
 
 def _register_codebooks() -> None:
-    from .bitpack import ENCODINGS as packed
-    from .codebook import ENCODINGS as codebook
-    from .combined import ENCODINGS as combined
-    from .sparse_vlc import ENCODINGS as sparse_vlc
-    from .vlc import ENCODINGS as vlc
+    from onnxcomp.encode.bitpack import ENCODINGS as packed
+    from onnxcomp.encode.codebook import ENCODINGS as codebook
+    from onnxcomp.encode.combined import ENCODINGS as combined
+    from onnxcomp.encode.sparse_vlc import ENCODINGS as sparse_vlc
+    from onnxcomp.encode.vlc import ENCODINGS as vlc
 
     for enc in codebook + packed + vlc:
         register(enc, "codebook")

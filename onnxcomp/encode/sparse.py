@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to, \
-    short_prefix, zeros_like_flat
+from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to,
+    short_prefix, zeros_like_flat)
 
 GAP_MAX = 255
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, const, node
-from .codebook import table_overhead
-from .combined import _SparseCodebook, gap_fields
-from .tables import Table
-from .vlc import DECODER_NODES, DECODER_TENSORS, MAX_ELEMENTS, Code, by_channel_frequency, decoder, design, \
-    reorder
+from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, const, node
+from onnxcomp.encode.codebook import table_overhead
+from onnxcomp.encode.combined import _SparseCodebook, gap_fields
+from onnxcomp.encode.tables import Table
+from onnxcomp.encode.vlc import (DECODER_NODES, DECODER_TENSORS, MAX_ELEMENTS, Code, by_channel_frequency,
+    decoder, design, reorder)
 
 FILLER_SPAN = 255
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Names, const, node
+from onnxcomp.encode.base import Names, const, node
 
 GRID8, GRID12 = 127, 2047  # integer ranges whose products with a float16 are exact in float32
 

@@ -24,9 +24,9 @@ from functools import lru_cache
 import numpy as np
 import onnx
 
-from .base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, zeros_like_flat
-from .codebook import _BestTable, table_overhead
-from .tables import Table
+from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node, zeros_like_flat
+from onnxcomp.encode.codebook import _BestTable, table_overhead
+from onnxcomp.encode.tables import Table
 
 MAX_FIELD_BITS = 8
 # folding holds several [n, widest field] temporaries (a 4.2 M-weight tensor added 590 MB to the

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from ..errors import ConfigError
+from onnxcomp.errors import ConfigError
 
 SKELETON_MIN_ELEMENTS = 64
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..io import tensor_array
+from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import onnx
 
-from ..graph.weights import Weight
+from onnxcomp.graph.weights import Weight
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 - depthwise (multiplier M): ``<name>_dw`` (k×k, group = C, C -> C·M, original stride/pad/
   dilation) then ``<name>_pw`` (1×1, C·M -> O, bias); per input channel the best rank-M
-  approximation of its ``O × k²`` slice (see :mod:`onnxcomp.separable`); exact at M = min(O, k²).
+  approximation of its ``O × k²`` slice (see :mod:`onnxcomp.algo.separable`); exact at M = min(O, k²).
 - grouped (G groups): ``<name>_perm_in`` (Gather on axis 1: the input channels in block order),
   ``<name>_g`` (the conv with group = G on the permuted channels, permuted bias), then
   ``<name>_perm_out`` (Gather restoring the original output channel order, so consumers are
@@ -21,16 +21,16 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ConfigError
-from ..graph.weights import find_weights
-from ..io import default_opset
-from ..linalg import blas_threads, output_error, weight_energy
-from ..patchstats import collect_covariances
-from ..separable import Separable, co_cluster, grouped_approx, grouped_kernel
-from .base import Change, Context, Pass, PassResult, skip
-from .layerstats import stats_requests
-from .microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
-from .rewrite import GraphEditor, Layer, collect_layers
+from onnxcomp.errors import ConfigError
+from onnxcomp.graph.weights import find_weights
+from onnxcomp.io import default_opset
+from onnxcomp.algo.linalg import blas_threads, output_error, weight_energy
+from onnxcomp.measure.patchstats import collect_covariances
+from onnxcomp.algo.separable import Separable, co_cluster, grouped_approx, grouped_kernel
+from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
+from onnxcomp.passes.layerstats import stats_requests
+from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
+from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Which layer inputs the data-aware rewrites measure, in which waves, merged over shared uses.
 
-Shared by ``factorize`` and ``depthwise``: one :class:`onnxcomp.patchstats.StatsRequest` per
+Shared by ``factorize`` and ``depthwise``: one :class:`onnxcomp.measure.patchstats.StatsRequest` per
 use of every layer (depthwise convs and patches larger than ``MAX_COV_DIM`` are left out: the
 first is never rewritten, the second would need too large ``D × D`` statistics), consecutive
 waves of layers for sequential fitting, and the average of the statistics over the uses of a
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..patchstats import LayerStats, StatsRequest
-from .rewrite import Layer, attr
+from onnxcomp.measure.patchstats import LayerStats, StatsRequest
+from onnxcomp.passes.rewrite import Layer, attr
 
 MAX_COV_DIM = 4608  # larger patches: data-free factors for that layer (the D×D statistics get big)
 

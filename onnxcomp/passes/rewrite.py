@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..encode.common import NameScope
-from ..graph.shapes import infer_shapes
-from ..graph.weights import Weight, WeightReport, find_weights, remove_storage
-from .base import Context, matches
+from onnxcomp.graph.edit import NameScope
+from onnxcomp.graph.shapes import infer_shapes
+from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
+from onnxcomp.passes.base import Context, matches
 
 KINDS = {"conv": "Conv", "gemm_b": "Gemm", "matmul_b": "MatMul"}
 
@@ -179,9 +179,9 @@ def fill_shapes(model: onnx.ModelProto, layers: list[Layer], ctx: Context) -> No
 
 def runtime_shapes(model: onnx.ModelProto, names: list[str], ctx: Context) -> dict[str, tuple]:
     """Shapes of ``names`` from one onnxruntime run on one sample ({} if that is impossible)."""
-    from ..activations import Capturer
-    from ..calibration import load_data
-    from ..errors import OnnxCompError
+    from onnxcomp.measure.capture import Capturer
+    from onnxcomp.data.calibration import load_data
+    from onnxcomp.errors import OnnxCompError
 
     try:
         data = ctx.data if ctx.data is not None else load_data(None, model, input_shapes=ctx.input_shapes,

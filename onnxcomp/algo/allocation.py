@@ -1,0 +1,143 @@
+"""Spreading a global budget across layers: per-layer levels from scores or measured curves.
+
+Every allocator returns one level (e.g. sparsity) per layer such that the parameter-weighted mean
+meets the global target, with each layer's level capped at ``cap``.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Hashable, Sequence
+
+import numpy as np
+
+
+def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap: float) -> np.ndarray:
+    return np.array([min(np.searchsorted(s, t, side="left") / max(s.size, 1), cap)
+                     for s in sorted_scores])
+
+
+def by_threshold(sorted_scores: Sequence[np.ndarray], target: float, cap: float = 1.0) -> np.ndarray:
+    """One global threshold over comparable per-weight scores (each layer's array sorted).
+
+    Returns per-layer fractions below the threshold, capped at ``cap``, whose size-weighted mean
+    is ``target`` (bisection on the threshold; capped layers push the threshold up for the rest).
+    """
+    sizes = np.array([s.size for s in sorted_scores], dtype=np.float64)
+    need = target * sizes.sum()
+    lo = min(float(s[0]) for s in sorted_scores if s.size) - 1.0
+    hi = max(float(s[-1]) for s in sorted_scores if s.size) + 1.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if (_fractions_below(sorted_scores, mid, cap) * sizes).sum() < need:
+            lo = mid
+        else:
+            hi = mid
+    return _fractions_below(sorted_scores, hi, cap)
+
+
+def lamp_scores(scores: np.ndarray) -> np.ndarray:
+    """LAMP scores (Lee et al., ICLR 2021) of one layer, sorted ascending.
+
+    For weights sorted by score, lamp(u) = s_u^2 / sum_{v >= u} s_v^2: comparable across layers,
+    so one global threshold gives layer-adaptive sparsities without data.
+    """
+    sq = np.sort(np.abs(scores.astype(np.float64, copy=False)).reshape(-1)) ** 2
+    suffix = np.cumsum(sq[::-1])[::-1]
+    # kept as float32: every layer's scores are held at once (float64 doubled a model's weight bytes)
+    return np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0).astype(np.float32)
+
+
+def uniform(sizes: Sequence[int], target: float, cap: float = 1.0) -> np.ndarray:
+    """The same level for every layer."""
+    return np.full(len(sizes), min(target, cap))
+
+
+def from_curves(levels: np.ndarray, losses: np.ndarray, sizes: Sequence[int], target: float,
+                grid: int = 50) -> np.ndarray:
+    """Per-layer levels minimising the summed measured loss subject to the global budget.
+
+    ``losses[l, j]`` is the loss of compressing layer ``l`` alone at ``levels[j]`` (a loss of 0 at
+    level 0 is implied). Curves are made monotone and interpolated on a fine grid; a Lagrange
+    multiplier is bisected so that the size-weighted mean level meets ``target``.
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    xs = np.concatenate([[0.0], np.asarray(levels, dtype=np.float64)])
+    fine = np.linspace(0.0, xs[-1], grid * int(np.ceil(xs[-1] * 10)) + 1)
+    curves = []
+    for row in np.asarray(losses, dtype=np.float64):
+        ys = np.maximum.accumulate(np.concatenate([[0.0], np.maximum(row, 0.0)]))
+        curves.append(np.interp(fine, xs, ys))
+    curves = np.array(curves)  # [L, G]
+    need = target * sizes.sum()
+    share = sizes / sizes.sum()
+
+    def pick(lam: float) -> np.ndarray:
+        # each layer: argmin loss(s) - lam * share * s  (share makes lam scale-free)
+        cost = curves - lam * share[:, None] * fine[None, :]
+        return fine[np.argmin(cost, axis=1)]
+
+    if (fine[-1] * sizes).sum() < need:
+        return np.full(len(sizes), fine[-1])
+    lo, hi = 0.0, 1.0
+    while (pick(hi) * sizes).sum() < need and hi < 1e12:
+        hi *= 4.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if (pick(mid) * sizes).sum() < need:
+            lo = mid
+        else:
+            hi = mid
+    return pick(hi)
+
+
+def allocate(errors: dict[str, dict[Hashable, float]], sizes: dict[str, int], budget: float,
+             costs: dict[str, dict[Hashable, int]] | None = None, *,
+             limit: float | None = None) -> dict[str, Hashable]:
+    """The option per layer minimising the summed error with the stored bits <= budget * sum(size)
+    (or <= ``limit`` bits when given).
+
+    ``errors[n]`` maps each option of layer ``n`` (its bits, or a (granularity, bits) pair) to
+    its predicted error; ``costs[n][option]``: its stored bits (default: size * bits, indices
+    only). Every layer starts at its cheapest option and moves along the lower convex hull of its
+    (cost, error) points, the step with the largest error drop per added bit first, while the
+    budget allows (options off the hull never pay for their bits better than a hull mix).
+    """
+    cost = costs or {n: {b: sizes[n] * b for b in e} for n, e in errors.items()}  # type: ignore[operator]
+    hulls = {n: _hull([(cost[n][o], errors[n][o], o) for o in e]) for n, e in errors.items()}
+    at = {n: 0 for n in hulls}
+    spent = sum(h[0][0] for h in hulls.values())
+    limit = budget * sum(sizes.values()) if limit is None else limit
+    heap: list = []
+
+    def push(n: str) -> None:
+        h, i = hulls[n], at[n]
+        if i + 1 < len(h):
+            heapq.heappush(heap, (-(h[i][1] - h[i + 1][1]) / max(h[i + 1][0] - h[i][0], 1), n))
+
+    for n in hulls:
+        push(n)
+    while heap:
+        _, n = heapq.heappop(heap)
+        h, i = hulls[n], at[n]
+        step = h[i + 1][0] - h[i][0]
+        if spent + step <= limit + 1e-9:
+            at[n] += 1
+            spent += step
+            push(n)
+    return {n: hulls[n][i][2] for n, i in at.items()}
+
+
+def _hull(points: list[tuple[float, float, Hashable]]) -> list[tuple[float, float, Hashable]]:
+    """The lower convex hull of (cost, error, option) points, cheapest first, error falling."""
+    out: list[tuple[float, float, Hashable]] = []
+    for p in sorted(points, key=lambda p: (p[0], p[1])):
+        if out and p[1] >= out[-1][1]:
+            continue  # costs more, no better
+        while len(out) >= 2 and _cross(out[-2], out[-1], p) <= 0:
+            out.pop()  # out[-1] lies on or above the segment from out[-2] to p
+        out.append(p)
+    return out
+
+
+def _cross(a, b, c) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])

@@ -1,0 +1,276 @@
+"""Calibration data: every source yields batches ``{input_name: ndarray}`` with samples on axis 0.
+
+Sources (``load_data``): a ``.npz`` (arrays keyed by input name; an optional ``labels`` array), a
+``.npy`` file (single-input models), a folder of ``.npy`` files (one sample or batch per file;
+multi-input models name them ``<input>.<key>.npy``, e.g. ``ids.0001.npy`` + ``mask.0001.npy``),
+an image folder with a preprocessing spec (see :mod:`onnxcomp.data.images`), random data matched to
+the input specs (``source=None``; always flagged "no quality guarantee"), or any iterable of
+batch dicts (or a callable returning one).
+
+Dtype policy: float data is cast to the input's float type (float64 -> float32 loses nothing
+inference can see) and integers widen losslessly; both are noted in ``description``. Anything
+else (integers for a float input, floats for an integer input) is a DataError, because it almost
+always means the training preprocessing was skipped.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+
+from onnxcomp.data.sources import (InputSpec, check_batch, expected, input_shapes_for_random, model_inputs,
+    npy_folder, rebatch)
+from onnxcomp.errors import ConfigError, DataError
+
+DEFAULT_BATCH = 16
+LABELS_KEY = "labels"
+RANDOM_NOTE = "random data: no quality guarantee"
+Batch = dict[str, np.ndarray]
+
+__all__ = ["CalibrationData", "load_data", "load_labels", "InputSpec", "model_inputs", "RANDOM_NOTE"]
+
+
+class CalibrationData:
+    """A re-iterable source of validated batches ``{input_name: ndarray}``.
+
+    Iterating twice gives the same batches. ``random`` marks synthetic data (no quality
+    guarantee); ``labels`` holds task labels when the source had them.
+    """
+
+    def __init__(self, factory: Callable[[], Iterable[Batch]], specs: dict[str, InputSpec], *,
+                 description: str, batch_size: int = DEFAULT_BATCH, num_samples: int | None = None,
+                 random: bool = False, labels: np.ndarray | None = None, origin: str = "data",
+                 notes: list[str] | None = None) -> None:
+        self._factory = factory
+        self.specs = specs
+        self.origin = origin
+        self.random = random
+        self.labels = labels
+        self.notes = list(notes or [])
+        self.num_samples = num_samples
+        self.limit = num_samples
+        self.batch_size = _static_batch(specs) or batch_size
+        self._description = description
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def description(self) -> str:
+        text = self._description
+        if self.notes:
+            text += " (" + "; ".join(self.notes) + ")"
+        return f"{text}; {RANDOM_NOTE}" if self.random else text
+
+    def __iter__(self) -> Iterator[Batch]:
+        drop_partial = _static_batch(self.specs) is not None
+        chunks = (check_batch(c, self.specs, self.origin, self.notes) for c in self._factory())
+        count = 0
+        for batch in rebatch(chunks, self.batch_size, self.limit, drop_partial):
+            count += len(next(iter(batch.values())))
+            yield batch
+        if self.num_samples is None:
+            self.num_samples = count
+
+    def __repr__(self) -> str:
+        return f"CalibrationData({self.description!r})"
+
+
+def _static_batch(specs: dict[str, InputSpec]) -> int | None:
+    """The fixed leading dim when the model's inputs pin the batch size, else None."""
+    for spec in specs.values():
+        if spec.dims and isinstance(spec.dims[0], int) and spec.dims[0] > 0:
+            return spec.dims[0]
+    return None
+
+
+def _model_proto(model: Any) -> onnx.ModelProto:
+    from onnxcomp.io.loader import load
+    from onnxcomp.io.model import Model
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, Model):
+        return model.proto
+    return load(model, load_external_data=False)
+
+
+def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              batch_size: int = DEFAULT_BATCH, num_samples: int | None = None, seed: int = 0,
+              preprocess: Any = None) -> CalibrationData:
+    """Calibration data for ``model`` from a path, None (random data) or an iterable of batches."""
+    if batch_size is None or int(batch_size) < 1:
+        raise ConfigError(f"batch size {batch_size} is not positive", "pass --batch-size 1 or more")
+    if num_samples is not None and int(num_samples) < 1:
+        raise ConfigError(f"number of samples {num_samples} is not positive", "pass --num-samples 1 or more")
+    if isinstance(source, CalibrationData):
+        return source
+    specs = model_inputs(_model_proto(model))
+    kw = dict(batch_size=int(batch_size), num_samples=num_samples)
+    if source is None:
+        return _random(specs, input_shapes or {}, seed=seed, **kw)
+    if isinstance(source, (str, os.PathLike)):
+        return _from_path(Path(source), specs, preprocess, **kw)
+    if isinstance(source, dict):
+        return _from_arrays(dict(source), specs, "data", **kw)
+    return _from_iterable(source, specs, **kw)
+
+
+def _limited(n: int | None, available: int) -> int:
+    return available if n is None else min(int(n), available)
+
+
+def _from_arrays(arrays: dict[str, Any], specs: dict[str, InputSpec], origin: str, *,
+                 batch_size: int, num_samples: int | None) -> CalibrationData:
+    labels = arrays.pop(LABELS_KEY, None)
+    if not arrays:
+        raise DataError(f"{origin} holds no input arrays", f"store one array per input; {expected(specs)}")
+    notes: list[str] = []
+    arrays = check_batch(arrays, specs, origin, notes)
+    n = len(next(iter(arrays.values())))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != n:
+            raise DataError(f"{origin}: 'labels' has {len(labels)} entries but the inputs have {n} samples",
+                            "store one label per sample")
+    desc = f"{origin}: {_limited(num_samples, n)} of {n} samples"
+    return CalibrationData(lambda: [arrays], specs, description=desc, batch_size=batch_size,
+                           num_samples=_limited(num_samples, n), labels=labels, origin=origin, notes=notes)
+
+
+def _from_path(path: Path, specs: dict[str, InputSpec], preprocess: Any, *, batch_size: int,
+               num_samples: int | None) -> CalibrationData:
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist", f"check the path; {expected(specs)}")
+    if path.is_dir():
+        return _from_folder(path, specs, preprocess, batch_size=batch_size, num_samples=num_samples)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes)", f"{expected(specs)}")
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".npy"):
+        raise DataError(f"unsupported data file {path.name!r}",
+                        "use .npz (arrays keyed by input name), .npy, or a folder of .npy files or images")
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if len(specs) != 1:
+                raise DataError(f"{path} holds one array but the model has {len(specs)} inputs",
+                                f"use a .npz keyed by input name; {expected(specs)}")
+            arrays = {next(iter(specs)): arr}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean "not readable"
+        raise DataError(f"{path} is not a readable {suffix} file ({' '.join(str(exc).split())})",
+                        f"save it with numpy.save{'z' if suffix == '.npz' else ''}; {expected(specs)}") from None
+    return _from_arrays(arrays, specs, path.name, batch_size=batch_size, num_samples=num_samples)
+
+
+def _from_folder(folder: Path, specs: dict[str, InputSpec], preprocess: Any, *, batch_size: int,
+                 num_samples: int | None) -> CalibrationData:
+    from onnxcomp.data.images import IMAGE_SUFFIXES, image_folder
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    npys = [p for p in files if p.suffix.lower() == ".npy"]
+    if npys:
+        factory, n, notes = npy_folder(folder, npys, specs)
+        desc = f"{folder.name}/: {_limited(num_samples, n)} of {n} samples from {len(npys)} .npy files"
+        return CalibrationData(factory, specs, description=desc, batch_size=batch_size,
+                               num_samples=_limited(num_samples, n), origin=folder.name, notes=notes)
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise DataError(f"{folder} holds no .npy files and no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)",
+                        f"point --data at a .npz, .npy files or images; {expected(specs)}")
+    factory, desc = image_folder(folder, images, specs, preprocess, batch_size)
+    n = len(images)
+    return CalibrationData(factory, specs, description=f"{desc}; {_limited(num_samples, n)} images",
+                           batch_size=batch_size, num_samples=_limited(num_samples, n), origin=folder.name)
+
+
+def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
+                   num_samples: int | None) -> CalibrationData:
+    if callable(source):
+        factory = source
+    else:
+        try:
+            it = iter(source)
+        except TypeError:
+            raise ConfigError(f"calibration data of type {type(source).__name__} is not supported",
+                              "pass a path, None (random data) or an iterable of {input_name: array} dicts") from None
+        if it is source:  # a one-shot iterator: allow exactly one pass
+            used = []
+
+            def factory() -> Iterable[Batch]:
+                if used:
+                    raise ConfigError("the calibration iterator was already consumed",
+                                      "pass a list of batches or a callable returning an iterator")
+                used.append(True)
+                return it
+        else:
+            factory = lambda: source  # noqa: E731 - re-iterable container
+    return CalibrationData(factory, specs, description="in-memory batches", batch_size=batch_size,
+                           num_samples=num_samples, origin="data")
+
+
+def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]], *, seed: int,
+            batch_size: int, num_samples: int | None) -> CalibrationData:
+    shapes = input_shapes_for_random(specs, input_shapes, batch_size)
+    batch = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
+    total = int(num_samples) if num_samples is not None else batch
+
+    def factory() -> Iterator[Batch]:
+        rng = np.random.default_rng(seed)
+        for _ in range(0, total, batch):
+            out = {}
+            for name, shape in shapes.items():
+                dt = specs[name].dtype
+                if np.issubdtype(dt, np.floating):
+                    out[name] = rng.standard_normal(shape).astype(dt)
+                elif dt == np.bool_:
+                    out[name] = rng.integers(0, 2, shape).astype(bool)
+                else:
+                    out[name] = rng.integers(0, 2, shape).astype(dt)
+            yield out
+
+    desc = f"random data (seed {seed}): {total} samples, " + ", ".join(
+        f"{k}[{'x'.join(map(str, s))}]" for k, s in shapes.items())
+    return CalibrationData(factory, specs, description=desc, batch_size=batch, num_samples=total,
+                           random=True, origin="random data")
+
+
+def load_labels(source: Any, n: int | None = None) -> np.ndarray:
+    """Task labels from an array, a ``.npy`` file or a ``.npz`` (its ``labels`` array)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"labels file {path} does not exist", "check the --labels path")
+        try:
+            if path.suffix.lower() == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    if LABELS_KEY not in z.files:
+                        raise DataError(f"{path} has no 'labels' array (it has: {', '.join(z.files)})",
+                                        "store the labels under the key 'labels'")
+                    source = z[LABELS_KEY]
+            else:
+                source = np.load(path, allow_pickle=False)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{path} is not a readable labels file ({' '.join(str(exc).split())})",
+                            "save the labels with numpy.save as one integer per sample") from None
+    labels = np.asarray(source)
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        labels = labels.argmax(1)  # one-hot
+    labels = labels.reshape(-1) if labels.ndim == 2 else labels
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels have shape {labels.shape} and dtype {labels.dtype}",
+                        "give one integer class index per sample, shape [N]")
+    if n is not None and len(labels) < n:
+        raise DataError(f"there are {len(labels)} labels for {n} samples", "give one label per sample")
+    return labels

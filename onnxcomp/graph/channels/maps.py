@@ -1,0 +1,297 @@
+"""Index-mapping rules for coupled-channel discovery: ops that move, cut or regroup the channel axis.
+
+Concat / Split / Slice map index offsets, Flatten and Reshape map each channel to a run of
+positions, Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad and Resize pass channels
+when they leave the channel axis alone. :func:`apply_index_edit` rewrites the attribute or
+constant input that counts channels (Split sizes, Slice bounds, Reshape target, Resize sizes,
+depthwise ``group``) once the kept channels are known.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxcomp.io import default_opset
+from onnxcomp.graph.channels.types import IndexEdit
+from onnxcomp.graph.edit import ConstEval, get_attr
+
+
+def _prod(xs) -> int:
+    return int(np.prod(list(xs), dtype=np.int64)) if len(xs) else 1
+
+
+class MapRules:
+    """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: the index-mapping op rules."""
+
+    def r_Concat(self, node: onnx.NodeProto) -> None:
+        R = self.rank(node.output[0]) or self.rank(node.input[0])
+        axis = int(get_attr(node, "axis", 0)) % R
+        tracked = [self.L[i] for i in node.input if i in self.L]
+        if any(lay.axis != tracked[0].axis for lay in tracked):
+            return self.opaque(node, "its inputs carry channels on different axes")
+        if axis != tracked[0].axis:
+            return self.r_eltwise(node)  # concatenating along another axis: channels must line up
+        parts = []
+        for i in node.input:
+            ids = self.L[i].ids if i in self.L else self.fixed(i, axis)
+            if ids is None:
+                return self.opaque(node, f"input {i} has an unknown channel count")
+            parts.append(ids)
+        self.out(node.output[0], axis, np.concatenate(parts), R)
+
+    def r_Split(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        axis = int(get_attr(node, "axis", 0)) % R
+        if axis != lay.axis:
+            return self.passthrough(node, lay)
+        sizes = get_attr(node, "split") if self.opset < 13 else self.const(node, 1)
+        if sizes is None and len(node.input) > 1 and node.input[1]:
+            return self.opaque(node, "split sizes computed at run time")
+        n = len(node.output)
+        C = len(lay.ids)
+        if sizes is None:
+            if C % n:
+                return self.opaque(node, f"splits {C} channels into {n} unequal parts")
+            sizes = [C // n] * n
+        pieces = np.split(lay.ids, np.cumsum([int(x) for x in sizes])[:-1])
+        self.cg.edits.append(IndexEdit(node, "split", pieces))
+        for o, ids in zip(node.output, pieces):
+            self.out(o, axis, ids, R)
+
+    def r_Slice(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        if self.opset < 10:
+            starts, ends = get_attr(node, "starts"), get_attr(node, "ends")
+            axes, steps = get_attr(node, "axes"), None
+        else:
+            starts, ends, axes, steps = (self.const(node, k) for k in (1, 2, 3, 4))
+            if axes is None and len(node.input) > 3 and node.input[3]:
+                return self.opaque(node, "slice axes computed at run time")
+        if starts is None or ends is None:
+            return self.opaque(node, "slice bounds computed at run time")
+        starts, ends = [int(x) for x in np.reshape(starts, -1)], [int(x) for x in np.reshape(ends, -1)]
+        axes = [int(a) % R for a in np.reshape(axes, -1)] if axes is not None else list(range(len(starts)))
+        steps = [int(x) for x in np.reshape(steps, -1)] if steps is not None else [1] * len(starts)
+        if lay.axis not in axes:
+            return self.passthrough(node, lay)
+        k = axes.index(lay.axis)
+        if steps[k] != 1:
+            return self.opaque(node, "strided slice on the channel axis")
+        start, end, _ = slice(starts[k], ends[k]).indices(len(lay.ids))
+        self.cg.edits.append(IndexEdit(node, "slice", [lay.ids], {"k": k, "start": start, "end": max(start, end)}))
+        self.out(node.output[0], lay.axis, lay.ids[start:max(start, end)], R)
+
+    def r_Pad(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        pads = get_attr(node, "pads") if self.opset < 11 else self.const(node, 1)
+        if pads is None:
+            return self.opaque(node, "pad amounts computed at run time")
+        axes = self.const(node, 3) if self.opset >= 18 and len(node.input) > 3 and node.input[3] else None
+        if axes is None and len(node.input) > 3 and node.input[3]:
+            return self.opaque(node, "pad axes computed at run time")
+        axes = [int(a) % R for a in np.reshape(axes, -1)] if axes is not None else list(range(R))
+        pads = [int(p) for p in np.reshape(pads, -1)]
+        n = len(axes)
+        if lay.axis in axes and (pads[axes.index(lay.axis)] or pads[axes.index(lay.axis) + n]):
+            return self.opaque(node, "pads the channel axis")
+        self.passthrough(node, lay)
+
+    def r_Resize(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        if node.op_type == "Upsample" and self.opset < 9:
+            scales, sizes, sizes_slot = get_attr(node, "scales"), None, None
+        elif node.op_type == "Upsample" or self.opset < 11:
+            scales, sizes, sizes_slot = self.const(node, 1), None, None
+        else:
+            scales, sizes, sizes_slot = self.const(node, 2), self.const(node, 3), 3
+        given = [k for k in ((1,) if node.op_type == "Upsample" or self.opset < 11 else (2, 3))
+                 if k < len(node.input) and node.input[k]]
+        if any(self.const(node, k) is None for k in given):
+            return self.opaque(node, "output size computed at run time")
+        axes = get_attr(node, "axes")
+        axes = [int(a) % R for a in axes] if axes is not None else list(range(R))
+        if lay.axis not in axes:
+            return self.passthrough(node, lay)
+        k = axes.index(lay.axis)
+        if sizes is not None and np.size(sizes):
+            if int(np.reshape(sizes, -1)[k]) != len(lay.ids):
+                return self.opaque(node, "resizes the channel axis")
+            self.cg.edits.append(IndexEdit(node, "resize", [lay.ids], {"slot": sizes_slot, "k": k}))
+        elif scales is not None and np.size(scales) and float(np.reshape(scales, -1)[k]) != 1.0:
+            return self.opaque(node, "resizes the channel axis")
+        self.passthrough(node, lay)
+
+    r_Upsample = r_Resize
+
+    def r_Transpose(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        perm = get_attr(node, "perm") or list(range(R))[::-1]
+        self.passthrough(node, lay, axis=list(perm).index(lay.axis))
+
+    def r_Flatten(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        s = self.shape(node.input[0])
+        if s is None:
+            return self.opaque(node, "input rank unknown")
+        f = int(get_attr(node, "axis", 1)) % max(len(s), 1)
+        a = lay.axis
+        if a < f:
+            if _prod(s[:f]) != s[a] or any(d is None for d in s[:f]):
+                return self.opaque(node, "flattens the channel axis into the leading dimension")
+            return self.passthrough(node, lay, axis=0, rank=2)  # e.g. [1, C] -> [C, 1] batch-one
+        inner, outer = s[a + 1:], s[f:a]
+        if any(not isinstance(d, int) or d <= 0 for d in (*inner, *outer)):
+            return self.opaque(node, "needs static spatial sizes (pass --input-shape)")
+        self.out(node.output[0], 1, np.tile(np.repeat(lay.ids, _prod(inner)), _prod(outer)), 2)
+
+    def r_Reshape(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        target = get_attr(node, "shape") if self.opset < 5 else self.const(node, 1)
+        entries = [int(x) for x in np.reshape(target, -1)] if target is not None else self._symbolic(node.input[1])
+        if entries is None:
+            return self.opaque(node, "target shape computed at run time")
+        moving = [e for e in entries if isinstance(e, tuple) and e[0] in self.L and self.L[e[0]].axis == e[1]]
+        if moving:
+            return self.opaque(node, "target shape reads a channel count at run time")
+        s_in, s_out = self.shape(node.input[0]), self.shape(node.output[0])
+        if not _static(s_in) or not _static(s_out):
+            return self.opaque(node, "needs static shapes (pass --input-shape)")
+        a, before = lay.axis, _prod(s_in[:lay.axis])
+        for b in range(len(s_out)):
+            if _prod(s_out[:b]) != before or s_out[b] % s_in[a] or (entries[b] == 0 and b != a):
+                continue
+            factor = s_out[b] // s_in[a]
+            if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
+                if isinstance(entries[b], int) and entries[b] > 0:
+                    if target is None:
+                        return self.opaque(node, "computed target shape with a literal channel count")
+                    self.cg.edits.append(IndexEdit(node, "reshape", [lay.ids], {"entry": b, "factor": factor}))
+                return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
+        self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
+
+    def _symbolic(self, name: str, depth: int = 0) -> list | None:
+        """A 1-D int tensor built from Shape/Gather/Concat/...: ints and (tensor, axis) entries."""
+        value = self.ev.value(name)
+        if value is not None:
+            return [int(x) for x in np.reshape(value, -1)]
+        node = self.ev.producer.get(name)
+        if node is None or depth > 12:
+            return None
+        op = node.op_type
+        if op == "Shape":
+            R = self.rank(node.input[0])
+            if R is None:
+                return None
+            return [(node.input[0], k) for k in range(R)[slice(int(get_attr(node, "start", 0)), get_attr(node, "end"))]]
+        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            return self._symbolic(node.input[0], depth + 1)
+        if op == "Concat":
+            parts = [self._symbolic(i, depth + 1) for i in node.input]
+            return None if any(p is None for p in parts) else [e for p in parts for e in p]
+        if op == "Gather" and int(get_attr(node, "axis", 0)) == 0:
+            data, idx = self._symbolic(node.input[0], depth + 1), self.ev.value(node.input[1])
+            return None if data is None or idx is None else [data[int(i)] for i in np.reshape(idx, -1)]
+        return None
+
+    def _axes(self, node: onnx.NodeProto, since: int):
+        if self.opset >= since:
+            return self.const(node, 1), len(node.input) > 1 and bool(node.input[1])
+        return get_attr(node, "axes"), False
+
+    def r_Unsqueeze(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        axes, given = self._axes(node, 13)
+        R = lay.rank or self.rank(node.input[0])
+        if axes is None or R is None:
+            return self.opaque(node, "axes computed at run time")
+        R2 = R + len(np.reshape(axes, -1))
+        new = sorted(int(x) % R2 for x in np.reshape(axes, -1))
+        kept = [k for k in range(R2) if k not in new]
+        self.passthrough(node, lay, axis=kept[lay.axis], rank=R2)
+
+    def r_Squeeze(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        axes, given = self._axes(node, 13)
+        s = self.shape(node.input[0])
+        R = lay.rank or (len(s) if s else None)
+        if R is None or (axes is None and (given or s is None or None in s)):
+            return self.opaque(node, "axes computed at run time")
+        gone = [int(x) % R for x in np.reshape(axes, -1)] if axes is not None else [k for k in range(R) if s[k] == 1]
+        if lay.axis in gone:
+            return self.opaque(node, "squeezes the channel axis")
+        self.passthrough(node, lay, axis=lay.axis - sum(g < lay.axis for g in gone), rank=R - len(gone))
+
+    def r_Shape(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        start, end = int(get_attr(node, "start", 0)), get_attr(node, "end")
+        if R is not None and lay.axis not in range(R)[slice(start, end)]:
+            return
+        self.opaque(node, "reads the channel count at run time")
+
+    def r_reduce(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        axes, given = self._axes(node, 13 if node.op_type == "ReduceSum" else 18)
+        if axes is None or not np.size(axes) or R is None:
+            return self.opaque(node, "reduces over the channel axis (or over all axes)")
+        axes = [int(x) % R for x in np.reshape(axes, -1)]
+        if lay.axis in axes:
+            return self.opaque(node, "reduces over the channel axis")
+        if int(get_attr(node, "keepdims", 1)):
+            return self.passthrough(node, lay)
+        self.passthrough(node, lay, axis=lay.axis - sum(x < lay.axis for x in axes), rank=R - len(axes))
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarray], ev: ConstEval,
+                     scope) -> None:
+    """Rewrite the attribute / constant input of ``e.node`` that counts channels."""
+    from onnxcomp.graph.edit import del_attr, set_attr, set_input
+
+    node, opset = e.node, default_opset(model)
+    base = node.name or node.op_type
+    if e.kind == "group":
+        set_attr(node, "group", int(masks[0].sum()))
+    elif e.kind == "split":
+        sizes = np.array([int(m.sum()) for m in masks], np.int64)
+        if opset >= 13:
+            del_attr(node, "num_outputs")
+            set_input(model, node, 1, sizes, scope, f"{base}_split")
+        else:
+            set_attr(node, "split", [int(x) for x in sizes])
+    elif e.kind == "slice":
+        m, k = masks[0], e.info["k"]
+        start = int(m[:e.info["start"]].sum())
+        end = start + int(m[e.info["start"]:e.info["end"]].sum())
+        if opset < 10:
+            for name, v in (("starts", start), ("ends", end)):
+                vals = list(get_attr(node, name))
+                vals[k] = v
+                set_attr(node, name, vals)
+        else:
+            for slot, v in ((1, start), (2, end)):
+                vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()
+                vals[k] = v
+                set_input(model, node, slot, vals, scope, f"{base}_{'starts' if slot == 1 else 'ends'}")
+    elif e.kind == "reshape":
+        if opset < 5:
+            raise ValueError("Reshape-1 with a channel count in its attribute")
+        vals = np.array(ev.value(node.input[1])).reshape(-1).copy()
+        vals[e.info["entry"]] = int(masks[0].sum()) * e.info["factor"]
+        set_input(model, node, 1, vals, scope, f"{base}_shape")
+    elif e.kind == "resize":
+        slot = e.info["slot"]
+        vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()
+        vals[e.info["k"]] = int(masks[0].sum())
+        set_input(model, node, slot, vals, scope, f"{base}_sizes")
+    else:
+        raise ValueError(f"unknown index edit {e.kind}")

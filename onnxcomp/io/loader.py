@@ -1,0 +1,91 @@
+"""Loading a model file: every check a user can get wrong, each a one-line ModelLoadError.
+
+Missing file, not ONNX, truncated, missing or escaping external data, an IR version or opset the
+installed onnxruntime cannot run. ``lazy=True`` leaves big external tensors on disk
+(:mod:`onnxcomp.io.tensors`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from onnxcomp.errors import ModelLoadError
+from onnxcomp.io import tensors
+from onnxcomp.io.checks import (check_declared_sizes, check_external, check_external_location, check_tensor_data,
+                                check_valid)
+from onnxcomp.io.ort import check_runnable
+from onnxcomp.io.checks import external_tensors
+from onnxcomp.io.tensors import _external_info, _set_location, is_lazy
+
+_ONNX_MAGIC_FIRST_BYTE = 0x08  # field 1 (ir_version), varint: every serialized ModelProto starts so
+
+
+def _parse(path: Path) -> tuple[onnx.ModelProto, bytes]:
+    data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"{path} is empty (0 bytes)", "re-export the model or check the copy")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        if data[0] == _ONNX_MAGIC_FIRST_BYTE:
+            raise ModelLoadError(
+                f"{path} is truncated or corrupted ({len(data)} bytes, protobuf says: {exc})",
+                "re-export or re-download the model") from None
+        raise ModelLoadError(f"{path} is not an ONNX model (protobuf cannot parse it)",
+                             "pass the .onnx file exported by your framework") from None
+    if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
+        raise ModelLoadError(f"{path} is not an ONNX model (no IR version or no graph nodes)",
+                             "pass the .onnx file exported by your framework")
+    if not model.graph.output:
+        raise ModelLoadError(f"{path} has no graph outputs, so there is nothing to compute or compare",
+                             "re-export the model with its outputs")
+    return model, data
+
+
+def _load_external(model: onnx.ModelProto, path: Path, lazy: bool = False) -> None:
+    """Validate every external tensor, then read it into the model (or, ``lazy``, the large ones
+    become references to their checked files by absolute path)."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    if not check_external(model, path):
+        return
+    if not lazy:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        return
+    for tensor in model.graph.initializer:
+        location, _, length = _external_info(tensor)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and length >= tensors.LAZY_MIN_BYTES:
+            file = check_external_location(path.parent, location, path)
+            _set_location(tensor, str(file.resolve()))
+    for tensor in external_tensors(model):
+        if not is_lazy(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+
+
+def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False) -> onnx.ModelProto:
+    """Load an ONNX model, with its external data, or raise a one-line ModelLoadError.
+
+    ``lazy``: external initializers of LAZY_MIN_BYTES or more are checked like a full load but
+    stay on disk (see the module doc); smaller external tensors are read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist", "check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not a model file", "pass the .onnx file inside it")
+    model, data = _parse(path)
+    check_runnable(model, str(path))
+    check_tensor_data(model, path)  # external tensors are checked against their files below
+    external = bool(external_tensors(model))
+    if not external:
+        check_valid(data, path)  # the bytes already read: no second serialization
+    del data
+    if load_external_data and external:
+        _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe
+    elif external:
+        check_valid(path, path)
+    check_declared_sizes(model, path)
+    return model

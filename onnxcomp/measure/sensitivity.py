@@ -1,0 +1,106 @@
+"""Measured per-layer sensitivity: how far the outputs move when one layer alone is compressed.
+
+A probe copy of the model takes the chosen weights as graph *inputs*, so one onnxruntime session
+evaluates every (layer, level) trial by feeding modified weights: no session per trial. The loss
+of a trial is the mean relative squared error of the model outputs against the probe's own
+uncompressed outputs on a fixed calibration subset.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcomp.data.sampling import take_samples
+from onnxcomp.graph.weights import Weight, find_weights, remove_storage
+from onnxcomp.io.sessions import session
+
+
+class Probe:
+    """One onnxruntime session over a copy whose selected weights are inputs."""
+
+    def __init__(self, model: onnx.ModelProto, weights: Sequence[Weight], batches: list[dict],
+                 threads: int | None = None) -> None:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        by_name = find_weights(probe).by_name()
+        self.names = [w.name for w in weights]
+        self.values: dict[str, np.ndarray] = {}
+        for w in weights:
+            pw = by_name[w.name]
+            self.values[w.name] = pw.values().reshape(pw.stored_shape or pw.shape)
+            remove_storage(probe, pw)
+            elem = helper.np_dtype_to_tensor_dtype(pw.dtype)
+            probe.graph.input.append(helper.make_tensor_value_info(w.name, elem, list(pw.stored_shape)))
+        probe.graph.ClearField("value_info")
+        self.sess = session(probe, threads=threads)
+        self.batches = batches
+        self.reference = [self._run({}) for _ in (0,)][0]
+
+    def _run(self, overrides: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+        feeds = {n: overrides.get(n, v) for n, v in self.values.items()}
+        return [self.sess.run(None, {**b, **feeds}) for b in self.batches]
+
+    def loss(self, overrides: dict[str, np.ndarray]) -> float:
+        """Mean over batches and outputs of ||y' - y||^2 / ||y||^2 with ``overrides`` fed."""
+        stored = {n: v.reshape(self.values[n].shape) for n, v in overrides.items()}
+        errs = []
+        for ref, new in zip(self.reference, self._run(stored)):
+            for a, b in zip(ref, new):
+                a = a.astype(np.float64)
+                d = b.astype(np.float64) - a
+                errs.append(float((d * d).sum() / max((a * a).sum(), 1e-30)))
+        return float(np.mean(errs)) if errs else 0.0
+
+
+MACS_PER_SECOND = 1e10  # the cost model behind the sample budgets (not a timing: reproducible)
+
+
+def estimated_seconds(model: onnx.ModelProto, batches: Sequence[dict], *, samples: int) -> float | None:
+    """Predicted seconds to run ``samples`` samples shaped like ``batches[0]``: the model's MACs
+    over MACS_PER_SECOND. A timing would make the sample budgets (and so the results) depend on
+    how loaded the machine is. None when shape inference cannot count the MACs."""
+    from onnxcomp.errors import ConfigError
+    from onnxcomp.measure.inspect import inspect
+
+    if not batches:
+        return None
+    shapes = {k: (1,) + tuple(np.shape(v)[1:]) for k, v in batches[0].items()}
+    try:
+        macs = inspect(model, input_shapes=shapes).total_macs
+    except (ConfigError, ValueError, KeyError, IndexError, TypeError, onnx.checker.ValidationError):
+        return None  # shapes it cannot take: no estimate (every sample is kept)
+    return macs * samples / MACS_PER_SECOND if macs else None
+
+
+def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Sequence[float],
+                   compress: Callable[[Weight, np.ndarray, float], np.ndarray], data: Iterable[dict],
+                   *, samples: int = 32, budget_s: float = 240.0, threads: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
+    """losses[l, j]: the probe loss when ``weights[l]`` alone is compressed to ``levels[j]``.
+
+    ``compress(weight, values, level)`` returns the compressed values. The number of samples is
+    lowered (to no fewer than 4) when the trials would exceed ``budget_s`` seconds.
+    """
+    batches = take_samples(data, samples)
+    probe = Probe(model, weights, batches, threads=threads)
+    t0 = time.perf_counter()
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    per_run = estimated_seconds(model, batches, samples=n) or 0.0
+    trials = len(weights) * len(levels)
+    if trials * per_run > budget_s and n > 4:
+        keep = max(4, int(n * budget_s / (trials * per_run)))
+        probe.batches = take_samples(batches, keep)
+        probe.reference = probe._run({})
+        n = keep
+    losses = np.zeros((len(weights), len(levels)))
+    for i, w in enumerate(weights):
+        base = probe.values[w.name].reshape(w.shape)
+        for j, level in enumerate(levels):
+            losses[i, j] = probe.loss({w.name: compress(w, base, level)})
+        if progress:
+            progress(i + 1, len(weights))
+    return losses, {"samples": n, "trials": trials, "seconds": round(time.perf_counter() - t0, 1)}

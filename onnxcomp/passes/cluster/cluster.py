@@ -1,0 +1,436 @@
+"""Weight sharing: k-means each weight into a small codebook (Deep Compression, stage 2).
+
+plan: select weights (compute kernels; biases, tiny tensors and depthwise kernels skipped with a
+reason), measure each one's importance on real calibration data (diagonal of the layer-input
+Hessian, :mod:`onnxcomp.measure.hessian`) and choose the bits per layer (uniform, or mixed from the average-bits
+budget); apply: write every weight's clustered values (:mod:`.fit`), zeros kept.
+Storage is a separate stage: :func:`onnxcomp.encode.encode_weights` finds the codebook in the
+final values and stores indices + table, bit-exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import numpy as np
+import onnx
+
+from onnxcomp.algo.allocation import allocate
+from onnxcomp.config import ClusterConfig
+from onnxcomp.encode.tables import Layout
+from onnxcomp.graph.weights import Weight, find_weights, set_weight
+from onnxcomp.passes.base import Change, Context, Pass, PassResult
+from onnxcomp.passes.cluster import seq as cluster_seq
+from onnxcomp.passes.cluster.fit import GRID_MAX_K, GRID_Q, Fit, fit
+
+MIXED_RANGE = 2  # mixed bits stay within budget +- this
+MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
+MEASURE_BUDGET_S = 300.0  # sensitivity trials: fewer probe samples beyond this (at least 4)
+REFIT = True  # least-squares refit of channel codebooks after the GPTQ assignment
+
+
+@dataclass
+class ClusterPlan:
+    """Bits and granularity per selected weight, importance, precomputed fits, skipped rows."""
+
+    bits: dict[str, float] = field(default_factory=dict)
+    granularity: dict[str, str] = field(default_factory=dict)
+    importance: dict[str, np.ndarray] = field(default_factory=dict)
+    fits: dict[str, Fit] = field(default_factory=dict)
+    hessians: dict[str, list] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)  # weights stored sparse: priced by their encoding
+    skipped: list[Change] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
+    """The weights the pass may cluster, and a skip row (with its reason) for the others.
+
+    The measured (sensitivity) allocation also takes depthwise kernels: it gives them the bits
+    their measured effect on the outputs warrants.
+    """
+    from dataclasses import replace
+
+    from onnxcomp.passes.prune.prune import select as select_weights
+
+    if cfg.allocation == "sensitivity":
+        cfg = replace(cfg, include_depthwise=True)
+    return select_weights(weights, cfg, single_role=False,
+                          depthwise_hint="; --include-depthwise clusters it per tensor")
+
+
+def _granularity(w: Weight, cfg: ClusterConfig) -> str:
+    """Depthwise kernels (a handful of weights per channel): one shared codebook over the
+    channel-scaled kernels (float32; channels differ in scale), else one per tensor; ``auto``
+    starts from channel (the allocations may switch a layer to shared, see :func:`_candidates`)."""
+    if w.is_depthwise:
+        return "shared" if w.dtype == np.float32 else "tensor"
+    if w.out_axis is None:
+        return "tensor"
+    return "channel" if cfg.granularity == "auto" else cfg.granularity
+
+
+def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
+    """The granularities a budget allocation may choose from for ``w`` (the first is the default).
+
+    With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
+    tables cost k+2 bytes per output channel (at 4 bits 18 bytes, against 48 bytes of indices for
+    a 1×1 conv with 96 inputs), and on such short rows a shared codebook one bit wider is more
+    accurate for the bytes. They, and float32 depthwise kernels, may also take a uniform grid
+    stored in the variable-length code (when the encoding allows it), whose stored bits are
+    counted from the code itself.
+    """
+    from onnxcomp.encode.select import allowed_kinds
+
+    first = _granularity(w, cfg)
+    if cfg.granularity != "auto" or w.dtype != np.float32:
+        return [first]
+    # 'dense' defers the encoding (recipes encode once at the end, in 'auto'); only an explicit
+    # choice without the variable-length code rules the grid out
+    grid = ["grid"] if cfg.encoding == "dense" or "codebook_vlc" in allowed_kinds(cfg.encoding) else []
+    if first == "channel":
+        return [first, "shared"] + grid
+    return [first] + grid if w.is_depthwise else [first]
+
+
+def _grid_levels(levels) -> list[float]:
+    """A grid's step needs no power-of-two table: its options go in half bits, so the allocation
+    can move a large layer (effnet_lite0's classifier: 160 KB per bit) in smaller steps."""
+    levels = list(levels)
+    return sorted({float(b) for b in levels} | {b + 0.5 for b in levels[:-1]})
+
+
+def _fit(w: Weight, bits_or_k: float, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
+         is_k: bool = False, source: np.ndarray | None = None, granularity: str | None = None) -> Fit:
+    k = bits_or_k if is_k else int(round(2 ** bits_or_k))  # grid levels may be half bits
+    values = w.values() if source is None else source.astype(w.dtype)
+    return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, granularity or plan.granularity[w.name],
+               importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
+
+
+VLC_FRAMING_BITS = 8 * 1100  # the variable-length decoder's nodes beyond a fixed-width one's
+
+
+def fit_bits(w: Weight, f: Fit, bits: int) -> int:
+    """Stored bits of ``w`` as fitted: the code's own count for a grid, else :func:`storage_bits`."""
+    if f.coded_bits is None:
+        return storage_bits(w, f.granularity, bits)
+    return f.coded_bits + 16 * (Layout.of(w.shape, w.out_axis).channels + 2 * GRID_Q) + VLC_FRAMING_BITS
+
+
+def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig, pruned: bool) -> int:
+    """Stored bits of one allocation option: :func:`fit_bits`, or for a ``pruned`` weight
+    (:func:`is_pruned`) the bytes of its smallest encoding, since the sparse encodings store
+    positions plus indices of a fixed width (2 or 4 bits cost the same in sparse_codebook4) and a
+    dense count would misprice every option."""
+    if not pruned:
+        return fit_bits(w, f, bits)
+    from onnxcomp.encode.select import allowed_kinds, best_encoding
+
+    kinds = allowed_kinds("auto" if cfg.encoding == "dense" else cfg.encoding)
+    values = f.values.reshape(-1).astype(w.dtype)
+    return 8 * best_encoding(values, kinds, lambda _opset: True, Layout.of(w.shape, w.out_axis))[1]
+
+
+SPARSE_DENSITY = 0.6  # the sparse encodings apply up to this fraction of nonzeros
+
+
+def is_pruned(w: Weight) -> bool:
+    """Whether ``w`` has few enough nonzeros to be stored by a sparse encoding."""
+    return np.count_nonzero(w.values()) <= SPARSE_DENSITY * w.size
+
+
+def _limit(weights: list[Weight], plan: "ClusterPlan", costs: dict, budget: float) -> float:
+    """The allocation's budget in stored bits: ``budget`` bits per weight, except that a pruned
+    weight brings the bits uniform ``budget`` would store for it (its default granularity, the
+    two neighbouring widths interpolated), so the average means the same with and without pruning."""
+    total = 0.0
+    lo, hi = int(np.floor(budget)), int(np.ceil(budget))
+    for w in weights:
+        c, g = costs[w.name], plan.granularity[w.name]
+        if w.name in plan.pruned and (g, lo) in c and (g, hi) in c:
+            t = budget - lo
+            total += (1 - t) * c[g, lo] + t * c[g, hi]
+        else:
+            total += budget * w.size
+    return total
+
+
+def storage_bits(w: Weight, granularity: str, bits: int) -> int:
+    """Bits of ``w`` stored as 2^bits-entry codebooks: indices plus the tables (see cluster_fit)."""
+    k, channels = 1 << bits, Layout.of(w.shape, w.out_axis).channels
+    if granularity == "tensor":
+        table = 8 * k * w.dtype.itemsize
+    elif granularity == "shared":
+        table = 16 * (k + channels)
+    elif w.dtype == np.float32 and k <= GRID_MAX_K:
+        table = 8 * channels * (k + 2)
+    else:
+        table = 16 * channels * k
+    return w.size * bits + table
+
+
+class ClusterPass(Pass):
+    """k-means weight sharing per tensor, per output channel or shared with per-channel scales."""
+
+    name = "cluster"
+    uses_data = True
+
+    def plan(self, model: onnx.ModelProto, ctx: Context) -> ClusterPlan:
+        cfg: ClusterConfig = self.config
+        weights, skipped = select(find_weights(model), cfg)
+        plan = ClusterPlan(skipped=skipped, pruned={w.name for w in weights if is_pruned(w)})
+        for w in weights:
+            plan.granularity[w.name] = _granularity(w, cfg)
+            if w.is_depthwise:
+                plan.notes.append(f"{w.name}: depthwise kernel clustered with one {plan.granularity[w.name]} codebook")
+        if ctx.has_real_data and weights:
+            from onnxcomp.measure.hessian import importance
+
+            plan.importance = importance(model, weights, ctx.data, max_samples=cfg.max_samples,
+                                         threads=ctx.threads)
+            missing = len(weights) - len(plan.importance)
+            plan.notes.append(f"k-means weighted by calibration importance (E[x^2] per input) on "
+                              f"{len(plan.importance)} weight(s)" + (f"; {missing} unweighted" if missing else ""))
+        elif ctx.data is not None:
+            plan.notes.append("random data: k-means unweighted (no calibration importance)")
+        if cfg.allocation == "uniform":
+            plan.bits = {w.name: cfg.budget_bits for w in weights}
+            if cfg.clusters is None and cfg.granularity == "auto":
+                self._grid_where_cheaper(weights, plan, ctx)
+            return plan
+        if cfg.allocation == "sensitivity":
+            return self._measured(model, weights, plan, ctx)
+        lo = max(1, int(np.floor(cfg.bits)) - MIXED_RANGE)
+        hi = min(8, int(np.ceil(cfg.bits)) + MIXED_RANGE)
+        errors: dict[str, dict[tuple[str, int], float]] = {}
+        costs: dict[str, dict[tuple[str, int], int]] = {}
+        for w in weights:  # errors only: keeping every option's values would hold 10 model copies
+            errors[w.name], costs[w.name] = {}, {}
+            for g in _candidates(w, cfg):
+                for b in _grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
+                    f = _fit(w, b, plan, cfg, ctx, granularity=g)
+                    errors[w.name][g, b] = f.rel_error
+                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
+                          limit=_limit(weights, plan, costs, cfg.bits))
+        _take(plan, chosen, {})  # apply fits the chosen option again
+        _note_spread(plan, weights, "mixed")
+        return plan
+
+    def _grid_where_cheaper(self, weights: list[Weight], plan: ClusterPlan, ctx: Context) -> None:
+        """Uniform bits with ``auto``: a layer takes the grid step (of the half-bit levels around
+        the budget) with the least error among those storing no more bits than its codebook."""
+        cfg: ClusterConfig = self.config
+        b = int(cfg.budget_bits)
+        taken = 0
+        for w in weights:
+            if "grid" not in _candidates(w, cfg):
+                continue
+            g0 = plan.granularity[w.name]
+            base = _fit(w, b, plan, cfg, ctx, granularity=g0)
+            best, cost = base, option_bits(w, base, b, cfg, w.name in plan.pruned)
+            for level in (b - 0.5, float(b), b + 0.5):
+                f = _fit(w, level, plan, cfg, ctx, granularity="grid")
+                if option_bits(w, f, b, cfg, w.name in plan.pruned) <= cost and f.rel_error < best.rel_error:
+                    best, plan.bits[w.name] = f, level
+            if best is not base:  # apply fits it again (keeping every fit would hold a model copy)
+                plan.granularity[w.name], taken = "grid", taken + 1
+        if taken:
+            plan.notes.append(f"{taken} layer(s) take a uniform grid in the variable-length code "
+                              f"(less error than their codebook in no more stored bits)")
+
+    def _gptq_on(self, ctx: Context) -> bool:
+        cfg: ClusterConfig = self.config
+        on = cfg.gptq if cfg.gptq is not None else ctx.has_real_data
+        if on and not ctx.has_real_data:
+            from onnxcomp.errors import ConfigError
+
+            raise ConfigError("--gptq needs real calibration data", "pass --data FILE.npz")
+        return bool(on)
+
+    def _hessians(self, model: onnx.ModelProto, weights: list[Weight], ctx: Context) -> dict[str, list]:
+        from onnxcomp.passes.prune.obs import hessians
+
+        return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads,
+                                                 max_samples=self.config.max_samples)}
+
+    def _values(self, w: Weight, bits: float, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
+                source: np.ndarray | None = None) -> tuple[np.ndarray, Fit]:
+        """The clustered values of ``w`` (or of ``source``, a re-targeted weight) at ``bits``,
+        GPTQ-assigned when its Hessian is known."""
+        cfg: ClusterConfig = self.config
+        if f is None:
+            f = _fit(w, cfg.clusters, plan, cfg, ctx, is_k=True, source=source) if cfg.clusters is not None \
+                and cfg.allocation == "uniform" else _fit(w, bits, plan, cfg, ctx, source=source)
+        values = f.values.reshape(w.shape)
+        if w.name in plan.hessians:
+            from onnxcomp.passes.prune.obs import gptq_values
+
+            target = w.values() if source is None else source
+            values = gptq_values(w, target, values, plan.hessians[w.name], f.granularity == "tensor", f.table)
+            if REFIT and f.granularity == "channel":
+                k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
+                values = _refit(w, target, values, plan.hessians[w.name], k)
+        return values, f
+
+    def _measured(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan,
+                  ctx: Context) -> ClusterPlan:
+        """Per-layer bits from measured output losses, spent greedily where they drop most.
+
+        Each layer alone is clustered at the budget's width (GPTQ-assigned with data) and run
+        through the whole model on the calibration samples: that output loss, divided by the
+        layer's own weighted error at that width, is its sensitivity; the layer's loss at every
+        other width is the sensitivity times its own error there (one model run per layer, not
+        one per layer and width).
+        """
+        cfg: ClusterConfig = self.config
+        if not ctx.has_real_data:
+            from onnxcomp.errors import ConfigError
+
+            raise ConfigError("--allocation sensitivity needs real calibration data",
+                              "pass --data with inputs from your task, or use --allocation mixed")
+        from onnxcomp.measure.sensitivity import measure_curves
+
+        if self._gptq_on(ctx):
+            plan.hessians = self._hessians(model, weights, ctx)
+        levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
+        at = min(max(int(round(cfg.bits)), levels[0]), 8)
+        local: dict[str, dict[tuple[str, float], float]] = {}
+        costs: dict[str, dict[tuple[str, float], int]] = {}
+        fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
+        for w in weights:
+            local[w.name], fits[w.name], costs[w.name] = {}, {}, {}
+            for g in _candidates(w, cfg):
+                for b in _grid_levels(levels) if g == "grid" else levels:
+                    f = _fit(w, b, plan, cfg, ctx, granularity=g)
+                    local[w.name][g, b] = max(f.rel_error, 1e-12)
+                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
+                    if b == at:
+                        fits[w.name][g] = f
+            _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
+
+        def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
+            return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
+
+        losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=cfg.max_samples,
+                                      budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
+        errors = {}
+        for w, (loss,) in zip(weights, losses):
+            scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
+            errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
+                          limit=_limit(weights, plan, costs, cfg.bits))
+        _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
+        plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
+                          f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
+        _note_spread(plan, weights, "measured")
+        return plan
+
+    def apply(self, model: onnx.ModelProto, plan: ClusterPlan, ctx: Context) -> PassResult:
+        cfg: ClusterConfig = self.config
+        result = PassResult(self.name, settings={
+            "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
+            "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
+        by_name = find_weights(model).by_name()
+        gptq = bool(plan.bits) and self._gptq_on(ctx)
+        reference = None
+        if gptq and cluster_seq.usable(model):  # output-matched, layer after layer
+            reference = onnx.ModelProto()
+            reference.CopyFrom(model)
+        elif gptq and not plan.hessians:
+            plan.hessians = self._hessians(model, [by_name[n] for n in plan.bits], ctx)
+        matched = 0
+        for name in _graph_order(model, list(plan.bits)):
+            w, bits, source, fitted = by_name[name], plan.bits[name], None, plan.fits.get(name)
+            if reference is not None:
+                plan.hessians.pop(name, None)
+                st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed,
+                                       max_samples=cfg.max_samples)
+                if st is not None:
+                    plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
+                    matched += 1
+            values, f = self._values(w, bits, plan, ctx, fitted, source)
+            set_weight(model, w, values)
+            k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else int(round(2 ** bits))
+            index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
+            sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
+            result.changes.append(Change(
+                name=name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
+                bytes_before=w.nbytes, bytes_after=int(w.size * index_bits + 7) // 8,
+                detail={"shape": list(w.shape), "clusters": int(k), "granularity": f.granularity,
+                        "bits": float(bits) if f.granularity == "grid" else float(np.log2(k)),  # grid: the level
+                        "sqnr_db": round(float(sqnr), 2),
+                        "weighted": name in plan.importance}))
+        if plan.hessians:
+            result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)"
+                                + (f"; {matched} re-targeted layer by layer to the original outputs" if matched else ""))
+        result.changes.extend(plan.skipped)
+        return result
+
+
+def _refit(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:
+    """``values`` with each channel's codebook refitted to ``target`` on the layer's Hessian."""
+    from onnxcomp.passes.cluster.refit import refit_channels
+    from onnxcomp.passes.prune.obs import _rows, _unrows
+
+    grid = w.dtype == np.float32 and k <= GRID_MAX_K  # the table format cluster_fit.fit chose
+    rows = refit_channels(_rows(w, target), _rows(w, values), [g.cov for g in groups], grid=grid)
+    return _unrows(w, rows).astype(w.dtype)
+
+
+def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """``names`` ordered by their first consumer in the graph."""
+    first: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        for x in node.input:
+            first.setdefault(x, i)
+    return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
+
+
+def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str, Fit]) -> None:
+    """Record the allocation's (granularity, bits) per layer and the fits that can be reused."""
+    plan.bits = {n: b for n, (_, b) in chosen.items()}
+    switched = [g for n, (g, _) in chosen.items() if g != plan.granularity[n]]
+    plan.granularity.update({n: g for n, (g, _) in chosen.items()})
+    plan.fits = dict(fits)
+    if "shared" in switched:
+        plan.notes.append(f"{switched.count('shared')} layer(s) take one shared codebook over channel-scaled "
+                          f"weights (cheaper than per-channel tables for their error)")
+    if "grid" in switched:
+        plan.notes.append(f"{switched.count('grid')} layer(s) take a uniform grid in the variable-length code "
+                          f"(fewer stored bits than a codebook for their error)")
+
+
+def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit],
+                     groups: list | None) -> None:
+    """Put the granularities of ``w`` on one footing: GPTQ recovers more of a coarse codebook's
+    error (a shared codebook: 4-8x on short rows, per-channel ones 2x), so each granularity's
+    curve is scaled by its GPTQ gain at the measured width (output error on the layer Hessian)."""
+    if len(fits) < 2 or not groups:
+        return
+    from onnxcomp.passes.cluster.refit import row_error
+    from onnxcomp.passes.prune.obs import _rows, gptq_values
+
+    h = [np.asarray(g.cov, np.float64) for g in groups]
+    ref = np.split(_rows(w, w.values()).astype(np.float64), len(h))
+
+    def out_err(values: np.ndarray) -> float:
+        rows = np.split(_rows(w, values), len(h))
+        return float(sum(row_error(v, t, m).sum() for v, t, m in zip(rows, ref, h)))
+
+    gain = {}
+    for g, f in fits.items():
+        near = out_err(f.values.reshape(w.shape))
+        gain[g] = out_err(gptq_values(w, w.values(), f.values.reshape(w.shape), groups, False, f.table)) / near \
+            if near > 0 else 1.0
+    first = next(iter(fits))
+    for g, b in local:
+        local[g, b] *= gain[g] / gain[first]
+
+
+def _note_spread(plan: ClusterPlan, weights: list[Weight], kind: str) -> None:
+    spread = sorted(plan.bits.values())
+    if spread:
+        avg = sum(w.size * plan.bits[w.name] for w in weights) / sum(w.size for w in weights)
+        plan.notes.append(f"{kind} bits {spread[0]}..{spread[-1]}, parameter-weighted average {avg:.2f}")

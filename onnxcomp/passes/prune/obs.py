@@ -1,0 +1,121 @@
+"""Calibration-based pruning: OBS/SparseGPT updates from each layer's input second moments.
+
+Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 2-D
+convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
+Layers it cannot describe (1-D/3-D convs, auto_pad, batched MatMul, ConvTranspose) fall back to
+magnitude masks, with a note.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+
+from onnxcomp.graph.weights import Weight
+from onnxcomp.algo.obs import prune_obs
+from onnxcomp.measure.patchstats import StatsRequest, collect_covariances
+
+STATS_BYTES = 1 << 30
+MAX_DIM = 4608
+
+
+def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), default)
+
+
+def request(w: Weight) -> StatsRequest | None:
+    """How the weight meets its input, or None when OBS cannot model it."""
+    node = w.uses[0].node
+    if w.role == "conv" and len(w.shape) == 4:
+        auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
+        if auto not in ("NOTSET", "VALID"):
+            return None
+        pads = _ints(node, "pads", [0, 0, 0, 0])
+        return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
+                            tuple(_ints(node, "strides", [1, 1])), tuple(pads),
+                            tuple(_ints(node, "dilations", [1, 1])), w.group)
+    if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
+        trans_a = any(a.name == "transA" and a.i for a in node.attribute) if w.role == "gemm_b" else False
+        return StatsRequest(w.name, node.input[0], "matrix", transposed=trans_a)
+    return None
+
+
+def _rows(w: Weight, values: np.ndarray) -> np.ndarray:
+    """[out, D] in the patch order of the statistics."""
+    if w.role == "conv":
+        return values.reshape(values.shape[0], -1)
+    return values if w.out_axis == 0 else values.T  # Gemm transB=1 is [N, K]; else [K, N]
+
+
+def _unrows(w: Weight, rows: np.ndarray) -> np.ndarray:
+    if w.role == "conv":
+        return rows.reshape(w.shape)
+    return rows if w.out_axis == 0 else rows.T
+
+
+def _dim(w: Weight) -> int:
+    return int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[w.in_axis]
+
+
+def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
+             threads: int | None = None, max_samples: int = 64) -> Iterator[tuple[Weight, list]]:
+    """(weight, per-group LayerStats) for every weight OBS can model, ~1 GB of matrices at a time."""
+    todo = [(w, r) for w in weights if (r := request(w)) is not None and _dim(w) <= MAX_DIM]
+    chunk: list[tuple[Weight, StatsRequest]] = []
+    size = 0
+    for item in todo + [None]:
+        cost = 0 if item is None else 8 * _dim(item[0]) ** 2 * max(1, item[0].group)
+        if chunk and (item is None or size + cost > STATS_BYTES):
+            stats = collect_covariances(model, [r for _, r in chunk], data, threads=threads,
+                                        max_samples=max_samples)
+            for w, r in chunk:
+                yield w, stats[r.key]
+            chunk, size = [], 0
+        if item is not None:
+            chunk.append(item)
+            size += cost
+
+
+def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, float],
+               data: Iterable, *, nm: tuple[int, int] | None, rowwise: bool,
+               fallback: Callable[[Weight, np.ndarray, float], np.ndarray],
+               threads: int | None = None, notes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Pruned values per weight: OBS where statistics exist, ``fallback`` elsewhere."""
+    out = {w.name: _solve(w, stats, levels[w.name], nm, rowwise)
+           for w, stats in hessians(model, weights, data, threads=threads)}
+    for w in weights:
+        if w.name not in out:
+            out[w.name] = fallback(w, w.values(), levels[w.name])
+            if notes is not None:
+                notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
+    return out
+
+
+def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: list,
+                per_tensor: bool, table: np.ndarray | None = None) -> np.ndarray:
+    """Re-assign ``clustered`` (values from its codebooks) with GPTQ error feedback.
+
+    ``table`` [rows or 1, K]: every value each output row may take (NaN pads); without it, the
+    values the row already uses.
+    """
+    from onnxcomp.algo.obs import assign_gptq
+
+    rows, crow = _rows(w, original), _rows(w, clustered)
+    if table is None:
+        uniq = [np.unique(crow)] * len(crow) if per_tensor else [np.unique(r) for r in crow]
+        table = np.full((len(crow), max(len(u) for u in uniq)), np.nan)
+        for i, u in enumerate(uniq):
+            table[i, : len(u)] = u
+    table = np.broadcast_to(np.asarray(table, np.float64), (len(crow), np.shape(table)[-1]))
+    zero = rows == 0
+    parts = zip(np.split(rows, len(groups)), np.split(table, len(groups)), np.split(zero, len(groups)), groups)
+    solved = [assign_gptq(r, g.cov, t, keep_zero=z if z.any() else None) for r, t, z, g in parts]
+    return _unrows(w, np.concatenate(solved, axis=0)).astype(clustered.dtype)
+
+
+def _solve(w: Weight, groups: list, level: float, nm, rowwise: bool) -> np.ndarray:
+    rows = _rows(w, w.values())
+    parts = np.split(rows, len(groups), axis=0)
+    solved = [prune_obs(p, g.cov, level, rowwise=rowwise, nm=nm) for p, g in zip(parts, groups)]
+    return _unrows(w, np.concatenate(solved, axis=0))

@@ -1,0 +1,182 @@
+"""Unstructured and N:M magnitude pruning with layer-adaptive budgets.
+
+plan: select prunable weights (compute kernels, not biases; tiny tensors and depthwise kernels
+skipped with a reason), score them (|w|, or |w| x input-channel RMS measured on calibration data
+with score="activation"; with the output correction below, plain |w| measured better on the
+real models) and spread the global sparsity across layers:
+  uniform      every layer at S;
+  global       one magnitude threshold over all layers;
+  lamp         LAMP scores, data-free and layer-adaptive;
+  sensitivity  per-layer loss curves measured on calibration data, allocated to minimise the
+               summed loss (needs real --data);
+  auto         lamp: it measured best on every real model tried, with and without data
+               (benchmarks/prune.py).
+apply: zero the lowest-scored weights of each layer per tensor or per output channel (or N:M
+along the reduction axis) and write the values back. Storage encoding is a separate stage
+(:func:`onnxcomp.encode.encode_weights`), so pruning composes with clustering.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxcomp.algo import allocation, masks
+from onnxcomp.config import PruneConfig
+from onnxcomp.errors import ConfigError
+from onnxcomp.graph.weights import Weight, find_weights, set_weight
+from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches, skip
+
+PRUNABLE_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a")
+SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+@dataclass
+class PrunePlan:
+    """Per-layer sparsity for each selected weight, plus the skipped rows and how it was decided."""
+
+    sparsity: dict[str, float] = field(default_factory=dict)
+    skipped: list[Change] = field(default_factory=list)
+    channel_rms: dict[str, np.ndarray] = field(default_factory=dict)
+    allocation: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def select(weights, cfg, *, single_role: bool = True,
+           depthwise_hint: str = "") -> tuple[list[Weight], list[Change]]:
+    """Weights a pruning/clustering pass may touch, and a skip row (with reason) for the rest.
+
+    ``single_role``: also skip a shared weight used in two different roles (a mask follows one
+    role's channel axis). ``depthwise_hint`` is appended to the depthwise skip reason.
+    """
+    chosen, skipped = [], []
+    for w in weights:
+        if w.is_bias:
+            continue
+        if set(w.roles) - set(PRUNABLE_ROLES) or (single_role and len(w.roles) > 1):
+            skipped.append(skip(w, f"used in several roles ({', '.join(w.roles)})"))
+        elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
+            skipped.append(skip(w, why))
+        elif w.is_depthwise and not getattr(cfg, "include_depthwise", False):
+            skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel"
+                                   f"{depthwise_hint})"))
+        elif w.size < cfg.min_params:
+            skipped.append(skip(w, f"tiny tensor ({w.size} < --min-params {cfg.min_params})"))
+        elif not np.all(np.isfinite(w.values())):
+            skipped.append(skip(w, "contains NaN or Inf"))
+        else:
+            chosen.append(w)
+    return chosen, skipped
+
+
+class PrunePass(Pass):
+    """Zero weights by importance with a layer-adaptive sparsity budget."""
+
+    name = "prune"
+    uses_data = True
+
+    def __init__(self, config: PruneConfig) -> None:
+        super().__init__(config)
+
+    def _allocation(self, ctx: Context) -> str:
+        a = self.config.allocation
+        if a == "auto":
+            return "lamp"
+        if a == "sensitivity" and not ctx.has_real_data:
+            raise ConfigError("--allocation sensitivity needs calibration data",
+                              "pass --data FILE.npz (real inputs), or use --allocation lamp")
+        return a
+
+    def score(self, w: Weight, values: np.ndarray, plan: PrunePlan) -> np.ndarray:
+        return masks.scores(values, w, plan.channel_rms.get(w.name))
+
+    def mask(self, w: Weight, values: np.ndarray, sparsity: float, plan: PrunePlan) -> np.ndarray:
+        """Keep-mask for one weight at ``sparsity`` (N:M ignores the level)."""
+        s = self.score(w, values, plan)
+        cfg = self.config
+        if cfg.nm is not None:
+            return masks.nm_mask(s, w, *cfg.nm)
+        if cfg.granularity == "channel" and w.out_axis is not None and w.shape[w.out_axis] > 1:
+            return masks.channel_mask(s, w, sparsity)
+        return masks.tensor_mask(s, sparsity)
+
+    def plan(self, model: onnx.ModelProto, ctx: Context) -> PrunePlan:
+        cfg = self.config
+        chosen, skipped = select(find_weights(model), cfg)
+        plan = PrunePlan(skipped=skipped)
+        if not chosen:
+            plan.notes.append("no prunable weights selected")
+            return plan
+        if cfg.score in ("activation", "obs") and not ctx.has_real_data:
+            raise ConfigError(f"--score {cfg.score} needs calibration data",
+                              "pass --data FILE.npz (real inputs), or use --score magnitude")
+        if cfg.score == "activation":
+            from onnxcomp.measure.diag import input_channel_rms
+
+            plan.channel_rms = input_channel_rms(model, chosen, ctx.data, threads=ctx.threads)
+            plan.notes.append("scores: |w| x input-channel RMS on the calibration data")
+        if cfg.nm is not None:
+            n, m = cfg.nm
+            plan.allocation = f"{n}:{m}"
+            plan.sparsity = {w.name: 1 - n / m for w in chosen}
+            return plan
+        plan.allocation = self._allocation(ctx)
+        levels = self._levels(model, chosen, plan, ctx)
+        plan.sparsity = {w.name: float(s) for w, s in zip(chosen, levels)}
+        return plan
+
+    def _levels(self, model, chosen: list[Weight], plan: PrunePlan, ctx: Context) -> np.ndarray:
+        cfg, how = self.config, plan.allocation
+        sizes = [w.size for w in chosen]
+        if how == "uniform":
+            return allocation.uniform(sizes, cfg.sparsity, cfg.max_layer_sparsity)
+        if how == "global":
+            sorted_scores = [np.sort(self.score(w, w.values(), plan).reshape(-1)) for w in chosen]
+            return allocation.by_threshold(sorted_scores, cfg.sparsity, cfg.max_layer_sparsity)
+        if how == "lamp":
+            lamp = [allocation.lamp_scores(self.score(w, w.values(), plan)) for w in chosen]
+            return allocation.by_threshold(lamp, cfg.sparsity, cfg.max_layer_sparsity)
+        from onnxcomp.measure.sensitivity import measure_curves
+
+        grid = [lv for lv in SENSITIVITY_LEVELS if lv <= cfg.max_layer_sparsity]
+
+        def prune_one(w: Weight, values: np.ndarray, level: float) -> np.ndarray:
+            return values * self.mask(w, values, level, plan)
+
+        losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads)
+        plan.notes.append(f"sensitivity: {info['trials']} trials on {info['samples']} samples "
+                          f"in {info['seconds']} s")
+        return allocation.from_curves(np.array(grid), losses, sizes, cfg.sparsity)
+
+    def apply(self, model: onnx.ModelProto, plan: PrunePlan, ctx: Context) -> PassResult:
+        result = PassResult(self.name, notes=list(plan.notes), settings={
+            "sparsity": self.config.sparsity, "allocation": plan.allocation,
+            "granularity": self.config.granularity,
+            "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
+        by_name = find_weights(model).by_name()
+        solved = {}
+        if self.config.score == "obs":
+            from onnxcomp.passes.prune.obs import obs_values
+
+            solved = obs_values(model, [by_name[n] for n in plan.sparsity], plan.sparsity, ctx.data,
+                                nm=self.config.nm, rowwise=self.config.granularity == "channel",
+                                fallback=lambda w, v, lv: v * self.mask(w, v, lv, plan),
+                                threads=ctx.threads, notes=result.notes)
+        for name, level in plan.sparsity.items():
+            w = by_name[name]
+            values = w.values()
+            if name in solved:
+                pruned = solved[name]
+            else:
+                keep = self.mask(w, values, level, plan)
+                pruned = np.where(keep, values, np.zeros((), values.dtype))
+            set_weight(model, w, pruned)
+            nonzero = int(np.count_nonzero(pruned))
+            result.changes.append(Change(
+                name=name, op=w.op_type, action="pruned", params_before=w.size, params_after=nonzero,
+                bytes_before=w.nbytes, bytes_after=w.nbytes,
+                detail={"sparsity": round(1 - nonzero / max(w.size, 1), 4),
+                        "target": round(level, 4), "shape": list(w.shape)}))
+        result.changes.extend(plan.skipped)
+        return result

@@ -1,0 +1,157 @@
+"""``onnxcomp auto``: search recipes for a size / MACs / latency target within a quality drop.
+
+Size targets combine weight sharing and pruning: the fewest uniform bits that stay within the
+drop, then (if the file is still above the target) a fractional average budget spent per layer
+by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets use structured channel
+pruning (bisection on the ratio), then low-rank factorization on top when the target is not yet
+met. Every candidate is scored on held-out calibration samples that the compression never saw
+(a quarter of the data when there are at least 32 samples). The winner is the smallest /
+fastest candidate within the drop; its recipe replays with ``onnxcomp compress --recipe``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxcomp.pipeline import recipe as recipes
+from onnxcomp.io.model import Model, as_model
+from onnxcomp.errors import ConfigError
+from onnxcomp.io import model_bytes
+
+BITS = (8, 6, 5, 4, 3)
+BISECT_STEPS = 4
+MEASURED_STEPS = 2  # bisection steps on the average bits of the measured (sensitivity) allocation
+
+
+@dataclass
+class Trial:
+    """One candidate recipe and what it measured."""
+
+    steps: list[tuple[str, dict]]
+    size_ratio: float
+    macs_ratio: float | None
+    drop: float
+    ok: bool
+    model: Model | None = field(default=None, repr=False)
+    latency_ratio: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"steps": [{k: v} for k, v in self.steps], "size_ratio": self.size_ratio,
+                "macs_ratio": self.macs_ratio, "latency_ratio": self.latency_ratio,
+                "drop": self.drop, "within_drop": self.ok}
+
+
+def split(data: Any) -> tuple[list[dict], list[dict]]:
+    """(calibration batches, held-out batches): a quarter held out when there are >= 32 samples."""
+    batches = list(data)
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    if n < 32:
+        return batches, batches
+    cut = n - n // 4
+    calib, hold, seen = [], [], 0
+    for b in batches:
+        k = len(next(iter(b.values())))
+        if seen + k <= cut:
+            calib.append(b)
+        elif seen >= cut:
+            hold.append(b)
+        else:
+            calib.append({x: v[: cut - seen] for x, v in b.items()})
+            hold.append({x: v[cut - seen:] for x, v in b.items()})
+        seen += k
+    return calib, hold
+
+
+class Search:
+    """Evaluates candidate recipes against the original on held-out data."""
+
+    def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
+                 labels: Any = None) -> None:
+        from onnxcomp.measure.inspect import inspect
+
+        self.original = as_model(model)
+        if data is None or getattr(data, "random", False):
+            raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
+        self.calib, self.holdout = split(data)
+        self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
+        self.max_drop, self.threads, self.labels = max_drop, threads, labels
+        self.base_size = model_bytes(self.original.proto)
+        self.base_macs = inspect(self.original.proto).total_macs
+        self.trials: list[Trial] = []
+
+    def drop(self, candidate: Model) -> float:
+        from onnxcomp.measure.fidelity import compare
+
+        rep = compare(self.original, candidate, self.holdout, threads=self.threads)
+        _, value = rep.headline
+        return float(1.0 - (value if value is not None else 0.0))
+
+    def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
+        from onnxcomp.measure.inspect import inspect
+
+        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads)
+        macs = inspect(model.proto).total_macs
+        d = self.drop(model)
+        t = Trial(steps, model_bytes(model.proto) / self.base_size,
+                  macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model)
+        self.trials.append(t)
+        return t
+
+    def bisect(self, make_steps, lo: float, hi: float) -> Trial | None:
+        """The best passing trial for the highest level in [lo, hi] (level -> steps)."""
+        best = None
+        for _ in range(BISECT_STEPS):
+            mid = round((lo + hi) / 2, 3)
+            t = self.evaluate(make_steps(mid))
+            if t.ok:
+                best, lo = t, mid
+            else:
+                hi = mid
+        return best
+
+
+def for_size(s: Search, target: float | None = None) -> list[Trial]:
+    """Fewest uniform bits within the drop; then, while the file is above ``target``, an average
+    bit budget between that and the next width down, spent per layer where the measured output
+    error is lowest (bisected); then the highest sparsity on top of the best (bisected)."""
+    bits, failed, best = None, None, None
+    for b in BITS:
+        t = s.evaluate([("cluster", {"bits": b})])
+        if not t.ok:
+            failed = b
+            break
+        bits, best = b, t
+    if bits is None:
+        s.bisect(lambda x: [("prune", {"sparsity": x})], 0.0, 0.95)
+        return s.trials
+    step = {"bits": bits}
+    if failed is not None and target is not None and best.size_ratio > target:
+        lo, hi = float(failed), float(bits)
+        for _ in range(MEASURED_STEPS):
+            mid = round((lo + hi) / 2, 2)
+            t = s.evaluate([("cluster", {"bits": mid, "allocation": "sensitivity"})])
+            if t.ok:
+                hi, step = mid, {"bits": mid, "allocation": "sensitivity"}
+            else:
+                lo = mid
+    s.bisect(lambda x: [("prune", {"sparsity": x}), ("cluster", dict(step))], 0.0, 0.95)
+    return s.trials
+
+
+def for_speed(s: Search, target: float) -> list[Trial]:
+    """Highest structured ratio within the drop; factorization on top if MACs are still high."""
+    best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
+    if best is None or (best.macs_ratio or 1.0) > target:
+        base = best.steps if best else []
+        s.evaluate(base + [("factorize", {"ratio": 0.5})])
+    return s.trials
+
+
+def choose(trials: list[Trial], key: str) -> Trial | None:
+    ok = [t for t in trials if t.ok]
+    pool = ok or trials
+    if not pool:
+        return None
+    return min(pool, key=lambda t: (not t.ok, getattr(t, key) if getattr(t, key) is not None else np.inf))

@@ -1,0 +1,114 @@
+"""Per-layer sensitivity sweeps: quality vs compression level for one layer at a time.
+
+prune / cluster change values only, so they run on a probe (weights fed as inputs: one
+onnxruntime session per worker for every trial). factorize / structured rewrite the graph, so
+each trial compresses a copy restricted to one layer and runs it. Layers are spread over
+``jobs`` workers with joblib; its ``parallel_config`` context (e.g. a Dask or Ray backend)
+is honoured, which is how a sweep scales out to a cluster.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcomp import io
+from onnxcomp.algo import masks
+from onnxcomp.graph.weights import Weight, find_weights
+
+METHODS = ("prune", "cluster", "factorize", "structured")
+LEVELS = {"prune": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95), "cluster": (8, 6, 5, 4, 3, 2),
+          "factorize": (0.75, 0.5, 0.35, 0.25), "structured": (0.25, 0.5, 0.75)}
+
+
+@dataclass
+class Sensitivity:
+    """losses[layer][j]: relative output error with only that layer at levels[j]."""
+
+    method: str
+    levels: list
+    layers: list[str]
+    losses: list[list[float]]
+    samples: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "levels": self.levels, "samples": self.samples, "notes": self.notes,
+                "layers": [{"layer": n, "loss": dict(zip(map(str, self.levels), row))}
+                           for n, row in zip(self.layers, self.losses)]}
+
+
+def _compress_values(method: str, w: Weight, values: np.ndarray, level) -> np.ndarray:
+    if method == "prune":
+        return values * masks.channel_mask(np.abs(values), w, float(level))
+    from onnxcomp.algo.kmeans import kmeans_rows
+
+    rows = masks.as_rows(values, w)
+    res = kmeans_rows(rows, 2 ** int(level), dtype=values.dtype)
+    return masks.from_rows(res.centroids[np.arange(len(rows))[:, None], res.labels].astype(values.dtype), w)
+
+
+def _probe_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list) -> list:
+    from onnxcomp.measure.sensitivity import Probe
+
+    model = onnx.load_from_string(model_bytes)
+    by_name = find_weights(model).by_name()
+    probe = Probe(model, [by_name[n] for n in names], batches, threads=1)
+    out = []
+    for n in names:
+        w = by_name[n]
+        base = probe.values[n].reshape(w.shape)
+        out.append([probe.loss({n: _compress_values(method, w, base, lv)}) for lv in levels])
+    return out
+
+
+def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list) -> list:
+    from onnxcomp import api
+    from onnxcomp.io.sessions import session
+
+    model = onnx.load_from_string(model_bytes)
+    ref_sess = session(model, threads=1)
+    refs = [ref_sess.run(None, b) for b in batches]
+    out = []
+    for n in names:
+        row = []
+        for lv in levels:
+            if method == "factorize":
+                c = api.factorize(model, ratio=float(lv), include=(n,))
+            else:
+                c = api.prune_channels(model, ratio=float(lv), include=(n,), allocation="uniform")
+            sess = session(c.proto, threads=1)
+            errs = []
+            for b, ref in zip(batches, refs):
+                for a, y in zip(ref, sess.run(None, b)):
+                    d = y.astype(np.float64) - a
+                    errs.append(float((d * d).sum() / max((a.astype(np.float64) ** 2).sum(), 1e-30)))
+            row.append(float(np.mean(errs)))
+        out.append(row)
+    return out
+
+
+def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=None, samples: int = 32,
+          jobs: int = 1, min_params: int = 1024) -> Sensitivity:
+    """Measure each layer's sensitivity to ``method`` alone (see module doc)."""
+    from joblib import Parallel, delayed
+
+    from onnxcomp.passes.prune.prune import select
+    from onnxcomp.config import PruneConfig
+    from onnxcomp.data.sampling import take_samples
+
+    levels = list(levels or LEVELS[method])
+    chosen, skipped = select(find_weights(model), PruneConfig(min_params=min_params))
+    names = [w.name for w in chosen]
+    batches = take_samples(data, samples)
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    chunks = [c.tolist() for c in np.array_split(np.array(names, dtype=object), max(1, min(jobs, len(names))))
+              if len(c)]
+    work = _probe_chunk if method in ("prune", "cluster") else _rewrite_chunk
+    blob = io.serialize(model)  # lazy tensors read in: the workers get the whole model
+    parts = Parallel(n_jobs=jobs)(delayed(work)(blob, c, method, levels, batches) for c in chunks)
+    losses = [row for part in parts for row in part]
+    notes = [f"skipped {c.name}: {c.reason}" for c in skipped]
+    return Sensitivity(method, levels, names, losses, n, notes)

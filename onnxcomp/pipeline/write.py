@@ -1,0 +1,138 @@
+"""Verification on every write: save atomically, check, compare with the input, apply the gates.
+
+Every command that writes a model ends with :func:`finish`. The file is saved through
+:func:`onnxcomp.io.save` (onnx.checker and an onnxruntime load before the rename), then compared
+with the original on the calibration data (random data when none was given, which the report
+labels "no quality guarantee"). A missed gate leaves the file written and sets ``gate_failed``;
+the CLI then exits 3.
+
+Gates (shared with ``onnxcomp compare``):
+  --max-drop D       with labels: task accuracy may drop at most D (a fraction: 0.01 = 1 point);
+                     without labels: top-1 agreement (cosine for outputs that are not class
+                     scores) must be at least 1 - D.
+  --min-agreement A  top-1 agreement (or cosine) must be at least A.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxcomp import io
+from onnxcomp.errors import ConfigError
+from onnxcomp.measure.fidelity import FidelityReport, compare
+
+_METRIC_LABEL = {"top1_agreement": "top-1 agreement", "cosine": "cosine similarity"}
+
+
+@dataclass
+class WriteResult:
+    """What a command wrote and how far its outputs moved; ``to_dict`` is the ``--json`` output."""
+
+    path: Path
+    size_before: int
+    size_after: int
+    fidelity: FidelityReport
+    gate_failed: str | None = None
+    command: str = ""
+    unchanged: bool = False  # nothing was compressed: same graph and weights as the input
+
+    @property
+    def ratio(self) -> float:
+        """Output size / input size."""
+        return self.size_after / self.size_before if self.size_before else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "output": str(self.path), "size_before": self.size_before,
+                "size_after": self.size_after, "ratio": self.ratio, "gate_failed": self.gate_failed,
+                "unchanged": self.unchanged, "fidelity": self.fidelity.to_dict()}
+
+
+def check_gate_values(max_drop: float | None, min_agreement: float | None) -> None:
+    """Reject out-of-range gate values (same message from the API and the CLI)."""
+    for name, value in (("--max-drop", max_drop), ("--min-agreement", min_agreement)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} {value} is outside 0..1",
+                              f"give a fraction, e.g. {name} 0.01 (or 1%)")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def check_gates(report: FidelityReport, max_drop: float | None = None,
+                min_agreement: float | None = None) -> str | None:
+    """The reason the first missed gate failed, on one line, or None when every gate passed."""
+    check_gate_values(max_drop, min_agreement)
+    metric, value = report.headline
+    label = _METRIC_LABEL.get(metric, metric)
+    value = 0.0 if value is None else value
+    if max_drop is not None:
+        if report.accuracy is not None:
+            drop = report.accuracy["drop"]
+            if drop > max_drop:
+                return (f"accuracy dropped {100 * drop:.2f} points ({_pct(report.accuracy['original'])} -> "
+                        f"{_pct(report.accuracy['candidate'])}), more than --max-drop {100 * max_drop:.2f}")
+        elif 1.0 - value > max_drop:
+            return (f"{label} {_pct(value)} is more than --max-drop {100 * max_drop:.2f} points below 100 % "
+                    "(no labels given)")
+    if min_agreement is not None and value < min_agreement:
+        return f"{label} {_pct(value)} is below --min-agreement {_pct(min_agreement)}"
+    return None
+
+
+def _file_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def _original_size(original: Any) -> int:
+    """The input's bytes with its tensors counted wherever they are stored (its .onnx file, or
+    external data files of any name)."""
+    return io.model_bytes(original.proto)
+
+
+def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike | None, *,
+           command: str, data: Any, force: bool = False, max_drop: float | None = None,
+           min_agreement: float | None = None, labels: Any = None,
+           threads: int | None = None) -> WriteResult:
+    """Save ``compressed`` (verified, atomic), compare it with ``original`` on ``data``, apply gates.
+
+    ``output`` defaults to ``<stem>.<command>.onnx`` beside the original. ``data`` is a
+    CalibrationData (or any source :func:`onnxcomp.data.calibration.load_data` takes; None = random).
+    """
+    from onnxcomp.io.model import as_model
+
+    check_gate_values(max_drop, min_agreement)
+    original = as_model(original)
+    if output is None:
+        if original.path is None:
+            raise ConfigError("the model has no file path, so there is no default output",
+                              "pass an output path (-o)")
+        output = io.default_output(original.path, command)
+    unchanged = compressed == original.proto  # field-by-field, no serialization
+    output = Path(output)
+    # -o onto the input (--force): the original's weights left on disk must outlive the files
+    # the save replaces, until the comparison is done
+    sheltered = io.shelter([original.proto, compressed], [output, output.with_name(output.name + ".data")])
+    try:
+        path = io.save(compressed, output, input_path=original.path, force=force)
+        from onnxcomp.io.sessions import Written
+
+        # what was written is compared: onnxruntime reads the file (maps external data), the proto
+        # in memory answers questions about the graph (no second copy of a big model in memory)
+        try:
+            report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
+        except BaseException:  # a failed or interrupted command leaves no output behind
+            io.discard(path, keep=original.path)
+            raise
+    finally:
+        if sheltered is not None:
+            shutil.rmtree(sheltered, ignore_errors=True)
+    return WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
+                       fidelity=report, gate_failed=check_gates(report, max_drop, min_agreement),
+                       command=command, unchanged=unchanged)
