@@ -120,15 +120,13 @@ def size_pipeline() -> dict:
 
 def exactness() -> dict:
     """ORT(encoded) == ORT(same clustered weights stored dense), bit for bit."""
-    from onnxcomp.pipeline.cluster import run_cluster
-    from onnxcomp.config import ClusterConfig
     from onnxcomp.encode import encode_weights
     from onnxcomp.io.sessions import session
 
     out = {}
     x = np.load(ROOT / "models" / "digits_calib.npz")["input"]
     for gran in ("tensor", "channel", "shared"):
-        dense = run_cluster(LOCAL["mobilenet_digits"], ClusterConfig(bits=4, granularity=gran), encode=False)
+        dense = oc.cluster(LOCAL["mobilenet_digits"], 4, granularity=gran, encoding="dense")
         enc = dense.model.copy()
         kinds = sorted({c.kind for c in encode_weights(enc.proto, {c.name for c in dense.result.applied})})
         a = session(dense.proto).run(None, {"input": x})[0]

@@ -1,26 +1,39 @@
 """onnxcomp: post-training compression of ONNX models.
 
-The public API, re-exported; see :mod:`onnxcomp.api`.
+The public API, re-exported from :mod:`onnxcomp.api` and the layers below it. Names are
+resolved on first use, so ``import onnxcomp`` (and the command line's start-up) stays fast.
 """
-from onnxcomp.io.model import Model, as_model
-from onnxcomp.api import bench, compare, inspect, load, prune, save
-from onnxcomp.api import depthwise, factorize
-from onnxcomp.api import cluster, compress, pack, unpack
-from onnxcomp.data.calibration import CalibrationData, load_data
-from onnxcomp.errors import (ConfigError, DataError, ModelLoadError, ModelSaveError, OnnxCompError,
-    QualityGateError, UnsupportedModelError)
-from onnxcomp.measure.fidelity import FidelityReport
-from onnxcomp.graph.weights import Weight, find_weights
-from onnxcomp.measure.inspect import InspectReport
+from __future__ import annotations
 
-__all__ = [
-    "Model", "as_model", "load", "save", "inspect", "find_weights", "Weight", "InspectReport",
-    "OnnxCompError", "ModelLoadError", "ModelSaveError", "ConfigError", "DataError",
-    "UnsupportedModelError", "QualityGateError",
-    "compare", "bench", "load_data", "CalibrationData", "FidelityReport", "prune",
-]
-__all__ += ["factorize", "depthwise"]
-__all__ += ["cluster", "compress", "pack", "unpack"]
-from onnxcomp.api import prune_channels  # noqa: E402
-__all__ += ["prune_channels"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "onnxcomp.api": ("load", "save", "inspect", "compare", "bench", "prune", "prune_channels", "factorize",
+                     "depthwise", "cluster", "compress", "replay", "pack", "unpack"),
+    "onnxcomp.io.model": ("Model", "as_model"),
+    "onnxcomp.data.calibration": ("CalibrationData", "load_data"),
+    "onnxcomp.errors": ("OnnxCompError", "ModelLoadError", "ModelSaveError", "ConfigError", "DataError",
+                        "UnsupportedModelError", "QualityGateError"),
+    "onnxcomp.measure.fidelity": ("FidelityReport",),
+    "onnxcomp.graph.weights": ("Weight", "find_weights"),
+    "onnxcomp.measure.inspect": ("InspectReport",),
+    "onnxcomp.pipeline.run": ("Result",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxcomp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

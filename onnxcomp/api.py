@@ -4,18 +4,25 @@
 >>> m = oc.load("models/resnet_digits.onnx")
 >>> r = oc.inspect(m)
 >>> oc.save(m, "/tmp/copy.onnx")
+
+Every compression function takes the options of its step config by the same names the command
+line uses (``round_to`` for ``--round-to``; see :mod:`onnxcomp.config`), or a ready ``config``,
+and runs it through the one runner (:func:`onnxcomp.pipeline.run.run`). It returns a
+:class:`~onnxcomp.pipeline.run.Result`; save ``result.model`` with :func:`save`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import onnx
+from typing import Any
 
 from onnxcomp import io
+from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, EncodeConfig, FactorizeConfig,
+                             PruneConfig, StructuredPruneConfig, build)
 from onnxcomp.io.model import Model, ModelLike, as_model, load_model
 from onnxcomp.measure.inspect import InspectReport
 from onnxcomp.measure.inspect import inspect as _inspect
+from onnxcomp.pipeline.run import Result, run
 
 
 def load(path: str | os.PathLike, *, lazy: bool = False) -> Model:
@@ -42,7 +49,7 @@ def inspect(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None = 
 
 def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None, per_layer: bool = False,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
-            num_samples: int | None = None, threads: int | None = None):
+            samples: int | None = None, threads: int | None = None):
     """Fidelity of ``candidate`` against ``original`` on the same inputs (see onnxcomp.measure.fidelity).
 
     ``data``: a path (.npz, .npy, folder), None for random data, or an iterable of batches.
@@ -50,127 +57,147 @@ def compare(original: ModelLike, candidate: ModelLike, data=None, *, labels=None
     from onnxcomp.measure.fidelity import compare as _compare
 
     return _compare(original, candidate, data, labels=labels, per_layer=per_layer, threads=threads,
-                    input_shapes=input_shapes, batch_size=batch_size, num_samples=num_samples)
+                    input_shapes=input_shapes, batch_size=batch_size, num_samples=samples)
 
 
 def bench(models, *, threads: int | None = 1, provider: str = "CPUExecutionProvider", runs: int = 50,
-          warmup: int = 5, batch: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
+          warmup: int = 5, batch_size: int = 1, input_shapes: dict[str, tuple[int, ...]] | None = None,
           ort_format: bool = False, mobile_check: bool = False):
     """Benchmark model files side by side in onnxruntime, one child process each (see onnxcomp.measure.bench)."""
     from onnxcomp.measure.bench import bench as _bench
 
-    return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
+    return _bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch_size,
                   input_shapes=input_shapes, ort_format=ort_format, mobile_check=mobile_check)
 
 
-def prune(model: ModelLike, sparsity: float = 0.5, *, data=None, allocation: str = "auto",
-          granularity: str = "channel", nm: tuple[int, int] | str | None = None,
-          include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
-          encoding: str = "auto", max_layer_sparsity: float = 0.98, correction: str = "auto",
-          score: str = "magnitude", structured: bool = False, threads: int | None = None, **structured_options):
-    """Prune weights (unstructured or N:M) with a layer-adaptive budget; returns a Compressed.
+def _step(cls: type, config: Any, options: dict[str, Any], name: str) -> Any:
+    """The step config: ``config`` as given, or built from the options (unknown names refused)."""
+    given = {k: v for k, v in options.items()}
+    if config is not None:
+        if given:
+            raise TypeError(f"{name}: give either config= or options, not both ({', '.join(given)})")
+        return config
+    return build(cls, given, step=name)
 
-    ``sparsity`` is the fraction of the prunable parameters removed overall. ``data``: real
-    calibration inputs (path, CalibrationData or iterable of batches) enable data-aware scores
-    and per-channel output correction (``correction``: auto, affine, bias, none). ``structured=True`` removes whole channels instead
-    (see :func:`prune_channels`). Save the result with ``oc.save(result.model, path)``.
+
+def prune(model: ModelLike, sparsity: float | None = None, *, data: Any = None, structured: bool = False,
+          correction: str = "auto", encoding: str = "auto", config: PruneConfig | None = None,
+          input_shapes: dict | None = None, threads: int | None = None, progress: Any = None,
+          **options: Any) -> Result:
+    """Prune single weights (or N:M, or with ``structured=True`` whole channels: :func:`prune_channels`).
+
+    ``sparsity``: the fraction of the prunable parameters removed (default 0.5); further options
+    are the fields of :class:`onnxcomp.config.PruneConfig` (allocation, granularity, nm, score, ...).
+    With real calibration ``data`` each pruned layer's output channels are refitted (``correction``).
     """
     if structured:
-        return prune_channels(model, data=data, include=include, exclude=exclude,
-                              threads=threads, **structured_options)
-    from onnxcomp.config import PruneConfig
-    from onnxcomp.passes.prune.prune import PrunePass
-    from onnxcomp.pipeline.run import run
-
-    cfg = PruneConfig(sparsity=sparsity, allocation=allocation, granularity=granularity, nm=nm,
-                      include=include, exclude=exclude, min_params=min_params,
-                      include_depthwise=include_depthwise, encoding=encoding,
-                      max_layer_sparsity=max_layer_sparsity, score=score)
-    return run(model, [PrunePass(cfg)], data=data, encoding=encoding, correction=correction,
-               threads=threads)
+        if sparsity is not None:
+            _contradiction()
+        return prune_channels(model, data=data, input_shapes=input_shapes, threads=threads, progress=progress,
+                              **options)
+    if sparsity is not None:
+        options["sparsity"] = sparsity
+    cfg = _step(PruneConfig, config, options, "prune")
+    return run(model, [cfg], data=data, correction=CorrectionConfig(correction), encoding=EncodeConfig(encoding),
+               input_shapes=input_shapes, threads=threads, progress=progress)
 
 
-def factorize(model: ModelLike, method: str = "auto", *, rank: int | None = None, energy: float | None = None,
-              ratio: float | None = None, round_to: int = 8, data=None, data_aware: bool | None = None,
-              measure: bool = False, include=(), exclude=(), min_params: int = 1024,
-              allow_growth: bool = False, hooi_iters: int = 2, max_samples: int = 64,
-              max_error: float | None = None, sequential: bool = True, waves: int = 8,
-              input_shapes: dict[str, tuple[int, ...]] | None = None, threads: int | None = None):
-    """Low-rank factorization of convs and Gemm/MatMul (spatial, tucker2, svd, auto); returns a Compressed.
+def _contradiction() -> None:
+    from onnxcomp.config import spell
+    from onnxcomp.errors import ConfigError
 
-    Ranks: ``rank``, ``energy`` (fraction of squared singular values kept) or ``ratio`` (target
-    MACs per layer; default 0.5), rounded up to ``round_to``. Real calibration ``data`` makes
-    the factors data-aware (lower output error at the same rank). See onnxcomp.passes.factorize.factorize.
+    raise ConfigError(f"{spell('structured')} takes {spell('ratio')} (fraction of channels), not {spell('sparsity')}",
+                      f"give {spell('ratio')} R with {spell('structured')}")
+
+
+def prune_channels(model: ModelLike, ratio: float | None = None, *, data: Any = None,
+                   config: StructuredPruneConfig | None = None, input_shapes: dict | None = None,
+                   threads: int | None = None, seed: int = 0, progress: Any = None, **options: Any) -> Result:
+    """Structured pruning: remove whole channels and every tensor coupled to them (real speed).
+
+    ``ratio``: fraction of channels removed (default 0.5); options: the fields of
+    :class:`onnxcomp.config.StructuredPruneConfig`. Real calibration ``data`` turns on activation
+    importance, sensitivity allocation and the least-squares refit. ``result.result.groups`` lists
+    every group, pruned or frozen (with the reason).
     """
-    from onnxcomp.config import FactorizeConfig
-    from onnxcomp.passes.factorize.factorize import FactorizePass
-    from onnxcomp.pipeline.run import run
-
-    cfg = FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
-                          data_aware=data_aware, measure=measure, include=include, exclude=exclude,
-                          min_params=min_params, allow_growth=allow_growth, hooi_iters=hooi_iters,
-                          max_samples=max_samples, max_error=max_error, sequential=sequential, waves=waves)
-    return run(model, [FactorizePass(cfg)], data=data, encoding="dense", correction="none",
-               input_shapes=input_shapes, threads=threads)
+    if ratio is not None:
+        options["ratio"] = ratio
+    cfg = _step(StructuredPruneConfig, config, options, "prune --structured")
+    return run(model, [cfg], data=data, correction=None, encoding="dense", input_shapes=input_shapes,
+               threads=threads, seed=seed, progress=progress)
 
 
-def depthwise(model: ModelLike, *, multiplier: int | None = None, groups: int | None = None,
-              energy: float | None = None, data=None, data_aware: bool | None = None, measure: bool = False,
-              include=(), exclude=(), min_params: int = 1024, allow_growth: bool = False,
-              max_samples: int = 64, input_shapes: dict[str, tuple[int, ...]] | None = None,
-              threads: int | None = None):
-    """Dense convs -> depthwise + pointwise (``multiplier``) or grouped convs (``groups``); returns a Compressed.
+def factorize(model: ModelLike, method: str | None = None, *, data: Any = None,
+              config: FactorizeConfig | None = None, input_shapes: dict | None = None, threads: int | None = None,
+              progress: Any = None, **options: Any) -> Result:
+    """Low-rank factorization of convs and Gemm/MatMul (spatial, tucker2, svd, auto).
+
+    Options: the fields of :class:`onnxcomp.config.FactorizeConfig` (``ratio`` = the fraction of each
+    layer's MACs removed, default 0.5; or ``rank`` / ``energy``). Real calibration ``data`` makes
+    the factors data-aware (lower output error at the same rank).
+    """
+    if method is not None:
+        options["method"] = method
+    cfg = _step(FactorizeConfig, config, options, "factorize")
+    return run(model, [cfg], data=data, correction=None, encoding="dense", input_shapes=input_shapes,
+               threads=threads, progress=progress)
+
+
+def depthwise(model: ModelLike, *, data: Any = None, config: DepthwiseConfig | None = None,
+              input_shapes: dict | None = None, threads: int | None = None, progress: Any = None,
+              **options: Any) -> Result:
+    """Dense convs -> depthwise + pointwise (``multiplier``) or grouped convs (``groups``).
 
     ``energy`` alone picks the smallest multiplier keeping that fraction of the weight energy
     (default 0.9); with ``multiplier``/``groups`` it is a floor below which a layer is skipped.
     """
-    from onnxcomp.config import DepthwiseConfig
-    from onnxcomp.passes.depthwise import DepthwisePass
-    from onnxcomp.pipeline.run import run
-
-    cfg = DepthwiseConfig(multiplier=multiplier, groups=groups, energy=energy, data_aware=data_aware,
-                          measure=measure, include=include, exclude=exclude, min_params=min_params,
-                          allow_growth=allow_growth, max_samples=max_samples)
-    return run(model, [DepthwisePass(cfg)], data=data, encoding="dense", correction="none",
-               input_shapes=input_shapes, threads=threads)
+    cfg = _step(DepthwiseConfig, config, options, "depthwise")
+    return run(model, [cfg], data=data, correction=None, encoding="dense", input_shapes=input_shapes,
+               threads=threads, progress=progress)
 
 
-def cluster(model: ModelLike, bits: float | None = None, *, clusters: int | None = None,
-            granularity: str = "auto", init: str = "linear", allocation: str = "uniform", data=None,
-            include=(), exclude=(), min_params: int = 1024, include_depthwise: bool = False,
-            iterations: int = 40, encoding: str = "auto", threads: int | None = None, seed: int = 0,
-            gptq: bool | None = None, correction: str = "auto", max_samples: int = 128):
-    """k-means weight sharing (2^bits or ``clusters`` values per codebook); returns a Clustered.
+def cluster(model: ModelLike, bits: float | None = None, *, data: Any = None, correction: str = "auto",
+            encoding: str = "auto", config: ClusterConfig | None = None, threads: int | None = None,
+            seed: int = 0, progress: Any = None, **options: Any) -> Result:
+    """k-means weight sharing (2^bits or ``clusters`` values per codebook), stored as indices + codebooks.
 
-    ``granularity``: tensor, channel, shared (one codebook over per-channel-scaled weights), grid
-    (a uniform step per channel in a variable-length code) or auto (default: channel, or
-    shared/grid per layer where a mixed/sensitivity allocation finds it cheaper for the error). Real calibration ``data`` weights the k-means by E[x^2] of each input. The result's
-    ``model`` is encoded (indices + codebook); save it with ``oc.save(result.model, path)``.
+    Options: the fields of :class:`onnxcomp.config.ClusterConfig` (granularity, allocation, ...).
+    Real calibration ``data`` weights the k-means, assigns weights GPTQ-style to match the
+    original outputs, and refits each layer's channels (``correction``; the scales go into the
+    codebooks' channel scales, so the file stays the same size).
     """
-    from onnxcomp.pipeline.cluster import run_cluster
-    from onnxcomp.config import ClusterConfig
-
-    cfg = ClusterConfig(bits=bits, clusters=clusters, granularity=granularity, init=init,
-                        allocation=allocation, include=include, exclude=exclude, min_params=min_params,
-                        include_depthwise=include_depthwise, iterations=iterations, encoding=encoding,
-                        gptq=gptq, correction=correction, max_samples=max_samples)
-    return run_cluster(model, cfg, data=data, threads=threads, seed=seed)
+    if bits is not None:
+        options["bits"] = bits
+    cfg = _step(ClusterConfig, config, options, "cluster")
+    return run(model, [cfg], data=data, correction=CorrectionConfig(correction), encoding=EncodeConfig(encoding),
+               threads=threads, seed=seed, progress=progress)
 
 
-def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data=None,
+def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data: Any = None,
              granularity: str = "auto", allocation: str = "auto", bit_allocation: str = "uniform",
-             threads: int | None = None):
-    """Deep Compression without retraining: prune -> cluster -> encode; returns a Pipeline.
+             correction: str = "auto", pack: bool = False, threads: int | None = None,
+             progress: Any = None) -> Result:
+    """Deep Compression without retraining: prune -> cluster -> encode (-> ``pack``).
 
-    ``result.model`` is the encoded model; ``result.stages`` gives bytes and fidelity after each
-    stage (measured on ``data``; random data when None). Pack it with :func:`pack`.
+    ``result.stages`` gives bytes and fidelity after each stage (measured on ``data``; random
+    data when None); ``result.archive`` the packed bytes. Pack a file with :func:`pack`.
     """
-    from onnxcomp.pipeline.deep import run_compress
-    from onnxcomp.config import CompressConfig
+    from onnxcomp.pipeline.deep import compress as _compress
 
-    cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
-                         bit_allocation=bit_allocation)
-    return run_compress(model, cfg, data=data, threads=threads)
+    prune_cfg = PruneConfig(sparsity=sparsity, allocation=allocation,
+                            granularity="tensor" if granularity == "tensor" else "channel")
+    cluster_cfg = ClusterConfig(bits=bits, granularity=granularity, allocation=bit_allocation)
+    return _compress(model, prune_cfg, cluster_cfg, data=data, correction=CorrectionConfig(correction),
+                     threads=threads, pack=pack, progress=progress)
+
+
+def replay(model: ModelLike, recipe: str | os.PathLike | dict, *, data: Any = None, threads: int | None = None,
+           progress: Any = None) -> Result:
+    """Run a recipe (a YAML file written by ``onnxcomp auto``, or its dict) on ``model``."""
+    from onnxcomp.pipeline import recipe as recipes
+
+    rec = recipe if isinstance(recipe, dict) else recipes.load(recipe)
+    return recipes.apply(model, rec, data=data, threads=threads, progress=progress)
 
 
 def pack(model: str | os.PathLike, output: str | os.PathLike | None = None, *, force: bool = False):
@@ -187,30 +214,20 @@ def unpack(archive: str | os.PathLike, output: str | os.PathLike | None = None, 
     return unpack_file(archive, output, force=force)
 
 
-def prune_channels(model: ModelLike, ratio: float = 0.5, *, importance: str = "auto", allocation: str = "auto",
-                   round_to: int = 8, refit: bool | None = None, data=None, include=(), exclude=(),
-                   max_samples: int = 256, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                   threads: int | None = None, seed: int = 0, config=None):
-    """Structured pruning: remove whole channels and every tensor coupled to them; returns a Compressed.
+def sensitivity(model: ModelLike, data: Any, method: str = "prune", *, levels=None, samples: int = 32,
+                jobs: int = 1, min_params: int = 1024):
+    """Each layer's output error with only that layer compressed, at each level (see onnxcomp.pipeline.sweep)."""
+    from onnxcomp.pipeline.sweep import sweep
 
-    ``ratio`` is the fraction of channels removed (``allocation`` uniform: in every prunable
-    group; sensitivity: the same MACs saving where the output moves least). Real calibration
-    ``data`` turns on activation importance, sensitivity allocation and the least-squares refit.
-    ``result.results[0].groups`` lists every group, pruned or frozen (with the reason). Save with
-    ``oc.save(result.model, path)``. ``config``: a ready StructuredPruneConfig (overrides the rest).
-    """
-    from onnxcomp.config import StructuredPruneConfig
-    from onnxcomp.passes.base import Context
-    from onnxcomp.passes.structured.structured import StructuredPrunePass
-    from onnxcomp.pipeline.run import Compressed, as_data
+    m = as_model(model)
+    return sweep(m.proto, data, method, levels=levels, samples=samples, jobs=jobs, min_params=min_params)
 
-    cfg = config or StructuredPruneConfig(ratio=ratio, importance=importance, allocation=allocation,
-                                          round_to=round_to, refit=refit, include=include, exclude=exclude,
-                                          max_samples=max_samples)
-    original = as_model(model)
-    data = as_data(data, original, input_shapes)
-    ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads, seed=seed)
-    work = original.copy()
-    work.path = None
-    result = StructuredPrunePass(cfg).run(work.proto, ctx)
-    return Compressed(work, [result])
+
+def auto(model: ModelLike, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
+         target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
+         threads: int | None = None, labels: Any = None):
+    """Search recipes for a size, latency or MACs target within ``max_drop`` (see onnxcomp.pipeline.auto)."""
+    from onnxcomp.pipeline.auto import search
+
+    return search(as_model(model), data, target_size=target_size, target_latency=target_latency,
+                  target_macs=target_macs, max_drop=max_drop, int8=int8, threads=threads, labels=labels)

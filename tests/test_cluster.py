@@ -77,7 +77,7 @@ def test_data_weighting_and_mixed_bits():
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="--bits 9"):
+    with pytest.raises(ConfigError, match="bits=9"):
         ClusterConfig(bits=9)
     with pytest.raises(ConfigError, match="both given"):
         ClusterConfig(bits=4, clusters=16)
@@ -184,7 +184,7 @@ def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granula
 
     plain = oc.cluster(src, bits, granularity=granularity, data=calib, correction="none")
     fixed = oc.cluster(src, bits, granularity=granularity, data=calib)
-    assert fixed.result.settings["correction"] == "affine"
+    assert fixed.result_of("correction").settings["mode"] == "affine"
     assert [e.kind.startswith("codebook") for e in fixed.encodings] == [e.kind.startswith("codebook") for e in plain.encodings]
     assert sum(e.bytes for e in fixed.encodings) <= 1.01 * sum(e.bytes for e in plain.encodings)
     assert err(fixed) < err(plain)

@@ -10,6 +10,7 @@ from onnxcomp.encode.tables import GRID8, Layout, factor
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.algo.obs import assign_gptq
 from onnxcomp.passes.cluster import cluster as cluster_pass
+from onnxcomp.passes.cluster import costs
 from onnxcomp.algo.allocation import allocate
 from onnxcomp.passes.cluster.fit import fit
 from onnxcomp.passes.prune.obs import _rows, hessians
@@ -84,10 +85,10 @@ def test_auto_granularity_mixed_allocation_is_bit_exact_and_within_budget(budget
 
     model = oc.load(SRC).proto
     ctx = Context(data=load_data(CALIB, model))
-    result = cluster_pass.ClusterPass(ClusterConfig(bits=budget, allocation="mixed", correction="none")).run(model, ctx)
+    result = cluster_pass.ClusterPass(ClusterConfig(bits=budget, allocation="mixed")).run(model, ctx)
     applied = {ch.name: ch for ch in result.applied}
     weights = [w for w in find_weights(model) if w.name in applied]
-    stored = sum(cluster_pass.storage_bits(w, applied[w.name].detail["granularity"], int(applied[w.name].detail["bits"]))
+    stored = sum(costs.storage_bits(w, applied[w.name].detail["granularity"], int(applied[w.name].detail["bits"]))
                  for w in weights)
     assert stored <= budget * sum(w.size for w in weights) + 1
     dense = onnx.ModelProto()

@@ -30,10 +30,11 @@ def test_stage_table_and_pack(tmp_path, capsys):
 
 
 def test_bad_options(capsys):
-    assert main(["compress", str(MODELS / "resnet_digits.onnx"), "--prune", "1.5"]) == 2
+    assert main(["compress", str(MODELS / "resnet_digits.onnx"), "--sparsity", "1.5"]) == 2
     assert main(["compress", str(MODELS / "resnet_digits.onnx"), "--bits", "12"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--prune 1.5" in err[0] and "--bits 12" in err[1]
+    assert len(err) == 2 and "--sparsity 1.5" in err[0] and "--bits 12" in err[1]
+    assert main(["compress", str(MODELS / "resnet_digits.onnx"), "--prune", "1.5"]) == 2  # the old name
 
 
 def test_fractional_bits_need_a_mixed_allocation(tmp_path, capsys):

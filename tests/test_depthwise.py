@@ -88,8 +88,8 @@ def test_data_aware_lowers_error_on_a_resnet_layer():
     m = oc.load(M.MODELS / "resnet_digits.onnx")
     errors = {}
     for aware in (False, True):
-        c = oc.depthwise(m, multiplier=2, include=["*features.6*"], data=M.MODELS / "digits_calib.npz",
-                         data_aware=aware, max_samples=32)
+        c = oc.depthwise(m, multiplier=2, include=["*features.6*"], data_aware=aware,
+                         data=oc.load_data(M.MODELS / "digits_calib.npz", m, num_samples=32))
         assert len(c.results[0].applied) == 2
         errors[aware] = compare(m, c.model, M.MODELS / "digits_test.npz").outputs[0]["rel_l2"]
     assert errors[True] < errors[False]

@@ -7,8 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import onnxcomp as oc
-from onnxcomp.cli.common import (data_from_options, data_options, emit_write_result, gate_options,
-    input_shape_option, render_write_result)
+from onnxcomp.cli.common import data_options, emit_outcome, gate_options, load_data, render_write_result
+from onnxcomp.cli.options import take
+from onnxcomp.config import DataConfig, Gates, cli_spelling
 from onnxcomp.errors import ConfigError, ModelSaveError, QualityGateError
 from onnxcomp.measure.fidelity import compare
 from onnxcomp.pipeline.write import check_gates, finish
@@ -34,8 +35,8 @@ def test_finish_writes_default_output_and_compares(original, data, capsys):
     assert result.fidelity.outputs[0]["top1_agreement"] == 1.0 and result.gate_failed is None
     text = render_write_result(result)
     assert "wrote" in text and "size:" in text and "top-1 agreement 100.00 %" in text
-    emit_write_result(result, as_json=True)
-    assert json.loads(capsys.readouterr().out)["fidelity"]["outputs"][0]["max_abs"] == 0.0
+    emit_outcome({}, result, as_json=True, human="")
+    assert json.loads(capsys.readouterr().out)["write"]["fidelity"]["outputs"][0]["max_abs"] == 0.0
 
 
 def test_random_data_is_labelled(original):
@@ -50,7 +51,7 @@ def test_gate_miss_keeps_the_file_and_exits_3(original, data):
     result = finish(original, bad, None, command="cluster", data=data, min_agreement=0.99)
     assert result.path.is_file() and "below --min-agreement 99.00 %" in result.gate_failed
     with pytest.raises(QualityGateError) as exc:
-        emit_write_result(result, as_json=False)
+        emit_outcome({}, result, as_json=False, human="")
     assert exc.value.exit_code == 3 and "still written" in exc.value.message
 
 
@@ -78,16 +79,20 @@ def test_shared_options_parse(original):
     seen = {}
 
     @click.command()
-    @input_shape_option
-    @data_options(input_shape=False)
+    @data_options
     @gate_options
     def cmd(**kw):
-        seen.update(kw)
-        seen["data_obj"] = data_from_options(original, **kw)
+        with cli_spelling():
+            gates = take(Gates, kw)
+        seen.update(max_drop=gates.max_drop, min_agreement=gates.min_agreement)
+        seen["data_obj"] = load_data(original.proto, take(DataConfig, kw))
 
     res = CliRunner().invoke(cmd, ["--max-drop", "1%", "--min-agreement", "0.98", "--batch-size", "4",
-                                   "--num-samples", "6", "--input-shape", "x=2x1x8x8"])
+                                   "--samples", "6", "--input-shape", "x=2x1x8x8"])
     assert res.exit_code == 0, res.output
     assert seen["max_drop"] == pytest.approx(0.01) and seen["min_agreement"] == 0.98
     assert seen["data_obj"].random and seen["data_obj"].num_samples == 6
-    assert CliRunner().invoke(cmd, ["--max-drop", "150%"]).exit_code == 2
+    res = CliRunner().invoke(cmd, ["--max-drop", "150%"])
+    assert res.exit_code != 0 and "--max-drop 150% is outside 0..1" in str(res.exception)
+    old = CliRunner().invoke(cmd, ["--num-samples", "6"])  # the old spelling still works
+    assert old.exit_code == 0 and seen["data_obj"].num_samples == 6

@@ -107,7 +107,7 @@ def test_grid_beats_a_codebook_on_heavy_tailed_weights():
     the variable-length code stores fewer bits than 16-entry per-channel codebooks, at about half
     of their error."""
     from onnxcomp.graph.weights import Weight
-    from onnxcomp.passes.cluster.cluster import fit_bits, storage_bits
+    from onnxcomp.passes.cluster.costs import fit_bits, storage_bits
 
     rng = np.random.default_rng(6)
     w = (rng.laplace(size=(128, 576)) * rng.uniform(0.5, 2, (128, 1))).astype(np.float32)

@@ -5,12 +5,12 @@ import os
 
 import click
 
-from onnxcomp.measure.bench import BenchReport, bench
-from onnxcomp.graph.shapes import parse_input_shapes
-from onnxcomp.measure.ortformat import mobile_lines
+from typing import Any
+
+from onnxcomp.cli.common import emit, json_option, progress_enabled, quiet_option
+from onnxcomp.cli.options import config_options
+from onnxcomp.config import DataConfig
 from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import emit, input_shape_option, json_option, progress_enabled, quiet_option
 
 
 def _name(path: str) -> str:
@@ -21,7 +21,7 @@ def _progress(done: int, total: int) -> None:
     click.echo(f"\rbenchmarking: round {done}/{total}", err=True, nl=False)
 
 
-def render(r: BenchReport) -> str:
+def render(r: Any) -> str:
     """The human-readable benchmark tables."""
     threads = "default" if r.threads is None else r.threads
     lines = [f"provider {r.provider}, threads {threads}, batch {r.batch}, {r.runs} runs in {r.rounds} "
@@ -37,6 +37,8 @@ def render(r: BenchReport) -> str:
         lines += ["", f"ratios to {_name(r.entries[0].name)}:",
                   table(["model", "size", "load", "p50", "p90", "p99", "mean", "throughput", "model RSS"],
                         ratio_rows)]
+    from onnxcomp.measure.ortformat import mobile_lines
+
     lines.append("\nmodel RSS = peak resident memory during session creation and runs, minus the "
                  "process's memory before it")
     for e in r.entries:
@@ -46,7 +48,7 @@ def render(r: BenchReport) -> str:
     return "\n".join(lines)
 
 
-@cli.command("bench")
+@click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime intra-op threads; 1 is the reproducible setting.")
@@ -55,9 +57,7 @@ def render(r: BenchReport) -> str:
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed runs per model first.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch size (the dynamic leading dim of every input).")
-@input_shape_option
+@config_options(DataConfig, only=("batch_size", "input_shape"), defaults={"batch_size": 1})
 @click.option("--ort-format", is_flag=True, help="Also convert each model to .ort and benchmark it.")
 @click.option("--mobile-check", is_flag=True,
               help="Summarise onnxruntime's mobile usability checker (NNAPI / CoreML partitions).")
@@ -65,7 +65,7 @@ def render(r: BenchReport) -> str:
               help="Save a box plot of the latency distributions (needs onnxcomp[plot]).")
 @quiet_option
 @json_option
-def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, warmup: int, batch: int,
+def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, warmup: int, batch_size: int,
               input_shape: tuple[str, ...], ort_format: bool, mobile_check: bool, plot: str | None,
               quiet: bool, as_json: bool) -> None:
     """Benchmark models in onnxruntime: size, load time, latency, throughput, peak memory.
@@ -73,11 +73,16 @@ def bench_cmd(models: tuple[str, ...], threads: int, provider: str, runs: int, w
     Each model runs in its own process; runs are interleaved in rounds so machine drift hits all
     models alike; every figure is also given as a ratio to the first model. Inputs are random
     (latency does not depend on values for these ops).
+
+    Example: onnxcomp bench model.onnx model.channels30.onnx --threads 1
     """
+    from onnxcomp.graph.shapes import parse_input_shapes
+    from onnxcomp.measure.bench import bench
+
     if plot:
         from onnxcomp.report.plots import require_matplotlib
         require_matplotlib()
-    report = bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch,
+    report = bench(list(models), threads=threads, provider=provider, runs=runs, warmup=warmup, batch=batch_size,
                    input_shapes=parse_input_shapes(input_shape), ort_format=ort_format,
                    mobile_check=mobile_check, progress=_progress if progress_enabled(quiet) else None)
     if progress_enabled(quiet):

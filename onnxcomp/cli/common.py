@@ -1,12 +1,22 @@
-"""Options and output helpers shared by every command."""
+"""What every command shares: the model argument, JSON output, the data / gate / output options
+(generated from their configs), and the writing flow every compression command follows."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from onnxcomp.cli.options import config_options, take
+from onnxcomp.config import DataConfig, Gates, Output, Runtime
 from onnxcomp.report.tables import to_json
+
+model_argument = click.argument("model", type=click.Path(dir_okay=True))
+data_options = config_options(DataConfig)
+gate_options = config_options(Gates)
+output_options = config_options(Output)
+threads_option = config_options(Runtime)
 
 
 def json_option(f: Callable) -> Callable:
@@ -14,27 +24,8 @@ def json_option(f: Callable) -> Callable:
                         help="Print one JSON object on stdout instead of the tables.")(f)
 
 
-def input_shape_option(f: Callable) -> Callable:
-    return click.option("--input-shape", "input_shape", multiple=True, metavar="NAME=DIMS",
-                        help="Static shape for an input with dynamic dims, e.g. input=1x3x224x224 "
-                             "(repeatable).")(f)
-
-
-def output_option(f: Callable) -> Callable:
-    return click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-                        help="Output file (default: <stem>.<command>.onnx beside the input).")(f)
-
-
-def force_option(f: Callable) -> Callable:
-    return click.option("--force", is_flag=True,
-                        help="Allow -o to name the input file (it is replaced atomically).")(f)
-
-
 def quiet_option(f: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(f)
-
-
-model_argument = click.argument("model", type=click.Path(dir_okay=True))
 
 
 def emit(report: Any, as_json: bool, human: Callable[[Any], str]) -> None:
@@ -47,76 +38,21 @@ def progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-# --- calibration data, quality gates and the write summary (shared by every writing command) ---
+def load_model(path: str) -> Any:
+    """A Model whose big external tensors stay on disk until a pass reads them (lazy): a model above
+    2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
+    from onnxcomp.io.model import load_model as _load
 
-class FractionType(click.ParamType):
-    """A fraction in 0..1, written 0.01 or 1%."""
-
-    name = "FRACTION"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        if isinstance(value, float):
-            return value
-        text = str(value).strip()
-        try:
-            v = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-        except ValueError:
-            self.fail(f"{value!r} is not a fraction (write 0.01 or 1%)", param, ctx)
-        if not 0.0 <= v <= 1.0:
-            self.fail(f"{value!r} is outside 0..1 (write 0.01 or 1%)", param, ctx)
-        return v
+    return _load(path, lazy=True)
 
 
-def data_options(f: Callable | None = None, *, input_shape: bool = True) -> Callable:
-    """Add --data, --labels, --batch-size, --num-samples, --preprocess (and --input-shape).
-
-    Use ``@data_options`` or, when the command already has --input-shape,
-    ``@data_options(input_shape=False)``. Turn the values into data with :func:`data_from_options`.
-    """
-    def deco(fn: Callable) -> Callable:
-        opts = [
-            click.option("--data", "data", type=click.Path(), default=None, metavar="PATH",
-                         help="Calibration/evaluation data: .npz (one array per input name, samples on "
-                              "axis 0, optional 'labels'), .npy, a folder of .npy files or of images. "
-                              "Default: random data (no quality guarantee)."),
-            click.option("--labels", "labels", type=click.Path(), default=None, metavar="PATH",
-                         help="Task labels (.npy, one class index per sample) to report accuracy; "
-                              "default: the 'labels' array of the --data .npz, if any."),
-            click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=16,
-                         show_default=True, help="Samples per onnxruntime run."),
-            click.option("--num-samples", "num_samples", type=click.IntRange(min=1), default=None,
-                         help="Use at most N samples (random data: default one batch)."),
-            click.option("--preprocess", "preprocess", default=None, metavar="SPEC",
-                         help="Image folders only, e.g. 'resize=256,crop=224,scale=1/255,mean=0.485/"
-                              "0.456/0.406,std=0.229/0.224/0.225,channels=RGB,layout=NCHW'."),
-        ]
-        if input_shape:
-            opts.append(input_shape_option)
-        for opt in reversed(opts):
-            fn = opt(fn)
-        return fn
-    return deco(f) if f is not None else deco
-
-
-def data_from_options(model: Any, *, data: str | None = None, batch_size: int = 16,
-                      num_samples: int | None = None, input_shape: tuple[str, ...] = (),
-                      preprocess: str | None = None, **_: Any) -> Any:
-    """The CalibrationData the data options describe (load it before doing any work: fail fast)."""
-    from onnxcomp.data.calibration import load_data
+def load_data(model: Any, cfg: DataConfig) -> Any:
+    """The CalibrationData the data options describe (loaded before any work: fail fast)."""
+    from onnxcomp.data.calibration import load_data as _load
     from onnxcomp.graph.shapes import parse_input_shapes
 
-    return load_data(data, model, input_shapes=parse_input_shapes(input_shape), batch_size=batch_size,
-                     num_samples=num_samples, preprocess=preprocess)
-
-
-def gate_options(f: Callable) -> Callable:
-    """Add --max-drop and --min-agreement (a miss exits 3; the output is still written)."""
-    f = click.option("--min-agreement", "min_agreement", type=FractionType(), default=None, metavar="A",
-                     help="Fail (exit 3) if top-1 agreement with the original (cosine similarity for "
-                          "outputs that are not class scores) is below A, e.g. 0.99 or 99%.")(f)
-    return click.option("--max-drop", "max_drop", type=FractionType(), default=None, metavar="D",
-                        help="Fail (exit 3) if accuracy drops by more than D (with labels; 0.01 or 1% = "
-                             "one point); without labels, if top-1 agreement (or cosine) is below 1-D.")(f)
+    return _load(cfg.data, model, input_shapes=parse_input_shapes(cfg.input_shape), batch_size=cfg.batch_size,
+                 num_samples=cfg.samples, preprocess=cfg.preprocess)
 
 
 def render_fidelity_lines(report: Any) -> list[str]:
@@ -141,15 +77,6 @@ def render_write_result(result: Any) -> str:
     return "\n".join(lines)
 
 
-def emit_write_result(result: Any, as_json: bool) -> None:
-    """Print the write summary (or JSON), then raise QualityGateError (exit 3) if a gate was missed."""
-    from onnxcomp.errors import QualityGateError
-
-    emit(result, as_json, render_write_result)
-    if result.gate_failed:
-        raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")
-
-
 def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
     """Print a pass report with the write summary (or one JSON object), then apply the gates.
 
@@ -157,10 +84,9 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
     (exit 3) after printing; the file is already written.
     """
     from onnxcomp.errors import QualityGateError
-    from onnxcomp.report.tables import to_json as _to_json
 
     if as_json:
-        click.echo(_to_json({**report, "write": result.to_dict()}))
+        click.echo(to_json({**report, "write": result.to_dict()}))
     else:
         click.echo(human)
         click.echo(render_write_result(result))
@@ -168,20 +94,52 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
         raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")
 
 
-def load_for_write(model: str, max_drop: float | None, min_agreement: float | None,
-                   **data_opts: Any) -> tuple[Any, Any]:
-    """(original Model, CalibrationData) for a writing command; bad gates/data fail before work."""
-    from onnxcomp.pipeline.write import check_gate_values
+class Writing:
+    """The flow of a command that writes a model, with every check before the long work.
 
-    check_gate_values(max_drop, min_agreement)
-    original = load_model(model)
-    return original, data_from_options(original.proto, **data_opts)
+    Built from the command's keyword arguments (the data, gate, output and threads options are
+    taken out of them): the options are validated, the model loaded, the output path checked
+    (not the input without --force, an existing folder) and the data loaded, all before
+    :meth:`finish` is given the compressed result to write, verify, compare and report.
+    """
 
+    def __init__(self, model: str, kwargs: dict[str, Any], tag: str, as_json: bool = False) -> None:
+        from onnxcomp import io
 
-def load_model(path: str) -> Any:
-    """A Model whose big external tensors stay on disk until a pass reads them (io.load lazy=True):
-    a model above 2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
-    from onnxcomp import api
+        self.data_cfg = take(DataConfig, kwargs)
+        self.gates = take(Gates, kwargs)
+        self.out = take(Output, kwargs)
+        self.threads = take(Runtime, kwargs).threads
+        self.as_json = as_json
+        self.original = load_model(model)
+        self.path = Path(self.out.output) if self.out.output else io.default_output(self.original.path, tag)
+        io.check_output(self.path, self.original.path, self.out.force, "model")
+        self.data = load_data(self.original.proto, self.data_cfg)
 
-    return api.load(path, lazy=True)
+    @property
+    def input_shapes(self) -> dict:
+        from onnxcomp.graph.shapes import parse_input_shapes
 
+        return parse_input_shapes(self.data_cfg.input_shape)
+
+    def write(self, result: Any, command: str = "") -> Any:
+        """Write ``result`` (verified, atomic) and compare it with the input; the WriteResult."""
+        from onnxcomp.pipeline.write import finish
+
+        return finish(self.original, result.proto, self.path, command=command, data=self.data,
+                      force=self.out.force, max_drop=self.gates.max_drop, min_agreement=self.gates.min_agreement,
+                      labels=self.data_cfg.labels, threads=self.threads)
+
+    def finish(self, result: Any, human: str, report: dict | None = None, command: str = "",
+               written: Any = None) -> Any:
+        """Write ``result`` (unless ``written`` already), print the report, apply the gates."""
+        written = written if written is not None else self.write(result, command)
+        emit_outcome(result.to_dict() if report is None else report, written, self.as_json, human)
+        return written
+
+def refuse_given(ctx: click.Context, names: tuple[str, ...], why: str) -> None:
+    """A usage error when any of ``names`` was given on the command line (it would be ignored)."""
+    given = [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise click.UsageError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply {why}")

@@ -5,13 +5,13 @@ import math
 
 import click
 
-from onnxcomp.errors import QualityGateError
-from onnxcomp.measure.fidelity import FidelityReport, compare
+from typing import Any
+
+from onnxcomp.cli.common import (data_options, emit, gate_options, json_option, load_data, load_model,
+                                 progress_enabled, quiet_option, render_fidelity_lines, threads_option)
+from onnxcomp.cli.options import take
+from onnxcomp.config import DataConfig, Gates
 from onnxcomp.report.tables import table
-from onnxcomp.pipeline.write import check_gates
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import (data_from_options, data_options, emit, gate_options, json_option, load_model,
-    progress_enabled, quiet_option, render_fidelity_lines)
 
 MAX_LAYER_ROWS = 30
 
@@ -24,7 +24,7 @@ def _f(x: float | None, fmt: str) -> str:
     return format(x, fmt)
 
 
-def _layer_rows(r: FidelityReport) -> tuple[list, int]:
+def _layer_rows(r: Any) -> tuple[list, int]:
     rows = r.per_layer or []
     start = 0
     if len(rows) > MAX_LAYER_ROWS and r.first_degraded:
@@ -43,7 +43,7 @@ def _progress(total: int | None):
     return show
 
 
-def render(r: FidelityReport, gate: str | None = None) -> str:
+def render(r: Any, gate: str | None = None) -> str:
     """The human-readable compare report."""
     lines = [f"original: {r.original}", f"candidate: {r.candidate}", f"samples: {r.num_samples}"]
     lines += render_fidelity_lines(r)
@@ -71,35 +71,41 @@ def render(r: FidelityReport, gate: str | None = None) -> str:
     return "\n".join(lines)
 
 
-@cli.command("compare")
+@click.command("compare")
 @click.argument("original", type=click.Path(dir_okay=True))
 @click.argument("candidate", type=click.Path(dir_okay=True))
 @data_options
 @click.option("--per-layer", is_flag=True,
               help="Also compare every intermediate tensor present in both graphs and name where "
                    "fidelity is lost first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="onnxruntime intra-op threads (default: all cores).")
+@threads_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
               help="Save a per-layer SQNR plot (implies --per-layer; needs onnxcomp[plot]).")
 @gate_options
 @quiet_option
 @json_option
 def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | None, plot: str | None,
-                max_drop: float | None, min_agreement: float | None, quiet: bool, as_json: bool,
-                labels: str | None, **data_opts) -> None:
+                quiet: bool, as_json: bool, **kw: Any) -> None:
     """Compare a candidate model's outputs with the original's on the same inputs.
 
     Reports per output top-1 agreement and top-5 overlap (class scores [N, C]), cosine similarity,
     relative L2 error, SQNR and max abs error; accuracy of both models when labels are given.
     Exit code 3 when --max-drop or --min-agreement is missed.
+
+    Example: onnxcomp compare model.onnx model.prune90.onnx --data calib.npz --max-drop 0.01
     """
+    from onnxcomp.errors import QualityGateError
+    from onnxcomp.measure.fidelity import compare
+    from onnxcomp.pipeline.write import check_gates
+
+    dcfg, gates = take(DataConfig, kw), take(Gates, kw)
+    max_drop, min_agreement = gates.max_drop, gates.min_agreement
     if plot:
         from onnxcomp.report.plots import require_matplotlib
         require_matplotlib()
     a, b = load_model(original), load_model(candidate)
-    data = data_from_options(a, **data_opts)
-    report = compare(a, b, data, labels=labels, per_layer=per_layer or bool(plot), threads=threads,
+    data = load_data(a.proto, dcfg)
+    report = compare(a, b, data, labels=dcfg.labels, per_layer=per_layer or bool(plot), threads=threads,
                      progress=_progress(data.num_samples) if progress_enabled(quiet) else None)
     if progress_enabled(quiet):
         click.echo("\r\033[K", err=True, nl=False)

@@ -6,13 +6,11 @@ from typing import Any
 
 import click
 
-from onnxcomp import api
-from onnxcomp.config import ALLOCATIONS, CLUSTER_ALLOCATIONS, CLUSTER_GRANULARITIES, CompressConfig
+from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
+                                 threads_option)
+from onnxcomp.cli.options import config_options, take
+from onnxcomp.config import ClusterConfig, CorrectionConfig, PruneConfig
 from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.cluster_cmd import emit
-from onnxcomp.cli.common import (data_options, load_for_write, force_option, gate_options, json_option,
-    model_argument, output_option)
 
 
 def _quality(fid: Any) -> str:
@@ -34,86 +32,90 @@ def render_stages(pipe: Any) -> str:
     lines = [table(["stage", "bytes", "ratio", "smaller", "fidelity", "stored as"], rows, "lrrrll")]
     if first is not None:
         lines.append(f"data: {first.data}")
-    skipped = [c for c in pipe.cluster.result.skipped]
+    skipped = [c for c in pipe.result_of("cluster").skipped]
     if skipped:
         lines.append(f"not clustered: {len(skipped)} weight(s) ({', '.join(sorted({c.reason.split(' (')[0] for c in skipped}))})")
-    lines += [f"note: {n}" for n in pipe.prune.notes + pipe.cluster.result.notes]
+    lines += [f"note: {n}" for r in pipe.results for n in r.notes]
     return "\n".join(lines)
 
 
-@cli.command("compress")
+@click.command("compress")
 @model_argument
-@click.option("--prune", "sparsity", type=float, default=0.9, show_default=True,
-              help="Fraction of the prunable parameters removed (stage 1).")
-@click.option("--bits", type=float, default=4, show_default=True,
-              help="Codebook bits (stage 2), 1..8; an average (e.g. 3.5) with --bit-allocation mixed|sensitivity.")
-@click.option("--granularity", type=click.Choice(CLUSTER_GRANULARITIES), default="auto", show_default=True,
-              help="Codebook per tensor, per output channel, shared with per-channel scales, or a uniform "
-                   "grid per channel in a variable-length code; auto: per channel, or shared/grid where "
-                   "--bit-allocation mixed|sensitivity finds it cheaper.")
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="auto", show_default=True,
-              help="How the pruning budget is spread over layers (see onnxcomp prune).")
-@click.option("--bit-allocation", type=click.Choice(CLUSTER_ALLOCATIONS), default="uniform", show_default=True,
-              help="uniform bits, or mixed per-layer bits averaging --bits.")
+@config_options(PruneConfig, only=("sparsity", "allocation"), defaults={"sparsity": 0.9})
+@config_options(ClusterConfig, only=("bits", "granularity", "allocation"), defaults={"bits": 4},
+                rename={"allocation": "bit_allocation"})
+@config_options(CorrectionConfig)
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
-              help="Replay a recipe (YAML, e.g. written by onnxcomp auto) instead of --prune/--bits.")
+              help="Replay a recipe (YAML, e.g. written by onnxcomp auto) instead of --sparsity/--bits.")
 @click.option("--pack", "pack", is_flag=True, help="Also write OUT.onnxc, the entropy-coded archive (stage 3).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")
+@threads_option
 @data_options
 @gate_options
-@output_option
-@force_option
+@output_options
 @json_option
-def compress_cmd(model: str, sparsity: float, bits: float, granularity: str, allocation: str, bit_allocation: str,
-                 recipe_path: str | None, pack: bool, threads: int | None, output: str | None, force: bool,
-                 as_json: bool, max_drop: float | None, min_agreement: float | None, **data_opts: Any) -> None:
+def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool, **kw: Any) -> None:
     """Prune, cluster and encode (Deep Compression without retraining); print the stage table.
 
     Bytes after each stage, the ratio to the original and the fidelity on the data (random data
     when --data is not given: no quality guarantee). With --pack the .onnxc archive is written too.
+
+    Example: onnxcomp compress model.onnx --sparsity 0.9 --bits 4 --data calib.npz --pack
     """
-    from onnxcomp.encode.packfile import SUFFIX
-    from onnxcomp.pipeline.deep import run_compress
-    from onnxcomp.pipeline.write import finish
+    from onnxcomp import api
 
     if recipe_path is not None:
-        return _replay(model, recipe_path, pack=pack, threads=threads, output=output, force=force,
-                       as_json=as_json, max_drop=max_drop, min_agreement=min_agreement, **data_opts)
-    cfg = CompressConfig(sparsity=sparsity, bits=bits, granularity=granularity, allocation=allocation,
-                         bit_allocation=bit_allocation, pack=pack)
-    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
-    pipe = run_compress(original, cfg, data=data, threads=threads)
-    result = finish(original, pipe.proto, output, command="compress", data=data, force=force,
-                    max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),
-                    threads=threads)
-    report = pipe.to_dict()
+        return _replay(model, recipe_path, kw, pack=pack, as_json=as_json)
+    prune = PruneConfig(sparsity=kw.pop("sparsity"), allocation=kw.pop("allocation"))  # fail fast
+    cluster = take(ClusterConfig, kw, rename={"allocation": "bit_allocation"})
+    corr = take(CorrectionConfig, kw)
+    w = Writing(model, kw, "compress", as_json)
+    pipe = api.compress(w.original, prune.sparsity, cluster.bits, data=w.data, granularity=cluster.granularity,
+                        allocation=prune.allocation, bit_allocation=cluster.allocation,
+                        correction=corr.correction, threads=w.threads)
+    written = w.write(pipe, "compress")
+    report, human = pipe.to_dict(), render_stages(pipe)
     if pack:
-        archive = api.pack(result.path, Path(result.path).with_suffix(SUFFIX), force=force)
-        report["archive"] = archive.to_dict()
-        pipe.stages[-1].bytes = archive.archive_bytes
-        pipe.stages[-1].ratio = archive.archive_bytes / pipe.stages[0].bytes
-        report["stages"][-1].update(bytes=archive.archive_bytes, ratio=pipe.stages[-1].ratio, path=archive.path)
-    emit(report, result, as_json, render_stages(pipe) + (f"\nwrote {report['archive']['output']}" if pack else ""))
+        report, human = _with_archive(w, written, pipe)
+    w.finish(pipe, human, report, written=written)
 
 
-def _replay(model: str, recipe_path: str, *, pack: bool, threads: int | None, output: str | None,
-            force: bool, as_json: bool, max_drop: float | None, min_agreement: float | None,
-            **data_opts: Any) -> None:
-    """compress --recipe: run a recipe's steps, write (verified), optionally pack."""
-    from onnxcomp.pipeline import recipe as recipes
+def _pack(w: Writing, written: Any) -> Any:
+    """Pack the file just written into OUT.onnxc (unpack restores it byte for byte)."""
+    from onnxcomp import api
     from onnxcomp.encode.packfile import SUFFIX
-    from onnxcomp.pipeline.write import finish
+
+    return api.pack(written.path, Path(written.path).with_suffix(SUFFIX), force=w.out.force)
+
+
+def _with_archive(w: Writing, written: Any, pipe: Any) -> tuple[dict, str]:
+    """The stage table with the archive as its last row."""
+    from onnxcomp.pipeline.run import Stage
+
+    archive = _pack(w, written)
+    base = pipe.stages[0].bytes
+    pipe.stages.append(Stage("packed (lzma)", archive.archive_bytes, archive.archive_bytes / base,
+                             pipe.stages[-1].fidelity, "lossless: same fidelity as clustered"))
+    report = pipe.to_dict()
+    report["archive"] = archive.to_dict()
+    report["stages"][-1]["path"] = archive.path
+    return report, render_stages(pipe) + f"\nwrote {report['archive']['output']}"
+
+
+def _replay(model: str, recipe_path: str, kw: dict, *, pack: bool, as_json: bool) -> None:
+    """compress --recipe: run a recipe's steps, write (verified), optionally pack."""
+    from onnxcomp import api
+    from onnxcomp.pipeline import recipe as recipes
 
     rec = recipes.load(recipe_path)  # a bad recipe fails before any work
-    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
-    compressed = recipes.apply(original, rec, data=data, threads=threads)
-    result = finish(original, compressed.proto, output, command="compress", data=data, force=force,
-                    max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),
-                    threads=threads)
+    for n in ("sparsity", "allocation", "bits", "granularity", "bit_allocation", "correction"):
+        kw.pop(n, None)
+    w = Writing(model, kw, "compress", as_json)
+    result = api.replay(w.original, rec, data=w.data, threads=w.threads)
+    written = w.write(result, "compress")
     report: dict[str, Any] = {"recipe": rec}
     lines = [f"recipe {recipe_path}: " + " -> ".join(next(iter(s)) for s in rec["steps"])]
     if pack:
-        archive = api.pack(result.path, Path(result.path).with_suffix(SUFFIX), force=force)
+        archive = _pack(w, written)
         report["archive"] = archive.to_dict()
         lines.append(f"wrote {report['archive']['output']} ({archive.archive_bytes} bytes)")
-    emit(report, result, as_json, "\n".join(lines))
+    w.finish(result, "\n".join(lines), report, written=written)

@@ -1,16 +1,16 @@
-"""``onnxcomp factorize``: low-rank rewrites of convs and Gemm/MatMul that make onnxruntime faster."""
+"""``onnxcomp factorize``: low-rank rewrites of convs and Gemm/MatMul that make onnxruntime faster
+(the per-layer report is shared with ``onnxcomp depthwise``)."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import click
 
-from onnxcomp import api
-from onnxcomp.config import FACTORIZE_METHODS, FactorizeConfig
+from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
+                                 threads_option)
+from onnxcomp.cli.options import config_options, take
+from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
-    json_option, model_argument, output_option)
 
 
 def _arrow(a: Any, b: Any, fmt: Callable = fmt_count) -> str:
@@ -61,112 +61,52 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
 
 def model_macs(original, compressed, input_shapes) -> tuple[int | None, int | None]:
     """Total MACs per sample before and after (None where shape inference cannot tell)."""
+    from onnxcomp import api
+
     return (api.inspect(original, input_shapes=input_shapes).total_macs,
             api.inspect(compressed.model, input_shapes=input_shapes).total_macs)
 
 
-def common_options(f: Callable) -> Callable:
-    """--include/--exclude/--min-params, --data-aware, --measure, --allow-growth, --threads, --dry-run."""
-    opts = [
-        click.option("--include", multiple=True, metavar="GLOB",
-                     help="Only weights/nodes matching (repeatable)."),
-        click.option("--exclude", multiple=True, metavar="GLOB",
-                     help="Never weights/nodes matching (repeatable)."),
-        click.option("--min-params", type=click.IntRange(min=0), default=1024, show_default=True,
-                     help="Skip weights with fewer parameters."),
-        click.option("--data-aware/--no-data-aware", "data_aware", default=None,
-                     help="Minimise each layer's output error on the calibration data (default: on "
-                          "with real --data, never with random data)."),
-        click.option("--calib-samples", "calib_samples", type=int, default=64, show_default=True,
-                     help="Calibration samples used for the data-aware statistics."),
-        click.option("--measure", is_flag=True,
-                     help="Keep a rewrite only where onnxruntime (1 thread) runs that layer faster "
-                          "(single-layer benchmark, original vs rewritten, interleaved)."),
-        click.option("--allow-growth", is_flag=True, help="Rewrite even where MACs do not drop."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads."),
-        click.option("--dry-run", is_flag=True, help="Report what would change; write nothing."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+def dry_run_option(f: Callable) -> Callable:
+    return click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")(f)
 
 
-def finish_command(command: str, original, compressed, data, data_opts: dict, *, output, force, as_json,
-                   max_drop, min_agreement, threads, dry_run) -> None:
+def finish_rewrite(w: Writing, result: Any, dry_run: bool, command: str) -> None:
     """Write (verified) and print the per-layer table with the write summary; or just the table."""
     from onnxcomp.report.tables import to_json
-    from onnxcomp.pipeline.write import finish
 
-    shapes = None
-    if data_opts.get("input_shape"):
-        from onnxcomp.graph.shapes import parse_input_shapes
-        shapes = parse_input_shapes(data_opts["input_shape"])
-    macs = model_macs(original, compressed, shapes)
-    human = render_changes(compressed, macs)
+    macs = model_macs(w.original, result, w.input_shapes or None)
+    human = render_changes(result, macs)
     if dry_run:
-        click.echo(to_json({**compressed.to_dict(), "model_macs": macs}) if as_json
+        click.echo(to_json({**result.to_dict(), "model_macs": macs}) if w.as_json
                    else human + "\ndry run: nothing written")
         return
-    result = finish(original, compressed.proto, output, command=command, data=data, force=force,
-                    max_drop=max_drop, min_agreement=min_agreement, labels=data_opts.get("labels"),
-                    threads=threads)
-    emit_outcome({**compressed.to_dict(), "model_macs": macs}, result, as_json, human)
+    w.finish(result, human, {**result.to_dict(), "model_macs": macs}, command=command)
 
 
-@cli.command("factorize")
+@click.command("factorize")
 @model_argument
-@click.option("--method", type=click.Choice(FACTORIZE_METHODS), default="auto", show_default=True,
-              help="spatial: kxk -> kx1 + 1xk; tucker2: 1x1 -> kxk core -> 1x1; svd: two factors "
-                   "(Gemm, MatMul, convs); auto: per layer the lowest error at the target.")
-@click.option("--rank", type=int, default=None, help="Explicit rank (tucker2: both ranks).")
-@click.option("--energy", type=float, default=None,
-              help="Smallest rank keeping this fraction of the squared singular values, e.g. 0.9.")
-@click.option("--ratio", type=float, default=None,
-              help="Target MACs after/before per layer (params when shapes are unknown); default 0.5.")
-@click.option("--round-to", "round_to", type=int, default=8, show_default=True,
-              help="Round ranks up to a multiple of this (1 disables); never above full rank.")
-@click.option("--max-error", "max_error", type=float, default=None,
-              help="Skip layers whose estimated relative output error would exceed this, e.g. 0.1.")
-@click.option("--hooi-iters", "hooi_iters", type=int, default=2, show_default=True,
-              help="HOOI refinement sweeps for tucker2 (data-free).")
-@click.option("--sequential/--no-sequential", default=True, show_default=True,
-              help="Data-aware: fit layers in waves, each on the inputs the layers rewritten before it "
-                   "produce, toward the original outputs (--no-sequential: all on the original inputs).")
-@click.option("--waves", type=int, default=8, show_default=True, help="Number of sequential waves.")
-@common_options
+@config_options(FactorizeConfig)
+@dry_run_option
+@threads_option
 @data_options
 @gate_options
-@output_option
-@force_option
+@output_options
 @json_option
-def factorize_cmd(model: str, method: str, rank: int | None, energy: float | None, ratio: float | None,
-                  round_to: int, max_error: float | None, hooi_iters: int, sequential: bool, waves: int,
-                  include: tuple[str, ...],
-                  exclude: tuple[str, ...], min_params: int, data_aware: bool | None, calib_samples: int,
-                  measure: bool, allow_growth: bool, threads: int | None, dry_run: bool,
-                  output: str | None, force: bool, as_json: bool, max_drop: float | None,
-                  min_agreement: float | None, **data_opts) -> None:
+def factorize_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Factorize convs and Gemm/MatMul into low-rank pairs/triples that run faster.
 
     A layer is rewritten only where its MACs drop (and, with --measure, where onnxruntime runs it
     faster); every rewrite keeps the original output tensor names. With real --data the factors
     minimise each layer's output error on it (whitening by the input covariance, least-squares
     refit), the default; random data is only for smoke runs.
-    """
 
-    FactorizeConfig(method=method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
-                    max_error=max_error, hooi_iters=hooi_iters, max_samples=calib_samples,
-                    waves=waves)  # fail fast
-    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
-    shapes = None
-    if data_opts.get("input_shape"):
-        from onnxcomp.graph.shapes import parse_input_shapes
-        shapes = parse_input_shapes(data_opts["input_shape"])
-    compressed = api.factorize(original, method, rank=rank, energy=energy, ratio=ratio, round_to=round_to,
-                               data=data, data_aware=data_aware, measure=measure, include=include,
-                               exclude=exclude, min_params=min_params, allow_growth=allow_growth,
-                               hooi_iters=hooi_iters, max_samples=calib_samples, max_error=max_error,
-                               sequential=sequential, waves=waves, input_shapes=shapes, threads=threads)
-    finish_command("factorize", original, compressed, data, data_opts, output=output, force=force,
-                   as_json=as_json, max_drop=max_drop, min_agreement=min_agreement, threads=threads,
-                   dry_run=dry_run)
+    Example: onnxcomp factorize model.onnx --ratio 0.5 --data calib.npz
+    """
+    from onnxcomp import api
+
+    cfg = take(FactorizeConfig, kw)
+    w = Writing(model, kw, cfg.tag(), as_json)
+    result = api.factorize(w.original, config=cfg, data=w.data, input_shapes=w.input_shapes or None,
+                           threads=w.threads)
+    finish_rewrite(w, result, dry_run, "factorize")

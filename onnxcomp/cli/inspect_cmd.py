@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from onnxcomp import api
-from onnxcomp.graph.shapes import parse_input_shapes
-from onnxcomp.measure.inspect import InspectReport
+from typing import Any
+
+from onnxcomp.cli.common import emit, json_option, load_model, model_argument
+from onnxcomp.cli.options import config_options
+from onnxcomp.config import DataConfig
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import emit, input_shape_option, json_option, load_model, model_argument
 
 
-def render(r: InspectReport, top: int | None = None) -> str:
+def render(r: Any, top: int | None = None) -> str:
     """The human-readable inspect report."""
     layers = r.layers if top is None else sorted(r.layers, key=lambda x: -(x.macs or 0))[:top]
     rows = []
@@ -45,9 +45,9 @@ def render(r: InspectReport, top: int | None = None) -> str:
     return "\n".join(out)
 
 
-@cli.command("inspect")
+@click.command("inspect")
 @model_argument
-@input_shape_option
+@config_options(DataConfig, only=("input_shape",))
 @click.option("--top", type=click.IntRange(min=1), default=None,
               help="Show only the N layers with the most MACs.")
 @json_option
@@ -56,7 +56,12 @@ def inspect_cmd(model: str, input_shape: tuple[str, ...], top: int | None, as_js
 
     MACs are per sample: a dynamic batch dimension counts as 1; other dynamic dimensions need
     --input-shape, or their MACs are reported unknown.
+
+    Example: onnxcomp inspect model.onnx --top 10
     """
+    from onnxcomp import api
+    from onnxcomp.graph.shapes import parse_input_shapes
+
     shapes = parse_input_shapes(input_shape)
     m = load_model(model)
     report = api.inspect(m, input_shapes=shapes)

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import click
 
+from onnxcomp.cli.common import emit, json_option
+from onnxcomp.cli.options import config_options
+from onnxcomp.config import Output
 from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import emit, force_option, json_option
+
+force_option = config_options(Output, only=("force",))
 
 
 def render_pack(report) -> str:
@@ -18,7 +21,7 @@ def render_pack(report) -> str:
                       f"({fmt_ratio(report.ratio)} of the input); unpack restores it byte for byte"])
 
 
-@cli.command("pack")
+@click.command("pack")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Archive path (default: <stem>.onnxc beside the input).")
@@ -29,20 +32,25 @@ def pack_cmd(model: str, output: str | None, force: bool, as_json: bool) -> None
 
     The archive has a versioned header and the sha256 of the original; `onnxcomp unpack`
     restores the exact bytes. Prints each stream's order-0 entropy bound beside its coded size.
+
+    Example: onnxcomp pack model.cluster4.onnx
     """
     from onnxcomp.api import pack
 
     emit(pack(model, output, force=force), as_json, render_pack)
 
 
-@cli.command("unpack")
+@click.command("unpack")
 @click.argument("archive", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="ONNX path (default: <stem>.unpack.onnx beside the archive).")
 @force_option
 @json_option
 def unpack_cmd(archive: str, output: str | None, force: bool, as_json: bool) -> None:
-    """Restore the byte-identical ONNX file from an .onnxc archive (checksum verified)."""
+    """Restore the byte-identical ONNX file from an .onnxc archive (checksum verified).
+
+    Example: onnxcomp unpack model.cluster4.onnxc -o model.onnx
+    """
     from onnxcomp.api import unpack
 
     path = unpack(archive, output, force=force)

@@ -1,21 +1,29 @@
-"""``onnxcomp prune``: unstructured / N:M pruning stored in sparse encodings."""
+"""``onnxcomp prune``: single weights (sparse encodings) or, with --structured, whole channels."""
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
-from onnxcomp.config import ALLOCATIONS, CORRECTIONS, GRANULARITIES, SCORES, PruneConfig
+from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
+                                 refuse_given, threads_option)
+from onnxcomp.cli.options import config_options, take
+from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import (data_options, load_for_write, emit_outcome, force_option, gate_options,
-    json_option, model_argument, output_option)
-from onnxcomp.cli.structured import run_structured, structured_options
+
+UNSTRUCTURED = tuple(n for n in names(PruneConfig) + names(CorrectionConfig) + names(EncodeConfig)
+                     if n not in ("include", "exclude", "allocation"))
+STRUCTURED = tuple(n for n in names(StructuredPruneConfig) if n not in ("include", "exclude", "allocation"))
 
 
-def render_changes(compressed) -> str:
+def render_changes(result: Any) -> str:
     """Per-layer table (sparsity chosen, encoding, bytes) and the skipped weights with reasons."""
-    enc = {e.name: e for e in compressed.encodings}
+    enc = {e.name: e for e in result.encodings}
     lines = []
-    for r in compressed.results:
+    for r in result.results:
+        if r.pass_name == "correction":
+            lines += [f"note: {n}" for n in r.notes]
+            continue
         rows = []
         for c in r.applied:
             e = enc.get(c.name)
@@ -39,45 +47,49 @@ def render_changes(compressed) -> str:
     return "\n".join(lines)
 
 
-@cli.command("prune")
+def render_structured(result: Any) -> str:
+    """Groups pruned (channels before -> after) and frozen (with the reason), MACs and params."""
+    r = result.result_of("structured")
+    rows = []
+    for g in r.groups:
+        names_ = ", ".join(g["producers"][:2]) + (f" +{len(g['producers']) - 2}" if len(g["producers"]) > 2 else "")
+        rows.append([g["group"], names_, f"{g['channels']} -> {g['kept']}", g["status"], g["reason"] or ""])
+    s = r.settings
+    lines = [f"structured pruning: ratio {s['ratio']}, importance {s['importance']}, allocation "
+             f"{s['allocation']}, round-to {s['round_to']}, refit {'on' if s['refit'] else 'off'}",
+             table(["group", "producers", "channels", "status", "reason"], rows, "rllll")]
+    mb, ma = s["macs_before"], s["macs_after"]
+    pb, pa = r.total("params_before"), r.total("params_after")
+    lines.append(f"MACs per sample: {fmt_count(mb)} -> {fmt_count(ma)} ({fmt_pct(ma / mb if mb else 1.0)}); "
+                 f"producer params {fmt_count(pb)} -> {fmt_count(pa)}")
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def run_structured(model: str, kw: dict[str, Any], as_json: bool) -> None:
+    """Structured pruning end to end (prune --structured and prune-channels)."""
+    from onnxcomp import api
+
+    cfg = take(StructuredPruneConfig, kw)
+    w = Writing(model, kw, cfg.tag(), as_json)
+    result = api.prune_channels(w.original, config=cfg, data=w.data, threads=w.threads, input_shapes=w.input_shapes)
+    w.finish(result, render_structured(result), command="prune")
+
+
+@click.command("prune")
 @model_argument
-@click.option("--sparsity", type=float, default=None,
-              help="Fraction of the prunable parameters to remove overall, e.g. 0.9.")
+@config_options(PruneConfig)
 @click.option("--structured", is_flag=True,
               help="Remove whole channels (real speed) instead of single weights; see --ratio.")
-@structured_options
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default="auto", show_default=True,
-              help="How the sparsity is spread over layers (auto = lamp, the best measured).")
-@click.option("--granularity", type=click.Choice(GRANULARITIES), default="channel", show_default=True,
-              help="Rank weights within each output channel, or within the whole tensor.")
-@click.option("--nm", default=None, metavar="N:M", help="N:M pattern along the reduction axis, e.g. 2:4.")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only weights/nodes matching (repeatable).")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Never weights/nodes matching (repeatable).")
-@click.option("--min-params", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Skip tensors with fewer parameters.")
-@click.option("--include-depthwise", is_flag=True, help="Also prune depthwise kernels (fragile).")
-@click.option("--max-layer-sparsity", type=float, default=0.98, show_default=True,
-              help="No layer is pruned beyond this fraction.")
-@click.option("--encoding", default="auto", show_default=True,
-              help="Storage: auto (smallest per tensor), dense, sparse, gaps or bitmask.")
-@click.option("--score", type=click.Choice(SCORES), default="magnitude", show_default=True,
-              help="Weight importance: |w|, or |w| x input RMS on --data (activation).")
-@click.option("--correction", type=click.Choice(CORRECTIONS), default="auto",
-              show_default=True, help="Refit each pruned layer's output channels (scale and bias) on "
-              "--data, layer by layer; auto = affine with real data, none without.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads.")
+@config_options(StructuredPruneConfig, skip=("include", "exclude", "allocation"))
+@config_options(CorrectionConfig, EncodeConfig)
+@threads_option
 @data_options
 @gate_options
-@output_option
-@force_option
+@output_options
 @json_option
-def prune_cmd(model: str, sparsity: float | None, structured: bool, ratio: float | None,
-              importance: str, round_to: int, refit: bool | None, max_samples: int, allocation: str, granularity: str, nm: str | None,
-              include: tuple[str, ...], exclude: tuple[str, ...], min_params: int,
-              include_depthwise: bool, max_layer_sparsity: float, encoding: str, score: str,
-              correction: str,
-              threads: int | None, output: str | None, force: bool, as_json: bool,
-              max_drop: float | None, min_agreement: float | None, **data_opts) -> None:
+@click.pass_context
+def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, **kw: Any) -> None:
     """Prune weights (or, with --structured, whole channels) and store them compactly.
 
     Unstructured: --sparsity is spread across layers by the allocation (LAMP by default); with
@@ -85,36 +97,44 @@ def prune_cmd(model: str, sparsity: float | None, structured: bool, ratio: float
     by layer. Tiny tensors and depthwise kernels are skipped. Zeros give no speed in onnxruntime
     CPU: the gain is file size (sparse encodings). Structured (--structured --ratio R): channels
     are removed through BatchNorm, residual Adds and Concats: real speed.
+
+    Example: onnxcomp prune model.onnx --sparsity 0.9 --data calib.npz
     """
+    from onnxcomp import api
+
     if structured:
-        if sparsity is not None or nm is not None:
-            raise click.UsageError("--structured takes --ratio (fraction of channels), not --sparsity/--nm")
-        if allocation not in ("auto", "uniform", "sensitivity"):
-            raise click.UsageError(f"--structured takes --allocation auto, uniform or sensitivity, "
-                                   f"not {allocation}")
-        return run_structured(model, ratio, importance, round_to, allocation=allocation, refit=refit,
-                              max_samples=max_samples, output=output, force=force, as_json=as_json,
-                              include=include, exclude=exclude, max_drop=max_drop,
-                              min_agreement=min_agreement, threads=threads, **data_opts)
-    if ratio is not None:
-        raise click.UsageError("--ratio is for --structured; unstructured pruning takes --sparsity")
-    if sparsity is None and nm is None:
+        refuse_given(ctx, UNSTRUCTURED, "to --structured (it takes --ratio, the fraction of channels removed)")
+        for n in UNSTRUCTURED:
+            kw.pop(n, None)
+        return run_structured(model, kw, as_json)
+    refuse_given(ctx, STRUCTURED, "without --structured (unstructured pruning takes --sparsity or --nm)")
+    for n in STRUCTURED:
+        kw.pop(n)
+    if kw["sparsity"] is None and kw["nm"] is None:
         raise click.UsageError("give --sparsity S (e.g. 0.9), --nm N:M, or --structured --ratio R")
-    cfg = PruneConfig(sparsity=0.5 if sparsity is None else sparsity, allocation=allocation,
-                      granularity=granularity, nm=nm, include=include, exclude=exclude,
-                      min_params=min_params, include_depthwise=include_depthwise,
-                      encoding=encoding, max_layer_sparsity=max_layer_sparsity, score=score)
-    from onnxcomp.encode.select import allowed_kinds
-    from onnxcomp.pipeline.write import finish
+    cfg, corr, enc = take(PruneConfig, kw), take(CorrectionConfig, kw), take(EncodeConfig, kw)
+    w = Writing(model, kw, cfg.tag(), as_json)
+    result = api.prune(w.original, config=cfg, data=w.data, correction=corr.correction, encoding=enc.encoding,
+                       threads=w.threads)
+    w.finish(result, render_changes(result), command="prune")
 
-    allowed_kinds(encoding)
-    original, data = load_for_write(model, max_drop, min_agreement, **data_opts)
-    from onnxcomp.passes.prune.prune import PrunePass
-    from onnxcomp.pipeline.run import run
 
-    compressed = run(original, [PrunePass(cfg)], data=data, encoding=encoding,
-                     correction=correction, threads=threads)
-    result = finish(original, compressed.proto, output, command="prune", data=data, force=force,
-                    max_drop=max_drop, min_agreement=min_agreement,
-                    labels=data_opts.get("labels"), threads=threads)
-    emit_outcome(compressed.to_dict(), result, as_json, render_changes(compressed))
+@click.command("prune-channels")
+@model_argument
+@config_options(StructuredPruneConfig)
+@threads_option
+@data_options
+@gate_options
+@output_options
+@json_option
+def prune_channels_cmd(model: str, as_json: bool, **kw: Any) -> None:
+    """Remove whole channels for real speed (the same as `onnxcomp prune --structured`).
+
+    Channels are removed from every coupled tensor: the producing filters, BatchNorm, the other
+    branch of a residual Add, squeeze-excitation blocks, Concat/Split/Slice offsets and the
+    consumers' inputs. Groups an op without a rule touches are frozen and listed with the reason.
+    With real --data: activation importance, sensitivity allocation and a least-squares refit.
+
+    Example: onnxcomp prune-channels model.onnx --ratio 0.3 --data calib.npz
+    """
+    run_structured(model, kw, as_json)

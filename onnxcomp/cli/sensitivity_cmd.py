@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import click
 
+from typing import Any
+
+from onnxcomp.cli.common import json_option, load_data, load_model, model_argument
+from onnxcomp.cli.options import config_options, take
+from onnxcomp.config import DataConfig, SizedSelection
 from onnxcomp.report.tables import table
-from onnxcomp.pipeline.sweep import METHODS
-from onnxcomp.cli import cli
-from onnxcomp.cli.common import data_from_options, data_options, json_option, load_model, model_argument
+
+METHODS = ("prune", "cluster", "factorize", "structured")
 
 
 def render(s) -> str:
@@ -32,7 +36,7 @@ def plot(s, path: str) -> None:
     x = [float(v) for v in s.levels]
     for name, row in zip(s.layers, s.losses):
         ax.plot(x, [100 * v for v in row], marker="o", label=name)
-    ax.set_xlabel({"prune": "sparsity", "cluster": "bits", "factorize": "MACs ratio",
+    ax.set_xlabel({"prune": "sparsity", "cluster": "bits", "factorize": "fraction of MACs removed",
                    "structured": "channel ratio"}[s.method])
     ax.set_ylabel("relative output error (%)")
     ax.set_yscale("symlog", linthresh=0.1)
@@ -44,28 +48,32 @@ def plot(s, path: str) -> None:
     plt.close(fig)
 
 
-@cli.command("sensitivity")
+@click.command("sensitivity")
 @model_argument
 @click.option("--method", type=click.Choice(METHODS), default="prune", show_default=True,
               help="Compression applied to one layer at a time.")
 @click.option("--levels", default=None, metavar="L1,L2,...",
-              help="Levels to try (sparsities, bits, MACs ratios or channel ratios).")
-@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Calibration samples per trial.")
+              help="Levels to try (sparsities, bits, fractions of MACs removed or channel ratios).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel workers (joblib; honours joblib.parallel_config, e.g. Dask or Ray).")
-@click.option("--min-params", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Skip tensors with fewer parameters.")
+@config_options(SizedSelection, only=("min_params",))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the sensitivity curves as a PNG.")
-@data_options
+@config_options(DataConfig, defaults={"samples": 32})
 @json_option
-def sensitivity_cmd(model: str, method: str, levels: str | None, samples: int, jobs: int, min_params: int,
-                    plot_path: str | None, as_json: bool, **data_opts) -> None:
-    """Measure each layer's sensitivity: output error vs compression level, one layer at a time."""
+def sensitivity_cmd(model: str, method: str, levels: str | None, jobs: int, min_params: int,
+                    plot_path: str | None, as_json: bool, **kw: Any) -> None:
+    """Measure each layer's sensitivity: output error vs compression level, one layer at a time.
+
+    Needs real calibration data (--data); --samples of it are run per trial (default 32 here).
+
+    Example: onnxcomp sensitivity model.onnx --data calib.npz --method cluster --plot sens.png
+    """
+    from onnxcomp import api
     from onnxcomp.errors import ConfigError
     from onnxcomp.report.tables import to_json
-    from onnxcomp.pipeline.sweep import sweep
+
+    dcfg = take(DataConfig, kw)
 
     parsed = None
     if levels:
@@ -74,11 +82,11 @@ def sensitivity_cmd(model: str, method: str, levels: str | None, samples: int, j
         except ValueError:
             raise ConfigError(f"--levels {levels!r} is not a comma-separated list of numbers",
                               "e.g. --levels 0.5,0.8,0.9") from None
-    m = load_model(model)
-    data = data_from_options(m.proto, **data_opts)
-    if data.random:
+    if dcfg.data is None:
         raise ConfigError("sensitivity needs real calibration data", "pass --data FILE.npz")
-    s = sweep(m.proto, data, method, levels=parsed, samples=samples, jobs=jobs, min_params=min_params)
+    m = load_model(model)
+    data = load_data(m.proto, dcfg)
+    s = api.sensitivity(m, data, method, levels=parsed, samples=dcfg.samples, jobs=jobs, min_params=min_params)
     if plot_path:
         plot(s, plot_path)
     click.echo(to_json(s) if as_json else render(s) + (f"\nwrote {plot_path}" if plot_path else ""))

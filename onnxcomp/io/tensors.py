@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.errors import ModelLoadError, ModelSaveError
-from onnxcomp.io.checks import expected_bytes, external_tensors
+from onnxcomp.io.checks import expected_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 # leave headroom for the graph itself: above this many tensor bytes we always use external data

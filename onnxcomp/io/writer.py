@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from onnxcomp.errors import ModelLoadError, ModelSaveError
-from onnxcomp.io import tensors
+
 from onnxcomp.io.ort import compatible_ir, ort_load_error, verify_file
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.tensors import (_external_info, _fill, _header, _lost, _set_location,
@@ -156,7 +156,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     ``input_path`` unless ``force`` is set.
     """
     path = Path(path)
-    folder = _check_target(path, input_path, force, "model")
+    folder = check_output(path, input_path, force, "model")
     compatible_ir(model)
     external = needs_external_data(model)
     if external and input_path is not None and not force:
@@ -229,7 +229,7 @@ def atomic_file(path: str | os.PathLike, data: bytes, *, source: str | os.PathLi
     """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename), with the
     permissions a plain open() would give; never onto ``source`` unless ``force``."""
     path = Path(path)
-    _check_target(path, source, force)
+    check_output(path, source, force)
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
     try:
@@ -248,7 +248,7 @@ def atomic_file(path: str | os.PathLike, data: bytes, *, source: str | os.PathLi
     return path
 
 
-def _check_target(path: Path, source: str | os.PathLike | None, force: bool, what: str = "file") -> Path:
+def check_output(path: Path, source: str | os.PathLike | None, force: bool, what: str = "file") -> Path:
     """The checks every output passes before any work is written: not the input (unless
     ``force``), an existing folder, not a folder itself. Returns the folder."""
     if source is not None and not force and (

@@ -8,7 +8,7 @@ uncompressed outputs on a fixed calibration subset.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx

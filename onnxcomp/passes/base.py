@@ -14,18 +14,24 @@ from typing import Any, ClassVar
 
 import onnx
 
+from onnxcomp.config import Needs
 from onnxcomp.graph.weights import Weight
 
 
 @dataclass
 class Context:
-    """What a pass may use besides the model: calibration data, shapes, threads, progress."""
+    """What a pass may use besides the model it edits: calibration data, the untouched input model
+    (the reference of output-matched fitting), the reports of the steps run so far, the encoding
+    the runner will store changed weights in, shapes, threads, seed and a progress callback."""
 
     data: Any = None  # CalibrationData or None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     threads: int | None = None
-    progress: bool = False
+    progress: Any = None  # None, or a callable(label, done, total) per layer
     seed: int = 0
+    original: onnx.ModelProto | None = None
+    history: list["PassResult"] = field(default_factory=list)
+    encoding: str = "auto"
 
     @property
     def has_real_data(self) -> bool:
@@ -103,11 +109,14 @@ class Pass(ABC):
     """Base class of every compression pass."""
 
     name: ClassVar[str] = "pass"
-    needs_data: ClassVar[bool] = False  # True: refuses to run without real calibration data
-    uses_data: ClassVar[bool] = False   # True: better with calibration data, runs without
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def needs(self) -> Needs:
+        """What the pass needs before it runs (declared by its config)."""
+        return getattr(self.config, "needs", Needs())
 
     @abstractmethod
     def plan(self, model: onnx.ModelProto, ctx: Context) -> Any:

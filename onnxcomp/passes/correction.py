@@ -13,18 +13,21 @@ earlier ones. The original's outputs are captured once, at a random subset of po
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcomp.measure.capture import Capturer
+from onnxcomp.config import CorrectionConfig
+from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.subgraph import truncate
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
+from onnxcomp.measure.capture import Capturer
 from onnxcomp.measure.sensitivity import estimated_seconds
-from onnxcomp.data.sampling import take_samples
+from onnxcomp.passes.base import Change, Context, Pass, PassResult
 
 MODES = ("affine", "bias")
 SCALE_LIMITS = (0.25, 4.0)
@@ -195,23 +198,67 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
     return summary
 
 
-def apply_correction(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str], data,
-                     correction: str, result, *, threads: int | None = None,
-                     codebooks: dict[str, str] | None = None) -> None:
-    """Resolve ``--correction`` (auto = affine with real data, none without), refit ``names`` in
-    ``compressed`` and record it in the pass ``result``; a refit asked for without real data is
-    refused with a one-line error."""
-    from onnxcomp.errors import ConfigError
+@dataclass
+class CorrectionPlan:
+    """The weights to refit, the mode, and which of them are clustered (their scales go into codebooks)."""
 
-    names = set(names)
-    real = data is not None and not getattr(data, "random", False)
-    mode = ("affine" if real else "none") if correction == "auto" else correction
-    if not names or mode == "none":
-        return
-    if not real:
-        raise ConfigError(f"--correction {mode} needs real calibration data",
-                          "pass --data with inputs from your task, or --correction none")
-    fixed = correct(original, compressed, names, data, mode=mode, threads=threads, codebooks=codebooks)
-    result.notes.append(f"{mode} correction of {len(fixed)} layer(s) on the calibration data"
-                        + (" (scales folded into the codebooks' channel scales)" if codebooks else ""))
-    result.settings["correction"] = mode
+    names: list[str] = field(default_factory=list)
+    mode: str = "none"
+    codebooks: dict[str, str] = field(default_factory=dict)
+
+
+class CorrectionPass(Pass):
+    """Per-channel output correction of the weights an earlier step changed (see the module doc).
+
+    ``scope`` "last": the weights the step just before changed (clustered ones keep their codebooks:
+    the scale goes into their per-channel scales); "all": every weight whose values differ from
+    the input model's, except clustered ones (a recipe's final refit).
+    """
+
+    name = "correction"
+
+    def __init__(self, config: CorrectionConfig, scope: str = "last") -> None:
+        super().__init__(config)
+        self.scope = scope
+
+    def plan(self, model: onnx.ModelProto, ctx: Context) -> CorrectionPlan:
+        mode = self.config.mode(ctx.has_real_data)
+        if mode == "none" or not ctx.history:
+            return CorrectionPlan()
+        clustered = {c.name: c.detail["granularity"] for r in ctx.history if r.pass_name == "cluster"
+                     for c in r.applied}
+        if self.scope == "last":
+            names = [c.name for c in ctx.history[-1].applied]
+            codebooks = {n: clustered[n] for n in names if n in clustered}
+        else:
+            names, codebooks = changed_weights(ctx.original, model, skip=set(clustered)), {}
+        return CorrectionPlan(names, mode, codebooks)
+
+    def apply(self, model: onnx.ModelProto, plan: CorrectionPlan, ctx: Context) -> PassResult:
+        result = PassResult(self.name, settings={"mode": plan.mode})
+        if not plan.names:
+            return result
+        fixed = correct(ctx.original, model, plan.names, ctx.data, mode=plan.mode, threads=ctx.threads,
+                        codebooks=plan.codebooks)
+        by_name = find_weights(model).by_name()
+        for name, info in fixed.items():
+            w = by_name[name]
+            result.changes.append(Change(name=name, op=w.op_type, action="corrected", params_before=w.size,
+                                         params_after=w.size, bytes_before=w.nbytes, bytes_after=w.nbytes,
+                                         detail=info))
+        result.notes.append(f"{plan.mode} correction of {len(fixed)} layer(s) on the calibration data"
+                            + (" (scales folded into the codebooks' channel scales)" if plan.codebooks else ""))
+        return result
+
+
+def changed_weights(original: onnx.ModelProto, model: onnx.ModelProto, skip: set[str] = frozenset()) -> list[str]:
+    """Weights of ``model`` whose values differ from the same-named, same-shaped weight of ``original``."""
+    before = find_weights(original).by_name()
+    out = []
+    for w in find_weights(model):
+        old = before.get(w.name)
+        if old is None or w.name in skip or w.is_bias or w.shape != old.shape or w.source == "constant_of_shape":
+            continue
+        if not np.array_equal(w.values(), old.values()):
+            out.append(w.name)
+    return out

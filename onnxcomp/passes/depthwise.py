@@ -32,6 +32,8 @@ from onnxcomp.passes.layerstats import stats_requests
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
 from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
 
+MAX_SAMPLES = 64  # calibration samples behind the data-aware statistics
+
 
 @dataclass
 class DepthwisePlan:
@@ -66,7 +68,6 @@ class DepthwisePass(Pass):
     """Depthwise-separable or grouped approximations of dense convs."""
 
     name = "depthwise"
-    uses_data = True
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> DepthwisePlan:
         with blas_threads(1):
@@ -86,7 +87,7 @@ class DepthwisePass(Pass):
         covs = {}
         if data_aware and dense:
             covs = collect_covariances(model, stats_requests(dense, out.notes), ctx.data,
-                                       max_samples=cfg.max_samples, seed=ctx.seed, threads=ctx.threads)
+                                       max_samples=MAX_SAMPLES, seed=ctx.seed, threads=ctx.threads)
         for lay in layers:
             parts = [covs.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
             ok = parts and all(p is not None for p in parts)

@@ -12,8 +12,8 @@ from typing import Any
 import onnx
 
 from onnxcomp import io
-from onnxcomp.io.model import Model
 from onnxcomp.errors import ConfigError, UnsupportedModelError
+from onnxcomp.passes.base import Context, Pass, PassResult
 
 
 class _Reader:
@@ -30,7 +30,7 @@ class _Reader:
         self._it = iter(self._batches)
 
 
-def quantize_int8(model: Model, data: Any, per_channel: bool = True) -> Model:
+def quantize_int8(model: onnx.ModelProto, data: Any, per_channel: bool = True) -> onnx.ModelProto:
     """Static QDQ int8 quantization of ``model`` calibrated on ``data`` (real inputs)."""
     if data is None or getattr(data, "random", False):
         raise ConfigError("int8 quantization needs real calibration data", "pass --data")
@@ -41,7 +41,7 @@ def quantize_int8(model: Model, data: Any, per_channel: bool = True) -> Model:
                                     "install the full onnxruntime package") from None
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        io.write_model(model.proto, src, external=io.needs_external_data(model.proto))  # lazy tensors copied
+        io.write_model(model, src, external=io.needs_external_data(model))  # lazy tensors copied
         try:
             quantize_static(str(src), str(dst), _Reader(data), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, weight_type=QuantType.QInt8,
@@ -50,4 +50,19 @@ def quantize_int8(model: Model, data: Any, per_channel: bool = True) -> Model:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UnsupportedModelError(f"onnxruntime's int8 quantizer failed: {first}",
                                         "run auto without --int8") from None
-        return Model(onnx.load(str(dst)), None)
+        return onnx.load(str(dst))
+
+
+class Int8Pass(Pass):
+    """Replace the model in place by onnxruntime's static QDQ int8 quantization of it."""
+
+    name = "int8"
+
+    def plan(self, model: onnx.ModelProto, ctx: Context) -> None:
+        return None
+
+    def apply(self, model: onnx.ModelProto, plan: None, ctx: Context) -> PassResult:
+        quantized = quantize_int8(model, ctx.data, per_channel=self.config.per_channel)
+        model.CopyFrom(quantized)
+        return PassResult(self.name, settings={"per_channel": self.config.per_channel},
+                          notes=["onnxruntime static QDQ int8 (per-channel weights, uint8 activations)"])

@@ -37,6 +37,10 @@ class Trial:
     model: Model | None = field(default=None, repr=False)
     latency_ratio: float | None = None
 
+    @property
+    def proto(self) -> Any:
+        return self.model.proto
+
     def to_dict(self) -> dict:
         return {"steps": [{k: v} for k, v in self.steps], "size_ratio": self.size_ratio,
                 "macs_ratio": self.macs_ratio, "latency_ratio": self.latency_ratio,
@@ -91,7 +95,7 @@ class Search:
     def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
         from onnxcomp.measure.inspect import inspect
 
-        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads)
+        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads).model
         macs = inspect(model.proto).total_macs
         d = self.drop(model)
         t = Trial(steps, model_bytes(model.proto) / self.base_size,
@@ -147,6 +151,78 @@ def for_speed(s: Search, target: float) -> list[Trial]:
         base = best.steps if best else []
         s.evaluate(base + [("factorize", {"ratio": 0.5})])
     return s.trials
+
+
+@dataclass
+class Outcome:
+    """What ``auto`` found: the chosen trial, every trial, the recipe and whether the target was met."""
+
+    chosen: Trial
+    trials: list[Trial]
+    recipe: dict
+    target: dict
+    missed: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "chosen": self.chosen.to_dict(), "trials": [t.to_dict() for t in self.trials]}
+
+
+def latencies(original: Model, trials: list[Trial], threads: int | None) -> None:
+    """Measure the passing candidates side by side with the original (interleaved, 1 thread)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxcomp import io
+    from onnxcomp.measure.bench import bench
+
+    ok = [t for t in trials if t.ok]
+    if not ok:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / "original.onnx"]
+        io.save(original.proto, paths[0], verify=False)
+        for i, t in enumerate(ok):
+            paths.append(io.save(t.model.proto, Path(tmp) / f"c{i}.onnx", verify=False))
+        report = bench(paths, threads=threads or 1, runs=30, warmup=3)
+    for t, entry in zip(ok, report.entries[1:]):
+        t.latency_ratio = entry.ratios.get("p50_ms")
+
+
+def search(model: Model, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
+           target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
+           threads: int | None = None, labels: Any = None) -> Outcome:
+    """The smallest or fastest candidate within ``max_drop`` for exactly one target (a fraction of
+    the input's size, p50 latency or MACs); its recipe replays with ``onnxcomp compress --recipe``."""
+    from onnxcomp.config import spell, spell_value
+
+    targets = {k: v for k, v in (("size", target_size), ("latency", target_latency), ("macs", target_macs))
+               if v is not None}
+    if len(targets) != 1:
+        raise ConfigError(f"give exactly one of {spell('target_size')}, {spell('target_latency')}, "
+                          f"{spell('target_macs')}", f"e.g. {spell_value('target_size', 0.1)}")
+    (kind, target), = targets.items()
+    if not 0 < target <= 1:
+        raise ConfigError(f"{spell_value('target_' + kind, target)} is outside (0, 1]", "give a fraction, e.g. 0.5")
+    s = Search(model, data, max_drop, threads=threads, labels=labels)
+    trials = for_size(s, target) if kind == "size" else for_speed(s, target)
+    if kind == "latency":
+        latencies(model, trials, threads)
+    key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
+    chosen = choose(trials, key)
+    if int8 and chosen is not None and chosen.ok:
+        with_int8 = s.evaluate(chosen.steps + [("int8", {})])
+        if with_int8.ok:
+            chosen = with_int8
+    source = model.path.name if model.path is not None else "model"
+    rec = recipes.make(chosen.steps, encoding="auto", source=source, max_drop=max_drop,
+                       calib_samples=s.calib_samples)
+    reached = getattr(chosen, key)
+    missed = None
+    if not chosen.ok:
+        missed = f"no candidate stayed within {spell('max_drop')} {max_drop:g} (best drop {chosen.drop:.4f})"
+    elif reached is None or reached > target:
+        missed = f"best {kind} ratio within the drop is {reached}, above the target {target:g}"
+    return Outcome(chosen, trials, rec, {kind: target}, missed)
 
 
 def choose(trials: list[Trial], key: str) -> Trial | None:

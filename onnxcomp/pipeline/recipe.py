@@ -13,8 +13,8 @@ calib_samples: 96
 ```
 Steps run in order on the same model with dense intermediate weights; with real calibration data
 every changed layer's output channels are then refitted once (``correction``: auto = affine,
-bias or none; clustered layers get the shift only; see :mod:`onnxcomp.passes.correction`), and the final model is encoded once (each weight
-in its smallest encoding). The same recipe replays on the same model
+bias or none; see :mod:`onnxcomp.passes.correction`), and the final model is encoded once (each
+weight in its smallest encoding). The same recipe replays on the same model
 or on a retrained one in a deployment pipeline (``onnxcomp compress MODEL --recipe FILE``).
 ``calib_samples`` (optional): only the first N calibration samples are used - ``onnxcomp auto``
 records the samples it calibrated on (it holds the rest out), so a replay with the same data
@@ -26,11 +26,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxcomp.io.model import Model, ModelLike, as_model
+from onnxcomp.config import STEPS, CorrectionConfig, build
+from onnxcomp.data.sampling import take_samples
 from onnxcomp.errors import ConfigError
+from onnxcomp.io.model import ModelLike, as_model
+from onnxcomp.pipeline.run import Result, as_data, run
 
 VERSION = 1
-STEPS = ("structured", "factorize", "depthwise", "prune", "cluster", "int8")
 
 
 def _yaml():
@@ -90,79 +92,33 @@ def make(steps: list[tuple[str, dict]], **extra: Any) -> dict:
     return {"onnxcomp_recipe": VERSION, "steps": [{k: dict(v)} for k, v in steps], **extra}
 
 
-def _step(kind: str, model: Model, params: dict, data: Any, threads: int | None,
-          clustered: set[str] | None = None) -> Model:
-    """Run one recipe step; the names of clustered weights are added to ``clustered``."""
-    from onnxcomp import api
-
-    try:
-        if kind == "prune":  # with data: its own affine correction, before any clustering
-            return api.prune(model, data=data, encoding="dense", threads=threads, **params).model
-        if kind == "structured":
-            return api.prune_channels(model, data=data, threads=threads, **params).model
-        if kind == "factorize":
-            return api.factorize(model, data=data, threads=threads, **params).model
-        if kind == "depthwise":
-            return api.depthwise(model, data=data, threads=threads, **params).model
-        if kind == "cluster":
-            c = api.cluster(model, data=data, encoding="dense", threads=threads, **params)
-            if clustered is not None:
-                clustered.update(ch.name for ch in c.result.applied)
-            return c.model
-        from onnxcomp.passes.int8 import quantize_int8
-
-        return quantize_int8(model, data, **params)
-    except TypeError as exc:  # an unknown option name in the recipe
-        raise ConfigError(f"recipe step {kind}: {exc}", f"check the option names of {kind}") from None
-
-
-def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | None = None) -> Model:
-    """Run every step of ``recipe`` on a copy of ``model``; return the encoded result."""
-    from onnxcomp.encode import encode_weights
-    from onnxcomp.pipeline.run import as_data
-
-    validate(recipe)
-    m = as_model(model)
-    data = as_data(data, m)
-    random = data is not None and data.random
-    if data is not None and recipe.get("calib_samples"):
-        from onnxcomp.data.sampling import take_samples
-
-        data = take_samples(data, int(recipe["calib_samples"]))
-    current, clustered = m, set()
-    for step in recipe["steps"]:
+def configs(recipe: dict) -> list:
+    """The recipe's steps as step configs (an unknown option is a one-line ConfigError)."""
+    out = []
+    for i, step in enumerate(recipe["steps"]):
         kind, params = next(iter(step.items()))
-        current = _step(kind, current, dict(params or {}), data, threads, clustered)
-    out = current.copy()
-    out.path = None
-    if recipe.get("correction", "auto") != "none" and data is not None and not random:
-        _correct(m, out, data, recipe.get("correction", "auto"), threads, clustered)
-    if not any("int8" in s for s in recipe["steps"]):
-        encode_weights(out.proto, encoding=recipe.get("encoding", "auto"))
+        try:
+            out.append(build(STEPS[kind], dict(params or {}), step=f"recipe step {i + 1} ({kind})"))
+        except TypeError as exc:  # a value of the wrong kind
+            raise ConfigError(f"recipe step {i + 1} ({kind}): {exc}", f"check the options of {kind}") from None
     return out
 
 
-def _correct(original: Model, out: Model, data: Any, mode: str, threads: int | None,
-             clustered: set[str] = frozenset()) -> None:
-    """Per-channel output correction of every weight the steps changed (same name and shape).
+def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | None = None,
+          progress: Any = None) -> Result:
+    """Run every step of ``recipe`` on a copy of ``model`` through the runner; the encoded Result.
 
-    Pruned weights get scale and shift (zeros stay zeros). Clustered weights are left as the
-    cluster step corrected them (its scales live in the codebooks, which any further scaling
-    would break; a second, shift-only refit measured worse: noisy per-class shifts).
+    With real data, each prune/cluster step's changed layers are refitted (``correction``) and,
+    at the end, every changed layer that is not clustered once more (clustered layers keep the
+    refit their cluster step made inside their codebooks).
     """
-    import numpy as np
-
-    from onnxcomp.passes.correction import correct
-    from onnxcomp.graph.weights import find_weights
-
-    before = {w.name: w for w in find_weights(original.proto)}
-    changed = []
-    for w in find_weights(out.proto):
-        if w.name not in before or w.name in clustered or w.is_bias or w.shape != before[w.name].shape or \
-                w.source == "constant_of_shape":
-            continue
-        if not np.array_equal(w.values(), before[w.name].values()):
-            changed.append(w.name)
-    if changed:
-        correct(original.proto, out.proto, changed, data, mode="affine" if mode == "auto" else mode,
-                threads=threads)
+    validate(recipe)
+    steps = configs(recipe)
+    m = as_model(model)
+    data = as_data(data, m)
+    if data is not None and recipe.get("calib_samples"):
+        data = take_samples(data, int(recipe["calib_samples"]))
+    correction = CorrectionConfig(recipe.get("correction", "auto"))
+    final = correction if correction.correction != "none" else None
+    return run(m, steps, data=data, correction=correction, final_correction=final,
+               encoding=recipe.get("encoding", "auto"), threads=threads, progress=progress)

@@ -1,34 +1,73 @@
-"""Run passes on a copy of a model, then store every changed weight in its smallest encoding."""
+"""The one runner: every writing command, recipe and ``auto`` trial goes through :func:`run`.
+
+It checks what every step needs before the first one runs, applies the steps' passes in order
+to a copy of the model (the input is never touched), inserts the per-channel output correction
+after the steps that change weight values, stores every changed weight in its smallest
+encoding, and returns one :class:`Result`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 
 from onnxcomp import io
-from onnxcomp.io.model import Model, ModelLike, as_model
-from onnxcomp.config import CORRECTIONS
+from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig, PruneConfig
 from onnxcomp.encode import EncodeChoice, encode_weights
 from onnxcomp.errors import ConfigError
+from onnxcomp.io.model import Model, ModelLike, as_model
+from onnxcomp.passes import make_pass
 from onnxcomp.passes.base import Context, Pass, PassResult
+from onnxcomp.passes.correction import CorrectionPass
+
+CORRECTED = (PruneConfig, ClusterConfig)  # steps whose changed weights get the per-channel correction
 
 
 @dataclass
-class Compressed:
-    """A compressed model (not yet written) with one PassResult per pass and the encodings chosen."""
+class Stage:
+    """Bytes and fidelity of the model after one step (the Deep Compression table)."""
+
+    name: str
+    bytes: int
+    ratio: float
+    fidelity: Any = None  # FidelityReport (None for the original)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "bytes": self.bytes, "ratio": self.ratio, "note": self.note,
+                "fidelity": self.fidelity.to_dict() if self.fidelity is not None else None}
+
+
+@dataclass
+class Result:
+    """A compressed model (not yet written): one PassResult per pass run (corrections included),
+    the encoding chosen per changed weight and, when measured, the size/fidelity after each step."""
 
     model: Model
     results: list[PassResult] = field(default_factory=list)
     encodings: list[EncodeChoice] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    archive: bytes | None = None
 
     @property
     def proto(self) -> onnx.ModelProto:
         return self.model.proto
 
+    @property
+    def result(self) -> PassResult:
+        """The report of the first step (the command's own pass)."""
+        return self.results[0]
+
+    def result_of(self, name: str) -> PassResult | None:
+        """The first report of the pass called ``name`` (e.g. "correction"), if it ran."""
+        return next((r for r in self.results if r.pass_name == name), None)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"passes": [r.to_dict() for r in self.results],
-                "encodings": [e.to_dict() for e in self.encodings]}
+        out = {"passes": [r.to_dict() for r in self.results], "encodings": [e.to_dict() for e in self.encodings]}
+        if self.stages:
+            out["stages"] = [s.to_dict() for s in self.stages]
+        return out
 
 
 def as_data(data: Any, model: Model, input_shapes: dict | None = None) -> Any:
@@ -40,52 +79,85 @@ def as_data(data: Any, model: Model, input_shapes: dict | None = None) -> Any:
     return load_data(data, model.proto, input_shapes=input_shapes)
 
 
-def run(model: ModelLike, passes: Sequence[Pass], *, data: Any = None, encoding: str = "auto",
-        correction: str = "auto", input_shapes: dict | None = None, threads: int | None = None,
-        progress: bool = False, seed: int = 0) -> Compressed:
-    """Apply ``passes`` in order to a copy of ``model``, correct, and encode the changed weights.
+def plan_passes(steps: Sequence[Any], correction: CorrectionConfig | None,
+                final_correction: CorrectionConfig | None = None) -> list[tuple[int, Pass]]:
+    """(index of the user step, pass) for every pass to run: each step's pass, the correction after
+    the steps that change weight values, and a final correction over every changed weight."""
+    out = []
+    for i, cfg in enumerate(steps):
+        out.append((i, make_pass(cfg)))
+        if correction is not None and isinstance(cfg, CORRECTED):
+            out.append((i, CorrectionPass(correction)))
+    if final_correction is not None:
+        out.append((len(steps) - 1, CorrectionPass(final_correction, scope="all")))
+    return out
 
-    A model loaded lazily (``io.load(path, lazy=True)``, as the CLI does) is copied without its
-    big tensors: passes read each weight from disk when they need it. The result holds only live
-    bytes; above 2 GB, weights no pass changed stay references to the input's external data.
 
-    Needs are checked before anything runs: a pass that needs real calibration data refuses
-    random or missing data with a one-line error. ``correction`` (auto = affine with real data,
-    none without) refits each changed layer's output channels on the calibration data, layer by
-    layer (:mod:`onnxcomp.passes.correction`).
+def check_needs(passes: Sequence[tuple[int, Pass]], ctx: Context) -> None:
+    """Refuse, before any work, a step that needs real calibration data when there is none."""
+    for _, p in passes:
+        p.needs.check(ctx.has_real_data, p.name)
+
+
+def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
+        correction: CorrectionConfig | str | None = "auto", encoding: EncodeConfig | str = "auto",
+        final_correction: CorrectionConfig | None = None, input_shapes: dict | None = None,
+        threads: int | None = None, seed: int = 0, progress: Any = None,
+        after_step: Callable[[int, Model, Context], None] | None = None) -> Result:
+    """Apply ``steps`` (step configs, in order) to a copy of ``model``, correct, encode; one Result.
+
+    ``correction`` refits the output channels of the weights each prune/cluster step changed
+    (auto = affine with real data, none without; clustered weights keep their codebooks);
+    ``final_correction`` refits every weight that differs from the input at the end (recipes).
+    ``encoding`` stores the changed weights ("dense" keeps them as float tensors).
+    ``after_step(i, model, ctx)`` is called after step ``i`` (and its correction).
+
+    A model loaded lazily is copied without its big tensors: passes read each weight from disk
+    when they need it, and above 2 GB weights no pass changed stay references to the input's data.
     """
-    if correction not in CORRECTIONS:
-        raise ConfigError(f"--correction {correction!r} is not one of {', '.join(CORRECTIONS)}",
-                          "choose auto, affine, bias or none")
     original = as_model(model)
+    if isinstance(correction, str):
+        correction = CorrectionConfig(correction)
+    enc = encoding if isinstance(encoding, EncodeConfig) else EncodeConfig(encoding)
+    if not steps:
+        raise ConfigError("no compression step was given", "give at least one step")
     data = as_data(data, original, input_shapes)
-    ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads,
-                  progress=progress, seed=seed)
-    for p in passes:
-        if p.needs_data and not ctx.has_real_data:
-            raise ConfigError(f"{p.name} needs real calibration data",
-                              "pass --data with inputs from your task (e.g. a calib.npz)")
+    passes = plan_passes(steps, correction, final_correction)
+    ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads, progress=progress,
+                  seed=seed, original=original.proto, encoding=enc.encoding)
+    check_needs(passes, ctx)
     work = original.copy()
     work.path = None
-    results = [p.run(work.proto, ctx) for p in passes]
-    if results:
-        from onnxcomp.graph.weights import find_weights
-        from onnxcomp.measure.inspect import subgraph_notes
+    for k, (i, p) in enumerate(passes):
+        ctx.history.append(p.run(work.proto, ctx))
+        if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
+            after_step(i, work, ctx)
+    results = ctx.history
+    from onnxcomp.graph.weights import find_weights
+    from onnxcomp.measure.inspect import subgraph_notes
 
-        results[0].notes += subgraph_notes(find_weights(original.proto))
+    results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
-    if touched:
-        from onnxcomp.passes.correction import apply_correction
-
-        apply_correction(original.proto, work.proto, touched, data, correction, results[-1], threads=threads)
-    encodings = encode_weights(work.proto, names=touched, encoding=encoding) if touched else []
+    quantized = any(r.pass_name == "int8" for r in results)
+    encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched and not quantized \
+        else []
     if touched:
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
         # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)
         work.proto = io.compact(work.proto)
     sizes = {e.name: e.bytes for e in encodings}
     for r in results:
+        if r.pass_name == "correction":
+            continue
         for c in r.applied:
             if c.name in sizes:
                 c.bytes_after = sizes[c.name]
-    return Compressed(work, results, encodings)
+    return Result(work, results, encodings)
+
+
+def step_name(cfg: Any) -> str:
+    """The recipe name of a step config (prune, structured, factorize, depthwise, cluster, int8)."""
+    from onnxcomp.config import STEPS
+
+    return next(name for name, cls in STEPS.items() if isinstance(cfg, cls))
+

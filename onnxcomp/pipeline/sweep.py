@@ -20,7 +20,7 @@ from onnxcomp.graph.weights import Weight, find_weights
 
 METHODS = ("prune", "cluster", "factorize", "structured")
 LEVELS = {"prune": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95), "cluster": (8, 6, 5, 4, 3, 2),
-          "factorize": (0.75, 0.5, 0.35, 0.25), "structured": (0.25, 0.5, 0.75)}
+          "factorize": (0.25, 0.5, 0.65, 0.75), "structured": (0.25, 0.5, 0.75)}
 
 
 @dataclass
@@ -65,8 +65,9 @@ def _probe_chunk(model_bytes: bytes, names: list[str], method: str, levels: list
 
 
 def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list) -> list:
-    from onnxcomp import api
+    from onnxcomp.config import FactorizeConfig, StructuredPruneConfig
     from onnxcomp.io.sessions import session
+    from onnxcomp.pipeline.run import run
 
     model = onnx.load_from_string(model_bytes)
     ref_sess = session(model, threads=1)
@@ -76,9 +77,10 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
         row = []
         for lv in levels:
             if method == "factorize":
-                c = api.factorize(model, ratio=float(lv), include=(n,))
+                step = FactorizeConfig(ratio=float(lv), include=(n,))
             else:
-                c = api.prune_channels(model, ratio=float(lv), include=(n,), allocation="uniform")
+                step = StructuredPruneConfig(ratio=float(lv), include=(n,), allocation="uniform")
+            c = run(model, [step], correction=None, encoding="dense")
             sess = session(c.proto, threads=1)
             errs = []
             for b, ref in zip(batches, refs):

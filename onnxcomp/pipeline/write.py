@@ -53,11 +53,10 @@ class WriteResult:
 
 
 def check_gate_values(max_drop: float | None, min_agreement: float | None) -> None:
-    """Reject out-of-range gate values (same message from the API and the CLI)."""
-    for name, value in (("--max-drop", max_drop), ("--min-agreement", min_agreement)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name} {value} is outside 0..1",
-                              f"give a fraction, e.g. {name} 0.01 (or 1%)")
+    """Reject out-of-range gate values (the same message from the API and the CLI)."""
+    from onnxcomp.config import Gates
+
+    Gates(max_drop=max_drop, min_agreement=min_agreement)
 
 
 def _pct(x: float) -> str:

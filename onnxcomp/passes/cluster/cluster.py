@@ -10,7 +10,6 @@ final values and stores indices + table, bit-exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import numpy as np
 import onnx
@@ -21,12 +20,15 @@ from onnxcomp.encode.tables import Layout
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 from onnxcomp.passes.cluster import seq as cluster_seq
-from onnxcomp.passes.cluster.fit import GRID_MAX_K, GRID_Q, Fit, fit
+from onnxcomp.passes.cluster.costs import (budget_limit, candidates, granularity_of, grid_levels, is_pruned,
+                                          option_bits, select)
+from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit, fit
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
 MEASURE_BUDGET_S = 300.0  # sensitivity trials: fewer probe samples beyond this (at least 4)
 REFIT = True  # least-squares refit of channel codebooks after the GPTQ assignment
+MAX_SAMPLES = 128  # calibration samples behind the layer statistics (late layers see few positions per image)
 
 
 @dataclass
@@ -43,63 +45,6 @@ class ClusterPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def select(weights, cfg: ClusterConfig) -> tuple[list[Weight], list[Change]]:
-    """The weights the pass may cluster, and a skip row (with its reason) for the others.
-
-    The measured (sensitivity) allocation also takes depthwise kernels: it gives them the bits
-    their measured effect on the outputs warrants.
-    """
-    from dataclasses import replace
-
-    from onnxcomp.passes.prune.prune import select as select_weights
-
-    if cfg.allocation == "sensitivity":
-        cfg = replace(cfg, include_depthwise=True)
-    return select_weights(weights, cfg, single_role=False,
-                          depthwise_hint="; --include-depthwise clusters it per tensor")
-
-
-def _granularity(w: Weight, cfg: ClusterConfig) -> str:
-    """Depthwise kernels (a handful of weights per channel): one shared codebook over the
-    channel-scaled kernels (float32; channels differ in scale), else one per tensor; ``auto``
-    starts from channel (the allocations may switch a layer to shared, see :func:`_candidates`)."""
-    if w.is_depthwise:
-        return "shared" if w.dtype == np.float32 else "tensor"
-    if w.out_axis is None:
-        return "tensor"
-    return "channel" if cfg.granularity == "auto" else cfg.granularity
-
-
-def _candidates(w: Weight, cfg: ClusterConfig) -> list[str]:
-    """The granularities a budget allocation may choose from for ``w`` (the first is the default).
-
-    With ``auto``, float32 per-channel weights may also take one shared codebook: per-channel
-    tables cost k+2 bytes per output channel (at 4 bits 18 bytes, against 48 bytes of indices for
-    a 1×1 conv with 96 inputs), and on such short rows a shared codebook one bit wider is more
-    accurate for the bytes. They, and float32 depthwise kernels, may also take a uniform grid
-    stored in the variable-length code (when the encoding allows it), whose stored bits are
-    counted from the code itself.
-    """
-    from onnxcomp.encode.select import allowed_kinds
-
-    first = _granularity(w, cfg)
-    if cfg.granularity != "auto" or w.dtype != np.float32:
-        return [first]
-    # 'dense' defers the encoding (recipes encode once at the end, in 'auto'); only an explicit
-    # choice without the variable-length code rules the grid out
-    grid = ["grid"] if cfg.encoding == "dense" or "codebook_vlc" in allowed_kinds(cfg.encoding) else []
-    if first == "channel":
-        return [first, "shared"] + grid
-    return [first] + grid if w.is_depthwise else [first]
-
-
-def _grid_levels(levels) -> list[float]:
-    """A grid's step needs no power-of-two table: its options go in half bits, so the allocation
-    can move a large layer (effnet_lite0's classifier: 160 KB per bit) in smaller steps."""
-    levels = list(levels)
-    return sorted({float(b) for b in levels} | {b + 0.5 for b in levels[:-1]})
-
-
 def _fit(w: Weight, bits_or_k: float, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
          is_k: bool = False, source: np.ndarray | None = None, granularity: str | None = None) -> Fit:
     k = bits_or_k if is_k else int(round(2 ** bits_or_k))  # grid levels may be half bits
@@ -108,86 +53,23 @@ def _fit(w: Weight, bits_or_k: float, plan: ClusterPlan, cfg: ClusterConfig, ctx
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
 
 
-VLC_FRAMING_BITS = 8 * 1100  # the variable-length decoder's nodes beyond a fixed-width one's
-
-
-def fit_bits(w: Weight, f: Fit, bits: int) -> int:
-    """Stored bits of ``w`` as fitted: the code's own count for a grid, else :func:`storage_bits`."""
-    if f.coded_bits is None:
-        return storage_bits(w, f.granularity, bits)
-    return f.coded_bits + 16 * (Layout.of(w.shape, w.out_axis).channels + 2 * GRID_Q) + VLC_FRAMING_BITS
-
-
-def option_bits(w: Weight, f: Fit, bits: int, cfg: ClusterConfig, pruned: bool) -> int:
-    """Stored bits of one allocation option: :func:`fit_bits`, or for a ``pruned`` weight
-    (:func:`is_pruned`) the bytes of its smallest encoding, since the sparse encodings store
-    positions plus indices of a fixed width (2 or 4 bits cost the same in sparse_codebook4) and a
-    dense count would misprice every option."""
-    if not pruned:
-        return fit_bits(w, f, bits)
-    from onnxcomp.encode.select import allowed_kinds, best_encoding
-
-    kinds = allowed_kinds("auto" if cfg.encoding == "dense" else cfg.encoding)
-    values = f.values.reshape(-1).astype(w.dtype)
-    return 8 * best_encoding(values, kinds, lambda _opset: True, Layout.of(w.shape, w.out_axis))[1]
-
-
-SPARSE_DENSITY = 0.6  # the sparse encodings apply up to this fraction of nonzeros
-
-
-def is_pruned(w: Weight) -> bool:
-    """Whether ``w`` has few enough nonzeros to be stored by a sparse encoding."""
-    return np.count_nonzero(w.values()) <= SPARSE_DENSITY * w.size
-
-
-def _limit(weights: list[Weight], plan: "ClusterPlan", costs: dict, budget: float) -> float:
-    """The allocation's budget in stored bits: ``budget`` bits per weight, except that a pruned
-    weight brings the bits uniform ``budget`` would store for it (its default granularity, the
-    two neighbouring widths interpolated), so the average means the same with and without pruning."""
-    total = 0.0
-    lo, hi = int(np.floor(budget)), int(np.ceil(budget))
-    for w in weights:
-        c, g = costs[w.name], plan.granularity[w.name]
-        if w.name in plan.pruned and (g, lo) in c and (g, hi) in c:
-            t = budget - lo
-            total += (1 - t) * c[g, lo] + t * c[g, hi]
-        else:
-            total += budget * w.size
-    return total
-
-
-def storage_bits(w: Weight, granularity: str, bits: int) -> int:
-    """Bits of ``w`` stored as 2^bits-entry codebooks: indices plus the tables (see cluster_fit)."""
-    k, channels = 1 << bits, Layout.of(w.shape, w.out_axis).channels
-    if granularity == "tensor":
-        table = 8 * k * w.dtype.itemsize
-    elif granularity == "shared":
-        table = 16 * (k + channels)
-    elif w.dtype == np.float32 and k <= GRID_MAX_K:
-        table = 8 * channels * (k + 2)
-    else:
-        table = 16 * channels * k
-    return w.size * bits + table
-
-
 class ClusterPass(Pass):
     """k-means weight sharing per tensor, per output channel or shared with per-channel scales."""
 
     name = "cluster"
-    uses_data = True
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> ClusterPlan:
         cfg: ClusterConfig = self.config
         weights, skipped = select(find_weights(model), cfg)
         plan = ClusterPlan(skipped=skipped, pruned={w.name for w in weights if is_pruned(w)})
         for w in weights:
-            plan.granularity[w.name] = _granularity(w, cfg)
+            plan.granularity[w.name] = granularity_of(w, cfg)
             if w.is_depthwise:
                 plan.notes.append(f"{w.name}: depthwise kernel clustered with one {plan.granularity[w.name]} codebook")
         if ctx.has_real_data and weights:
             from onnxcomp.measure.hessian import importance
 
-            plan.importance = importance(model, weights, ctx.data, max_samples=cfg.max_samples,
+            plan.importance = importance(model, weights, ctx.data, max_samples=MAX_SAMPLES,
                                          threads=ctx.threads)
             missing = len(weights) - len(plan.importance)
             plan.notes.append(f"k-means weighted by calibration importance (E[x^2] per input) on "
@@ -207,13 +89,13 @@ class ClusterPass(Pass):
         costs: dict[str, dict[tuple[str, int], int]] = {}
         for w in weights:  # errors only: keeping every option's values would hold 10 model copies
             errors[w.name], costs[w.name] = {}, {}
-            for g in _candidates(w, cfg):
-                for b in _grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
+            for g in candidates(w, cfg, ctx.encoding):
+                for b in grid_levels(range(lo, hi + 1)) if g == "grid" else range(lo, hi + 1):
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     errors[w.name][g, b] = f.rel_error
-                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
+                    costs[w.name][g, b] = option_bits(w, f, b, ctx.encoding, w.name in plan.pruned)
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
-                          limit=_limit(weights, plan, costs, cfg.bits))
+                          limit=budget_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {})  # apply fits the chosen option again
         _note_spread(plan, weights, "mixed")
         return plan
@@ -225,14 +107,14 @@ class ClusterPass(Pass):
         b = int(cfg.budget_bits)
         taken = 0
         for w in weights:
-            if "grid" not in _candidates(w, cfg):
+            if "grid" not in candidates(w, cfg, ctx.encoding):
                 continue
             g0 = plan.granularity[w.name]
             base = _fit(w, b, plan, cfg, ctx, granularity=g0)
-            best, cost = base, option_bits(w, base, b, cfg, w.name in plan.pruned)
+            best, cost = base, option_bits(w, base, b, ctx.encoding, w.name in plan.pruned)
             for level in (b - 0.5, float(b), b + 0.5):
                 f = _fit(w, level, plan, cfg, ctx, granularity="grid")
-                if option_bits(w, f, b, cfg, w.name in plan.pruned) <= cost and f.rel_error < best.rel_error:
+                if option_bits(w, f, b, ctx.encoding, w.name in plan.pruned) <= cost and f.rel_error < best.rel_error:
                     best, plan.bits[w.name] = f, level
             if best is not base:  # apply fits it again (keeping every fit would hold a model copy)
                 plan.granularity[w.name], taken = "grid", taken + 1
@@ -253,7 +135,7 @@ class ClusterPass(Pass):
         from onnxcomp.passes.prune.obs import hessians
 
         return {w.name: st for w, st in hessians(model, weights, ctx.data, threads=ctx.threads,
-                                                 max_samples=self.config.max_samples)}
+                                                 max_samples=MAX_SAMPLES)}
 
     def _values(self, w: Weight, bits: float, plan: ClusterPlan, ctx: Context, f: Fit | None = None,
                 source: np.ndarray | None = None) -> tuple[np.ndarray, Fit]:
@@ -301,11 +183,11 @@ class ClusterPass(Pass):
         fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
         for w in weights:
             local[w.name], fits[w.name], costs[w.name] = {}, {}, {}
-            for g in _candidates(w, cfg):
-                for b in _grid_levels(levels) if g == "grid" else levels:
+            for g in candidates(w, cfg, ctx.encoding):
+                for b in grid_levels(levels) if g == "grid" else levels:
                     f = _fit(w, b, plan, cfg, ctx, granularity=g)
                     local[w.name][g, b] = max(f.rel_error, 1e-12)
-                    costs[w.name][g, b] = option_bits(w, f, b, cfg, w.name in plan.pruned)
+                    costs[w.name][g, b] = option_bits(w, f, b, ctx.encoding, w.name in plan.pruned)
                     if b == at:
                         fits[w.name][g] = f
             _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
@@ -313,14 +195,14 @@ class ClusterPass(Pass):
         def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
             return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
 
-        losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=cfg.max_samples,
+        losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=MAX_SAMPLES,
                                       budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
         errors = {}
         for w, (loss,) in zip(weights, losses):
             scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
             errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
-                          limit=_limit(weights, plan, costs, cfg.bits))
+                          limit=budget_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
         plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
                           f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
@@ -346,7 +228,7 @@ class ClusterPass(Pass):
             if reference is not None:
                 plan.hessians.pop(name, None)
                 st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed,
-                                       max_samples=cfg.max_samples)
+                                       max_samples=MAX_SAMPLES)
                 if st is not None:
                     plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
                     matched += 1

@@ -33,6 +33,7 @@ from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, 
 from onnxcomp.passes.rewrite import GraphEditor, Layer, attr, collect_layers
 
 ROLES = ("conv", "gemm_b", "matmul_b")
+MAX_SAMPLES = 64  # calibration samples behind the data-aware statistics
 SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
 
 
@@ -59,7 +60,6 @@ class FactorizePass(Pass):
     """Low-rank factorization of convs and Gemm/MatMul weights."""
 
     name = "factorize"
-    uses_data = True
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> FactorizePlan:
         with blas_threads(1):
@@ -81,7 +81,7 @@ class FactorizePass(Pass):
         for k, wave in enumerate(waves):
             drifted = work is not None  # sequential: inputs come from the partly rewritten model
             stats = collect_covariances(work if drifted else model, stats_requests(wave, out.notes), ctx.data,
-                                        max_samples=cfg.max_samples, seed=ctx.seed, threads=ctx.threads,
+                                        max_samples=MAX_SAMPLES, seed=ctx.seed, threads=ctx.threads,
                                         reference=model if drifted else None)
             for lay in wave:
                 out.layers.append(self._plan_layer(model, lay, merge_stats(stats, lay)))
@@ -261,4 +261,4 @@ def _settings(cfg, plan: FactorizePlan) -> dict:
             "max_error": cfg.max_error, "sequential": cfg.sequential if plan.data_aware else None,
             "rank_rule": "rank" if cfg.rank else "energy" if cfg.energy else f"ratio {ratio:g}",
             "measure_max_ratio": MEASURE_MAX_RATIO if cfg.measure else None,
-            "max_samples": cfg.max_samples if plan.data_aware else None}
+            "max_samples": MAX_SAMPLES if plan.data_aware else None}

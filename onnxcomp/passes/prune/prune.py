@@ -74,7 +74,6 @@ class PrunePass(Pass):
     """Zero weights by importance with a layer-adaptive sparsity budget."""
 
     name = "prune"
-    uses_data = True
 
     def __init__(self, config: PruneConfig) -> None:
         super().__init__(config)
@@ -130,13 +129,13 @@ class PrunePass(Pass):
         cfg, how = self.config, plan.allocation
         sizes = [w.size for w in chosen]
         if how == "uniform":
-            return allocation.uniform(sizes, cfg.sparsity, cfg.max_layer_sparsity)
+            return allocation.uniform(sizes, cfg.level, cfg.max_layer_sparsity)
         if how == "global":
             sorted_scores = [np.sort(self.score(w, w.values(), plan).reshape(-1)) for w in chosen]
-            return allocation.by_threshold(sorted_scores, cfg.sparsity, cfg.max_layer_sparsity)
+            return allocation.by_threshold(sorted_scores, cfg.level, cfg.max_layer_sparsity)
         if how == "lamp":
             lamp = [allocation.lamp_scores(self.score(w, w.values(), plan)) for w in chosen]
-            return allocation.by_threshold(lamp, cfg.sparsity, cfg.max_layer_sparsity)
+            return allocation.by_threshold(lamp, cfg.level, cfg.max_layer_sparsity)
         from onnxcomp.measure.sensitivity import measure_curves
 
         grid = [lv for lv in SENSITIVITY_LEVELS if lv <= cfg.max_layer_sparsity]
@@ -147,11 +146,11 @@ class PrunePass(Pass):
         losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads)
         plan.notes.append(f"sensitivity: {info['trials']} trials on {info['samples']} samples "
                           f"in {info['seconds']} s")
-        return allocation.from_curves(np.array(grid), losses, sizes, cfg.sparsity)
+        return allocation.from_curves(np.array(grid), losses, sizes, cfg.level)
 
     def apply(self, model: onnx.ModelProto, plan: PrunePlan, ctx: Context) -> PassResult:
         result = PassResult(self.name, notes=list(plan.notes), settings={
-            "sparsity": self.config.sparsity, "allocation": plan.allocation,
+            "sparsity": self.config.level, "allocation": plan.allocation,
             "granularity": self.config.granularity,
             "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
         by_name = find_weights(model).by_name()

@@ -18,6 +18,7 @@ from onnxcomp.passes.structured.refit import add_shifts, mean_shifts
 
 LEVELS = (0.5, 1.0, 1.5)
 MAX_RATIO = 0.9
+MAX_SAMPLES = 256  # calibration samples behind scores, sensitivity and the refit
 INPUT_BUDGET = 8 * 3 * 224 * 224  # input elements used to measure sensitivity
 
 
@@ -98,7 +99,7 @@ def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
     groups = [gp for gp in plan.groups if gp.reason is None]
     if not groups:
         return
-    batches = _subset(ctx, cfg.max_samples)
+    batches = _subset(ctx, MAX_SAMPLES)
     ref = _outputs(model, batches, ctx.threads)
     uniform = np.ones(plan.cg.n_ids, bool)
     for gp in groups:

@@ -19,7 +19,7 @@ from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup
 from onnxcomp.graph.channels.groups import analyze, apply_removal
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches
-from onnxcomp.passes.structured.alloc import keep_count
+from onnxcomp.passes.structured.alloc import MAX_SAMPLES, keep_count
 from onnxcomp.passes.structured.refit import add_shifts, mean_shifts
 from onnxcomp.passes.structured.importance import (ActivationStats, MacModel, activation_scores,
     activation_stats, unit_scores, weight_scores)
@@ -76,7 +76,6 @@ class StructuredPrunePass(Pass):
     """Remove whole channels (filters) and everything coupled to them; refit with real data."""
 
     name = "structured"
-    uses_data = True
 
     def __init__(self, config: StructuredPruneConfig) -> None:
         super().__init__(config)
@@ -126,7 +125,7 @@ class StructuredPrunePass(Pass):
         importance, allocation = self._importance(ctx), self._allocation(ctx)
         shapes_in = data_shapes(ctx)
         cg = analyze(model, shapes_in)
-        stats = activation_stats(cg, ctx.data, cfg.max_samples, ctx.threads) if ctx.has_real_data else None
+        stats = activation_stats(cg, ctx.data, MAX_SAMPLES, ctx.threads) if ctx.has_real_data else None
         if importance == "activation":
             id_scores = activation_scores(cg, stats)
         else:
@@ -169,7 +168,7 @@ class StructuredPrunePass(Pass):
         if refit and any(gp.keep is not None for gp in plan.groups):
             from onnxcomp.passes.structured.refit import refit_consumers
 
-            result.notes += refit_consumers(original, model, plan, ctx, cfg.max_samples)
+            result.notes += refit_consumers(original, model, plan, ctx, MAX_SAMPLES)
         after = {id(u.node): w for w in find_weights(model) for u in w.uses if u.index == 1}
         for key, (node, w) in nodes.items():
             name, size, nbytes = before[key]
