@@ -238,7 +238,7 @@ def test_output_matched_target_pins_only_a_pruned_weights_zeros(zero_share, pinn
 
     from onnxcomp.graph.weights import find_weights
     from onnxcomp.passes.cluster.seq import target
-    from onnxcomp.measure.patchstats import LayerStats
+    from onnxcomp.measure.stats import LayerStats
 
     from onnx import numpy_helper
 

@@ -180,7 +180,7 @@ def test_readme_factorization_commands_run(tmp_path, monkeypatch, capsys):
 
 def test_sequential_statistics_reduce_to_local_without_drift():
     from onnxcomp.algo.linalg import output_error
-    from onnxcomp.measure.patchstats import LayerStats
+    from onnxcomp.measure.stats import LayerStats
 
     r = M.rng(11)
     x = r.normal(size=(500, 12))

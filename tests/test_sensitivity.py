@@ -40,24 +40,28 @@ def test_bad_input_exit_2(capsys, argv, expect):
 
 
 def test_sample_budgets_follow_the_model_cost_not_the_clock(monkeypatch):
-    """The correction's and the probe's sample counts come from the model's MACs, so the same
-    inputs give the same result on an idle or a loaded machine."""
+    """The probe's sample count comes from the model's MACs, so the same inputs give the same result
+    on an idle or a loaded machine."""
     import time
 
     import numpy as np
 
     import onnxcomp as oc
-    from onnxcomp.passes.correction import _sample_budget
-    from onnxcomp.measure.sensitivity import estimated_seconds
+    from onnxcomp.measure.sensitivity import estimated_seconds, measure_curves
+    from onnxcomp.graph.weights import find_weights
 
     model = oc.load(M.MODELS / "resnet_digits.onnx").proto
     batches = [{"input": np.load(M.MODELS / "digits_calib.npz")["input"][:32]}]
     one = estimated_seconds(model, batches, samples=1)
     assert one is not None and one > 0
     assert estimated_seconds(model, batches, samples=10) == pytest.approx(10 * one)
-    first = _sample_budget(model, batches, layers=8, budget_s=40.5 * one)  # 10 samples' waves
+    weights = [w for w in find_weights(model) if w.role == "conv"][:4]
+
+    def curves():
+        return measure_curves(model, weights, [0.5, 0.9], lambda w, v, lv: v * (abs(v) > lv * abs(v).max()),
+                              batches, samples=32, budget_s=80.5 * one)[1]["samples"]
+
+    first = curves()
     slow = time.perf_counter
     monkeypatch.setattr(time, "perf_counter", lambda: slow() * 1000)  # a clock running wild
-    again = _sample_budget(model, batches, layers=8, budget_s=40.5 * one)
-    n = [sum(len(b["input"]) for b in x) for x in (first, again)]
-    assert n[0] == n[1] == 10
+    assert first == curves() == 10  # 4 layers x 2 levels x 10 samples fit 80.5 samples' time

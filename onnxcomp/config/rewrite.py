@@ -68,7 +68,6 @@ class FactorizeConfig(RewriteConfig):
     sequential: bool = option(True, "Data-aware: fit each layer on the inputs the layers rewritten before it "
                                     "produce, toward the original outputs (--no-sequential: all on the "
                                     "original inputs).")
-    waves: int = option(8, "Number of sequential waves.", hidden=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,7 +86,6 @@ class FactorizeConfig(RewriteConfig):
             raise ConfigError(f"{spell_value('max_error', self.max_error)} is not positive",
                               f"give the largest relative error a layer may get, e.g. {spell_value('max_error', 0.1)}")
         non_negative("hooi_iters", self.hooi_iters)
-        positive("waves", self.waves)
 
     @property
     def target_ratio(self) -> float | None:

@@ -13,7 +13,7 @@ from onnxcomp.errors import ConfigError
 _SKELETON_MIN = 64
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop bodies) read from the outer scope."""
     names: set[str] = set()
     for attr in node.attribute:
@@ -21,7 +21,7 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
         for g in graphs:
             for n in g.node:
                 names.update(n.input)
-                names |= _subgraph_inputs(n)
+                names |= subgraph_inputs(n)
     return names
 
 
@@ -47,7 +47,7 @@ def truncate(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
         needed_nodes.add(i)
         node = g.node[i]
         stack.extend(x for x in node.input if x)
-        stack.extend(_subgraph_inputs(node))
+        stack.extend(subgraph_inputs(node))
     out = onnx.ModelProto()
     out.ir_version = model.ir_version
     out.opset_import.extend(model.opset_import)

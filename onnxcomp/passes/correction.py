@@ -7,9 +7,11 @@ the next layer sees it directly. Here each compressed layer's output channel c i
 ``a_c * y'_c + b_c`` to the original model's ``y_c`` by least squares on calibration data:
 the scale folds into the weights (zeros stay zeros), the shift into the bias (created if absent).
 
-Layers are corrected one at a time in topological order: each measurement runs the current
-compressed model (only the sub-graph up to that layer), so later layers also absorb the error of
-earlier ones. The original's outputs are captured once, at a random subset of positions.
+Layers are corrected one at a time in topological order, in one walk of the streaming engine:
+each layer's output in the current compressed model (earlier layers already corrected) is fitted
+to the original's at a random subset of positions, so later layers also absorb the error of
+earlier ones. Cost: the original once, the compressed model about twice (each corrected layer
+runs again with its new weights), whatever the depth.
 """
 from __future__ import annotations
 
@@ -21,12 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.config import CorrectionConfig
-from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.edit import NameScope
-from onnxcomp.graph.subgraph import truncate
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
-from onnxcomp.measure.capture import Capturer
-from onnxcomp.measure.sensitivity import estimated_seconds
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 
 MODES = ("affine", "bias")
@@ -120,81 +118,53 @@ def _apply(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, fres
     _set_bias(model, w, a, b, fresh)
 
 
-def _reference(original: onnx.ModelProto, ws: list[Weight], batches: list[dict],
-               threads: int | None) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
-    """The original model's outputs of every layer, at a fixed subset of positions per batch."""
-    outs = [w.uses[0].node.output[0] for w in ws]
-    cap = Capturer(truncate(original, outs), outs, threads=threads)
-    ref: dict[str, list[np.ndarray]] = {w.name: [] for w in ws}
-    picks: dict[str, list[np.ndarray]] = {w.name: [] for w in ws}
-    for b, batch in enumerate(batches):
-        got = cap.run(batch)
-        for i, (w, o) in enumerate(zip(ws, outs)):
-            rows = _rows(got[o], _channel_axis(w) % got[o].ndim)
-            idx = _positions(rows.shape[1], seed=1000 * b + i)
-            picks[w.name].append(idx)
-            ref[w.name].append(np.ascontiguousarray(rows[:, idx]))
-    return ref, picks
-
-
-def _sample_budget(compressed: onnx.ModelProto, batches: list[dict], layers: int, budget_s: float) -> list[dict]:
-    """Fewer samples when a wave per layer would exceed ``budget_s`` (never below 4), by the
-    deterministic cost model of :func:`onnxcomp.measure.sensitivity.estimated_seconds`."""
-    total = sum(len(next(iter(b.values()))) for b in batches)
-    per_sample = estimated_seconds(compressed, batches[:1], samples=1)
-    if per_sample is None:
-        return batches
-    # each wave runs a prefix of the model: about half of it on average
-    affordable = int(budget_s / max(per_sample * max(layers, 1) / 2, 1e-9))
-    return take_samples(batches, max(4, min(total, affordable)))
-
-
 def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str],
-            data: Iterable[dict], *, mode: str = "affine", max_samples: int = 32,
-            budget_s: float = 90.0, threads: int | None = None,
-            bias_only: Iterable[str] = (), codebooks: dict[str, str] | None = None) -> dict[str, dict]:
+            data: Iterable[dict], *, mode: str = "affine", threads: int | None = None,
+            bias_only: Iterable[str] = (), codebooks: dict[str, str] | None = None,
+            progress=None) -> dict[str, dict]:
     """Refit the output channels of the named compressed layers in place, one layer at a time.
 
-    The original model's layer outputs are captured once (at a subset of positions); then, in
-    topological order, each layer's output in the *current* compressed model (earlier layers
-    already corrected) is fitted to them. Layers in ``bias_only`` (e.g. clustered weights whose
-    codebook must stay as encoded) only get the shift. Weights in ``codebooks`` (name ->
-    cluster granularity) get the scale folded into their per-channel codebook scales, so the
-    codebooks stay encodable; where that is impossible (one table per tensor), only the shift.
-    Returns a per-layer summary.
+    One walk of the streaming engine (:mod:`onnxcomp.measure.engine`) in topological order: each
+    layer's output in the *current* compressed model (earlier layers already corrected) is fitted
+    to the original's at a subset of positions. Layers in ``bias_only`` only get the shift.
+    Weights in ``codebooks`` (name -> cluster granularity) get the scale folded into their
+    per-channel codebook scales, so the codebooks stay encodable; where that is impossible (one
+    table per tensor), only the shift. Layers whose output the original does not have (an earlier
+    step rewrote them) are left alone. Returns a per-layer summary.
     """
     from onnxcomp.encode.tables import Layout
+    from onnxcomp.measure.engine import Engine
     from onnxcomp.passes.cluster.fit import rescaler
 
     codebooks = dict(codebooks or {})
     shift_only = set(bias_only)
     wanted = set(names)
-    order = {n.output[0]: i for i, n in enumerate(compressed.graph.node)}
     ws = [w for w in find_weights(compressed) if w.name in wanted and correctable(w)]
-    ws.sort(key=lambda w: order.get(w.uses[0].node.output[0], 0))
     if not ws:
         return {}
-    batches = take_samples(data, max_samples)
-    batches = _sample_budget(compressed, batches, len(ws), budget_s)
-    ref, picks = _reference(original, ws, batches, threads)
+    by_output = {w.uses[0].node.output[0]: w.name for w in ws}
     fresh = NameScope(compressed)
     summary: dict[str, dict] = {}
-    for w in ws:
-        out = w.uses[0].node.output[0]
-        cap = Capturer(truncate(compressed, [out]), [out], threads=threads)
-        axis = _channel_axis(w)
-        new = [_rows(t := cap.run(b)[out], axis % t.ndim)[:, idx] for b, idx in zip(batches, picks[w.name])]
-        cur = find_weights(compressed).by_name()[w.name]
-        scaler = rescaler(cur.values(), Layout.of(cur.shape, cur.out_axis), codebooks[w.name]) \
-            if w.name in codebooks else None
-        wmode = "bias" if w.name in shift_only or (w.name in codebooks and scaler is None) else mode
-        x, y = np.concatenate(new, 1), np.concatenate(ref.pop(w.name), 1)
-        a, b = fit(x, y, wmode)
-        scaled = scaler(a) if scaler is not None and wmode != "bias" else None
-        if scaler is not None and wmode != "bias" and scaled is None:
-            a, b = fit(x, y, "bias")  # the scales would overflow float16: shift only
-        _apply(compressed, cur, a, b, fresh, scaled)
-        summary[w.name] = {"scale_mean": float(a.mean()), "shift_abs_mean": float(np.abs(b).mean())}
+    with Engine(compressed, original, data, threads=threads, progress=progress, label="correction") as eng:
+        for i, site in enumerate(eng.walk([(out, 0) for out in by_output])):
+            ref = site.y_ref()
+            if ref is None:
+                continue
+            cur = find_weights(compressed).by_name()[by_output[site.name]]
+            axis = _channel_axis(cur)
+            picks = [_positions(_rows(y, axis % y.ndim).shape[1], seed=1000 * b + i) for b, y in enumerate(ref)]
+            x = np.concatenate([_rows(y, axis % y.ndim)[:, idx] for y, idx in zip(site.y(), picks)], 1)
+            y = np.concatenate([_rows(r, axis % r.ndim)[:, idx] for r, idx in zip(ref, picks)], 1)
+            scaler = rescaler(cur.values(), Layout.of(cur.shape, cur.out_axis), codebooks[cur.name]) \
+                if cur.name in codebooks else None
+            wmode = "bias" if cur.name in shift_only or (cur.name in codebooks and scaler is None) else mode
+            a, b = fit(x, y, wmode)
+            scaled = scaler(a) if scaler is not None and wmode != "bias" else None
+            if scaler is not None and wmode != "bias" and scaled is None:
+                a, b = fit(x, y, "bias")  # the scales would overflow float16: shift only
+            _apply(compressed, cur, a, b, fresh, scaled)
+            site.changed()
+            summary[cur.name] = {"scale_mean": float(a.mean()), "shift_abs_mean": float(np.abs(b).mean())}
     return summary
 
 
@@ -239,7 +209,7 @@ class CorrectionPass(Pass):
         if not plan.names:
             return result
         fixed = correct(ctx.original, model, plan.names, ctx.data, mode=plan.mode, threads=ctx.threads,
-                        codebooks=plan.codebooks)
+                        codebooks=plan.codebooks, progress=ctx.progress)
         by_name = find_weights(model).by_name()
         for name, info in fixed.items():
             w = by_name[name]

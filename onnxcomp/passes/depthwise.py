@@ -25,14 +25,11 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.io import default_opset
 from onnxcomp.algo.linalg import blas_threads, output_error, weight_energy
-from onnxcomp.measure.patchstats import collect_covariances
 from onnxcomp.algo.separable import Separable, co_cluster, grouped_approx, grouped_kernel
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
-from onnxcomp.passes.layerstats import stats_requests
+from onnxcomp.passes.layerstats import layer_statistics
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
 from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
-
-MAX_SAMPLES = 64  # calibration samples behind the data-aware statistics
 
 
 @dataclass
@@ -86,13 +83,10 @@ class DepthwisePass(Pass):
         dense = [lay for lay in layers if lay.group == 1]
         covs = {}
         if data_aware and dense:
-            covs = collect_covariances(model, stats_requests(dense, out.notes), ctx.data,
-                                       max_samples=MAX_SAMPLES, seed=ctx.seed, threads=ctx.threads)
+            covs = {lay.weight.name: st[0].cov for lay, st, _ in
+                    layer_statistics(model, dense, ctx, out.notes, sequential=False) if st is not None}
         for lay in layers:
-            parts = [covs.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
-            ok = parts and all(p is not None for p in parts)
-            cov = sum(p[0].cov for p in parts) / len(parts) if ok else None
-            entry, reason = self._plan_layer(model, lay, cov, biases)
+            entry, reason = self._plan_layer(model, lay, covs.get(lay.weight.name), biases)
             out.layers.append((lay, entry, reason))
         return out
 

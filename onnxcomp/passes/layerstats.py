@@ -1,16 +1,18 @@
-"""Which layer inputs the data-aware rewrites measure, in which waves, merged over shared uses.
+"""Which layer inputs the data-aware rewrites measure, and the walk that measures them.
 
-Shared by ``factorize`` and ``depthwise``: one :class:`onnxcomp.measure.patchstats.StatsRequest` per
+Shared by ``factorize`` and ``depthwise``: one :class:`onnxcomp.measure.stats.StatsRequest` per
 use of every layer (depthwise convs and patches larger than ``MAX_COV_DIM`` are left out: the
-first is never rewritten, the second would need too large ``D × D`` statistics), consecutive
-waves of layers for sequential fitting, and the average of the statistics over the uses of a
-shared weight.
+first is never rewritten, the second would need too large ``D × D`` statistics), measured in
+one walk of the streaming engine (:func:`layer_statistics`).
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Iterator
 
-from onnxcomp.measure.patchstats import LayerStats, StatsRequest
+import numpy as np
+import onnx
+
+from onnxcomp.measure.stats import LayerStats, StatsRequest
 from onnxcomp.passes.rewrite import Layer, attr
 
 MAX_COV_DIM = 4608  # larger patches: data-free factors for that layer (the D×D statistics get big)
@@ -43,23 +45,30 @@ def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
     return reqs
 
 
-def split_waves(layers: list[Layer], waves: int) -> list[list[Layer]]:
-    """Consecutive groups of layers (graph order), at most ``waves`` of them."""
-    size = max(1, -(-len(layers) // max(1, waves)))
-    return [layers[i:i + size] for i in range(0, len(layers), size)]
+def layer_statistics(model: onnx.ModelProto, layers: list[Layer], ctx, notes: list[str], *,
+                     sequential: bool) -> Iterator[tuple[Layer, list[LayerStats] | None, onnx.ModelProto]]:
+    """(layer, its input statistics per group or None, the model to rewrite it in) in graph order.
 
+    One walk of the streaming engine. ``sequential``: the statistics come from a working copy in
+    which the caller rewrites each layer before the next is measured, with cross moments to the
+    untouched ``model`` (each layer is fit on the inputs the rewritten layers before it produce,
+    toward the original outputs); otherwise every layer is measured on ``model`` itself. A
+    shared weight is measured at its first use.
+    """
+    from onnxcomp.measure.engine import Engine
+    from onnxcomp.measure.stats import accumulate
 
-def merge_stats(stats: dict[str, list[LayerStats]], lay: Layer) -> list[LayerStats] | None:
-    """The layer's statistics per group, averaged over the uses of a shared weight (None if missing)."""
-    parts = [stats.get(f"{lay.weight.name}#{i}") for i in range(len(lay.nodes))]
-    if not parts or any(p is None for p in parts):
-        return None
-    if len(parts) == 1:
-        return parts[0]
-
-    def mean(field: str, g: int):
-        vals = [getattr(p[g], field) for p in parts]
-        return None if any(v is None for v in vals) else sum(vals) / len(vals)
-
-    return [LayerStats(mean("cov", g), mean("cross", g), mean("ref", g), sum(p[g].n for p in parts))
-            for g in range(len(parts[0]))]
+    reqs = {r.key: r for r in stats_requests(layers, notes)}
+    first = {lay.weight.name: reqs.get(f"{lay.weight.name}#0") for lay in layers}
+    work = model
+    if sequential:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+    items = [(lay, lay.nodes[0].output[0], 0 if first[lay.weight.name] is not None else None) for lay in layers]
+    with Engine(work, model if sequential else None, ctx.data, threads=ctx.threads, progress=ctx.progress,
+                label="factorize") as eng:
+        for lay, site in eng.each(items):
+            req = first[lay.weight.name]
+            stats = None if site is None else accumulate(site.x(), site.x_ref(), req, samples=eng.samples,
+                                                         seed=ctx.seed)
+            yield lay, stats, work

@@ -10,6 +10,7 @@ final values and stores indices + table, bit-exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -19,10 +20,13 @@ from onnxcomp.config import ClusterConfig
 from onnxcomp.encode.tables import Layout
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
+from onnxcomp.measure.engine import Engine
+from onnxcomp.measure.stats import accumulate
 from onnxcomp.passes.cluster import seq as cluster_seq
 from onnxcomp.passes.cluster.costs import (budget_limit, candidates, granularity_of, grid_levels, is_pruned,
                                           option_bits, select)
 from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit, fit
+from onnxcomp.passes.prune.obs import request
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
@@ -216,39 +220,55 @@ class ClusterPass(Pass):
             "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
         by_name = find_weights(model).by_name()
         gptq = bool(plan.bits) and self._gptq_on(ctx)
-        reference = None
-        if gptq and cluster_seq.usable(model):  # output-matched, layer after layer
-            reference = onnx.ModelProto()
-            reference.CopyFrom(model)
-        elif gptq and not plan.hessians:
-            plan.hessians = self._hessians(model, [by_name[n] for n in plan.bits], ctx)
         matched = 0
-        for name in _graph_order(model, list(plan.bits)):
+        for name, st in layer_stats(model, [by_name[n] for n in plan.bits], ctx, gptq, result.settings):
             w, bits, source, fitted = by_name[name], plan.bits[name], None, plan.fits.get(name)
-            if reference is not None:
-                plan.hessians.pop(name, None)
-                st = cluster_seq.stats(model, reference, w, ctx.data, threads=ctx.threads, seed=ctx.seed,
-                                       max_samples=MAX_SAMPLES)
-                if st is not None:
-                    plan.hessians[name], source, fitted = st, cluster_seq.target(w, st), None
+            if st is not None:
+                plan.hessians[name], fitted = st, None
+                if st[0].cross is not None:
+                    source = cluster_seq.target(w, st)
                     matched += 1
             values, f = self._values(w, bits, plan, ctx, fitted, source)
             set_weight(model, w, values)
-            k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else int(round(2 ** bits))
-            index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
-            sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
-            result.changes.append(Change(
-                name=name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
-                bytes_before=w.nbytes, bytes_after=int(w.size * index_bits + 7) // 8,
-                detail={"shape": list(w.shape), "clusters": int(k), "granularity": f.granularity,
-                        "bits": float(bits) if f.granularity == "grid" else float(np.log2(k)),  # grid: the level
-                        "sqnr_db": round(float(sqnr), 2),
-                        "weighted": name in plan.importance}))
+            result.changes.append(_change(w, f, bits, cfg, name in plan.importance))
         if plan.hessians:
             result.notes.append(f"GPTQ-style assignment with error feedback on {len(plan.hessians)} weight(s)"
                                 + (f"; {matched} re-targeted layer by layer to the original outputs" if matched else ""))
         result.changes.extend(plan.skipped)
         return result
+
+
+def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gptq: bool,
+                settings: dict) -> Iterator[tuple[str, list | None]]:
+    """(weight name, its input statistics or None) in graph order, from one walk of the streaming
+    engine: the work model's inputs, with cross moments to the model as it was before this pass
+    when it is small enough to keep a copy (output matching). Without ``gptq``: no statistics."""
+    if not gptq:
+        for name in _graph_order(model, [w.name for w in weights]):
+            yield name, None
+        return
+    reference = None
+    if cluster_seq.usable(model):
+        reference = onnx.ModelProto()
+        reference.CopyFrom(model)
+    requests = {w.name: request(w) for w in weights}
+    items = [(w.name, w.uses[0].node.output[0], 0 if requests[w.name] is not None else None) for w in weights]
+    with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster") as eng:
+        for name, site in eng.each(items):
+            yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
+                                                             samples=eng.samples, seed=ctx.seed)
+        settings["engine"] = eng.counts()
+
+
+def _change(w: Weight, f: Fit, bits: float, cfg: ClusterConfig, weighted: bool) -> Change:
+    k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else int(round(2 ** bits))
+    index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
+    sqnr = 10 * np.log10(1 / f.rel_error) if f.rel_error > 0 else float("inf")
+    return Change(name=w.name, op=w.op_type, action="clustered", params_before=w.size, params_after=w.size,
+                  bytes_before=w.nbytes, bytes_after=int(w.size * index_bits + 7) // 8,
+                  detail={"shape": list(w.shape), "clusters": int(k), "granularity": f.granularity,
+                          "bits": float(bits) if f.granularity == "grid" else float(np.log2(k)),  # grid: the level
+                          "sqnr_db": round(float(sqnr), 2), "weighted": weighted})
 
 
 def _refit(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:

@@ -24,7 +24,8 @@ import onnx
 
 from onnxcomp.graph.weights import Weight
 from onnxcomp.io import model_bytes
-from onnxcomp.measure.patchstats import LayerStats, collect_covariances
+from onnxcomp.measure.patchstats import collect_covariances
+from onnxcomp.measure.stats import LayerStats
 from onnxcomp.passes.prune.obs import _rows, _unrows, request
 
 MAX_MODEL_BYTES = 1 << 30  # above this the original is not copied: plain GPTQ

@@ -25,15 +25,13 @@ from onnx import helper, numpy_helper
 from onnxcomp.errors import ConfigError
 from onnxcomp.io import default_opset
 from onnxcomp.algo.linalg import blas_threads
-from onnxcomp.measure.patchstats import collect_covariances
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
-from onnxcomp.passes.layerstats import merge_stats, split_waves, stats_requests
+from onnxcomp.passes.layerstats import layer_statistics
 from onnxcomp.passes.factorize.plan import Candidate, applicable, candidates_for, cost, evaluate, pick
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
 from onnxcomp.passes.rewrite import GraphEditor, Layer, attr, collect_layers
 
 ROLES = ("conv", "gemm_b", "matmul_b")
-MAX_SAMPLES = 64  # calibration samples behind the data-aware statistics
 SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
 
 
@@ -76,26 +74,16 @@ class FactorizePass(Pass):
         if not data_aware or not layers:
             out.layers = [self._plan_layer(model, lay, None) for lay in layers]
             return out
-        waves = split_waves(layers, cfg.waves if cfg.sequential else 1)
-        work, editor = None, None
-        for k, wave in enumerate(waves):
-            drifted = work is not None  # sequential: inputs come from the partly rewritten model
-            stats = collect_covariances(work if drifted else model, stats_requests(wave, out.notes), ctx.data,
-                                        max_samples=MAX_SAMPLES, seed=ctx.seed, threads=ctx.threads,
-                                        reference=model if drifted else None)
-            for lay in wave:
-                out.layers.append(self._plan_layer(model, lay, merge_stats(stats, lay)))
-            if k + 1 < len(waves):  # later waves see the rewrites so far
-                if work is None:
-                    work = onnx.ModelProto()
-                    work.CopyFrom(model)
-                    editor = GraphEditor(work)
-                for lp in out.layers[-len(wave):]:
-                    if lp.candidate is not None:
-                        rewrite(work, lp, editor, drop=False)
-        if len(waves) > 1:
-            out.notes.append(f"sequential fitting in {len(waves)} waves: each layer is fit on the inputs "
-                             "the rewritten layers before it produce, toward the original outputs")
+        editor = None
+        for lay, stats, work in layer_statistics(model, layers, ctx, out.notes, sequential=cfg.sequential):
+            lp = self._plan_layer(model, lay, stats)
+            out.layers.append(lp)
+            if cfg.sequential and lp.candidate is not None:  # later layers see the rewrites so far
+                editor = editor or GraphEditor(work)
+                rewrite(work, lp, editor, drop=False)
+        if cfg.sequential:
+            out.notes.append("sequential fitting: each layer is fit on the inputs the rewritten layers before it "
+                             "produce, toward the original outputs")
         return out
 
     def _plan_layer(self, model: onnx.ModelProto, lay: Layer, covs) -> LayerPlan:
@@ -255,10 +243,9 @@ def _change(lp: LayerPlan, new_names: list[str]) -> Change:
 
 
 def _settings(cfg, plan: FactorizePlan) -> dict:
-    ratio = cfg.target_ratio
-    return {"method": cfg.method, "rank": cfg.rank, "energy": cfg.energy, "ratio": ratio,
+    removed = None if cfg.target_ratio is None else round(1.0 - cfg.target_ratio, 6)
+    return {"method": cfg.method, "rank": cfg.rank, "energy": cfg.energy, "ratio": removed,
             "round_to": cfg.round_to, "data_aware": plan.data_aware, "measure": cfg.measure,
             "max_error": cfg.max_error, "sequential": cfg.sequential if plan.data_aware else None,
-            "rank_rule": "rank" if cfg.rank else "energy" if cfg.energy else f"ratio {ratio:g}",
-            "measure_max_ratio": MEASURE_MAX_RATIO if cfg.measure else None,
-            "max_samples": MAX_SAMPLES if plan.data_aware else None}
+            "rank_rule": "rank" if cfg.rank else "energy" if cfg.energy else f"ratio {removed:g} of the MACs removed",
+            "measure_max_ratio": MEASURE_MAX_RATIO if cfg.measure else None}

@@ -14,10 +14,12 @@ import onnx
 
 from onnxcomp.graph.weights import Weight
 from onnxcomp.algo.obs import prune_obs
-from onnxcomp.measure.patchstats import StatsRequest, collect_covariances
+from onnxcomp.measure.patchstats import collect_covariances
+from onnxcomp.measure.stats import StatsRequest
 
 STATS_BYTES = 1 << 30
 MAX_DIM = 4608
+REFERENCE_BYTES = 1 << 30  # above this the model is not copied: OBS on the new inputs, toward W itself
 
 
 def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
@@ -80,16 +82,35 @@ def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
 def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, float],
                data: Iterable, *, nm: tuple[int, int] | None, rowwise: bool,
                fallback: Callable[[Weight, np.ndarray, float], np.ndarray],
-               threads: int | None = None, notes: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Pruned values per weight: OBS where statistics exist, ``fallback`` elsewhere."""
-    out = {w.name: _solve(w, stats, levels[w.name], nm, rowwise)
-           for w, stats in hessians(model, weights, data, threads=threads)}
-    for w in weights:
-        if w.name not in out:
-            out[w.name] = fallback(w, w.values(), levels[w.name])
-            if notes is not None:
-                notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
-    return out
+               threads: int | None = None, notes: list[str] | None = None, seed: int = 0,
+               progress=None) -> Iterator[tuple[Weight, np.ndarray]]:
+    """(weight, pruned values) in graph order, each written by the caller before the next is solved.
+
+    One walk of the streaming engine: each layer is pruned on the inputs the already pruned layers
+    produce, toward the outputs of the model as it was before the pass (its least-squares target
+    ``W E[x_o x_qᵀ] E[x_q x_qᵀ]⁻¹``, then OBS masks and updates on ``E[x_q x_qᵀ]``). Layers the
+    statistics cannot describe fall back to ``fallback`` (magnitude masks), with a note.
+    """
+    from onnxcomp.io import model_bytes
+    from onnxcomp.measure.engine import Engine
+    from onnxcomp.measure.stats import accumulate
+
+    reference = None
+    if model_bytes(model) <= REFERENCE_BYTES:
+        reference = onnx.ModelProto()
+        reference.CopyFrom(model)
+    reqs = {w.name: (r if (r := request(w)) is not None and _dim(w) <= MAX_DIM else None) for w in weights}
+    items = [(w, w.uses[0].node.output[0], 0 if reqs[w.name] is not None else None) for w in weights]
+    with Engine(model, reference, data, threads=threads, progress=progress, label="prune") as eng:
+        for w, site in eng.each(items):
+            stats = None if site is None else accumulate(site.x(), site.x_ref(), reqs[w.name], samples=eng.samples,
+                                                         seed=seed)
+            if stats is None:
+                if notes is not None:
+                    notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
+                yield w, fallback(w, w.values(), levels[w.name])
+                continue
+            yield w, _solve(w, stats, levels[w.name], nm, rowwise)
 
 
 def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: list,
@@ -115,7 +136,9 @@ def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: 
 
 
 def _solve(w: Weight, groups: list, level: float, nm, rowwise: bool) -> np.ndarray:
-    rows = _rows(w, w.values())
+    """OBS-pruned values of ``w``: toward its output-matched target when the statistics have cross
+    moments (the pruned zeros of the target are chosen by OBS saliency on the new inputs)."""
+    rows = _rows(w, w.values()).astype(np.float64)
     parts = np.split(rows, len(groups), axis=0)
-    solved = [prune_obs(p, g.cov, level, rowwise=rowwise, nm=nm) for p, g in zip(parts, groups)]
-    return _unrows(w, np.concatenate(solved, axis=0))
+    solved = [prune_obs(g.target(p), g.cov, level, rowwise=rowwise, nm=nm) for p, g in zip(parts, groups)]
+    return _unrows(w, np.concatenate(solved, axis=0)).astype(w.dtype)

@@ -100,6 +100,10 @@ class PrunePass(Pass):
             return masks.channel_mask(s, w, sparsity)
         return masks.tensor_mask(s, sparsity)
 
+    def masked(self, w: Weight, values: np.ndarray, level: float, plan: PrunePlan) -> np.ndarray:
+        """``values`` with the weights outside the keep-mask zeroed."""
+        return np.where(self.mask(w, values, level, plan), values, np.zeros((), values.dtype))
+
     def plan(self, model: onnx.ModelProto, ctx: Context) -> PrunePlan:
         cfg = self.config
         chosen, skipped = select(find_weights(model), cfg)
@@ -154,28 +158,22 @@ class PrunePass(Pass):
             "granularity": self.config.granularity,
             "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
         by_name = find_weights(model).by_name()
-        solved = {}
+        weights = [by_name[n] for n in plan.sparsity]
         if self.config.score == "obs":
             from onnxcomp.passes.prune.obs import obs_values
 
-            solved = obs_values(model, [by_name[n] for n in plan.sparsity], plan.sparsity, ctx.data,
-                                nm=self.config.nm, rowwise=self.config.granularity == "channel",
-                                fallback=lambda w, v, lv: v * self.mask(w, v, lv, plan),
-                                threads=ctx.threads, notes=result.notes)
-        for name, level in plan.sparsity.items():
-            w = by_name[name]
-            values = w.values()
-            if name in solved:
-                pruned = solved[name]
-            else:
-                keep = self.mask(w, values, level, plan)
-                pruned = np.where(keep, values, np.zeros((), values.dtype))
+            pairs = obs_values(model, weights, plan.sparsity, ctx.data, nm=self.config.nm,
+                               rowwise=self.config.granularity == "channel", fallback=lambda w, v, lv: self.masked(w, v, lv, plan),
+                               threads=ctx.threads, notes=result.notes, seed=ctx.seed, progress=ctx.progress)
+        else:
+            pairs = ((w, self.masked(w, w.values(), plan.sparsity[w.name], plan)) for w in weights)
+        for w, pruned in pairs:  # each weight is written before the next one is solved
             set_weight(model, w, pruned)
             nonzero = int(np.count_nonzero(pruned))
             result.changes.append(Change(
-                name=name, op=w.op_type, action="pruned", params_before=w.size, params_after=nonzero,
+                name=w.name, op=w.op_type, action="pruned", params_before=w.size, params_after=nonzero,
                 bytes_before=w.nbytes, bytes_after=w.nbytes,
                 detail={"sparsity": round(1 - nonzero / max(w.size, 1), 4),
-                        "target": round(level, 4), "shape": list(w.shape)}))
+                        "target": round(plan.sparsity[w.name], 4), "shape": list(w.shape)}))
         result.changes.extend(plan.skipped)
         return result

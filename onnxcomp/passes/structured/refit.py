@@ -8,9 +8,9 @@ channels is refit so that, fed with the *pruned* model's activations, it reprodu
 
 a ridge regression pulled towards the current weights W_0 (so little data cannot hurt much),
 solved for all output channels at once from accumulated normal equations. Convs use im2col
-patches at randomly sampled output positions (bounded rows). Consumers are refit in waves in
-graph order; each wave sees the activations of the model with the earlier waves already refit,
-so upstream errors are corrected as they accumulate.
+patches at randomly sampled output positions (bounded rows). Consumers are refit one after
+another in graph order on the streaming engine: each sees the activations of the model with
+every earlier consumer already refit, so upstream errors are corrected as they accumulate.
 """
 from __future__ import annotations
 
@@ -19,14 +19,11 @@ import onnx
 
 from onnxcomp.graph.channels.types import kept_mask
 from onnxcomp.graph.edit import ConstEval, get_attr, remove_dead, set_input
-from onnxcomp.passes.structured.importance import limited
 
 RIDGE = 3e-2  # x mean diagonal of the Gram matrix; 1e-3..1e-1 tried on effnet_lite0 and the digit models
 ROWS = 32768  # at most this many sampled rows (output positions) per consumer
 MIN_ROWS = 2048
 ROWS_PER_UNKNOWN = 8
-WAVE_BYTES = 512 << 20  # normal equations held at once
-MAX_WAVES = 16
 
 
 class _Target:
@@ -127,102 +124,57 @@ def _supported(node: onnx.NodeProto, w: np.ndarray | None) -> str | None:
     return None
 
 
-def _waves(targets: list, sizes: list[int], max_waves: int) -> list[list]:
-    per = max(1, -(-len(targets) // max_waves))
-    waves, cur, mem = [], [], 0
-    for t, s in zip(targets, sizes):
-        if cur and (len(cur) >= per or mem + s > WAVE_BYTES):
-            waves.append(cur)
-            cur, mem = [], 0
-        cur.append(t)
-        mem += s
-    return waves + ([cur] if cur else [])
-
-
-def _targets(plan, ev: ConstEval) -> tuple[list, list[int], list[str]]:
-    """Consumers that lost input channels and can be refit, their normal-equation bytes, notes."""
-    targets, sizes, notes = [], [], []
+def _targets(plan, ev: ConstEval) -> tuple[list, list[str]]:
+    """Consumers that lost input channels and can be refit, and notes on the others."""
+    targets, notes = [], []
     for c in plan.cg.consumers:
         if kept_mask(plan.keep, c.ids).all():
             continue
-        w = ev.value(c.node.input[1])
-        why = _supported(c.node, w)
+        why = _supported(c.node, ev.value(c.node.input[1]))
         if why:
             notes.append(f"not refit: {c.name}: {why}")
             continue
         targets.append(c)
-        d = w.size // max(1, w.shape[0]) + 1
-        sizes.append(8 * d * d)
-    return targets, sizes, notes
+    return targets, notes
 
 
-def _fit_wave(original, pruned, plan, wave, ctx, max_samples: int) -> list[_Target]:
-    """Accumulate the normal equations of one wave of consumers over the calibration data."""
-    from onnxcomp.measure.capture import Capturer
+def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx) -> list[str]:
+    """Refit every consumer that lost input channels, one after another in graph order; notes.
 
-    producer = {id(p.node): p for p in plan.cg.producers}
-    ev = ConstEval(pruned)
-    fits = []
-    for c in wave:
-        p = producer.get(id(c.node))
-        b = ev.value(c.node.input[2]) if len(c.node.input) > 2 and c.node.input[2] else None
-        fits.append(_Target(c.node, None if p is None else kept_mask(plan.keep, p.ids), ev.value(c.node.input[1]), b))
-    ys_names, xs_names = [t.node.output[0] for t in fits], [t.node.input[0] for t in fits]
-    cap_o = Capturer(prefix(original, ys_names), ys_names, threads=ctx.threads)
-    cap_p = Capturer(prefix(pruned, xs_names), xs_names, threads=ctx.threads)
-    rng = np.random.default_rng(ctx.seed)
-    known = getattr(ctx.data, "num_samples", None)
-    total = min(max_samples, known) if known else max_samples  # rows are spread over the samples
-    for batch in limited(ctx.data, max_samples):
-        ys, xs = cap_o.run(batch), cap_p.run(batch)
-        n = len(next(iter(batch.values())))
-        for t in fits:
-            _accumulate(t, xs[t.node.input[0]], ys[t.node.output[0]], rng, max(64, -(-t.budget * n // total)))
-    return fits
-
-
-def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx, max_samples: int,
-                    max_waves: int = MAX_WAVES) -> list[str]:
-    """Refit every consumer that lost input channels, wave after wave; returns report notes."""
+    One walk of the streaming engine: each consumer is fitted on the pruned model's inputs (every
+    consumer before it already refit) toward the original model's outputs on its kept channels.
+    """
     from onnxcomp.graph.edit import NameScope
+    from onnxcomp.measure.engine import Engine
 
-    targets, sizes, notes = _targets(plan, ConstEval(pruned))
+    targets, notes = _targets(plan, ConstEval(pruned))
+    producer = {id(p.node): p for p in plan.cg.producers}
+    by_output = {c.node.output[0]: c for c in targets}
     scope = NameScope(pruned)
     rows_fit = 0
-    for wave in _waves(targets, sizes, max_waves):
-        for t in _fit_wave(original, pruned, plan, wave, ctx, max_samples):
-            w, b = t.solve()
-            base = t.node.name or t.node.output[0]
-            set_input(pruned, t.node, 1, w, scope, f"{base}_refit_w")
-            if b is not None:
-                set_input(pruned, t.node, 2, b, scope, f"{base}_refit_b")
+    with Engine(pruned, original, ctx.data, threads=ctx.threads, progress=ctx.progress, label="refit") as eng:
+        for k, site in enumerate(eng.walk([(out, 0) for out in by_output])):
+            c, y_ref = by_output[site.name], site.y_ref()
+            if y_ref is None:
+                continue
+            ev, node = ConstEval(pruned), site.node
+            p = producer.get(id(c.node))
+            b = ev.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            t = _Target(node, None if p is None else kept_mask(plan.keep, p.ids), ev.value(node.input[1]), b)
+            rng = np.random.default_rng(ctx.seed + k)
+            for x, y in zip(site.x(), y_ref):
+                _accumulate(t, x, y, rng, max(64, -(-t.budget * len(x) // max(eng.samples, 1))))
+            w, bias = t.solve()
+            base = node.name or node.output[0]
+            set_input(pruned, node, 1, w, scope, f"{base}_refit_w")
+            if bias is not None:
+                set_input(pruned, node, 2, bias, scope, f"{base}_refit_b")
             rows_fit = max(rows_fit, t.rows)
     remove_dead(pruned)
     if targets:
         notes.insert(0, f"least-squares refit of {len(targets)} consumer(s) on up to {rows_fit} rows each "
-                        f"(pruned-model inputs, original outputs; {min(max_waves, len(targets))} wave(s))")
+                        "(pruned-model inputs, every consumer before it refit; original outputs)")
     return notes
-
-
-def prefix(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy computing only ``names`` (onnxruntime runs every node, needed or not)."""
-    needed, keep = set(names), []
-    for node in reversed(model.graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    out = onnx.ModelProto()
-    out.ir_version, out.producer_name = model.ir_version, model.producer_name
-    out.opset_import.extend(model.opset_import)
-    g = out.graph
-    g.name = model.graph.name
-    g.node.extend(reversed(keep))
-    g.initializer.extend(t for t in model.graph.initializer if t.name in needed)
-    g.input.extend(i for i in model.graph.input if i.name in needed or
-                   i.name not in {t.name for t in model.graph.initializer})
-    g.value_info.extend(model.graph.value_info)
-    g.output.extend(o for o in model.graph.output if o.name in set(names))
-    return out
 
 
 def _accumulate(t: _Target, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_rows: int) -> None:

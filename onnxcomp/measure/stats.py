@@ -1,0 +1,147 @@
+"""Layer-input statistics: second moments of im2col patches or matrix rows, with cross moments to
+a reference model's inputs at the same samples and positions.
+
+For a conv the statistic is the uncentred covariance ``E[p pᵀ]`` of its im2col patches (one
+patch per output position, flattened in kernel order ``(c, i, j)``, per group); for a Gemm/MatMul
+it is ``E[x xᵀ]`` over the rows that meet the weight. The inputs come batch by batch
+(from the streaming engine, :mod:`onnxcomp.measure.engine`, or a capture), and a seeded random
+subset of at most ``max_patches / samples`` output positions per sample is gathered, so memory
+and time stay bounded on large feature maps. Only the ``D × D`` accumulators are kept (``D`` = patch size),
+and each estimate is shrunk toward a scaled identity by ``D / (D + n)`` (see :func:`shrink`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class StatsRequest:
+    """What to measure for one layer: its input tensor and how the weight meets it."""
+
+    key: str
+    tensor: str
+    kind: str  # "conv" or "matrix"
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
+
+
+def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]``: ``[S, C·kh·kw]``."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
+    t, left, b, r = req.pads
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
+    ho = (h + t + b - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + r - dw * (kw - 1) - 1) // sw + 1
+    if ho <= 0 or wo <= 0:
+        return np.zeros((0, c * kh * kw), np.float64)
+    per = min(count, ho * wo)
+    picks = np.concatenate([rng.choice(ho * wo, per, replace=False) for _ in range(n)])
+    batch = np.repeat(np.arange(n), per)
+    oy, ox = picks // wo, picks % wo
+    rows = oy[:, None] * sh + np.arange(kh)[None, :] * dh  # [S, kh]
+    cols = ox[:, None] * sw + np.arange(kw)[None, :] * dw  # [S, kw]
+    patches = xp[batch[:, None, None, None], np.arange(c)[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]  # [S, C, kh, kw], kernel order
+    return patches.reshape(len(batch), c * kh * kw)
+
+
+def matrix_rows(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` random input rows per sample (the vectors the weight multiplies)."""
+    if req.transposed:
+        x = np.swapaxes(x, -1, -2)
+    n = x.shape[0] if x.ndim > 2 else 1
+    rows = x.reshape(n, -1, x.shape[-1])
+    per = min(count, rows.shape[1])
+    picks = [row[rng.choice(len(row), per, replace=False)] for row in rows]
+    return np.concatenate(picks)
+
+
+@dataclass
+class LayerStats:
+    """Second moments of one layer's (group's) input vectors ``x`` (``D × D``, float64, shrunk).
+
+    ``cov = E[x xᵀ]``. With a reference model (sequential fitting) ``x`` comes from the model
+    being rewritten and ``x_ref`` from the original at the same samples and positions:
+    ``cross = E[x_ref xᵀ]`` and ``ref = E[x_ref x_refᵀ]``.
+    """
+
+    cov: np.ndarray
+    cross: np.ndarray | None = None
+    ref: np.ndarray | None = None
+    n: int = 0
+
+    def target(self, weight: np.ndarray) -> np.ndarray:
+        """The weight to approximate on ``x``: ``W`` itself, or with a reference the least-squares
+        map ``W cross cov⁻¹`` that best reproduces the original outputs ``W x_ref`` from ``x``."""
+        if self.cross is None:
+            return weight
+        from onnxcomp.algo.linalg import ridge_solve
+        w = np.asarray(weight, np.float64).reshape(len(weight), -1)
+        return ridge_solve(w @ self.cross, self.cov).reshape(weight.shape)
+
+
+def _draw(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
+    p = conv_patches(x, req, count, rng) if req.kind == "conv" else matrix_rows(x, req, count, rng)
+    return np.ascontiguousarray(p, np.float32)
+
+
+def _grams(a: np.ndarray, b: np.ndarray, group: int) -> list[np.ndarray]:
+    """Per group ``aᵀ b`` (float32 BLAS, float64 result)."""
+    pa = np.split(a, group, axis=1) if group > 1 else [a]
+    pb = np.split(b, group, axis=1) if group > 1 else [b]
+    return [(x.T @ y).astype(np.float64) for x, y in zip(pa, pb)]
+
+
+def _finish(acc: dict[str, list[np.ndarray]], n: int) -> list[LayerStats]:
+    out = []
+    for g in range(len(acc["cov"])):
+        mom = {k: v[g] / max(n, 1) for k, v in acc.items()}
+        out.append(LayerStats(shrink(mom["cov"], n), shrink(mom["cross"], n) if "cross" in mom else None,
+                              shrink(mom["ref"], n) if "ref" in mom else None, n))
+    return out
+
+
+def shrink(cov: np.ndarray, n: int) -> np.ndarray:
+    """Shrink a covariance estimated from ``n`` vectors toward a scaled identity.
+
+    ``(1 - a) cov + a (tr cov / D) I`` with ``a = D / (D + n)``: with few samples (``n`` not much
+    larger than the dimension ``D``, e.g. a Gemm after global pooling) the raw estimate has
+    unseen directions that whitening would discard; the shrunk one falls back smoothly toward
+    the plain (data-free) SVD, which is the ``a = 1`` limit.
+    """
+    d = len(cov)
+    a = d / (d + max(n, 0))
+    return (1.0 - a) * cov + a * (np.trace(cov) / max(d, 1)) * np.eye(d)
+    # (a cross moment E[x_ref xᵀ] is shrunk the same way, toward "no drift": x = x_ref)
+
+
+def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req: StatsRequest, *, samples: int,
+               max_patches: int = 16384, seed: int = 0) -> list[LayerStats] | None:
+    """Per-group :class:`LayerStats` of one layer's input batches ``xs`` (with the reference's
+    ``refs`` at the same samples and positions, for the cross moments), at most
+    ``max_patches / samples`` positions per sample."""
+    rng = np.random.default_rng(seed)
+    per_sample = max(1, math.ceil(max_patches / max(samples, 1)))
+    acc: dict[str, list[np.ndarray]] = {}
+    count = 0
+    for b, x in enumerate(xs):
+        state = rng.bit_generator.state
+        p = _draw(np.asarray(x, np.float32), req, per_sample, rng)
+        parts = {"cov": _grams(p, p, req.group)}
+        if refs is not None:
+            rng.bit_generator.state = state  # the same samples and positions in the reference
+            q = _draw(np.asarray(refs[b], np.float32), req, per_sample, rng)
+            parts.update(cross=_grams(q, p, req.group), ref=_grams(q, q, req.group))
+        for name, grams in parts.items():
+            acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
+        count += len(p)
+    return _finish(acc, count) if acc else None
