@@ -5,8 +5,8 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
-                                 threads_option)
+from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
+                                 output_options, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -22,14 +22,14 @@ def render_clustered(result: Any) -> str:
         rows.append([c.name, c.op, "x".join(map(str, c.detail["shape"])), f"{c.detail['bits']:g}",
                      c.detail["granularity"], f"{c.detail['sqnr_db']:.1f}", e.kind if e else "dense",
                      fmt_bytes(c.bytes_before), fmt_bytes(e.bytes if e else c.bytes_before)])
-    settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if v is not None)
+    settings = settings_line(r.settings)
     lines = [f"cluster: {settings}"]
     if rows:
         lines.append(table(["weight", "op", "shape", "bits", "codebook", "SQNR dB", "encoding", "bytes",
                             "after"], rows, "lllrlrlrr"))
     lines += [f"skipped {c.name} ({c.op}): {c.reason}" for c in r.skipped]
     lines += [f"note: {n}" for x in result.results for n in x.notes]
-    return "\n".join(lines)
+    return "\n".join(lines + [x for x in [engine_line(result)] if x])
 
 
 @click.command("cluster")

@@ -55,6 +55,21 @@ def load_data(model: Any, cfg: DataConfig) -> Any:
                  num_samples=cfg.samples, preprocess=cfg.preprocess)
 
 
+def settings_line(settings: dict, skip: tuple = (None,)) -> str:
+    """A pass's settings as ``k=v`` pairs (the engine's counts go on their own line)."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if k != "engine" and v not in skip)
+
+
+def engine_line(result: Any) -> str | None:
+    """What the calibrated passes cost: walks of the streaming engine, segments and batch runs."""
+    walks = [w for r in result.results for w in r.settings.get("engine", [])]
+    if not walks:
+        return None
+    return (f"calibration: {walks[0]['samples']} samples; {len(walks)} engine walk(s) "
+            f"({', '.join(w['walk'] for w in walks)}), {sum(w['segments'] for w in walks)} segments, "
+            f"{sum(w['batch_runs'] for w in walks)} batch runs (each node once per stream and walk)")
+
+
 def render_fidelity_lines(report: Any) -> list[str]:
     """data / fidelity / notes lines of a FidelityReport."""
     lines = [f"data: {report.data}", f"fidelity: {report.metrics_line()}"]

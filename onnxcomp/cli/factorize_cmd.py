@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
-                                 threads_option)
+from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
+                                 output_options, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
@@ -28,7 +28,7 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
     """Per-layer table (method, rank/multiplier, MACs, params, energy, error, latency) and skips."""
     lines = []
     for r in compressed.results:
-        settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if v not in (None, False))
+        settings = settings_line(r.settings, skip=(None, False))
         lines.append(f"{r.pass_name}: {settings}")
         rows = []
         for c in r.applied:
@@ -56,7 +56,7 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
                          f"({fmt_ratio(model_macs[1] / model_macs[0])})")
         lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
         lines += [f"note: {n}" for n in r.notes]
-    return "\n".join(lines)
+    return "\n".join(lines + [x for x in [engine_line(compressed)] if x])
 
 
 def model_macs(original, compressed, input_shapes) -> tuple[int | None, int | None]:

@@ -5,8 +5,8 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
-                                 refuse_given, threads_option)
+from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
+                                 output_options, refuse_given, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
@@ -30,7 +30,7 @@ def render_changes(result: Any) -> str:
             rows.append([c.name, c.op, "x".join(map(str, c.detail.get("shape", []))),
                          fmt_pct(c.detail.get("sparsity")), e.kind if e else "dense",
                          fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)])
-        settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if v is not None)
+        settings = settings_line(r.settings)
         lines.append(f"{r.pass_name}: {settings}")
         if rows:
             lines.append(table(["weight", "op", "shape", "sparsity", "encoding", "bytes", "after"], rows,
@@ -44,7 +44,7 @@ def render_changes(result: Any) -> str:
         for c in r.skipped:
             lines.append(f"skipped {c.name} ({c.op}): {c.reason}")
         lines += [f"note: {n}" for n in r.notes]
-    return "\n".join(lines)
+    return "\n".join(lines + [x for x in [engine_line(result)] if x])
 
 
 def render_structured(result: Any) -> str:
@@ -63,7 +63,7 @@ def render_structured(result: Any) -> str:
     lines.append(f"MACs per sample: {fmt_count(mb)} -> {fmt_count(ma)} ({fmt_pct(ma / mb if mb else 1.0)}); "
                  f"producer params {fmt_count(pb)} -> {fmt_count(pa)}")
     lines += [f"note: {n}" for n in r.notes]
-    return "\n".join(lines)
+    return "\n".join(lines + [x for x in [engine_line(result)] if x])
 
 
 def run_structured(model: str, kw: dict[str, Any], as_json: bool) -> None:

@@ -75,8 +75,9 @@ class Engine:
 
     def __init__(self, model: onnx.ModelProto, reference: onnx.ModelProto | None, data: Any, *,
                  threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-                 label: str = "layers", cap_bytes: int | None = None) -> None:
+                 label: str = "layers", cap_bytes: int | None = None, record: dict | None = None) -> None:
         self.batches = [dict(b) for b in data]
+        self.record = record  # a report's settings: the walk's counts are added under "engine" on close
         self.budget = Budget(cap_bytes)
         self.work = Stream(model, self.batches, threads=threads, store=Store(self.budget), label="the model")
         self.ref = None
@@ -138,6 +139,9 @@ class Engine:
         return {**run_counts(*streams), "peak_bytes": self.budget.peak, "samples": self.samples}
 
     def close(self) -> None:
+        if self.record is not None:
+            self.record.setdefault("engine", []).append({"walk": self.label, **self.counts()})
+            self.record = None
         for s in (self.work, self.ref):
             if s is not None:
                 s.close()

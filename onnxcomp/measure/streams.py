@@ -193,10 +193,10 @@ class Stream:
         g.node.extend(nodes)
         g.initializer.extend(t for t in src.graph.initializer if t.name in weights)
         g.sparse_initializer.extend(t for t in src.graph.sparse_initializer if t.values.name in weights)
-        for x in feeds:
+        for k, x in enumerate(feeds):  # dims named apart: equal names would tell onnxruntime they are equal
             value = self.batches[0][x] if x in self.inputs else self.store.arrays[x][0]
             elem = helper.np_dtype_to_tensor_dtype(value.dtype)
-            g.input.append(helper.make_tensor_value_info(x, elem, [f"d{i}" for i in range(value.ndim)]))
+            g.input.append(helper.make_tensor_value_info(x, elem, [f"in{k}_{i}" for i in range(value.ndim)]))
         g.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
         return m
 

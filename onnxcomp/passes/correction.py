@@ -121,7 +121,7 @@ def _apply(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, fres
 def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Iterable[str],
             data: Iterable[dict], *, mode: str = "affine", threads: int | None = None,
             bias_only: Iterable[str] = (), codebooks: dict[str, str] | None = None,
-            progress=None) -> dict[str, dict]:
+            progress=None, record: dict | None = None) -> dict[str, dict]:
     """Refit the output channels of the named compressed layers in place, one layer at a time.
 
     One walk of the streaming engine (:mod:`onnxcomp.measure.engine`) in topological order: each
@@ -145,7 +145,8 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
     by_output = {w.uses[0].node.output[0]: w.name for w in ws}
     fresh = NameScope(compressed)
     summary: dict[str, dict] = {}
-    with Engine(compressed, original, data, threads=threads, progress=progress, label="correction") as eng:
+    with Engine(compressed, original, data, threads=threads, progress=progress, label="correction",
+                record=record) as eng:
         for i, site in enumerate(eng.walk([(out, 0) for out in by_output])):
             ref = site.y_ref()
             if ref is None:
@@ -209,7 +210,7 @@ class CorrectionPass(Pass):
         if not plan.names:
             return result
         fixed = correct(ctx.original, model, plan.names, ctx.data, mode=plan.mode, threads=ctx.threads,
-                        codebooks=plan.codebooks, progress=ctx.progress)
+                        codebooks=plan.codebooks, progress=ctx.progress, record=result.settings)
         by_name = find_weights(model).by_name()
         for name, info in fixed.items():
             w = by_name[name]

@@ -40,6 +40,7 @@ class DepthwisePlan:
     skipped: list = field(default_factory=list)
     data_aware: bool = False
     notes: list[str] = field(default_factory=list)
+    measured: dict = field(default_factory=dict)  # the engine's counts
 
 
 def _costs(lay: Layer, inner: int, mode: str) -> tuple[int | None, int | None, int, int]:
@@ -84,7 +85,8 @@ class DepthwisePass(Pass):
         covs = {}
         if data_aware and dense:
             covs = {lay.weight.name: st[0].cov for lay, st, _ in
-                    layer_statistics(model, dense, ctx, out.notes, sequential=False) if st is not None}
+                    layer_statistics(model, dense, ctx, out.notes, sequential=False, record=out.measured)
+                    if st is not None}
         for lay in layers:
             entry, reason = self._plan_layer(model, lay, covs.get(lay.weight.name), biases)
             out.layers.append((lay, entry, reason))
@@ -167,7 +169,7 @@ class DepthwisePass(Pass):
         cfg = self.config
         result = PassResult(self.name, notes=list(plan.notes), settings={
             "mode": cfg.mode, "multiplier": cfg.multiplier, "groups": cfg.groups, "energy": cfg.target_energy,
-            "data_aware": plan.data_aware, "measure": cfg.measure})
+            "data_aware": plan.data_aware, "measure": cfg.measure, **plan.measured})
         for w, why in plan.skipped:
             result.changes.append(skip(w, why))
             result.changes[-1].detail = {"layer": w.consumers[0]}

@@ -253,11 +253,11 @@ def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gpt
         reference.CopyFrom(model)
     requests = {w.name: request(w) for w in weights}
     items = [(w.name, w.uses[0].node.output[0], 0 if requests[w.name] is not None else None) for w in weights]
-    with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster") as eng:
+    with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster",
+                record=settings) as eng:
         for name, site in eng.each(items):
             yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
                                                              samples=eng.samples, seed=ctx.seed)
-        settings["engine"] = eng.counts()
 
 
 def _change(w: Weight, f: Fit, bits: float, cfg: ClusterConfig, weighted: bool) -> Change:

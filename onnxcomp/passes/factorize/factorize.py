@@ -52,6 +52,7 @@ class FactorizePlan:
     skipped: list = field(default_factory=list)
     data_aware: bool = False
     notes: list[str] = field(default_factory=list)
+    measured: dict = field(default_factory=dict)  # the engine's counts
 
 
 class FactorizePass(Pass):
@@ -75,7 +76,8 @@ class FactorizePass(Pass):
             out.layers = [self._plan_layer(model, lay, None) for lay in layers]
             return out
         editor = None
-        for lay, stats, work in layer_statistics(model, layers, ctx, out.notes, sequential=cfg.sequential):
+        for lay, stats, work in layer_statistics(model, layers, ctx, out.notes, sequential=cfg.sequential,
+                                                  record=out.measured):
             lp = self._plan_layer(model, lay, stats)
             out.layers.append(lp)
             if cfg.sequential and lp.candidate is not None:  # later layers see the rewrites so far
@@ -134,7 +136,7 @@ class FactorizePass(Pass):
                          f"in onnxruntime (1 thread), not faster")
 
     def apply(self, model: onnx.ModelProto, plan: FactorizePlan, ctx: Context) -> PassResult:
-        result = PassResult(self.name, settings=_settings(self.config, plan))
+        result = PassResult(self.name, settings={**_settings(self.config, plan), **plan.measured})
         result.notes += plan.notes
         editor = GraphEditor(model)
         for w, why in plan.skipped:

@@ -83,7 +83,7 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
                data: Iterable, *, nm: tuple[int, int] | None, rowwise: bool,
                fallback: Callable[[Weight, np.ndarray, float], np.ndarray],
                threads: int | None = None, notes: list[str] | None = None, seed: int = 0,
-               progress=None) -> Iterator[tuple[Weight, np.ndarray]]:
+               progress=None, record: dict | None = None) -> Iterator[tuple[Weight, np.ndarray]]:
     """(weight, pruned values) in graph order, each written by the caller before the next is solved.
 
     One walk of the streaming engine: each layer is pruned on the inputs the already pruned layers
@@ -101,7 +101,7 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
         reference.CopyFrom(model)
     reqs = {w.name: (r if (r := request(w)) is not None and _dim(w) <= MAX_DIM else None) for w in weights}
     items = [(w, w.uses[0].node.output[0], 0 if reqs[w.name] is not None else None) for w in weights]
-    with Engine(model, reference, data, threads=threads, progress=progress, label="prune") as eng:
+    with Engine(model, reference, data, threads=threads, progress=progress, label="prune", record=record) as eng:
         for w, site in eng.each(items):
             stats = None if site is None else accumulate(site.x(), site.x_ref(), reqs[w.name], samples=eng.samples,
                                                          seed=seed)

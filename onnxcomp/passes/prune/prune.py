@@ -164,7 +164,8 @@ class PrunePass(Pass):
 
             pairs = obs_values(model, weights, plan.sparsity, ctx.data, nm=self.config.nm,
                                rowwise=self.config.granularity == "channel", fallback=lambda w, v, lv: self.masked(w, v, lv, plan),
-                               threads=ctx.threads, notes=result.notes, seed=ctx.seed, progress=ctx.progress)
+                               threads=ctx.threads, notes=result.notes, seed=ctx.seed, progress=ctx.progress,
+                               record=result.settings)
         else:
             pairs = ((w, self.masked(w, w.values(), plan.sparsity[w.name], plan)) for w in weights)
         for w, pruned in pairs:  # each weight is written before the next one is solved

@@ -138,7 +138,8 @@ def _targets(plan, ev: ConstEval) -> tuple[list, list[str]]:
     return targets, notes
 
 
-def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx) -> list[str]:
+def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ctx,
+                    record: dict | None = None) -> list[str]:
     """Refit every consumer that lost input channels, one after another in graph order; notes.
 
     One walk of the streaming engine: each consumer is fitted on the pruned model's inputs (every
@@ -152,7 +153,8 @@ def refit_consumers(original: onnx.ModelProto, pruned: onnx.ModelProto, plan, ct
     by_output = {c.node.output[0]: c for c in targets}
     scope = NameScope(pruned)
     rows_fit = 0
-    with Engine(pruned, original, ctx.data, threads=ctx.threads, progress=ctx.progress, label="refit") as eng:
+    with Engine(pruned, original, ctx.data, threads=ctx.threads, progress=ctx.progress, label="refit",
+                record=record) as eng:
         for k, site in enumerate(eng.walk([(out, 0) for out in by_output])):
             c, y_ref = by_output[site.name], site.y_ref()
             if y_ref is None:

@@ -168,7 +168,7 @@ class StructuredPrunePass(Pass):
         if refit and any(gp.keep is not None for gp in plan.groups):
             from onnxcomp.passes.structured.refit import refit_consumers
 
-            result.notes += refit_consumers(original, model, plan, ctx)
+            result.notes += refit_consumers(original, model, plan, ctx, record=result.settings)
         after = {id(u.node): w for w in find_weights(model) for u in w.uses if u.index == 1}
         for key, (node, w) in nodes.items():
             name, size, nbytes = before[key]
