@@ -225,9 +225,10 @@ def sensitivity(model: ModelLike, data: Any, method: str = "prune", *, levels=No
 
 def auto(model: ModelLike, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
          target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-         threads: int | None = None, labels: Any = None):
+         threads: int | None = None, labels: Any = None, progress: Any = None):
     """Search recipes for a size, latency or MACs target within ``max_drop`` (see onnxcomp.pipeline.auto)."""
     from onnxcomp.pipeline.auto import search
 
     return search(as_model(model), data, target_size=target_size, target_latency=target_latency,
-                  target_macs=target_macs, max_drop=max_drop, int8=int8, threads=threads, labels=labels)
+                  target_macs=target_macs, max_drop=max_drop, int8=int8, threads=threads, labels=labels,
+                  progress=progress)

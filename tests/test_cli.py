@@ -1,6 +1,8 @@
 """CLI conventions: help, version, unknown options, exit codes."""
 from onnxcomp.cli import main
 
+from . import models as M
+
 
 def test_help_lists_commands(capsys):
     assert main(["--help"]) == 0
@@ -16,3 +18,19 @@ def test_unknown_option_is_one_line_exit_2(capsys):
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "frobnicate" in capsys.readouterr().err
+
+
+def test_progress_bars_per_layer_on_a_terminal_and_none_when_quiet(tmp_path, monkeypatch, capsys):
+    """A calibrated command draws one bar per engine walk on a terminal's stderr; --quiet silences it."""
+    import sys
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes((M.MODELS / "resnet_digits.onnx").read_bytes())
+    calib = str(M.MODELS / "digits_calib.npz")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    argv = ["prune", str(src), "--sparsity", "0.5", "--data", calib, "--samples", "16", "-o", str(tmp_path / "o.onnx")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "correction" in err and "15/15" in err and "layer" in err
+    assert main(argv + ["--force", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, json_option, model_argument, output_options,
+from onnxcomp.cli.common import (Writing, data_options, json_option, model_argument, output_options, quiet_option,
                                  threads_option)
 from onnxcomp.report.tables import fmt_pct, table
 
@@ -36,6 +36,7 @@ def render(trials, chosen, target_name: str, target: float) -> str:
 @threads_option
 @data_options
 @output_options
+@quiet_option
 @json_option
 def auto_cmd(model: str, target_size: float | None, target_latency: float | None, target_macs: float | None,
              max_drop: str, int8: bool, recipe_out: str | None, as_json: bool, **kw: Any) -> None:
@@ -60,7 +61,8 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
         raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
     w = Writing(model, kw, "auto", as_json)
     out = api.auto(w.original, w.data, target_size=target_size, target_latency=target_latency,
-                   target_macs=target_macs, max_drop=drop, int8=int8, threads=w.threads, labels=w.data_cfg.labels)
+                   target_macs=target_macs, max_drop=drop, int8=int8, threads=w.threads, labels=w.data_cfg.labels,
+                   progress=w.progress)
     written = w.write(out.chosen, "auto")
     rec_path = recipes.dump(out.recipe, recipe_out or written.path.with_suffix(".yaml"))
     written.gate_failed = out.missed

@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, settings_line, threads_option)
+                                 output_options, quiet_option, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -39,6 +39,7 @@ def render_clustered(result: Any) -> str:
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def cluster_cmd(model: str, as_json: bool, **kw: Any) -> None:
     """Share weights: k-means each weight into 2^B values, stored as indices + codebook.
@@ -55,5 +56,5 @@ def cluster_cmd(model: str, as_json: bool, **kw: Any) -> None:
     cfg, corr, enc = take(ClusterConfig, kw), take(CorrectionConfig, kw), take(EncodeConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
     result = api.cluster(w.original, config=cfg, data=w.data, correction=corr.correction, encoding=enc.encoding,
-                         threads=w.threads)
+                         threads=w.threads, progress=w.progress)
     w.finish(result, render_clustered(result), command="cluster")

@@ -126,6 +126,9 @@ class Writing:
         self.out = take(Output, kwargs)
         self.threads = take(Runtime, kwargs).threads
         self.as_json = as_json
+        from onnxcomp.cli.progress import progress_for
+
+        self.progress = progress_for(bool(kwargs.pop("quiet", False)))
         self.original = load_model(model)
         self.path = Path(self.out.output) if self.out.output else io.default_output(self.original.path, tag)
         io.check_output(self.path, self.original.path, self.out.force, "model")

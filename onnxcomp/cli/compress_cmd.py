@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
+from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options, quiet_option,
                                  threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, PruneConfig
@@ -52,6 +52,7 @@ def render_stages(pipe: Any) -> str:
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool, **kw: Any) -> None:
     """Prune, cluster and encode (Deep Compression without retraining); print the stage table.
@@ -71,7 +72,7 @@ def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool,
     w = Writing(model, kw, "compress", as_json)
     pipe = api.compress(w.original, prune.sparsity, cluster.bits, data=w.data, granularity=cluster.granularity,
                         allocation=prune.allocation, bit_allocation=cluster.allocation,
-                        correction=corr.correction, threads=w.threads)
+                        correction=corr.correction, threads=w.threads, progress=w.progress)
     written = w.write(pipe, "compress")
     report, human = pipe.to_dict(), render_stages(pipe)
     if pack:
@@ -110,7 +111,7 @@ def _replay(model: str, recipe_path: str, kw: dict, *, pack: bool, as_json: bool
     for n in ("sparsity", "allocation", "bits", "granularity", "bit_allocation", "correction"):
         kw.pop(n, None)
     w = Writing(model, kw, "compress", as_json)
-    result = api.replay(w.original, rec, data=w.data, threads=w.threads)
+    result = api.replay(w.original, rec, data=w.data, threads=w.threads, progress=w.progress)
     written = w.write(result, "compress")
     report: dict[str, Any] = {"recipe": rec}
     lines = [f"recipe {recipe_path}: " + " -> ".join(next(iter(s)) for s in rec["steps"])]

@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options,
+from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options, quiet_option,
                                  threads_option)
 from onnxcomp.cli.factorize_cmd import dry_run_option, finish_rewrite
 from onnxcomp.cli.options import config_options, take
@@ -20,6 +20,7 @@ from onnxcomp.config import DepthwiseConfig
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def depthwise_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Approximate dense convs by depthwise + pointwise convs, or by grouped convs.
@@ -36,5 +37,5 @@ def depthwise_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     cfg = take(DepthwiseConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
     result = api.depthwise(w.original, config=cfg, data=w.data, input_shapes=w.input_shapes or None,
-                           threads=w.threads)
+                           threads=w.threads, progress=w.progress)
     finish_rewrite(w, result, dry_run, "depthwise")

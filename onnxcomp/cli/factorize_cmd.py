@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, settings_line, threads_option)
+                                 output_options, quiet_option, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
@@ -92,6 +92,7 @@ def finish_rewrite(w: Writing, result: Any, dry_run: bool, command: str) -> None
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def factorize_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Factorize convs and Gemm/MatMul into low-rank pairs/triples that run faster.
@@ -108,5 +109,5 @@ def factorize_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     cfg = take(FactorizeConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
     result = api.factorize(w.original, config=cfg, data=w.data, input_shapes=w.input_shapes or None,
-                           threads=w.threads)
+                           threads=w.threads, progress=w.progress)
     finish_rewrite(w, result, dry_run, "factorize")

@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, refuse_given, settings_line, threads_option)
+                                 output_options, quiet_option, refuse_given, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
@@ -72,7 +72,8 @@ def run_structured(model: str, kw: dict[str, Any], as_json: bool) -> None:
 
     cfg = take(StructuredPruneConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
-    result = api.prune_channels(w.original, config=cfg, data=w.data, threads=w.threads, input_shapes=w.input_shapes)
+    result = api.prune_channels(w.original, config=cfg, data=w.data, threads=w.threads, input_shapes=w.input_shapes,
+                                progress=w.progress)
     w.finish(result, render_structured(result), command="prune")
 
 
@@ -87,6 +88,7 @@ def run_structured(model: str, kw: dict[str, Any], as_json: bool) -> None:
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 @click.pass_context
 def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, **kw: Any) -> None:
@@ -115,7 +117,7 @@ def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, *
     cfg, corr, enc = take(PruneConfig, kw), take(CorrectionConfig, kw), take(EncodeConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
     result = api.prune(w.original, config=cfg, data=w.data, correction=corr.correction, encoding=enc.encoding,
-                       threads=w.threads)
+                       threads=w.threads, progress=w.progress)
     w.finish(result, render_changes(result), command="prune")
 
 
@@ -126,6 +128,7 @@ def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, *
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def prune_channels_cmd(model: str, as_json: bool, **kw: Any) -> None:
     """Remove whole channels for real speed (the same as `onnxcomp prune --structured`).

@@ -79,7 +79,7 @@ def estimated_seconds(model: onnx.ModelProto, batches: Sequence[dict], *, sample
 def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Sequence[float],
                    compress: Callable[[Weight, np.ndarray, float], np.ndarray], data: Iterable[dict],
                    *, samples: int = 32, budget_s: float = 240.0, threads: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
+                   progress: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, dict]:
     """losses[l, j]: the probe loss when ``weights[l]`` alone is compressed to ``levels[j]``.
 
     ``compress(weight, values, level)`` returns the compressed values. The number of samples is
@@ -102,5 +102,5 @@ def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Se
         for j, level in enumerate(levels):
             losses[i, j] = probe.loss({w.name: compress(w, base, level)})
         if progress:
-            progress(i + 1, len(weights))
+            progress("sensitivity", i + 1, len(weights))
     return losses, {"samples": n, "trials": trials, "seconds": round(time.perf_counter() - t0, 1)}

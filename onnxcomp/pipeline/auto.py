@@ -72,7 +72,7 @@ class Search:
     """Evaluates candidate recipes against the original on held-out data."""
 
     def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
-                 labels: Any = None) -> None:
+                 labels: Any = None, progress: Any = None) -> None:
         from onnxcomp.measure.inspect import inspect
 
         self.original = as_model(model)
@@ -80,7 +80,7 @@ class Search:
             raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
         self.calib, self.holdout = split(data)
         self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
-        self.max_drop, self.threads, self.labels = max_drop, threads, labels
+        self.max_drop, self.threads, self.labels, self.progress = max_drop, threads, labels, progress
         self.base_size = model_bytes(self.original.proto)
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
@@ -95,7 +95,8 @@ class Search:
     def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
         from onnxcomp.measure.inspect import inspect
 
-        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads).model
+        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads,
+                              progress=self.progress).model
         macs = inspect(model.proto).total_macs
         d = self.drop(model)
         t = Trial(steps, model_bytes(model.proto) / self.base_size,
@@ -190,7 +191,7 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
 
 def search(model: Model, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
            target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-           threads: int | None = None, labels: Any = None) -> Outcome:
+           threads: int | None = None, labels: Any = None, progress: Any = None) -> Outcome:
     """The smallest or fastest candidate within ``max_drop`` for exactly one target (a fraction of
     the input's size, p50 latency or MACs); its recipe replays with ``onnxcomp compress --recipe``."""
     from onnxcomp.config import spell, spell_value
@@ -203,7 +204,7 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
     (kind, target), = targets.items()
     if not 0 < target <= 1:
         raise ConfigError(f"{spell_value('target_' + kind, target)} is outside (0, 1]", "give a fraction, e.g. 0.5")
-    s = Search(model, data, max_drop, threads=threads, labels=labels)
+    s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress)
     trials = for_size(s, target) if kind == "size" else for_speed(s, target)
     if kind == "latency":
         latencies(model, trials, threads)

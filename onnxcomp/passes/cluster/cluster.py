@@ -200,7 +200,7 @@ class ClusterPass(Pass):
             return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
 
         losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=MAX_SAMPLES,
-                                      budget_s=MEASURE_BUDGET_S, threads=ctx.threads)
+                                      budget_s=MEASURE_BUDGET_S, threads=ctx.threads, progress=ctx.progress)
         errors = {}
         for w, (loss,) in zip(weights, losses):
             scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]

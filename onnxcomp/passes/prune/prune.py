@@ -147,7 +147,8 @@ class PrunePass(Pass):
         def prune_one(w: Weight, values: np.ndarray, level: float) -> np.ndarray:
             return values * self.mask(w, values, level, plan)
 
-        losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads)
+        losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads,
+                                      progress=ctx.progress)
         plan.notes.append(f"sensitivity: {info['trials']} trials on {info['samples']} samples "
                           f"in {info['seconds']} s")
         return allocation.from_curves(np.array(grid), losses, sizes, cfg.level)
