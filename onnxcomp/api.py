@@ -176,11 +176,11 @@ def cluster(model: ModelLike, bits: float | None = None, *, data: Any = None, co
 def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data: Any = None,
              granularity: str = "auto", allocation: str = "auto", bit_allocation: str = "uniform",
              correction: str = "auto", pack: bool = False, threads: int | None = None,
-             progress: Any = None) -> Result:
+             progress: Any = None, measure: bool = True) -> Result:
     """Deep Compression without retraining: prune -> cluster -> encode (-> ``pack``).
 
     ``result.stages`` gives bytes and fidelity after each stage (measured on ``data``; random
-    data when None); ``result.archive`` the packed bytes. Pack a file with :func:`pack`.
+    data when None; sizes only with ``measure=False``); ``result.archive`` the packed bytes.
     """
     from onnxcomp.pipeline.deep import compress as _compress
 
@@ -188,7 +188,7 @@ def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data: 
                             granularity="tensor" if granularity == "tensor" else "channel")
     cluster_cfg = ClusterConfig(bits=bits, granularity=granularity, allocation=bit_allocation)
     return _compress(model, prune_cfg, cluster_cfg, data=data, correction=CorrectionConfig(correction),
-                     threads=threads, pack=pack, progress=progress)
+                     threads=threads, pack=pack, progress=progress, measure=measure)
 
 
 def replay(model: ModelLike, recipe: str | os.PathLike | dict, *, data: Any = None, threads: int | None = None,

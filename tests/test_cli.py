@@ -34,3 +34,13 @@ def test_progress_bars_per_layer_on_a_terminal_and_none_when_quiet(tmp_path, mon
     assert "correction" in err and "15/15" in err and "layer" in err
     assert main(argv + ["--force", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_no_command_declares_an_option_twice():
+    """Options are generated from the config fields: two fields may not land on one flag or name."""
+    from onnxcomp.cli.app import cli
+
+    for name, cmd in cli.commands.items():
+        dests = [p.name for p in cmd.params]
+        flags = [o for p in cmd.params for o in p.opts + p.secondary_opts]
+        assert len(dests) == len(set(dests)) and len(flags) == len(set(flags)), name

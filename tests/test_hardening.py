@@ -58,7 +58,7 @@ def write_and_check(capsys, model: onnx.ModelProto, folder: Path, command: str,
     code, stdout, err = run(capsys, [*COMMANDS[command][:1], str(src), *COMMANDS[command][1:],
                                      "--num-samples", "2", *extra, "-o", str(out)])
     assert code == 0, err
-    assert err == ""
+    assert err == "" or err.startswith("warning: the output disagrees")  # random data on a tiny random model
     assert sha(src) == before
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sorted(p.name for p in folder.iterdir()) == sorted(["in.onnx", out.name])
@@ -242,13 +242,23 @@ def test_dynamic_batch_and_spatial_dims(capsys, tmp_path, command):
     write_and_check(capsys, model, tmp_path, command, ("--input-shape", "x=2x3x8x8"))
 
 
-def test_dynamic_spatial_dims_without_shape_is_one_line(capsys, tmp_path):
+@pytest.mark.parametrize("command", WRITERS)
+def test_dynamic_dims_without_data_write_a_verified_model_and_say_how_to_measure_it(capsys, tmp_path, command):
+    """A data-free command on a model whose inputs have dynamic dims beyond the batch still writes
+    (checker + onnxruntime load), and says in one line that the fidelity was not measured and how."""
     model = M.conv_bn_relu(batch="N", c_mid=8)
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    onnx.save_model(model, str(tmp_path / "m.onnx"))
-    code, _, err = run(capsys, ["prune", str(tmp_path / "m.onnx"), "--sparsity", "0.5"])
-    assert code == 2 and err.count("\n") == 1 and "--input-shape" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    for i in (2, 3):
+        model.graph.input[0].type.tensor_type.shape.dim[i].dim_param = "HW"[i - 2]
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save_model(model, str(src))
+    code, stdout, err = run(capsys, [*COMMANDS[command][:1], str(src), *COMMANDS[command][1:], "-o", str(out)])
+    assert code == 0, err
+    assert "fidelity: not measured" in stdout and "--input-shape x=1x3x64x64" in stdout
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.zeros((1, 3, 8, 8), np.float32)})[0].shape[0] == 1
+    gated = run(capsys, [*COMMANDS[command][:1], str(src), *COMMANDS[command][1:], "-o", str(out), "--force",
+                         "--max-drop", "0.01"])
+    assert gated[0] == 2 and "quality gates need outputs to compare" in gated[2]
 
 
 # --- where the weights live -----------------------------------------------------------------------

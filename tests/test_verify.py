@@ -96,3 +96,32 @@ def test_shared_options_parse(original):
     assert res.exit_code != 0 and "--max-drop 150% is outside 0..1" in str(res.exception)
     old = CliRunner().invoke(cmd, ["--num-samples", "6"])  # the old spelling still works
     assert old.exit_code == 0 and seen["data_obj"].num_samples == 6
+
+
+def test_data_free_pruning_that_breaks_the_model_warns_loudly(tmp_path, capsys):
+    """prune --sparsity 0.9 without data ruins resnet_digits: stderr and the JSON say so (exit 0)."""
+    from onnxcomp.cli import main
+
+    src = tmp_path / "r.onnx"
+    src.write_bytes((M.MODELS / "resnet_digits.onnx").read_bytes())
+    assert main(["prune", str(src), "--sparsity", "0.9", "--json"]) == 0
+    cap = capsys.readouterr()
+    report = json.loads(cap.out)
+    assert report["write"]["warnings"] and "disagrees with the original" in cap.err
+    assert main(["prune", str(src), "--sparsity", "0.9", "--data", str(M.MODELS / "digits_calib.npz"),
+                 "--force"]) == 0
+    assert "warning" not in capsys.readouterr().err  # with real data it keeps the model
+
+
+def test_the_headline_metric_and_output_can_be_named(original, data):
+    """Outputs that are not class scores are judged by cosine; --metric / --judge choose explicitly."""
+    bad = M.with_zeroed(original.proto, "w1")
+    auto = compare(original, bad, data)
+    assert auto.headline[0] == "top1_agreement"
+    by_cos = compare(original, bad, data, metric="cosine")
+    assert by_cos.headline == ("cosine", by_cos.outputs[0]["cosine"]) and "top-1" not in by_cos.metrics_line()
+    name = original.proto.graph.output[0].name
+    assert compare(original, bad, data, output=name).judged["name"] == name
+    with pytest.raises(oc.DataError, match="no output 'nope'"):
+        compare(original, bad, data, output="nope")
+    assert check_gates(by_cos, min_agreement=0.999999) is not None

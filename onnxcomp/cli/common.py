@@ -10,6 +10,7 @@ import click
 
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import DataConfig, Gates, Output, Runtime
+from onnxcomp.errors import DataError
 from onnxcomp.report.tables import to_json
 
 model_argument = click.argument("model", type=click.Path(dir_okay=True))
@@ -84,7 +85,10 @@ def render_write_result(result: Any) -> str:
     lines = [f"wrote {result.path}",
              f"size: {fmt_bytes(result.size_before)} -> {fmt_bytes(result.size_after)} "
              f"({fmt_ratio(result.ratio)} of the input)"]
-    lines += render_fidelity_lines(result.fidelity)
+    if result.fidelity is not None:
+        lines += render_fidelity_lines(result.fidelity)
+    else:
+        lines.append(f"fidelity: not measured: {result.unmeasured}")
     if getattr(result, "unchanged", False):
         lines.append("note: nothing to compress: the output holds the same graph and weights as the input")
     if result.gate_failed:
@@ -105,6 +109,8 @@ def emit_outcome(report: dict, result: Any, as_json: bool, human: str) -> None:
     else:
         click.echo(human)
         click.echo(render_write_result(result))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if result.gate_failed:
         raise QualityGateError(result.gate_failed, f"the output was still written to {result.path}")
 
@@ -132,7 +138,15 @@ class Writing:
         self.original = load_model(model)
         self.path = Path(self.out.output) if self.out.output else io.default_output(self.original.path, tag)
         io.check_output(self.path, self.original.path, self.out.force, "model")
-        self.data = load_data(self.original.proto, self.data_cfg)
+        self.unmeasured = None
+        try:
+            self.data = load_data(self.original.proto, self.data_cfg)
+        except DataError as exc:  # random inputs need sizes the model leaves open: run data-free
+            if self.data_cfg.data is not None or self.data_cfg.input_shape:
+                raise
+            if self.gates.max_drop is not None or self.gates.min_agreement is not None:
+                raise DataError(f"the quality gates need outputs to compare, and {exc.problem}", exc.fix) from None
+            self.data, self.unmeasured = None, f"{exc.problem}; {exc.fix}"
 
     @property
     def input_shapes(self) -> dict:
@@ -146,7 +160,8 @@ class Writing:
 
         return finish(self.original, result.proto, self.path, command=command, data=self.data,
                       force=self.out.force, max_drop=self.gates.max_drop, min_agreement=self.gates.min_agreement,
-                      labels=self.data_cfg.labels, threads=self.threads)
+                      labels=self.data_cfg.labels, threads=self.threads, metric=self.gates.metric,
+                      judged=self.gates.judge, unmeasured=self.unmeasured)
 
     def finish(self, result: Any, human: str, report: dict | None = None, command: str = "",
                written: Any = None) -> Any:

@@ -72,7 +72,8 @@ def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool,
     w = Writing(model, kw, "compress", as_json)
     pipe = api.compress(w.original, prune.sparsity, cluster.bits, data=w.data, granularity=cluster.granularity,
                         allocation=prune.allocation, bit_allocation=cluster.allocation,
-                        correction=corr.correction, threads=w.threads, progress=w.progress)
+                        correction=corr.correction, threads=w.threads, progress=w.progress,
+                        measure=w.unmeasured is None)
     written = w.write(pipe, "compress")
     report, human = pipe.to_dict(), render_stages(pipe)
     if pack:

@@ -100,9 +100,16 @@ class Runtime:
         positive("threads", self.threads, example=1)
 
 
+class Metric(enum.Enum):
+    AUTO = "auto"
+    TOP1 = "top1"
+    COSINE = "cosine"
+
+
 @dataclass(frozen=True)
 class Gates:
-    """Quality gates on the written model: a miss exits 3 and the output is still written."""
+    """How fidelity is judged (which output, which metric) and the quality gates on the written
+    model: a miss exits 3 and the output is still written."""
 
     max_drop: float | None = option(None, "Fail (exit 3) if accuracy drops by more than D (with labels; 0.01 or "
                                           "1% = one point); without labels, if top-1 agreement (or cosine) is "
@@ -110,8 +117,14 @@ class Gates:
     min_agreement: float | None = option(None, "Fail (exit 3) if top-1 agreement with the original (cosine "
                                                "similarity for outputs that are not class scores) is below A, "
                                                "e.g. 0.99 or 99%.", metavar="A", percent=True)
+    metric: str = option("auto", "The fidelity headline the gates judge: top-1 agreement of class scores, or the "
+                                 "cosine similarity of the outputs (embeddings, maps, ...); auto = top-1 for "
+                                 "[N, C] scores, cosine for everything else.", choices=Metric)
+    judge: str | None = option(None, "The model output the headline and the gates judge (default: the first).",
+                               metavar="OUTPUT")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metric", choice("metric", self.metric, Metric))
         for name in ("max_drop", "min_agreement"):
             value = getattr(self, name)
             if value is None:

@@ -83,14 +83,21 @@ class FidelityReport:
     accuracy: dict[str, Any] | None = None
     per_layer: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    metric: str = "auto"  # auto, top1 or cosine
+    output: str | None = None  # the output the headline looks at (None: the first)
+
+    @property
+    def judged(self) -> dict[str, Any]:
+        """The output the headline and the gates look at."""
+        return next((o for o in self.outputs if o["name"] == self.output), self.outputs[0])
 
     @property
     def headline(self) -> tuple[str, float | None]:
-        """(metric, value): the first output's top-1 agreement, or its cosine if not class scores."""
-        first = self.outputs[0]
-        if first.get("top1_agreement") is not None:
-            return "top1_agreement", first["top1_agreement"]
-        return "cosine", first.get("cosine")
+        """(metric, value): top-1 agreement of class scores, else cosine (or as ``metric`` says)."""
+        o = self.judged
+        if self.metric == "top1" or (self.metric == "auto" and o.get("top1_agreement") is not None):
+            return "top1_agreement", o.get("top1_agreement")
+        return "cosine", o.get("cosine")
 
     @property
     def summary(self) -> str:
@@ -99,9 +106,9 @@ class FidelityReport:
         return f"{text}; {RANDOM_NOTE}" if self.random_data else text
 
     def metrics_line(self) -> str:
-        o = self.outputs[0]
-        parts = []
-        if o.get("top1_agreement") is not None:
+        o = self.judged
+        parts = [] if len(self.outputs) == 1 else [f"output {o['name']}:"]
+        if o.get("top1_agreement") is not None and self.metric != "cosine":
             parts.append(f"top-1 agreement {100 * o['top1_agreement']:.2f} % "
                          f"(top-5 overlap {100 * o['top5_overlap']:.2f} %)")
         parts.append(f"cosine {o['cosine']:.5f}, SQNR {_db(o['sqnr_db'])}, max abs err {o['max_abs']:.3g}")
@@ -245,12 +252,13 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
             per_layer: bool = False, threads: int | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, batch_size: int = 16,
             num_samples: int | None = None, degraded_db: float = DEGRADED_SQNR_DB,
-            progress: Any = None) -> FidelityReport:
+            progress: Any = None, metric: str = "auto", output: str | None = None) -> FidelityReport:
     """Run both models on the same inputs and measure how far the candidate's outputs moved.
 
     With ``per_layer``, intermediate tensors are captured in groups (one pass over the data
     each) and batches are split, so captured tensors stay within ~PER_LAYER_BYTES.
-    ``progress(samples_done, pass_index, pass_count)`` is called after every run.
+    ``progress(samples_done, pass_index, pass_count)`` is called after every run. ``metric`` and
+    ``output`` choose the headline (see :class:`FidelityReport`).
     """
     a, b = _model(original), _model(candidate)
     data = load_data(data, a.proto, input_shapes=input_shapes, batch_size=batch_size,
@@ -291,9 +299,17 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     rows = run.layer_rows(degraded_db) if per_layer else None
     if run.skipped:
         notes.append(f"{len(run.skipped)} intermediate tensor(s) skipped (shape or dtype differs)")
-    return FidelityReport(original=str(a.path or "original"), candidate=str(b.path or "candidate"),
-                          data=data.description, num_samples=run.samples, random_data=data.random,
-                          outputs=outputs, accuracy=accuracy, per_layer=rows, notes=notes)
+    if output is not None and output not in {o["name"] for o in outputs}:
+        raise DataError(f"the model has no output {output!r} to judge",
+                        f"choose one of: {', '.join(o['name'] for o in outputs)}")
+    report = FidelityReport(original=str(a.path or "original"), candidate=str(b.path or "candidate"),
+                            data=data.description, num_samples=run.samples, random_data=data.random,
+                            outputs=outputs, accuracy=accuracy, per_layer=rows, notes=notes, metric=metric,
+                            output=output)
+    if report.headline[1] is None:
+        raise DataError(f"output {report.judged['name']!r} is not class scores [N, C], so it has no top-1 "
+                        "agreement", "judge it by --metric cosine")
+    return report
 
 
 def _correct(a: np.ndarray, b: np.ndarray, labels: np.ndarray, offset: int, m: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ class WriteResult:
     path: Path
     size_before: int
     size_after: int
-    fidelity: FidelityReport
+    fidelity: FidelityReport | None  # None: not measured (``unmeasured`` says why and how)
     gate_failed: str | None = None
     command: str = ""
     unchanged: bool = False  # nothing was compressed: same graph and weights as the input
+    unmeasured: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -49,7 +51,8 @@ class WriteResult:
     def to_dict(self) -> dict[str, Any]:
         return {"command": self.command, "output": str(self.path), "size_before": self.size_before,
                 "size_after": self.size_after, "ratio": self.ratio, "gate_failed": self.gate_failed,
-                "unchanged": self.unchanged, "fidelity": self.fidelity.to_dict()}
+                "unchanged": self.unchanged, "warnings": self.warnings, "fidelity_not_measured": self.unmeasured,
+                "fidelity": None if self.fidelity is None else self.fidelity.to_dict()}
 
 
 def check_gate_values(max_drop: float | None, min_agreement: float | None) -> None:
@@ -97,12 +100,15 @@ def _original_size(original: Any) -> int:
 
 def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike | None, *,
            command: str, data: Any, force: bool = False, max_drop: float | None = None,
-           min_agreement: float | None = None, labels: Any = None,
-           threads: int | None = None) -> WriteResult:
+           min_agreement: float | None = None, labels: Any = None, threads: int | None = None,
+           metric: str = "auto", judged: str | None = None, unmeasured: str | None = None) -> WriteResult:
     """Save ``compressed`` (verified, atomic), compare it with ``original`` on ``data``, apply gates.
 
     ``output`` defaults to ``<stem>.<command>.onnx`` beside the original. ``data`` is a
     CalibrationData (or any source :func:`onnxcomp.data.calibration.load_data` takes; None = random).
+    ``unmeasured`` (why the outputs cannot be compared, e.g. dynamic input dims and no data): the
+    file is still written and verified (checker + onnxruntime load), the fidelity is not measured.
+    ``metric`` / ``judged``: the headline metric and output the gates look at.
     """
     from onnxcomp.io.model import as_model
 
@@ -118,6 +124,7 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
     # -o onto the input (--force): the original's weights left on disk must outlive the files
     # the save replaces, until the comparison is done
     sheltered = io.shelter([original.proto, compressed], [output, output.with_name(output.name + ".data")])
+    report = None
     try:
         path = io.save(compressed, output, input_path=original.path, force=force)
         from onnxcomp.io.sessions import Written
@@ -125,13 +132,32 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
         # what was written is compared: onnxruntime reads the file (maps external data), the proto
         # in memory answers questions about the graph (no second copy of a big model in memory)
         try:
-            report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
+            if unmeasured is None:
+                report = compare(original, Written(compressed, path), data, labels=labels, threads=threads,
+                                 metric=metric, output=judged)
         except BaseException:  # a failed or interrupted command leaves no output behind
             io.discard(path, keep=original.path)
             raise
     finally:
         if sheltered is not None:
             shutil.rmtree(sheltered, ignore_errors=True)
-    return WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
-                       fidelity=report, gate_failed=check_gates(report, max_drop, min_agreement),
-                       command=command, unchanged=unchanged)
+    out = WriteResult(path=path, size_before=_original_size(original), size_after=_file_size(path),
+                      fidelity=report, command=command, unchanged=unchanged, unmeasured=unmeasured)
+    if report is not None:
+        out.gate_failed = check_gates(report, max_drop, min_agreement)
+        out.warnings += disagreement(report)
+    return out
+
+
+DISAGREE = 0.5  # on random data, below this headline the output disagrees with the original on most samples
+
+
+def disagreement(report: FidelityReport) -> list[str]:
+    """A warning when, on random data, the output disagrees with the original on most samples."""
+    metric, value = report.headline
+    if not report.random_data or value is None or value >= DISAGREE:
+        return []
+    label = _METRIC_LABEL.get(metric, metric)
+    return [f"the output disagrees with the original on most random inputs ({label} {_pct(value)}): "
+            "random data exaggerates, but such a model is usually broken; compress with --data (real inputs), "
+            "or less"]
