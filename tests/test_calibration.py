@@ -70,7 +70,7 @@ def test_random_needs_shapes_for_dynamic_dims():
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].Clear()
     dims[2].dim_param = "H"
-    with pytest.raises(DataError, match=r"--input-shape x=16x3xHx8"):
+    with pytest.raises(DataError, match=r"--input-shape x=1x3x64x8 with the sizes your model takes"):
         load_data(None, model)
     data = load_data(None, model, input_shapes={"x": (2, 3, 8, 8)})
     assert next(iter(data))["x"].shape == (2, 3, 8, 8)
