@@ -469,3 +469,20 @@ def test_big_models_skip_constant_folding(monkeypatch, capsys, tmp_path):
     code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.0", "--min-params", "1", "-o",
                                   str(tmp_path / "o.onnx")])
     assert code == 0 and "SQNR inf dB" in out, err  # both sides unfolded alike: still exact
+
+
+@pytest.mark.parametrize("zoo", ["light_squeezenet.onnx", "light_inception_v1.onnx"])
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5"], ["cluster", "--bits", "5"],
+                                  ["factorize", "--ratio", "0.5"], ["prune", "--structured", "--ratio", "0.3"]])
+def test_constant_of_shape_weights_stay_one_value_and_outputs_never_grow(capsys, tmp_path, zoo, argv):
+    """The zoo's light models store every weight as ConstantOfShape: they are left alone (or, in
+    structured pruning, resized as ConstantOfShape), never written out dense (80-320x larger files)."""
+    src, out = M.LIGHT / zoo, tmp_path / "out.onnx"
+    code, stdout, err = run(capsys, [argv[0], str(src), *argv[1:], "-o", str(out)])
+    assert code == 0, err
+    assert out.stat().st_size <= src.stat().st_size
+    if argv[1] != "--structured":
+        assert "one repeated value (ConstantOfShape)" in stdout
+    model = onnx.load(str(out))
+    used = {i for n in model.graph.node for i in n.input}
+    assert all(t.name in used for t in model.graph.initializer)  # no leftover __SHAPE tensors to warn about

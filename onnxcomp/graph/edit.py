@@ -215,8 +215,9 @@ class SliceEdits:
             if same:
                 self.rewritten.add(name)
             if fill is not None:  # ConstantOfShape: only the shape changes, never materialise it
-                for node, slot, axes in (reqs[:1] if same else reqs):
-                    _new_fill(model, node, slot, fill, _sliced_shape(fill[1], axes), scope, name, same)
+                own = same and fill[2]
+                for node, slot, axes in (reqs[:1] if own else reqs):
+                    _new_fill(model, node, slot, fill, _sliced_shape(fill[1], axes), scope, name, own)
                 continue
             value = ev.value(name)
             if value is None:
@@ -230,13 +231,23 @@ class SliceEdits:
         return failed
 
 
-def uniform_fill(ev: ConstEval, name: str) -> tuple[onnx.NodeProto, tuple[int, ...]] | None:
-    """(ConstantOfShape node, shape) when ``name`` is a ConstantOfShape output with a constant shape."""
+SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Expand"}
+
+
+def uniform_fill(ev: ConstEval, name: str) -> tuple[onnx.NodeProto, tuple[int, ...], bool] | None:
+    """(ConstantOfShape node, shape of ``name``, whether ``name`` is that node's own output) when
+    ``name`` is one repeated value: a ConstantOfShape output, or one seen through shape-only ops
+    (Reshape, Flatten, ...: exporters put a classifier's weight behind a Reshape)."""
     node = ev.producer.get(name)
-    if name in ev.inits or node is None or node.op_type != "ConstantOfShape" or not ev.is_constant(name):
+    if name in ev.inits or node is None or not ev.is_constant(name):
         return None
-    shape = ev.value(node.input[0])
-    return None if shape is None else (node, tuple(int(d) for d in shape.reshape(-1)))
+    if node.op_type == "ConstantOfShape":
+        shape = ev.value(node.input[0])
+        return None if shape is None else (node, tuple(int(d) for d in shape.reshape(-1)), True)
+    if node.op_type in SHAPE_OPS and node.input and (inner := uniform_fill(ev, node.input[0])) is not None:
+        value = ev.value(name)
+        return None if value is None else (inner[0], tuple(value.shape), False)
+    return None
 
 
 def _new_fill(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, fill, shape: tuple[int, ...],

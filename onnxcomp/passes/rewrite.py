@@ -24,6 +24,7 @@ from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_st
 from onnxcomp.passes.base import Context, matches
 
 KINDS = {"conv": "Conv", "gemm_b": "Gemm", "matmul_b": "MatMul"}
+UNIFORM = "one repeated value (ConstantOfShape): already stored in a few bytes"
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -133,6 +134,8 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
         if w.role not in KINDS or w.role not in roles:
             continue
         why = matches(w, config.include, config.exclude)
+        if why is None and w.source == "constant_of_shape":
+            why = UNIFORM
         if why is None and w.size < config.min_params:
             why = f"{w.size} params, below --min-params {config.min_params}"
         if why is None and len(set((u.role, u.node.op_type) for u in w.uses)) > 1:

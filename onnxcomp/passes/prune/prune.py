@@ -58,6 +58,8 @@ def select(weights, cfg, *, single_role: bool = True,
             skipped.append(skip(w, f"used in several roles ({', '.join(w.roles)})"))
         elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
             skipped.append(skip(w, why))
+        elif w.source == "constant_of_shape":
+            skipped.append(skip(w, "one repeated value (ConstantOfShape): already stored in a few bytes"))
         elif w.is_depthwise and not getattr(cfg, "include_depthwise", False):
             skipped.append(skip(w, f"depthwise kernel ({int(np.prod(w.shape[1:]))} weights per channel"
                                    f"{depthwise_hint})"))
