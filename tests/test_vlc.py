@@ -75,7 +75,7 @@ def test_peaked_indices_cost_close_to_their_entropy_and_win_the_automatic_choice
     assert vlc < 1.04 * _entropy_bits(w) / 8 + table + 2500
     assert vlc < 0.75 * packed
     model = _conv(w)
-    assert encode_weights(model)[0].kind == "codebook_vlc"
+    assert encode_weights(model, encoding="smallest")[0].kind == "codebook_vlc"
 
 
 def test_design_degenerate_histograms():
@@ -124,8 +124,8 @@ def test_grid_clustering_of_a_real_model_stays_in_the_code_after_correction(tmp_
     file is over 10x smaller, and the outputs move as little as with 2-bit codebooks."""
     src, calib = MODELS / "resnet_digits.onnx", MODELS / "digits_calib.npz"
     err = output_error(src, calib)
-    grid = oc.cluster(src, bits=2, granularity="grid", data=calib)
-    book = oc.cluster(src, bits=2, granularity="channel", data=calib)
+    grid = oc.cluster(src, bits=2, granularity="grid", data=calib, encoding="smallest")
+    book = oc.cluster(src, bits=2, granularity="channel", data=calib, encoding="smallest")
     clustered = {c.name for c in grid.result.applied}
     kinds = {e.kind for e in grid.encodings if e.name in clustered}
     assert "dense" not in kinds and "codebook_vlc" in kinds
@@ -151,7 +151,8 @@ def test_uniform_bits_take_the_grid_only_where_it_is_no_larger_and_more_accurate
     for weights, grid_expected in ((rng.laplace(size=(256, 192)), True), (rng.uniform(-1, 1, (256, 192)), False)):
         src = model(weights.astype(np.float32))
         ref = _run_mm(src, x)
-        auto, book = oc.cluster(src, bits=4), oc.cluster(src, bits=4, granularity="channel")
+        auto = oc.cluster(src, bits=4, encoding="smallest")
+        book = oc.cluster(src, bits=4, granularity="channel", encoding="smallest")
         assert any("uniform grid" in n for n in auto.result.notes) == grid_expected
         sizes = [len(m.model.proto.SerializeToString()) for m in (auto, book)]
         errs = [float(np.square(_run_mm(m.model.proto, x) - ref).sum()) for m in (auto, book)]
@@ -174,8 +175,8 @@ def test_recipes_offer_the_grid_and_encode_it_at_the_end():
     w = np.random.default_rng(9).laplace(size=(256, 192)).astype(np.float32)
     src = make([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], [vi("x", [8, 256])],
                [vi("y", [8, 192])], [init("W", w)])
-    replayed = recipe.apply(src, recipe.make([("cluster", {"bits": 4})]))
-    direct = oc.cluster(src, bits=4)
+    replayed = recipe.apply(src, recipe.make([("cluster", {"bits": 4})], encoding="smallest"))
+    direct = oc.cluster(src, bits=4, encoding="smallest")
     assert {n.op_type for n in replayed.proto.graph.node} >= {"ScatterElements", "MatMul"}
     assert replayed.proto.SerializeToString() == direct.model.proto.SerializeToString()
 
@@ -199,10 +200,10 @@ def test_large_tensors_keep_a_fixed_width_encoding(monkeypatch):
 
 
 def test_fixed_family_leaves_the_variable_length_code_out():
-    """--encoding fixed, for devices short of memory at load: the weight that auto stores in the
-    variable-length code gets a fixed-width codebook encoding instead, larger but bit-exact."""
+    """--encoding fixed leaves the variable-length code out: the weight that ``smallest`` stores in
+    it gets a fixed-width codebook encoding instead, larger but bit-exact."""
     w = _grid_weight(np.random.default_rng(9), (32, 48, 3, 3), laplace=True)
-    auto = encode_weights(_conv(w))[0]
+    auto = encode_weights(_conv(w), encoding="smallest")[0]
     assert auto.kind == "codebook_vlc"
     model = _conv(w)
     fixed = encode_weights(model, encoding="fixed")[0]

@@ -45,7 +45,7 @@ class CorrectionConfig:
         return Needs()
 
 
-ENCODING_FAMILIES = ("auto", "dense", "sparse", "codebook", "combined", "fixed")
+ENCODING_FAMILIES = ("auto", "smallest", "dense", "sparse", "codebook", "combined", "fixed")
 ENCODING_KINDS = ("zeros", "gaps", "bitmask", "codebook8", "codebook4", "codebook_uint4", "codebook_packed",
                   "codebook_vlc", "sparse_codebook4", "sparse_codebook8", "sparse_codebook_vlc")
 
@@ -54,8 +54,10 @@ ENCODING_KINDS = ("zeros", "gaps", "bitmask", "codebook8", "codebook4", "codeboo
 class EncodeConfig:
     """How the weights a step changed are stored (every encoding is decoded bit-exactly at load)."""
 
-    encoding: str = option("auto", "Storage: auto (smallest per tensor), dense, sparse, codebook, combined, fixed "
-                                   "(no variable-length code: 3-4x less memory to load), or one kind.",
+    encoding: str = option("auto", "Storage: auto (the smallest per tensor among the encodings onnxruntime "
+                                   "decodes at load within about 2x the fp32 model's memory), smallest (also "
+                                   "the variable-length code: smaller files, up to ~16x the memory while "
+                                   "loading), fixed, dense, sparse, codebook, combined, or one kind.",
                            metavar="KIND")
 
     def __post_init__(self) -> None:

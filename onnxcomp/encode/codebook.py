@@ -82,6 +82,50 @@ def gather(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, inits: 
     return out
 
 
+def channel_axis(t: Table, shape) -> int | None:
+    """The axis of ``shape`` that holds the table's channels (0 for a per-tensor table), or None."""
+    if t.kind == "tensor":
+        return 0
+    lay = t.layout
+    for a in range(len(shape)):
+        if int(np.prod(shape[:a], dtype=np.int64)) == lay.outer and shape[a] == lay.channels:
+            return a
+    return None
+
+
+def gather_shaped(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, axis: int, rank: int,
+                  out: str, inits: list, nodes: list, stored_offsets: bool = False) -> None:
+    """Gather the decoded weight straight into ``out`` from an int32 index already in its shape:
+    per-channel offsets and scales broadcast along ``axis``. onnxruntime folds this at load with one
+    int32 and one float temporary per weight (a Reshape would add a copy)."""
+    table = build_table(t, fresh, name, dtype, inits, nodes)
+    if t.kind == "tensor":
+        nodes.append(node("Gather", [table, idx], out, axis=0))
+        return
+    bshape = [1] * rank
+    bshape[axis] = t.layout.channels
+    if t.kind == "channel":
+        if stored_offsets:
+            offs = const(fresh, f"{name}_offsets",
+                         (np.arange(t.layout.channels, dtype=np.int32) * t.width).reshape(bshape), inits)
+        else:  # offsets c*K built in-graph: K repeated C times, exclusive CumSum (opset 11)
+            nch = const(fresh, f"{name}_nch", np.array([t.layout.channels], np.int64), inits)
+            zero = const(fresh, f"{name}_axis0", np.array(0, np.int32), inits)
+            col = const(fresh, f"{name}_bshape", np.array(bshape, np.int64), inits)
+            ks, flat_offs, offs = (fresh(f"{name}_{s}") for s in ("ks", "offs", "offsb"))
+            nodes += [helper.make_node("ConstantOfShape", [nch], [ks],
+                                       value=helper.make_tensor("v", onnx.TensorProto.INT32, [1], [t.width])),
+                      node("CumSum", [ks, zero], flat_offs, exclusive=1), node("Reshape", [flat_offs, col], offs)]
+        shifted = fresh(f"{name}_idxo")
+        nodes += [node("Add", [idx, offs], shifted), node("Gather", [table, shifted], out, axis=0)]
+        return
+    g, sf = fresh(f"{name}_q"), fresh(f"{name}_scalesf")
+    scales = const(fresh, f"{name}_scales", t.scales.reshape(bshape), inits)
+    nodes += [node("Gather", [table, idx], g, axis=0),
+              node("Cast", [scales], sf, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))),
+              node("Mul", [g, sf], out)]
+
+
 def unnamed(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Drop decoder node names (optional in ONNX; they cost bytes in every small model)."""
     for n in nodes:
@@ -118,13 +162,21 @@ class _Codebook(Encoding):
         inits: list[onnx.TensorProto] = []
         nodes: list[onnx.NodeProto] = []
         p = fresh("cb")  # short prefix: decoder names add up in small models
+        axis = channel_axis(t, shape)
+        if axis is not None:  # indices in the weight's shape: no Reshape of int32 or float temporaries
+            idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes, tuple(shape))
+            gather_shaped(t, fresh, p, flat.dtype, idx, axis, len(shape), name, inits, nodes,
+                          self.min_opset < 11)
+            return unnamed(nodes), inits
         idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
         out = gather(t, fresh, p, flat.dtype, idx, inits, nodes, self.min_opset < 11)
         reshape_to(fresh, p, out, shape, name, inits, nodes)
         return unnamed(nodes), inits
 
-    def indices(self, idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list) -> str:
-        raw = const(fresh, f"{name}_idx8", idx, inits)
+    def indices(self, idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list,
+                shape: tuple[int, ...] | None = None) -> str:
+        """The int32 index (flat, or in ``shape`` when given)."""
+        raw = const(fresh, f"{name}_idx8", idx if shape is None else idx.reshape(shape), inits)
         out = fresh(f"{name}_idx")
         nodes.append(node("Cast", [raw], out, to=onnx.TensorProto.INT32))
         return out
@@ -176,8 +228,10 @@ class Codebook8(_Codebook):
         return None if base is None else base + (4 * t.layout.channels if t.kind == "channel" else 0)
 
 
-def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list) -> str:
-    """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values."""
+def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list,
+                   shape: tuple[int, ...] | None = None) -> str:
+    """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values (flat,
+    or in ``shape``: reshaped while still bytes)."""
     col = const(fresh, f"{name}_col", np.array([-1, 1], np.int64), inits)
     four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
     sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
@@ -188,17 +242,23 @@ def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, no
               node("Mod", [p2, sixteen], lo),
               node("Concat", [hi, lo], both, axis=1),
               node("Reshape", [both, flat_shape], seq)]
-    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes)
+    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
 
 
-def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list) -> str:
-    """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32."""
+def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list,
+                   shape: tuple[int, ...] | None = None) -> str:
+    """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32
+    (in ``shape`` when given)."""
     if padded:
         start = const(fresh, f"{name}_start", np.array([0], np.int64), inits)
         end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
         cut = fresh(f"{name}_cut")
         nodes.append(node("Slice", [seq, start, end], cut))
         seq = cut
+    if shape is not None:
+        target, shaped = const(fresh, f"{name}_ishape", np.array(shape, np.int64), inits), fresh(f"{name}_u8")
+        nodes.append(node("Reshape", [seq, target], shaped))
+        seq = shaped
     out = fresh(f"{name}_idx")
     nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
     return out
@@ -225,9 +285,9 @@ class Codebook4(_Codebook):
     def index_nodes(self) -> int:
         return 7
 
-    def indices(self, idx, fresh, name, inits, nodes):
+    def indices(self, idx, fresh, name, inits, nodes, shape=None):
         packed = const(fresh, f"{name}_idx4", pack_nibbles(idx), inits)
-        return unpack_nibbles(packed, idx.size, fresh, name, inits, nodes)
+        return unpack_nibbles(packed, idx.size, fresh, name, inits, nodes, shape)
 
 
 class CodebookUint4(_Codebook):
@@ -247,12 +307,13 @@ class CodebookUint4(_Codebook):
     def index_nodes(self) -> int:
         return Codebook4().index_nodes()
 
-    def indices(self, idx, fresh, name, inits, nodes):
+    def indices(self, idx, fresh, name, inits, nodes, shape=None):
         tname = fresh(f"{name}_idxu4")
         v = np.asarray(idx, np.uint8).reshape(-1)
         padded = np.concatenate([v, np.zeros(v.size % 2, np.uint8)])
         raw = (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8)  # ONNX: first value in the low nibble
-        inits.append(helper.make_tensor(tname, onnx.TensorProto.UINT4, [v.size], raw.tobytes(), raw=True))
+        dims = list(shape) if shape is not None else [v.size]
+        inits.append(helper.make_tensor(tname, onnx.TensorProto.UINT4, dims, raw.tobytes(), raw=True))
         out = fresh(f"{name}_idx")
         nodes.append(node("Cast", [tname], out, to=onnx.TensorProto.INT32))
         return out

@@ -39,9 +39,19 @@ def register(encoding: Encoding, family: str | None = None) -> None:
         FAMILIES[family] = tuple(dict.fromkeys(FAMILIES.get(family, ()) + (encoding.kind,)))
 
 
+# onnxruntime's load peak per weight it decodes (its constant folding keeps every temporary until
+# the pass ends): the bit-level prefix sums of the variable-length code and the MatMul unpacking of
+# codebook_packed cost 50-200 bytes per weight, the byte-aligned decoders about 15. The default
+# (auto) keeps to the latter, so a compressed model loads within about 2x the fp32 model's memory;
+# "smallest" allows everything (the smallest files; load memory up to ~16x on effnet_lite0).
+LEAN = ("zeros", "gaps", "bitmask", "codebook8", "codebook4", "sparse_codebook4", "sparse_codebook8")
+
+
 def allowed_kinds(encoding: str) -> tuple[str, ...]:
-    """The encodings an --encoding value allows ('auto' = all, 'dense' = none)."""
+    """The encodings an --encoding value allows ('auto' = the lean ones, 'smallest' = all, 'dense' = none)."""
     if encoding == "auto":
+        return tuple(k for k in LEAN if k in REGISTRY)
+    if encoding == "smallest":
         return tuple(REGISTRY)
     if encoding == "dense":
         return ()
@@ -49,7 +59,7 @@ def allowed_kinds(encoding: str) -> tuple[str, ...]:
         return FAMILIES[encoding]
     if encoding in REGISTRY:
         return (encoding,)
-    choices = ["auto", "dense", *FAMILIES, *REGISTRY]
+    choices = ["auto", "smallest", "dense", *FAMILIES, *REGISTRY]
     raise ConfigError(f"--encoding {encoding!r} is unknown", f"choose one of: {', '.join(choices)}")
 
 

@@ -39,7 +39,7 @@ class PrunePlan:
     sparsity: dict[str, float] = field(default_factory=dict)
     skipped: list[Change] = field(default_factory=list)
     channel_rms: dict[str, np.ndarray] = field(default_factory=dict)
-    allocation: str = ""
+    allocation: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
