@@ -49,6 +49,7 @@ class PruneGranularity(enum.Enum):
 
 
 class PruneScore(enum.Enum):
+    AUTO = "auto"
     MAGNITUDE = "magnitude"
     ACTIVATION = "activation"
     OBS = "obs"
@@ -76,8 +77,10 @@ class PruneConfig(SizedSelection):
     granularity: str = option("channel", "Rank weights within each output channel (protects channels that "
                                          "BatchNorm folding made small), or within the whole tensor.",
                               choices=PruneGranularity)
-    score: str = option("magnitude", "Weight importance: |w|; activation = |w| x input RMS on --data; obs = "
-                                     "OBS/SparseGPT masks with updates of the kept weights (needs --data).",
+    score: str = option("auto", "How weights are chosen: obs = OBS/SparseGPT masks with updates of the kept "
+                                "weights, each layer fit to the original's outputs on the inputs the pruned "
+                                "layers before it produce (needs --data); magnitude = |w|; activation = |w| x "
+                                "input RMS on --data; auto = obs with real --data, else magnitude.",
                         choices=PruneScore)
     include_depthwise: bool = option(False, "Also prune depthwise kernels (fragile).", flag=True)
     max_layer_sparsity: float = option(0.98, "No layer is pruned beyond this fraction.")

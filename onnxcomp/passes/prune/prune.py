@@ -1,9 +1,7 @@
-"""Unstructured and N:M magnitude pruning with layer-adaptive budgets.
+"""Unstructured and N:M pruning with layer-adaptive budgets.
 
-plan: select prunable weights (compute kernels, not biases; tiny tensors and depthwise kernels
-skipped with a reason), score them (|w|, or |w| x input-channel RMS measured on calibration data
-with score="activation"; with the output correction below, plain |w| measured better on the
-real models) and spread the global sparsity across layers:
+plan: select prunable weights (compute kernels, not biases; tiny tensors, depthwise kernels and
+ConstantOfShape weights skipped with a reason) and spread the global sparsity across layers:
   uniform      every layer at S;
   global       one magnitude threshold over all layers;
   lamp         LAMP scores, data-free and layer-adaptive;
@@ -11,8 +9,10 @@ real models) and spread the global sparsity across layers:
                summed loss (needs real --data);
   auto         lamp: it measured best on every real model tried, with and without data
                (benchmarks/prune.py).
-apply: zero the lowest-scored weights of each layer per tensor or per output channel (or N:M
-along the reduction axis) and write the values back. Storage encoding is a separate stage
+apply: with real calibration data (score auto = obs) each layer is pruned by OBS/SparseGPT on
+the streaming engine, fit to the original's outputs from the inputs the pruned layers before it
+produce (:mod:`.obs`); without, the lowest |w| of each layer are zeroed per tensor or per output
+channel (or N:M along the reduction axis). Storage encoding is a separate stage
 (:func:`onnxcomp.encode.encode_weights`), so pruning composes with clustering.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ class PrunePlan:
     skipped: list[Change] = field(default_factory=list)
     channel_rms: dict[str, np.ndarray] = field(default_factory=dict)
     allocation: str | None = None
+    score: str = "magnitude"
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,6 +103,12 @@ class PrunePass(Pass):
             return masks.channel_mask(s, w, sparsity)
         return masks.tensor_mask(s, sparsity)
 
+    def resolved_score(self, ctx: Context) -> str:
+        """obs with real calibration data, magnitude without (when the score is auto)."""
+        if self.config.score == "auto":
+            return "obs" if ctx.has_real_data else "magnitude"
+        return self.config.score
+
     def masked(self, w: Weight, values: np.ndarray, level: float, plan: PrunePlan) -> np.ndarray:
         """``values`` with the weights outside the keep-mask zeroed."""
         return np.where(self.mask(w, values, level, plan), values, np.zeros((), values.dtype))
@@ -116,6 +123,7 @@ class PrunePass(Pass):
         if cfg.score in ("activation", "obs") and not ctx.has_real_data:
             raise ConfigError(f"--score {cfg.score} needs calibration data",
                               "pass --data FILE.npz (real inputs), or use --score magnitude")
+        plan.score = self.resolved_score(ctx)
         if cfg.score == "activation":
             from onnxcomp.measure.diag import input_channel_rms
 
@@ -157,12 +165,12 @@ class PrunePass(Pass):
 
     def apply(self, model: onnx.ModelProto, plan: PrunePlan, ctx: Context) -> PassResult:
         result = PassResult(self.name, notes=list(plan.notes), settings={
-            "sparsity": self.config.level, "allocation": plan.allocation,
+            "sparsity": self.config.level, "allocation": plan.allocation, "score": plan.score,
             "granularity": self.config.granularity,
             "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
         by_name = find_weights(model).by_name()
         weights = [by_name[n] for n in plan.sparsity]
-        if self.config.score == "obs":
+        if plan.score == "obs":
             from onnxcomp.passes.prune.obs import obs_values
 
             pairs = obs_values(model, weights, plan.sparsity, ctx.data, nm=self.config.nm,
