@@ -5,8 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, quiet_option, settings_line, threads_option)
+from onnxcomp.cli.common import Writing, engine_line, model_argument, settings_line, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -35,12 +34,7 @@ def render_clustered(result: Any) -> str:
 @click.command("cluster")
 @model_argument
 @config_options(ClusterConfig, CorrectionConfig, EncodeConfig)
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 def cluster_cmd(model: str, as_json: bool, **kw: Any) -> None:
     """Share weights: k-means each weight into 2^B values, stored as indices + codebook.
 

@@ -29,6 +29,13 @@ def quiet_option(f: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")(f)
 
 
+def writing_options(f: Callable) -> Callable:
+    """Every writing command's shared options: threads, data, gates, output, --quiet, --json."""
+    for opt in reversed((threads_option, data_options, gate_options, output_options, quiet_option, json_option)):
+        f = opt(f)
+    return f
+
+
 def emit(report: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     """Print the report as JSON (for pipelines) or as human-readable text."""
     click.echo(to_json(report) if as_json else human(report))

@@ -6,8 +6,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options, quiet_option,
-                                 threads_option)
+from onnxcomp.cli.common import Writing, model_argument, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, PruneConfig
 from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
@@ -48,12 +47,7 @@ def render_stages(pipe: Any) -> str:
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
               help="Replay a recipe (YAML, e.g. written by onnxcomp auto) instead of --sparsity/--bits.")
 @click.option("--pack", "pack", is_flag=True, help="Also write OUT.onnxc, the entropy-coded archive (stage 3).")
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool, **kw: Any) -> None:
     """Prune, cluster and encode (Deep Compression without retraining); print the stage table.
 

@@ -5,8 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, gate_options, json_option, model_argument, output_options, quiet_option,
-                                 threads_option)
+from onnxcomp.cli.common import Writing, model_argument, writing_options
 from onnxcomp.cli.factorize_cmd import dry_run_option, finish_rewrite
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import DepthwiseConfig
@@ -16,12 +15,7 @@ from onnxcomp.config import DepthwiseConfig
 @model_argument
 @config_options(DepthwiseConfig)
 @dry_run_option
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 def depthwise_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Approximate dense convs by depthwise + pointwise convs, or by grouped convs.
 

@@ -6,8 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, quiet_option, settings_line, threads_option)
+from onnxcomp.cli.common import Writing, engine_line, model_argument, settings_line, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
@@ -88,12 +87,7 @@ def finish_rewrite(w: Writing, result: Any, dry_run: bool, command: str) -> None
 @model_argument
 @config_options(FactorizeConfig)
 @dry_run_option
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 def factorize_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     """Factorize convs and Gemm/MatMul into low-rank pairs/triples that run faster.
 

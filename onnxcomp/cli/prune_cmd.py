@@ -5,8 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, quiet_option, refuse_given, settings_line, threads_option)
+from onnxcomp.cli.common import Writing, engine_line, model_argument, refuse_given, settings_line, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
@@ -84,12 +83,7 @@ def run_structured(model: str, kw: dict[str, Any], as_json: bool) -> None:
               help="Remove whole channels (real speed) instead of single weights; see --ratio.")
 @config_options(StructuredPruneConfig, skip=("include", "exclude", "allocation"))
 @config_options(CorrectionConfig, EncodeConfig)
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 @click.pass_context
 def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, **kw: Any) -> None:
     """Prune weights (or, with --structured, whole channels) and store them compactly.
@@ -124,12 +118,7 @@ def prune_cmd(ctx: click.Context, model: str, structured: bool, as_json: bool, *
 @click.command("prune-channels")
 @model_argument
 @config_options(StructuredPruneConfig)
-@threads_option
-@data_options
-@gate_options
-@output_options
-@quiet_option
-@json_option
+@writing_options
 def prune_channels_cmd(model: str, as_json: bool, **kw: Any) -> None:
     """Remove whole channels for real speed (the same as `onnxcomp prune --structured`).
 
