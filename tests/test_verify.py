@@ -125,3 +125,24 @@ def test_the_headline_metric_and_output_can_be_named(original, data):
     with pytest.raises(oc.DataError, match="no output 'nope'"):
         compare(original, bad, data, output="nope")
     assert check_gates(by_cos, min_agreement=0.999999) is not None
+
+
+def test_drop_bounds_follow_the_sample_count():
+    """Perfect agreement on 32 samples still allows a ~9 % drop (95 % bound); 300 samples resolve 1 %."""
+    from onnxcomp.measure.holdout import disagreement_bound, resolvable, samples_needed
+
+    assert 0.08 < disagreement_bound(32, 32) < 0.1
+    assert disagreement_bound(299, 300) > disagreement_bound(300, 300)
+    assert not resolvable(32, 0.01) and resolvable(samples_needed(0.01), 0.01)
+
+
+def test_gates_warn_when_the_samples_cannot_resolve_the_drop(tmp_path, capsys):
+    """--max-drop 0.01 on 16 samples passes the gate but says the samples cannot resolve it."""
+    from onnxcomp.cli import main
+
+    src = tmp_path / "r.onnx"
+    src.write_bytes((M.MODELS / "resnet_digits.onnx").read_bytes())
+    calib = str(M.MODELS / "digits_calib.npz")
+    assert main(["cluster", str(src), "--bits", "6", "--data", calib, "--samples", "16", "--max-drop", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert "16 samples cannot resolve --max-drop 0.01" in err and "95 % bound" in err

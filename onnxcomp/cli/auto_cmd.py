@@ -15,10 +15,10 @@ def render(trials, chosen, target_name: str, target: float) -> str:
                                                    for k, v in t.steps),
              f"{t.size_ratio:.3f}x", "-" if t.macs_ratio is None else f"{t.macs_ratio:.3f}x",
              "-" if t.latency_ratio is None else f"{t.latency_ratio:.3f}x", fmt_pct(t.drop, 2),
-             "yes" if t.ok else "no"] for t in trials]
+             "-" if t.drop_bound is None else fmt_pct(t.drop_bound, 1), "yes" if t.ok else "no"] for t in trials]
     return "\n".join([f"auto: target {target_name} <= {target:g}",
-                      table(["", "recipe", "size", "MACs", "latency", "drop", "within"], rows,
-                            "llrrrrl")])
+                      table(["", "recipe", "size", "MACs", "latency", "drop", "drop <= (95 %)", "within"], rows,
+                            "llrrrrrl")])
 
 
 @click.command("auto")
@@ -66,6 +66,7 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
     written = w.write(out.chosen, "auto")
     rec_path = recipes.dump(out.recipe, recipe_out or written.path.with_suffix(".yaml"))
     written.gate_failed = out.missed
+    written.warnings += out.warnings
     (kind, target), = out.target.items()
     report = {**out.to_dict(), "recipe": str(rec_path)}
     w.finish(out.chosen, render(out.trials, out.chosen, kind, target) + f"\nrecipe: {rec_path}", report,

@@ -29,7 +29,7 @@ class _Metrics:
 
     def __init__(self) -> None:
         self.n = 0
-        self.ref2 = self.err2 = self.cos = self.top5 = 0.0
+        self.ref2 = self.err2 = self.cos = self.cos2 = self.top5 = 0.0
         self.max_abs = 0.0
         self.top1 = 0
         self.classification: bool | None = None
@@ -47,7 +47,9 @@ class _Metrics:
         dot = (fa * fb).sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             cos = np.where((na == 0) & (nb == 0), 1.0, dot / (na * nb))
-        self.cos += float(np.nan_to_num(cos, nan=0.0).sum())
+        cos = np.nan_to_num(cos, nan=0.0)
+        self.cos += float(cos.sum())
+        self.cos2 += float((cos * cos).sum())
         self.shape = (None,) + tuple(a.shape[1:])
         if self.classification is None:
             self.classification = a.ndim == 2 and a.shape[1] >= 2
@@ -67,6 +69,7 @@ class _Metrics:
         return {"top1_agreement": self.top1 / self.n if cls and self.n else None,
                 "top5_overlap": self.top5 / self.n if cls and self.n else None,
                 "cosine": self.cos / self.n if self.n else None, "rel_l2": rel, "sqnr_db": sqnr,
+                "cosine_sd": math.sqrt(max(self.cos2 / self.n - (self.cos / self.n) ** 2, 0.0)) if self.n else None,
                 "max_abs": self.max_abs}
 
 
@@ -98,6 +101,18 @@ class FidelityReport:
         if self.metric == "top1" or (self.metric == "auto" and o.get("top1_agreement") is not None):
             return "top1_agreement", o.get("top1_agreement")
         return "cosine", o.get("cosine")
+
+    @property
+    def drop_bound(self) -> float | None:
+        """A one-sided 95 % upper bound on 1 - headline for the samples measured (see .holdout)."""
+        from onnxcomp.measure.holdout import disagreement_bound, loss_bound
+
+        metric, value = self.headline
+        if value is None:
+            return None
+        if metric == "top1_agreement":
+            return disagreement_bound(round(value * self.num_samples), self.num_samples)
+        return loss_bound(1.0 - value, self.judged.get("cosine_sd") or 0.0, self.num_samples)
 
     @property
     def summary(self) -> str:
@@ -132,7 +147,7 @@ class FidelityReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         name, value = self.headline
-        d.update(summary=self.summary, headline={"metric": name, "value": value},
+        d.update(summary=self.summary, headline={"metric": name, "value": value, "drop_bound95": self.drop_bound},
                  first_degraded=self.first_degraded, worst=self.worst)
         return d
 

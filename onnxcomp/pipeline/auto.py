@@ -36,6 +36,7 @@ class Trial:
     ok: bool
     model: Model | None = field(default=None, repr=False)
     latency_ratio: float | None = None
+    drop_bound: float | None = None  # one-sided 95 % upper bound on the drop for the held-out samples
 
     @property
     def proto(self) -> Any:
@@ -44,7 +45,7 @@ class Trial:
     def to_dict(self) -> dict:
         return {"steps": [{k: v} for k, v in self.steps], "size_ratio": self.size_ratio,
                 "macs_ratio": self.macs_ratio, "latency_ratio": self.latency_ratio,
-                "drop": self.drop, "within_drop": self.ok}
+                "drop": self.drop, "drop_bound95": self.drop_bound, "within_drop": self.ok}
 
 
 def split(data: Any) -> tuple[list[dict], list[dict]]:
@@ -85,12 +86,13 @@ class Search:
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
 
-    def drop(self, candidate: Model) -> float:
+    def drop(self, candidate: Model) -> tuple[float, float | None]:
+        """The quality drop on the held-out samples, and its one-sided 95 % upper bound."""
         from onnxcomp.measure.fidelity import compare
 
         rep = compare(self.original, candidate, self.holdout, threads=self.threads)
         _, value = rep.headline
-        return float(1.0 - (value if value is not None else 0.0))
+        return float(1.0 - (value if value is not None else 0.0)), rep.drop_bound
 
     def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
         from onnxcomp.measure.inspect import inspect
@@ -98,9 +100,10 @@ class Search:
         model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads,
                               progress=self.progress).model
         macs = inspect(model.proto).total_macs
-        d = self.drop(model)
+        d, bound = self.drop(model)
         t = Trial(steps, model_bytes(model.proto) / self.base_size,
-                  macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model)
+                  macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model,
+                  drop_bound=bound)
         self.trials.append(t)
         return t
 
@@ -163,6 +166,7 @@ class Outcome:
     recipe: dict
     target: dict
     missed: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "chosen": self.chosen.to_dict(), "trials": [t.to_dict() for t in self.trials]}
@@ -223,7 +227,16 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
         missed = f"no candidate stayed within {spell('max_drop')} {max_drop:g} (best drop {chosen.drop:.4f})"
     elif reached is None or reached > target:
         missed = f"best {kind} ratio within the drop is {reached}, above the target {target:g}"
-    return Outcome(chosen, trials, rec, {kind: target}, missed)
+    out = Outcome(chosen, trials, rec, {kind: target}, missed)
+    held = sum(len(next(iter(b.values()))) for b in s.holdout)
+    if chosen.drop_bound is not None and chosen.drop_bound > max_drop:
+        from onnxcomp.measure.holdout import samples_needed
+
+        out.warnings.append(f"the {held} held-out samples cannot resolve {spell('max_drop')} {max_drop:g}: the chosen "
+                            f"model's drop {chosen.drop:.4f} may be up to {chosen.drop_bound:.4f} (95 % bound); pass "
+                            f"more calibration samples (a quarter is held out; about {samples_needed(max_drop)} "
+                            "held out for top-1 agreement)")
+    return out
 
 
 def choose(trials: list[Trial], key: str) -> Trial | None:

@@ -145,8 +145,20 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
                       fidelity=report, command=command, unchanged=unchanged, unmeasured=unmeasured)
     if report is not None:
         out.gate_failed = check_gates(report, max_drop, min_agreement)
-        out.warnings += disagreement(report)
+        out.warnings += disagreement(report) + unresolved(report, max_drop)
     return out
+
+
+def unresolved(report: FidelityReport, max_drop: float | None) -> list[str]:
+    """A warning when the samples cannot tell a drop within ``max_drop`` from one above it."""
+    from onnxcomp.measure.holdout import samples_needed
+
+    if max_drop is None or report.accuracy is not None or report.drop_bound is None or report.drop_bound <= max_drop:
+        return []
+    metric, value = report.headline
+    return [f"{report.num_samples} samples cannot resolve --max-drop {max_drop:g}: the measured drop "
+            f"{1 - value:.4f} may be up to {report.drop_bound:.4f} (95 % bound); compare on more samples "
+            f"(about {samples_needed(max_drop)} for top-1 agreement)"]
 
 
 DISAGREE = 0.5  # on random data, below this headline the output disagrees with the original on most samples
