@@ -115,3 +115,21 @@ def test_opset_raised_only_when_safe():
 def test_unknown_encoding_is_a_config_error():
     with pytest.raises(ConfigError, match="choose one of"):
         allowed_kinds("zip")
+
+
+def test_decoders_do_not_clash_with_nodes_named_like_their_weights(tmp_path):
+    """Exporters may name a MatMul like its weight ('l0_q' reading 'l0_q'): the decoder of that
+    weight must not take the node's name (onnxruntime refuses two nodes of one name)."""
+    import onnx
+    from onnx import helper
+
+    import onnxcomp as oc
+    from tests.models import init, make, vi
+
+    w = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    model = make([helper.make_node("MatMul", ["x", "l0_q"], ["y"], name="l0_q")], [vi("x", [2, 64])],
+                 [vi("y", [2, 64])], [init("l0_q", w)])
+    r = oc.prune(model, 0.9, allocation="uniform", min_params=0)
+    assert r.encodings[0].kind != "dense"
+    oc.save(r.model, tmp_path / "m.onnx")  # verified: checker and onnxruntime load
+    assert len({n.name for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.name}) == 1

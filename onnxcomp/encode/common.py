@@ -65,7 +65,9 @@ def install_decoder(model: onnx.ModelProto, weight: Weight, nodes: Iterable[onnx
     """Replace the weight's storage by ``nodes`` (whose last output must be ``weight.name``).
 
     The decoder nodes go first in the graph (they read only their own initializers), so every
-    consumer, shared or not, sees the decoded tensor under the original name.
+    consumer, shared or not, sees the decoded tensor under the original name. They go unnamed:
+    node names are optional, and one named after the weight can clash with a node of the model
+    named like its weight (onnxruntime refuses two nodes of one name).
     """
     nodes, initializers = list(nodes), list(initializers)
     if not nodes or nodes[-1].output[0] != weight.name:
@@ -74,5 +76,6 @@ def install_decoder(model: onnx.ModelProto, weight: Weight, nodes: Iterable[onnx
     g = model.graph
     g.initializer.extend(initializers)
     for i, node in enumerate(nodes):
+        node.name = ""
         g.node.insert(i, node)
     weight.source, weight.holder = "encoded", None
