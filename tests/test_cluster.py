@@ -259,3 +259,35 @@ def test_output_matched_target_pins_only_a_pruned_weights_zeros(zero_share, pinn
     zeros = values == 0
     assert np.all(out[zeros] == 0) == pinned
     assert np.all(out[~zeros] != 0)
+
+
+def test_embedding_tables_are_weights_clustered_and_weighted_by_how_often_rows_are_read():
+    """A Gather's constant table (a transformer's token embedding) is found, clustered per output
+    channel and encoded; with data the k-means weights each row by how often the ids read it."""
+    from onnx import TensorProto, helper
+
+    from onnxcomp.graph.weights import find_weights
+    from tests.models import init, make
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(500, 32)).astype(np.float32)
+    model = make([helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
+                  helper.make_node("MatMul", ["h", "W"], ["y"], name="proj")],
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16])],
+                 [init("E", table), init("W", rng.normal(size=(32, 16)).astype(np.float32))])
+    (w,) = [w for w in find_weights(model) if w.name == "E"]
+    assert (w.role, w.out_axis) == ("gather_data", 1)
+    plain = oc.cluster(model, 3, min_params=0)
+    assert {e.name: e.kind for e in plain.encodings}["E"].startswith("codebook")
+    hot = np.tile(np.arange(10, dtype=np.int64), (64, 1))[:, :8]  # only rows 0..7 are read
+    weighted = oc.cluster(model, 3, min_params=0, data={"ids": hot}, correction="none", gptq=False)
+
+    def err(result, rows):
+        from onnxcomp.io.sessions import session
+
+        sess_in = {"ids": np.arange(500, dtype=np.int64).reshape(-1, 1).repeat(8, 1)[rows]}
+        a = session(model).run(["y"], sess_in)[0]
+        b = session(result.model.proto).run(["y"], sess_in)[0]
+        return float(np.square(a - b).mean())
+    assert err(weighted, slice(0, 8)) < err(plain, slice(0, 8))

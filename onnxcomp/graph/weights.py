@@ -16,6 +16,7 @@ from onnx import numpy_helper
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHT_OPS = COMPUTE_OPS + ("Gather",)  # and embedding tables: a Gather's constant float data
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE)
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -36,7 +37,8 @@ class Weight:
     """A constant tensor feeding compute ops, with its role and channel axes.
 
     ``role`` is one of conv, conv_bias, convtranspose, convtranspose_bias, gemm_b, gemm_a, gemm_c,
-    matmul_b, matmul_a. ``out_axis``/``in_axis`` index the output-channel and reduction axes of
+    matmul_b, matmul_a, gather_data (an embedding table: its rows are picked by ids, its last axis
+    is the output's channels). ``out_axis``/``in_axis`` index the output-channel and reduction axes of
     the stored tensor (None where they do not apply). ``source`` tells where it lives:
     initializer, constant (a Constant node) or constant_of_shape.
     """
@@ -237,6 +239,8 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
                 (2, "gemm_c", -1, None)]
     if op == "MatMul":
         return [(1, "matmul_b", -1, -2), (0, "matmul_a", -2, -1)]
+    if op == "Gather" and int(_attr(node, "axis", 0)) == 0:  # an embedding table: rows picked by ids
+        return [(0, "gather_data", -1, 0)]
     return []
 
 
@@ -272,8 +276,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 if hit is not None and hit[0] not in report.quantized:
                     report.quantized.append(hit[0])
             continue
-        if node.op_type not in COMPUTE_OPS or all(i in folded for i in node.input if i):
-            continue  # no layer: a decoder's MatMul (folded at load), not a weight's consumer
+        if node.op_type not in WEIGHT_OPS or all(i in folded for i in node.input if i):
+            continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
         for index, role, out_axis, in_axis in _roles(node):
             if index >= len(node.input) or not node.input[index]:
                 continue
@@ -289,8 +293,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 continue
             if len(shape) == 0 or int(np.prod(shape)) < min_size:
                 continue
-            if role in ("matmul_b", "matmul_a") and len(shape) < 2:
-                report.skipped[name] = "1-D MatMul operand"
+            if role in ("matmul_b", "matmul_a", "gather_data") and len(shape) < 2:
+                report.skipped[name] = "1-D MatMul operand" if role != "gather_data" else "1-D table"
                 continue
             use = Use(node=node, index=index, role=role)
             if name in found:

@@ -1,4 +1,5 @@
-"""Calibration-derived importance of each weight: the diagonal of the layer-input Hessian.
+"""Calibration-derived importance of each weight: the diagonal of the layer-input Hessian (for an
+embedding table, how often each row is read).
 
 For a layer y = W x the output error of a weight change dW is E||dW x||^2; its diagonal
 approximation weights each (out, in) entry by E[x_in^2]. For Gemm/MatMul that is the mean of x_k^2
@@ -24,6 +25,8 @@ def _input_of(weight: Weight) -> list[tuple[onnx.NodeProto, str]]:
     for use in weight.uses:
         if use.role in ("conv", "gemm_b", "matmul_b") and use.node.input[0]:
             out.append((use.node, use.node.input[0]))
+        elif use.role == "gather_data" and len(use.node.input) > 1 and use.node.input[1]:
+            out.append((use.node, use.node.input[1]))  # the ids: how often each row is read
     return out if len(out) == len(weight.uses) else []
 
 
@@ -71,6 +74,12 @@ def _stat(weight: Weight, node: onnx.NodeProto, x: np.ndarray) -> np.ndarray | N
         xa = x.T if _attr(node, "transA", 0) else x
         s = (xa.astype(np.float64) ** 2).sum(axis=0)
         return s[:, None] if weight.in_axis == 0 else s[None, :]
+    if weight.role == "gather_data":  # an embedding table: a row's error counts as often as it is read
+        ids = np.asarray(x).reshape(-1).astype(np.int64)
+        rows = weight.shape[0]
+        ids = np.where(ids < 0, ids + rows, ids)
+        counts = np.bincount(ids[(ids >= 0) & (ids < rows)], minlength=rows).astype(np.float64)
+        return counts.reshape([rows] + [1] * (len(weight.shape) - 1))
     if weight.role == "matmul_b":
         s = (x.astype(np.float64) ** 2).reshape(-1, x.shape[-1]).sum(axis=0)
         shape = [1] * len(weight.shape)
