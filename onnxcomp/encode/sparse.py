@@ -58,6 +58,8 @@ class Gaps(Encoding):
     min_opset = 11
 
     def size(self, flat: np.ndarray) -> int | None:
+        if np.count_nonzero(flat) * (1 + flat.dtype.itemsize) >= flat.nbytes:  # each nonzero is an
+            return None  # entry: denser than this the gaps cannot beat dense (and need no positions)
         k = _entries(flat)
         if k == 0:
             return None

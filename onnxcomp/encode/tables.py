@@ -66,15 +66,23 @@ class Table:
 
 
 def row_ranks(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rank of each element among its row's distinct values, distinct count per row, sorted rows)."""
-    order = np.argsort(rows, axis=1, kind="stable")
+    """(rank of each element among its row's distinct values, distinct count per row, sorted rows).
+
+    Ranks are int16 when every row has fewer than 32768 distinct values (int32 otherwise): for a
+    big embedding table the int64 temporaries were most of the encoder's peak memory.
+    """
+    order = np.argsort(rows, axis=1)  # equal values share a rank: stability is not needed
     srt = np.take_along_axis(rows, order, axis=1)
     change = np.ones(srt.shape, bool)
     change[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    rank_sorted = np.cumsum(change, axis=1) - 1
-    ranks = np.empty(rows.shape, np.int64)
+    counts = change.sum(axis=1)
+    dtype = np.int16 if counts.size == 0 or counts.max() < 32768 else np.int32
+    rank_sorted = np.cumsum(change, axis=1, dtype=dtype)
+    rank_sorted -= 1
+    ranks = np.empty(rows.shape, dtype)
     np.put_along_axis(ranks, order, rank_sorted, axis=1)
-    return ranks, change.sum(axis=1), np.where(change, srt, np.nan)
+    del order, rank_sorted
+    return ranks, counts, np.where(change, srt, np.nan)
 
 
 def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
@@ -98,26 +106,45 @@ def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | No
     m = np.abs(c).max(axis=1)
     s = np.where(m == 0, 1.0, np.nan)
     todo = np.flatnonzero(m > 0)
-    js = np.arange(maxint, 0, -1, dtype=np.float64)
-    for chunk in np.array_split(todo, max(1, todo.size // 256)):  # bounded [rows, maxint] blocks
-        if chunk.size == 0:
-            continue
-        cand = m[chunk, None] / js[None, :]
-        rows, cols = np.nonzero(np.float16(cand).astype(np.float64) == cand)  # float16 scales only
-        if rows.size == 0:
-            return None
-        sc = cand[rows, cols]
-        q = c[chunk[rows]] / sc[:, None]
-        good = np.all((q == np.round(q)) & (np.abs(q) <= maxint), axis=1)
-        good &= np.all(np.round(q).astype(np.float32) * sc[:, None].astype(np.float32)
-                       == c[chunk[rows]].astype(np.float32), axis=1)
-        rows, sc = rows[good], sc[good]
-        first = np.unique(rows, return_index=True)[1]  # per row, the largest |q| that works
-        s[chunk[rows[first]]] = sc[first]
+    probe = todo[:4]  # values that are no grid fail on every row: a few rows searched in full say so
+    s[probe] = _first_scales(c, m, probe, np.arange(maxint, 0, -1, dtype=np.float64), maxint)
+    if np.isnan(s[probe]).any():
+        return None
+    todo = todo[4:]
+    start, width = maxint, 8
+    while todo.size and start > 0:  # candidates in descending blocks (8, 16, 32, ...): a row leaves
+        js = np.arange(start, max(start - width, 0), -1, dtype=np.float64)  # at its first hit,
+        found = _first_scales(c, m, todo, js, maxint)  # which is the full search's answer
+        s[todo] = found
+        todo = todo[np.isnan(found)]
+        start, width = start - width, width * 2
     if np.isnan(s).any():
         return None
     q = np.round(c / s[:, None]).astype(np.int16)
     return q, s.astype(np.float16)
+
+
+def _first_scales(c: np.ndarray, m: np.ndarray, todo: np.ndarray, js: np.ndarray, maxint: int) -> np.ndarray:
+    """For rows ``todo``, the first scale m/j (j in ``js``, in order) that writes the row as
+    integers |q| <= maxint times a float16 exactly in float32; NaN where none of ``js`` does."""
+    out = np.full(todo.size, np.nan)
+    step = max(1, (1 << 18) // max(1, js.size * c.shape[1]))  # bounded [rows, js, K] blocks
+    for lo in range(0, todo.size, step):
+        chunk = todo[lo:lo + step]
+        cand = m[chunk, None] / js[None, :]
+        rows, cols = np.nonzero(np.float16(cand).astype(np.float64) == cand)  # float16 scales only
+        if rows.size == 0:
+            continue
+        sc = cand[rows, cols]
+        vals = c[chunk[rows]]
+        q = vals / sc[:, None]
+        good = np.all((q == np.round(q)) & (np.abs(q) <= maxint), axis=1)
+        good &= np.all(np.round(q).astype(np.float32) * sc[:, None].astype(np.float32)
+                       == vals.astype(np.float32), axis=1)
+        rows, sc = rows[good], sc[good]
+        first = np.unique(rows, return_index=True)[1]  # per row, the largest |q| that works
+        out[lo + rows[first]] = sc[first]
+    return out
 
 
 def _too_many(flat: np.ndarray, layout: Layout | None, max_width: int) -> bool:
@@ -138,18 +165,24 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     if _too_many(flat, layout, max_width):
         return []
     out: list[Table] = []
-    u, inv = np.unique(flat, return_inverse=True)
-    if u.size <= max_width:
-        out.append(Table("tensor", inv.astype(np.int16), int(u.size), u.astype(flat.dtype)))
-    if layout is None or layout.channels <= 1 or u.size <= 16:
+    if layout is None or layout.channels <= 1:
+        u, inv = np.unique(flat, return_inverse=True)
+        if u.size <= max_width:
+            out.append(Table("tensor", inv.astype(np.int16), int(u.size), u.astype(flat.dtype)))
         return out
     rows = layout.rows(flat)
-    ranks, counts, srt = row_ranks(rows)
+    ranks, counts, srt = row_ranks(rows)  # one sort serves the tensor table and the channel ones
     width = int(counts.max())
     if width > max_width:
         return out
-    idx = layout.unrows(ranks).astype(np.int16)
     table = _distinct(srt, width)
+    u = np.unique(table)
+    if u.size <= max_width:  # the tensor table: each row's distinct values found in the union
+        inv = np.take_along_axis(np.searchsorted(u, table), ranks, axis=1)
+        out.append(Table("tensor", layout.unrows(inv).astype(np.int16), int(u.size), u.astype(flat.dtype)))
+    if u.size <= 16:
+        return out
+    idx = layout.unrows(ranks).astype(np.int16)
     out.append(Table("channel", idx, width, table.astype(flat.dtype), layout=layout))
     if flat.dtype == np.float32:
         if np.array_equal(table.astype(np.float16).astype(np.float64), table):
