@@ -12,8 +12,17 @@ import numpy as np
 
 
 def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap: float) -> np.ndarray:
-    return np.array([min(np.searchsorted(s, t, side="left") / max(s.size, 1), cap)
+    return np.array([min(np.searchsorted(s, _key(t, s.dtype), side="left") / max(s.size, 1), cap)
                      for s in sorted_scores])
+
+
+def _key(t: float, dtype: np.dtype):
+    """``t`` in the array's own dtype, rounded up, so the count below it is the count below t (a
+    float64 key made numpy copy a whole float32 array to float64 on every search)."""
+    if np.dtype(dtype).kind != "f":
+        return t
+    k = np.asarray(t).astype(dtype)
+    return np.nextafter(k, np.inf, dtype=dtype) if float(k) < t else k
 
 
 def by_threshold(sorted_scores: Sequence[np.ndarray], target: float, cap: float = 1.0) -> np.ndarray:
