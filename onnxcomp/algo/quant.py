@@ -24,6 +24,7 @@ import numpy as np
 from onnxcomp.algo.obs import BLOCK, DAMP, _prepare, _sweep
 
 SHRINK = np.linspace(1.0, 0.55, 10)  # clipping candidates: fractions of the group's range
+FINE = (0.9, 0.95, 0.975, 1.025, 1.05, 1.1)  # refinements of one end of an activation range
 
 
 @dataclass
@@ -187,21 +188,33 @@ def fake_quant(x: np.ndarray, scale: float, zero: int) -> np.ndarray:
     return ((np.clip(np.rint(x / scale) + zero, 0, 255) - zero) * scale).astype(np.float32)
 
 
-def activation_range(samples: np.ndarray, lo: float, hi: float) -> tuple[float, float, float]:
+def activation_range(samples: np.ndarray, lo: float, hi: float,
+                     weights: np.ndarray | None = None) -> tuple[float, float, float]:
     """(lo, hi, relative squared error) of the uint8 grid with the least squared error on
-    ``samples``, among shrinks of the observed range [``lo``, ``hi``] (0 kept inside)."""
-    x = np.asarray(samples, np.float32).reshape(-1)
-    energy = float(np.dot(x, x)) or 1.0
-    best = (lo, hi, np.inf)
+    ``samples``, among shrinks of the observed range [``lo``, ``hi``] (0 kept inside).
+
+    With ``weights`` (one per row of ``samples`` [channels, values]) each channel's error counts
+    that much: the importance of the channel to the layers reading it."""
+    x = np.asarray(samples, np.float32)
+    if weights is None:
+        x = x.reshape(1, -1)
+        weights = np.ones(1)
+    w = np.asarray(weights, np.float64)
+    energy = float(w @ np.einsum("ij,ij->i", x, x)) or 1.0
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     if hi <= lo:
         return lo, hi, 0.0
-    for r in SHRINK:
-        a, b = lo * r, hi * r
+
+    def err(a: float, b: float) -> float:
         scale = (b - a) / 255.0
         zero = int(np.clip(np.rint(-a / scale), 0, 255))
         d = fake_quant(x, scale, zero) - x
-        err = float(np.dot(d, d)) / energy
-        if err < best[2]:
-            best = (a, b, err)
-    return best
+        return float(w @ np.einsum("ij,ij->i", d, d)) / energy
+
+    best = min(((err(lo * r, hi * r), lo * r, hi * r) for r in SHRINK))
+    for _ in range(2):  # then each end on its own, finer, around the best joint shrink
+        e, a, b = best
+        best = min([best] + [(err(a * f, b), a * f, b) for f in FINE if a < 0])
+        e, a, b = best
+        best = min([best] + [(err(a, b * f), a, b * f) for f in FINE if b > 0])
+    return best[1], best[2], best[0]

@@ -28,6 +28,11 @@ class BlockSize(enum.Enum):
     B128 = "128"
 
 
+class Residual(enum.Enum):
+    FLOAT = "float"
+    INT8 = "int8"
+
+
 class Equalize(enum.Enum):
     AUTO = "auto"
     ON = "on"
@@ -63,6 +68,9 @@ class QuantizeConfig(SizedSelection):
     embeddings: bool = option(True, "Also quantize Gather embedding tables (GatherBlockQuantized).")
     equalize: str = option("auto", "Cross-layer equalisation of conv pairs joined by a ReLU: auto = kept "
                                    "where it lowers the measured error.", choices=Equalize)
+    residual: str = option("float", "Residual Adds: float keeps the residual stream in float (each branch is "
+                                    "quantized once, errors do not pile up along the stream), int8 runs them "
+                                    "as QLinearAdd.", choices=Residual)
     max_layer_error: float = option(0.05, "A layer whose quantized output error (relative mean square on "
                                           "--data) is above this stays float.", metavar="E")
 
@@ -72,6 +80,7 @@ class QuantizeConfig(SizedSelection):
         object.__setattr__(self, "activations", choice("activations", self.activations, ActivationBits))
         object.__setattr__(self, "block", choice("block", str(self.block), BlockSize))
         object.__setattr__(self, "equalize", choice("equalize", self.equalize, Equalize))
+        object.__setattr__(self, "residual", choice("residual", self.residual, Residual))
         object.__setattr__(self, "max_layer_error", fraction("max_layer_error", self.max_layer_error,
                                                              low=0.0, high=1.0, inclusive_high=True,
                                                              example=0.05))

@@ -39,14 +39,18 @@ def _after(model: onnx.ModelProto, tensor: str) -> int:
     return 0
 
 
-def insert_qdq(model: onnx.ModelProto, tensor: str, scale: float, zero: int, scope: NameScope) -> str:
-    """Quantize ``tensor`` (uint8 at ``scale``/``zero``) for every consumer; the dequantized name."""
+def insert_qdq(model: onnx.ModelProto, tensor: str, scale: float, zero: int, scope: NameScope,
+               readers: set[str] | None = None) -> str:
+    """Quantize ``tensor`` (uint8 at ``scale``/``zero``) for its consumers (those whose first output
+    is in ``readers``, or all); the dequantized name."""
     s = _init(model, np.array(scale, np.float32), scope(f"{tensor}_scale"))
     z = _init(model, np.array(zero, np.uint8), scope(f"{tensor}_zero"))
     q, dq = scope(f"{tensor}_q"), scope(f"{tensor}_dq")
     nodes = [helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=scope(f"{tensor}_Q")),
              helper.make_node("DequantizeLinear", [q, s, z], [dq], name=scope(f"{tensor}_DQ"))]
     for node in model.graph.node:
+        if readers is not None and (not node.output or node.output[0] not in readers):
+            continue
         for i, x in enumerate(node.input):
             if x == tensor:
                 node.input[i] = dq

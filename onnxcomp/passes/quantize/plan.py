@@ -40,6 +40,7 @@ class Layer:
 class QuantPlan:
     layers: list[Layer] = field(default_factory=list)
     points: list[str] = field(default_factory=list)  # activation tensors to quantize, graph order
+    integer: set[str] = field(default_factory=set)  # first outputs of the nodes that run on integers
     skipped: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     prepared: onnx.ModelProto | None = None  # the model the plan is for (prepared copy of the input)
@@ -115,12 +116,13 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
                         uses=[Use(node, 0, "gather")], holder=t)
             out.layers.append(Layer(tw, "gather", node.output[0]))
     if act:
-        out.points = _points(model, {l.output for l in out.layers if l.kind == "qdq"})
+        out.points, out.integer = _points(model, {l.output for l in out.layers if l.kind == "qdq"}, cfg)
     return out
 
 
-def _points(model: onnx.ModelProto, qdq_outputs: set[str]) -> list[str]:
-    """The activation tensors to quantize, in graph order (see the module doc)."""
+def _points(model: onnx.ModelProto, qdq_outputs: set[str], cfg: QuantizeConfig) -> tuple[list[str], set[str]]:
+    """(the activation tensors to quantize in graph order, the outputs of the nodes that run on
+    integers, the Relu/Clip folded into them included); see the module doc."""
     g = model.graph
     live, const = _float_inputs(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -130,23 +132,27 @@ def _points(model: onnx.ModelProto, qdq_outputs: set[str]) -> list[str]:
                 consumers.setdefault(x, []).append(n)
     outputs = {o.name for o in g.output}
     points: set[str] = set()
+    integer_nodes: set[str] = set()
+    elementwise = INT8_ELEMENTWISE if cfg.residual == "int8" else tuple(o for o in INT8_ELEMENTWISE if o != "Add")
 
     def after_activation(t: str) -> str:
         users = consumers.get(t, [])
         while len(users) == 1 and users[0].op_type in ACTIVATIONS and t not in outputs:
             t = users[0].output[0]
+            integer_nodes.add(t)
             users = consumers.get(t, [])
         return t
 
     for n in g.node:
         integer = n.output[0] in qdq_outputs if n.output else False
-        if n.op_type in INT8_ELEMENTWISE:
+        if n.op_type in elementwise:
             ins = [x for x in n.input if x]
             integer = bool(ins) and all(x in live for x in ins)  # a constant operand stays float
         if not integer:
             continue
         data = n.input[:1] if n.output[0] in qdq_outputs else [x for x in n.input if x]
         points.update(x for x in data if x in live)
+        integer_nodes.add(n.output[0])
         points.add(after_activation(n.output[0]))
     order = [i.name for i in g.input] + [o for n in g.node for o in n.output]
-    return [t for t in order if t in points and t not in outputs and t in live]
+    return [t for t in order if t in points and t not in outputs and t in live], integer_nodes

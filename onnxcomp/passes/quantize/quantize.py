@@ -18,7 +18,7 @@ from onnxcomp.io.tensors import tensor_array
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 from onnxcomp.passes.quantize import emit, prep, verify
 from onnxcomp.passes.quantize.plan import QDQ_OPSET, QuantPlan, plan as make_plan
-from onnxcomp.passes.quantize.walk import Solved, Walk
+from onnxcomp.passes.quantize.walk import Solved, Walk, float_inputs
 
 
 class QuantizePass(Pass):
@@ -59,7 +59,7 @@ class QuantizePass(Pass):
         reference.CopyFrom(model)
         mode = "none" if self.correction == "none" or not ctx.has_real_data else \
             ("affine" if self.correction == "auto" else self.correction)
-        walk = Walk(model, cfg, mode, ctx.seed)
+        walk = Walk(model, cfg, mode, ctx.seed, plan.integer)
         gathers = [l for l in plan.layers if l.kind == "gather"]
         for layer in gathers:
             self._gather(model, layer, walk)
@@ -72,6 +72,10 @@ class QuantizePass(Pass):
             for out in [n.output[0] for n in model.graph.node if n.output and n.output[0] in layers]:
                 if layers[out].kind == "nbits":
                     walk.layer(layers[out])
+        rewired = float_inputs(model, walk.origin)
+        if rewired:
+            result.notes.append(f"{rewired} float layer(s) read float inputs (onnxruntime would quantize them "
+                                f"itself between Q/DQ)")
         self._verify(model, reference, walk, ctx, result)
         remove_dead(model)
         result.changes = [_change(s) for s in walk.solved] + plan.skipped
@@ -125,6 +129,7 @@ class QuantizePass(Pass):
             for s in items:
                 node = next(n for n in copy.graph.node if s.layer.output in n.output)
                 node.CopyFrom(s.node)
+                node.input[0] = walk.origin.get(node.input[0], node.input[0])
             return copy
 
         bad, check = verify.culprits(model, done, revert, v)

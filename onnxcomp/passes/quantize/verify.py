@@ -19,6 +19,10 @@ import onnx
 from onnxcomp.io.sessions import session_options
 
 FLOOR = 1e-6  # relative squared gaps below this are rounding, whatever the quantization error
+# onnxruntime's integer kernels round differently from the float definition of QDQ (fixed-point
+# requantization): on effnet_lite0 the gap was 1.7x the quantization error (KL to the original
+# 0.00210 fused vs 0.00211 unfused); a miscomputing fusion there gave 370x (KL 0.36)
+GAP_FACTOR = 4.0
 MAX_CULPRITS = 4
 BATCHES = 4
 
@@ -30,7 +34,7 @@ class Check:
 
     @property
     def ok(self) -> bool:
-        return self.gap <= max(self.error, FLOOR)
+        return self.gap <= max(GAP_FACTOR * self.error, FLOOR)
 
     def to_dict(self) -> dict:
         return {"gap": self.gap, "error": self.error, "ok": self.ok}
