@@ -5,12 +5,12 @@ the same bad values with the same one-line message. Each step config says what i
 """
 from onnxcomp.config.cluster import BitAllocation, ClusterConfig, ClusterGranularity, ClusterInit
 from onnxcomp.config.options import Needs, build, cli_spelling, defaults, describe, names, option, spell, spell_value
-from onnxcomp.config.quantize import ActivationBits, QuantizeConfig, WeightBits
+from onnxcomp.config.quantize import ActivationBits, Int8Config, QuantizeConfig, WeightBits
 from onnxcomp.config.prune import (ChannelAllocation, Importance, PruneAllocation, PruneConfig, PruneGranularity,
                                    PruneScore, Selection, SizedSelection, StructuredPruneConfig, parse_nm)
 from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeMethod, RewriteConfig
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
-                                 EncodeConfig, Gates, Int8Config, Output, Runtime)
+                                 EncodeConfig, Gates, Output, Runtime)
 
 __all__ = ["BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",

@@ -17,14 +17,13 @@ def make_pass(config: Any):
     from onnxcomp.passes.correction import CorrectionPass
     from onnxcomp.passes.depthwise import DepthwisePass
     from onnxcomp.passes.factorize.factorize import FactorizePass
-    from onnxcomp.passes.int8 import Int8Pass
     from onnxcomp.passes.prune.prune import PrunePass
     from onnxcomp.passes.quantize.quantize import QuantizePass
     from onnxcomp.passes.structured.structured import StructuredPrunePass
 
     table = {PruneConfig: PrunePass, StructuredPruneConfig: StructuredPrunePass, FactorizeConfig: FactorizePass,
              DepthwiseConfig: DepthwisePass, ClusterConfig: ClusterPass, CorrectionConfig: CorrectionPass,
-             Int8Config: Int8Pass, QuantizeConfig: QuantizePass}
+             Int8Config: QuantizePass, QuantizeConfig: QuantizePass}
     for cls, p in table.items():
         if type(config) is cls:
             return p(config)

@@ -140,7 +140,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
 
     results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
-    quantized = any(r.pass_name in ("int8", "quantize") for r in results)
+    quantized = any(r.pass_name == "quantize" for r in results)
     encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched and not quantized \
         else []
     if touched:
@@ -158,7 +158,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
 
 
 def step_name(cfg: Any) -> str:
-    """The recipe name of a step config (prune, structured, factorize, depthwise, cluster, int8)."""
+    """The recipe name of a step config (prune, structured, factorize, depthwise, cluster, int8, quantize)."""
     from onnxcomp.config import STEPS
 
     return next(name for name, cls in STEPS.items() if isinstance(cfg, cls))
