@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from onnxcomp.config.options import Needs, choice, fraction, option, spell, spell_value
 from onnxcomp.config.prune import SizedSelection
-from onnxcomp.errors import ConfigError
 
 
 class WeightBits(enum.Enum):
@@ -33,12 +32,6 @@ class Residual(enum.Enum):
     INT8 = "int8"
 
 
-class Equalize(enum.Enum):
-    AUTO = "auto"
-    ON = "on"
-    OFF = "off"
-
-
 @dataclass(frozen=True)
 class QuantizeConfig(SizedSelection):
     """Weights (and activations) in onnxruntime's own integer kernels, calibrated on real data.
@@ -49,8 +42,7 @@ class QuantizeConfig(SizedSelection):
     every Conv (and MatMul/Gemm at int8) becomes QDQ int8 (per-channel weights, activation ranges
     calibrated on the data), and the elementwise ops between them run in int8 too. Gather
     embeddings become ``GatherBlockQuantized``. A layer whose measured error is above
-    ``max_layer_error`` stays float; ``equalize`` (cross-layer equalisation) is kept where it
-    measures better (auto).
+    ``max_layer_error`` stays float.
     """
 
     min_params: int = option(0, "Skip tensors with fewer parameters (a float layer between integer ones "
@@ -66,8 +58,6 @@ class QuantizeConfig(SizedSelection):
     gptq: bool = option(True, "Choose the integers with GPTQ error feedback against the original outputs "
                               "(else round to nearest on the best-clipped grid).")
     embeddings: bool = option(True, "Also quantize Gather embedding tables (GatherBlockQuantized).")
-    equalize: str = option("auto", "Cross-layer equalisation of conv pairs joined by a ReLU: auto = kept "
-                                   "where it lowers the measured error.", choices=Equalize)
     residual: str = option("int8", "Residual Adds: int8 runs them as QLinearAdd; float keeps the residual "
                                    "stream in float (each branch quantized once, no requantization along the "
                                    "stream; slower: measured equal on effnet_lite0, 1.4x slower on "
@@ -80,14 +70,10 @@ class QuantizeConfig(SizedSelection):
         object.__setattr__(self, "weights", choice("weights", self.weights, WeightBits))
         object.__setattr__(self, "activations", choice("activations", self.activations, ActivationBits))
         object.__setattr__(self, "block", choice("block", str(self.block), BlockSize))
-        object.__setattr__(self, "equalize", choice("equalize", self.equalize, Equalize))
         object.__setattr__(self, "residual", choice("residual", self.residual, Residual))
         object.__setattr__(self, "max_layer_error", fraction("max_layer_error", self.max_layer_error,
                                                              low=0.0, high=1.0, inclusive_high=True,
                                                              example=0.05))
-        if self.weights == "int8" and self.activations == "none" and self.equalize == "on":
-            raise ConfigError(f"{spell_value('equalize', 'on')} needs {spell_value('activations', 'int8')}",
-                              f"drop {spell('equalize')} or quantize activations")
 
     @property
     def bits(self) -> int:

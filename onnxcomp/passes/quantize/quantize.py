@@ -13,7 +13,6 @@ import onnx
 from onnxcomp.algo import quant
 from onnxcomp.config.quantize import QuantizeConfig
 from onnxcomp.graph.edit import remove_dead
-from onnxcomp.graph.weights import find_weights
 from onnxcomp.io.tensors import tensor_array
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 from onnxcomp.passes.quantize import emit, prep, verify
