@@ -42,8 +42,9 @@ def render(r: Any) -> str:
     from onnxcomp.measure.ortformat import mobile_lines
 
     lines.append("\nmodel RSS = peak resident memory during session creation and runs, minus the "
-                 "process's memory before it; loaded / running RSS = steady resident memory (freed heap "
-                 "returned to the system) after the session was made / after the runs, minus the same")
+                 "process's memory before it (onnxruntime already set up by a one-node session); loaded / "
+                 "running RSS = steady resident memory (freed heap returned to the system) after the "
+                 "session was made / after the runs, minus the same")
     for e in r.entries:
         if e.mobile is not None:
             lines += mobile_lines(_name(e.name), e.mobile)

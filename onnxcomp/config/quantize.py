@@ -53,7 +53,9 @@ class QuantizeConfig(SizedSelection):
     activations: str = option("int8", "int8: QDQ int8 activations (convs and int8 MatMul/Gemm run integer "
                                       "kernels; MatMulNBits may quantize its input); none: weight-only.",
                               choices=ActivationBits)
-    block: str = option("32", "Values per scale along K for MatMulNBits and GatherBlockQuantized.",
+    block: str = option("128", "Values per scale along K for MatMulNBits and GatherBlockQuantized (measured on "
+                               "vit_digits at 4 bits: 128 ran 1.2x faster and took 0.8x the memory of 32, for "
+                               "an output error 5.7e-5 instead of 3.7e-5).",
                         choices=BlockSize)
     gptq: bool = option(True, "Choose the integers with GPTQ error feedback against the original outputs "
                               "(else round to nearest on the best-clipped grid).")

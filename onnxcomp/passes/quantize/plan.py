@@ -24,6 +24,10 @@ from onnxcomp.passes.base import Change, matches, skip
 
 INT8_ELEMENTWISE = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu")
 ACTIVATIONS = ("Relu", "Clip")
+MOVES = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize", "Slice", "Split",
+         "DepthToSpace", "SpaceToDepth")  # onnxruntime moves uint8 through these between Q/DQ pairs
+ISLAND_K = 64  # an integer layer alone among float ops pays two conversions per value: below this
+# many products per output value (16 for vit_digits' patch embedding) that is more than it saves
 QDQ_OPSET = 13  # per-channel DequantizeLinear (axis)
 
 
@@ -116,7 +120,49 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
                         uses=[Use(node, 0, "gather")], holder=t)
             out.layers.append(Layer(tw, "gather", node.output[0]))
     if act:
+        for layer in _islands(model, [l for l in out.layers if l.kind == "qdq"]):
+            out.layers.remove(layer)
+            out.skipped.append(skip(layer.weight, f"an isolated layer with {ISLAND_K} or fewer products per output "
+                                                  f"(its neighbours run in float: converting its input and output "
+                                                  f"would cost more than its integer kernel saves)"))
         out.points, out.integer = _points(model, {l.output for l in out.layers if l.kind == "qdq"}, cfg)
+    return out
+
+
+def _islands(model: onnx.ModelProto, layers: list[Layer]) -> list[Layer]:
+    """QDQ layers with no other QDQ layer reachable through ops that run on integers between them,
+    and a short reduction (at most :data:`ISLAND_K` products per output value)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    outputs = {l.output for l in layers}
+    passable = set(INT8_ELEMENTWISE) | set(ACTIVATIONS) | set(MOVES)
+
+    def reaches(start: onnx.NodeProto) -> bool:
+        seen, stack = {id(start)}, [start]
+        while stack:
+            node = stack.pop()
+            near = [producer[x] for x in node.input if x in producer] + \
+                [r for o in node.output for r in readers.get(o, [])]
+            for m in near:
+                if id(m) in seen:
+                    continue
+                seen.add(id(m))
+                if m.output and m.output[0] in outputs:
+                    return True
+                if m.op_type in passable:
+                    stack.append(m)
+        return False
+
+    out = []
+    for layer in layers:
+        w = layer.weight
+        k = int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[w.in_axis]
+        if k <= ISLAND_K and not reaches(producer[layer.output]):
+            out.append(layer)
     return out
 
 
