@@ -129,6 +129,27 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
     return out
 
 
+def _near_layers(g: onnx.GraphProto, qdq_outputs: set[str]) -> set[int]:
+    """ids of the nodes reachable from a QDQ layer through ops that run on integers: only there
+    do elementwise ops run on integers (elsewhere they would add conversions and error)."""
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    passable = set(INT8_ELEMENTWISE) | set(ACTIVATIONS) | set(MOVES)
+    stack = [producer[o] for o in qdq_outputs if o in producer]
+    seen = {id(n) for n in stack}
+    while stack:
+        node = stack.pop()
+        for m in [producer[x] for x in node.input if x in producer] + \
+                [r for o in node.output for r in readers.get(o, [])]:
+            if id(m) not in seen and m.op_type in passable:
+                seen.add(id(m))
+                stack.append(m)
+    return seen
+
+
 def _islands(model: onnx.ModelProto, layers: list[Layer]) -> list[Layer]:
     """QDQ layers with no other QDQ layer reachable through ops that run on integers between them,
     and a short reduction (at most :data:`ISLAND_K` products per output value)."""
@@ -189,9 +210,10 @@ def _points(model: onnx.ModelProto, qdq_outputs: set[str], cfg: QuantizeConfig) 
             users = consumers.get(t, [])
         return t
 
+    near = _near_layers(g, qdq_outputs)
     for n in g.node:
         integer = n.output[0] in qdq_outputs if n.output else False
-        if n.op_type in elementwise:
+        if n.op_type in elementwise and id(n) in near:
             ins = [x for x in n.input if x]
             integer = bool(ins) and all(x in live for x in ins)  # a constant operand stays float
         if not integer:

@@ -200,12 +200,17 @@ class Walk:
         a, b = corr.fit(new, old, mode)
         for g, part in zip(grids, np.split(a, len(grids))):
             g.scale = g.scale * part[:, None]
+        add = _bias_add(self.model, node, len(a)) if bias is None and layer.kind == "nbits" else None
         base = bias if bias is not None else np.zeros(len(a))
         bias = a * base + b
         info["scale_mean"], info["shift_abs_mean"] = float(a.mean()), float(np.abs(b).mean())
         if layer.kind == "nbits":
             emit.set_tensor(self.model, node.input[2], np.concatenate([g.scale for g in grids]).astype(np.float32))
-            _set_nbits_bias(self.model, node, bias, self.scope, w.name)
+            if add is not None:  # the shift joins the bias Add after it: onnxruntime fuses the pair
+                emit.set_tensor(self.model, add[0], (add[1] + bias).astype(np.float32).reshape(add[1].shape))
+                bias = None
+            else:
+                _set_nbits_bias(self.model, node, bias, self.scope, w.name)
         else:
             dq = next(n for n in self.model.graph.node if node.input[1] in n.output)
             emit.set_tensor(self.model, dq.input[1], np.concatenate([g.scale[:, 0] for g in grids]).astype(np.float32))
@@ -279,6 +284,19 @@ def _drop_alpha_beta(node: onnx.NodeProto) -> None:
     if node.op_type == "Gemm":
         set_attr(node, "alpha", 1.0)
         set_attr(node, "beta", 1.0)
+
+
+def _bias_add(model: onnx.ModelProto, node: onnx.NodeProto, n: int) -> tuple[str, np.ndarray] | None:
+    """(initializer, value) of the constant [n] vector an Add alone reading ``node``'s output adds."""
+    readers = [m for m in model.graph.node if node.output[0] in m.input]
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    other = [x for x in readers[0].input if x != node.output[0]]
+    init = next((t for t in model.graph.initializer if other and t.name == other[0]), None)
+    if init is None or sum(other[0] in m.input for m in model.graph.node) != 1:
+        return None
+    value = emit.numpy_helper.to_array(init)
+    return (init.name, value) if value.size == n and value.shape[-1] == n and value.dtype == np.float32 else None
 
 
 def _set_nbits_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: np.ndarray, scope: NameScope,
