@@ -247,3 +247,16 @@ def test_auto_int8_ends_with_the_quantize_step(monkeypatch):
     assert out.chosen.steps == [("prune", {"sparsity": 0.2}), ("quantize", {})] and out.chosen.ok
     assert out.recipe["steps"] == [{"prune": {"sparsity": 0.2}}, {"quantize": {}}]
     assert any(n.op_type == "QuantizeLinear" for n in out.chosen.proto.graph.node)
+
+
+def test_layers_above_the_error_threshold_stay_float_and_read_float_inputs():
+    model = M.conv_bn_relu(batch=2, hw=8)
+    calib = [{"x": M.rng(7).normal(size=(16, 3, 8, 8)).astype(np.float32)}]
+    r = oc.quantize(model, data=calib, max_layer_error=1e-12)
+    rq = r.result_of("quantize")
+    assert not rq.applied and {c.op for c in rq.skipped} == {"Conv", "Gemm"}
+    assert all(c.reason for c in rq.skipped)
+    dq = {n.output[0] for n in r.proto.graph.node if n.op_type == "DequantizeLinear"}
+    assert not any(n.input[0] in dq for n in r.proto.graph.node if n.op_type in ("Conv", "Gemm"))
+    x = calib[0]["x"][:2]
+    np.testing.assert_allclose(_run(r.proto, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

@@ -17,7 +17,7 @@ from onnxcomp.io.tensors import tensor_array
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 from onnxcomp.passes.quantize import emit, prep, verify
 from onnxcomp.passes.quantize.plan import QDQ_OPSET, QuantPlan, plan as make_plan
-from onnxcomp.passes.quantize.walk import Solved, Walk, float_inputs
+from onnxcomp.passes.quantize.walk import Solved, Walk
 
 
 class QuantizePass(Pass):
@@ -71,7 +71,7 @@ class QuantizePass(Pass):
             for out in [n.output[0] for n in model.graph.node if n.output and n.output[0] in layers]:
                 if layers[out].kind == "nbits":
                     walk.layer(layers[out])
-        rewired = float_inputs(model, walk.origin)
+        rewired = emit.float_inputs(model, walk.origin)
         if rewired:
             result.notes.append(f"{rewired} float layer(s) read float inputs (onnxruntime would quantize them "
                                 f"itself between Q/DQ)")

@@ -140,7 +140,7 @@ class Walk:
         if layer.kind == "qdq" and err > self.cfg.max_layer_error:
             self.solved.append(Solved(layer, "skipped", err, f"int8 output error {err:.3g} is above "
                                                            f"max_layer_error {self.cfg.max_layer_error:g}"))
-            node.input[0] = source  # a float layer reads the float tensor (see float_inputs)
+            node.input[0] = source  # a float layer reads the float tensor (see emit.float_inputs)
             return
         before = onnx.NodeProto()
         before.CopyFrom(node)
@@ -245,22 +245,6 @@ def _sample(values: list[np.ndarray], axis: int | None, rng: np.random.Generator
     per = max(1, SAMPLE_VALUES // (rows[0].shape[0] * len(rows)))
     return np.concatenate([r[:, rng.choice(r.shape[1], per, replace=False)] if r.shape[1] > per else r
                            for r in rows], axis=1)
-
-
-def float_inputs(model: onnx.ModelProto, origin: dict[str, str]) -> int:
-    """Float Conv/Gemm/MatMul layers read the float tensors, not their dequantized copies.
-
-    Between a DequantizeLinear and a QuantizeLinear onnxruntime turns even a float-weight Conv into
-    QLinearConv, quantizing its weights itself (per tensor): on effnet_lite0, depthwise convs left
-    float that way took the KL to the original from 0.002 to 0.36. Returns the inputs rewired."""
-    dq_weights = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    count = 0
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and node.input and \
-                node.input[0] in origin and (len(node.input) < 2 or node.input[1] not in dq_weights):
-            node.input[0] = origin[node.input[0]]
-            count += 1
-    return count
 
 
 def _alpha(node: onnx.NodeProto, w: Weight) -> float:
