@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "onnxcomp.api": ("load", "save", "inspect", "compare", "bench", "prune", "prune_channels", "factorize",
-                     "depthwise", "cluster", "compress", "replay", "pack", "unpack"),
+                     "depthwise", "cluster", "quantize", "compress", "replay", "pack", "unpack"),
     "onnxcomp.io.model": ("Model", "as_model"),
     "onnxcomp.data.calibration": ("CalibrationData", "load_data"),
     "onnxcomp.errors": ("OnnxCompError", "ModelLoadError", "ModelSaveError", "ConfigError", "DataError",

@@ -18,7 +18,7 @@ from typing import Any
 
 from onnxcomp import io
 from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, EncodeConfig, FactorizeConfig,
-                             PruneConfig, StructuredPruneConfig, build)
+                             PruneConfig, QuantizeConfig, StructuredPruneConfig, build)
 from onnxcomp.io.model import Model, ModelLike, as_model, load_model
 from onnxcomp.measure.inspect import InspectReport
 from onnxcomp.measure.inspect import inspect as _inspect
@@ -170,6 +170,19 @@ def cluster(model: ModelLike, bits: float | None = None, *, data: Any = None, co
         options["bits"] = bits
     cfg = _step(ClusterConfig, config, options, "cluster")
     return run(model, [cfg], data=data, correction=CorrectionConfig(correction), encoding=EncodeConfig(encoding),
+               threads=threads, seed=seed, progress=progress)
+
+
+def quantize(model: ModelLike, *, data: Any = None, correction: str = "auto", config: QuantizeConfig | None = None,
+             threads: int | None = None, seed: int = 0, progress: Any = None, **options: Any) -> Result:
+    """Weights (and activations) in onnxruntime's integer kernels: MatMulNBits, QDQ int8, GatherBlockQuantized.
+
+    Options: the fields of :class:`onnxcomp.config.QuantizeConfig` (``weights`` int8/int4/int2,
+    ``activations`` int8/none, ``block``, ...). Real calibration ``data`` is needed for int8
+    activations and GPTQ; each layer's output channels are refitted (``correction``).
+    """
+    cfg = _step(QuantizeConfig, config, options, "quantize")
+    return run(model, [cfg], data=data, correction=CorrectionConfig(correction), encoding="dense",
                threads=threads, seed=seed, progress=progress)
 
 

@@ -13,17 +13,18 @@ from onnxcomp.cli.factorize_cmd import factorize_cmd
 from onnxcomp.cli.inspect_cmd import inspect_cmd
 from onnxcomp.cli.pack_cmd import pack_cmd, unpack_cmd
 from onnxcomp.cli.prune_cmd import prune_channels_cmd, prune_cmd
+from onnxcomp.cli.quantize_cmd import quantize_cmd
 from onnxcomp.cli.sensitivity_cmd import sensitivity_cmd
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-COMMANDS = (inspect_cmd, prune_cmd, prune_channels_cmd, cluster_cmd, compress_cmd, factorize_cmd, depthwise_cmd,
-            auto_cmd, sensitivity_cmd, compare_cmd, bench_cmd, pack_cmd, unpack_cmd)
+COMMANDS = (inspect_cmd, prune_cmd, prune_channels_cmd, cluster_cmd, quantize_cmd, compress_cmd, factorize_cmd,
+            depthwise_cmd, auto_cmd, sensitivity_cmd, compare_cmd, bench_cmd, pack_cmd, unpack_cmd)
 
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="onnxcomp")
 def cli() -> None:
-    """Post-training compression of ONNX models: prune, factorize, cluster, benchmark.
+    """Post-training compression of ONNX models: prune, factorize, cluster, quantize, benchmark.
 
     \b
     Examples:
@@ -31,6 +32,7 @@ def cli() -> None:
       onnxcomp prune model.onnx --sparsity 0.9 --data calib.npz
       onnxcomp prune model.onnx --structured --ratio 0.3 --data calib.npz
       onnxcomp cluster model.onnx --bits 4 --data calib.npz
+      onnxcomp quantize model.onnx --data calib.npz
       onnxcomp bench model.onnx model.channels30.onnx
     """
 

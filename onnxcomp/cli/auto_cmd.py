@@ -30,7 +30,7 @@ def render(trials, chosen, target_name: str, target: float) -> str:
 @click.option("--max-drop", type=str, default="0.01", show_default=True, metavar="D",
               help="Largest quality drop allowed on held-out calibration samples (top-1 agreement, "
                    "or cosine for non-class outputs; accuracy with labels); 0.01 or 1%.")
-@click.option("--int8", is_flag=True, help="End with onnxruntime's static QDQ int8 quantization.")
+@click.option("--int8", is_flag=True, help="End with QDQ int8 quantization (the quantize step: integer kernels, calibrated on --data).")
 @click.option("--recipe", "recipe_out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the recipe (default: <output stem>.yaml).")
 @threads_option

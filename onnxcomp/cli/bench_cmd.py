@@ -28,19 +28,23 @@ def render(r: Any) -> str:
              f"interleaved rounds after {r.warmup} warmup runs (one process per model)", ""]
     rows = [[_name(e.name), fmt_bytes(e.file_size), f"{1000 * e.create_s:.1f}", f"{e.p50_ms:.3f}",
              f"{e.p90_ms:.3f}", f"{e.p99_ms:.3f}", f"{e.mean_ms:.3f}", f"{e.throughput:.1f}",
-             fmt_bytes(e.peak_rss), fmt_bytes(e.model_rss)] for e in r.entries]
+             fmt_bytes(e.peak_rss), fmt_bytes(e.model_rss), fmt_bytes(e.loaded_rss), fmt_bytes(e.running_rss)]
+            for e in r.entries]
     lines.append(table(["model", "size", "load ms", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s",
-                        "peak RSS", "model RSS"], rows))
+                        "peak RSS", "model RSS", "loaded RSS", "running RSS"], rows))
     if len(r.entries) > 1:
-        keys = ("file_size", "create_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "model_rss")
+        keys = ("file_size", "create_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "model_rss",
+                "loaded_rss", "running_rss")
         ratio_rows = [[_name(e.name)] + [fmt_ratio(e.ratios.get(k)) for k in keys] for e in r.entries]
         lines += ["", f"ratios to {_name(r.entries[0].name)}:",
-                  table(["model", "size", "load", "p50", "p90", "p99", "mean", "throughput", "model RSS"],
-                        ratio_rows)]
+                  table(["model", "size", "load", "p50", "p90", "p99", "mean", "throughput", "model RSS",
+                         "loaded RSS", "running RSS"], ratio_rows)]
     from onnxcomp.measure.ortformat import mobile_lines
 
     lines.append("\nmodel RSS = peak resident memory during session creation and runs, minus the "
-                 "process's memory before it")
+                 "process's memory before it (onnxruntime already set up by a one-node session); loaded / "
+                 "running RSS = steady resident memory (freed heap returned to the system) after the "
+                 "session was made / after the runs, minus the same")
     for e in r.entries:
         if e.mobile is not None:
             lines += mobile_lines(_name(e.name), e.mobile)

@@ -5,19 +5,21 @@ the same bad values with the same one-line message. Each step config says what i
 """
 from onnxcomp.config.cluster import BitAllocation, ClusterConfig, ClusterGranularity, ClusterInit
 from onnxcomp.config.options import Needs, build, cli_spelling, defaults, describe, names, option, spell, spell_value
+from onnxcomp.config.quantize import ActivationBits, Int8Config, QuantizeConfig, WeightBits
 from onnxcomp.config.prune import (ChannelAllocation, Importance, PruneAllocation, PruneConfig, PruneGranularity,
                                    PruneScore, Selection, SizedSelection, StructuredPruneConfig, parse_nm)
 from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeMethod, RewriteConfig
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
-                                 EncodeConfig, Gates, Int8Config, Metric, Output, Runtime)
+                                 EncodeConfig, Gates, Metric, Output, Runtime)
 
 __all__ = ["BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",
            "PruneAllocation", "PruneConfig", "PruneGranularity", "PruneScore", "Selection", "SizedSelection",
            "StructuredPruneConfig", "parse_nm", "DepthwiseConfig", "FactorizeConfig", "FactorizeMethod",
            "RewriteConfig", "ENCODING_FAMILIES", "ENCODING_KINDS", "Correction", "CorrectionConfig",
-           "DataConfig", "EncodeConfig", "Gates", "Int8Config", "Metric", "Output", "Runtime", "STEPS"]
+           "DataConfig", "EncodeConfig", "Gates", "Int8Config", "Metric", "Output", "Runtime", "STEPS",
+           "ActivationBits", "QuantizeConfig", "WeightBits"]
 
 # the steps of a recipe, by name
 STEPS = {"structured": StructuredPruneConfig, "factorize": FactorizeConfig, "depthwise": DepthwiseConfig,
-         "prune": PruneConfig, "cluster": ClusterConfig, "int8": Int8Config}
+         "prune": PruneConfig, "cluster": ClusterConfig, "int8": Int8Config, "quantize": QuantizeConfig}

@@ -159,15 +159,3 @@ class Output:
                                       "<stem>.prune90.onnx).", metavar="FILE", cli="-o/--output")
     force: bool = option(False, "Allow -o to name the input file (it is replaced atomically).", flag=True)
 
-
-
-
-@dataclass(frozen=True)
-class Int8Config:
-    """onnxruntime's own static QDQ int8 quantization as the last step (``auto --int8``)."""
-
-    per_channel: bool = option(True, "Per-channel int8 weights.")
-
-    @property
-    def needs(self) -> Needs:
-        return Needs("int8 quantization")

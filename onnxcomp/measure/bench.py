@@ -23,7 +23,8 @@ from onnxcomp.data.calibration import load_data
 from onnxcomp.errors import ConfigError, ModelLoadError
 from onnxcomp.io.sessions import resolve_provider
 
-RATIO_KEYS = ("file_size", "create_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "model_rss")
+RATIO_KEYS = ("file_size", "create_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "model_rss",
+              "loaded_rss", "running_rss")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class BenchEntry:
     throughput: float = 0.0
     peak_rss: int | None = None
     model_rss: int | None = None
+    loaded_rss: int | None = None  # steady resident memory after the session was made, minus the process's before
+    running_rss: int | None = None  # the same after the timed runs (weights + run-time buffers)
     times_ms: list[float] = field(default_factory=list)
     ratios: dict[str, float | None] = field(default_factory=dict)
     mobile: dict[str, Any] | None = None
@@ -191,10 +194,12 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
                 if progress is not None:
                     progress(r + 1, report.rounds)
             for e, w, t in zip(entries, workers, times):
-                peak = w.ask({"cmd": "stop"})["peak_rss"]
-                base = w.ready.get("rss_base")
+                stop = w.ask({"cmd": "stop"})
+                peak, base = stop["peak_rss"], w.ready.get("rss_base")
                 e.peak_rss = peak
-                e.model_rss = max(0, peak - base) if peak is not None and base is not None else None
+                e.model_rss = _above(peak, base)
+                e.loaded_rss = _above(w.ready.get("rss_loaded"), base)
+                e.running_rss = _above(stop.get("rss_running"), base)
                 _fill(e, t, batch)
         finally:
             for w in workers:
@@ -202,6 +207,10 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
     _ratios(entries)
     report.entries = entries
     return report
+
+
+def _above(value: int | None, base: int | None) -> int | None:
+    return max(0, value - base) if value is not None and base is not None else None
 
 
 def io_size(path: Path) -> int:

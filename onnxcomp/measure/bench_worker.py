@@ -1,8 +1,10 @@
 """Child process of ``onnxcomp bench``: one model, one session, timed runs on request.
 
 Protocol: JSON lines. The parent writes ``{"model", "feed", "threads", "provider"}`` and gets
-``{"create_s", "rss_base"}`` (or ``{"error"}``) once the session exists; then ``{"cmd": "run",
-"n": N}`` -> ``{"times": [seconds, ...]}`` and ``{"cmd": "stop"}`` -> ``{"peak_rss"}``. The
+``{"create_s", "rss_base", "rss_loaded"}`` (or ``{"error"}``) once the session exists; then
+``{"cmd": "run", "n": N}`` -> ``{"times": [seconds, ...]}`` and ``{"cmd": "stop"}`` ->
+``{"peak_rss", "rss_running"}``. ``rss_loaded``/``rss_running`` are steady resident memory (after
+freed heap pages went back to the system) right after the session was made and after the runs. The
 protocol uses a private copy of stdout; anything else printing to stdout goes to stderr.
 """
 from __future__ import annotations
@@ -30,6 +32,22 @@ def rss_bytes(field: str = "VmRSS") -> int | None:
     return None
 
 
+def trim() -> None:
+    """Give freed heap pages back to the system (glibc), so RSS counts what the process holds."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def steady_rss() -> int | None:
+    """Resident memory now, after freed heap pages went back to the system."""
+    trim()
+    return rss_bytes()
+
+
 def reset_peak() -> bool:
     """Reset the peak-RSS mark to the current RSS (Linux >= 4.0), so the peak covers what follows."""
     try:
@@ -38,6 +56,22 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def warm_up(ort: Any, opts: Any, provider: str) -> None:
+    """Make and run a one-node session first, so what onnxruntime sets up once per process
+    (allocators, kernel registries, thread pools, library pages: ~9 MB) is in the baseline and the
+    memory figures are what the model itself costs."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm_up",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    ort.InferenceSession(model.SerializeToString(), opts, providers=[provider]).run(
+        None, {"x": np.zeros(1, np.float32)})
 
 
 def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
@@ -49,13 +83,15 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
     with np.load(init["feed"]) as z:
         feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
+    warm_up(ort, opts, init["provider"])
+    trim()
     reset_peak()
     base = rss_bytes()
     t0 = time.perf_counter()
     sess = ort.InferenceSession(init["model"], opts, providers=[init["provider"]])
     create_s = time.perf_counter() - t0
     names = [o.name for o in sess.get_outputs()]
-    reply({"create_s": create_s, "rss_base": base})
+    reply({"create_s": create_s, "rss_base": base, "rss_loaded": steady_rss()})
     for line in requests:
         msg = json.loads(line)
         if msg.get("cmd") == "run":
@@ -66,7 +102,7 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
                 times.append(time.perf_counter() - t)
             reply({"times": times})
         elif msg.get("cmd") == "stop":
-            reply({"peak_rss": rss_bytes("VmHWM")})
+            reply({"peak_rss": rss_bytes("VmHWM"), "rss_running": steady_rss()})
             return
 
 

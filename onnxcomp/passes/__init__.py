@@ -12,18 +12,18 @@ from typing import Any
 def make_pass(config: Any):
     """The pass that carries out a step config (PruneConfig -> PrunePass, ...)."""
     from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, FactorizeConfig, Int8Config,
-                                 PruneConfig, StructuredPruneConfig)
+                                 PruneConfig, QuantizeConfig, StructuredPruneConfig)
     from onnxcomp.passes.cluster.cluster import ClusterPass
     from onnxcomp.passes.correction import CorrectionPass
     from onnxcomp.passes.depthwise import DepthwisePass
     from onnxcomp.passes.factorize.factorize import FactorizePass
-    from onnxcomp.passes.int8 import Int8Pass
     from onnxcomp.passes.prune.prune import PrunePass
+    from onnxcomp.passes.quantize.quantize import QuantizePass
     from onnxcomp.passes.structured.structured import StructuredPrunePass
 
     table = {PruneConfig: PrunePass, StructuredPruneConfig: StructuredPrunePass, FactorizeConfig: FactorizePass,
              DepthwiseConfig: DepthwisePass, ClusterConfig: ClusterPass, CorrectionConfig: CorrectionPass,
-             Int8Config: Int8Pass}
+             Int8Config: QuantizePass, QuantizeConfig: QuantizePass}
     for cls, p in table.items():
         if type(config) is cls:
             return p(config)

@@ -215,7 +215,7 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
     chosen = choose(trials, key)
     if int8 and chosen is not None and chosen.ok:
-        with_int8 = s.evaluate(chosen.steps + [("int8", {})])
+        with_int8 = s.evaluate(chosen.steps + [("quantize", {})])
         if with_int8.ok:
             chosen = with_int8
     source = model.path.name if model.path is not None else "model"

@@ -86,6 +86,8 @@ def plan_passes(steps: Sequence[Any], correction: CorrectionConfig | None,
     out = []
     for i, cfg in enumerate(steps):
         out.append((i, make_pass(cfg)))
+        if hasattr(out[-1][1], "correction"):  # a step that corrects its own layers as it goes (quantize)
+            out[-1][1].correction = correction.correction if correction is not None else "none"
         if correction is not None and isinstance(cfg, CORRECTED):
             out.append((i, CorrectionPass(correction)))
     if final_correction is not None:
@@ -138,7 +140,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
 
     results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
-    quantized = any(r.pass_name == "int8" for r in results)
+    quantized = any(r.pass_name == "quantize" for r in results)
     encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched and not quantized \
         else []
     if touched:
@@ -156,7 +158,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
 
 
 def step_name(cfg: Any) -> str:
-    """The recipe name of a step config (prune, structured, factorize, depthwise, cluster, int8)."""
+    """The recipe name of a step config (prune, structured, factorize, depthwise, cluster, int8, quantize)."""
     from onnxcomp.config import STEPS
 
     return next(name for name, cls in STEPS.items() if isinstance(cfg, cls))
