@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.shapes import infer_shapes
 from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
@@ -153,8 +154,9 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
             continue
         node = w.uses[0].node
         values = w.values()
-        if not np.all(np.isfinite(values)):
-            skipped.append((w, "contains NaN or Inf"))  # same rule as prune and cluster
+        why = numeric_problem(values)  # same rule as prune and cluster
+        if why is not None:
+            skipped.append((w, why))
             continue
         if w.role == "conv":
             layers.append(Layer(w, [u.node for u in w.uses], "conv", values, ConvGeometry.of(node, w.shape)))

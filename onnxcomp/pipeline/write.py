@@ -84,6 +84,20 @@ def check_gates(report: FidelityReport, max_drop: float | None = None,
     return None
 
 
+def check_finite(report: FidelityReport, source: Any) -> None:
+    """Never a silent NaN: the written model must compute finite values wherever the input model
+    does (on the comparison data); otherwise a one-line error, and the caller removes the file."""
+    from onnxcomp.errors import UnsupportedModelError
+
+    bad = [o for o in report.outputs if o.get("new_nonfinite")]
+    if bad:
+        o = bad[0]
+        raise UnsupportedModelError(
+            f"the compressed model computes NaN or Inf in output {o['name']!r} ({o['new_nonfinite']} value(s)) "
+            f"where {source or 'the input model'} computes finite values; no output was written",
+            "this is a bug in onnxcomp, please report it; meanwhile --exclude the layer or use other settings")
+
+
 def _file_size(path: Path) -> int:
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
@@ -126,6 +140,7 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
         # in memory answers questions about the graph (no second copy of a big model in memory)
         try:
             report = compare(original, Written(compressed, path), data, labels=labels, threads=threads)
+            check_finite(report, original.path)
         except BaseException:  # a failed or interrupted command leaves no output behind
             io.discard(path, keep=original.path)
             raise

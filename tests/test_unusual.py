@@ -1,0 +1,219 @@
+"""Regressions for valid-but-unusual models (issue 22): finite numerics, grouped ConvTranspose,
+local functions and subgraph scopes, old opsets, fixed batches, models without inputs, outputs
+never larger than the input. Each case here once crashed, wrote NaN, or was refused; the
+generated models of tests/test_graphgen.py cover the same classes in other forms."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxcomp.cli import main
+
+from . import models as M
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err + cap.out
+    return code, cap.out, cap.err
+
+
+def outputs(path, x: np.ndarray) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+def calib(folder, shape, n: int = 8, seed: int = 5):
+    x = M.rng(seed).normal(size=(n, *shape)).astype(np.float32)
+    path = folder / "calib.npz"
+    np.savez(path, x=x)
+    return path, x
+
+
+# --- silent NaN: weights whose scale breaks float16 tables, overflows, denormals ---------------------
+
+def extreme_channels() -> onnx.ModelProto:
+    """conv_bn_relu whose w2 has one output channel of denormals (1e-41) and one of 1e30 weights."""
+    model = M.conv_bn_relu(c_mid=16)
+    t = next(t for t in model.graph.initializer if t.name == "w2")
+    a = numpy_helper.to_array(t).copy()
+    a[3] = np.sign(a[3]) * np.float32(1e-41)
+    a[5] *= np.float32(1e30)
+    t.CopyFrom(numpy_helper.from_array(a, "w2"))
+    return model
+
+
+@pytest.mark.parametrize("argv", [["cluster", "--bits", "2", "--min-params", "1"],
+                                  ["cluster", "--bits", "8", "--min-params", "1", "DATA"],
+                                  ["compress", "--sparsity", "0.5"], ["compress", "DATA"]])
+def test_extreme_channels_never_become_nan(capsys, tmp_path, argv):
+    """cluster/compress once wrote NaN into w2 (a float16 scale overflowed) and reported SQNR inf."""
+    src = M.save(extreme_channels(), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (3, 8, 8))
+    argv = [str(data) if a == "DATA" else a for a in argv]
+    if str(data) in argv:
+        argv.insert(argv.index(str(data)), "--data")
+    code, out, err = run(capsys, [argv[0], str(src), *argv[1:], "--json", "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+    if argv[:3] == ["cluster", "--bits", "2"]:  # 4 values per channel cannot be exact: a finite SQNR
+        report = json.loads(out)
+        w2 = next(c for p in report["passes"] for c in p["changes"] if c["name"] == "w2")
+        assert w2["action"] == "clustered" and math.isfinite(w2["detail"]["sqnr_db"])
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "shared", "grid"])
+@pytest.mark.parametrize("k", [4, 16, 256])
+def test_cluster_fit_is_finite_at_any_scale(granularity, k):
+    from onnxcomp.encode.tables import Layout
+    from onnxcomp.passes.cluster.fit import fit
+
+    a = M.rng(1).normal(size=(8, 4, 3, 3)).astype(np.float32)
+    a[1] = np.sign(a[1]) * np.float32(1e-41)
+    a[2] = np.clip(a[2], -1, 1) * np.float32(3e38)
+    a[3] *= np.float32(1e-30)
+    f = fit(a.reshape(-1), Layout.of(a.shape, 0), k, granularity)
+    assert np.isfinite(f.values).all() and math.isfinite(f.sse) and math.isfinite(f.rel_error)
+    assert np.abs(f.values.reshape(a.shape)[2]).max() > 1e37  # the big channel keeps its scale
+
+
+def test_kmeans_takes_finite_values_only():
+    from onnxcomp.algo.kmeans import kmeans_rows
+
+    with pytest.raises(ValueError):
+        kmeans_rows(np.array([[1.0, np.nan, 2.0]]), 2)
+    big = np.array([[1e30, -2e30, 3e30, 0.5]], np.float32)  # float16 rounding would be inf
+    r = kmeans_rows(big, 3, snap=lambda c: c.astype(np.float16).astype(np.float64))
+    assert np.isfinite(r.centroids).all()
+
+
+def test_numeric_problem():
+    from onnxcomp.algo.numeric import keep_finite, numeric_problem
+
+    assert numeric_problem(np.array([1.0, np.nan], np.float32)) == "contains NaN or Inf"
+    assert numeric_problem(np.array([1.0, -np.inf], np.float16)) == "contains NaN or Inf"
+    assert "float32 range" in numeric_problem(np.array([1e300, 1.0]))
+    assert numeric_problem(np.array([3e38, 1e-41], np.float32)) is None
+    assert keep_finite(np.array([1.0, np.inf, np.nan]), np.array([5.0, 6.0, np.nan])).tolist()[:2] == [1.0, 6.0]
+
+
+def test_solvers_never_write_nan():
+    """GPTQ/OBS on statistics that are not finite, or on weights whose updates overflow float32."""
+    from onnxcomp.algo.obs import assign_gptq, prune_obs
+
+    r = M.rng(2)
+    w = r.normal(size=(4, 6)).astype(np.float32)
+    bad_h = np.full((6, 6), np.nan)
+    assert np.isfinite(prune_obs(w, bad_h, 0.5)).all()
+    table = np.sort(r.normal(size=(4, 3)), axis=1)
+    assert np.isfinite(assign_gptq(w, bad_h, table)).all()
+    huge = (np.clip(w, -1, 1) * np.float32(3e38)).astype(np.float32)  # finite, near float32 max
+    h = r.normal(size=(6, 6))
+    out = prune_obs(huge, h @ h.T, 0.5)
+    assert np.isfinite(out).all()
+
+
+def test_statistics_of_nonfinite_inputs_are_dropped():
+    from onnxcomp.measure.stats import StatsRequest, accumulate
+
+    x = M.rng(3).normal(size=(4, 6)).astype(np.float32)
+    req = StatsRequest("w", "x", "matrix")
+    assert accumulate([x], None, req, samples=4) is not None
+    x[1, 2] = np.inf
+    assert accumulate([x], None, req, samples=4) is None
+
+
+def test_correction_leaves_nonfinite_channels_alone():
+    from onnxcomp.passes.correction import fit
+
+    x = M.rng(4).normal(size=(3, 50))
+    y = 2 * x + 1
+    x[1, 7] = np.inf
+    a, b = fit(x, y, "affine")
+    assert (a[1], b[1]) == (1.0, 0.0) and np.isfinite(a).all() and np.isfinite(b).all()
+    assert a[0] > 1.5 and b[0] > 0.5
+
+
+def test_gemm_with_beta_zero_is_not_shifted(capsys, tmp_path):
+    """The output correction divided its shift by beta: C became inf and 0 * inf NaN."""
+    r = M.rng(6)
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="g", transB=1, beta=0.0)]
+    model = M.make(nodes, [M.vi("x", ["N", 16])], [M.vi("y", ["N", 16])],
+                   [M.init("w", r.normal(0, 0.3, (16, 16)).astype(np.float32)), M.init("c", np.ones(16, np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (16,))
+    code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "--data", str(data),
+                                "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+    c = next(t for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer if t.name == "c")
+    assert np.isfinite(numpy_helper.to_array(c)).all()
+
+
+def test_nan_in_the_written_model_is_an_error(tmp_path):
+    """The last line of defence: outputs NaN where the input's are finite -> one-line error, no file."""
+    from onnxcomp.errors import UnsupportedModelError
+    from onnxcomp.pipeline.write import finish
+
+    src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
+    bad = M.conv_bn_relu(c_mid=8)
+    t = next(t for t in bad.graph.initializer if t.name == "w2")
+    a = numpy_helper.to_array(t).copy()
+    a[0, 0, 0, 0] = np.nan
+    t.CopyFrom(numpy_helper.from_array(a, "w2"))
+    with pytest.raises(UnsupportedModelError, match="computes NaN or Inf in output 'y'"):
+        finish(src, bad, tmp_path / "o.onnx", command="prune", data=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --- channel / group arithmetic: grouped ConvTranspose -----------------------------------------------
+
+def grouped_convtranspose(group: int = 2) -> onnx.ModelProto:
+    r = M.rng(7)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["h"], name="relu"),
+             helper.make_node("ConvTranspose", ["h", "wt"], ["t"], name="up", group=group, strides=[2, 2]),
+             helper.make_node("Relu", ["t"], ["y"], name="relu2")]
+    inits = [M.init("w0", r.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)),
+             M.init("wt", r.normal(0, 0.3, (8, 6 // group, 3, 3)).astype(np.float32))]
+    return M.make(nodes, [M.vi("x", ["N", 3, 6, 6])], [M.vi("y", ["N", 6, 13, 13])], inits)
+
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"],
+                                  ["cluster", "--bits", "3", "--min-params", "1"],
+                                  ["auto", "--target-size", "0.7", "--max-drop", "1"]])
+def test_grouped_convtranspose_with_data(capsys, tmp_path, argv):
+    """The correction scaled [C_in, C_out/g, k, k] kernels by C_out values: a crash."""
+    src = M.save(grouped_convtranspose(), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (3, 6, 6))
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), "-o", str(tmp_path / "o.onnx")])
+    assert code in (0, 3), err  # auto may miss its size target on a model this small
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+
+def test_per_output_channel_scale_of_a_grouped_convtranspose():
+    """Scaling the kernel by per_out_channel(w, a) scales output channel c by a[c]."""
+    from onnxcomp.graph.axes import out_channels, per_out_channel
+    from onnxcomp.graph.weights import find_weights
+
+    model = grouped_convtranspose(group=2)
+    w = find_weights(model).by_name()["wt"]
+    assert out_channels(w) == 6
+    a = np.arange(1, 7, dtype=np.float32)
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(model)
+    t = next(t for t in scaled.graph.initializer if t.name == "wt")
+    t.CopyFrom(numpy_helper.from_array((w.values() * per_out_channel(w, a)).astype(np.float32), "wt"))
+    for m in (model, scaled):  # compare before the Relu
+        m.graph.output[0].name = "t"
+    x = M.rng(8).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    base = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(scaled.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, base * a[None, :, None, None], rtol=1e-4, atol=1e-4)
