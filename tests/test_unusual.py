@@ -217,3 +217,104 @@ def test_per_output_channel_scale_of_a_grouped_convtranspose():
     base = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     got = ort.InferenceSession(scaled.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, base * a[None, :, None, None], rtol=1e-4, atol=1e-4)
+
+
+# --- sub-models keep functions; If/Loop bodies read the outer scope --------------------------------
+
+def body_scopes() -> onnx.ModelProto:
+    """MatMul -> Loop (body: MatMul by an outer weight only the body reads) -> If (branches with
+    their own nodes and an inner weight) -> MatMul."""
+    r = M.rng(9)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w_loop"], ["h_mm"], name="body_mm"),
+         helper.make_node("Relu", ["h_mm"], ["h_out"], name="body_relu"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        "body", [M.vi("i", [], onnx.TensorProto.INT64), M.vi("cond_in", [], onnx.TensorProto.BOOL),
+                 M.vi("h_in", ["N", 16])],
+        [M.vi("cond_out", [], onnx.TensorProto.BOOL), M.vi("h_out", ["N", 16])])
+    then_g = helper.make_graph([helper.make_node("MatMul", ["l", "w_in"], ["t_mm"], name="then_mm"),
+                               helper.make_node("Relu", ["t_mm"], ["t"], name="then_relu")], "then", [],
+                              [M.vi("t", ["N", 16])], initializer=[M.init("w_in", r.normal(0, 0.3, (16, 16)).astype(np.float32))])
+    else_g = helper.make_graph([helper.make_node("Neg", ["l"], ["e"], name="else_neg")], "else", [], [M.vi("e", ["N", 16])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Loop", ["trip", "keep", "h"], ["l"], name="loop", body=body),
+             helper.make_node("ReduceSum", ["l"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["b"], name="if", then_branch=then_g, else_branch=else_g),
+             helper.make_node("MatMul", ["b", "w2"], ["y"], name="mm2")]
+    inits = [M.init("w1", r.normal(0, 0.3, (16, 16)).astype(np.float32)),
+             M.init("w_loop", r.normal(0, 0.3, (16, 16)).astype(np.float32)),
+             M.init("w2", r.normal(0, 0.3, (16, 16)).astype(np.float32)),
+             M.init("trip", np.array(2, np.int64)), M.init("keep", np.array(True)), M.init("zero", np.array(0, np.float32))]
+    return M.make(nodes, [M.vi("x", ["N", 16])], [M.vi("y", ["N", 16])], inits)
+
+
+def test_subgraph_inputs_are_the_outer_scope_only():
+    from onnxcomp.graph.subgraph import subgraph_inputs
+
+    nodes = {n.name: n for n in body_scopes().graph.node}
+    assert subgraph_inputs(nodes["loop"]) == {"w_loop"}  # not the body's own cond_in, h_in, h_mm
+    assert subgraph_inputs(nodes["if"]) == {"l"}  # not t_mm, nor the inner weight w_in
+
+
+@pytest.mark.parametrize("argv", [["prune", "--structured", "--ratio", "0.5", "--round-to", "1"],
+                                  ["prune-channels", "--ratio", "0.5", "--round-to", "1"],
+                                  ["cluster", "--bits", "3", "--min-params", "1"],
+                                  ["factorize", "--min-params", "1", "--rank", "4"],
+                                  ["prune", "--sparsity", "0.5", "--min-params", "1"]])
+def test_bodies_reading_the_outer_scope(capsys, tmp_path, argv):
+    """Structured pruning dropped w_loop (only the Loop body reads it); the streaming engine fed
+    segments with the bodies' own tensors (KeyError 'cond_in')."""
+    src = M.save(body_scopes(), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (16,))
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert "w_loop" in {t.name for t in out.graph.initializer}
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+
+def function_model() -> onnx.ModelProto:
+    """MatMul -> a local function (its own Constant weight) -> MatMul."""
+    r = M.rng(10)
+    fn = helper.make_function("local", "Block", ["X"], ["Y"], [
+        helper.make_node("Constant", [], ["K"], value=numpy_helper.from_array(r.normal(0, 0.3, (16, 16)).astype(np.float32))),
+        helper.make_node("MatMul", ["X", "K"], ["Z"]), helper.make_node("Relu", ["Z"], ["Y"])],
+        [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Block", ["h"], ["b"], domain="local", name="blk"),
+             helper.make_node("MatMul", ["b", "w2"], ["y"], name="mm2")]
+    inits = [M.init("w1", r.normal(0, 0.3, (16, 16)).astype(np.float32)),
+             M.init("w2", r.normal(0, 0.3, (16, 8)).astype(np.float32))]
+    graph = helper.make_graph(nodes, "fn", [M.vi("x", ["N", 16])], [M.vi("y", ["N", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[fn])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_sub_models_keep_local_functions():
+    """truncate() dropped the model's functions (onnxruntime: no op Block); expose() typed the
+    tensors after a function call only when its skeleton kept them."""
+    from onnxcomp.graph.subgraph import _elem_types, truncate
+
+    model = function_model()
+    sub = truncate(model, ["y"])
+    assert [f.name for f in sub.functions] == ["Block"]
+    x = M.rng(11).normal(size=(2, 16)).astype(np.float32)
+    got = ort.InferenceSession(sub.SerializeToString()).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(got, ort.InferenceSession(model.SerializeToString()).run(["y"], {"x": x})[0])
+    assert _elem_types(model).get("b") == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"],
+                                  ["cluster", "--bits", "4", "--min-params", "1"],
+                                  ["prune", "--structured", "--ratio", "0.5", "--round-to", "1"],
+                                  ["sensitivity", "--min-params", "1"]])
+def test_local_functions_with_data(capsys, tmp_path, argv):
+    src = M.save(function_model(), tmp_path / "m.onnx")
+    data, _ = calib(tmp_path, (16,))
+    out = [] if argv[0] == "sensitivity" else ["-o", str(tmp_path / "o.onnx")]
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), *out])
+    assert code == 0, err
