@@ -318,3 +318,25 @@ def test_local_functions_with_data(capsys, tmp_path, argv):
     out = [] if argv[0] == "sensitivity" else ["-o", str(tmp_path / "o.onnx")]
     code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), *out])
     assert code == 0, err
+
+
+# --- old opsets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [7, 9, 10, 11])
+def test_factorize_gemm_at_old_opsets(capsys, tmp_path, opset):
+    """Before opset 11 Gemm's C is required: the first Gemm of an SVD pair once had none and the
+    checker refused the output, as a traceback, after all the work."""
+    r = M.rng(12)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    model = M.make(nodes, [M.vi("x", ["N", 64])], [M.vi("y", ["N", 64])],
+                   [M.init("w", r.normal(0, 0.1, (64, 64)).astype(np.float32)), M.init("b", np.zeros(64, np.float32))],
+                   opset=opset)
+    src = M.save(model, tmp_path / "m.onnx")
+    code, _, err = run(capsys, ["factorize", str(src), "--rank", "8", "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2 and out.opset_import[0].version == opset
+    assert all(len(n.input) == 3 for n in gemms) if opset < 11 else len(gemms[0].input) == 2
+    onnx.checker.check_model(out, full_check=True)
