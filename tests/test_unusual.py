@@ -340,3 +340,74 @@ def test_factorize_gemm_at_old_opsets(capsys, tmp_path, opset):
     assert len(gemms) == 2 and out.opset_import[0].version == opset
     assert all(len(n.input) == 3 for n in gemms) if opset < 11 else len(gemms[0].input) == 2
     onnx.checker.check_model(out, full_check=True)
+
+
+# --- batch and inputs: the same in every command ------------------------------------------------------
+
+FIXED_BATCH_ARGV = {
+    "prune": ["prune", "--sparsity", "0.5", "--min-params", "1"],
+    "structured": ["prune", "--structured", "--ratio", "0.5", "--round-to", "1"],
+    "cluster": ["cluster", "--bits", "4", "--min-params", "1"],
+    "factorize": ["factorize", "--min-params", "1"],
+    "depthwise": ["depthwise", "--min-params", "1"],
+    "compress": ["compress", "--sparsity", "0.5"],
+    "auto": ["auto", "--target-size", "0.8", "--max-drop", "1"],
+}
+
+
+@pytest.mark.parametrize("samples", [None, "1"])
+@pytest.mark.parametrize("command", sorted(FIXED_BATCH_ARGV))
+def test_fixed_batch_in_every_command(capsys, tmp_path, command, samples):
+    """A batch fixed at 2 was accepted by prune --data but refused by cluster, factorize,
+    prune --structured and auto (activations captured one sample at a time); --samples 1
+    gave StopIteration. Every command now feeds whole batches of 2."""
+    src = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (3, 8, 8), n=6)
+    argv = FIXED_BATCH_ARGV[command]
+    extra = ["--data", str(data)] + (["--samples", samples] if samples else [])
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *extra, "-o", str(tmp_path / "o.onnx")])
+    assert code in ((0, 3) if command == "auto" else (0,)), err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x[:2])[0]).all()
+    if command != "auto":  # random data too
+        code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *(["--samples", samples] if samples else []),
+                                    "-o", str(tmp_path / "o2.onnx")])
+        assert code == 0, err
+
+
+def test_data_smaller_than_the_fixed_batch_is_one_line(capsys, tmp_path):
+    src = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "m.onnx")
+    data, _ = calib(tmp_path, (3, 8, 8), n=1)
+    code, _, err = run(capsys, ["cluster", str(src), "--bits", "4", "--data", str(data), "-o", str(tmp_path / "o.onnx")])
+    assert code == 2 and err.count("\n") == 1 and "whole batches of 2" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
+
+
+def no_inputs() -> onnx.ModelProto:
+    """Outputs computed from constants only (a valid graph with no graph inputs)."""
+    r = M.rng(13)
+    nodes = [M.const_node("a", r.normal(size=(2, 8)).astype(np.float32)),
+             helper.make_node("MatMul", ["a", "w"], ["y"], name="mm")]
+    return M.make(nodes, [], [M.vi("y", [2, 8])], [M.init("w", r.normal(size=(8, 8)).astype(np.float32))])
+
+
+def test_bench_fixed_batch_and_no_inputs(capsys, tmp_path):
+    """bench crashed (StopIteration) on both; now it times the model's own batch, and runs a
+    model without inputs on an empty feed."""
+    fixed = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "fixed.onnx")
+    none = M.save(no_inputs(), tmp_path / "none.onnx")
+    code, out, err = run(capsys, ["bench", str(fixed), str(none), "--runs", "2", "--warmup", "0", "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert [e["throughput"] > 0 for e in report["entries"]] == [True, True]
+    assert any("fix the batch at 2" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"], ["cluster", "--bits", "4"],
+                                  ["factorize"], ["compare", "SELF"]])
+def test_no_inputs_is_one_line_everywhere(capsys, tmp_path, argv):
+    src = M.save(no_inputs(), tmp_path / "m.onnx")
+    argv = [str(src) if a == "SELF" else a for a in argv]
+    out = [] if argv[0] == "compare" else ["-o", str(tmp_path / "o.onnx")]
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *out])
+    assert code == 2 and err.count("\n") == 1 and "no graph inputs" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

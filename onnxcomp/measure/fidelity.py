@@ -194,8 +194,11 @@ class _Run:
 
     @staticmethod
     def _parts(data: Any, chunk: int | None):
+        from onnxcomp.data.sampling import batch_len, whole
+
+        chunk = whole(chunk, data.unit) if chunk else None  # whole batches of a fixed batch
         for batch in data:
-            n = len(next(iter(batch.values())))
+            n = batch_len(batch)
             for start in range(0, n, chunk or n):
                 yield {k: v[start:start + (chunk or n)] for k, v in batch.items()}
 

@@ -183,13 +183,14 @@ def runtime_shapes(model: onnx.ModelProto, names: list[str], ctx: Context) -> di
     """Shapes of ``names`` from one onnxruntime run on one sample ({} if that is impossible)."""
     from onnxcomp.measure.capture import Capturer
     from onnxcomp.data.calibration import load_data
+    from onnxcomp.data.sampling import batch_unit
     from onnxcomp.errors import OnnxCompError
 
     try:
         data = ctx.data if ctx.data is not None else load_data(None, model, input_shapes=ctx.input_shapes,
                                                                batch_size=1, num_samples=1)
-        batch = next(iter(data))
-        batch = {k: v[:1] for k, v in batch.items()}
+        unit = batch_unit(model)  # one sample, or one whole batch of a fixed batch
+        batch = {k: v[:unit] for k, v in next(iter(data)).items()}
         out = Capturer(model, list(dict.fromkeys(names)), threads=ctx.threads).run(batch)
     except (OnnxCompError, StopIteration, Exception):  # noqa: BLE001 - shapes stay unknown
         return {}

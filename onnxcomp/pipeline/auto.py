@@ -51,9 +51,10 @@ def split(data: Any) -> tuple[list[dict], list[dict]]:
     """(calibration batches, held-out batches): a quarter held out when there are >= 32 samples."""
     batches = list(data)
     n = sum(len(next(iter(b.values()))) for b in batches)
-    if n < 32:
+    unit = getattr(data, "unit", 1)  # a fixed batch: the two parts hold whole batches
+    cut = (n - n // 4) // unit * unit
+    if n < 32 or cut in (0, n):
         return batches, batches
-    cut = n - n // 4
     calib, hold, seen = [], [], 0
     for b in batches:
         k = len(next(iter(b.values())))
