@@ -119,3 +119,90 @@ def test_pack_compresses_in_blocks_to_the_same_stream():
 
     data = (np.random.default_rng(0).standard_normal(600_000) * 0.01).astype(np.float16).tobytes()
     assert _compress(data, block=1 << 16) == lzma.compress(data, format=lzma.FORMAT_RAW, filters=_FILTERS)
+
+
+# --- interrupts: from the first line of main, and during long numpy/LAPACK calls ---------------------------
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _spawn(args: list[str], code: str = CLI) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("delay", [0.0, 0.15])
+def test_signal_during_start_up(tmp_path, sig, delay):
+    """main() handles SIGTERM from its first line: a signal while it still imports click, onnx,
+    numpy and onnxruntime exits 143/130 with one line, not a traceback and -15/-2."""
+    src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
+    proc = _spawn(["prune", str(src), "--sparsity", "0.5", "-o", str(tmp_path / "o.onnx")])
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        pytest.skip("the command finished before the signal")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines() == ["interrupted; no output written"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_interruptible_hands_the_signal_over_at_once():
+    """A long call in a worker thread: the main thread keeps handling signals."""
+    from onnxcomp.algo import linalg
+
+    import threading
+
+    never = threading.Event()  # waits in C, like a LAPACK call, for 3 s
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        linalg.interruptible(never.wait, 3.0, size=linalg.INTERRUPTIBLE_ELEMENTS)
+    assert time.monotonic() - t0 < 1.5
+    assert linalg.running()  # the abandoned call: main() ends the process without waiting for it
+    never.set()
+    deadline = time.monotonic() + 5
+    while linalg.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not linalg.running()
+    assert linalg.interruptible(sum, [1, 2], size=linalg.INTERRUPTIBLE_ELEMENTS) == 3  # results come back
+
+
+def test_interrupt_during_a_big_svd_exits_at_once(tmp_path):
+    """An SVD of a big weight ignored Ctrl-C until it finished (minutes on a 200 MB weight), and an
+    abandoned one made the exit hang in OpenBLAS: now 130 within a second or two."""
+    code = ("import sys, numpy as np\n"
+            "from onnxcomp import cli\n"
+            "from onnxcomp.algo import linalg\n"
+            "def work(argv):\n"
+            "    a = np.random.default_rng(0).standard_normal((4000, 4000))\n"
+            "    print('started', flush=True)\n"
+            "    linalg.svd(a)\n"
+            "    return 0\n"
+            "cli._run = work\n"
+            "sys.exit(cli.main([]))\n")
+    proc = _spawn([], code)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        pytest.skip("the SVD finished before the signal")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the process did not exit after SIGINT")
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 3  # the SVD alone takes longer (about 10-60 s here)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.algo.linalg import refit, svd, whitener
+from onnxcomp.algo.linalg import interruptible, refit, svd, whitener
 
 
 def _root(s: np.ndarray, rank: int) -> np.ndarray:
@@ -119,7 +119,8 @@ class Tucker2:
             lc, self.lcinv = whitener(_channel_cov(cov, c, kh * kw))
             self.u1, s1, _ = svd(lc @ mode1)
             wf = self.w.reshape(o, -1)
-            lam, self.u0 = np.linalg.eigh(wf @ cov @ wf.T)
+            m = wf @ cov @ wf.T
+            lam, self.u0 = interruptible(np.linalg.eigh, m, size=m.size)
             order = np.argsort(lam)[::-1]
             s0, self.u0 = np.sqrt(np.maximum(lam[order], 0.0)), self.u0[:, order]
         self.spectra = (s1, s0)  # input side (R1), output side (R2)

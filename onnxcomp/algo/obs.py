@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from onnxcomp.algo.linalg import interruptible
 from onnxcomp.algo.numeric import keep_finite
 
 BLOCK = 128
@@ -25,8 +26,8 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     for k in range(8):
         try:
             reg = h + (damp * 10**k) * scale * np.eye(d)
-            inv = np.linalg.inv(reg)
-            return np.linalg.cholesky((inv + inv.T) / 2).T
+            inv = interruptible(np.linalg.inv, reg, size=reg.size)  # Ctrl-C stays responsive
+            return interruptible(np.linalg.cholesky, (inv + inv.T) / 2, size=reg.size).T
         except np.linalg.LinAlgError:
             continue
     return np.eye(d) / np.sqrt(scale)
