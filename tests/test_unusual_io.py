@@ -206,3 +206,71 @@ def test_interrupt_during_a_big_svd_exits_at_once(tmp_path):
         pytest.fail("the process did not exit after SIGINT")
     assert proc.returncode == 130, err
     assert time.monotonic() - t0 < 3  # the SVD alone takes longer (about 10-60 s here)
+
+
+# --- leftovers of a killed run: removed by the next run, and only onnxcomp's own ------------------------
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_removes_only_stale_onnxcomp_temp_entries(tmp_path):
+    from onnxcomp.io.writer import ABANDONED_AFTER_S, STALE_AFTER_S, sweep_stale, temp_prefix
+
+    dead, now = _dead_pid(), time.time()
+    old, ancient = now - STALE_AFTER_S - 60, now - ABANDONED_AFTER_S - 60
+    entries = {
+        f".m.onnx.onnxcomp-{dead}-abc123": (old, True),        # killed run, folder: removed
+        f".m.onnxc.onnxcomp-{dead}-x_9z": (old, True),          # killed run, file: removed
+        f".m.onnx.onnxcomp-{dead}-fresh1": (now, False),        # too recent: maybe another host's
+        f".m.onnx.onnxcomp-{os.getppid()}-live12": (old, False),  # its process runs: kept
+        f".m.onnx.onnxcomp-{os.getppid()}-gone12": (ancient, True),  # a day old whatever the pid
+        ".m.onnx.abc123": (old, False),                         # not onnxcomp's naming: never touched
+        "m.onnxcomp-1-abc.onnx": (old, False),
+        ".cache": (old, False),
+    }
+    for name, (mtime, _) in entries.items():
+        p = tmp_path / name
+        if "x_9z" in name or "." not in name[1:]:
+            p.write_bytes(b"x")
+        else:
+            p.mkdir()
+            (p / "m.onnx").write_bytes(b"partial")
+        os.utime(p, (mtime, mtime))
+    removed = {p.name for p in sweep_stale(tmp_path)}
+    assert removed == {n for n, (_, gone) in entries.items() if gone}
+    assert temp_prefix(".m.onnx") == f".m.onnx.onnxcomp-{os.getpid()}-"
+
+
+def test_sigkill_while_writing_leaves_nothing_the_next_run_keeps(capsys, tmp_path):
+    """SIGKILL while the output is written leaves its hidden temp folder (nothing can run then);
+    the next run writing into that folder removes it once it is stale."""
+    from onnxcomp.io import writer
+
+    r = M.rng(25)
+    nodes, inits, x = [], [], "x"
+    for i in range(4):
+        inits.append(M.init(f"w{i}", (r.standard_normal((1024, 1024)) / 32).astype(np.float32)))
+        nodes.append(onnx.helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+    src = M.save(M.make(nodes, [M.vi("x", [1, 1024])], [M.vi(x, [1, 1024])], inits), tmp_path / "big.onnx")
+    proc = _spawn(["prune", str(src), "--sparsity", "0.7", "--granularity", "tensor", "--allocation", "global",
+                   "--samples", "1", "-o", str(tmp_path / "out.onnx")])
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".out.onnx.onnxcomp-") for p in tmp_path.iterdir()):
+            break
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        pytest.skip("the command finished before the signal")
+    proc.kill()
+    proc.wait()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx.onnxcomp-")]
+    assert len(left) == 1
+    stale = time.time() - writer.STALE_AFTER_S - 1
+    os.utime(left[0], (stale, stale))
+    code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--samples", "1", "-o", str(tmp_path / "o2.onnx")])
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "o2.onnx"]

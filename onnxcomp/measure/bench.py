@@ -167,7 +167,7 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
     provider = resolve_provider(provider)
     paths = _check(models, runs, warmup, batch)
     report = BenchReport([], provider, threads, runs, warmup, batch, min(rounds, runs))
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-bench")) as tmp:
         tmpdir = Path(tmp)
         targets = [(str(p), p, i) for i, p in enumerate(paths)]  # (name, file, index of its source)
         if ort_format:

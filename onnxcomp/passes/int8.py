@@ -39,7 +39,7 @@ def quantize_int8(model: onnx.ModelProto, data: Any, per_channel: bool = True) -
     except ImportError:  # pragma: no cover - part of onnxruntime
         raise UnsupportedModelError("onnxruntime.quantization is not available",
                                     "install the full onnxruntime package") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-int8")) as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         io.write_model(model, src, external=io.needs_external_data(model))  # lazy tensors copied
         try:

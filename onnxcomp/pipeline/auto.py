@@ -179,7 +179,7 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
     ok = [t for t in trials if t.ok]
     if not ok:
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-auto")) as tmp:
         paths = [Path(tmp) / "original.onnx"]
         io.save(original.proto, paths[0], verify=False)
         for i, t in enumerate(ok):
