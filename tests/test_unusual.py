@@ -432,3 +432,64 @@ def test_size_commands_never_grow_the_file(capsys, tmp_path, argv, with_data):
     assert (tmp_path / "o.onnx").stat().st_size <= src.stat().st_size
     if "kept as it was" in out:
         assert onnx.load(str(tmp_path / "o.onnx")).graph == model.graph
+
+
+# --- structured pruning and low-rank factors on unusual layers -------------------------------------------
+
+def test_tucker_ranks_above_what_a_side_has():
+    """A [1, 3, 1, 2] kernel unfolds to rank 2 on its input side: asking for 3 crashed a reshape."""
+    from onnxcomp.algo.lowrank import Tucker2
+
+    w = M.rng(15).normal(size=(1, 3, 1, 2))
+    x = M.rng(16).normal(size=(50, 6))
+    for cov in (None, x.T @ x / 50):
+        factors = Tucker2(w, cov).factors((3, 1))
+        assert Tucker2.approx(factors).shape == w.shape
+
+
+def shared_across_roles() -> onnx.ModelProto:
+    """One [16, 16] weight read by a MatMul (channels on axis 1) and a Gemm with transB (axis 0)."""
+    r = M.rng(17)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Gemm", ["hr", "w", "b"], ["y"], name="g", transB=1)]
+    inits = [M.init("w", r.normal(0, 0.3, (16, 16)).astype(np.float32)), M.init("b", np.zeros(16, np.float32))]
+    return M.make(nodes, [M.vi("x", ["N", 16])], [M.vi("y", ["N", 16])], inits)
+
+
+def convtranspose_then_conv() -> onnx.ModelProto:
+    """Conv -> grouped ConvTranspose (6 output channels in 2 groups) -> Conv reading all 6."""
+    model = grouped_convtranspose(group=2)
+    r = M.rng(18)
+    g = model.graph
+    g.node[-1].output[0] = "t_relu"
+    g.node.append(helper.make_node("Conv", ["t_relu", "w_after"], ["y"], name="after", pads=[1] * 4))
+    g.initializer.append(M.init("w_after", r.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32)))
+    g.output[0].CopyFrom(M.vi("y", ["N", 4, 13, 13]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def nonfinite_activations() -> onnx.ModelProto:
+    """conv_bn_relu whose first conv has an Inf weight: the layers after it see Inf/NaN inputs."""
+    model = M.conv_bn_relu(c_mid=8)
+    t = next(t for t in model.graph.initializer if t.name == "w1")
+    a = numpy_helper.to_array(t).copy()
+    a[2, 0, 1, 1] = np.inf
+    t.CopyFrom(numpy_helper.from_array(a, "w1"))
+    return model
+
+
+@pytest.mark.parametrize("builder, shape", [(convtranspose_then_conv, (3, 6, 6)), (shared_across_roles, (16,)),
+                                            (nonfinite_activations, (3, 8, 8))])
+def test_structured_pruning_on_unusual_layers(capsys, tmp_path, builder, shape):
+    """Grouped ConvTranspose producers were given C_out/g channel ids for C_out channels, a weight
+    shared on two axes was sliced for one of them, and the refit solved on Inf statistics: crashes."""
+    model = builder()
+    src = M.save(model, tmp_path / "m.onnx")
+    data, x = calib(tmp_path, shape)
+    code, _, err = run(capsys, ["prune-channels", str(src), "--ratio", "0.5", "--round-to", "1", "--data", str(data),
+                                "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    ref, got = outputs(src, x)[0], outputs(tmp_path / "o.onnx", x)[0]
+    assert got.shape == ref.shape and np.isfinite(got[np.isfinite(ref)]).all()

@@ -127,8 +127,9 @@ class Tucker2:
         self.full = (c, o)
 
     def factors(self, ranks: tuple[int, int]) -> list[np.ndarray]:
-        r1, r2 = ranks
         o, c, kh, kw = self.shape
+        # no rank beyond what each side has (a [1, 3, 1, 2] kernel unfolds to rank 2 on its input side)
+        r1, r2 = min(ranks[0], self.u1.shape[1]), min(ranks[1], self.u0.shape[1])
         if self.cov is None:
             u_in, u_out = self.u1[:, :r1], self.u0[:, :r2]
             for _ in range(self.iters):  # HOOI sweeps

@@ -66,6 +66,8 @@ class _Target:
         return w.astype(np.float64)
 
     def solve(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if not (np.isfinite(self.gram).all() and np.isfinite(self.cross).all()):
+            return self.w0, self.b0  # inputs holding NaN/Inf (or overflowing squares): no refit
         w0 = self.initial()
         lam = RIDGE * max(float(np.trace(self.gram)) / self.dim, 1e-12)
         from scipy.linalg import solve
@@ -77,7 +79,11 @@ class _Target:
             w = w.T.reshape(self.w0.shape)
         elif self.trans_b:
             w = w.T
-        return w.astype(self.w0.dtype), None if bias is None else bias.astype(self.w0.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w, bias = w.astype(self.w0.dtype), None if bias is None else bias.astype(self.w0.dtype)
+        if not np.isfinite(w).all() or (bias is not None and not np.isfinite(bias).all()):
+            return self.w0, self.b0  # a solve that overflowed: keep the pruned weights as they are
+        return w, bias
 
 
 def _conv_rows(node: onnx.NodeProto, x: np.ndarray, kshape: tuple, rng: np.random.Generator,
