@@ -493,3 +493,34 @@ def test_structured_pruning_on_unusual_layers(capsys, tmp_path, builder, shape):
     assert code == 0, err
     ref, got = outputs(src, x)[0], outputs(tmp_path / "o.onnx", x)[0]
     assert got.shape == ref.shape and np.isfinite(got[np.isfinite(ref)]).all()
+
+
+def test_float16_consumer_gets_a_float16_bias(capsys, tmp_path):
+    """Structured pruning's mean shift gave a bias-less float16 conv a float32 bias: onnxruntime
+    refused the output after all the work."""
+    from .test_hardening import to_fp16
+
+    src = M.save(to_fp16(M.conv_bn_relu(c_mid=8)), tmp_path / "m.onnx")
+    x = M.rng(19).normal(size=(8, 3, 8, 8)).astype(np.float16)
+    np.savez(tmp_path / "calib.npz", x=x)
+    code, _, err = run(capsys, ["prune-channels", str(src), "--ratio", "0.5", "--round-to", "1", "--no-refit",
+                                "--data", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+
+def test_inf_inside_the_input_becoming_nan_is_one_line(capsys, tmp_path):
+    """Inf activations (from an Inf weight the passes skip) times a pruned zero are NaN where the
+    input's Relu gave 0: refused on one line that names the weight, nothing written."""
+    r = M.rng(20)
+    w_inf = r.normal(size=(4, 16)).astype(np.float32)
+    w_inf[0, 3] = np.inf
+    nodes = [helper.make_node("MatMul", ["x", "w_inf"], ["h"], name="mm0"), helper.make_node("Relu", ["h"], ["hr"], name="r0"),
+             helper.make_node("MatMul", ["hr", "w2"], ["z"], name="mm1"), helper.make_node("Relu", ["z"], ["y"], name="r1")]
+    model = M.make(nodes, [M.vi("x", ["N", 4])], [M.vi("y", ["N", 16])],
+                   [M.init("w_inf", w_inf), M.init("w2", r.normal(size=(16, 16)).astype(np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "--encoding", "dense",
+                                "-o", str(tmp_path / "o.onnx")])
+    assert code == 2 and err.count("\n") == 1 and "NaN/Inf in w_inf" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

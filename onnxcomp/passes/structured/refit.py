@@ -234,11 +234,15 @@ def add_shifts(model: onnx.ModelProto, cg, keep: np.ndarray, shifts: dict[int, n
             delta = delta[kept_mask(keep, p.ids)]
         node = c.node
         has_bias = len(node.input) > 2 and node.input[2]
-        bias = ev.value(node.input[2]) if has_bias else np.zeros(len(delta), np.float32)
+        # a new bias takes the weight's dtype (a float16 conv refuses a float32 bias)
+        bias = ev.value(node.input[2]) if has_bias else np.zeros(len(delta), c.weight.dtype)
         if bias is None or bias.size != len(delta):
             continue
-        set_input(model, node, 2, (bias.reshape(-1) + delta).astype(bias.dtype).reshape(bias.shape),
-                  scope, f"{node.name or node.output[0]}_bias")
+        with np.errstate(over="ignore", invalid="ignore"):
+            new = (bias.reshape(-1) + delta).astype(bias.dtype)
+        if not np.isfinite(new).all():
+            continue  # activations holding Inf/NaN (or a float16 overflow): no shift
+        set_input(model, node, 2, new.reshape(bias.shape), scope, f"{node.name or node.output[0]}_bias")
         done += 1
     remove_dead(model)
     return done
