@@ -32,13 +32,16 @@ class _Metrics:
         self.ref2 = self.err2 = self.cos = self.top5 = 0.0
         self.max_abs = 0.0
         self.new_nonfinite = 0  # values NaN/Inf in the candidate where the original's are finite
+        self.ref_nonfinite = 0  # values NaN/Inf in the original
         self.top1 = 0
         self.classification: bool | None = None
         self.shape: tuple | None = None
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        self.new_nonfinite += int((np.isfinite(a64) & ~np.isfinite(b64)).sum())
+        finite = np.isfinite(a64)
+        self.new_nonfinite += int((finite & ~np.isfinite(b64)).sum())
+        self.ref_nonfinite += int(finite.size - finite.sum())
         n = a64.shape[0] if a64.ndim else 1
         fa, fb = a64.reshape(n, -1), b64.reshape(n, -1)
         d = fa - fb
@@ -69,7 +72,7 @@ class _Metrics:
         return {"top1_agreement": self.top1 / self.n if cls and self.n else None,
                 "top5_overlap": self.top5 / self.n if cls and self.n else None,
                 "cosine": self.cos / self.n if self.n else None, "rel_l2": rel, "sqnr_db": sqnr,
-                "max_abs": self.max_abs, "new_nonfinite": self.new_nonfinite}
+                "max_abs": self.max_abs, "new_nonfinite": self.new_nonfinite, "ref_nonfinite": self.ref_nonfinite}
 
 
 @dataclass

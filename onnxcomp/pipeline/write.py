@@ -101,6 +101,10 @@ def check_finite(report: FidelityReport, original: Any) -> None:
                                     "inside becomes NaN once weights after it change)",
                                     "replace the NaN/Inf weights (re-export the model), or --exclude the layers "
                                     "that read them")
+    if any(out.get("ref_nonfinite") for out in report.outputs):  # weights at the edge of the float range
+        raise UnsupportedModelError(f"{what} (the input itself overflows to Inf/NaN on this data: its weights are "
+                                    "near the float range, and changed ones overflow elsewhere)",
+                                    "rescale the model's extreme weights, or --exclude the layers that hold them")
     raise UnsupportedModelError(what, "this is a bug in onnxcomp, please report it; meanwhile --exclude the layer "
                                       "or use other settings")
 
