@@ -356,3 +356,15 @@ def test_local_functions_with_data(capsys, tmp_path, argv):
     out = [] if argv[0] == "sensitivity" else ["-o", str(tmp_path / "o.onnx")]
     code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), *out])
     assert code == 0, err
+
+
+@pytest.mark.parametrize("allocation", ["mixed", "sensitivity"])
+def test_mixed_bits_on_channels_beyond_float16(capsys, tmp_path, allocation):
+    """A grid option at half bits (2.5) on weights no float16 scale holds is fitted as channel
+    codebooks; pricing it computed 1 << 2.5 (TypeError)."""
+    src = M.save(extreme_channels(), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (3, 8, 8))
+    code, _, err = run(capsys, ["cluster", str(src), "--bits", "3", "--allocation", allocation, "--min-params", "1",
+                                "--data", str(data), "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
