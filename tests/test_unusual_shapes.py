@@ -98,13 +98,18 @@ def test_bench_fixed_batch_and_no_inputs(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"], ["cluster", "--bits", "4"],
                                   ["factorize"], ["compare", "SELF"]])
-def test_no_inputs_is_one_line_everywhere(capsys, tmp_path, argv):
+def test_no_inputs_written_unmeasured_or_one_line(capsys, tmp_path, argv):
     src = M.save(no_inputs(), tmp_path / "m.onnx")
     argv = [str(src) if a == "SELF" else a for a in argv]
     out = [] if argv[0] == "compare" else ["-o", str(tmp_path / "o.onnx")]
-    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *out])
-    assert code == 2 and err.count("\n") == 1 and "no graph inputs" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    code, stdout, err = run(capsys, [argv[0], str(src), *argv[1:], *out])
+    if argv[0] == "compare":  # comparing needs data: refused, one line
+        assert code == 2 and err.count("\n") == 1 and "no graph inputs" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    else:  # writing needs none: the output is written, and the report says why it was not measured
+        assert code == 0, err
+        assert "fidelity: not measured" in stdout and "no graph inputs" in stdout
+        assert (tmp_path / "o.onnx").stat().st_size <= src.stat().st_size
 
 
 # --- the size commands never write a larger file --------------------------------------------------------
