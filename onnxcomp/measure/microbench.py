@@ -56,7 +56,7 @@ def measure(original: onnx.NodeProto, weight: np.ndarray, rewritten: list[onnx.N
     """
     import tempfile
 
-    from onnxcomp.io.writer import temp_prefix
+    from onnxcomp.io.temp import temp_prefix
     from pathlib import Path
 
     from onnxcomp.measure.bench import bench
