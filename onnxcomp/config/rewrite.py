@@ -55,9 +55,9 @@ class FactorizeConfig(RewriteConfig):
     """Low-rank rewrites of convs and Gemm/MatMul (spatial SVD, Tucker-2, SVD).
 
     At most one of ``rank``, ``energy`` and ``ratio`` (the fraction of the layers' MACs removed;
-    params when shapes are unknown; default 0.5): with ``allocation="error"`` one budget over all
-    layers, spent where the output error per MAC saved is lowest; with ``"uniform"`` the ratio in
-    every layer. Ranks are rounded up to a multiple of ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
+    params when shapes are unknown; default 0.5): with ``allocation="uniform"`` (the default) the
+    ratio in every layer; with ``"error"`` one budget over all layers, spent where the measured
+    output error per MAC saved is lowest. Ranks are rounded up to a multiple of ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
     error would exceed it. ``sequential`` (data-aware): fit each layer on the inputs the layers
     rewritten before it produce, toward the original outputs.
     """
@@ -67,9 +67,10 @@ class FactorizeConfig(RewriteConfig):
                          choices=FactorizeMethod)
     ratio: float | None = option(None, "Fraction of the layers' MACs to remove (params when shapes are "
                                        "unknown), e.g. 0.5 (the default).")
-    allocation: str = option("error", "error: per-layer ranks where the output error per MAC saved is lowest "
-                                      "(one budget over all layers, measured on --data); uniform: --ratio in "
-                                      "every layer.", choices=FactorizeAllocation)
+    allocation: str = option("uniform", "uniform: --ratio in every layer; error: per-layer ranks where the "
+                                        "measured output error per MAC saved is lowest (one budget over all "
+                                        "layers; better on resnet/vit/ocr_det, worse on effnet_lite0).",
+                             choices=FactorizeAllocation)
     rank: int | None = option(None, "Explicit rank (tucker2: both ranks).")
     energy: float | None = option(None, "Smallest rank keeping this fraction of the squared singular values, "
                                         "e.g. 0.9.")

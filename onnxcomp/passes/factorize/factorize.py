@@ -3,13 +3,14 @@
 The rewrites (spatial, tucker2, svd) and their nodes: :mod:`.nodes`. Grouped convs are factorized
 per group; depthwise convs are skipped. The last new node writes the original output tensor.
 
-Ranks: with ``--ratio`` (the default) one budget over all layers (:mod:`.allocate`): the MACs
-removed go where the output error per MAC saved is lowest, read from each layer's whitened
-spectra measured in one engine walk over the original model; ``--allocation uniform``,
-``--rank`` and ``--energy`` choose per layer (:mod:`.plan`). With ``measure`` (the default when
-cheap) only ranks that the 1-thread micro-benchmark predicts faster are offered and the chosen
-rewrite is measured again: a layer that is not faster is left alone, with its measured ratio in
-the report. Then the chosen layers are fit with real data in a second walk: each on the inputs
+Ranks: ``--ratio`` (the default, ``--allocation uniform``), ``--rank`` and ``--energy`` choose per
+layer (:mod:`.plan`); ``--allocation error``: one budget over all layers (:mod:`.allocate`): the
+MACs removed go where the output error per MAC saved is lowest, read from each layer's whitened
+spectra measured in one engine walk over the original model and each layer's measured gain to
+the model outputs. With ``measure`` (the default with ``--ratio`` when cheap) the chosen rewrite
+is measured in a 1-thread micro-benchmark and a layer that is not faster is left alone, with its
+measured ratio in the report (with ``--allocation error`` only ranks predicted faster are
+offered to the budget). Then the chosen layers are fit with real data in a second walk: each on the inputs
 the layers rewritten before it produce, toward the original's outputs (``--no-sequential``: on
 the original inputs); the factors minimise that output error (:mod:`onnxcomp.algo.lowrank`).
 """
