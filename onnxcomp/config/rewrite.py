@@ -40,9 +40,9 @@ class RewriteConfig(SizedSelection):
                                            "(default: on with real --data, never with random data).")
     measure: bool | None = option(None, "Keep a rewrite only where onnxruntime (1 thread) runs that layer faster "
                                         "(single-layer benchmark, original vs rewritten, interleaved; cached per "
-                                        "layer geometry). Default: on with --ratio (not --rank, --energy or "
-                                        "--allow-growth) when every layer shape is known and it takes under "
-                                        "two minutes.")
+                                        "layer geometry). Default: factorize with --ratio (not --rank, --energy "
+                                        "or --allow-growth) measures when every layer shape is known and it "
+                                        "takes under two minutes; depthwise does not.")
     allow_growth: bool = option(False, "Rewrite even where MACs do not drop.", flag=True)
 
     @property
@@ -69,7 +69,8 @@ class FactorizeConfig(RewriteConfig):
                                        "unknown), e.g. 0.5 (the default).")
     allocation: str = option("uniform", "uniform: --ratio in every layer; error: per-layer ranks where the "
                                         "measured output error per MAC saved is lowest (one budget over all "
-                                        "layers; better on resnet/vit/ocr_det, worse on effnet_lite0).",
+                                        "layers; measured: faster at equal quality on some models, worse "
+                                        "on others, see docs/factorization.md).",
                              choices=FactorizeAllocation)
     rank: int | None = option(None, "Explicit rank (tucker2: both ranks).")
     energy: float | None = option(None, "Smallest rank keeping this fraction of the squared singular values, "
