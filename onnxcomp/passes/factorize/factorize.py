@@ -23,6 +23,7 @@ import onnx
 
 from onnxcomp.errors import ConfigError
 from onnxcomp.algo.linalg import blas_threads
+from onnxcomp.io import default_opset
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
 from onnxcomp.measure.sensitivity import layer_gains
@@ -243,7 +244,7 @@ def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bo
     by_output = {n.output[0]: n for n in model.graph.node if n.output}
     nodes = [by_output[n.output[0]] for n in lay.nodes]
     reserved = [node_names(node, cand.method, editor.scope) for node in nodes]
-    names, inits = factor_tensors(lay, cand, editor.scope)
+    names, inits = factor_tensors(lay, cand, editor.scope, default_opset(model))
     model.graph.initializer.extend(inits)
     new_names = []
     for node, own in zip(nodes, reserved):

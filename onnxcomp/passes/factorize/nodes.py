@@ -21,8 +21,9 @@ from onnxcomp.passes.rewrite import Layer, attr
 SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
 
 
-def factor_tensors(lay: Layer, cand: Candidate, scope) -> tuple[list[str], list[onnx.TensorProto]]:
-    """Initializers for the factors (groups concatenated), in the weight's dtype."""
+def factor_tensors(lay: Layer, cand: Candidate, scope, opset: int) -> tuple[list[str], list[onnx.TensorProto]]:
+    """Initializers for the factors (groups concatenated), in the weight's dtype. Before opset 11
+    Gemm's C is required: the first Gemm of a pair then reads a zero C (the last name)."""
     dtype = lay.weight.dtype
     arrays = [np.concatenate([f[k] for f in cand.factors], axis=0) for k in range(len(cand.factors[0]))]
     if lay.kind == "conv" and cand.method == "svd":  # second factor [O, R] -> a 1x1 kernel
@@ -36,6 +37,9 @@ def factor_tensors(lay: Layer, cand: Candidate, scope) -> tuple[list[str], list[
         name = scope(lay.weight.name + suffix)
         names.append(name)
         inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=dtype), name))
+    if lay.kind == "gemm" and opset < 11:
+        names.append(scope(lay.weight.name + "_zero"))
+        inits.append(numpy_helper.from_array(np.zeros(1, dtype), names[-1]))
     return names, inits
 
 
@@ -52,10 +56,11 @@ def build_nodes(lay: Layer, cand: Candidate, node: onnx.NodeProto, names: list[s
     mids = [scope(node.output[0] + s) for s in suffixes[:-1]] + [node.output[0]]
     ins = [node.input[0]] + mids[:-1]
     bias = list(node.input[2:3]) if len(node.input) > 2 and node.input[2] else []
+    zero = names[len(suffixes):]  # a zero C for Gemms before opset 11 (see factor_tensors)
     out = []
     for k, (src, dst, w, name) in enumerate(zip(ins, mids, names, own)):
-        last = k == len(names) - 1
-        inputs = [src, w] + (bias if last else [])
+        last = k == len(suffixes) - 1
+        inputs = [src, w] + (bias if last else zero)
         if lay.kind == "conv":
             out.append(helper.make_node("Conv", inputs, [dst], name=name, group=lay.group,
                                         **_conv_geometry(lay, cand.method, k, last)))

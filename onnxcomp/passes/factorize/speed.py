@@ -42,7 +42,7 @@ class Speed:
         node = micro_node(lay.nodes[0])
         scope = LocalNames()
         cand = Candidate(method, tuple(ranks), dummy_factors(lay, method, ranks), None, 0, 1.0)
-        names, inits = factor_tensors(lay, cand, scope)
+        names, inits = factor_tensors(lay, cand, scope, self.opset)
         nodes = build_nodes(lay, cand, node, names, scope)
         dtype = helper.np_dtype_to_tensor_dtype(lay.weight.dtype)
         weight = np.asarray(lay.weight.values(), lay.weight.dtype)

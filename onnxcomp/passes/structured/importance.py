@@ -25,15 +25,11 @@ from onnxcomp.graph.weights import COMPUTE_OPS, find_weights
 
 
 def limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``data`` until ``max_samples`` samples were yielded (the last one cut)."""
-    seen = 0
-    for batch in data:
-        n = len(next(iter(batch.values())))
-        take = min(n, max_samples - seen)
-        yield {k: v[:take] for k, v in batch.items()} if take < n else batch
-        seen += take
-        if seen >= max_samples:
-            return
+    """Batches of ``data`` until ``max_samples`` samples were yielded (the last one cut; whole
+    batches of a model's fixed batch)."""
+    from onnxcomp.data.sampling import limit_samples
+
+    return limit_samples(data, max_samples)
 
 
 def _rows(values: np.ndarray, axis: int) -> np.ndarray:

@@ -66,6 +66,8 @@ class _Target:
         return w.astype(np.float64)
 
     def solve(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if not (np.isfinite(self.gram).all() and np.isfinite(self.cross).all()):
+            return self.w0, self.b0  # inputs holding NaN/Inf (or overflowing squares): no refit
         w0 = self.initial()
         lam = RIDGE * max(float(np.trace(self.gram)) / self.dim, 1e-12)
         from scipy.linalg import solve
@@ -77,7 +79,11 @@ class _Target:
             w = w.T.reshape(self.w0.shape)
         elif self.trans_b:
             w = w.T
-        return w.astype(self.w0.dtype), None if bias is None else bias.astype(self.w0.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w, bias = w.astype(self.w0.dtype), None if bias is None else bias.astype(self.w0.dtype)
+        if not np.isfinite(w).all() or (bias is not None and not np.isfinite(bias).all()):
+            return self.w0, self.b0  # a solve that overflowed: keep the pruned weights as they are
+        return w, bias
 
 
 def _conv_rows(node: onnx.NodeProto, x: np.ndarray, kshape: tuple, rng: np.random.Generator,
@@ -228,11 +234,15 @@ def add_shifts(model: onnx.ModelProto, cg, keep: np.ndarray, shifts: dict[int, n
             delta = delta[kept_mask(keep, p.ids)]
         node = c.node
         has_bias = len(node.input) > 2 and node.input[2]
-        bias = ev.value(node.input[2]) if has_bias else np.zeros(len(delta), np.float32)
+        # a new bias takes the weight's dtype (a float16 conv refuses a float32 bias)
+        bias = ev.value(node.input[2]) if has_bias else np.zeros(len(delta), c.weight.dtype)
         if bias is None or bias.size != len(delta):
             continue
-        set_input(model, node, 2, (bias.reshape(-1) + delta).astype(bias.dtype).reshape(bias.shape),
-                  scope, f"{node.name or node.output[0]}_bias")
+        with np.errstate(over="ignore", invalid="ignore"):
+            new = (bias.reshape(-1) + delta).astype(bias.dtype)
+        if not np.isfinite(new).all():
+            continue  # activations holding Inf/NaN (or a float16 overflow): no shift
+        set_input(model, node, 2, new.reshape(bias.shape), scope, f"{node.name or node.output[0]}_bias")
         done += 1
     remove_dead(model)
     return done

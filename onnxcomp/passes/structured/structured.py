@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.config import StructuredPruneConfig
 from onnxcomp.errors import ConfigError
 from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup
@@ -106,8 +107,9 @@ class StructuredPrunePass(Pass):
             why = matches(p.weight, (), cfg.exclude)
             if why:
                 return why
-            if not np.all(np.isfinite(p.weight.values())):
-                return f"{p.weight.name} contains NaN or Inf"  # same rule as prune and cluster
+            bad = numeric_problem(p.weight.values())  # same rule as prune and cluster
+            if bad is not None:
+                return f"{p.weight.name} {bad}"
         if cfg.include and all(matches(p.weight, cfg.include, ()) for p in g.producers):
             return "not matched by --include"
         if cfg.ratio <= 0:
