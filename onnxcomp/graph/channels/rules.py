@@ -11,6 +11,7 @@ import onnx
 
 from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import FIXED, ChannelGraph, Consumer, IndexEdit, Layout, Param, Producer
+from onnxcomp.graph.channels.heads import HeadRules
 from onnxcomp.graph.channels.maps import MapRules
 from onnxcomp.graph.edit import ConstEval, get_attr
 
@@ -29,7 +30,7 @@ WHY = {"LRN": "normalises across neighbouring channels", "DepthToSpace": "moves 
        "Gather": "indexes tensors (not supported)", "Einsum": "contracts arbitrary axes (not supported)"}
 
 
-class Walker(MapRules):
+class Walker(HeadRules, MapRules):
     """Visits the nodes in graph order and fills a :class:`ChannelGraph`."""
 
     def __init__(self, cg: ChannelGraph, ev: ConstEval, shapes: dict, weights: dict) -> None:
@@ -185,6 +186,8 @@ class Walker(MapRules):
         w = self.weights.get((id(node), 1))
         lay = self.L.get(node.input[0])
         rank = self.rank(node.input[0])
+        if w is None and not self.ev.is_constant(node.input[1]) and not self.ev.is_constant(node.input[0]):
+            return self.matmul_activations(node)
         if w is None or len(w.shape) != 2 or rank is None:
             self.opaque(node, "MatMul without a constant 2-D right operand")
             return
