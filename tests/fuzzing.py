@@ -392,8 +392,16 @@ def check_contract(command: str, folder: Path, model: Path, original: Path | Non
     ``fd_err`` returns what reached file descriptor 2 directly (onnxruntime's C++ logger), e.g.
     ``lambda: capfd.readouterr().err``: it counts towards the one stderr line.
     """
-    before = {p.name: sha(p) for p in folder.iterdir()}
     argv, may_create = argv_for(command, model, folder, original)
+    return check_argv(argv, folder, may_create, fd_err)
+
+
+def check_argv(argv: list[str], folder: Path, may_create: set[str],
+               fd_err: Callable[[], str] | None = None) -> Outcome:
+    """Run ``onnxcomp argv`` in-process and assert the contract: exit 0, 2 or 3; at most one
+    stderr line, ``error: ...`` on failure; no traceback; every file already in ``folder``
+    unchanged; nothing created but ``may_create`` (and only on success)."""
+    before = {p.name: sha(p) for p in folder.iterdir()}
     if fd_err is not None:
         fd_err()
     result = run_main(argv)

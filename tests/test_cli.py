@@ -44,3 +44,15 @@ def test_no_command_declares_an_option_twice():
         dests = [p.name for p in cmd.params]
         flags = [o for p in cmd.params for o in p.opts + p.secondary_opts]
         assert len(dests) == len(set(dests)) and len(flags) == len(set(flags)), name
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path):
+    """``python -m onnxcomp`` works like the console script (exit codes, one-line errors)."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.onnx"
+    proc = subprocess.run([sys.executable, "-m", "onnxcomp", "inspect", str(missing)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "missing.onnx" in proc.stderr

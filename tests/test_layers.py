@@ -16,7 +16,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "onnxcomp"
 LAYERS = [("errors", "config", "report"), ("io",), ("graph",), ("algo",), ("data",), ("measure",),
-          ("encode",), ("passes",), ("pipeline",), ("api",), ("cli",)]
+          ("encode",), ("passes",), ("pipeline",), ("api",), ("cli", "__main__")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

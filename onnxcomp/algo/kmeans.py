@@ -217,8 +217,13 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
     x = np.asarray(values)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError("values must be 2-D [rows, n] with n > 0")
+    x32 = x.astype(np.float32, copy=False)
+    if not np.isfinite(x32).all():  # callers skip NaN/Inf weights; float64 beyond float32 too
+        raise ValueError("values must be finite in float32")
     w = None if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
-    s = _Sorted(x.astype(np.float32, copy=False), w)
+    if w is not None and not np.isfinite(w).all():
+        w = np.where(np.isfinite(w), w, 0.0)
+    s = _Sorted(x32, w)
     c = np.sort(_init(s, k, init, np.random.default_rng(seed)), axis=1)
     c = _lloyd(s, c, iters, tol)
     rows = np.arange(s.rows)
@@ -229,11 +234,7 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
             break
         c = _lloyd(s, c, iters, tol, rows)
     c[s.cw[:, -1] <= 0] = 0.0
-    if dtype is not None:
-        c = c.astype(dtype).astype(np.float64)
-    if snap is not None:
-        c = np.asarray(snap(c), np.float64)
-    c = np.sort(c, axis=1)
+    c = _snapped(c, dtype, snap)
     b = s.bounds(c)
     sw, sx, sxx = s.sums(b)
     sse = np.maximum(sxx - 2 * c * sx + c * c * sw, 0.0).sum(axis=1)
@@ -241,6 +242,22 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
     labels = np.empty(x.shape, np.int16)
     np.put_along_axis(labels, s.order, ranks.reshape(x.shape), axis=1)
     return KMeansResult(centroids=c, labels=labels, sse=sse)
+
+
+def _snapped(c: np.ndarray, dtype: np.dtype | None, snap: Callable | None) -> np.ndarray:
+    """Sorted centroids rounded by ``dtype`` / ``snap``; a row whose rounding is not finite (a
+    centroid beyond float16, say) keeps its exact centroids, cast to float32 (always finite:
+    the centroids lie within the row's float32 values)."""
+    exact = c
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype is not None:
+            c = c.astype(dtype).astype(np.float64)
+        if snap is not None:
+            c = np.asarray(snap(c), np.float64)
+    bad = ~np.isfinite(c).all(axis=1)
+    if bad.any():
+        c = np.where(bad[:, None], exact.astype(np.float32).astype(np.float64), c)
+    return np.sort(c, axis=1)
 
 
 def kmeans_dp(values: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:

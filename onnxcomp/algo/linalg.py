@@ -8,11 +8,52 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 import scipy.linalg
 
 DAMP = 1e-6  # relative ridge added to covariances (fraction of their mean eigenvalue)
+INTERRUPTIBLE_ELEMENTS = 1 << 18  # decompositions of bigger matrices run in a worker thread
+_RUNNING: set[threading.Event] = set()  # the "done" events of calls still running in workers
+
+
+def running() -> bool:
+    """Whether a decomposition abandoned by an interrupt is still running: the process must then
+    end with ``os._exit`` (OpenBLAS's exit handler would wait for it forever)."""
+    return any(not done.is_set() for done in _RUNNING)
+
+
+def interruptible(fn, *args, size: int = 0, **kwargs):
+    """``fn(*args, **kwargs)``; for inputs of ``size`` or more elements in a worker thread.
+
+    One LAPACK call on a big matrix (the SVD of a 200 MB weight) runs for minutes, and Python
+    handles signals only between bytecodes of the main thread: Ctrl-C and SIGTERM would wait for
+    it. In a (daemon) worker the main thread keeps waiting in short joins, so an interrupt ends
+    the command at once; the abandoned computation dies with the process.
+    """
+    if size < INTERRUPTIBLE_ELEMENTS or threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    box: dict = {}
+    done = threading.Event()  # waited on, not Thread.join: an interrupted join marks a running
+    # thread as stopped (CPython before 3.13), and running() must stay true for it
+
+    def work() -> None:
+        try:
+            box["out"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["err"] = exc
+        finally:
+            done.set()
+
+    _RUNNING.add(done)
+    threading.Thread(target=work, name="onnxcomp-linalg", daemon=True).start()
+    while not done.wait(0.05):
+        pass
+    _RUNNING.discard(done)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
 
 
 def blas_threads(n: int = 1):
@@ -32,9 +73,9 @@ def svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD in float64: ``U, s, Vt`` with ``matrix = U diag(s) Vt``."""
     m = np.asarray(matrix, np.float64)
     try:
-        return np.linalg.svd(m, full_matrices=False)
+        return interruptible(np.linalg.svd, m, full_matrices=False, size=m.size)
     except np.linalg.LinAlgError:  # rare LAPACK gesdd failure: fall back to the slower gesvd
-        return scipy.linalg.svd(m, full_matrices=False, lapack_driver="gesvd")
+        return interruptible(scipy.linalg.svd, m, full_matrices=False, lapack_driver="gesvd", size=m.size)
 
 
 def energy_curve(s: np.ndarray) -> np.ndarray:
@@ -77,7 +118,7 @@ def symmetric(cov: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, np.ndarr
     """Eigen-decomposition ``cov = Q diag(lam) Qᵀ`` with eigenvalues floored at a small ridge."""
     c = np.asarray(cov, np.float64)
     c = 0.5 * (c + c.T)
-    lam, q = np.linalg.eigh(c)
+    lam, q = interruptible(np.linalg.eigh, c, size=c.size)
     floor = damp * max(float(np.mean(np.abs(lam))), 1e-30)
     return np.maximum(lam, floor), q
 
@@ -100,9 +141,9 @@ def ridge_solve(cross: np.ndarray, gram: np.ndarray, damp: float = DAMP) -> np.n
     ridge = damp * max(float(np.trace(g)) / max(len(g), 1), 1e-30)
     g = g + ridge * np.eye(len(g))
     try:
-        return scipy.linalg.solve(g, np.asarray(cross, np.float64).T, assume_a="pos").T
+        return interruptible(scipy.linalg.solve, g, np.asarray(cross, np.float64).T, assume_a="pos", size=g.size).T
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-        return np.linalg.lstsq(g, np.asarray(cross, np.float64).T, rcond=None)[0].T
+        return interruptible(np.linalg.lstsq, g, np.asarray(cross, np.float64).T, rcond=None, size=g.size)[0].T
 
 
 def refit(weight: np.ndarray, cov: np.ndarray, first: np.ndarray, damp: float = DAMP) -> np.ndarray:
@@ -117,7 +158,7 @@ def refit(weight: np.ndarray, cov: np.ndarray, first: np.ndarray, damp: float = 
 
 def top_eigvecs(matrix: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` leading eigenvectors (columns) of a symmetric matrix."""
-    lam, q = np.linalg.eigh(0.5 * (matrix + matrix.T))
+    lam, q = interruptible(np.linalg.eigh, 0.5 * (matrix + matrix.T), size=np.size(matrix))
     order = np.argsort(lam)[::-1][:k]
     return q[:, order]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.algo.linalg import refit, svd, whitener
+from onnxcomp.algo.linalg import interruptible, refit, svd, whitener
 
 
 def _root(s: np.ndarray, rank: int) -> np.ndarray:
@@ -119,15 +119,17 @@ class Tucker2:
             lc, self.lcinv = whitener(_channel_cov(cov, c, kh * kw))
             self.u1, s1, _ = svd(lc @ mode1)
             wf = self.w.reshape(o, -1)
-            lam, self.u0 = np.linalg.eigh(wf @ cov @ wf.T)
+            m = wf @ cov @ wf.T
+            lam, self.u0 = interruptible(np.linalg.eigh, m, size=m.size)
             order = np.argsort(lam)[::-1]
             s0, self.u0 = np.sqrt(np.maximum(lam[order], 0.0)), self.u0[:, order]
         self.spectra = (s1, s0)  # input side (R1), output side (R2)
         self.full = (c, o)
 
     def factors(self, ranks: tuple[int, int]) -> list[np.ndarray]:
-        r1, r2 = ranks
         o, c, kh, kw = self.shape
+        # no rank beyond what each side has (a [1, 3, 1, 2] kernel unfolds to rank 2 on its input side)
+        r1, r2 = min(ranks[0], self.u1.shape[1]), min(ranks[1], self.u0.shape[1])
         if self.cov is None:
             u_in, u_out = self.u1[:, :r1], self.u0[:, :r2]
             for _ in range(self.iters):  # HOOI sweeps

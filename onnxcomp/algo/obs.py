@@ -12,6 +12,9 @@ from typing import Callable
 
 import numpy as np
 
+from onnxcomp.algo.linalg import interruptible
+from onnxcomp.algo.numeric import keep_finite
+
 BLOCK = 128
 DAMP = 0.01
 
@@ -23,8 +26,8 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     for k in range(8):
         try:
             reg = h + (damp * 10**k) * scale * np.eye(d)
-            inv = np.linalg.inv(reg)
-            return np.linalg.cholesky((inv + inv.T) / 2).T
+            inv = interruptible(np.linalg.inv, reg, size=reg.size)  # Ctrl-C stays responsive
+            return interruptible(np.linalg.cholesky, (inv + inv.T) / 2, size=reg.size).T
         except np.linalg.LinAlgError:
             continue
     return np.eye(d) / np.sqrt(scale)
@@ -50,6 +53,8 @@ def _prepare(weight: np.ndarray, h: np.ndarray, damp: float) -> tuple[np.ndarray
     """(float64 weight with dead inputs zeroed, upper Cholesky of H⁻¹, dead-input mask)."""
     w = np.array(weight, dtype=np.float64)
     h = np.array(h, dtype=np.float64)
+    if not np.isfinite(h).all() or not np.isfinite(np.diag(h).sum()):  # no usable statistics:
+        h = np.eye(len(h))  # no error feedback (plain magnitude / nearest-value choices)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -111,9 +116,11 @@ def prune_obs(weight: np.ndarray, h: np.ndarray, sparsity: float, *, rowwise: bo
             _nm_update(mask, w1, hb, i, nm)
         return np.where(mask[:, i], 0.0, col)
 
-    out = _sweep(w, hinv, block, start, pick)
-    out[:, dead] = 0.0
-    return out.astype(weight.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = _sweep(w, hinv, block, start, pick)
+        out[:, dead] = 0.0
+        out = out.astype(weight.dtype)
+    return keep_finite(out, weight)  # an update that overflows keeps the weight as it was
 
 
 def _nearest(col: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -142,7 +149,13 @@ def assign_gptq(weight: np.ndarray, h: np.ndarray, table: np.ndarray, *, keep_ze
         q = _nearest(col, tab)
         return q if zero is None else np.where(zero[:, i1 + i], 0.0, q)
 
-    out = _sweep(w, hinv, block, lambda w1, hb, i1: None, pick)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = _sweep(w, hinv, block, lambda w1, hb, i1: None, pick)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
-    return out[:, back]
+    out = out[:, back]
+    bad = ~np.isfinite(out)
+    if bad.any():  # error feedback that overflowed: those weights take their nearest table value
+        plain = np.stack([_nearest(col, tab) for col in np.asarray(weight, np.float64).T], axis=1)
+        out = np.where(bad, plain, out)
+    return out

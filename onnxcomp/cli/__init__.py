@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        _exit_if_abandoned(code)
     if argv is None:
         sys.exit(code)
     return code
@@ -43,6 +45,19 @@ def _interrupted(exc: BaseException) -> int:
     sys.stderr.write("interrupted; no output written\n")
     term = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
     return 128 + (signal.SIGTERM if term else signal.SIGINT)
+
+
+def _exit_if_abandoned(code: int) -> None:
+    """An interrupt during a long LAPACK call leaves it running in a worker thread (see
+    :func:`onnxcomp.algo.linalg.interruptible`); the normal exit would wait for it (OpenBLAS joins
+    its threads), so the process ends here, its cleanup done and its streams flushed."""
+    linalg = sys.modules.get("onnxcomp.algo.linalg")
+    if linalg is not None and linalg.running():
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _run(argv: list[str] | None) -> int:

@@ -21,8 +21,9 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
-from onnxcomp.data.sources import (InputSpec, check_batch, expected, input_shapes_for_random, model_inputs,
-    npy_folder, rebatch)
+from onnxcomp.data.sampling import whole
+from onnxcomp.data.sources import (InputSpec, check_batch, expected, fixed_batch, input_shapes_for_random,
+    model_inputs, npy_folder, rebatch)
 from onnxcomp.errors import ConfigError, DataError
 
 DEFAULT_BATCH = 16
@@ -50,9 +51,12 @@ class CalibrationData:
         self.random = random
         self.labels = labels
         self.notes = list(notes or [])
+        self.unit = fixed_batch(specs) or 1  # the model runs whole batches of this many samples
+        if num_samples is not None:
+            num_samples = whole(num_samples, self.unit)
         self.num_samples = num_samples
         self.limit = num_samples
-        self.batch_size = _static_batch(specs) or batch_size
+        self.batch_size = fixed_batch(specs) or batch_size
         self._description = description
 
     @property
@@ -67,7 +71,7 @@ class CalibrationData:
         return f"{text}; {RANDOM_NOTE}" if self.random else text
 
     def __iter__(self) -> Iterator[Batch]:
-        drop_partial = _static_batch(self.specs) is not None
+        drop_partial = fixed_batch(self.specs) is not None
         chunks = (check_batch(c, self.specs, self.origin, self.notes) for c in self._factory())
         count = 0
         for batch in rebatch(chunks, self.batch_size, self.limit, drop_partial):
@@ -78,14 +82,6 @@ class CalibrationData:
 
     def __repr__(self) -> str:
         return f"CalibrationData({self.description!r})"
-
-
-def _static_batch(specs: dict[str, InputSpec]) -> int | None:
-    """The fixed leading dim when the model's inputs pin the batch size, else None."""
-    for spec in specs.values():
-        if spec.dims and isinstance(spec.dims[0], int) and spec.dims[0] > 0:
-            return spec.dims[0]
-    return None
 
 
 def _model_proto(model: Any) -> onnx.ModelProto:
@@ -110,6 +106,9 @@ def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...
     if isinstance(source, CalibrationData):
         return source
     specs = model_inputs(_model_proto(model))
+    if not specs:
+        raise DataError("the model has no graph inputs, so there is no data to run it on (its outputs are "
+                        "constants)", "re-export the model with its inputs")
     kw = dict(batch_size=int(batch_size), num_samples=num_samples)
     if source is None:
         return _random(specs, input_shapes or {}, seed=seed, **kw)
@@ -131,7 +130,7 @@ def _from_arrays(arrays: dict[str, Any], specs: dict[str, InputSpec], origin: st
         raise DataError(f"{origin} holds no input arrays", f"store one array per input; {expected(specs)}")
     notes: list[str] = []
     arrays = check_batch(arrays, specs, origin, notes)
-    n = len(next(iter(arrays.values())))
+    n = _whole_batches(len(next(iter(arrays.values()))), specs, origin, notes)
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != n:
@@ -140,6 +139,20 @@ def _from_arrays(arrays: dict[str, Any], specs: dict[str, InputSpec], origin: st
     desc = f"{origin}: {_limited(num_samples, n)} of {n} samples"
     return CalibrationData(lambda: [arrays], specs, description=desc, batch_size=batch_size,
                            num_samples=_limited(num_samples, n), labels=labels, origin=origin, notes=notes)
+
+
+def _whole_batches(n: int, specs: dict[str, InputSpec], origin: str, notes: list[str]) -> int:
+    """The samples usable in whole batches of the model's fixed batch (all of them when dynamic)."""
+    unit = fixed_batch(specs)
+    if unit is None or n % unit == 0:
+        return n
+    if n < unit:
+        raise DataError(f"{origin} holds {n} sample(s) but the model runs whole batches of {unit} "
+                        f"(its inputs fix the batch: {expected(specs)})",
+                        f"give at least {unit} samples (a multiple of {unit}), or re-export the model with a "
+                        "dynamic batch")
+    notes.append(f"the last {n % unit} sample(s) left out: the model runs whole batches of {unit}")
+    return n - n % unit
 
 
 def _from_path(path: Path, specs: dict[str, InputSpec], preprocess: Any, *, batch_size: int,
@@ -222,7 +235,7 @@ def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]
             batch_size: int, num_samples: int | None) -> CalibrationData:
     shapes = input_shapes_for_random(specs, input_shapes, batch_size)
     batch = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
-    total = int(num_samples) if num_samples is not None else batch
+    total = whole(num_samples, fixed_batch(specs) or 1) if num_samples is not None else batch
 
     def factory() -> Iterator[Batch]:
         rng = np.random.default_rng(seed)

@@ -41,6 +41,14 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, InputSpec]:
     return out
 
 
+def fixed_batch(specs: dict[str, InputSpec]) -> int | None:
+    """The fixed leading dim when the model's inputs pin the batch size, else None."""
+    for spec in specs.values():
+        if spec.dims and isinstance(spec.dims[0], int) and spec.dims[0] > 0:
+            return spec.dims[0]
+    return None
+
+
 def expected(specs: dict[str, InputSpec]) -> str:
     """``the model expects input[batch,1,16,16] float32``"""
     return "the model expects " + (", ".join(s.describe() for s in specs.values()) or "no inputs")

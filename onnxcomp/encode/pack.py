@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcomp.errors import DataError
+from onnxcomp.errors import DataError, OnnxCompError
 
 MAGIC = b"ONNXC\x00\r\n"
 VERSION = 1
@@ -62,8 +62,20 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, start: int, end: int):
-    """(field number, wire type, value start, value end) of each field of one message."""
+def _skip_group(buf: bytes, i: int, end: int, num: int) -> int:
+    """The position after the end-group tag matching group ``num`` that starts at ``i``."""
+    for inner, wt, _, j in _fields(buf, i, end, group=num):
+        if wt == 4:  # the matching end-group tag (nested groups were skipped whole)
+            return j
+    raise ValueError("group without its end tag")
+
+
+def _fields(buf: bytes, start: int, end: int, group: int | None = None):
+    """(field number, wire type, value start, value end) of each field of one message.
+
+    Groups (wire types 3/4, deprecated but valid protobuf, e.g. unknown fields written by other
+    tools) are skipped whole: their contents stay in the skeleton. Inside a group, the matching
+    end-group tag is yielded last, as wire type 4."""
     i = start
     while i < end:
         key, i = _varint(buf, i)
@@ -77,8 +89,13 @@ def _fields(buf: bytes, start: int, end: int):
         elif wt == 2:
             n, i = _varint(buf, i)
             j = i + n
+        elif wt == 3:
+            j = _skip_group(buf, i, end, num)
+        elif wt == 4 and num == group:
+            yield num, wt, i, i
+            return
         else:
-            raise ValueError(f"unsupported wire type {wt}")
+            raise ValueError(f"unexpected wire type {wt}")
         if j > end:
             raise ValueError("field runs past its message")
         yield num, wt, i, j
@@ -188,9 +205,22 @@ class PackReport:
                 "streams": [vars(s) for s in self.streams]}
 
 
+def _compress(data: bytes, block: int = 1 << 20) -> bytes:
+    """lzma (raw, preset 9e) fed in blocks: the same stream as one call, but Ctrl-C and SIGTERM
+    are handled between blocks instead of after minutes on a big weight."""
+    enc = lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
+    view = memoryview(data)
+    out = [enc.compress(view[i:i + block]) for i in range(0, len(view), block)]
+    out.append(enc.flush())
+    return b"".join(out)
+
+
 def pack_bytes(onnx_bytes: bytes) -> tuple[bytes, PackReport]:
     """The archive for these ONNX bytes, and a report with the entropy bound per stream."""
-    cuts = find_cuts(onnx_bytes)
+    try:
+        cuts = find_cuts(onnx_bytes)
+    except ValueError:  # a layout the walk does not know: everything stays in the skeleton (lossless)
+        cuts = []
     skeleton, pos = [], 0
     data: dict[int, list[bytes]] = {k: [] for k in range(2, 7)}
     for off, n, kind in cuts:
@@ -206,7 +236,7 @@ def pack_bytes(onnx_bytes: bytes) -> tuple[bytes, PackReport]:
                        len(streams))]
     payloads, report = [], PackReport(len(onnx_bytes), 0)
     for kind, item, raw in streams:
-        coded = lzma.compress(_shuffle(raw, item), format=lzma.FORMAT_RAW, filters=_FILTERS)
+        coded = _compress(_shuffle(raw, item))
         head.append(_ENTRY.pack(kind, item, len(raw), len(coded)))
         payloads.append(coded)
         report.streams.append(StreamInfo(KINDS[kind], len(raw), len(coded),
@@ -214,6 +244,55 @@ def pack_bytes(onnx_bytes: bytes) -> tuple[bytes, PackReport]:
     out = b"".join(head + payloads)
     report.archive_bytes = len(out)
     return out, report
+
+
+def _corrupted(name: str, what: str) -> DataError:
+    return DataError(f"{name} is corrupted ({what})", "copy or download the archive again")
+
+
+def _check_table(name: str, length: int, entries: list[tuple[int, int, int, int]]) -> None:
+    """The stream table must describe an archive pack could have written, and its declared sizes
+    fit in memory, before anything is decoded (a small file declaring terabytes is refused)."""
+    from onnxcomp.io.checks import check_allocation
+
+    kinds = [e[0] for e in entries]
+    if len(entries) < 2 or kinds[:2] != [0, 1] or len(set(kinds)) != len(kinds) or \
+            any(k not in KINDS for k in kinds[2:]) or any(k < 2 for k in kinds[2:]):
+        raise _corrupted(name, f"its stream table lists kinds {kinds}; pack writes the skeleton, the cut list "
+                               "and one stream per data kind")
+    if entries[1][2] % 17:
+        raise _corrupted(name, "the cut list has a partial entry")
+    from onnxcomp.io.tensors import PROTOBUF_LIMIT
+
+    if length > PROTOBUF_LIMIT:  # pack takes self-contained .onnx files: one protobuf, below 2 GB
+        raise _corrupted(name, f"it declares a {length / 1e9:.3g} GB model; a packed .onnx file is below 2 GB")
+    restored = entries[0][2] + sum(e[2] for e in entries[2:])
+    if restored != length:
+        raise _corrupted(name, f"its streams hold {restored} bytes but it declares a {length}-byte model")
+    try:
+        check_allocation(2 * length + entries[1][2], f"{name}: the model it restores ({length} bytes)")
+    except OnnxCompError as exc:
+        raise DataError(exc.problem, "the archive declares an absurd size; check where it came from") from None
+
+
+def _decode(name: str, kind: int, payload: bytes, n: int, block: int = 1 << 24) -> bytes:
+    """One stream decoded in blocks, never beyond its declared ``n`` bytes (plus one to notice
+    a stream that runs longer)."""
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
+    out, size, data = [], 0, payload
+    try:
+        while size <= n:
+            part = dec.decompress(data, max_length=min(block, n + 1 - size))
+            data = b""
+            out.append(part)
+            size += len(part)
+            if dec.eof or (not part and dec.needs_input):
+                break
+    except lzma.LZMAError:
+        raise _corrupted(name, f"stream {KINDS.get(kind, kind)} does not decode") from None
+    if size != n:
+        raise _corrupted(name, f"stream {KINDS.get(kind, kind)} has the wrong length")
+    return b"".join(out)
 
 
 def unpack_bytes(archive: bytes, name: str = "archive") -> bytes:
@@ -233,16 +312,10 @@ def unpack_bytes(archive: bytes, name: str = "archive") -> bytes:
     if not entries or pos + sum(e[3] for e in entries) != len(archive):
         raise DataError(f"{name} is truncated or has trailing bytes ({len(archive)} bytes)",
                         "copy or download the archive again")
+    _check_table(name, length, entries)
     raw = []
     for kind, item, n, coded in entries:
-        try:
-            part = lzma.decompress(archive[pos:pos + coded], format=lzma.FORMAT_RAW, filters=_FILTERS)
-        except lzma.LZMAError:
-            raise DataError(f"{name} is corrupted (stream {KINDS.get(kind, kind)} does not decode)",
-                            "copy or download the archive again") from None
-        if len(part) != n:
-            raise DataError(f"{name} is corrupted (stream {KINDS.get(kind, kind)} has the wrong length)",
-                            "copy or download the archive again")
+        part = _decode(name, kind, archive[pos:pos + coded], n)
         raw.append((kind, _shuffle(part, item, inverse=True)))
         pos += coded
     out = _reassemble(raw)

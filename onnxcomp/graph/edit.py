@@ -147,17 +147,23 @@ def replace_value(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
 
 def remove_dead(model: onnx.ModelProto) -> int:
     """Drop nodes whose outputs nobody reads and initializers nobody uses; returns nodes removed."""
+    from onnxcomp.graph.subgraph import subgraph_inputs
+
     g = model.graph
     removed = 0
+
+    def reads() -> set[str]:  # what nodes and their If/Loop bodies (outer-scope names) read
+        return {o.name for o in g.output} | {i for n in g.node for i in (*n.input, *subgraph_inputs(n)) if i}
+
     while True:
-        needed = {o.name for o in g.output} | {i for n in g.node for i in n.input if i}
+        needed = reads()
         dead = [n for n in g.node if not any(o in needed for o in n.output if o)]
         if not dead:
             break
         for n in dead:
             g.node.remove(n)
         removed += len(dead)
-    needed = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
+    needed = reads()
     unused = {t.name for t in g.initializer if t.name not in needed}
     for t in [t for t in g.initializer if t.name in unused]:
         g.initializer.remove(t)
@@ -299,12 +305,18 @@ class NameScope:
     def __init__(self, model: onnx.ModelProto, short: bool = False) -> None:
         self.short, self.count = short, 0
         self.shared: dict = {}  # small constants reused across decoders (see encode.base.const)
-        g = model.graph
-        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | \
+        self.used: set[str] = set()
+        self._collect(model.graph)  # subgraphs too: a body's names must not be taken either
+
+    def _collect(self, g: onnx.GraphProto) -> None:
+        self.used |= {t.name for t in g.initializer} | {i.name for i in g.input} | \
             {o.name for o in g.output} | {n.name for n in g.node}
         for n in g.node:
             self.used.update(n.input)
             self.used.update(n.output)
+            for a in n.attribute:
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                    self._collect(sub)
 
     def __call__(self, base: str) -> str:
         if self.short:

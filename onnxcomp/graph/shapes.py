@@ -65,6 +65,7 @@ def _copy_light(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
     """Copy a big model field by field, dropping float data before it is duplicated."""
     out.ir_version = model.ir_version
     out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
     g = out.graph
     g.name = model.graph.name
     g.node.extend(model.graph.node)

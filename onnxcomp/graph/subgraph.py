@@ -14,14 +14,19 @@ _SKELETON_MIN = 64
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop bodies) read from the outer scope."""
+    """Names a node's subgraphs (If/Loop/Scan bodies, nested ones included) read from the outer
+    scope: what their nodes read minus what the subgraphs define themselves (their inputs, such
+    as a Loop body's iteration count and condition, initializers and node outputs)."""
     names: set[str] = set()
     for attr in node.attribute:
         graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
         for g in graphs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            local |= {t.values.name for t in g.sparse_initializer} | {o for n in g.node for o in n.output}
+            reads = {i for n in g.node for i in n.input if i}
             for n in g.node:
-                names.update(n.input)
-                names |= subgraph_inputs(n)
+                reads |= subgraph_inputs(n)
+            names |= reads - local
     return names
 
 
@@ -48,14 +53,13 @@ def truncate(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
         node = g.node[i]
         stack.extend(x for x in node.input if x)
         stack.extend(subgraph_inputs(node))
-    out = onnx.ModelProto()
-    out.ir_version = model.ir_version
-    out.opset_import.extend(model.opset_import)
+    out = _shell(model)
     sub = out.graph
     sub.name = g.name
     sub.node.extend(g.node[i] for i in sorted(needed_nodes))
     sub.initializer.extend(t for t in g.initializer if t.name in seen)
     sub.input.extend(i for i in g.input if i.name in seen)
+    sub.value_info.extend(v for v in g.value_info if v.name in seen)
     typed = {v.name: v for v in list(g.value_info) + list(g.output) + list(g.input)
              if v.type.tensor_type.elem_type}
     for name in outputs:  # untyped ones are typed by expose when captured
@@ -64,11 +68,19 @@ def truncate(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
     return out
 
 
+def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An empty model with what every sub-model must keep to mean the same: the IR version, the
+    opset imports and the local functions (FunctionProto) its nodes may call."""
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    return out
+
+
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor name -> ONNX elem type from shape inference on a weight-free skeleton."""
-    skel = onnx.ModelProto()
-    skel.ir_version = model.ir_version
-    skel.opset_import.extend(model.opset_import)
+    skel = _shell(model)
     g = skel.graph
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)

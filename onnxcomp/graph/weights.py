@@ -358,6 +358,7 @@ def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> No
     elif weight.source == "constant":
         for attr in weight.holder.attribute:
             if attr.name == "value":
+                tensor.name = attr.t.name  # as the exporter left it (often none): no bytes added
                 attr.t.CopyFrom(tensor)
     else:  # constant_of_shape -> initializer
         node = weight.holder

@@ -14,6 +14,7 @@ import onnx
 from onnxcomp.errors import ConfigError, ModelLoadError
 from onnxcomp.io.model import Model
 from onnxcomp.io.ort import quiet_ort
+from onnxcomp.io.writer import temp_prefix
 from onnxcomp.io.writer import write_model
 from onnxcomp.io.tensors import session_source, tensor_bytes
 
@@ -126,7 +127,7 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
         if isinstance(src, Path):
             sess = ort.InferenceSession(str(src), opts, providers=[provider])
         elif (direct := session_source(src)) is None:
-            tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-session-")
+            tmp = tempfile.TemporaryDirectory(prefix=temp_prefix("onnxcomp-session"))
             path = Path(tmp.name) / "model.onnx"
             write_model(src, path, external=True, data_name="model.onnx.data")
             sess = ort.InferenceSession(str(path), opts, providers=[provider])

@@ -105,12 +105,20 @@ class _Worker:
         self._stderr.close()
 
 
-def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict | None) -> Path:
+def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict | None) -> tuple[Path, int]:
+    """Random inputs for one run, saved for the worker, and the batch they hold: ``batch``, or
+    the model's own when its inputs fix it; a model without inputs runs on an empty feed."""
+    from onnxcomp.data.sources import model_inputs
+
     proto = io.load(model, load_external_data=False)
-    data = load_data(None, proto, input_shapes=input_shapes, batch_size=batch, num_samples=batch)
     path = folder / f"feed{index}.npz"
-    np.savez(path, **next(iter(data)))
-    return path
+    if not model_inputs(proto):
+        np.savez(path)
+        return path, batch
+    data = load_data(None, proto, input_shapes=input_shapes, batch_size=batch, num_samples=batch)
+    feed = next(iter(data))
+    np.savez(path, **feed)
+    return path, len(next(iter(feed.values())))
 
 
 def _schedule(runs: int, rounds: int) -> list[int]:
@@ -162,7 +170,7 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
     provider = resolve_provider(provider)
     paths = _check(models, runs, warmup, batch)
     report = BenchReport([], provider, threads, runs, warmup, batch, min(rounds, runs))
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-bench")) as tmp:
         tmpdir = Path(tmp)
         targets = [(str(p), p, i) for i, p in enumerate(paths)]  # (name, file, index of its source)
         if ort_format:
@@ -177,7 +185,11 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
         if mobile_check:
             for e, p in zip(entries, paths):
                 e.mobile = _mobile(p)
-        feeds = [_feed(p, tmpdir, i, batch, input_shapes) for i, p in enumerate(paths)]
+        fed = [_feed(p, tmpdir, i, batch, input_shapes) for i, p in enumerate(paths)]
+        feeds = [f for f, _ in fed]
+        for p, (_, n) in zip(paths, fed):
+            if n != batch:
+                report.notes.append(f"{p}: its inputs fix the batch at {n}: timed at batch {n}, not {batch}")
         workers: list[_Worker] = []
         try:
             for i, (e, (_, p, src)) in enumerate(zip(entries, targets)):
@@ -193,14 +205,14 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
                     times[i] += workers[i].ask({"cmd": "run", "n": n})["times"]
                 if progress is not None:
                     progress(r + 1, report.rounds)
-            for e, w, t in zip(entries, workers, times):
+            for e, w, t, (_, _, src) in zip(entries, workers, times, targets):
                 stop = w.ask({"cmd": "stop"})
                 peak, base = stop["peak_rss"], w.ready.get("rss_base")
                 e.peak_rss = peak
                 e.model_rss = _above(peak, base)
                 e.loaded_rss = _above(w.ready.get("rss_loaded"), base)
                 e.running_rss = _above(stop.get("rss_running"), base)
-                _fill(e, t, batch)
+                _fill(e, t, fed[src][1])
         finally:
             for w in workers:
                 w.close()

@@ -71,13 +71,6 @@ def plan_groups(model: onnx.ModelProto, names: Sequence[str], sample_shapes: dic
     return groups
 
 
-def split_batch(batch: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Slices of at most ``size`` samples (views, no copies)."""
-    n = len(next(iter(batch.values()))) if batch else 0
-    for i in range(0, max(n, 1), max(1, size)):
-        yield {k: v[i:i + size] for k, v in batch.items()}
-
-
 class Capturer:
     """One session over a copy of the model that returns the chosen tensors for each batch."""
 
@@ -117,22 +110,25 @@ def capture(model: Any, tensor_names: Sequence[str], data: Iterable[dict[str, np
     """Yield ``{tensor_name: array}`` per batch for the chosen tensors (plus outputs if asked).
 
     With ``max_bytes``, batches are split so one result dict stays below that many bytes (the
-    per-sample size is measured on the first sample).
+    size is measured on the first slice), in whole batches of the model's fixed batch, if any.
     """
+    from onnxcomp.data.sampling import batch_len, batch_unit
+
     cap = Capturer(model, tensor_names, threads=threads, include_outputs=include_outputs)
+    unit = batch_unit(_proto(model)) if max_bytes is not None else 1
     chunk = None
     for batch in data:
         if max_bytes is None:
             yield cap.run(batch)
             continue
         start = 0
-        n = len(next(iter(batch.values())))
+        n = batch_len(batch)
         while start < n:
-            size = chunk or 1
+            size = chunk or unit
             out = cap.run({k: v[start:start + size] for k, v in batch.items()})
             if chunk is None:
-                per_sample = max(1, sum(a.nbytes for a in out.values()))
-                chunk = max(1, int(max_bytes // per_sample))
+                per_slice = max(1, sum(a.nbytes for a in out.values()))
+                chunk = max(1, int(max_bytes // per_slice)) * unit
             start += size
             yield out
 

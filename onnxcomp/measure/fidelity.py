@@ -31,12 +31,17 @@ class _Metrics:
         self.n = 0
         self.ref2 = self.err2 = self.cos = self.cos2 = self.top5 = 0.0
         self.max_abs = 0.0
+        self.new_nonfinite = 0  # values NaN/Inf in the candidate where the original's are finite
+        self.ref_nonfinite = 0  # values NaN/Inf in the original
         self.top1 = 0
         self.classification: bool | None = None
         self.shape: tuple | None = None
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        finite = np.isfinite(a64)
+        self.new_nonfinite += int((finite & ~np.isfinite(b64)).sum())
+        self.ref_nonfinite += int(finite.size - finite.sum())
         n = a64.shape[0] if a64.ndim else 1
         fa, fb = a64.reshape(n, -1), b64.reshape(n, -1)
         d = fa - fb
@@ -70,7 +75,8 @@ class _Metrics:
                 "top5_overlap": self.top5 / self.n if cls and self.n else None,
                 "cosine": self.cos / self.n if self.n else None, "rel_l2": rel, "sqnr_db": sqnr,
                 "cosine_sd": math.sqrt(max(self.cos2 / self.n - (self.cos / self.n) ** 2, 0.0)) if self.n else None,
-                "max_abs": self.max_abs}
+                "max_abs": self.max_abs, "new_nonfinite": self.new_nonfinite,
+                "ref_nonfinite": self.ref_nonfinite}
 
 
 @dataclass
@@ -214,8 +220,11 @@ class _Run:
 
     @staticmethod
     def _parts(data: Any, chunk: int | None):
+        from onnxcomp.data.sampling import batch_len, whole
+
+        chunk = whole(chunk, data.unit) if chunk else None  # whole batches of a fixed batch
         for batch in data:
-            n = len(next(iter(batch.values())))
+            n = batch_len(batch)
             for start in range(0, n, chunk or n):
                 yield {k: v[start:start + (chunk or n)] for k, v in batch.items()}
 

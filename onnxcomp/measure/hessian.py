@@ -97,27 +97,27 @@ def importance(model: onnx.ModelProto, weights: list[Weight], data: Iterable[dic
     names = sorted({t for uses in wanted.values() for _, t in uses})
     if not names:
         return {}
+    from onnxcomp.data.sampling import limit_samples
+
     acc: dict[str, Any] = {}
-    seen = 0
-    for out in capture(model, names, data, threads=threads, max_bytes=MAX_CAPTURE_BYTES):
-        n = len(next(iter(out.values())))
-        take = min(n, max_samples - seen)
+    # the samples are limited on the inputs (axis 0 is the batch there; a Gemm's transA input
+    # holds it on axis 1, so cutting captured tensors cut its features instead)
+    for out in capture(model, names, limit_samples(data, max_samples), threads=threads, max_bytes=MAX_CAPTURE_BYTES):
         for w in weights:
             for node, t in wanted[w.name]:
-                s = _stat(w, node, out[t][:take])
+                s = _stat(w, node, out[t])
                 key = w.name
                 if s is None or (key in acc and (acc[key] is None or acc[key].shape != s.shape)):
                     acc[key] = None
                     continue
                 acc[key] = s if key not in acc else acc[key] + s
-        seen += take
-        if seen >= max_samples:
-            break
     result = {}
     for w in weights:
         s = acc.get(w.name)
         if s is None or not np.all(np.isfinite(s)) or s.max() <= 0:
             continue
-        s = s / s.mean()
-        result[w.name] = np.broadcast_to(np.maximum(s, 1e-6), w.shape)
+        try:
+            result[w.name] = np.broadcast_to(np.maximum(s / s.mean(), 1e-6), w.shape)
+        except ValueError:  # statistics that do not fit the weight: no importance for it
+            continue
     return result

@@ -55,12 +55,14 @@ def measure(original: onnx.NodeProto, weight: np.ndarray, rewritten: list[onnx.N
     Both run side by side in :func:`onnxcomp.measure.bench.bench` (median of interleaved runs).
     """
     import tempfile
+
+    from onnxcomp.io.writer import temp_prefix
     from pathlib import Path
 
     from onnxcomp.measure.bench import bench
 
     runs = int(np.clip(2e9 / max(macs or 1, 1), 30, 200))
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-measure-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("onnxcomp-measure")) as tmp:
         a, b = Path(tmp) / "original.onnx", Path(tmp) / "rewritten.onnx"
         w = numpy_helper.from_array(weight, "w")
         onnx.save_model(_micro_model([original], [w], in_shape, dtype, opset), str(a))

@@ -57,7 +57,9 @@ def mobile_check(model: str | Path) -> dict[str, Any]:
     quiet = logging.getLogger("onnxcomp.mobile")
     quiet.setLevel(logging.CRITICAL)
     try:
-        with tempfile.TemporaryDirectory(prefix="onnxcomp-mobile-") as tmp, \
+        from onnxcomp.io.writer import temp_prefix as io_temp_prefix
+
+        with tempfile.TemporaryDirectory(prefix=io_temp_prefix("onnxcomp-mobile")) as tmp, \
                 contextlib.redirect_stdout(_io.StringIO()):
             opt = Path(tmp) / Path(model).name
             omu.optimize_model(Path(model), opt, use_external_initializers=True)

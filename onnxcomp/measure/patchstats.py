@@ -47,4 +47,5 @@ def collect_covariances(model: Any, requests: list[StatsRequest], data: Iterable
             for name, grams in parts.items():
                 acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
             counts[req.key] += len(p)
-    return {k: _finish(v, counts[k]) for k, v in sums.items() if v}
+    done = {k: _finish(v, counts[k]) for k, v in sums.items() if v}
+    return {k: v for k, v in done.items() if v is not None}  # not finite: no statistics for it

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcomp.data.sampling import take_samples
+from onnxcomp.data.sampling import batch_unit, take_samples
 from onnxcomp.graph.weights import Weight, find_weights, remove_storage
 from onnxcomp.io.sessions import session
 
@@ -93,7 +93,7 @@ def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Se
     trials = len(weights) * len(levels)
     if trials * per_run > budget_s and n > 4:
         keep = max(4, int(n * budget_s / (trials * per_run)))
-        probe.batches = take_samples(batches, keep)
+        probe.batches = take_samples(batches, keep, batch_unit(model))
         probe.reference = probe._run({})
         n = keep
     losses = np.zeros((len(weights), len(levels)))

@@ -85,8 +85,11 @@ class LayerStats:
         if self.cross is None:
             return weight
         from onnxcomp.algo.linalg import ridge_solve
+        from onnxcomp.algo.numeric import keep_finite
         w = np.asarray(weight, np.float64).reshape(len(weight), -1)
-        return ridge_solve(w @ self.cross, self.cov).reshape(weight.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            solved = ridge_solve(w @ self.cross, self.cov) if np.isfinite(w).all() else w
+        return keep_finite(solved, w).reshape(weight.shape)
 
 
 def _draw(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +104,11 @@ def _grams(a: np.ndarray, b: np.ndarray, group: int) -> list[np.ndarray]:
     return [(x.T @ y).astype(np.float64) for x, y in zip(pa, pb)]
 
 
-def _finish(acc: dict[str, list[np.ndarray]], n: int) -> list[LayerStats]:
+def _finish(acc: dict[str, list[np.ndarray]], n: int) -> list[LayerStats] | None:
+    """The shrunk moments per group; None when any is not finite (inputs holding NaN/Inf or
+    overflowing squares): the layer is then solved without statistics, never on NaN."""
+    if not all(np.isfinite(m).all() for v in acc.values() for m in v):
+        return None
     out = []
     for g in range(len(acc["cov"])):
         mom = {k: v[g] / max(n, 1) for k, v in acc.items()}

@@ -22,6 +22,7 @@ from onnx import helper
 
 from onnxcomp.graph.subgraph import subgraph_inputs
 from onnxcomp.io.sessions import session
+from onnxcomp.io.writer import temp_prefix
 
 CAP_FRACTION = 0.25  # kept tensors above this fraction of free memory go to memory-mapped files
 
@@ -42,7 +43,7 @@ class Budget:
     def keep(self, value: np.ndarray) -> np.ndarray:
         if self.bytes + value.nbytes > self.cap and value.nbytes > 0:
             if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-stream-")
+                self._tmp = tempfile.TemporaryDirectory(prefix=temp_prefix("onnxcomp-stream"))
             self.spilled += 1
             path = Path(self._tmp.name) / f"t{self.spilled}.npy"
             out = np.lib.format.open_memmap(path, mode="w+", dtype=value.dtype, shape=value.shape)

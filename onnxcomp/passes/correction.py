@@ -22,7 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcomp.algo.numeric import keep_finite
 from onnxcomp.config import CorrectionConfig
+from onnxcomp.graph.axes import out_channels, per_out_channel
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
@@ -47,19 +49,28 @@ def _positions(n: int, seed: int) -> np.ndarray:
 
 
 def fit(new: np.ndarray, ref: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (a, b) minimising ||a * new + b - ref||^2 over positions ([C, P] arrays)."""
+    """Per-channel (a, b) minimising ||a * new + b - ref||^2 over positions ([C, P] arrays).
+
+    A channel whose activations are not finite in either model (overflowing weights, NaN inputs)
+    gets (1, 0): left as it is."""
     x, y = new.astype(np.float64), ref.astype(np.float64)
-    mx, my = x.mean(1), y.mean(1)
-    if mode == "bias":
-        return np.ones_like(mx), my - mx
-    xc = x - mx[:, None]
-    var = (xc * xc).mean(1)
-    cov = (xc * (y - my[:, None])).mean(1)
-    ok = var > 1e-12 * np.maximum(1.0, my * my)
-    a = np.where(ok, cov / np.where(ok, var, 1.0), 1.0)
-    n = x.shape[1]  # few positions (a Gemm head sees one per sample): trust the fit less
-    a = np.clip((n * a + PRIOR_POSITIONS) / (n + PRIOR_POSITIONS), *SCALE_LIMITS)
-    return a, my - a * mx
+    finite = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+    x, y = np.where(finite[:, None], x, 0.0), np.where(finite[:, None], y, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mx, my = x.mean(1), y.mean(1)
+        if mode == "bias":
+            a = np.ones_like(mx)
+        else:
+            xc = x - mx[:, None]
+            var = (xc * xc).mean(1)
+            cov = (xc * (y - my[:, None])).mean(1)
+            ok = (var > 1e-12 * np.maximum(1.0, my * my)) & np.isfinite(var) & np.isfinite(cov)
+            a = np.where(ok, cov / np.where(ok, var, 1.0), 1.0)
+            n = x.shape[1]  # few positions (a Gemm head sees one per sample): trust the fit less
+            a = np.clip((n * a + PRIOR_POSITIONS) / (n + PRIOR_POSITIONS), *SCALE_LIMITS)
+        b = my - a * mx
+    keep = finite & np.isfinite(a) & np.isfinite(b)
+    return np.where(keep, a, 1.0), np.where(keep, b, 0.0)
 
 
 def _channel_axis(w: Weight) -> int:
@@ -67,12 +78,13 @@ def _channel_axis(w: Weight) -> int:
 
 
 def correctable(w: Weight) -> bool:
-    """Single-use conv/gemm/matmul kernels whose output channels map to weight slices."""
+    """Single-use conv/gemm/matmul kernels whose output channels map to weight slices (a Gemm
+    with beta 0 ignores its C: no shift can go there)."""
     if w.shared or w.role not in ("conv", "convtranspose", "gemm_b", "matmul_b"):
         return False
     node = w.uses[0].node
-    if w.role == "gemm_b" and any(a.name == "transA" and a.i for a in node.attribute):
-        return w.out_axis is not None
+    if w.role == "gemm_b" and next((a.f for a in node.attribute if a.name == "beta"), 1.0) == 0:
+        return False
     return w.out_axis is not None
 
 
@@ -87,12 +99,13 @@ def _set_bias(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, f
             old = bw.values()
             if bw.shared or old.size != b.size:
                 return  # a broadcast/shared bias cannot take per-channel shifts
-            set_weight(model, bw, (a * old.reshape(-1) + b / beta).reshape(old.shape))
+            new = (a * old.reshape(-1) + b / beta).reshape(old.shape).astype(old.dtype)
+            set_weight(model, bw, keep_finite(new, old))
             return
         if len(node.input) > idx and node.input[idx]:
             return  # a computed bias: leave it
         name = fresh(f"{w.name}_bias")
-        model.graph.initializer.append(numpy_helper.from_array((b / beta).astype(w.dtype), name))
+        model.graph.initializer.append(numpy_helper.from_array(_finite_shift(b / beta, w.dtype), name))
         while len(node.input) < idx:
             node.input.append("")
         node.input.append(name)
@@ -101,20 +114,26 @@ def _set_bias(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, f
     inner = fresh(f"{out}_mm")
     node.output[0] = inner
     name = fresh(f"{w.name}_bias")
-    model.graph.initializer.append(numpy_helper.from_array(b.astype(w.dtype), name))
+    model.graph.initializer.append(numpy_helper.from_array(_finite_shift(b, w.dtype), name))
     pos = list(model.graph.node).index(node)
     model.graph.node.insert(pos + 1, helper.make_node("Add", [inner, name], [out], name=f"{out}_bias"))
+
+
+def _finite_shift(b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The shift in the weight's dtype, 0 where it does not fit (float16 overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(b).astype(dtype)
+    return np.where(np.isfinite(out), out, np.zeros((), dtype))
 
 
 def _apply(model: onnx.ModelProto, w: Weight, a: np.ndarray, b: np.ndarray, fresh,
            scaled: np.ndarray | None = None) -> None:
     """Scale the kernel's output channels by ``a`` (or write ``scaled``) and shift the bias by ``b``."""
+    values = w.values()
     if scaled is None:
-        values = w.values()
-        shape = [1] * values.ndim
-        shape[w.out_axis] = values.shape[w.out_axis]
-        scaled = (values * a.reshape(shape).astype(values.dtype)).astype(values.dtype)
-    set_weight(model, w, scaled)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (values * per_out_channel(w, a).astype(values.dtype)).astype(values.dtype)
+    set_weight(model, w, keep_finite(scaled, values))
     _set_bias(model, w, a, b, fresh)
 
 
@@ -156,8 +175,11 @@ def correct(original: onnx.ModelProto, compressed: onnx.ModelProto, names: Itera
             picks = [_positions(_rows(y, axis % y.ndim).shape[1], seed=1000 * b + i) for b, y in enumerate(ref)]
             x = np.concatenate([_rows(y, axis % y.ndim)[:, idx] for y, idx in zip(site.y(), picks)], 1)
             y = np.concatenate([_rows(r, axis % r.ndim)[:, idx] for r, idx in zip(ref, picks)], 1)
-            scaler = rescaler(cur.values(), Layout.of(cur.shape, cur.out_axis), codebooks[cur.name]) \
-                if cur.name in codebooks else None
+            if x.shape[0] != out_channels(cur) or x.shape != y.shape:
+                continue  # the output's channel axis is not the weight's (leave the layer as it is)
+            layout = Layout.of(cur.shape, cur.out_axis)  # a grouped ConvTranspose's codebook rows mix
+            scaler = rescaler(cur.values(), layout, codebooks[cur.name]) \
+                if cur.name in codebooks and layout.channels == x.shape[0] else None  # channels: shift only
             wmode = "bias" if cur.name in shift_only or (cur.name in codebooks and scaler is None) else mode
             a, b = fit(x, y, wmode)
             scaled = scaler(a) if scaler is not None and wmode != "bias" else None

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.shapes import infer_shapes
 from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
@@ -156,8 +157,9 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
             continue
         node = w.uses[0].node
         values = w.values()
-        if not np.all(np.isfinite(values)):
-            skipped.append((w, "contains NaN or Inf"))  # same rule as prune and cluster
+        why = numeric_problem(values)  # same rule as prune and cluster
+        if why is not None:
+            skipped.append((w, why))
             continue
         if w.role == "conv":
             layers.append(Layer(w, [u.node for u in w.uses], "conv", values, ConvGeometry.of(node, w.shape)))
@@ -184,13 +186,14 @@ def runtime_shapes(model: onnx.ModelProto, names: list[str], ctx: Context) -> di
     """Shapes of ``names`` from one onnxruntime run on one sample ({} if that is impossible)."""
     from onnxcomp.measure.capture import Capturer
     from onnxcomp.data.calibration import load_data
+    from onnxcomp.data.sampling import batch_unit
     from onnxcomp.errors import OnnxCompError
 
     try:
         data = ctx.data if ctx.data is not None else load_data(None, model, input_shapes=ctx.input_shapes,
                                                                batch_size=1, num_samples=1)
-        batch = next(iter(data))
-        batch = {k: v[:1] for k, v in batch.items()}
+        unit = batch_unit(model)  # one sample, or one whole batch of a fixed batch
+        batch = {k: v[:unit] for k, v in next(iter(data)).items()}
         out = Capturer(model, list(dict.fromkeys(names)), threads=ctx.threads).run(batch)
     except (OnnxCompError, StopIteration, Exception):  # noqa: BLE001 - shapes stay unknown
         return {}

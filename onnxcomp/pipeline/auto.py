@@ -52,9 +52,10 @@ def split(data: Any) -> tuple[list[dict], list[dict]]:
     """(calibration batches, held-out batches): a quarter held out when there are >= 32 samples."""
     batches = list(data)
     n = sum(len(next(iter(b.values()))) for b in batches)
-    if n < 32:
+    unit = getattr(data, "unit", 1)  # a fixed batch: the two parts hold whole batches
+    cut = (n - n // 4) // unit * unit
+    if n < 32 or cut in (0, n):
         return batches, batches
-    cut = n - n // 4
     calib, hold, seen = [], [], 0
     for b in batches:
         k = len(next(iter(b.values())))
@@ -183,7 +184,7 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
     ok = [t for t in trials if t.ok]
     if not ok:
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-auto")) as tmp:
         paths = [Path(tmp) / "original.onnx"]
         io.save(original.proto, paths[0], verify=False)
         for i, t in enumerate(ok):

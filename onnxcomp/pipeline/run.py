@@ -7,7 +7,7 @@ encoding, and returns one :class:`Result`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import onnx
@@ -22,6 +22,7 @@ from onnxcomp.passes.base import Context, Pass, PassResult
 from onnxcomp.passes.correction import CorrectionPass
 
 CORRECTED = (PruneConfig, ClusterConfig)  # steps whose changed weights get the per-channel correction
+SIZE_STEPS = (PruneConfig, ClusterConfig)  # steps that only shrink the file: never a larger output
 
 
 @dataclass
@@ -147,6 +148,9 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
         # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)
         work.proto = io.compact(work.proto)
+    if touched and enc.encoding != "dense" and all(isinstance(c, SIZE_STEPS) for c in steps) and \
+            io.model_bytes(work.proto) > io.model_bytes(original.proto):
+        work, encodings = _keep_input(original, results, io.model_bytes(work.proto))
     sizes = {e.name: e.bytes for e in encodings}
     for r in results:
         if r.pass_name == "correction":
@@ -155,6 +159,22 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
             if c.name in sizes:
                 c.bytes_after = sizes[c.name]
     return Result(work, results, encodings)
+
+
+def _keep_input(original: Model, results: list[PassResult], grown: int) -> tuple[Model, list]:
+    """The input itself, unchanged, for steps that only shrink the file (pruning, clustering) when
+    their result would be larger than the input (weights too small for any encoding to pay for
+    its tables, a correction's new biases): every change becomes a skip that says so."""
+    before = io.model_bytes(original.proto)
+    why = "kept as it was: the compressed model would be larger than the input"
+    for r in results:
+        r.changes = [c if c.skipped else replace(c, action="skipped", reason=why, params_after=c.params_before,
+                                                 bytes_after=c.bytes_before) for c in r.changes]
+    results[0].notes.append(f"the input is written unchanged: compressed it would take {grown} B, more than "
+                            f"its {before} B (weights too small for an encoding to pay for its tables)")
+    work = original.copy()
+    work.path = None
+    return work, []
 
 
 def step_name(cfg: Any) -> str:

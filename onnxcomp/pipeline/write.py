@@ -87,6 +87,51 @@ def check_gates(report: FidelityReport, max_drop: float | None = None,
     return None
 
 
+def check_finite(report: FidelityReport, original: Any) -> None:
+    """Never a silent NaN: the written model must compute finite values wherever ``original`` (a
+    Model) does, on the comparison data; otherwise a one-line error (the caller removes the file)."""
+    from onnxcomp.errors import UnsupportedModelError
+
+    bad = [o for o in report.outputs if o.get("new_nonfinite")]
+    if not bad:
+        return
+    o = bad[0]
+    what = (f"the compressed model computes NaN or Inf in output {o['name']!r} ({o['new_nonfinite']} value(s)) "
+            f"where {original.path or 'the input model'} computes finite values; no output was written")
+    held = _nonfinite_tensors(original.proto)
+    if held:  # Inf activations times a zeroed or rescaled weight: Inf * 0 is NaN
+        raise UnsupportedModelError(f"{what} (the input holds NaN/Inf in {', '.join(held[:3])}: the Inf it computes "
+                                    "inside becomes NaN once weights after it change)",
+                                    "replace the NaN/Inf weights (re-export the model), or --exclude the layers "
+                                    "that read them")
+    if any(out.get("ref_nonfinite") for out in report.outputs):  # weights at the edge of the float range
+        raise UnsupportedModelError(f"{what} (the input itself overflows to Inf/NaN on this data: its weights are "
+                                    "near the float range, and changed ones overflow elsewhere)",
+                                    "rescale the model's extreme weights, or --exclude the layers that hold them")
+    raise UnsupportedModelError(what, "this is a bug in onnxcomp, please report it; meanwhile --exclude the layer "
+                                      "or use other settings")
+
+
+def _nonfinite_tensors(proto: Any) -> list[str]:
+    """Names of the float constants (initializers, Constant nodes, subgraphs too) holding NaN/Inf."""
+    import numpy as np
+    from onnx.external_data_helper import _get_all_tensors
+
+    if proto is None:
+        return []
+    out = []
+    for t in _get_all_tensors(proto):
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                           onnx.TensorProto.BFLOAT16):
+            try:
+                a = io.tensor_array(t)
+            except Exception:  # noqa: BLE001
+                continue
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                out.append(t.name or "a Constant")
+    return out
+
+
 def _file_size(path: Path) -> int:
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
@@ -135,6 +180,7 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
             if unmeasured is None:
                 report = compare(original, Written(compressed, path), data, labels=labels, threads=threads,
                                  metric=metric, output=judged)
+                check_finite(report, original)
         except BaseException:  # a failed or interrupted command leaves no output behind
             io.discard(path, keep=original.path)
             raise

@@ -13,6 +13,7 @@ from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import FIXED, ChannelGraph, Consumer, IndexEdit, Layout, Param, Producer
 from onnxcomp.graph.channels.heads import HeadRules
 from onnxcomp.graph.channels.maps import MapRules
+from onnxcomp.graph.axes import out_channels
 from onnxcomp.graph.edit import ConstEval, get_attr
 
 UNARY = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -112,7 +113,17 @@ class Walker(HeadRules, MapRules):
         w = self.weights.get((id(node), slot))
         if w is None:
             self.opaque(node, "its weight is not a constant float tensor")
+        elif self._read_apart(node, w):
+            return None
         return w
+
+    def _read_apart(self, node: onnx.NodeProto, w) -> bool:
+        """A weight shared by ops that read it on different axes (a MatMul and a transB Gemm):
+        its channels cannot follow both; the node is opaque."""
+        if len({(u.role, get_attr(u.node, "transB", 0)) for u in w.uses}) > 1:
+            self.opaque(node, f"its weight {w.name} is shared with an op that reads it on other axes")
+            return True
+        return False
 
     def _consume(self, node, w, lay: Layout | None, want_axis: int) -> None:
         if lay is None:
@@ -123,7 +134,7 @@ class Walker(HeadRules, MapRules):
         self.cg.consumers.append(Consumer(node, w, 1, w.in_axis, node.input[0], lay.ids))
 
     def _produce(self, node, w, slot: int, axis_out: int, rank: int | None, bias_slot: int | None) -> None:
-        ids = self.cg.new_ids(w.shape[w.out_axis])
+        ids = self.cg.new_ids(out_channels(w))  # a grouped ConvTranspose: group x the kernel's axis 1
         self.cg.producers.append(Producer(node, w, slot, w.out_axis, ids))
         if bias_slot is not None:
             self._bias(node, bias_slot, ids)
@@ -158,6 +169,9 @@ class Walker(HeadRules, MapRules):
             why = f"{self.label(node)}: grouped conv (group={group}) is not supported"
             if lay is not None:
                 self.cg.freeze(lay.ids, why)
+            if transpose:  # an output channel reads one column of one group's rows: nothing to score or cut
+                self.out(node.output[0], 1, np.full(out_channels(w), FIXED, np.int64), rank)
+                return
             self._produce(node, w, 1, 1, rank, 2)
             self.cg.freeze(self.cg.producers[-1].ids, why)
             return
@@ -190,6 +204,8 @@ class Walker(HeadRules, MapRules):
             return self.matmul_activations(node)
         if w is None or len(w.shape) != 2 or rank is None:
             self.opaque(node, "MatMul without a constant 2-D right operand")
+            return
+        if self._read_apart(node, w):
             return
         self._consume(node, w, lay, rank - 1)
         self._produce(node, w, 1, max(rank, 2) - 1, max(rank, 2), None)

@@ -120,7 +120,9 @@ def budget_limit(weights: list[Weight], plan, costs: dict, budget: float) -> flo
 
 def storage_bits(w: Weight, granularity: str, bits: int) -> int:
     """Bits of ``w`` stored as 2^bits-entry codebooks: indices plus the tables (see cluster_fit)."""
-    k, channels = 1 << bits, Layout.of(w.shape, w.out_axis).channels
+    # int(round(2 ** bits)): a grid option at half bits whose values do not fit float16 scales is
+    # fitted as channel codebooks (passes/cluster/fit.py) and priced here at its fractional width
+    k, channels = int(round(2 ** bits)), Layout.of(w.shape, w.out_axis).channels
     if granularity == "tensor":
         table = 8 * k * w.dtype.itemsize
     elif granularity == "shared":

@@ -20,6 +20,9 @@ Every result is written so that a standard-ONNX decoder rebuilds it bit-exactly:
            (``Fit.coded_bits``).
 Exact zeros stay zero: they take no part in the fit, and when fewer than half the weights are
 zero they keep a code of their own (k - 1 clusters for the nonzeros).
+Float16 scales and tables are used only where the values fit in float16 (a channel of 1e30
+weights takes float32 centroids instead: an overflowing scale would turn the weights into NaN);
+errors and energies are summed in float64.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from onnxcomp.algo.kmeans import kmeans_rows
 
 SPARSE_OWN_CODE = 0.5  # below this fraction of zeros, zero takes one of the k codes
 GRID_MAX_K = 64  # channel tables up to 6 bits: int8 grid x float16 scale (k + 2 bytes per channel)
+F16_MAX = float(np.finfo(np.float16).max)  # larger scales or table entries fall back to float32 tables
 
 
 @dataclass
@@ -73,6 +77,10 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if granularity in ("shared", "grid") and dtype != np.float32:
         granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
     rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32)
+    top = float(np.abs(rows).max(initial=0.0))  # float16 scales and tables must hold the values
+    if granularity in ("shared", "grid") and not top / (GRID12 if granularity == "shared" else GRID_Q) <= F16_MAX:
+        granularity = "channel"
+    half_ok = top <= F16_MAX
     imp = None if importance is None else (
         layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float32)
     nz = rows != 0
@@ -85,13 +93,13 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     elif granularity == "tensor":
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
         out, table = out.astype(dtype), cent.astype(dtype)
-    elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K:
+    elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
         q, cent = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
         out, table = q.astype(np.float32) * s, cent.astype(np.float32) * s
-    elif granularity == "channel":
-        half = lambda c: c.astype(np.float16).astype(np.float64)  # noqa: E731
-        out, cent = _kmeans(rows, kk, w, init, iters, seed, half)
+    elif granularity == "channel":  # float32 weights: float16 tables where the values fit in them
+        half = np.float16 if half_ok else dtype
+        out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
         out, table = out.astype(dtype), cent.astype(dtype)
     else:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
@@ -103,12 +111,12 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if zeros:
         out = np.where(nz, out, np.zeros((), out.dtype))
         table = np.concatenate([table, np.zeros((len(table), 1), table.dtype)], axis=1)
-    err = (out.astype(np.float32) - rows).ravel()
-    ref = rows.ravel()
+    ref = rows.ravel().astype(np.float64)  # float64: squares of large weights overflow float32
+    err = out.ravel().astype(np.float64) - ref
     if imp is None:
         sse, energy = float(np.dot(err, err)), float(np.dot(ref, ref))
     else:
-        flat_imp = imp.ravel()
+        flat_imp = imp.ravel().astype(np.float64)
         sse, energy = float(np.dot(flat_imp * err, err)), float(np.dot(flat_imp * ref, ref))
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
     return Fit(values.astype(dtype), sse, energy, granularity, table, coded)

@@ -125,7 +125,7 @@ class FactorizePass(Pass):
             return
         node = micro_node(lay.nodes[0])
         scope = LocalNames()
-        names, inits = factor_tensors(lay, cand, scope)
+        names, inits = factor_tensors(lay, cand, scope, default_opset(model))
         nodes = build_nodes(lay, cand, node, names, scope)
         dtype = helper.np_dtype_to_tensor_dtype(lay.weight.dtype)
         lp.latency_ratio = measure(node, np.asarray(lay.weight.values(), lay.weight.dtype), nodes, inits,
@@ -161,7 +161,7 @@ def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bo
     by_output = {n.output[0]: n for n in model.graph.node if n.output}
     nodes = [by_output[n.output[0]] for n in lay.nodes]
     reserved = [node_names(node, cand.method, editor.scope) for node in nodes]
-    names, inits = factor_tensors(lay, cand, editor.scope)
+    names, inits = factor_tensors(lay, cand, editor.scope, default_opset(model))
     model.graph.initializer.extend(inits)
     new_names = []
     for node, own in zip(nodes, reserved):
@@ -173,8 +173,9 @@ def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bo
     return new_names
 
 
-def factor_tensors(lay: Layer, cand: Candidate, scope) -> tuple[list[str], list[onnx.TensorProto]]:
-    """Initializers for the factors (groups concatenated), in the weight's dtype."""
+def factor_tensors(lay: Layer, cand: Candidate, scope, opset: int) -> tuple[list[str], list[onnx.TensorProto]]:
+    """Initializers for the factors (groups concatenated), in the weight's dtype. Before opset 11
+    Gemm's C is required: the first Gemm of a pair then reads a zero C (the last name)."""
     dtype = lay.weight.dtype
     arrays = [np.concatenate([f[k] for f in cand.factors], axis=0) for k in range(len(cand.factors[0]))]
     if lay.kind == "conv" and cand.method == "svd":  # second factor [O, R] -> a 1x1 kernel
@@ -188,6 +189,9 @@ def factor_tensors(lay: Layer, cand: Candidate, scope) -> tuple[list[str], list[
         name = scope(lay.weight.name + suffix)
         names.append(name)
         inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=dtype), name))
+    if lay.kind == "gemm" and opset < 11:
+        names.append(scope(lay.weight.name + "_zero"))
+        inits.append(numpy_helper.from_array(np.zeros(1, dtype), names[-1]))
     return names, inits
 
 
@@ -204,10 +208,11 @@ def build_nodes(lay: Layer, cand: Candidate, node: onnx.NodeProto, names: list[s
     mids = [scope(node.output[0] + s) for s in suffixes[:-1]] + [node.output[0]]
     ins = [node.input[0]] + mids[:-1]
     bias = list(node.input[2:3]) if len(node.input) > 2 and node.input[2] else []
+    zero = names[len(suffixes):]  # a zero C for Gemms before opset 11 (see factor_tensors)
     out = []
     for k, (src, dst, w, name) in enumerate(zip(ins, mids, names, own)):
-        last = k == len(names) - 1
-        inputs = [src, w] + (bias if last else [])
+        last = k == len(suffixes) - 1
+        inputs = [src, w] + (bias if last else zero)
         if lay.kind == "conv":
             out.append(helper.make_node("Conv", inputs, [dst], name=name, group=lay.group,
                                         **_conv_geometry(lay, cand.method, k, last)))

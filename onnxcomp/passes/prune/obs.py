@@ -72,7 +72,8 @@ def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
             stats = collect_covariances(model, [r for _, r in chunk], data, threads=threads,
                                         max_samples=max_samples)
             for w, r in chunk:
-                yield w, stats[r.key]
+                if r.key in stats:  # statistics that are not finite are dropped
+                    yield w, stats[r.key]
             chunk, size = [], 0
         if item is not None:
             chunk.append(item)

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.algo import allocation, masks
+from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.config import PruneConfig
 from onnxcomp.errors import ConfigError
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
@@ -66,8 +67,8 @@ def select(weights, cfg, *, single_role: bool = True,
                                    f"{depthwise_hint})"))
         elif w.size < cfg.min_params:
             skipped.append(skip(w, f"tiny tensor ({w.size} < --min-params {cfg.min_params})"))
-        elif not np.all(np.isfinite(w.values())):
-            skipped.append(skip(w, "contains NaN or Inf"))
+        elif (why := numeric_problem(w.values())) is not None:
+            skipped.append(skip(w, why))
         else:
             chosen.append(w)
     return chosen, skipped

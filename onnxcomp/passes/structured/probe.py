@@ -10,11 +10,10 @@ sensitive. Cost: ``len(LEVELS)`` runs of the model on the subset per group.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
-
 import numpy as np
 import onnx
 
+from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.channels.groups import apply_removal, rebind
 from onnxcomp.io.sessions import session
 from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
@@ -24,22 +23,10 @@ LEVELS = (0.5, 1.0, 1.5)
 INPUT_BUDGET = 8 * 3 * 224 * 224  # input elements used to measure sensitivity
 
 
-def limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``data`` until ``max_samples`` samples were yielded (the last one cut)."""
-    seen = 0
-    for batch in data:
-        n = len(next(iter(batch.values())))
-        take = min(n, max_samples - seen)
-        yield {k: v[:take] for k, v in batch.items()} if take < n else batch
-        seen += take
-        if seen >= max_samples:
-            return
-
-
 def _subset(ctx) -> list[dict[str, np.ndarray]]:
     first = next(iter(ctx.data))
     per = max(1, int(sum(np.prod(v.shape[1:]) for v in first.values())))
-    return list(limited(ctx.data, int(np.clip(INPUT_BUDGET // per, 2, 32))))
+    return take_samples(ctx.data, int(np.clip(INPUT_BUDGET // per, 2, 32)))  # whole batches of a fixed batch
 
 
 def _outputs(model: onnx.ModelProto, batches, threads) -> list[np.ndarray]:

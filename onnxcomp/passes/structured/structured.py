@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.config import StructuredPruneConfig
 from onnxcomp.algo.linalg import blas_threads
 from onnxcomp.errors import ConfigError
@@ -111,8 +112,9 @@ class StructuredPrunePass(Pass):
             why = matches(p.weight, (), cfg.exclude)
             if why:
                 return why
-            if not np.all(np.isfinite(p.weight.values())):
-                return f"{p.weight.name} contains NaN or Inf"  # same rule as prune and cluster
+            bad = numeric_problem(p.weight.values())  # same rule as prune and cluster
+            if bad is not None:
+                return f"{p.weight.name} {bad}"
         if cfg.include and all(matches(p.weight, cfg.include, ()) for p in g.producers):
             return "not matched by --include"
         if cfg.ratio <= 0:
@@ -150,20 +152,21 @@ class StructuredPrunePass(Pass):
                 if plan.measured and (importance == "reconstruction" or allocation == "curves"):
                     curves[gp.group.index] = self._curve(plan, gp)
         target = plan.macs.total - plan.macs.after(_uniform(plan, cfg.round_to)) if live else 0.0
+        note = None
         if allocation == "curves" and curves:
             from onnxcomp.passes.structured.alloc import allocate
 
             allocate(plan, curves, target, cfg.round_to)
-            plan.notes.append("allocation from the consumers' measured error curves")
+            note = "allocation from the consumers' measured error curves"
         elif allocation == "sensitivity" and live:
             from onnxcomp.passes.structured.probe import probe_allocate
 
             with blas_threads(1):
                 n = probe_allocate(model, plan, ctx, cfg, target)
-            plan.notes.append(f"sensitivity allocation on {n} samples (each group pruned alone, model output error)")
-        if allocation in ("curves", "sensitivity"):
+            note = f"sensitivity allocation on {n} samples (each group pruned alone, model output error)"
+        if note is not None:
             pruned = sum(gp.n_keep is not None and gp.n_keep < gp.group.size for gp in live)
-            plan.notes[-1] += f": {pruned} of {len(live)} groups pruned"
+            plan.notes.append(f"{note}: {pruned} of {len(live)} groups pruned")
             for gp in live:
                 if gp.n_keep is not None and gp.n_keep >= gp.group.size:
                     gp.reason = "protected: most output error per MAC saved"

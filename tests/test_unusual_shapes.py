@@ -1,0 +1,225 @@
+"""Regressions for valid-but-unusual models (issue 22), part two: old opsets, fixed batches and
+models without inputs, outputs never larger than the input, structured pruning and low-rank
+factors on unusual layers (the helpers and part one: tests/test_unusual.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from . import models as M
+from .test_unusual import calib, grouped_convtranspose, outputs, run
+
+
+# --- old opsets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [7, 9, 10, 11])
+def test_factorize_gemm_at_old_opsets(capsys, tmp_path, opset):
+    """Before opset 11 Gemm's C is required: the first Gemm of an SVD pair once had none and the
+    checker refused the output, as a traceback, after all the work."""
+    r = M.rng(12)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    model = M.make(nodes, [M.vi("x", ["N", 64])], [M.vi("y", ["N", 64])],
+                   [M.init("w", r.normal(0, 0.1, (64, 64)).astype(np.float32)), M.init("b", np.zeros(64, np.float32))],
+                   opset=opset)
+    src = M.save(model, tmp_path / "m.onnx")
+    code, _, err = run(capsys, ["factorize", str(src), "--rank", "8", "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    gemms = [n for n in out.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2 and out.opset_import[0].version == opset
+    assert all(len(n.input) == 3 for n in gemms) if opset < 11 else len(gemms[0].input) == 2
+    onnx.checker.check_model(out, full_check=True)
+
+
+# --- batch and inputs: the same in every command ------------------------------------------------------
+
+FIXED_BATCH_ARGV = {
+    "prune": ["prune", "--sparsity", "0.5", "--min-params", "1"],
+    "structured": ["prune", "--structured", "--ratio", "0.5", "--round-to", "1"],
+    "cluster": ["cluster", "--bits", "4", "--min-params", "1"],
+    "factorize": ["factorize", "--min-params", "1"],
+    "depthwise": ["depthwise", "--min-params", "1"],
+    "compress": ["compress", "--sparsity", "0.5"],
+    "auto": ["auto", "--target-size", "0.8", "--max-drop", "1"],
+}
+
+
+@pytest.mark.parametrize("samples", [None, "1"])
+@pytest.mark.parametrize("command", sorted(FIXED_BATCH_ARGV))
+def test_fixed_batch_in_every_command(capsys, tmp_path, command, samples):
+    """A batch fixed at 2 was accepted by prune --data but refused by cluster, factorize,
+    prune --structured and auto (activations captured one sample at a time); --samples 1
+    gave StopIteration. Every command now feeds whole batches of 2."""
+    src = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "m.onnx")
+    data, x = calib(tmp_path, (3, 8, 8), n=6)
+    argv = FIXED_BATCH_ARGV[command]
+    extra = ["--data", str(data)] + (["--samples", samples] if samples else [])
+    code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *extra, "-o", str(tmp_path / "o.onnx")])
+    assert code in ((0, 3) if command == "auto" else (0,)), err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x[:2])[0]).all()
+    if command != "auto":  # random data too
+        code, _, err = run(capsys, [argv[0], str(src), *argv[1:], *(["--samples", samples] if samples else []),
+                                    "-o", str(tmp_path / "o2.onnx")])
+        assert code == 0, err
+
+
+def test_data_smaller_than_the_fixed_batch_is_one_line(capsys, tmp_path):
+    src = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "m.onnx")
+    data, _ = calib(tmp_path, (3, 8, 8), n=1)
+    code, _, err = run(capsys, ["cluster", str(src), "--bits", "4", "--data", str(data), "-o", str(tmp_path / "o.onnx")])
+    assert code == 2 and err.count("\n") == 1 and "whole batches of 2" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
+
+
+def no_inputs() -> onnx.ModelProto:
+    """Outputs computed from constants only (a valid graph with no graph inputs)."""
+    r = M.rng(13)
+    nodes = [M.const_node("a", r.normal(size=(2, 8)).astype(np.float32)),
+             helper.make_node("MatMul", ["a", "w"], ["y"], name="mm")]
+    return M.make(nodes, [], [M.vi("y", [2, 8])], [M.init("w", r.normal(size=(8, 8)).astype(np.float32))])
+
+
+def test_bench_fixed_batch_and_no_inputs(capsys, tmp_path):
+    """bench crashed (StopIteration) on both; now it times the model's own batch, and runs a
+    model without inputs on an empty feed."""
+    fixed = M.save(M.conv_bn_relu(batch=2, c_mid=8), tmp_path / "fixed.onnx")
+    none = M.save(no_inputs(), tmp_path / "none.onnx")
+    code, out, err = run(capsys, ["bench", str(fixed), str(none), "--runs", "2", "--warmup", "0", "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert [e["throughput"] > 0 for e in report["entries"]] == [True, True]
+    assert any("fix the batch at 2" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"], ["cluster", "--bits", "4"],
+                                  ["factorize"], ["compare", "SELF"]])
+def test_no_inputs_written_unmeasured_or_one_line(capsys, tmp_path, argv):
+    src = M.save(no_inputs(), tmp_path / "m.onnx")
+    argv = [str(src) if a == "SELF" else a for a in argv]
+    out = [] if argv[0] == "compare" else ["-o", str(tmp_path / "o.onnx")]
+    code, stdout, err = run(capsys, [argv[0], str(src), *argv[1:], *out])
+    if argv[0] == "compare":  # comparing needs data: refused, one line
+        assert code == 2 and err.count("\n") == 1 and "no graph inputs" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    else:  # writing needs none: the output is written, and the report says why it was not measured
+        assert code == 0, err
+        assert "fidelity: not measured" in stdout and "no graph inputs" in stdout
+        assert (tmp_path / "o.onnx").stat().st_size <= src.stat().st_size
+
+
+# --- the size commands never write a larger file --------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"],
+                                  ["cluster", "--bits", "2", "--min-params", "1"],
+                                  ["compress", "--sparsity", "0.5", "--bits", "2"]])
+@pytest.mark.parametrize("with_data", [False, True])
+def test_size_commands_never_grow_the_file(capsys, tmp_path, argv, with_data):
+    """On weights too small for any encoding to pay (here 8x8), the correction's new bias and Add
+    made prune's output 1.27x the input; now the input is written unchanged, and the report says why."""
+    r = M.rng(14)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="r")]
+    model = M.make(nodes, [M.vi("x", ["N", 8])], [M.vi("y", ["N", 8])], [M.init("w", r.normal(size=(8, 8)).astype(np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    extra = ["--data", str(calib(tmp_path, (8,))[0])] if with_data else []
+    code, out, err = run(capsys, [argv[0], str(src), *argv[1:], *extra, "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert (tmp_path / "o.onnx").stat().st_size <= src.stat().st_size
+    if "kept as it was" in out:
+        assert onnx.load(str(tmp_path / "o.onnx")).graph == model.graph
+
+
+# --- structured pruning and low-rank factors on unusual layers -------------------------------------------
+
+def test_tucker_ranks_above_what_a_side_has():
+    """A [1, 3, 1, 2] kernel unfolds to rank 2 on its input side: asking for 3 crashed a reshape."""
+    from onnxcomp.algo.lowrank import Tucker2
+
+    w = M.rng(15).normal(size=(1, 3, 1, 2))
+    x = M.rng(16).normal(size=(50, 6))
+    for cov in (None, x.T @ x / 50):
+        factors = Tucker2(w, cov).factors((3, 1))
+        assert Tucker2.approx(factors).shape == w.shape
+
+
+def shared_across_roles() -> onnx.ModelProto:
+    """One [16, 16] weight read by a MatMul (channels on axis 1) and a Gemm with transB (axis 0)."""
+    r = M.rng(17)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Gemm", ["hr", "w", "b"], ["y"], name="g", transB=1)]
+    inits = [M.init("w", r.normal(0, 0.3, (16, 16)).astype(np.float32)), M.init("b", np.zeros(16, np.float32))]
+    return M.make(nodes, [M.vi("x", ["N", 16])], [M.vi("y", ["N", 16])], inits)
+
+
+def convtranspose_then_conv() -> onnx.ModelProto:
+    """Conv -> grouped ConvTranspose (6 output channels in 2 groups) -> Conv reading all 6."""
+    model = grouped_convtranspose(group=2)
+    r = M.rng(18)
+    g = model.graph
+    g.node[-1].output[0] = "t_relu"
+    g.node.append(helper.make_node("Conv", ["t_relu", "w_after"], ["y"], name="after", pads=[1] * 4))
+    g.initializer.append(M.init("w_after", r.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32)))
+    g.output[0].CopyFrom(M.vi("y", ["N", 4, 13, 13]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def nonfinite_activations() -> onnx.ModelProto:
+    """conv_bn_relu whose first conv has an Inf weight: the layers after it see Inf/NaN inputs."""
+    model = M.conv_bn_relu(c_mid=8)
+    t = next(t for t in model.graph.initializer if t.name == "w1")
+    a = numpy_helper.to_array(t).copy()
+    a[2, 0, 1, 1] = np.inf
+    t.CopyFrom(numpy_helper.from_array(a, "w1"))
+    return model
+
+
+@pytest.mark.parametrize("builder, shape", [(convtranspose_then_conv, (3, 6, 6)), (shared_across_roles, (16,)),
+                                            (nonfinite_activations, (3, 8, 8))])
+def test_structured_pruning_on_unusual_layers(capsys, tmp_path, builder, shape):
+    """Grouped ConvTranspose producers were given C_out/g channel ids for C_out channels, a weight
+    shared on two axes was sliced for one of them, and the refit solved on Inf statistics: crashes."""
+    model = builder()
+    src = M.save(model, tmp_path / "m.onnx")
+    data, x = calib(tmp_path, shape)
+    code, _, err = run(capsys, ["prune-channels", str(src), "--ratio", "0.5", "--round-to", "1", "--data", str(data),
+                                "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    ref, got = outputs(src, x)[0], outputs(tmp_path / "o.onnx", x)[0]
+    assert got.shape == ref.shape and np.isfinite(got[np.isfinite(ref)]).all()
+
+
+def test_float16_consumer_gets_a_float16_bias(capsys, tmp_path):
+    """Structured pruning's mean shift gave a bias-less float16 conv a float32 bias: onnxruntime
+    refused the output after all the work."""
+    from .test_hardening import to_fp16
+
+    src = M.save(to_fp16(M.conv_bn_relu(c_mid=8)), tmp_path / "m.onnx")
+    x = M.rng(19).normal(size=(8, 3, 8, 8)).astype(np.float16)
+    np.savez(tmp_path / "calib.npz", x=x)
+    code, _, err = run(capsys, ["prune-channels", str(src), "--ratio", "0.5", "--round-to", "1", "--no-refit",
+                                "--data", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+
+def test_inf_inside_the_input_becoming_nan_is_one_line(capsys, tmp_path):
+    """Inf activations (from an Inf weight the passes skip) times a pruned zero are NaN where the
+    input's Relu gave 0: refused on one line that names the weight, nothing written."""
+    r = M.rng(20)
+    w_inf = r.normal(size=(4, 16)).astype(np.float32)
+    w_inf[0, 3] = np.inf
+    nodes = [helper.make_node("MatMul", ["x", "w_inf"], ["h"], name="mm0"), helper.make_node("Relu", ["h"], ["hr"], name="r0"),
+             helper.make_node("MatMul", ["hr", "w2"], ["z"], name="mm1"), helper.make_node("Relu", ["z"], ["y"], name="r1")]
+    model = M.make(nodes, [M.vi("x", ["N", 4])], [M.vi("y", ["N", 16])],
+                   [M.init("w_inf", w_inf), M.init("w2", r.normal(size=(16, 16)).astype(np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "--encoding", "dense",
+                                "-o", str(tmp_path / "o.onnx")])
+    assert code == 2 and err.count("\n") == 1 and "NaN/Inf in w_inf" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
