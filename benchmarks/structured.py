@@ -42,12 +42,17 @@ CALIB, TEST = MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 EVALUATE = Path("/work/shared/corpus/evaluate.py")
 CORPUS_PY = Path("/tmp/corpus-venv/bin/python")
-CORPUS = {"effnet_lite0": dict(max_samples=128, shape=(1, 3, 224, 224)),
-          "ocr_det_ppocrv4": dict(max_samples=8, shape=(1, 3, 640, 640))}
+CORPUS = {"effnet_lite0": dict(max_samples=128, batch=8, shape=(1, 3, 224, 224)),
+          "ocr_det_ppocrv4": dict(max_samples=16, batch=2, shape=(1, 3, 640, 640))}
+
+
+EXTRA: dict = {}  # --importance / --allocation for the calibrated variants
 
 
 def prune(model, ratio: float, out: Path, **kw) -> dict:
     """Prune, save, and describe the result (the groups go in ``_groups``, dropped from the JSON)."""
+    if kw.get("data") is not None:
+        kw = {**EXTRA, **kw}
     t0 = time.time()
     c = oc.prune_channels(model, ratio, **kw)
     oc.save(c.model, out, force=True)
@@ -105,7 +110,8 @@ def corpus(key: str, ratios, quick: bool, cache: Path, tmp: Path) -> dict:
     base = corpus_score(key, path, cache)
     for ratio in ratios:
         out = tmp / f"{key}.{len(files)}.onnx"
-        row = prune(m, ratio, out, data=cache / key / "calib.npz", max_samples=spec["max_samples"], threads=2)
+        data = oc.load_data(cache / key / "calib.npz", m, num_samples=spec["max_samples"], batch_size=spec["batch"])
+        row = prune(m, ratio, out, data=data, threads=2)
         row.pop("_groups")
         row["score"] = {k: v for k, v in corpus_score(key, out, cache).items() if k not in ("model", "key")}
         rows.append(row)
@@ -167,7 +173,10 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=None, help="corpus cache (e.g. /tmp/corpus-cache)")
     ap.add_argument("--no-zoo", action="store_true", help="skip the light zoo models")
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results path")
+    ap.add_argument("--importance", default=None, help="channel choice of the calibrated variants (default: auto)")
+    ap.add_argument("--allocation", default=None, help="allocation of the calibrated variants (default: auto)")
     args = ap.parse_args()
+    EXTRA.update({k: v for k, v in (("importance", args.importance), ("allocation", args.allocation)) if v})
     results = {"digits": [], "corpus": [], "zoo": []}
     with tempfile.TemporaryDirectory(prefix="structured-bench-") as t:
         tmp = Path(t)
