@@ -80,7 +80,8 @@ def digits(name: str, ratios, quick: bool, tmp: Path, need: float = 2.0) -> dict
     path = MODELS / f"{name}.onnx"
     m = oc.load(path)
     rows, files = [], [path]
-    variants = [dict(data=CALIB, label="calib: activation + sensitivity + refit", ratio=r) for r in ratios]
+    label = f"calib: {EXTRA.get('importance', 'auto')} + {EXTRA.get('allocation', 'auto')} + refit"
+    variants = [dict(data=CALIB, label=label, ratio=r) for r in ratios]
     variants.append(dict(data=None, label="data-free: l1, uniform, no refit", ratio=0.5))
     for v in variants:
         out = tmp / f"{name}.{len(files)}.onnx"
