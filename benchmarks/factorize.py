@@ -160,22 +160,24 @@ def data_aware_table(corpus: Path | None, quick: bool, tmp: Path) -> list[dict]:
     return rows
 
 
-def curve(key: str, corpus: Path, ratios: list[float], tmp: Path) -> dict:
-    """Metric and interleaved latency (batch 1, 1 thread) of the auto rewrite at several ratios."""
+def curve(key: str, corpus: Path, ratios: list[float], tmp: Path,
+          allocations: tuple[str, ...] = ("uniform", "error")) -> dict:
+    """Metric and interleaved latency (batch 1, 1 thread) of the auto rewrite at several ratios,
+    with each rank allocation (uniform: the ratio per layer; error: one budget by error per MAC)."""
     path = corpus / key / "model.onnx"
     m = oc.load(path)
     with np.load(corpus / key / "calib.npz") as z:
         fit = {k: z[k][:48 if key == "effnet_lite0" else 8] for k in z.files}
     shapes = {"x": (1, 3, 640, 640)} if key == "ocr_det_ppocrv4" else None
     points, files = [{"ratio": 1.0, "metric": corpus_metric(key, path, corpus)}], [path]
-    for ratio in ratios:
+    for ratio, alloc in [(r, a) for r in ratios for a in allocations]:
         t0 = time.time()
-        c = oc.factorize(m, "auto", ratio=1 - ratio, data=fit)  # ratio here: MACs kept
-        out = tmp / f"{key}.{ratio}.onnx"
+        c = oc.factorize(m, "auto", ratio=1 - ratio, data=fit, allocation=alloc)  # ratio here: MACs kept
+        out = tmp / f"{key}.{ratio}.{alloc}.onnx"
         oc.save(c.model, out)
         files.append(out)
         done = c.results[0].applied
-        points.append({"ratio": ratio, "layers": len(done), "seconds": time.time() - t0,
+        points.append({"ratio": ratio, "allocation": alloc, "layers": len(done), "seconds": time.time() - t0,
                        "layer_macs_ratio": sum(x.macs_after or 0 for x in done) /
                        max(1, sum(x.macs_before or 0 for x in done)),
                        "metric": corpus_metric(key, out, corpus)})
@@ -216,10 +218,11 @@ def print_data_aware(rows: list[dict]) -> None:
 
 
 def print_curve(c: dict) -> None:
-    rows = [[p["ratio"], p.get("layers", "-"), _fmt(p.get("layer_macs_ratio")), headline(p["metric"]),
-             _fmt(p["latency_ratio"]), f"{p['p50_ms']:.2f}"] for p in c["points"]]
-    print(f"\n{c['model']}: speed/quality curve (method auto, data-aware; latency 1 thread, batch 1)")
-    print(table(["ratio", "layers", "layer MACs", "metric", "latency", "p50 ms"], rows))
+    rows = [[p["ratio"], p.get("allocation", "-"), p.get("layers", "-"), _fmt(p.get("layer_macs_ratio")),
+             headline(p["metric"]), _fmt(p["latency_ratio"]), f"{p['p50_ms']:.2f}"] for p in c["points"]]
+    print(f"\n{c['model']}: speed/quality curve (method auto, data-aware; latency 1 thread, batch 1; "
+          f"ratio: MACs kept)")
+    print(table(["ratio", "allocation", "layers", "layer MACs", "metric", "latency", "p50 ms"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print_data_aware(result["data_aware"])
         if corpus is not None and "curves" not in args.skip:
             ratios = {"effnet_lite0": [0.5] if args.quick else [0.9, 0.75, 0.6, 0.5],
-                      "ocr_det_ppocrv4": [0.5] if args.quick else [0.75, 0.5, 0.35, 0.25]}
+                      "ocr_det_ppocrv4": [0.5, 0.3] if args.quick else [0.75, 0.5, 0.35, 0.25]}
             for key in ("effnet_lite0", "ocr_det_ppocrv4"):
                 if (corpus / key / "model.onnx").exists():
                     result["curves"].append(curve(key, corpus, ratios[key], tmp))

@@ -228,12 +228,13 @@ def unpack(archive: str | os.PathLike, output: str | os.PathLike | None = None, 
 
 
 def sensitivity(model: ModelLike, data: Any, method: str = "prune", *, levels=None, samples: int = 32,
-                jobs: int = 1, min_params: int = 1024):
+                jobs: int = 1, min_params: int = 1024, progress: Any = None):
     """Each layer's output error with only that layer compressed, at each level (see onnxcomp.pipeline.sweep)."""
     from onnxcomp.pipeline.sweep import sweep
 
     m = as_model(model)
-    return sweep(m.proto, data, method, levels=levels, samples=samples, jobs=jobs, min_params=min_params)
+    return sweep(m.proto, data, method, levels=levels, samples=samples, jobs=jobs, min_params=min_params,
+                 progress=progress)
 
 
 def auto(model: ModelLike, data: Any, *, target_size: float | None = None, target_latency: float | None = None,

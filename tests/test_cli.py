@@ -56,3 +56,26 @@ def test_python_dash_m_runs_the_same_cli(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "missing.onnx" in proc.stderr
+
+
+def test_every_command_reading_data_can_be_quiet():
+    """Each command that runs calibration data (and so may run long) takes --quiet."""
+    from onnxcomp.cli.app import cli
+
+    reading = [n for n, cmd in cli.commands.items() if any(p.name == "data" for p in cmd.params)]
+    assert {"prune", "cluster", "quantize", "sensitivity", "auto"} <= set(reading)
+    assert [n for n in reading if not any(p.name == "quiet" for p in cli.commands[n].params)] == []
+
+
+def test_sensitivity_draws_a_bar_per_layer_and_quiet_silences_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    calib = str(M.MODELS / "digits_calib.npz")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    argv = ["sensitivity", str(M.MODELS / "resnet_digits.onnx"), "--data", calib, "--samples", "4", "--levels", "0.5"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "sensitivity" in captured.err and "layer" in captured.err
+    assert "sensitivity" in captured.out
+    assert main(argv + ["--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -122,7 +122,7 @@ def test_data_aware_beats_plain_svd_on_resnet():
     errors = {}
     for aware in (False, True):  # six 3x3 convs of the last stages, to keep the test fast
         c = oc.factorize(m, "spatial", ratio=0.7, data=oc.load_data(calib, m, num_samples=32), data_aware=aware,
-                         include=["*features.[678]*"])
+                         include=["*features.[678]*"], allocation="uniform", measure=False)
         assert len(c.results[0].applied) == 6
         assert c.results[0].settings["data_aware"] is aware
         errors[aware] = compare(m, c.model, test).outputs[0]["rel_l2"]

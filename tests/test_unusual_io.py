@@ -215,7 +215,7 @@ def _dead_pid() -> int:
 
 
 def test_sweep_removes_only_stale_onnxcomp_temp_entries(tmp_path):
-    from onnxcomp.io.writer import ABANDONED_AFTER_S, STALE_AFTER_S, sweep_stale, temp_prefix
+    from onnxcomp.io.temp import ABANDONED_AFTER_S, STALE_AFTER_S, sweep_stale, temp_prefix
 
     dead, now = _dead_pid(), time.time()
     old, ancient = now - STALE_AFTER_S - 60, now - ABANDONED_AFTER_S - 60
@@ -245,7 +245,7 @@ def test_sweep_removes_only_stale_onnxcomp_temp_entries(tmp_path):
 def test_sigkill_while_writing_leaves_nothing_the_next_run_keeps(capsys, tmp_path):
     """SIGKILL while the output is written leaves its hidden temp folder (nothing can run then);
     the next run writing into that folder removes it once it is stale."""
-    from onnxcomp.io import writer
+    from onnxcomp.io.temp import STALE_AFTER_S
 
     r = M.rng(25)
     nodes, inits, x = [], [], "x"
@@ -267,7 +267,7 @@ def test_sigkill_while_writing_leaves_nothing_the_next_run_keeps(capsys, tmp_pat
     proc.wait()
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".out.onnx.onnxcomp-")]
     assert len(left) == 1
-    stale = time.time() - writer.STALE_AFTER_S - 1
+    stale = time.time() - STALE_AFTER_S - 1
     os.utime(left[0], (stale, stale))
     code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--samples", "1", "-o", str(tmp_path / "o2.onnx")])
     assert code == 0, err

@@ -83,13 +83,18 @@ class SpatialSVD:
         self.u, self.spectrum, self.vt = svd(m)
         self.full = len(self.spectrum)
 
+    def vertical(self, rank: int) -> np.ndarray:
+        """The k×1 factor ``[R, C, kh]`` (its first rows are the factor of every lower rank)."""
+        o, c, kh, kw = self.shape
+        vert = self.u[:, :rank] * _root(self.spectrum, rank)[None, :]  # [(c, i), R]
+        if self.linv is not None:
+            vert = self.linv @ vert
+        return vert.T.reshape(rank, c, kh)
+
     def factors(self, rank: int) -> list[np.ndarray]:
         o, c, kh, kw = self.shape
         r = _root(self.spectrum, rank)
-        vert = self.u[:, :rank] * r[None, :]  # [(c, i), R]
-        if self.linv is not None:
-            vert = self.linv @ vert
-        v = vert.T.reshape(rank, c, kh, 1)
+        v = self.vertical(rank)[..., None]
         if self.cov is None:
             h = (r[:, None] * self.vt[:rank]).reshape(rank, o, kw).transpose(1, 0, 2)
         else:  # least-squares refit of the 1×k factor on the full patch covariance
@@ -125,6 +130,11 @@ class Tucker2:
             s0, self.u0 = np.sqrt(np.maximum(lam[order], 0.0)), self.u0[:, order]
         self.spectra = (s1, s0)  # input side (R1), output side (R2)
         self.full = (c, o)
+
+    def projections(self, r1: int, r2: int) -> tuple[np.ndarray, np.ndarray]:
+        """The input projection ``[R1, C]`` and output directions ``[O, R2]`` (before HOOI sweeps)."""
+        first = self.u1[:, :r1].T
+        return (first if self.lcinv is None else first @ self.lcinv), self.u0[:, :r2]
 
     def factors(self, ranks: tuple[int, int]) -> list[np.ndarray]:
         o, c, kh, kw = self.shape

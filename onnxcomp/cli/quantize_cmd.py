@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, settings_line, threads_option)
+                                 output_options, quiet_option, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, QuantizeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -38,6 +38,7 @@ def render_quantized(result: Any) -> str:
 @data_options
 @gate_options
 @output_options
+@quiet_option
 @json_option
 def quantize_cmd(model: str, as_json: bool, **kw: Any) -> None:
     """Quantize for onnxruntime's integer kernels: smaller in memory and faster while running.
@@ -54,5 +55,6 @@ def quantize_cmd(model: str, as_json: bool, **kw: Any) -> None:
 
     cfg, corr = take(QuantizeConfig, kw), take(CorrectionConfig, kw)
     w = Writing(model, kw, cfg.tag(), as_json)
-    result = api.quantize(w.original, config=cfg, data=w.data, correction=corr.correction, threads=w.threads)
+    result = api.quantize(w.original, config=cfg, data=w.data, correction=corr.correction, threads=w.threads,
+                          progress=w.progress)
     w.finish(result, render_quantized(result), command="quantize")

@@ -5,7 +5,7 @@ import click
 
 from typing import Any
 
-from onnxcomp.cli.common import json_option, load_data, load_model, model_argument
+from onnxcomp.cli.common import json_option, load_data, load_model, model_argument, quiet_option
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import DataConfig, SizedSelection
 from onnxcomp.report.tables import table
@@ -60,9 +60,10 @@ def plot(s, path: str) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the sensitivity curves as a PNG.")
 @config_options(DataConfig, defaults={"samples": 32})
+@quiet_option
 @json_option
 def sensitivity_cmd(model: str, method: str, levels: str | None, jobs: int, min_params: int,
-                    plot_path: str | None, as_json: bool, **kw: Any) -> None:
+                    plot_path: str | None, quiet: bool, as_json: bool, **kw: Any) -> None:
     """Measure each layer's sensitivity: output error vs compression level, one layer at a time.
 
     Needs real calibration data (--data); --samples of it are run per trial (default 32 here).
@@ -86,7 +87,13 @@ def sensitivity_cmd(model: str, method: str, levels: str | None, jobs: int, min_
         raise ConfigError("sensitivity needs real calibration data", "pass --data FILE.npz")
     m = load_model(model)
     data = load_data(m.proto, dcfg)
-    s = api.sensitivity(m, data, method, levels=parsed, samples=dcfg.samples, jobs=jobs, min_params=min_params)
+    from onnxcomp.cli.progress import progress_for
+
+    bars = progress_for(quiet)
+    s = api.sensitivity(m, data, method, levels=parsed, samples=dcfg.samples, jobs=jobs, min_params=min_params,
+                        progress=bars)
+    if bars is not None:
+        bars.close()
     if plot_path:
         plot(s, plot_path)
     click.echo(to_json(s) if as_json else render(s) + (f"\nwrote {plot_path}" if plot_path else ""))

@@ -10,6 +10,11 @@ from onnxcomp.config.prune import SizedSelection
 from onnxcomp.errors import ConfigError
 
 
+class FactorizeAllocation(enum.Enum):
+    ERROR = "error"
+    UNIFORM = "uniform"
+
+
 class FactorizeMethod(enum.Enum):
     AUTO = "auto"
     SPATIAL = "spatial"
@@ -33,8 +38,11 @@ class RewriteConfig(SizedSelection):
 
     data_aware: bool | None = option(None, "Minimise each layer's output error on the calibration data "
                                            "(default: on with real --data, never with random data).")
-    measure: bool = option(False, "Keep a rewrite only where onnxruntime (1 thread) runs that layer faster "
-                                  "(single-layer benchmark, original vs rewritten, interleaved).", flag=True)
+    measure: bool | None = option(None, "Keep a rewrite only where onnxruntime (1 thread) runs that layer faster "
+                                        "(single-layer benchmark, original vs rewritten, interleaved; cached per "
+                                        "layer geometry). Default: factorize with --ratio (not --rank, --energy "
+                                        "or --allow-growth) measures when every layer shape is known and it "
+                                        "takes under two minutes; depthwise does not.")
     allow_growth: bool = option(False, "Rewrite even where MACs do not drop.", flag=True)
 
     @property
@@ -46,9 +54,10 @@ class RewriteConfig(SizedSelection):
 class FactorizeConfig(RewriteConfig):
     """Low-rank rewrites of convs and Gemm/MatMul (spatial SVD, Tucker-2, SVD).
 
-    At most one of ``rank``, ``energy`` and ``ratio`` (the fraction of each layer's MACs removed;
-    params when shapes are unknown; default 0.5). Ranks are rounded up to a multiple of
-    ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
+    At most one of ``rank``, ``energy`` and ``ratio`` (the fraction of the layers' MACs removed;
+    params when shapes are unknown; default 0.5): with ``allocation="uniform"`` (the default) the
+    ratio in every layer; with ``"error"`` one budget over all layers, spent where the measured
+    output error per MAC saved is lowest. Ranks are rounded up to a multiple of ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
     error would exceed it. ``sequential`` (data-aware): fit each layer on the inputs the layers
     rewritten before it produce, toward the original outputs.
     """
@@ -56,8 +65,13 @@ class FactorizeConfig(RewriteConfig):
     method: str = option("auto", "spatial: kxk -> kx1 + 1xk; tucker2: 1x1 -> kxk core -> 1x1; svd: two factors "
                                  "(Gemm, MatMul, convs); auto: per layer the lowest error at the target.",
                          choices=FactorizeMethod)
-    ratio: float | None = option(None, "Fraction of each layer's MACs to remove (params when shapes are "
+    ratio: float | None = option(None, "Fraction of the layers' MACs to remove (params when shapes are "
                                        "unknown), e.g. 0.5 (the default).")
+    allocation: str = option("uniform", "uniform: --ratio in every layer; error: per-layer ranks where the "
+                                        "measured output error per MAC saved is lowest (one budget over all "
+                                        "layers; measured: faster at equal quality on some models, worse "
+                                        "on others, see docs/factorization.md).",
+                             choices=FactorizeAllocation)
     rank: int | None = option(None, "Explicit rank (tucker2: both ranks).")
     energy: float | None = option(None, "Smallest rank keeping this fraction of the squared singular values, "
                                         "e.g. 0.9.")
@@ -72,6 +86,7 @@ class FactorizeConfig(RewriteConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "method", choice("method", self.method, FactorizeMethod))
+        object.__setattr__(self, "allocation", choice("allocation", self.allocation, FactorizeAllocation))
         given = [n for n in ("rank", "energy", "ratio") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"{' and '.join(spell(n) for n in given)} were both given",
@@ -93,6 +108,11 @@ class FactorizeConfig(RewriteConfig):
         if self.rank is None and self.energy is None:
             return 1.0 - (DEFAULT_FACTORIZE_RATIO if self.ratio is None else self.ratio)
         return None
+
+    @property
+    def allocates(self) -> bool:
+        """Ranks come from the global budget (not --rank, --energy or --allocation uniform)."""
+        return self.target_ratio is not None and self.allocation == "error"
 
     def tag(self) -> str:
         if self.rank is not None:

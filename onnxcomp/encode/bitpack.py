@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 
 from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Names, const, node
-from onnxcomp.encode.codebook import _BestTable, first_as_int32, table_overhead
+from onnxcomp.encode.codebook import _BestTable, table_overhead
+from onnxcomp.encode.nibbles import first_as_int32
 
 GROUP = 8
 MAX_BITS = 7  # 8 x 7 = 56-bit words, exact in an int64 MatMul

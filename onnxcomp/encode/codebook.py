@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
+from onnxcomp.encode.nibbles import pack_nibbles, unpack_nibbles
 from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
 _CACHE: dict = {}
@@ -226,50 +227,6 @@ class Codebook8(_Codebook):
         base = super().size(flat)
         t = pick(flat, self.layout, self.bits)
         return None if base is None else base + (4 * t.layout.channels if t.kind == "channel" else 0)
-
-
-def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list,
-                   shape: tuple[int, ...] | None = None) -> str:
-    """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values (flat,
-    or in ``shape``: reshaped while still bytes)."""
-    col = const(fresh, f"{name}_col", np.array([-1, 1], np.int64), inits)
-    four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
-    sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
-    flat_shape = const(fresh, f"{name}_flatshape", np.array([-1], np.int64), inits)
-    p2, hi, lo, both, seq = (fresh(f"{name}_{s}") for s in ("p2", "hi", "lo", "nib2", "nibs"))
-    nodes += [node("Reshape", [packed, col], p2),
-              node("BitShift", [p2, four], hi, direction="RIGHT"),
-              node("Mod", [p2, sixteen], lo),
-              node("Concat", [hi, lo], both, axis=1),
-              node("Reshape", [both, flat_shape], seq)]
-    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
-
-
-def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list,
-                   shape: tuple[int, ...] | None = None) -> str:
-    """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32
-    (in ``shape`` when given)."""
-    if padded:
-        start = const(fresh, f"{name}_start", np.array([0], np.int64), inits)
-        end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
-        cut = fresh(f"{name}_cut")
-        nodes.append(node("Slice", [seq, start, end], cut))
-        seq = cut
-    if shape is not None:
-        target, shaped = const(fresh, f"{name}_ishape", np.array(shape, np.int64), inits), fresh(f"{name}_u8")
-        nodes.append(node("Reshape", [seq, target], shaped))
-        seq = shaped
-    out = fresh(f"{name}_idx")
-    nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
-    return out
-
-
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """Two 4-bit values per byte, the first in the high nibble (odd length padded with 0)."""
-    v = np.asarray(values, np.uint8).reshape(-1)
-    if v.size % 2:
-        v = np.concatenate([v, np.zeros(1, np.uint8)])
-    return (v[0::2] << 4) | v[1::2]
 
 
 class Codebook4(_Codebook):

@@ -16,7 +16,8 @@ import onnx
 
 from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to,
     zeros_like_flat)
-from onnxcomp.encode.codebook import pack_nibbles, unnamed, unpack_nibbles
+from onnxcomp.encode.codebook import unnamed
+from onnxcomp.encode.nibbles import pack_nibbles, unpack_nibbles
 from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
 I32 = onnx.TensorProto.INT32

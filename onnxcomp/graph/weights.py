@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -91,9 +92,9 @@ class Weight:
     def values(self) -> np.ndarray:
         """The weight as a numpy array (a copy for ConstantOfShape)."""
         if self.source == "constant_of_shape":
-            value = _constant_of_shape_value(self.holder)
+            value = constant_of_shape_value(self.holder)
             return np.full(self.shape, value, dtype=self.dtype)
-        tensor = self.holder if self.source == "initializer" else _constant_tensor(self.holder)
+        tensor = self.holder if self.source == "initializer" else constant_tensor(self.holder)
         return tensor_array(tensor).reshape(self.shape)  # read from disk when lazy (io.load(lazy=True))
 
 
@@ -117,112 +118,11 @@ class WeightReport:
         return len(self.weights)
 
 
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return attr.t
-    return None  # value_float(s)/value_int(s)/sparse_value: not weight-like
-
-
-def _constant_of_shape_value(node: onnx.NodeProto) -> float:
-    for attr in node.attribute:
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t).reshape(-1)[0]
-    return np.float32(0.0)
-
-
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-class _Constants:
-    """Where each constant tensor of a graph lives (without decoding any data)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.producers: dict[str, onnx.NodeProto] = {}
-        for node in graph.node:
-            for out in node.output:
-                self.producers[out] = node
-
-    def shape_values(self, name: str) -> tuple[int, ...] | None:
-        if name in self.initializers:
-            return tuple(int(v) for v in tensor_array(self.initializers[name]).reshape(-1))
-        node = self.producers.get(name)
-        if node is not None and node.op_type == "Constant":
-            t = _constant_tensor(node)
-            if t is not None:
-                return tuple(int(v) for v in numpy_helper.to_array(t).reshape(-1))
-        return None
-
-    def resolve(self, name: str) -> tuple[str, str, object, tuple[int, ...], int, tuple | None] | None:
-        """(tensor name, source, holder, stored shape, onnx dtype, view shape) of a constant.
-
-        Follows Identity, and Reshape with a constant target shape (``view shape`` is then the
-        shape the consumer sees; None when it sees the stored shape).
-        """
-        hit = self._resolve(name)
-        if hit is None or not self._reshape_chain:
-            return None if hit is None else (*hit, None)
-        view = hit[3]
-        for target in reversed(self._reshape_chain):
-            view = _reshaped(view, target)
-            if view is None:
-                return None
-        return (*hit, view)
-
-    def _resolve(self, name: str):
-        self._reshape_chain: list[tuple[int, ...]] = []
-        seen = 0
-        while seen < 16:
-            seen += 1
-            if name in self.initializers:
-                t = self.initializers[name]
-                return name, "initializer", t, tuple(t.dims), t.data_type
-            node = self.producers.get(name)
-            if node is None:
-                return None
-            if node.op_type == "Identity":
-                name = node.input[0]
-                continue
-            if node.op_type == "Reshape" and len(node.input) == 2:
-                target = self.shape_values(node.input[1])
-                if target is None:
-                    return None
-                self._reshape_chain.append(target)
-                name = node.input[0]
-                continue
-            if node.op_type == "Constant":
-                t = _constant_tensor(node)
-                if t is None:
-                    return None
-                return name, "constant", node, tuple(t.dims), t.data_type
-            if node.op_type == "ConstantOfShape":
-                shape = self.shape_values(node.input[0]) if node.input else ()
-                if shape is None:
-                    return None
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                dtype = value.data_type if value is not None else onnx.TensorProto.FLOAT
-                return name, "constant_of_shape", node, shape, dtype
-            return None
-        return None
-
-
-def _reshaped(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
-    """numpy-style Reshape semantics (0 copies the input dim, one -1 is inferred)."""
-    out = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(target)]
-    total = int(np.prod(shape, dtype=np.int64))
-    if out.count(-1) == 1:
-        rest = int(np.prod([d for d in out if d != -1], dtype=np.int64))
-        if rest == 0 or total % rest:
-            return None
-        out[out.index(-1)] = total // rest
-    if any(d < 0 for d in out) or int(np.prod(out, dtype=np.int64)) != total:
-        return None
-    return tuple(out)
 
 
 def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]]:
@@ -265,7 +165,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
     returned as weights. Non-float constants and constants of unknown shape are in ``skipped``.
     """
     graph = model.graph if isinstance(model, onnx.ModelProto) else model
-    consts = _Constants(graph)
+    consts = Constants(graph)
     found: dict[str, Weight] = {}
     folded = load_time_constants(graph)
     report = WeightReport(weights=[], load_time=folded)

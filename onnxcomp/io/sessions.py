@@ -14,7 +14,7 @@ import onnx
 from onnxcomp.errors import ConfigError, ModelLoadError
 from onnxcomp.io.model import Model
 from onnxcomp.io.ort import quiet_ort
-from onnxcomp.io.writer import temp_prefix
+from onnxcomp.io.temp import temp_prefix
 from onnxcomp.io.writer import write_model
 from onnxcomp.io.tensors import session_source, tensor_bytes
 

@@ -7,81 +7,19 @@ interrupt leaves nothing behind.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import onnx
 
 from onnxcomp.errors import ModelLoadError, ModelSaveError
-
 from onnxcomp.io.ort import compatible_ir, ort_load_error, verify_file
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.tensors import (_external_info, _fill, _header, _lost, _set_location,
                                  inline_copy, is_lazy, lazy_tensors, needs_external_data, stored_size)
+from onnxcomp.io.temp import sweep_once, temp_prefix
 
-
-TEMP_MARK = "onnxcomp"
-STALE_AFTER_S = 600  # a temp entry whose creating process is gone counts as stale after this
-ABANDONED_AFTER_S = 86400  # ... and after this whatever its pid (reused pids, other hosts)
-_TEMP_NAME = re.compile(r"\.onnxcomp-(\d+)-[A-Za-z0-9_]+$")
-_swept: set[Path] = set()
-
-
-def temp_prefix(base: str) -> str:
-    """The prefix of every temporary file or folder onnxcomp makes: ``<base>.onnxcomp-<pid>-``.
-
-    A run killed with SIGKILL cannot remove them; the mark and the pid let a later run tell its
-    own leftovers from anything else (see :func:`sweep_stale`)."""
-    return f"{base}.{TEMP_MARK}-{os.getpid()}-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def sweep_stale(folder: Path, now: float | None = None) -> list[Path]:
-    """Remove onnxcomp's temporary files and folders in ``folder`` that a killed run left: named
-    by :func:`temp_prefix`, by a process that is gone, untouched for STALE_AFTER_S (or for
-    ABANDONED_AFTER_S whatever the pid). Anything else is never touched. Returns what was removed."""
-    now = time.time() if now is None else now
-    removed = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except OSError:
-        return removed
-    for p in entries:
-        m = _TEMP_NAME.search(p.name)
-        if m is None or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            age = now - p.lstat().st_mtime
-        except OSError:
-            continue
-        if age < STALE_AFTER_S or (age < ABANDONED_AFTER_S and _alive(int(m.group(1)))):
-            continue
-        try:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
-    return removed
-
-
-def _sweep_once(folder: Path) -> None:
-    """Sweep the output folder and the system temp folder, once per process each."""
-    for f in (Path(folder).resolve(), Path(tempfile.gettempdir()).resolve()):
-        if f not in _swept:
-            _swept.add(f)
-            sweep_stale(f)
 
 
 def _goes_apart(tensor: onnx.TensorProto, threshold: int) -> bool:
@@ -224,7 +162,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     external = needs_external_data(model)
     if external and input_path is not None and not force:
         _refuse_input_data(folder / (path.name + ".data"), Path(input_path))
-    _sweep_once(folder)
+    sweep_once(folder)
     tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{path.name}"), dir=folder))
     try:
         tmp = tmp_dir / path.name
@@ -295,7 +233,7 @@ def atomic_file(path: str | os.PathLike, data: bytes, *, source: str | os.PathLi
     path = Path(path)
     check_output(path, source, force)
     folder = path.parent if str(path.parent) else Path(".")
-    _sweep_once(folder)
+    sweep_once(folder)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(f".{path.name}"), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:

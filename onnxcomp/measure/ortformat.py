@@ -57,7 +57,7 @@ def mobile_check(model: str | Path) -> dict[str, Any]:
     quiet = logging.getLogger("onnxcomp.mobile")
     quiet.setLevel(logging.CRITICAL)
     try:
-        from onnxcomp.io.writer import temp_prefix as io_temp_prefix
+        from onnxcomp.io.temp import temp_prefix as io_temp_prefix
 
         with tempfile.TemporaryDirectory(prefix=io_temp_prefix("onnxcomp-mobile")) as tmp, \
                 contextlib.redirect_stdout(_io.StringIO()):

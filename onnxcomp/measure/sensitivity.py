@@ -104,3 +104,21 @@ def measure_curves(model: onnx.ModelProto, weights: Sequence[Weight], levels: Se
         if progress:
             progress("sensitivity", i + 1, len(weights))
     return losses, {"samples": n, "trials": trials, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def layer_gains(model: onnx.ModelProto, perturbed: dict[str, np.ndarray], errors: dict[str, float],
+                data: Iterable[dict], *, samples: int, threads: int | None = None) -> tuple[dict[str, float], dict]:
+    """How much of a layer's own output error reaches the model outputs, per layer.
+
+    ``perturbed[name]``: the weight's values (stored layout) with a small approximation error whose
+    relative output error energy at the layer is ``errors[name]``; the gain is the model's relative
+    output error energy with that weight alone replaced, divided by ``errors[name]``. One probe
+    session (weights as inputs), one run per layer on the same ``samples`` samples.
+    """
+    weights = [w for w in find_weights(model) if w.name in perturbed]
+    batches = take_samples(data, samples, batch_unit(model))
+    t0 = time.perf_counter()
+    probe = Probe(model, weights, batches, threads=threads)
+    gains = {w.name: probe.loss({w.name: perturbed[w.name]}) / max(errors[w.name], 1e-12) for w in weights}
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    return gains, {"samples": n, "runs": len(weights) + 1, "seconds": round(time.perf_counter() - t0, 1)}

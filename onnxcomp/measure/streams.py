@@ -22,7 +22,7 @@ from onnx import helper
 
 from onnxcomp.graph.subgraph import subgraph_inputs
 from onnxcomp.io.sessions import session
-from onnxcomp.io.writer import temp_prefix
+from onnxcomp.io.temp import temp_prefix
 
 CAP_FRACTION = 0.25  # kept tensors above this fraction of free memory go to memory-mapped files
 

@@ -159,7 +159,7 @@ class DepthwisePass(Pass):
         dtype = helper.np_dtype_to_tensor_dtype(lay.weight.dtype)
         weight = np.asarray(lay.weight.values(), lay.weight.dtype)
         entry["latency_ratio"] = measure(node, weight, nodes, inits,
-                                         lay.in_shapes[0], dtype, default_opset(model), entry["macs_before"])
+                                         lay.in_shapes[0], dtype, default_opset(model))
         if entry["latency_ratio"] > MEASURE_MAX_RATIO:
             return None, (f"--measure: the rewritten layer takes {entry['latency_ratio']:.2f}x the original "
                           "time in onnxruntime (1 thread), not faster")

@@ -46,7 +46,7 @@ def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
 
 
 def layer_statistics(model: onnx.ModelProto, layers: list[Layer], ctx, notes: list[str], *,
-                     sequential: bool, record: dict | None = None) -> Iterator[tuple[Layer, list[LayerStats] | None, onnx.ModelProto]]:
+                     sequential: bool, record: dict | None = None, label: str = "factorize") -> Iterator[tuple[Layer, list[LayerStats] | None, onnx.ModelProto]]:
     """(layer, its input statistics per group or None, the model to rewrite it in) in graph order.
 
     One walk of the streaming engine. ``sequential``: the statistics come from a working copy in
@@ -66,7 +66,7 @@ def layer_statistics(model: onnx.ModelProto, layers: list[Layer], ctx, notes: li
         work.CopyFrom(model)
     items = [(lay, lay.nodes[0].output[0], 0 if first[lay.weight.name] is not None else None) for lay in layers]
     with Engine(work, model if sequential else None, ctx.data, threads=ctx.threads, progress=ctx.progress,
-                label="factorize", record=record) as eng:
+                label=label, record=record) as eng:
         for lay, site in eng.each(items):
             req = first[lay.weight.name]
             stats = None if site is None else accumulate(site.x(), site.x_ref(), req, samples=eng.samples,

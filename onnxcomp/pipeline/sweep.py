@@ -50,7 +50,8 @@ def _compress_values(method: str, w: Weight, values: np.ndarray, level) -> np.nd
     return masks.from_rows(res.centroids[np.arange(len(rows))[:, None], res.labels].astype(values.dtype), w)
 
 
-def _probe_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list) -> list:
+def _probe_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list,
+                 progress: Any = None) -> list:
     from onnxcomp.measure.sensitivity import Probe
 
     model = onnx.load_from_string(model_bytes)
@@ -61,10 +62,13 @@ def _probe_chunk(model_bytes: bytes, names: list[str], method: str, levels: list
         w = by_name[n]
         base = probe.values[n].reshape(w.shape)
         out.append([probe.loss({n: _compress_values(method, w, base, lv)}) for lv in levels])
+        if progress is not None:
+            progress("sensitivity", len(out), len(names))
     return out
 
 
-def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list) -> list:
+def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: list, batches: list,
+                   progress: Any = None) -> list:
     from onnxcomp.config import FactorizeConfig, StructuredPruneConfig
     from onnxcomp.io.sessions import session
     from onnxcomp.pipeline.run import run
@@ -77,7 +81,7 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
         row = []
         for lv in levels:
             if method == "factorize":
-                step = FactorizeConfig(ratio=float(lv), include=(n,))
+                step = FactorizeConfig(ratio=float(lv), include=(n,), measure=False)  # the error, not the speed gate
             else:
                 step = StructuredPruneConfig(ratio=float(lv), include=(n,), allocation="uniform")
             c = run(model, [step], correction=None, encoding="dense")
@@ -89,12 +93,15 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
                     errs.append(float((d * d).sum() / max((a.astype(np.float64) ** 2).sum(), 1e-30)))
             row.append(float(np.mean(errs)))
         out.append(row)
+        if progress is not None:
+            progress("sensitivity", len(out), len(names))
     return out
 
 
 def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=None, samples: int = 32,
-          jobs: int = 1, min_params: int = 1024) -> Sensitivity:
-    """Measure each layer's sensitivity to ``method`` alone (see module doc)."""
+          jobs: int = 1, min_params: int = 1024, progress: Any = None) -> Sensitivity:
+    """Measure each layer's sensitivity to ``method`` alone (see module doc). ``progress(label,
+    done, total)`` is called per layer in-process (``jobs=1``), per finished chunk of workers."""
     from joblib import Parallel, delayed
 
     from onnxcomp.passes.prune.prune import select
@@ -110,7 +117,15 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
               if len(c)]
     work = _probe_chunk if method in ("prune", "cluster") else _rewrite_chunk
     blob = io.serialize(model)  # lazy tensors read in: the workers get the whole model
-    parts = Parallel(n_jobs=jobs)(delayed(work)(blob, c, method, levels, batches) for c in chunks)
+    if jobs == 1:  # in-process: progress per layer
+        parts = [work(blob, names, method, levels, batches, progress)] if names else []
+    else:
+        parts = []
+        for part in Parallel(n_jobs=jobs, return_as="generator")(delayed(work)(blob, c, method, levels, batches)
+                                                                 for c in chunks):
+            parts.append(part)
+            if progress is not None:
+                progress("sensitivity", sum(len(p) for p in parts), len(names))
     losses = [row for part in parts for row in part]
     notes = [f"skipped {c.name}: {c.reason}" for c in skipped]
     return Sensitivity(method, levels, names, losses, n, notes)

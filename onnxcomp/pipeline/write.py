@@ -24,7 +24,8 @@ import onnx
 
 from onnxcomp import io
 from onnxcomp.errors import ConfigError
-from onnxcomp.measure.fidelity import FidelityReport, compare
+from onnxcomp.measure.fidelity import compare
+from onnxcomp.measure.fidelity_report import FidelityReport
 
 _METRIC_LABEL = {"top1_agreement": "top-1 agreement", "cosine": "cosine similarity"}
 

@@ -21,7 +21,8 @@ import onnx
 from onnxcomp.graph.channels.maps import apply_index_edit
 from onnxcomp.graph.channels.rules import Walker
 from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup, Producer, kept_mask
-from onnxcomp.graph.edit import ConstEval, NameScope, SliceEdits, clear_value_info, remove_dead
+from onnxcomp.graph.edit import ConstEval, NameScope, clear_value_info, remove_dead
+from onnxcomp.graph.slicing import SliceEdits
 from onnxcomp.graph.shapes import infer_shapes
 from onnxcomp.graph.weights import find_weights
 

@@ -10,7 +10,6 @@ final values and stores indices + table, bit-exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -20,13 +19,11 @@ from onnxcomp.config import ClusterConfig
 from onnxcomp.encode.tables import Layout
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
-from onnxcomp.measure.engine import Engine
-from onnxcomp.measure.stats import accumulate
 from onnxcomp.passes.cluster import seq as cluster_seq
 from onnxcomp.passes.cluster.costs import (budget_limit, candidates, granularity_of, grid_levels, is_pruned,
                                           option_bits, select)
-from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit, fit
-from onnxcomp.passes.prune.obs import request
+from onnxcomp.passes.cluster.fit import Fit, fit
+from onnxcomp.passes.cluster.layers import layer_stats, refit_codebooks, rescale_by_gptq
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
@@ -157,7 +154,7 @@ class ClusterPass(Pass):
             values = gptq_values(w, target, values, plan.hessians[w.name], f.granularity == "tensor", f.table)
             if REFIT and f.granularity == "channel":
                 k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else 1 << int(bits)
-                values = _refit(w, target, values, plan.hessians[w.name], k)
+                values = refit_codebooks(w, target, values, plan.hessians[w.name], k)
         return values, f
 
     def _measured(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan,
@@ -194,7 +191,7 @@ class ClusterPass(Pass):
                     costs[w.name][g, b] = option_bits(w, f, b, ctx.encoding, w.name in plan.pruned)
                     if b == at:
                         fits[w.name][g] = f
-            _rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
+            rescale_by_gptq(w, local[w.name], fits[w.name], plan.hessians.get(w.name))
 
         def compress(w: Weight, _values: np.ndarray, bits: float) -> np.ndarray:
             return self._values(w, int(bits), plan, ctx, fits[w.name][plan.granularity[w.name]])[0]
@@ -238,28 +235,6 @@ class ClusterPass(Pass):
         return result
 
 
-def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gptq: bool,
-                settings: dict) -> Iterator[tuple[str, list | None]]:
-    """(weight name, its input statistics or None) in graph order, from one walk of the streaming
-    engine: the work model's inputs, with cross moments to the model as it was before this pass
-    when it is small enough to keep a copy (output matching). Without ``gptq``: no statistics."""
-    if not gptq:
-        for name in _graph_order(model, [w.name for w in weights]):
-            yield name, None
-        return
-    reference = None
-    if cluster_seq.usable(model):
-        reference = onnx.ModelProto()
-        reference.CopyFrom(model)
-    requests = {w.name: request(w) for w in weights}
-    items = [(w.name, w.uses[0].node.output[0], 0 if requests[w.name] is not None else None) for w in weights]
-    with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster",
-                record=settings) as eng:
-        for name, site in eng.each(items):
-            yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
-                                                             samples=eng.samples, seed=ctx.seed)
-
-
 def _change(w: Weight, f: Fit, bits: float, cfg: ClusterConfig, weighted: bool) -> Change:
     k = cfg.clusters if cfg.clusters is not None and cfg.allocation == "uniform" else int(round(2 ** bits))
     index_bits = f.coded_bits / w.size if f.coded_bits is not None else 4 if k <= 16 else 8
@@ -269,25 +244,6 @@ def _change(w: Weight, f: Fit, bits: float, cfg: ClusterConfig, weighted: bool) 
                   detail={"shape": list(w.shape), "clusters": int(k), "granularity": f.granularity,
                           "bits": float(bits) if f.granularity == "grid" else float(np.log2(k)),  # grid: the level
                           "sqnr_db": round(float(sqnr), 2), "weighted": weighted})
-
-
-def _refit(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:
-    """``values`` with each channel's codebook refitted to ``target`` on the layer's Hessian."""
-    from onnxcomp.passes.cluster.refit import refit_channels
-    from onnxcomp.passes.prune.obs import _rows, _unrows
-
-    grid = w.dtype == np.float32 and k <= GRID_MAX_K  # the table format cluster_fit.fit chose
-    rows = refit_channels(_rows(w, target), _rows(w, values), [g.cov for g in groups], grid=grid)
-    return _unrows(w, rows).astype(w.dtype)
-
-
-def _graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
-    """``names`` ordered by their first consumer in the graph."""
-    first: dict[str, int] = {}
-    for i, node in enumerate(model.graph.node):
-        for x in node.input:
-            first.setdefault(x, i)
-    return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
 
 
 def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str, Fit]) -> None:
@@ -302,33 +258,6 @@ def _take(plan: ClusterPlan, chosen: dict[str, tuple[str, int]], fits: dict[str,
     if "grid" in switched:
         plan.notes.append(f"{switched.count('grid')} layer(s) take a uniform grid in the variable-length code "
                           f"(fewer stored bits than a codebook for their error)")
-
-
-def _rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit],
-                     groups: list | None) -> None:
-    """Put the granularities of ``w`` on one footing: GPTQ recovers more of a coarse codebook's
-    error (a shared codebook: 4-8x on short rows, per-channel ones 2x), so each granularity's
-    curve is scaled by its GPTQ gain at the measured width (output error on the layer Hessian)."""
-    if len(fits) < 2 or not groups:
-        return
-    from onnxcomp.passes.cluster.refit import row_error
-    from onnxcomp.passes.prune.obs import _rows, gptq_values
-
-    h = [np.asarray(g.cov, np.float64) for g in groups]
-    ref = np.split(_rows(w, w.values()).astype(np.float64), len(h))
-
-    def out_err(values: np.ndarray) -> float:
-        rows = np.split(_rows(w, values), len(h))
-        return float(sum(row_error(v, t, m).sum() for v, t, m in zip(rows, ref, h)))
-
-    gain = {}
-    for g, f in fits.items():
-        near = out_err(f.values.reshape(w.shape))
-        gain[g] = out_err(gptq_values(w, w.values(), f.values.reshape(w.shape), groups, False, f.table)) / near \
-            if near > 0 else 1.0
-    first = next(iter(fits))
-    for g, b in local:
-        local[g, b] *= gain[g] / gain[first]
 
 
 def _note_spread(plan: ClusterPlan, weights: list[Weight], kind: str) -> None:

@@ -1,18 +1,18 @@
 """``factorize``: replace convs and Gemm/MatMul weights by low-rank factor pairs/triples.
 
-- spatial: k×k conv -> k×1 conv (C->R; vertical stride/pad/dilation) then 1×k conv (R->O;
-  horizontal stride/pad/dilation; bias), nodes ``<name>_v``, ``<name>_h``;
-- tucker2: 1×1 (C->R1) -> k×k core (R1->R2, original stride/pad/dilation) -> 1×1 (R2->O; bias),
-  nodes ``<name>_in``, ``<name>_core``, ``<name>_out``;
-- svd: Gemm -> two Gemms (transA on the first; alpha, beta and C on the second), MatMul -> two
-  MatMuls, conv -> conv to R channels (original geometry) then 1×1 (bias), nodes ``<name>_a``,
-  ``<name>_b``.
+The rewrites (spatial, tucker2, svd) and their nodes: :mod:`.nodes`. Grouped convs are factorized
+per group; depthwise convs are skipped. The last new node writes the original output tensor.
 
-Grouped convs are factorized per group (every new conv keeps ``group``); depthwise convs are
-skipped. The last new node writes the original output tensor. A layer is rewritten only where
-its MACs drop (params when shapes are unknown), and with ``measure`` only where onnxruntime runs
-the rewritten layer faster. With real calibration data the factors minimise the layer's output
-error (see :mod:`onnxcomp.algo.lowrank`); ranks and the auto rule: :mod:`.plan`.
+Ranks: ``--ratio`` (the default, ``--allocation uniform``), ``--rank`` and ``--energy`` choose per
+layer (:mod:`.plan`); ``--allocation error``: one budget over all layers (:mod:`.allocate`): the
+MACs removed go where the output error per MAC saved is lowest, read from each layer's whitened
+spectra measured in one engine walk over the original model and each layer's measured gain to
+the model outputs. With ``measure`` (the default with ``--ratio`` when cheap) the chosen rewrite
+is measured in a 1-thread micro-benchmark and a layer that is not faster is left alone, with its
+measured ratio in the report (with ``--allocation error`` only ranks predicted faster are
+offered to the budget). Then the chosen layers are fit with real data in a second walk: each on the inputs
+the layers rewritten before it produce, toward the original's outputs (``--no-sequential``: on
+the original inputs); the factors minimise that output error (:mod:`onnxcomp.algo.lowrank`).
 """
 from __future__ import annotations
 
@@ -20,19 +20,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from onnxcomp.errors import ConfigError
-from onnxcomp.io import default_opset
 from onnxcomp.algo.linalg import blas_threads
+from onnxcomp.io import default_opset
+from onnxcomp.measure.microbench import MEASURE_MAX_RATIO
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
-from onnxcomp.passes.layerstats import layer_statistics
+from onnxcomp.measure.sensitivity import layer_gains
+from onnxcomp.passes.factorize.allocate import floor_gains, layer_options, probe_weight, spend, summary
+from onnxcomp.passes.factorize.nodes import build_nodes, factor_tensors, node_names
 from onnxcomp.passes.factorize.plan import Candidate, applicable, candidates_for, cost, evaluate, pick
-from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
-from onnxcomp.passes.rewrite import GraphEditor, Layer, attr, collect_layers
+from onnxcomp.passes.factorize.speed import Speed, measure_by_default
+from onnxcomp.passes.layerstats import layer_statistics
+from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
 
 ROLES = ("conv", "gemm_b", "matmul_b")
-SUFFIXES = {"spatial": ("_v", "_h"), "tucker2": ("_in", "_core", "_out"), "svd": ("_a", "_b")}
+PROBE_SAMPLE_PASSES = 2  # the sensitivity probe runs about this many calibration passes (one run per layer)
+PROBE_MAX_SAMPLES = 8  # samples per probe run at most
 
 
 @dataclass
@@ -44,6 +48,9 @@ class LayerPlan:
     params_before: int = 0
     latency_ratio: float | None = None
     data_aware: bool = False
+    methods: list[str] = field(default_factory=list)  # the methods that apply
+    choice: tuple | None = None  # (method, ranks) chosen before fitting (allocation)
+    gain: float | None = None  # measured: model-output error per unit of this layer's relative error
 
 
 @dataclass
@@ -52,7 +59,8 @@ class FactorizePlan:
     skipped: list = field(default_factory=list)
     data_aware: bool = False
     notes: list[str] = field(default_factory=list)
-    measured: dict = field(default_factory=dict)  # the engine's counts
+    measured: dict = field(default_factory=dict)  # the engine's counts, the allocation
+    measure: bool = False
 
 
 class FactorizePass(Pass):
@@ -71,73 +79,148 @@ class FactorizePass(Pass):
             raise ConfigError("data-aware factorization needs real calibration data",
                               "pass --data with real samples (or drop --data-aware)")
         layers, skipped = collect_layers(model, cfg, ctx, ROLES)
-        out = FactorizePlan([], skipped, data_aware)
-        if not data_aware or not layers:
-            out.layers = [self._plan_layer(model, lay, None) for lay in layers]
-            return out
+        out = FactorizePlan([self._start(lay, data_aware) for lay in layers], skipped, data_aware)
+        todo = [lp for lp in out.layers if lp.reason is None]
+        out.measure = cfg.measure
+        if cfg.measure is None:  # explicit ranks (--rank, --energy) and --allow-growth are not gated
+            out.measure, why = False, ""
+            if cfg.target_ratio is not None and not cfg.allow_growth:
+                out.measure, why = measure_by_default([lp.layer for lp in todo], 3 if cfg.method == "auto" else 1)
+            if why:
+                out.notes.append(why)
+        speed = Speed(model) if out.measure else None
+        if cfg.allocates:
+            self._allocate(model, todo, ctx, out, speed)
+            todo = [lp for lp in todo if lp.choice is not None]
+        if data_aware and todo:
+            self._fit_walk(model, todo, ctx, out, speed)
+        else:
+            for lp in todo:
+                self._fit(lp, None, speed)
+        if speed is not None:
+            out.measured["micro_benchmarks"] = speed.measured
+        return out
+
+    def _start(self, lay: Layer, data_aware: bool) -> LayerPlan:
+        macs, params = cost(lay, None)
+        lp = LayerPlan(lay, macs_before=macs, params_before=params, data_aware=data_aware)
+        methods = candidates_for(lay, self.config.method)
+        reasons = [applicable(lay, m) for m in methods]
+        lp.methods = [m for m, r in zip(methods, reasons) if r is None]
+        if not lp.methods:
+            lp.reason = reasons[0]
+        return lp
+
+    def _allocate(self, model: onnx.ModelProto, todo: list[LayerPlan], ctx: Context, out: FactorizePlan,
+                  speed: Speed | None) -> None:
+        """Options per layer (from statistics on the original model), each layer's measured gain to
+        the model outputs, then one budget over them."""
+        cfg = self.config
+        unit = 0 if all(lp.macs_before is not None for lp in todo) else 1
+        before = {lp.layer.weight.name: cost(lp.layer, None)[unit] for lp in todo}
+        options, probes = {}, {}
+        if out.data_aware:
+            walk = layer_statistics(model, [lp.layer for lp in todo], ctx, out.notes, sequential=False,
+                                    record=out.measured, label="factorize: error curves")
+            for lay, st, _ in walk:
+                name = lay.weight.name
+                options[name] = layer_options(lay, next(p.methods for p in todo if p.layer is lay), st,
+                                              cfg.round_to, unit)
+                probe = probe_weight(lay, st)
+                if probe is not None:
+                    probes[name] = probe
+        for lp in todo:
+            name = lp.layer.weight.name
+            if name not in options:
+                options[name] = layer_options(lp.layer, lp.methods, None, cfg.round_to, unit)
+            if cfg.max_error is not None:
+                options[name] = [o for o in options[name] if o.error <= cfg.max_error ** 2]
+            if speed is not None:
+                options[name] = _fast_options(speed, lp, options[name])
+        gains = None
+        if out.data_aware and probes:
+            pool = [n for n in options if options[n] and n in probes]
+            seen = out.measured["engine"][-1]["samples"]
+            samples = int(np.clip(PROBE_SAMPLE_PASSES * seen // max(1, len(pool)), 1, PROBE_MAX_SAMPLES))
+            measured, info = layer_gains(model, {n: probes[n][0] for n in pool}, {n: probes[n][1] for n in pool},
+                                         ctx.data, samples=samples, threads=ctx.threads)
+            gains = floor_gains(measured, list(options))
+            out.measured["sensitivity_probe"] = info
+            for lp in todo:
+                lp.gain = gains.get(lp.layer.weight.name)
+        choice = spend(options, before, 1.0 - cfg.target_ratio, gains)
+        for lp in todo:
+            pick_ = choice[lp.layer.weight.name]
+            if pick_ is not None:
+                lp.choice = (pick_.method, pick_.ranks)
+                continue
+            if not options[lp.layer.weight.name]:
+                lp.reason = lp.reason or ("no rank lowers the cost" if speed is None else
+                                          "not faster at any rank that lowers the MACs (micro-benchmark, 1 thread)")
+            else:
+                lp.reason = "kept: its error per MAC saved is higher than the budget needs"
+        b, a, err = summary(choice, before, gains)
+        out.measured["budget"] = (f"{'MACs' if unit == 0 else 'params'} {b} -> {a} over "
+                                  f"{sum(v is not None for v in choice.values())} layers, predicted output "
+                                  f"error energy {err:.4f}")
+
+    def _fit_walk(self, model: onnx.ModelProto, todo: list[LayerPlan], ctx: Context, out: FactorizePlan,
+                  speed: Speed | None) -> None:
+        cfg = self.config
+        by_name = {lp.layer.weight.name: lp for lp in todo}
         editor = None
-        for lay, stats, work in layer_statistics(model, layers, ctx, out.notes, sequential=cfg.sequential,
-                                                  record=out.measured):
-            lp = self._plan_layer(model, lay, stats)
-            out.layers.append(lp)
+        for lay, stats, work in layer_statistics(model, [lp.layer for lp in todo], ctx, out.notes,
+                                                 sequential=cfg.sequential, record=out.measured,
+                                                 label="factorize: fit"):
+            lp = by_name[lay.weight.name]
+            self._fit(lp, stats, speed)
             if cfg.sequential and lp.candidate is not None:  # later layers see the rewrites so far
                 editor = editor or GraphEditor(work)
                 rewrite(work, lp, editor, drop=False)
         if cfg.sequential:
             out.notes.append("sequential fitting: each layer is fit on the inputs the rewritten layers before it "
                              "produce, toward the original outputs")
-        return out
 
-    def _plan_layer(self, model: onnx.ModelProto, lay: Layer, covs) -> LayerPlan:
-        cfg = self.config
-        macs, params = cost(lay, None)
-        lp = LayerPlan(lay, macs_before=macs, params_before=params, data_aware=covs is not None)
-        methods = candidates_for(lay, cfg.method)
-        reasons = [applicable(lay, m) for m in methods]
-        usable = [m for m, r in zip(methods, reasons) if r is None]
-        if not usable:
-            lp.reason = reasons[0]
-            return lp
-        cands = [evaluate(m, lay, covs, cfg) for m in usable]
-        unit = "MACs" if macs is not None else "params"
-        base = macs if macs is not None else params
-        dropping = [c for c in cands if (c.macs if macs is not None else c.params) < base]
-        best = pick(dropping or cands, cfg)
-        after = best.macs if macs is not None else best.params
-        if not dropping and not cfg.allow_growth:
-            lp.reason = (f"{unit} would not drop ({base} -> {after} with {best.method} at rank "
-                         f"{'/'.join(map(str, best.ranks))})")
-            return lp
-        if cfg.max_error is not None and best.error > cfg.max_error:
-            kind = "output" if best.out_error is not None else "weight"
-            lp.reason = (f"relative {kind} error {best.error:.3f} with {best.method} at rank "
-                         f"{'/'.join(map(str, best.ranks))} exceeds --max-error {cfg.max_error:g}")
-            return lp
+    def _fit(self, lp: LayerPlan, stats, speed: Speed | None) -> None:
+        """The layer's candidate: at the allocated ranks, or chosen per layer; then the speed gate."""
+        cfg, lay = self.config, lp.layer
+        if lp.choice is not None:
+            method, ranks = lp.choice
+            best = evaluate(method, lay, stats, cfg, ranks)
+        else:
+            cands = [evaluate(m, lay, stats, cfg) for m in lp.methods]
+            unit = 0 if lp.macs_before is not None else 1
+            base = cost(lay, None)[unit]
+            dropping = [c for c in cands if (c.macs, c.params)[unit] < base]
+            best = pick(dropping or cands, cfg)
+            after = (best.macs, best.params)[unit]
+            if not dropping and not cfg.allow_growth:
+                lp.reason = (f"{('MACs', 'params')[unit]} would not drop ({base} -> {after} with {best.method} at "
+                             f"rank {'/'.join(map(str, best.ranks))})")
+                return
+            if cfg.max_error is not None and best.error > cfg.max_error:
+                kind = "output" if best.out_error is not None else "weight"
+                lp.reason = (f"relative {kind} error {best.error:.3f} with {best.method} at rank "
+                             f"{'/'.join(map(str, best.ranks))} exceeds --max-error {cfg.max_error:g}")
+                return
         lp.candidate = best
-        if cfg.measure:
-            self._measure(model, lp)
-        return lp
+        if speed is not None:
+            self._gate(lp, speed)
 
-    def _measure(self, model: onnx.ModelProto, lp: LayerPlan) -> None:
+    def _gate(self, lp: LayerPlan, speed: Speed) -> None:
         lay, cand = lp.layer, lp.candidate
         if not lay.shapes_known:
             lp.candidate, lp.reason = None, "--measure: input shape unknown, cannot benchmark the layer"
             return
-        node = micro_node(lay.nodes[0])
-        scope = LocalNames()
-        names, inits = factor_tensors(lay, cand, scope, default_opset(model))
-        nodes = build_nodes(lay, cand, node, names, scope)
-        dtype = helper.np_dtype_to_tensor_dtype(lay.weight.dtype)
-        lp.latency_ratio = measure(node, np.asarray(lay.weight.values(), lay.weight.dtype), nodes, inits,
-                                   lay.in_shapes[0], dtype, default_opset(model), lp.macs_before)
+        lp.latency_ratio = speed.ratio(lay, cand.method, cand.ranks)
         if lp.latency_ratio > MEASURE_MAX_RATIO:
             lp.candidate = None
-            lp.reason = (f"--measure: the rewritten layer takes {lp.latency_ratio:.2f}x the original time "
-                         f"in onnxruntime (1 thread), not faster")
+            lp.reason = (f"not faster: the rewritten layer ({cand.method} r{'/'.join(map(str, cand.ranks))}) "
+                         f"takes {lp.latency_ratio:.2f}x the original time in onnxruntime (1 thread)")
 
     def apply(self, model: onnx.ModelProto, plan: FactorizePlan, ctx: Context) -> PassResult:
         result = PassResult(self.name, settings={**_settings(self.config, plan), **plan.measured})
-        result.notes += plan.notes
+        result.notes += list(dict.fromkeys(plan.notes))
         editor = GraphEditor(model)
         for w, why in plan.skipped:
             result.changes.append(skip(w, why))
@@ -173,70 +256,6 @@ def rewrite(model: onnx.ModelProto, lp: LayerPlan, editor: GraphEditor, drop: bo
     return new_names
 
 
-def factor_tensors(lay: Layer, cand: Candidate, scope, opset: int) -> tuple[list[str], list[onnx.TensorProto]]:
-    """Initializers for the factors (groups concatenated), in the weight's dtype. Before opset 11
-    Gemm's C is required: the first Gemm of a pair then reads a zero C (the last name)."""
-    dtype = lay.weight.dtype
-    arrays = [np.concatenate([f[k] for f in cand.factors], axis=0) for k in range(len(cand.factors[0]))]
-    if lay.kind == "conv" and cand.method == "svd":  # second factor [O, R] -> a 1x1 kernel
-        arrays[1] = arrays[1][:, :, None, None]
-    elif lay.kind != "conv":  # MatrixSVD: first [R, K], second [O, R] -> stored as the node expects
-        first, second = arrays
-        trans_b = lay.kind == "gemm" and bool(attr(lay.nodes[0], "transB", 0))
-        arrays = [first, second] if trans_b else [first.T, second.T]
-    names, inits = [], []
-    for arr, suffix in zip(arrays, SUFFIXES[cand.method]):
-        name = scope(lay.weight.name + suffix)
-        names.append(name)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=dtype), name))
-    if lay.kind == "gemm" and opset < 11:
-        names.append(scope(lay.weight.name + "_zero"))
-        inits.append(numpy_helper.from_array(np.zeros(1, dtype), names[-1]))
-    return names, inits
-
-
-def node_names(node: onnx.NodeProto, method: str, scope) -> list[str]:
-    """``<name>_v``, ``<name>_h``, ... (reserved before the initializers take names)."""
-    return [scope((node.name or node.output[0]) + s) for s in SUFFIXES[method]]
-
-
-def build_nodes(lay: Layer, cand: Candidate, node: onnx.NodeProto, names: list[str], scope,
-                own: list[str] | None = None) -> list:
-    """The new nodes replacing one use ``node``; the last writes ``node.output[0]``."""
-    suffixes = SUFFIXES[cand.method]
-    own = own or node_names(node, cand.method, scope)
-    mids = [scope(node.output[0] + s) for s in suffixes[:-1]] + [node.output[0]]
-    ins = [node.input[0]] + mids[:-1]
-    bias = list(node.input[2:3]) if len(node.input) > 2 and node.input[2] else []
-    zero = names[len(suffixes):]  # a zero C for Gemms before opset 11 (see factor_tensors)
-    out = []
-    for k, (src, dst, w, name) in enumerate(zip(ins, mids, names, own)):
-        last = k == len(suffixes) - 1
-        inputs = [src, w] + (bias if last else zero)
-        if lay.kind == "conv":
-            out.append(helper.make_node("Conv", inputs, [dst], name=name, group=lay.group,
-                                        **_conv_geometry(lay, cand.method, k, last)))
-        elif lay.kind == "gemm":
-            kw = {"transB": int(attr(node, "transB", 0))}
-            if k == 0:
-                kw["transA"] = int(attr(node, "transA", 0))
-            else:
-                kw.update(alpha=float(attr(node, "alpha", 1.0)), beta=float(attr(node, "beta", 1.0)))
-            out.append(helper.make_node("Gemm", inputs, [dst], name=name, **kw))
-        else:
-            out.append(helper.make_node("MatMul", inputs, [dst], name=name))
-    return out
-
-
-def _conv_geometry(lay: Layer, method: str, k: int, last: bool) -> dict:
-    geom = lay.geom
-    if method == "spatial":
-        return geom.conv_attrs("vertical" if k == 0 else "horizontal")
-    if (method == "tucker2" and k == 1) or (method == "svd" and k == 0):
-        return geom.conv_attrs()
-    return {"kernel_shape": [1, 1]}
-
-
 def _change(lp: LayerPlan, new_names: list[str]) -> Change:
     lay, cand = lp.layer, lp.candidate
     w = lay.weight
@@ -251,8 +270,23 @@ def _change(lp: LayerPlan, new_names: list[str]) -> Change:
 
 def _settings(cfg, plan: FactorizePlan) -> dict:
     removed = None if cfg.target_ratio is None else round(1.0 - cfg.target_ratio, 6)
+    rule = ("rank" if cfg.rank else "energy" if cfg.energy else
+            f"{removed:g} of the MACs removed, " + ("where the error per MAC is lowest" if cfg.allocates
+                                                    else "in every layer"))
     return {"method": cfg.method, "rank": cfg.rank, "energy": cfg.energy, "ratio": removed,
-            "round_to": cfg.round_to, "data_aware": plan.data_aware, "measure": cfg.measure,
+            "allocation": cfg.allocation if cfg.target_ratio is not None else None,
+            "round_to": cfg.round_to, "data_aware": plan.data_aware, "measure": plan.measure,
             "max_error": cfg.max_error, "sequential": cfg.sequential if plan.data_aware else None,
-            "rank_rule": "rank" if cfg.rank else "energy" if cfg.energy else f"ratio {removed:g} of the MACs removed",
-            "measure_max_ratio": MEASURE_MAX_RATIO if cfg.measure else None}
+            "rank_rule": rule, "measure_max_ratio": MEASURE_MAX_RATIO if plan.measure else None}
+
+
+def _fast_options(speed: Speed, lp: LayerPlan, opts: list) -> list:
+    """The options the micro-benchmark predicts faster (per method, see :meth:`Speed.fastest_ranks`)."""
+    if not lp.layer.shapes_known:
+        return []
+    out = []
+    for method in dict.fromkeys(o.method for o in opts):
+        mine = sorted((o for o in opts if o.method == method), key=lambda o: o.ranks)
+        out += mine[:speed.fastest_ranks(lp.layer, method, [o.ranks for o in mine])]
+    return out
+

@@ -168,13 +168,13 @@ def choose_ranks(method: str, layer: Layer, makers: list, config) -> tuple[int, 
     return (round_rank(r, step, full),)
 
 
-def evaluate(method: str, layer: Layer, stats: list | None, config) -> Candidate:
-    """Factorize ``layer`` with ``method`` at the configured rank; cost and error included.
+def evaluate(method: str, layer: Layer, stats: list | None, config, ranks: tuple[int, ...] | None = None) -> Candidate:
+    """Factorize ``layer`` with ``method`` at ``ranks`` (default: the configured rank); cost and error.
 
-    ``stats``: one :class:`onnxcomp.measure.patchstats.LayerStats` per group (None: data-free).
+    ``stats``: one :class:`onnxcomp.measure.stats.LayerStats` per group (None: data-free).
     """
     makers = _makers(method, layer, stats, config.hooi_iters)
-    ranks = choose_ranks(method, layer, makers, config)
+    ranks = tuple(ranks) if ranks is not None else choose_ranks(method, layer, makers, config)
     arg = ranks if method == "tucker2" else ranks[0]
     factors = [m.factors(arg) for m in makers]
     approx = np.concatenate([m.approx(f) for m, f in zip(makers, factors)], axis=0)

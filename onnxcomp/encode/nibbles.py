@@ -1,0 +1,52 @@
+"""Index streams as onnxruntime decodes them: two 4-bit indices per byte unpacked by Bit ops, and
+the first bytes of a stream read as int32."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxcomp.encode.base import Names, const, node
+
+
+def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, nodes: list,
+                   shape: tuple[int, ...] | None = None) -> str:
+    """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values (flat,
+    or in ``shape``: reshaped while still bytes)."""
+    col = const(fresh, f"{name}_col", np.array([-1, 1], np.int64), inits)
+    four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
+    sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
+    flat_shape = const(fresh, f"{name}_flatshape", np.array([-1], np.int64), inits)
+    p2, hi, lo, both, seq = (fresh(f"{name}_{s}") for s in ("p2", "hi", "lo", "nib2", "nibs"))
+    nodes += [node("Reshape", [packed, col], p2),
+              node("BitShift", [p2, four], hi, direction="RIGHT"),
+              node("Mod", [p2, sixteen], lo),
+              node("Concat", [hi, lo], both, axis=1),
+              node("Reshape", [both, flat_shape], seq)]
+    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
+
+
+def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list,
+                   shape: tuple[int, ...] | None = None) -> str:
+    """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32
+    (in ``shape`` when given)."""
+    if padded:
+        start = const(fresh, f"{name}_start", np.array([0], np.int64), inits)
+        end = const(fresh, f"{name}_end", np.array([n], np.int64), inits)
+        cut = fresh(f"{name}_cut")
+        nodes.append(node("Slice", [seq, start, end], cut))
+        seq = cut
+    if shape is not None:
+        target, shaped = const(fresh, f"{name}_ishape", np.array(shape, np.int64), inits), fresh(f"{name}_u8")
+        nodes.append(node("Reshape", [seq, target], shaped))
+        seq = shaped
+    out = fresh(f"{name}_idx")
+    nodes.append(node("Cast", [seq], out, to=onnx.TensorProto.INT32))
+    return out
+
+
+def pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, the first in the high nibble (odd length padded with 0)."""
+    v = np.asarray(values, np.uint8).reshape(-1)
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return (v[0::2] << 4) | v[1::2]

@@ -1,0 +1,84 @@
+"""Per-layer work of the cluster pass: input statistics from one engine walk, codebook refits on the
+layer Hessian, and granularities put on one footing by their GPTQ gain."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from onnxcomp.graph.weights import Weight
+from onnxcomp.measure.engine import Engine
+from onnxcomp.measure.stats import accumulate
+from onnxcomp.passes.base import Context
+from onnxcomp.passes.cluster import seq as cluster_seq
+from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit
+from onnxcomp.passes.prune.obs import request
+
+
+def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gptq: bool,
+                settings: dict) -> Iterator[tuple[str, list | None]]:
+    """(weight name, its input statistics or None) in graph order, from one walk of the streaming
+    engine: the work model's inputs, with cross moments to the model as it was before this pass
+    when it is small enough to keep a copy (output matching). Without ``gptq``: no statistics."""
+    if not gptq:
+        for name in graph_order(model, [w.name for w in weights]):
+            yield name, None
+        return
+    reference = None
+    if cluster_seq.usable(model):
+        reference = onnx.ModelProto()
+        reference.CopyFrom(model)
+    requests = {w.name: request(w) for w in weights}
+    items = [(w.name, w.uses[0].node.output[0], 0 if requests[w.name] is not None else None) for w in weights]
+    with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster",
+                record=settings) as eng:
+        for name, site in eng.each(items):
+            yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
+                                                             samples=eng.samples, seed=ctx.seed)
+
+
+def refit_codebooks(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:
+    """``values`` with each channel's codebook refitted to ``target`` on the layer's Hessian."""
+    from onnxcomp.passes.cluster.refit import refit_channels
+    from onnxcomp.passes.prune.obs import _rows, _unrows
+
+    grid = w.dtype == np.float32 and k <= GRID_MAX_K  # the table format cluster_fit.fit chose
+    rows = refit_channels(_rows(w, target), _rows(w, values), [g.cov for g in groups], grid=grid)
+    return _unrows(w, rows).astype(w.dtype)
+
+
+def graph_order(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """``names`` ordered by their first consumer in the graph."""
+    first: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        for x in node.input:
+            first.setdefault(x, i)
+    return sorted(names, key=lambda n: first.get(n, len(model.graph.node)))
+
+
+def rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[str, Fit],
+                     groups: list | None) -> None:
+    """Put the granularities of ``w`` on one footing: GPTQ recovers more of a coarse codebook's
+    error (a shared codebook: 4-8x on short rows, per-channel ones 2x), so each granularity's
+    curve is scaled by its GPTQ gain at the measured width (output error on the layer Hessian)."""
+    if len(fits) < 2 or not groups:
+        return
+    from onnxcomp.passes.cluster.refit import row_error
+    from onnxcomp.passes.prune.obs import _rows, gptq_values
+
+    h = [np.asarray(g.cov, np.float64) for g in groups]
+    ref = np.split(_rows(w, w.values()).astype(np.float64), len(h))
+
+    def out_err(values: np.ndarray) -> float:
+        rows = np.split(_rows(w, values), len(h))
+        return float(sum(row_error(v, t, m).sum() for v, t, m in zip(rows, ref, h)))
+
+    gain = {}
+    for g, f in fits.items():
+        near = out_err(f.values.reshape(w.shape))
+        gain[g] = out_err(gptq_values(w, w.values(), f.values.reshape(w.shape), groups, False, f.table)) / near \
+            if near > 0 else 1.0
+    first = next(iter(fits))
+    for g, b in local:
+        local[g, b] *= gain[g] / gain[first]
