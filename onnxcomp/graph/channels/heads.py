@@ -26,7 +26,7 @@ def _prod(xs) -> int:
 
 
 class HeadRules:
-    """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: head split and activation MatMul."""
+    """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: head split and the MatMul rule."""
 
     def split_groups(self, node: onnx.NodeProto, lay: Layout, entries: list, s_in: tuple, s_out: tuple) -> bool:
         """Reshape ``[..., C, ...]`` -> ``[..., G, C/G..., ...]``: track G, tie each group's channels."""
@@ -50,6 +50,21 @@ class HeadRules:
             self.out(node.output[0], b, ids[:, 0], len(s_out))
             return True
         return False
+
+    def r_MatMul(self, node: onnx.NodeProto) -> None:
+        """MatMul: a constant 2-D right operand (a Linear layer), or a product of two activations."""
+        w = self.weights.get((id(node), 1))
+        lay = self.L.get(node.input[0])
+        rank = self.rank(node.input[0])
+        if w is None and not self.ev.is_constant(node.input[1]) and not self.ev.is_constant(node.input[0]):
+            return self.matmul_activations(node)
+        if w is None or len(w.shape) != 2 or rank is None:
+            self.opaque(node, "MatMul without a constant 2-D right operand")
+            return
+        if self._read_apart(node, w):
+            return
+        self._consume(node, w, lay, rank - 1)
+        self._produce(node, w, 1, max(rank, 2) - 1, max(rank, 2), None)
 
     def matmul_activations(self, node: onnx.NodeProto) -> None:
         """MatMul of two activations (attention scores, attention times V)."""

@@ -196,20 +196,6 @@ class Walker(HeadRules, MapRules):
             self._consume(node, w, lay, 1)
         self._produce(node, w, 1, 1, 2, 2)
 
-    def r_MatMul(self, node: onnx.NodeProto) -> None:
-        w = self.weights.get((id(node), 1))
-        lay = self.L.get(node.input[0])
-        rank = self.rank(node.input[0])
-        if w is None and not self.ev.is_constant(node.input[1]) and not self.ev.is_constant(node.input[0]):
-            return self.matmul_activations(node)
-        if w is None or len(w.shape) != 2 or rank is None:
-            self.opaque(node, "MatMul without a constant 2-D right operand")
-            return
-        if self._read_apart(node, w):
-            return
-        self._consume(node, w, lay, rank - 1)
-        self._produce(node, w, 1, max(rank, 2) - 1, max(rank, 2), None)
-
     # ---------------------------------------------------------------- channel-wise ops
     def _data(self, node: onnx.NodeProto) -> Layout | None:
         return self.L.get(node.input[0]) if node.input else None
