@@ -19,7 +19,8 @@ def vit():
     return model, calib, test
 
 
-@pytest.mark.parametrize("kw", [{}, {"importance": "reconstruction", "allocation": "curves"}],
+@pytest.mark.parametrize("kw", [{}, pytest.param({"importance": "reconstruction", "allocation": "curves"},
+                                                 marks=pytest.mark.slow)],
                          ids=["default", "reconstruction-curves"])
 def test_heads_and_ffn_pruned_accuracy_kept(vit, kw):
     model, calib, test = vit
