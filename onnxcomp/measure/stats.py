@@ -132,10 +132,11 @@ def shrink(cov: np.ndarray, n: int) -> np.ndarray:
 
 
 def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req: StatsRequest, *, samples: int,
-               max_patches: int = 16384, seed: int = 0) -> list[LayerStats] | None:
+               max_patches: int = 16384, seed: int = 0, with_ref: bool = False) -> list[LayerStats] | None:
     """Per-group :class:`LayerStats` of one layer's input batches ``xs`` (with the reference's
-    ``refs`` at the same samples and positions, for the cross moments), at most
-    ``max_patches / samples`` positions per sample."""
+    ``refs`` at the same samples and positions, for the cross moments; ``with_ref`` also
+    ``E[x_ref x_refᵀ]``, which only the low-rank error model reads), at most ``max_patches /
+    samples`` positions per sample."""
     rng = np.random.default_rng(seed)
     per_sample = max(1, math.ceil(max_patches / max(samples, 1)))
     acc: dict[str, list[np.ndarray]] = {}
@@ -147,7 +148,9 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
         if refs is not None:
             rng.bit_generator.state = state  # the same samples and positions in the reference
             q = _draw(np.asarray(refs[b], np.float32), req, per_sample, rng)
-            parts.update(cross=_grams(q, p, req.group), ref=_grams(q, q, req.group))
+            parts["cross"] = _grams(q, p, req.group)
+            if with_ref:
+                parts["ref"] = _grams(q, q, req.group)
         for name, grams in parts.items():
             acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
         count += len(p)

@@ -70,5 +70,5 @@ def layer_statistics(model: onnx.ModelProto, layers: list[Layer], ctx, notes: li
         for lay, site in eng.each(items):
             req = first[lay.weight.name]
             stats = None if site is None else accumulate(site.x(), site.x_ref(), req, samples=eng.samples,
-                                                         seed=ctx.seed)
+                                                         seed=ctx.seed, with_ref=True)
             yield lay, stats, work

@@ -50,7 +50,8 @@ def _refit_block(t: np.ndarray, v: np.ndarray, h: np.ndarray, k: int, grid: bool
         onehot[i, np.arange(d), inv] = 1.0
         codes[i, :len(uniq)] = uniq
     onehot[v == 0] = 0.0  # zeros stay zeros: not an unknown of the refit
-    hm = np.matmul(h, onehot)  # [r, d, k], BLAS
+    # H @ onehot for every row in one GEMM (N = r*k): a stack of r GEMMs with N = k ran 4-10x slower
+    hm = (h @ onehot.transpose(1, 0, 2).reshape(d, r * k)).reshape(d, r, k).transpose(1, 0, 2)  # [r, d, k]
     gram = np.matmul(onehot.transpose(0, 2, 1), hm)
     rhs = np.matmul(t[:, None, :], hm)[:, 0]
     used = np.einsum("rii->ri", gram) > 0
