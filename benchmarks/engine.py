@@ -62,7 +62,10 @@ def engine_counts(stdout: str) -> dict | None:
         report = json.loads(stdout)
     except ValueError:
         return None
-    counts = [p["settings"].get("engine") for p in report.get("passes", []) if p.get("settings", {}).get("engine")]
+    counts = []
+    for p in report.get("passes", []):  # each pass records a list of walks
+        walks = p.get("settings", {}).get("engine") or []
+        counts += walks if isinstance(walks, list) else [walks]
     return counts or None
 
 
@@ -88,7 +91,8 @@ def run_model(m, tools: dict[str, Path], tmp: Path, repeat: int) -> list[dict]:
             else:
                 row["error"] = r["stderr"]
             rows.append(row)
-            print(f"{m.key} {name} {cmd}: {row['time_ratio']:.1f}x compare, {row.get('quality')}", file=sys.stderr)
+            print(f"{m.key} {name} {cmd}: {row['seconds']:.1f} s, {row['time_ratio']:.1f}x compare, "
+                  f"peak RSS {row['rss_ratio']:.2f}x, {row.get('quality')}", file=sys.stderr)
     return rows
 
 
@@ -109,12 +113,13 @@ def main() -> None:
         if args.old:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "old-tree")],
                            capture_output=True)
+    write_json("engine", {"rows": rows, "old": args.old, "models_dir": str(MODELS.relative_to(ROOT))})
     show = [[r["model"], r["command"], r["code"], f"{r['seconds']:.1f}", f"{r['time_ratio']:.1f}x",
              f"{r['rss_ratio']:.2f}x", "-" if r.get("quality") is None else f"{r['metric']} {r['quality']:.4f}",
-             "-" if not r.get("engine") else sum(e["batch_runs"] for e in r["engine"])] for r in rows]
+             "-" if not r.get("engine") else f"{len(r['engine'])} / {sum(e['batch_runs'] for e in r['engine'])}"]
+            for r in rows]
     print(table(["model", "command", "code", "seconds", "time / compare", "peak RSS / compare", "quality",
-                 "engine batch runs"], show))
-    write_json("engine", {"rows": rows, "old": args.old, "models_dir": str(MODELS.relative_to(ROOT))})
+                 "engine walks / batch runs"], show))
 
 
 if __name__ == "__main__":

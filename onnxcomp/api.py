@@ -239,10 +239,11 @@ def sensitivity(model: ModelLike, data: Any, method: str = "prune", *, levels=No
 
 def auto(model: ModelLike, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
          target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-         threads: int | None = None, labels: Any = None, progress: Any = None):
-    """Search recipes for a size, latency or MACs target within ``max_drop`` (see onnxcomp.pipeline.auto)."""
+         threads: int | None = None, labels: Any = None, progress: Any = None, keep_going: bool = False):
+    """Search recipes for a size, latency or MACs target within ``max_drop`` (see onnxcomp.pipeline.auto):
+    it stops at the first candidate meeting the target; ``keep_going`` searches on for the best."""
     from onnxcomp.pipeline.auto import search
 
     return search(as_model(model), data, target_size=target_size, target_latency=target_latency,
                   target_macs=target_macs, max_drop=max_drop, int8=int8, threads=threads, labels=labels,
-                  progress=progress)
+                  progress=progress, keep_going=keep_going)

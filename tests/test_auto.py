@@ -96,7 +96,7 @@ def test_size_search_tries_measured_fractional_bits_between_uniform_widths(monke
 
     class Fake(auto.Search):
         def __init__(self):
-            self.trials = []
+            self.trials, self.goal, self.keep_going = [], None, False
 
         def evaluate(self, steps):
             tried.append(steps)
@@ -112,3 +112,24 @@ def test_size_search_tries_measured_fractional_bits_between_uniform_widths(monke
     assert measured == [{"bits": 4.5, "allocation": "sensitivity"}, {"bits": 4.25, "allocation": "sensitivity"}]
     assert tried[-1][-1] == ("cluster", {"bits": 4.5, "allocation": "sensitivity"})
     assert tried[-1][0][0] == "prune"
+
+
+def test_size_search_stops_at_the_first_candidate_meeting_the_target():
+    """Widths are bisected (passing is monotone in the bits) and the search stops once a trial
+    within the drop meets the target; keep_going (--search) searches on for the smallest."""
+    def fake(keep_going):
+        class Fake(auto.Search):
+            def __init__(self):
+                self.trials, self.goal, self.keep_going = [], ("size_ratio", 0.2), keep_going
+
+            def evaluate(self, steps):
+                sparsity = steps[0][1]["sparsity"] if steps[0][0] == "prune" else 0.0
+                t = auto.Trial(steps, steps[-1][1]["bits"] / 32 * (1 - sparsity), 1.0, 0.0, True)
+                self.trials.append(t)
+                return t
+        return Fake()
+
+    quick = auto.for_size(fake(False), target=0.2)
+    assert [t.steps for t in quick] == [[("cluster", {"bits": 5})]]  # 5/32 <= 0.2 at the first try
+    full = auto.for_size(fake(True), target=0.2)
+    assert len(full) > 3 and auto.choose(full, "size_ratio").size_ratio < quick[0].size_ratio

@@ -31,6 +31,8 @@ def render(trials, chosen, target_name: str, target: float) -> str:
               help="Largest quality drop allowed on held-out calibration samples (top-1 agreement, "
                    "or cosine for non-class outputs; accuracy with labels); 0.01 or 1%.")
 @click.option("--int8", is_flag=True, help="End with QDQ int8 quantization (the quantize step: integer kernels, calibrated on --data).")
+@click.option("--search", "keep_going", is_flag=True,
+              help="Keep searching for the smallest / fastest after a candidate meets the target (slower).")
 @click.option("--recipe", "recipe_out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the recipe (default: <output stem>.yaml).")
 @threads_option
@@ -39,13 +41,15 @@ def render(trials, chosen, target_name: str, target: float) -> str:
 @quiet_option
 @json_option
 def auto_cmd(model: str, target_size: float | None, target_latency: float | None, target_macs: float | None,
-             max_drop: str, int8: bool, recipe_out: str | None, as_json: bool, **kw: Any) -> None:
+             max_drop: str, int8: bool, keep_going: bool, recipe_out: str | None, as_json: bool,
+             **kw: Any) -> None:
     """Search recipes for a size, latency or MACs target within --max-drop; write model + recipe.
 
     Needs real calibration data (--data): a quarter of it is held out to measure the drop. Size:
     the fewest cluster bits within the drop, then the most pruning on top. Speed: structured
-    channel pruning, then factorization. Exits 3 (writing the best it reached) when the target
-    cannot be met within the drop.
+    channel pruning, then factorization. Stops at the first candidate that meets a size or MACs
+    target (--search keeps going for the best). Exits 3 (writing the best it reached) when the
+    target cannot be met within the drop.
 
     Example: onnxcomp auto model.onnx --data calib.npz --target-size 0.1 --max-drop 0.01
     """
@@ -62,7 +66,7 @@ def auto_cmd(model: str, target_size: float | None, target_latency: float | None
     w = Writing(model, kw, "auto", as_json)
     out = api.auto(w.original, w.data, target_size=target_size, target_latency=target_latency,
                    target_macs=target_macs, max_drop=drop, int8=int8, threads=w.threads, labels=w.data_cfg.labels,
-                   progress=w.progress)
+                   progress=w.progress, keep_going=keep_going)
     written = w.write(out.chosen, "auto")
     rec_path = recipes.dump(out.recipe, recipe_out or written.path.with_suffix(".yaml"))
     written.gate_failed = out.missed

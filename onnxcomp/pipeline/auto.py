@@ -74,7 +74,8 @@ class Search:
     """Evaluates candidate recipes against the original on held-out data."""
 
     def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
-                 labels: Any = None, progress: Any = None) -> None:
+                 labels: Any = None, progress: Any = None, goal: tuple[str, float] | None = None,
+                 keep_going: bool = False) -> None:
         from onnxcomp.measure.inspect import inspect
 
         self.original = as_model(model)
@@ -86,6 +87,15 @@ class Search:
         self.base_size = model_bytes(self.original.proto)
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
+        self.goal, self.keep_going = goal, keep_going  # (trial attribute, target): stop once a trial meets it
+
+    @property
+    def met(self) -> bool:
+        """Whether a trial within the drop already meets the target (and the search may stop)."""
+        if self.keep_going or self.goal is None:
+            return False
+        key, target = self.goal
+        return any(t.ok and getattr(t, key) is not None and getattr(t, key) <= target for t in self.trials)
 
     def drop(self, candidate: Model) -> tuple[float, float | None]:
         """The quality drop on the held-out samples, and its one-sided 95 % upper bound."""
@@ -112,6 +122,8 @@ class Search:
         """The best passing trial for the highest level in [lo, hi] (level -> steps)."""
         best = None
         for _ in range(BISECT_STEPS):
+            if self.met:
+                break
             mid = round((lo + hi) / 2, 3)
             t = self.evaluate(make_steps(mid))
             if t.ok:
@@ -122,16 +134,21 @@ class Search:
 
 
 def for_size(s: Search, target: float | None = None) -> list[Trial]:
-    """Fewest uniform bits within the drop; then, while the file is above ``target``, an average
-    bit budget between that and the next width down, spent per layer where the measured output
-    error is lowest (bisected); then the highest sparsity on top of the best (bisected)."""
+    """Fewest uniform bits within the drop (bisected over BITS); then, while the file is above
+    ``target``, an average bit budget between that and the next width down, spent per layer where
+    the measured output error is lowest (bisected); then the highest sparsity on top of the best
+    (bisected). Stops at the first trial within the drop that meets the target (``s.met``)."""
     bits, failed, best = None, None, None
-    for b in BITS:
-        t = s.evaluate([("cluster", {"bits": b})])
-        if not t.ok:
-            failed = b
-            break
-        bits, best = b, t
+    lo, hi = 0, len(BITS) - 1  # passing is monotone in the width: bisect BITS (widest first)
+    while lo <= hi and not s.met:
+        mid = (lo + hi) // 2
+        t = s.evaluate([("cluster", {"bits": BITS[mid]})])
+        if t.ok:
+            bits, best, lo = BITS[mid], t, mid + 1
+        else:
+            failed, hi = BITS[mid], mid - 1
+    if s.met:
+        return s.trials
     if bits is None:
         s.bisect(lambda x: [("prune", {"sparsity": x})], 0.0, 0.95)
         return s.trials
@@ -139,6 +156,8 @@ def for_size(s: Search, target: float | None = None) -> list[Trial]:
     if failed is not None and target is not None and best.size_ratio > target:
         lo, hi = float(failed), float(bits)
         for _ in range(MEASURED_STEPS):
+            if s.met:
+                return s.trials
             mid = round((lo + hi) / 2, 2)
             t = s.evaluate([("cluster", {"bits": mid, "allocation": "sensitivity"})])
             if t.ok:
@@ -152,7 +171,7 @@ def for_size(s: Search, target: float | None = None) -> list[Trial]:
 def for_speed(s: Search, target: float) -> list[Trial]:
     """Highest structured ratio within the drop; factorization on top if MACs are still high."""
     best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
-    if best is None or (best.macs_ratio or 1.0) > target:
+    if not s.met and (best is None or (best.macs_ratio or 1.0) > target):
         base = best.steps if best else []
         s.evaluate(base + [("factorize", {"ratio": 0.5})])
     return s.trials
@@ -196,9 +215,10 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
 
 def search(model: Model, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
            target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-           threads: int | None = None, labels: Any = None, progress: Any = None) -> Outcome:
-    """The smallest or fastest candidate within ``max_drop`` for exactly one target (a fraction of
-    the input's size, p50 latency or MACs); its recipe replays with ``onnxcomp compress --recipe``."""
+           threads: int | None = None, labels: Any = None, progress: Any = None, keep_going: bool = False) -> Outcome:
+    """A candidate within ``max_drop`` that meets exactly one target (a fraction of the input's
+    size, p50 latency or MACs): the first found, or with ``keep_going`` the smallest or fastest of
+    the whole search; its recipe replays with ``onnxcomp compress --recipe``."""
     from onnxcomp.config import spell, spell_value
 
     targets = {k: v for k, v in (("size", target_size), ("latency", target_latency), ("macs", target_macs))
@@ -209,7 +229,9 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
     (kind, target), = targets.items()
     if not 0 < target <= 1:
         raise ConfigError(f"{spell_value('target_' + kind, target)} is outside (0, 1]", "give a fraction, e.g. 0.5")
-    s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress)
+    goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target)}.get(kind)  # latency: measured after
+    s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress, goal=goal,
+               keep_going=keep_going)
     trials = for_size(s, target) if kind == "size" else for_speed(s, target)
     if kind == "latency":
         latencies(model, trials, threads)
