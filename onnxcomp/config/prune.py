@@ -41,6 +41,7 @@ class PruneAllocation(enum.Enum):
     GLOBAL = "global"
     LAMP = "lamp"
     SENSITIVITY = "sensitivity"
+    CURVES = "curves"
 
 
 class PruneGranularity(enum.Enum):
@@ -141,12 +142,14 @@ class Importance(enum.Enum):
     L2 = "l2"
     BN = "bn"
     ACTIVATION = "activation"
+    RECONSTRUCTION = "reconstruction"
 
 
 class ChannelAllocation(enum.Enum):
     AUTO = "auto"
     UNIFORM = "uniform"
     SENSITIVITY = "sensitivity"
+    CURVES = "curves"
 
 
 @dataclass(frozen=True)
@@ -160,11 +163,14 @@ class StructuredPruneConfig(Selection):
 
     ratio: float = option(0.5, "Fraction of channels to remove, e.g. 0.3 (uniform: in every prunable group; "
                                "sensitivity: the same MACs saving, spent where the output moves least).")
-    importance: str = option("auto", "Channel score: l1/l2 filter norm (BN-scaled), bn |gamma|, activation "
-                                     "energy at the consumers (needs --data); auto = activation with --data, "
-                                     "else l1.", choices=Importance)
-    allocation: str = option("auto", "uniform: the ratio in every group; sensitivity: measured per group "
-                                     "(needs --data); auto = sensitivity with --data, else uniform.",
+    importance: str = option("auto", "Channel choice: l1/l2 filter norm (BN-scaled), bn |gamma|, activation energy "
+                                     "at the consumers, reconstruction (removed greedily by the output error each "
+                                     "removal adds to the consumers after their least-squares refit); the last two "
+                                     "need --data; auto = activation with --data, else l1.", choices=Importance)
+    allocation: str = option("auto", "uniform: the ratio in every group; sensitivity: the same MACs saving, "
+                                     "spent where the model's output error per MAC saved (each group pruned alone "
+                                     "on a subset) is lowest; curves: the same from the consumers' error curves, "
+                                     "no model runs (both need --data); auto = sensitivity with --data, else uniform.",
                              choices=ChannelAllocation)
     round_to: int = option(8, "Kept channels per group are a multiple of this (at least one multiple).")
     refit: bool | None = option(None, "Least-squares refit of the consumers on the kept channels (default: on "
@@ -179,9 +185,9 @@ class StructuredPruneConfig(Selection):
 
     @property
     def needs(self) -> Needs:
-        if self.importance == "activation":
+        if self.importance in ("activation", "reconstruction"):
             return Needs(spell_value("importance", self.importance))
-        if self.allocation == "sensitivity":
+        if self.allocation in ("sensitivity", "curves"):
             return Needs(spell_value("allocation", self.allocation))
         if self.refit:
             return Needs(spell("refit"))

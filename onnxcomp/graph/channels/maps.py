@@ -172,7 +172,8 @@ class MapRules:
                         return self.opaque(node, "computed target shape with a literal channel count")
                     self.cg.edits.append(IndexEdit(node, "reshape", [lay.ids], {"entry": b, "factor": factor}))
                 return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
-        self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
+        if not self.split_groups(node, lay, entries, s_in, s_out):
+            self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
 
     def _symbolic(self, name: str, depth: int = 0) -> list | None:
         """A 1-D int tensor built from Shape/Gather/Concat/...: ints and (tensor, axis) entries."""

@@ -11,6 +11,7 @@ import onnx
 
 from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import FIXED, ChannelGraph, Consumer, IndexEdit, Layout, Param, Producer
+from onnxcomp.graph.channels.heads import HeadRules
 from onnxcomp.graph.channels.maps import MapRules
 from onnxcomp.graph.axes import out_channels
 from onnxcomp.graph.edit import ConstEval, get_attr
@@ -30,7 +31,7 @@ WHY = {"LRN": "normalises across neighbouring channels", "DepthToSpace": "moves 
        "Gather": "indexes tensors (not supported)", "Einsum": "contracts arbitrary axes (not supported)"}
 
 
-class Walker(MapRules):
+class Walker(HeadRules, MapRules):
     """Visits the nodes in graph order and fills a :class:`ChannelGraph`."""
 
     def __init__(self, cg: ChannelGraph, ev: ConstEval, shapes: dict, weights: dict) -> None:
@@ -194,18 +195,6 @@ class Walker(MapRules):
         else:
             self._consume(node, w, lay, 1)
         self._produce(node, w, 1, 1, 2, 2)
-
-    def r_MatMul(self, node: onnx.NodeProto) -> None:
-        w = self.weights.get((id(node), 1))
-        lay = self.L.get(node.input[0])
-        rank = self.rank(node.input[0])
-        if w is None or len(w.shape) != 2 or rank is None:
-            self.opaque(node, "MatMul without a constant 2-D right operand")
-            return
-        if self._read_apart(node, w):
-            return
-        self._consume(node, w, lay, rank - 1)
-        self._produce(node, w, 1, max(rank, 2) - 1, max(rank, 2), None)
 
     # ---------------------------------------------------------------- channel-wise ops
     def _data(self, node: onnx.NodeProto) -> Layout | None:

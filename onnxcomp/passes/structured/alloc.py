@@ -1,117 +1,25 @@
-"""Sensitivity-driven allocation of the channel ratio across groups (needs real calibration data).
+"""Group budgets from measured error curves: the MACs saving is spent where the output error per
+MAC saved is lowest (needs real calibration data).
 
-Each prunable group is pruned alone at a few ratios (0.5x, 1x and 1.5x the requested ratio) and
-the relative output error on a small calibration subset is measured against the MACs it saves.
-Starting from nothing pruned, the step with the least added error per MAC saved is taken until
-the saving equals what the uniform ratio would save: the same compute budget, spent where the
-model is least sensitive. Sensitive groups keep more channels (or all of them).
+Every prunable group has a curve, the relative output error of its consumers (after the
+least-squares refit of the kept channels) against units removed, measured once on the
+calibration data (:mod:`onnxcomp.passes.structured.select`). Its options are the kept counts that
+are multiples of its rounding, keeping at least ``1 - MAX_RATIO`` of the units. The allocator
+(:func:`onnxcomp.algo.allocation.allocate`) moves along each group's lower convex hull of (MACs,
+error), the least error per MAC first, until the saving equals what the uniform ratio would save:
+the same compute budget, spent where the model is least sensitive. Savings of two groups overlap
+where one layer reads the one and writes the other; the additive target is raised by bisection
+until the joint saving is met. No model run: the cost is the one statistics walk.
 """
 from __future__ import annotations
 
+from math import gcd
+
 import numpy as np
-import onnx
 
-from onnxcomp.graph.channels.groups import apply_removal, rebind
-from onnxcomp.io.sessions import session
-from onnxcomp.passes.structured.importance import limited
-from onnxcomp.passes.structured.refit import add_shifts, mean_shifts
+from onnxcomp.algo.allocation import allocate as spend
 
-LEVELS = (0.5, 1.0, 1.5)
 MAX_RATIO = 0.9
-MAX_SAMPLES = 256  # calibration samples behind scores, sensitivity and the refit
-INPUT_BUDGET = 8 * 3 * 224 * 224  # input elements used to measure sensitivity
-
-
-def _subset(ctx, max_samples: int) -> list[dict[str, np.ndarray]]:
-    first = next(iter(ctx.data))
-    per = max(1, int(sum(np.prod(v.shape[1:]) for v in first.values())))
-    n = int(np.clip(INPUT_BUDGET // per, 2, min(32, max_samples)))
-    return list(limited(ctx.data, n))
-
-
-def _outputs(model: onnx.ModelProto, batches, threads) -> list[np.ndarray]:
-    sess = session(model, threads=threads)
-    names = [o.name for o in sess.get_outputs()]
-    feeds = [{i.name: b[i.name] for i in sess.get_inputs()} for b in batches]
-    outs = [sess.run(names, f) for f in feeds]
-    return [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
-
-
-def _error(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
-    return float(sum(np.sum((a - b) ** 2) / max(np.sum(a ** 2), 1e-12) for a, b in zip(ref, out)))
-
-
-def _keep_for(plan, gp, ratio: float, round_to: int) -> np.ndarray:
-    keep = np.ones(plan.cg.n_ids, bool)
-    k = keep_count(gp.group.size, ratio, round_to)
-    order = np.argsort(-gp.scores, kind="stable")
-    for u in order[k:]:
-        keep[gp.group.units[u]] = False
-    return keep
-
-
-def _probe(model: onnx.ModelProto, plan, gp, batches, ref, ctx, cfg) -> list[tuple]:
-    """[(ratio, MACs saved, output error, keep mask)] of one group pruned alone at each level."""
-    total = plan.macs.total
-    opts, seen = [(0.0, 0.0, 0.0, None)], set()
-    for level in LEVELS:
-        r = min(MAX_RATIO, cfg.ratio * level)
-        keep = _keep_for(plan, gp, r, cfg.round_to)
-        n_kept = int(keep[np.concatenate(gp.group.units)].sum())
-        if n_kept in seen or n_kept == sum(len(u) for u in gp.group.units):
-            continue
-        seen.add(n_kept)
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        bound = rebind(plan.cg, copy)
-        shifts = mean_shifts(plan.cg, keep, plan.stats) if plan.stats is not None else {}
-        apply_removal(copy, bound, keep)
-        add_shifts(copy, bound, keep, shifts)
-        opts.append((r, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads)), keep))
-    return opts
-
-
-def _choose(plan, options: list[list[tuple]], target: float) -> list[int]:
-    """Per group the level reached by greedy steps of least added error per MAC saved."""
-    level = [0] * len(options)
-    saved = 0.0
-    while saved < target * 0.995:
-        best = None
-        for g, opts in enumerate(options):
-            cur = opts[level[g]]
-            for j in range(level[g] + 1, len(opts)):
-                ds, de = opts[j][1] - cur[1], opts[j][2] - cur[2]
-                if ds > 0 and (best is None or de / ds < best[0]):
-                    best = (de / ds, g, j)
-        if best is None:
-            break
-        level[best[1]] = best[2]
-        joint = np.ones(plan.cg.n_ids, bool)
-        for opts, lv in zip(options, level):
-            if opts[lv][3] is not None:
-                joint &= opts[lv][3]
-        saved = plan.macs.total - plan.macs.after(joint)  # coupled groups' savings do not simply add up
-    return level
-
-
-def allocate(model: onnx.ModelProto, plan, ctx, cfg) -> None:
-    """Set ``ratio`` of every prunable group in ``plan`` from measured sensitivity."""
-    groups = [gp for gp in plan.groups if gp.reason is None]
-    if not groups:
-        return
-    batches = _subset(ctx, MAX_SAMPLES)
-    ref = _outputs(model, batches, ctx.threads)
-    uniform = np.ones(plan.cg.n_ids, bool)
-    for gp in groups:
-        uniform &= _keep_for(plan, gp, cfg.ratio, cfg.round_to)
-    options = [_probe(model, plan, gp, batches, ref, ctx, cfg) for gp in groups]
-    level = _choose(plan, options, plan.macs.total - plan.macs.after(uniform))
-    for gp, opts, lv in zip(groups, options, level):
-        gp.ratio = opts[lv][0]
-        if gp.ratio == 0:
-            gp.reason = "protected: most sensitive per MAC saved"
-    plan.notes.append(f"sensitivity allocation on {sum(len(next(iter(b.values()))) for b in batches)} samples: "
-                      f"{sum(lv > 0 for lv in level)} of {len(groups)} groups pruned")
 
 
 def keep_count(n: int, ratio: float, round_to: int) -> int:
@@ -120,3 +28,61 @@ def keep_count(n: int, ratio: float, round_to: int) -> int:
         return n
     k = max(round_to, int(np.floor(n * (1.0 - ratio) / round_to + 0.5)) * round_to)
     return min(n, k)
+
+
+def unit_multiple(group, round_to: int) -> int:
+    """Units to keep at a time so that every producer keeps a multiple of ``round_to`` channels (a
+    unit may hold several channels of one producer: a head holds its head size)."""
+    width = max(1, len(group.units[0]) // max(1, len(group.producers))) if group.units else 1
+    return round_to // gcd(round_to, width)
+
+
+def _mask(plan, gp, removed: np.ndarray) -> np.ndarray:
+    keep = np.ones(plan.cg.n_ids, bool)
+    for u in removed:
+        keep[gp.group.units[u]] = False
+    return keep
+
+
+def allocate(plan, curves: dict[int, tuple[np.ndarray, np.ndarray]], target: float, round_to: int) -> None:
+    """Set ``n_keep`` of every group in ``curves`` (group index -> (removal order, cumulative error))
+    so that the joint MACs saving reaches ``target`` at the least summed error."""
+    by_index = {gp.group.index: gp for gp in plan.groups}
+    total = plan.macs.total
+    errors, saved = {}, {}
+    for g, (order, cum) in curves.items():
+        gp = by_index[g]
+        n, m = gp.group.size, unit_multiple(gp.group, round_to)
+        least = max(m, int(np.ceil(n * (1 - MAX_RATIO))))
+        ks = [k for k in range(m, n, m) if k >= least and n - k < len(cum)] + [n]
+        errors[g] = {k: float(cum[n - k]) for k in ks}
+        saved[g] = {k: total - plan.macs.after(_mask(plan, gp, order[:n - k])) for k in ks}
+    if not errors:
+        return
+    most = {g: max(s.values()) for g, s in saved.items()}
+    costs = {g: {k: most[g] - s for k, s in saved[g].items()} for g in saved}
+
+    def choose(additive: float) -> dict:
+        return spend(errors, {g: 1 for g in errors}, 0.0, costs, limit=sum(most.values()) - additive)
+
+    def joint(choice: dict) -> float:
+        keep = np.ones(plan.cg.n_ids, bool)
+        for g, k in choice.items():
+            order, _ = curves[g]
+            keep &= _mask(plan, by_index[g], order[:by_index[g].group.size - k])
+        return total - plan.macs.after(keep)
+
+    lo, hi = target, max(target, sum(most.values()))
+    best = choose(hi)
+    if joint(choose(lo)) >= target:
+        best = choose(lo)
+    else:
+        for _ in range(24):
+            mid = 0.5 * (lo + hi)
+            c = choose(mid)
+            if joint(c) >= target:
+                hi, best = mid, c
+            else:
+                lo = mid
+    for g, k in best.items():
+        by_index[g].n_keep = int(k)

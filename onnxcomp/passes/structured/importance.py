@@ -13,7 +13,6 @@ group count alike whatever their scale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -22,14 +21,6 @@ from onnxcomp.graph.channels.types import ChannelGraph, Producer
 from onnxcomp.graph.edit import ConstEval, get_attr, uses
 from onnxcomp.graph.shapes import node_macs
 from onnxcomp.graph.weights import COMPUTE_OPS, find_weights
-
-
-def limited(data: Iterable[dict[str, np.ndarray]], max_samples: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``data`` until ``max_samples`` samples were yielded (the last one cut; whole
-    batches of a model's fixed batch)."""
-    from onnxcomp.data.sampling import limit_samples
-
-    return limit_samples(data, max_samples)
 
 
 def _rows(values: np.ndarray, axis: int) -> np.ndarray:
@@ -85,24 +76,11 @@ class ActivationStats:
     power: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def activation_stats(cg: ChannelGraph, data: Iterable[dict[str, np.ndarray]], max_samples: int,
-                     threads: int | None = None) -> ActivationStats:
-    """Mean and second moment of every consumer's input channels on the calibration data."""
-    from onnxcomp.measure.capture import capture
-
-    names = sorted({c.tensor for c in cg.consumers})
-    sums: dict[str, list] = {}
-    if names:
-        for out in capture(cg.model, names, limited(data, max_samples), threads=threads, max_bytes=1 << 28):
-            for n in names:
-                axis = cg.layouts[n].axis
-                x = np.moveaxis(np.asarray(out[n], np.float64), axis, -1)
-                x = x.reshape(-1, x.shape[-1])
-                acc = sums.setdefault(n, [0.0, 0.0, 0])
-                acc[0], acc[1], acc[2] = acc[0] + x.sum(0), acc[1] + (x ** 2).sum(0), acc[2] + len(x)
+def activation_stats(measured: dict) -> ActivationStats:
+    """Mean and second moment of every consumer's input channels, from the statistics walk."""
     stats = ActivationStats()
-    for n, (s1, s2, rows) in sums.items():
-        stats.mean[n], stats.power[n] = s1 / max(1, rows), s2 / max(1, rows)
+    for m in measured.values():
+        stats.mean[m.consumer.tensor], stats.power[m.consumer.tensor] = m.mean, m.power
     return stats
 
 
@@ -145,6 +123,8 @@ class MacModel:
             if node.op_type not in COMPUTE_OPS:
                 continue
             wshape, out_ids, in_ids = rows.get(id(node), [None, None, None])
+            if id(node) not in rows and node.output[0] in cg.layouts:  # a product of activations (attention)
+                out_ids = cg.layouts[node.output[0]].ids
             w = known.get((id(node), 1))
             wshape = w.shape if w is not None else wshape
             macs = node_macs(node, shapes, wshape, int(get_attr(node, "group", 1)))

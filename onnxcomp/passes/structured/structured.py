@@ -1,10 +1,14 @@
 """Structured pruning: remove whole channels from coupled-channel groups, then refit consumers.
 
-``plan`` discovers the groups (:mod:`onnxcomp.graph.channels.groups`), scores every unit
-(:mod:`onnxcomp.passes.structured.importance`), decides a ratio per group (uniform, or
-sensitivity-driven: :mod:`onnxcomp.passes.structured.alloc`) and which units go. ``apply`` removes
-them from every coupled tensor and, with real calibration data, refits the consumers by least
-squares (:mod:`onnxcomp.passes.structured.refit`). Frozen groups are reported with their reasons.
+``plan`` discovers the groups (:mod:`onnxcomp.graph.channels.groups`). With real calibration data
+one walk of the engine measures the input statistics of every consumer
+(:mod:`onnxcomp.passes.structured.select`); each group's units are ordered by the output error
+their removal adds after the least-squares refit (``reconstruction``, the default) or by another
+score (:mod:`onnxcomp.passes.structured.importance`), and the per-group counts are allocated from
+the measured error curves (``sensitivity``: :mod:`onnxcomp.passes.structured.alloc`) or uniformly.
+``apply`` compensates every consumer's kept channels from the statistics, removes the units from
+every coupled tensor and refits the consumers in sequence on a second walk
+(:mod:`onnxcomp.passes.structured.refit`). Frozen groups are reported with their reasons.
 """
 from __future__ import annotations
 
@@ -15,15 +19,14 @@ import onnx
 
 from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.config import StructuredPruneConfig
+from onnxcomp.algo.linalg import blas_threads
 from onnxcomp.errors import ConfigError
 from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup
 from onnxcomp.graph.channels.groups import analyze, apply_removal
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches
-from onnxcomp.passes.structured.alloc import MAX_SAMPLES, keep_count
-from onnxcomp.passes.structured.refit import add_shifts, mean_shifts
-from onnxcomp.passes.structured.importance import (ActivationStats, MacModel, activation_scores,
-    activation_stats, unit_scores, weight_scores)
+from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
+from onnxcomp.passes.structured.importance import MacModel, activation_scores, activation_stats, unit_scores, weight_scores
 
 
 @dataclass
@@ -33,6 +36,7 @@ class GroupPlan:
     group: ChannelGroup
     scores: np.ndarray | None = None
     ratio: float = 0.0
+    n_keep: int | None = None  # units kept, when the allocation chose it
     keep: np.ndarray | None = None  # bool per unit
     reason: str | None = None  # why it is not pruned
 
@@ -61,8 +65,9 @@ class StructuredPlan:
     importance: str
     allocation: str
     macs: MacModel
-    stats: ActivationStats | None = None  # with real data: consumer input means (bias compensation)
+    measured: dict = field(default_factory=dict)  # with real data: id(consumer node) -> select.Measured
     notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # the statistics walk's engine counts
 
 
 def data_shapes(ctx: Context) -> dict[str, tuple[int, ...]]:
@@ -84,9 +89,9 @@ class StructuredPrunePass(Pass):
     def _importance(self, ctx: Context) -> str:
         imp = self.config.importance
         if imp == "auto":
-            return "activation" if ctx.has_real_data else "l1"
-        if imp == "activation" and not ctx.has_real_data:
-            raise ConfigError("--importance activation needs calibration data",
+            return "activation" if ctx.has_real_data else "l1"  # reconstruction: better on ocr_det, worse on effnet
+        if imp in ("activation", "reconstruction") and not ctx.has_real_data:
+            raise ConfigError(f"--importance {imp} needs calibration data",
                               "pass --data with real inputs, or choose --importance l1, l2 or bn")
         return imp
 
@@ -94,8 +99,8 @@ class StructuredPrunePass(Pass):
         alloc = self.config.allocation
         if alloc == "auto":
             return "sensitivity" if ctx.has_real_data else "uniform"
-        if alloc == "sensitivity" and not ctx.has_real_data:
-            raise ConfigError("--allocation sensitivity needs calibration data",
+        if alloc in ("sensitivity", "curves") and not ctx.has_real_data:
+            raise ConfigError(f"--allocation {alloc} needs calibration data",
                               "pass --data with real inputs, or use --allocation uniform")
         return alloc
 
@@ -114,39 +119,71 @@ class StructuredPrunePass(Pass):
             return "not matched by --include"
         if cfg.ratio <= 0:
             return "--ratio 0"
-        from onnxcomp.passes.structured.alloc import LEVELS, MAX_RATIO
-
-        most = cfg.ratio if allocation == "uniform" else min(MAX_RATIO, cfg.ratio * max(LEVELS))
-        if keep_count(g.size, most, cfg.round_to) >= g.size:
+        most = cfg.ratio if allocation == "uniform" else MAX_RATIO
+        if keep_count(g.size, most, unit_multiple(g, cfg.round_to)) >= g.size:
             return f"too small: {g.size} channels, --round-to {cfg.round_to}"
         return None
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> StructuredPlan:
-        """Groups, scores, per-group ratios and the kept units; ``model`` is not modified."""
+        """Groups, scores, per-group counts and the kept units; ``model`` is not modified."""
         cfg = self.config
         importance, allocation = self._importance(ctx), self._allocation(ctx)
-        shapes_in = data_shapes(ctx)
-        cg = analyze(model, shapes_in)
-        stats = activation_stats(cg, ctx.data, MAX_SAMPLES, ctx.threads) if ctx.has_real_data else None
+        cg = analyze(model, data_shapes(ctx))
+        plan = StructuredPlan(cg, [], np.ones(cg.n_ids, bool), importance, allocation, MacModel(cg, cg.shapes))
+        plan.groups = [GroupPlan(g, reason=self._eligible(g, allocation)) for g in cg.groups]
+        live = [gp for gp in plan.groups if gp.reason is None]
+        if ctx.has_real_data and live:
+            from onnxcomp.passes.structured.select import measure
+
+            ids = np.concatenate([u for gp in live for u in gp.group.units])
+            wanted = [c for c in cg.consumers if np.isin(c.ids, ids).any()]
+            full = importance == "reconstruction" or allocation == "curves"
+            plan.measured = measure(model, cg, wanted, ctx, full, record=plan.settings)
+        id_scores = None
         if importance == "activation":
-            id_scores = activation_scores(cg, stats)
-        else:
+            id_scores = activation_scores(cg, activation_stats(plan.measured))
+        elif importance != "reconstruction":
             id_scores = weight_scores(cg, importance)
-        macs = MacModel(cg, cg.shapes)
-        plans = []
-        for g in cg.groups:
-            gp = GroupPlan(g, reason=self._eligible(g, allocation))
-            if gp.reason is None:
-                gp.scores = unit_scores(cg, g, id_scores)
+        curves = {}
+        with blas_threads(1):
+            for gp in live:
                 gp.ratio = cfg.ratio
-            plans.append(gp)
-        plan = StructuredPlan(cg, plans, np.ones(cg.n_ids, bool), importance, allocation, macs, stats)
-        if allocation == "sensitivity":
+                gp.scores = None if id_scores is None else unit_scores(cg, gp.group, id_scores)
+                if plan.measured and (importance == "reconstruction" or allocation == "curves"):
+                    curves[gp.group.index] = self._curve(plan, gp)
+        target = plan.macs.total - plan.macs.after(_uniform(plan, cfg.round_to)) if live else 0.0
+        note = None
+        if allocation == "curves" and curves:
             from onnxcomp.passes.structured.alloc import allocate
 
-            allocate(model, plan, ctx, cfg)
+            allocate(plan, curves, target, cfg.round_to)
+            note = "allocation from the consumers' measured error curves"
+        elif allocation == "sensitivity" and live:
+            from onnxcomp.passes.structured.probe import probe_allocate
+
+            with blas_threads(1):
+                n = probe_allocate(model, plan, ctx, cfg, target)
+            note = f"sensitivity allocation on {n} samples (each group pruned alone, model output error)"
+        if note is not None:
+            pruned = sum(gp.n_keep is not None and gp.n_keep < gp.group.size for gp in live)
+            plan.notes.append(f"{note}: {pruned} of {len(live)} groups pruned")
+            for gp in live:
+                if gp.n_keep is not None and gp.n_keep >= gp.group.size:
+                    gp.reason = "protected: most output error per MAC saved"
         decide(plan, cfg.round_to)
         return plan
+
+    def _curve(self, plan: StructuredPlan, gp: GroupPlan) -> tuple[np.ndarray, np.ndarray]:
+        """The group's removal order and error curve; reconstruction scores follow the order."""
+        from onnxcomp.passes.structured.select import curve
+
+        n = gp.group.size
+        order, cum = curve(plan.cg, gp.group, plan.measured, n - unit_multiple(gp.group, self.config.round_to),
+                           gp.scores)
+        if gp.scores is None:  # removed later = more important; never removed = most
+            gp.scores = np.full(n, float(n))
+            gp.scores[order] = np.arange(len(order), dtype=float)
+        return order, cum
 
     def apply(self, model: onnx.ModelProto, plan: StructuredPlan, ctx: Context) -> PassResult:
         """Remove the planned channels, fold their means into biases, refit; one row per layer."""
@@ -158,19 +195,22 @@ class StructuredPrunePass(Pass):
         original.CopyFrom(model)
         nodes = _compute_nodes(plan)
         before = {key: (w.name, w.size, w.nbytes) for key, (_, w) in nodes.items()}
-        shifts = mean_shifts(plan.cg, plan.keep, plan.stats) if plan.stats is not None else {}
-        apply_removal(model, plan.cg, plan.keep)
         result = StructuredResult(self.name, settings={
             "ratio": cfg.ratio, "importance": plan.importance, "allocation": plan.allocation,
             "round_to": cfg.round_to, "refit": bool(refit), "macs_before": plan.macs.total,
-            "macs_after": int(round(plan.macs.after(plan.keep)))})
-        if shifts:
-            n = add_shifts(model, plan.cg, plan.keep, shifts)
-            result.notes.append(f"mean of the removed channels folded into {n} consumer bias(es)")
+            "macs_after": int(round(plan.macs.after(plan.keep))), **plan.settings})
+        from onnxcomp.passes.structured.select import compensations, write_compensations
+
+        with blas_threads(1):
+            comp = compensations(plan.cg, plan.measured, plan.keep)
+        apply_removal(model, plan.cg, plan.keep)
+        if comp:
+            write_compensations(model, plan.cg, comp)
+            result.notes.append(f"mean of the removed channels folded into {len(comp)} consumer bias(es)")
         if refit and any(gp.keep is not None for gp in plan.groups):
             from onnxcomp.passes.structured.refit import refit_consumers
 
-            result.notes += refit_consumers(original, model, plan, ctx, record=result.settings)
+            result.notes += refit_consumers(original, model, plan, ctx, plan.measured, record=result.settings)
         after = {id(u.node): w for w in find_weights(model) for u in w.uses if u.index == 1}
         for key, (node, w) in nodes.items():
             name, size, nbytes = before[key]
@@ -204,14 +244,26 @@ def summary(gp: GroupPlan) -> dict:
             "reason": gp.reason if status != "pruned" else None}
 
 
+def _uniform(plan: StructuredPlan, round_to: int) -> np.ndarray:
+    """The kept channel ids if every live group kept its share at the uniform ratio."""
+    keep = np.ones(plan.cg.n_ids, bool)
+    for gp in plan.groups:
+        if gp.reason is None:
+            k = keep_count(gp.group.size, gp.ratio, unit_multiple(gp.group, round_to))
+            for u in np.argsort(-gp.scores, kind="stable")[k:]:
+                keep[gp.group.units[u]] = False
+    return keep
+
+
 def decide(plan: StructuredPlan, round_to: int) -> None:
-    """Choose the kept units of every group at its ratio; never empty a producer, Split or Slice."""
+    """Choose the kept units of every group at its count; never empty a producer, Split or Slice."""
     cg = plan.cg
     keep = np.ones(cg.n_ids, bool)
     for gp in plan.groups:
-        if gp.reason is not None or gp.ratio <= 0:
+        if gp.reason is not None or (gp.ratio <= 0 and gp.n_keep is None):
             continue
-        k = keep_count(gp.group.size, gp.ratio, round_to)
+        k = gp.n_keep if gp.n_keep is not None else keep_count(gp.group.size, gp.ratio,
+                                                               unit_multiple(gp.group, round_to))
         order = np.argsort(-gp.scores, kind="stable")
         gp.keep = np.zeros(gp.group.size, bool)
         gp.keep[order[:k]] = True

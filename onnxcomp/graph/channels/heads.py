@@ -1,0 +1,105 @@
+"""Channel rules for attention: channels split into heads by a Reshape, and products of activations.
+
+A transformer's Q/K/V projections write ``[..., C]``; the exporter splits the channel axis into
+``[..., heads, C / heads]`` with a Reshape, moves the head axis with Transposes, multiplies Q by
+Kᵀ and the softmax by V head by head (MatMuls of two activations whose head axis is a batch
+axis), and merges the heads back with a Reshape before the output projection.
+
+- A Reshape that splits the channel axis into ``(groups, inner...)`` ties the ``inner`` channels
+  of every group into one unit (a head is removed whole) and tracks the group axis; its literal
+  group count is rewritten when heads are removed. Merging the groups back into channels is the
+  ordinary Reshape rule (each head maps to its ``inner`` positions).
+- A MatMul of two activations ties channels that meet on a batch axis (Q's heads with K's, the
+  softmax's with V's) and passes channels on A's row axis or B's column axis through; channels
+  on the contracted axis freeze.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxcomp.graph.channels.types import IndexEdit, Layout
+
+
+def _prod(xs) -> int:
+    return int(np.prod(list(xs), dtype=np.int64)) if len(xs) else 1
+
+
+class HeadRules:
+    """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: head split and the MatMul rule."""
+
+    def split_groups(self, node: onnx.NodeProto, lay: Layout, entries: list, s_in: tuple, s_out: tuple) -> bool:
+        """Reshape ``[..., C, ...]`` -> ``[..., G, C/G..., ...]``: track G, tie each group's channels."""
+        a, before = lay.axis, _prod(s_in[:lay.axis])
+        c = s_in[a]
+        for b in range(len(s_out) - 1):
+            g = s_out[b]
+            if _prod(s_out[:b]) != before or g <= 1 or g >= c or c % g:
+                continue
+            if not any(_prod(s_out[b:j]) == c for j in range(b + 2, len(s_out) + 1)):
+                continue
+            entry = entries[b]
+            if not isinstance(entry, int) or entry == 0:
+                self.opaque(node, "splits channels into groups whose count is computed at run time")
+                return True
+            ids = lay.ids.reshape(g, c // g)
+            for j in range(1, c // g):
+                self.cg.tie(ids[:, 0], ids[:, j], f"{self.label(node)}: splits channels into groups")
+            if entry > 0:
+                self.cg.edits.append(IndexEdit(node, "reshape", [ids[:, 0]], {"entry": b, "factor": 1}))
+            self.out(node.output[0], b, ids[:, 0], len(s_out))
+            return True
+        return False
+
+    def r_MatMul(self, node: onnx.NodeProto) -> None:
+        """MatMul: a constant 2-D right operand (a Linear layer), or a product of two activations."""
+        w = self.weights.get((id(node), 1))
+        lay = self.L.get(node.input[0])
+        rank = self.rank(node.input[0])
+        if w is None and not self.ev.is_constant(node.input[1]) and not self.ev.is_constant(node.input[0]):
+            return self.matmul_activations(node)
+        if w is None or len(w.shape) != 2 or rank is None:
+            self.opaque(node, "MatMul without a constant 2-D right operand")
+            return
+        if self._read_apart(node, w):
+            return
+        self._consume(node, w, lay, rank - 1)
+        self._produce(node, w, 1, max(rank, 2) - 1, max(rank, 2), None)
+
+    def matmul_activations(self, node: onnx.NodeProto) -> None:
+        """MatMul of two activations (attention scores, attention times V)."""
+        ranks = [self.rank(i) for i in node.input[:2]]
+        if any(r is None for r in ranks) or min(ranks) < 2:
+            return self.opaque(node, "MatMul without a constant 2-D right operand")
+        R = max(ranks)
+        placed = {}
+        for k, (name, r) in enumerate(zip(node.input[:2], ranks)):
+            lay = self.L.get(name)
+            if lay is None:
+                continue
+            axis = lay.axis + R - r
+            contracted = R - 1 if k == 0 else R - 2
+            if axis == contracted or (r == 1):
+                return self.opaque(node, "multiplies its channels with another activation")
+            if axis == (R - 1 if k == 1 else R - 2) or axis < R - 2:
+                placed[k] = (axis, lay)
+            else:
+                return self.opaque(node, "multiplies its channels with another activation")
+        axes = {axis for axis, _ in placed.values()}
+        if len(axes) != 1:
+            return self.opaque(node, "its inputs carry channels on different axes")
+        axis = axes.pop()
+        (_, first), *rest = placed.values()
+        for _, other in rest:
+            if len(other.ids) != len(first.ids):
+                return self.opaque(node, f"broadcasts {len(other.ids)} channels against {len(first.ids)}")
+            self.cg.tie(first.ids, other.ids, f"{self.label(node)}: ties channels to ones that cannot be pruned")
+        if axis < R - 2:  # a batch axis: an untracked operand must broadcast along it
+            for k, (name, r) in enumerate(zip(node.input[:2], ranks)):
+                if k in placed:
+                    continue
+                s = self.shape(name)
+                pos = axis - (R - r)
+                if s is None or (pos >= 0 and s[pos] != 1):
+                    return self.opaque(node, f"input {name} has channels that no rule tracks")
+        self.out(node.output[0], axis, first.ids, R)
