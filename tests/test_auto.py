@@ -63,6 +63,7 @@ def test_auto_size_writes_model_and_recipe_that_replays(tmp_path, capsys, small_
     assert out.stat().st_size <= 0.5 * src.stat().st_size
     rec = tmp_path / "m.auto.yaml"
     assert d["recipe"] == str(rec) and rec.is_file()
+    assert recipe.load(rec)["encoding"] == "smallest"  # a size target stores the smallest way
     assert main(["compress", str(src), "--recipe", str(rec), "--data", str(CALIB),
                  "-o", str(tmp_path / "replay.onnx")]) == 0
     assert onnx.load(str(tmp_path / "replay.onnx")) == onnx.load(str(out))

@@ -20,7 +20,7 @@ from onnxcomp.io.model import Model, as_model
 from onnxcomp.errors import ConfigError
 from onnxcomp.io import model_bytes
 
-BITS = (8, 6, 5, 4, 3)
+BITS = (8, 6, 5, 4, 3, 2)
 BISECT_STEPS = 4
 MEASURED_STEPS = 2  # bisection steps on the average bits of the measured (sensitivity) allocation
 
@@ -88,6 +88,9 @@ class Search:
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
         self.goal, self.keep_going = goal, keep_going  # (trial attribute, target): stop once a trial meets it
+        # a size target stores the smallest way (variable-length codes too: onnxruntime's load peak is
+        # higher, see docs/encodings.md); speed targets keep the default storage
+        self.encoding = "smallest" if goal is not None and goal[0] == "size_ratio" else "auto"
 
     @property
     def met(self) -> bool:
@@ -108,8 +111,8 @@ class Search:
     def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
         from onnxcomp.measure.inspect import inspect
 
-        model = recipes.apply(self.original, recipes.make(steps), data=self.calib, threads=self.threads,
-                              progress=self.progress).model
+        model = recipes.apply(self.original, recipes.make(steps, encoding=self.encoding), data=self.calib,
+                              threads=self.threads, progress=self.progress).model
         macs = inspect(model.proto).total_macs
         d, bound = self.drop(model)
         t = Trial(steps, model_bytes(model.proto) / self.base_size,
@@ -242,7 +245,7 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
         if with_int8.ok:
             chosen = with_int8
     source = model.path.name if model.path is not None else "model"
-    rec = recipes.make(chosen.steps, encoding="auto", source=source, max_drop=max_drop,
+    rec = recipes.make(chosen.steps, encoding=s.encoding, source=source, max_drop=max_drop,
                        calib_samples=s.calib_samples)
     reached = getattr(chosen, key)
     missed = None
