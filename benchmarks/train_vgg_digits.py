@@ -64,16 +64,7 @@ def main():
     m = T.export(model, path, fold_bn=True)
     ops = T.op_counts(m)
     assert ops.get("BatchNormalization", 0) == 0, "BatchNorm should be folded"
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x_te)).numpy()
-    got = T.ort_logits(path, x_te)
-    max_diff = float(np.abs(ref - got).max())
-    assert max_diff < 1e-4, f"onnxruntime differs from torch by {max_diff}"
-    acc = float((got.argmax(1) == y_te).mean())
-    print(f"  train time {t_train:.1f} s, file {os.path.getsize(path) / 1e6:.2f} MB, "
-          f"ort-vs-torch max |diff| {max_diff:.2e}")
-    print(f"  ops: {dict(sorted(ops.items()))}")
-    print(f"  TEST ACCURACY (onnxruntime, n={len(y_te)}): {acc:.4f}")
+    T.check_and_report(model, path, ops, x_te, y_te, t_train)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,22 @@ def ort_logits(path, x):
     return sess.run(["logits"], {"input": x})[0]
 
 
+def check_and_report(model, path, ops, x_te, y_te, t_train):
+    """Assert onnxruntime's logits equal torch's (within 1e-4); print train time, file size, ops
+    and the onnxruntime test accuracy, which is returned."""
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x_te)).numpy()
+    got = ort_logits(path, x_te)
+    max_diff = float(np.abs(ref - got).max())
+    assert max_diff < 1e-4, f"onnxruntime differs from torch by {max_diff}"
+    acc = float((got.argmax(1) == y_te).mean())
+    print(f"  train time {t_train:.1f} s, file {os.path.getsize(path) / 1e6:.2f} MB, "
+          f"ort-vs-torch max |diff| {max_diff:.2e}")
+    print(f"  ops: {dict(sorted(ops.items()))}")
+    print(f"  TEST ACCURACY (onnxruntime, n={len(y_te)}): {acc:.4f}")
+    return acc
+
+
 def main():
     torch.set_num_threads(2)
     seed_everything(0)
@@ -224,11 +240,6 @@ def main():
         m = export(model, path, fold_bn)
         ops = op_counts(m)
 
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x_te)).numpy()
-        got = ort_logits(path, x_te)
-        max_diff = float(np.abs(ref - got).max())
-        assert max_diff < 1e-4, f"onnxruntime differs from torch by {max_diff}"
         n_bn = ops.get("BatchNormalization", 0)
         if fold_bn:
             assert n_bn == 0, "BatchNorm should be folded"
@@ -236,11 +247,7 @@ def main():
                        for n in m.graph.node if n.op_type == "Conv" for a in n.attribute)
         else:
             assert n_bn > 0 and ops.get("Add", 0) > 0, "BatchNorm/Add should be kept"
-        acc = float((got.argmax(1) == y_te).mean())
-        print(f"  train time {t_train:.1f} s, file {os.path.getsize(path) / 1e6:.2f} MB, "
-              f"ort-vs-torch max |diff| {max_diff:.2e}")
-        print(f"  ops: {dict(sorted(ops.items()))}")
-        print(f"  TEST ACCURACY (onnxruntime, n={len(y_te)}): {acc:.4f}")
+        check_and_report(model, path, ops, x_te, y_te, t_train)
     print(f"\ntotal training+export time {time.time() - t_all:.1f} s")
 
 

@@ -148,16 +148,7 @@ def main():
     assert ops.get("MatMul", 0) >= 6 * DEPTH + 2 * DEPTH, "q/k/v/proj/mlp and attention MatMuls"
     assert ops.get("LayerNormalization", 0) == 2 * DEPTH + 1 and ops.get("Softmax", 0) == DEPTH
     assert ops.get("Concat", 0) and ops.get("Gather", 0) and ops.get("Gemm", 0) == 1
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x_te)).numpy()
-    got = T.ort_logits(path, x_te)
-    max_diff = float(np.abs(ref - got).max())
-    assert max_diff < 1e-4, f"onnxruntime differs from torch by {max_diff}"
-    acc = float((got.argmax(1) == y_te).mean())
-    print(f"  train time {t_train:.1f} s, file {os.path.getsize(path) / 1e6:.2f} MB, "
-          f"ort-vs-torch max |diff| {max_diff:.2e}")
-    print(f"  ops: {dict(sorted(ops.items()))}")
-    print(f"  TEST ACCURACY (onnxruntime, n={len(y_te)}): {acc:.4f}")
+    T.check_and_report(model, path, ops, x_te, y_te, t_train)
 
 
 if __name__ == "__main__":

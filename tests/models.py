@@ -400,3 +400,27 @@ def output_error(src, calib, n: int = 64):
         return float(((y - ref) ** 2).sum() / (ref ** 2).sum())
 
     return err
+
+
+def digits_sets(model_file: str, n_calib: int, n_test: int):
+    """(model, calibration inputs, (test inputs, test labels)) of a digits model in models/."""
+    import onnxcomp as oc
+
+    model = oc.load(MODELS / model_file)
+    with np.load(MODELS / "digits_calib.npz") as z:
+        calib = z["input"][:n_calib]
+    with np.load(MODELS / "digits_test.npz") as z:
+        test = z["input"][:n_test], z["labels"][:n_test]
+    return model, calib, test
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has installed a SIGTERM handler (Linux /proc), i.e. got past start-up."""
+    import signal
+
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))

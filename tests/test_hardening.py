@@ -405,15 +405,6 @@ def big_chain(path: Path, layers: int = 4, width: int = 1024) -> Path:
     return path
 
 
-def _catches_sigterm(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
-    except (OSError, StopIteration):
-        return False
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
-
-
 def _interrupt(tmp_path: Path, sig: int, when: str) -> tuple[int, str]:
     src = big_chain(tmp_path / "big.onnx")
     before = sha(src)
@@ -429,7 +420,7 @@ def _interrupt(tmp_path: Path, sig: int, when: str) -> tuple[int, str]:
                 break
             time.sleep(0.005)
     else:  # main() is running once it catches SIGTERM; shortly after, it is loading or pruning
-        while time.monotonic() < deadline and proc.poll() is None and not _catches_sigterm(proc.pid):
+        while time.monotonic() < deadline and proc.poll() is None and not M.catches_sigterm(proc.pid):
             time.sleep(0.005)
         time.sleep(0.3)
     if proc.poll() is not None:

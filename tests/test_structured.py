@@ -79,12 +79,7 @@ def test_random_data_never_refits_and_activation_needs_real_data():
 
 @pytest.fixture(scope="module")
 def digits():
-    model = oc.load(M.MODELS / "resnet_digits.onnx")
-    with np.load(M.MODELS / "digits_calib.npz") as z:
-        calib = z["input"][:32]
-    with np.load(M.MODELS / "digits_test.npz") as z:
-        test = z["input"][:200], z["labels"][:200]
-    return model, calib, test
+    return M.digits_sets("resnet_digits.onnx", 32, 200)
 
 
 def accuracy(model: onnx.ModelProto, test) -> float:

@@ -1,6 +1,5 @@
 """Structured pruning of a transformer: attention heads and FFN neurons go as coupled groups, the
 consumers are refit, and the test accuracy of vit_digits holds."""
-import numpy as np
 import pytest
 
 import onnxcomp as oc
@@ -11,12 +10,7 @@ from .test_channels import run
 
 @pytest.fixture(scope="module")
 def vit():
-    model = oc.load(M.MODELS / "vit_digits.onnx")
-    with np.load(M.MODELS / "digits_calib.npz") as z:
-        calib = z["input"][:64]
-    with np.load(M.MODELS / "digits_test.npz") as z:
-        test = z["input"][:300], z["labels"][:300]
-    return model, calib, test
+    return M.digits_sets("vit_digits.onnx", 64, 300)
 
 
 @pytest.mark.parametrize("kw", [{}, pytest.param({"importance": "reconstruction", "allocation": "curves"},

@@ -121,15 +121,6 @@ def test_pack_compresses_in_blocks_to_the_same_stream():
 
 # --- interrupts: from the first line of main, and during long numpy/LAPACK calls ---------------------------
 
-def _catches_sigterm(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            caught = next(int(ln.split()[1], 16) for ln in f if ln.startswith("SigCgt:"))
-    except (OSError, StopIteration):
-        return False
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
-
-
 def _spawn(args: list[str], code: str = CLI) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -144,7 +135,7 @@ def test_signal_during_start_up(tmp_path, sig, delay):
     src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
     proc = _spawn(["prune", str(src), "--sparsity", "0.5", "-o", str(tmp_path / "o.onnx")])
     deadline = time.monotonic() + 60
-    while proc.poll() is None and not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+    while proc.poll() is None and not M.catches_sigterm(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.001)
     time.sleep(delay)
     if proc.poll() is not None:
