@@ -6,7 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxcomp.algo.kmeans import kmeans_dp, kmeans_rows
+from onnxcomp.algo.kmeans import kmeans_rows
+from onnxcomp.algo.kmeans_dp import kmeans_dp
 
 
 def _brute(x: np.ndarray, k: int) -> float:

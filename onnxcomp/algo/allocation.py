@@ -44,16 +44,27 @@ def by_threshold(sorted_scores: Sequence[np.ndarray], target: float, cap: float 
     return _fractions_below(sorted_scores, hi, cap)
 
 
-def lamp_scores(scores: np.ndarray) -> np.ndarray:
+def lamp_scores(scores: np.ndarray, block: int = 1 << 20) -> np.ndarray:
     """LAMP scores (Lee et al., ICLR 2021) of one layer, sorted ascending.
 
     For weights sorted by score, lamp(u) = s_u^2 / sum_{v >= u} s_v^2: comparable across layers,
     so one global threshold gives layer-adaptive sparsities without data.
     """
-    sq = np.sort(np.abs(scores.astype(np.float64, copy=False)).reshape(-1)) ** 2
-    suffix = np.cumsum(sq[::-1])[::-1]
-    # kept as float32: every layer's scores are held at once (float64 doubled a model's weight bytes)
-    return np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0).astype(np.float32)
+    a = np.array(scores, dtype=np.float64).reshape(-1)  # a copy: sorted in place
+    np.abs(a, out=a)
+    a.sort()
+    # kept as float32: every layer's scores are held at once (float64 doubled a model's weight bytes);
+    # the suffix sums run a block at a time from the top, carrying the running sum in front of each
+    # block (the same additions in the same order as one cumsum, without its tensor-sized temporaries)
+    out = np.zeros(a.size, np.float32)
+    total = 0.0
+    for end in range(a.size, 0, -block):
+        lo = max(end - block, 0)
+        sq = a[lo:end] ** 2
+        suffix = np.cumsum(np.concatenate(([total], sq[::-1])))[:0:-1]
+        out[lo:end] = np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0)
+        total = suffix[0]
+    return out
 
 
 def uniform(sizes: Sequence[int], target: float, cap: float = 1.0) -> np.ndarray:

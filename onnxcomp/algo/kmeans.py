@@ -1,4 +1,5 @@
-"""Fast weighted 1-D k-means over many rows at once (one codebook per row), and an exact 1-D DP.
+"""Fast weighted 1-D k-means over many rows at once (one codebook per row); the exact 1-D DP that
+checks it is :mod:`onnxcomp.algo.kmeans_dp`.
 
 Every row (an output channel, or a whole tensor) is sorted once; in sorted order each cluster is a
 contiguous run, so one Lloyd step is a ``searchsorted`` of the midpoints between centroids plus
@@ -18,6 +19,8 @@ from typing import Callable
 import numpy as np
 
 INITS = ("linear", "density", "random")
+CHUNK = 1 << 19  # values per block of rows fitted together (memory ~60 bytes per value, and
+# shorter searches: a block's sorted values stay in cache)
 _SPLITS = (-1.5, -0.75, -0.25, 0.0, 0.25, 0.75, 1.5)  # split points tried, in cluster std units
 
 
@@ -85,11 +88,12 @@ def _prefix(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _init(s: _Sorted, k: int, init: str, rng: np.random.Generator) -> np.ndarray:
-    """Initial centroids [rows, k]: linear, density (weighted CDF quantiles) or random (Forgy)."""
+def _init(s: _Sorted, k: int, init: str, draws: np.ndarray | None) -> np.ndarray:
+    """Initial centroids [rows, k]: linear, density (weighted CDF quantiles) or random (Forgy:
+    ``draws``, sorted uniform quantiles per row)."""
     total = s.cw[:, -1:]
     if init == "random":
-        q = np.sort(rng.random((s.rows, k)), axis=1)
+        q = draws
     else:
         q = np.broadcast_to((np.arange(k) + 0.5) / k, (s.rows, k))
     # positions where the weighted CDF crosses each quantile (rows searched as one flat array)
@@ -223,8 +227,23 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
     w = None if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
     if w is not None and not np.isfinite(w).all():
         w = np.where(np.isfinite(w), w, 0.0)
+    draws = np.sort(np.random.default_rng(seed).random((x.shape[0], k)), axis=1) if init == "random" else None
+    step = max(1, CHUNK // x.shape[1])  # rows are independent: bounded temporaries (~60 bytes per value)
+    parts = [_fit_rows(x32[a:a + step], None if w is None else w[a:a + step], k, init,
+                       None if draws is None else draws[a:a + step], iters, tol, dtype, snap, swaps)
+             for a in range(0, x.shape[0], step)]
+    if len(parts) == 1:
+        return parts[0]
+    return KMeansResult(centroids=np.concatenate([p.centroids for p in parts]),
+                        labels=np.concatenate([p.labels for p in parts]), sse=np.concatenate([p.sse for p in parts]))
+
+
+def _fit_rows(x32: np.ndarray, w: np.ndarray | None, k: int, init: str, draws: np.ndarray | None, iters: int,
+              tol: float, dtype: np.dtype | None, snap: Callable | None, swaps: int) -> KMeansResult:
+    """kmeans_rows on one block of rows (``draws``: the block's random init quantiles)."""
+    x = x32
     s = _Sorted(x32, w)
-    c = np.sort(_init(s, k, init, np.random.default_rng(seed)), axis=1)
+    c = np.sort(_init(s, k, init, draws), axis=1)
     c = _lloyd(s, c, iters, tol)
     rows = np.arange(s.rows)
     for _ in range(swaps if k >= 3 else 0):  # merge two + split one needs 3 clusters; a row that
@@ -258,40 +277,3 @@ def _snapped(c: np.ndarray, dtype: np.dtype | None, snap: Callable | None) -> np
     if bad.any():
         c = np.where(bad[:, None], exact.astype(np.float32).astype(np.float64), c)
     return np.sort(c, axis=1)
-
-
-def kmeans_dp(values: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Exact weighted 1-D k-means (optimal SSE) by dynamic programming; O(k * m^2) for m distinct values.
-
-    For small inputs (tests, tiny tensors). Returns (sorted centroids of the used clusters, SSE).
-    """
-    x = np.asarray(values, np.float64).ravel()
-    w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape).ravel()
-    keep = w > 0
-    u, inv = np.unique(x[keep], return_inverse=True)
-    uw = np.bincount(inv, weights=w[keep], minlength=u.size)
-    m = u.size
-    if m == 0:
-        return np.zeros(0), 0.0
-    k = min(k, m)
-    pw = np.concatenate([[0.0], np.cumsum(uw)])
-    px = np.concatenate([[0.0], np.cumsum(uw * u)])
-    pxx = np.concatenate([[0.0], np.cumsum(uw * u * u)])
-    i, j = np.meshgrid(np.arange(m + 1), np.arange(m + 1), indexing="ij")  # segment [i, j)
-    sw = pw[j] - pw[i]
-    cost = np.where(j > i, pxx[j] - pxx[i] - (px[j] - px[i]) ** 2 / np.where(sw > 0, sw, 1.0), np.inf)
-    cost = np.maximum(cost, 0.0)
-    best = cost[0].copy()  # best[j]: one cluster over [0, j)
-    arg = [np.zeros(m + 1, np.int64)]
-    for _ in range(1, k):
-        total = best[:, None] + cost  # split at i
-        arg.append(np.argmin(total, axis=0))
-        best = total[arg[-1], np.arange(m + 1)]
-    cuts, j = [m], m
-    for a in reversed(arg[1:]):
-        j = int(a[j])
-        cuts.append(j)
-    cuts.append(0)
-    cuts = cuts[::-1]
-    cents = [(px[b] - px[a]) / (pw[b] - pw[a]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-    return np.array(cents), float(best[m])

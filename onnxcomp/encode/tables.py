@@ -65,24 +65,32 @@ class Table:
         return self.values.size * item
 
 
-def row_ranks(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def row_ranks(rows: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rank of each element among its row's distinct values, distinct count per row, sorted rows).
 
     Ranks are int16 when every row has fewer than 32768 distinct values (int32 otherwise): for a
-    big embedding table the int64 temporaries were most of the encoder's peak memory.
+    big embedding table the int64 temporaries were most of the encoder's peak memory; rows are
+    ranked a block of about ``block`` values at a time for the same reason.
     """
-    order = np.argsort(rows, axis=1)  # equal values share a rank: stability is not needed
-    srt = np.take_along_axis(rows, order, axis=1)
-    change = np.ones(srt.shape, bool)
-    change[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    counts = change.sum(axis=1)
-    dtype = np.int16 if counts.size == 0 or counts.max() < 32768 else np.int32
-    rank_sorted = np.cumsum(change, axis=1, dtype=dtype)
-    rank_sorted -= 1
-    ranks = np.empty(rows.shape, dtype)
-    np.put_along_axis(ranks, order, rank_sorted, axis=1)
-    del order, rank_sorted
-    return ranks, counts, np.where(change, srt, np.nan)
+    n = rows.shape[1] if rows.ndim == 2 else 0
+    ranks = np.empty(rows.shape, np.int16 if n < 32768 else np.int32)
+    counts = np.empty(rows.shape[0], np.int64)
+    marked = np.empty(rows.shape, np.result_type(rows.dtype, np.float16))
+    step = max(1, block // max(1, n))
+    for a in range(0, rows.shape[0], step):
+        part = rows[a:a + step]
+        order = np.argsort(part, axis=1)  # equal values share a rank: stability is not needed
+        srt = np.take_along_axis(part, order, axis=1)
+        change = np.ones(srt.shape, bool)
+        change[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        counts[a:a + step] = change.sum(axis=1)
+        rank_sorted = np.cumsum(change, axis=1, dtype=ranks.dtype)
+        rank_sorted -= 1
+        np.put_along_axis(ranks[a:a + step], order, rank_sorted, axis=1)
+        marked[a:a + step] = np.where(change, srt, np.nan)
+    if ranks.dtype == np.int32 and (counts.size == 0 or counts.max() < 32768):
+        ranks = ranks.astype(np.int16)
+    return ranks, counts, marked
 
 
 def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
@@ -178,7 +186,7 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     table = _distinct(srt, width)
     u = np.unique(table)
     if u.size <= max_width:  # the tensor table: each row's distinct values found in the union
-        inv = np.take_along_axis(np.searchsorted(u, table), ranks, axis=1)
+        inv = np.take_along_axis(np.searchsorted(u, table).astype(np.int16), ranks, axis=1)
         out.append(Table("tensor", layout.unrows(inv).astype(np.int16), int(u.size), u.astype(flat.dtype)))
     if u.size <= 16:
         return out
@@ -209,7 +217,7 @@ def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int
     values, inv = np.unique(q, return_inverse=True)
     if values.size > max_width:
         return None
-    inv = inv.reshape(q.shape)
+    inv = inv.reshape(q.shape).astype(np.int16)  # <= max_width entries: no int64 tensor-sized gather
     idx = np.take_along_axis(inv, ranks, axis=1)
     return Table("shared", layout.unrows(idx).astype(np.int16), int(values.size),
                  values.astype(np.int16), s, layout=layout)

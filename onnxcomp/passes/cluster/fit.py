@@ -91,12 +91,14 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if granularity == "grid":
         out, table, coded = _grid(rows, k)
     elif granularity == "tensor":
-        out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64))
+        out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64),
+                            np.float64 if np.dtype(dtype).itemsize > 4 else np.float32)
         out, table = out.astype(dtype), cent.astype(dtype)
     elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
         q, cent = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
-        out, table = q.astype(np.float32) * s, cent.astype(np.float32) * s
+        q *= s
+        out, table = q, cent.astype(np.float32) * s
     elif granularity == "channel":  # float32 weights: float16 tables where the values fit in them
         half = np.float16 if half_ok else dtype
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
@@ -111,15 +113,26 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if zeros:
         out = np.where(nz, out, np.zeros((), out.dtype))
         table = np.concatenate([table, np.zeros((len(table), 1), table.dtype)], axis=1)
-    ref = rows.ravel().astype(np.float64)  # float64: squares of large weights overflow float32
-    err = out.ravel().astype(np.float64) - ref
-    if imp is None:
-        sse, energy = float(np.dot(err, err)), float(np.dot(ref, ref))
-    else:
-        flat_imp = imp.ravel().astype(np.float64)
-        sse, energy = float(np.dot(flat_imp * err, err)), float(np.dot(flat_imp * ref, ref))
+    sse, energy = _sse_energy(out, rows, imp)
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
     return Fit(values.astype(dtype), sse, energy, granularity, table, coded)
+
+
+def _sse_energy(out: np.ndarray, rows: np.ndarray, imp: np.ndarray | None, block: int = 1 << 20) -> tuple[float, float]:
+    """(weighted squared error, weighted energy) in float64 (squares of large weights overflow
+    float32), a block at a time: temporaries stay small beside a large embedding table."""
+    out, rows = out.reshape(-1), rows.reshape(-1)
+    imp = None if imp is None else imp.reshape(-1)
+    sse = energy = 0.0
+    for a in range(0, rows.size, block):
+        ref = rows[a:a + block].astype(np.float64)
+        err = out[a:a + block].astype(np.float64) - ref
+        if imp is not None:
+            m = imp[a:a + block].astype(np.float64)
+            sse, energy = sse + float(np.dot(m * err, err)), energy + float(np.dot(m * ref, ref))
+        else:
+            sse, energy = sse + float(np.dot(err, err)), energy + float(np.dot(ref, ref))
+    return sse, energy
 
 
 GRID_Q = 127  # grid integers stay within +-127: a table of at most 255 entries
@@ -148,10 +161,13 @@ def _grid(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _kmeans(rows: np.ndarray, k: int, w: np.ndarray, init: str, iters: int, seed: int,
-            snap) -> tuple[np.ndarray, np.ndarray]:
+            snap, exact: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """k-means per row, centroids snapped by ``snap``: (each element's centroid, centroids [rows, k])."""
     r = kmeans_rows(rows, k, weights=w, init=init, iters=iters, seed=seed, snap=snap)
-    return np.take_along_axis(r.centroids, r.labels, axis=1), r.centroids
+    # the snapped centroids are exact in ``exact`` (float16/float32 tables, grid integers):
+    # gathered in it, not in float64 (a big embedding table's values twice over)
+    cent = r.centroids.astype(exact)
+    return np.take_along_axis(cent, r.labels, axis=1), r.centroids
 
 
 def rescaler(values: np.ndarray, layout: Layout, granularity: str):
