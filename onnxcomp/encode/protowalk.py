@@ -2,6 +2,8 @@
 (the cut list :mod:`onnxcomp.encode.pack` separates into typed streams)."""
 from __future__ import annotations
 
+from onnxcomp.io.protowire import _fields, _varint  # the wire-format primitives
+
 _DTYPE_KIND = {1: 2, 10: 3, 16: 3, 11: 4, 2: 5, 3: 5, 4: 5, 5: 5, 21: 5, 22: 5}  # TensorProto type -> stream kind
 
 # message field numbers walked: where TensorProtos can sit inside a ModelProto
@@ -11,60 +13,6 @@ _FUNC_NODE = 7
 _ATTR = 5
 _ATTR_T, _ATTR_G, _ATTR_TS, _ATTR_GS, _ATTR_ST, _ATTR_STS = 5, 6, 10, 11, 22, 23
 _TENSOR_TYPE, _TENSOR_RAW = 2, 9
-
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _skip_group(buf: bytes, i: int, end: int, num: int) -> int:
-    """The position after the end-group tag matching group ``num`` that starts at ``i``."""
-    for inner, wt, _, j in _fields(buf, i, end, group=num):
-        if wt == 4:  # the matching end-group tag (nested groups were skipped whole)
-            return j
-    raise ValueError("group without its end tag")
-
-
-def _fields(buf: bytes, start: int, end: int, group: int | None = None):
-    """(field number, wire type, value start, value end) of each field of one message.
-
-    Groups (wire types 3/4, deprecated but valid protobuf, e.g. unknown fields written by other
-    tools) are skipped whole: their contents stay in the skeleton. Inside a group, the matching
-    end-group tag is yielded last, as wire type 4."""
-    i = start
-    while i < end:
-        key, i = _varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            _, j = _varint(buf, i)
-        elif wt == 1:
-            j = i + 8
-        elif wt == 5:
-            j = i + 4
-        elif wt == 2:
-            n, i = _varint(buf, i)
-            j = i + n
-        elif wt == 3:
-            j = _skip_group(buf, i, end, num)
-        elif wt == 4 and num == group:
-            yield num, wt, i, i
-            return
-        else:
-            raise ValueError(f"unexpected wire type {wt}")
-        if j > end:
-            raise ValueError("field runs past its message")
-        yield num, wt, i, j
-        i = j
 
 
 def _tensor(buf: bytes, s: int, e: int, cuts: list) -> None:

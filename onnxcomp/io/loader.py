@@ -65,11 +65,43 @@ def _load_external(model: onnx.ModelProto, path: Path, lazy: bool = False) -> No
             load_external_data_for_tensor(tensor, str(path.parent))
 
 
+def _leave_on_disk(model: onnx.ModelProto, data: bytes, path: Path) -> onnx.ModelProto:
+    """``model`` with its embedded initializers of LAZY_MIN_BYTES or more left in the file it was
+    read from (lazy references to their raw data's offsets there), so the parsed copy is freed:
+    a big model is then held neither twice (input and work copy) nor at all until a pass reads a
+    weight. ``model`` itself when nothing is big or the file's layout is unusual."""
+    from onnxcomp.io.checks import expected_bytes
+    from onnxcomp.io.protowire import initializer_payloads
+
+    inits = model.graph.initializer
+    if not any(t.ByteSize() >= tensors.LAZY_MIN_BYTES for t in inits):
+        return model
+    spans = initializer_payloads(data)
+    if spans is None or len(spans) != len(inits):
+        return model
+    out = onnx.ModelProto()
+    tensors._copy_fields(model, out, "graph")
+    tensors._copy_fields(model.graph, out.graph, "initializer")
+    where = str(path.resolve())
+    for t, span in zip(inits, spans):
+        h = out.graph.initializer.add()
+        if span is None or span[1] < tensors.LAZY_MIN_BYTES or span[1] != expected_bytes(t):
+            h.CopyFrom(t)
+            continue
+        tensors._shell(t, h)
+        h.data_location = onnx.TensorProto.EXTERNAL
+        tensors.EMBEDDED.add((where, span[0]))
+        for key, value in (("location", where), ("offset", str(span[0])), ("length", str(span[1]))):
+            h.external_data.add(key=key, value=value)
+    return out
+
+
 def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False) -> onnx.ModelProto:
     """Load an ONNX model, with its external data, or raise a one-line ModelLoadError.
 
-    ``lazy``: external initializers of LAZY_MIN_BYTES or more are checked like a full load but
-    stay on disk (see the module doc); smaller external tensors are read.
+    ``lazy``: initializers of LAZY_MIN_BYTES or more are checked like a full load but stay on disk
+    (see the module doc), external ones in their files, embedded ones in the model file itself;
+    smaller external tensors are read.
     """
     path = Path(path)
     if not path.exists():
@@ -82,6 +114,8 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     external = bool(external_tensors(model))
     if not external:
         check_valid(data, path)  # the bytes already read: no second serialization
+        if lazy:
+            model = _leave_on_disk(model, data, path)
     del data
     if load_external_data and external:
         _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe

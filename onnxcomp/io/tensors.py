@@ -49,8 +49,11 @@ def model_bytes(model: onnx.ModelProto) -> int:
         shell = onnx.TensorProto()
         shell.CopyFrom(t)
         del shell.external_data[:]
-        shell.data_location = onnx.TensorProto.DEFAULT  # as onnx leaves a tensor it read in
-        n = _external_info(t)[2]
+        location, offset, n = _external_info(t)
+        if (location, offset) in EMBEDDED:  # left in the model file itself: it had no data_location
+            shell.ClearField("data_location")
+        else:
+            shell.data_location = onnx.TensorProto.DEFAULT  # as onnx leaves a tensor it read in
         inline = shell.ByteSize() + 1 + _varint_len(n) + n  # + the raw_data field
         extra += inline + _varint_len(inline) - t.ByteSize() - _varint_len(t.ByteSize())
     if not extra:
@@ -63,6 +66,7 @@ def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
 
 LAZY_MIN_BYTES = 1 << 20  # smaller external tensors are read at load time
+EMBEDDED: set[tuple[str, int]] = set()  # (file, offset) of lazy tensors left inside a model file
 
 
 def _external_info(tensor: onnx.TensorProto) -> tuple[str, int, int]:
@@ -173,7 +177,10 @@ def _header(model: onnx.ModelProto, apart) -> tuple[onnx.ModelProto, list]:
 def _fill(shell: onnx.TensorProto, src: onnx.TensorProto) -> None:
     """Put the source's data into the shell, inline."""
     shell.raw_data = _read_lazy(src) if is_lazy(src) else src.raw_data
-    shell.data_location = onnx.TensorProto.DEFAULT
+    if is_lazy(src) and _external_info(src)[:2] in EMBEDDED:  # as it was inside its model file
+        shell.ClearField("data_location")
+    else:
+        shell.data_location = onnx.TensorProto.DEFAULT
     del shell.external_data[:]
 
 

@@ -17,7 +17,7 @@ from onnxcomp.errors import ModelLoadError, ModelSaveError
 from onnxcomp.io.ort import compatible_ir, ort_load_error, verify_file
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.tensors import (_external_info, _fill, _header, _lost, _set_location,
-                                 inline_copy, is_lazy, lazy_tensors, needs_external_data, stored_size)
+                                 EMBEDDED, inline_copy, is_lazy, lazy_tensors, needs_external_data, stored_size)
 from onnxcomp.io.temp import sweep_once, temp_prefix
 
 
@@ -87,6 +87,9 @@ def shelter(models, files) -> Path | None:
             except OSError:  # no hard links here: a copy
                 shutil.copyfile(file, keep)
         for t in readers:
+            location, offset, _ = _external_info(t)
+            if (location, offset) in EMBEDDED:  # still a tensor left inside a model file
+                EMBEDDED.add((str(keep.resolve()), offset))
             _set_location(t, str(keep.resolve()))
     return hidden
 
