@@ -11,7 +11,6 @@ import math
 import threading
 
 import numpy as np
-import scipy.linalg
 
 DAMP = 1e-6  # relative ridge added to covariances (fraction of their mean eigenvalue)
 INTERRUPTIBLE_ELEMENTS = 1 << 18  # decompositions of bigger matrices run in a worker thread
@@ -75,6 +74,8 @@ def svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         return interruptible(np.linalg.svd, m, full_matrices=False, size=m.size)
     except np.linalg.LinAlgError:  # rare LAPACK gesdd failure: fall back to the slower gesvd
+        import scipy.linalg  # imported when used: start-up of the commands that never solve
+
         return interruptible(scipy.linalg.svd, m, full_matrices=False, lapack_driver="gesvd", size=m.size)
 
 
@@ -140,6 +141,8 @@ def ridge_solve(cross: np.ndarray, gram: np.ndarray, damp: float = DAMP) -> np.n
     g = 0.5 * (g + g.T)
     ridge = damp * max(float(np.trace(g)) / max(len(g), 1), 1e-30)
     g = g + ridge * np.eye(len(g))
+    import scipy.linalg  # imported when used: start-up of the commands that never solve
+
     try:
         return interruptible(scipy.linalg.solve, g, np.asarray(cross, np.float64).T, assume_a="pos", size=g.size).T
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):

@@ -6,6 +6,7 @@ Shared by every pass: :mod:`.base` (Pass, PassResult, Context). Shared by the lo
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
@@ -13,18 +14,12 @@ def make_pass(config: Any):
     """The pass that carries out a step config (PruneConfig -> PrunePass, ...)."""
     from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, FactorizeConfig, Int8Config,
                                  PruneConfig, QuantizeConfig, StructuredPruneConfig)
-    from onnxcomp.passes.cluster.cluster import ClusterPass
-    from onnxcomp.passes.correction import CorrectionPass
-    from onnxcomp.passes.depthwise import DepthwisePass
-    from onnxcomp.passes.factorize.factorize import FactorizePass
-    from onnxcomp.passes.prune.prune import PrunePass
-    from onnxcomp.passes.quantize.quantize import QuantizePass
-    from onnxcomp.passes.structured.structured import StructuredPrunePass
-
-    table = {PruneConfig: PrunePass, StructuredPruneConfig: StructuredPrunePass, FactorizeConfig: FactorizePass,
-             DepthwiseConfig: DepthwisePass, ClusterConfig: ClusterPass, CorrectionConfig: CorrectionPass,
-             Int8Config: QuantizePass, QuantizeConfig: QuantizePass}
-    for cls, p in table.items():
-        if type(config) is cls:
-            return p(config)
+    table = {PruneConfig: ("prune.prune", "PrunePass"), StructuredPruneConfig: ("structured.structured",
+             "StructuredPrunePass"), FactorizeConfig: ("factorize.factorize", "FactorizePass"),
+             DepthwiseConfig: ("depthwise", "DepthwisePass"), ClusterConfig: ("cluster.cluster", "ClusterPass"),
+             CorrectionConfig: ("correction", "CorrectionPass"), Int8Config: ("quantize.quantize", "QuantizePass"),
+             QuantizeConfig: ("quantize.quantize", "QuantizePass")}
+    for cls, (module, name) in table.items():
+        if type(config) is cls:  # only the pass asked for is imported (start-up: scipy.optimize etc.)
+            return getattr(importlib.import_module(f"onnxcomp.passes.{module}"), name)(config)
     raise TypeError(f"no pass takes a {type(config).__name__}")
