@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.encode.base import Names, const, node
+from onnxcomp.encode.factor import factor, factor_multiples, lowest_terms  # noqa: F401 - factor: re-exported
 
 GRID8, GRID12 = 127, 2047  # integer ranges whose products with a float16 are exact in float32
 
@@ -103,58 +104,6 @@ def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Write each row as integers q (|q| <= maxint) times one float16 scale, exactly in float32.
-
-    Returns (q [C, K] int16, s [C] float16) or None when some row has no such factorisation.
-    The scale tried first is the row's largest |value| / maxint, then / (maxint - 1), ...: the
-    largest |q| that works, which is the one the cluster pass chose.
-    """
-    c = np.asarray(table, np.float64)
-    m = np.abs(c).max(axis=1)
-    s = np.where(m == 0, 1.0, np.nan)
-    todo = np.flatnonzero(m > 0)
-    probe = todo[:4]  # values that are no grid fail on every row: a few rows searched in full say so
-    s[probe] = _first_scales(c, m, probe, np.arange(maxint, 0, -1, dtype=np.float64), maxint)
-    if np.isnan(s[probe]).any():
-        return None
-    todo = todo[4:]
-    start, width = maxint, 8
-    while todo.size and start > 0:  # candidates in descending blocks (8, 16, 32, ...): a row leaves
-        js = np.arange(start, max(start - width, 0), -1, dtype=np.float64)  # at its first hit,
-        found = _first_scales(c, m, todo, js, maxint)  # which is the full search's answer
-        s[todo] = found
-        todo = todo[np.isnan(found)]
-        start, width = start - width, width * 2
-    if np.isnan(s).any():
-        return None
-    q = np.round(c / s[:, None]).astype(np.int16)
-    return q, s.astype(np.float16)
-
-
-def _first_scales(c: np.ndarray, m: np.ndarray, todo: np.ndarray, js: np.ndarray, maxint: int) -> np.ndarray:
-    """For rows ``todo``, the first scale m/j (j in ``js``, in order) that writes the row as
-    integers |q| <= maxint times a float16 exactly in float32; NaN where none of ``js`` does."""
-    out = np.full(todo.size, np.nan)
-    step = max(1, (1 << 18) // max(1, js.size * c.shape[1]))  # bounded [rows, js, K] blocks
-    for lo in range(0, todo.size, step):
-        chunk = todo[lo:lo + step]
-        cand = m[chunk, None] / js[None, :]
-        rows, cols = np.nonzero(np.float16(cand).astype(np.float64) == cand)  # float16 scales only
-        if rows.size == 0:
-            continue
-        sc = cand[rows, cols]
-        vals = c[chunk[rows]]
-        q = vals / sc[:, None]
-        good = np.all((q == np.round(q)) & (np.abs(q) <= maxint), axis=1)
-        good &= np.all(np.round(q).astype(np.float32) * sc[:, None].astype(np.float32)
-                       == vals.astype(np.float32), axis=1)
-        rows, sc = rows[good], sc[good]
-        first = np.unique(rows, return_index=True)[1]  # per row, the largest |q| that works
-        out[lo + rows[first]] = sc[first]
-    return out
-
-
 def _too_many(flat: np.ndarray, layout: Layout | None, max_width: int) -> bool:
     """True when one output channel (or, without channels, the first 64 K values) already holds
     more than ``max_width`` distinct values: no table fits, so the whole-tensor sorts below (and
@@ -198,15 +147,17 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         grid = factor(table, GRID8)
         if grid is not None:
             out.append(Table("channel", idx, width, grid[0], grid[1], store="grid", layout=layout))
-        shared = _shared(ranks, table, layout, max_width)
+        shared = _shared(ranks, table, layout, max_width, grid)
         if shared is not None:
             out.append(shared)
     return sorted(out, key=Table.table_bytes)
 
 
-def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int) -> Table | None:
-    """One integer table for all channels times a float16 scale per channel, when it is exact."""
-    f = factor(table, GRID12)
+def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int,
+            grid: tuple[np.ndarray, np.ndarray] | None = None) -> Table | None:
+    """One integer table for all channels times a float16 scale per channel, when it is exact
+    (``grid``: the rows' 8-bit factorisation, which narrows the search)."""
+    f = factor(table, GRID12) if grid is None else factor_multiples(table, GRID12, grid[0])
     if f is None:
         return None
     q, s = lowest_terms(*f, table)
@@ -221,23 +172,6 @@ def _shared(ranks: np.ndarray, table: np.ndarray, layout: Layout, max_width: int
     idx = np.take_along_axis(inv, ranks, axis=1)
     return Table("shared", layout.unrows(idx).astype(np.int16), int(values.size),
                  values.astype(np.int16), s, layout=layout)
-
-
-def lowest_terms(q: np.ndarray, s: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's integers divided by their common divisor (the scale multiplied by it) where that
-    stays exact: ``factor`` picks the largest integers, so rows of one uniform grid (q * step) come
-    out as q * 2^t with a different t per row; in lowest terms they share one small table."""
-    d = np.gcd.reduce(np.abs(q.astype(np.int64)), axis=1)
-    d[d == 0] = 1
-    s2 = (s.astype(np.float64) * d).astype(np.float16)
-    q2 = (q // d[:, None]).astype(np.int16)
-    ok = (d > 1) & np.isfinite(s2) & np.all(q2.astype(np.float32) * s2.astype(np.float32)[:, None]
-                                           == np.asarray(table, np.float32), axis=1)
-    if not ok.any():
-        return q, s
-    q, s = q.copy(), s.copy()
-    q[ok], s[ok] = q2[ok], s2[ok]
-    return q, s
 
 
 def build_table(t: Table, fresh: Names, name: str, dtype: np.dtype, inits: list, nodes: list,
