@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor
 from onnxcomp.io import tensor_array
@@ -251,8 +251,12 @@ def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> No
     if tuple(values.shape) != tuple(weight.shape):
         raise ValueError(f"new values for {weight.name} have shape {values.shape}, not {weight.shape}")
     values = values.reshape(weight.stored_shape or weight.shape)
-    tensor = numpy_helper.from_array(values, weight.name)
     graph = model.graph
+    if weight.source == "initializer" and values.dtype.kind in "fiu" and values.dtype.itemsize > 1 \
+            and values.dtype.byteorder in "=<|":
+        _write_raw(weight.holder, values)  # in place: no tensor-sized intermediate message
+        return
+    tensor = numpy_helper.from_array(values, weight.name)
     if weight.source == "initializer":
         weight.holder.CopyFrom(tensor)
     elif weight.source == "constant":
@@ -266,6 +270,18 @@ def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> No
         graph.initializer.append(tensor)
         weight.source, weight.holder = "initializer", graph.initializer[-1]
     # Identity / Reshape chains between storage and use stay; values flow through them unchanged
+
+
+def _write_raw(holder: onnx.TensorProto, values: np.ndarray) -> None:
+    """``holder`` becomes ``values`` (its name kept) exactly as numpy_helper.from_array writes
+    them: raw little-endian bytes, data type, dims; any other data field and location cleared."""
+    for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data",
+                 "external_data", "data_location", "segment", "doc_string", "metadata_props"):
+        holder.ClearField(name)
+    del holder.dims[:]
+    holder.dims.extend(values.shape)
+    holder.data_type = helper.np_dtype_to_tensor_dtype(values.dtype)
+    holder.raw_data = np.ascontiguousarray(values).tobytes()
 
 
 def remove_storage(model: onnx.ModelProto, weight: Weight) -> None:

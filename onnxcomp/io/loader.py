@@ -113,9 +113,9 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     check_tensor_data(model, path)  # external tensors are checked against their files below
     external = bool(external_tensors(model))
     if not external:
-        check_valid(data, path)  # the bytes already read: no second serialization
-        if lazy:
+        if lazy:  # first: the parsed weights are freed before the checker parses the bytes again
             model = _leave_on_disk(model, data, path)
+        check_valid(data, path)  # the bytes already read: no second serialization
     del data
     if load_external_data and external:
         _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe

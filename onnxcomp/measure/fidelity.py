@@ -158,7 +158,8 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     run = _Run(a, b, pairs, layers, labels, threads, progress)
     from onnxcomp.io.sessions import low_memory_sessions
 
-    with low_memory_sessions(a.proto, b.proto):  # both sessions alike; big ones without constant folding
+    runs = -(-data.num_samples // max(1, data.batch_size)) if data.num_samples and not layers else None
+    with low_memory_sessions(a.proto, b.proto, runs=runs):  # both alike; big or brief ones without constant folding
         if not layers:
             run.run_pass(data, [], True, None)
         else:
