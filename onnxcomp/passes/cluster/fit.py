@@ -127,11 +127,12 @@ def _sse_energy(out: np.ndarray, rows: np.ndarray, imp: np.ndarray | None, block
     for a in range(0, rows.size, block):
         ref = rows[a:a + block].astype(np.float64)
         err = out[a:a + block].astype(np.float64) - ref
-        if imp is not None:
+        if imp is not None:  # einsum: no BLAS threads woken for a dot product
             m = imp[a:a + block].astype(np.float64)
-            sse, energy = sse + float(np.dot(m * err, err)), energy + float(np.dot(m * ref, ref))
+            sse += float(np.einsum("i,i,i->", m, err, err))
+            energy += float(np.einsum("i,i,i->", m, ref, ref))
         else:
-            sse, energy = sse + float(np.dot(err, err)), energy + float(np.dot(ref, ref))
+            sse, energy = sse + float(np.einsum("i,i->", err, err)), energy + float(np.einsum("i,i->", ref, ref))
     return sse, energy
 
 
