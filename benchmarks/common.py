@@ -103,3 +103,14 @@ def write_json(name: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"\nwrote {path}", file=sys.stderr)
     return path
+
+
+def install_old(commit: str, tmp: Path) -> Path:
+    """A venv with onnxcomp at ``commit`` (git worktree + pip install); its onnxcomp script."""
+    tree = tmp / "old-tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), commit], check=True,
+                   capture_output=True)
+    venv = tmp / "old-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(tree)], check=True)
+    return venv / "bin" / "onnxcomp"

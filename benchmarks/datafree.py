@@ -1,13 +1,14 @@
 """Data-free commands on a transformer-sized model: wall time and peak RSS as multiples of a plain
 ``onnx.load`` + ``onnx.save`` of the same file, and of the model's bytes.
 
-    python benchmarks/datafree.py [--layers 6] [--width 384] [--vocab 30522]
+    python benchmarks/datafree.py [--layers 6] [--width 384] [--vocab 30522] [--old COMMIT] [--repeat 3]
 
 Builds a BERT-small-shaped graph (token embedding Gather, then per layer Q/K/V/output MatMuls
 width x width and an MLP width x 4 width x width, LayerNorm; 22.6 M parameters at the defaults)
 with random weights — enough for cost, not for quality — and runs, as child processes,
-``cluster --bits 4`` and ``prune --sparsity 0.9`` without data, beside a load+save of the file.
-Writes benchmarks/results/datafree.json.
+``cluster --bits 4`` and ``prune --sparsity 0.9`` without data, beside a load+save of the file
+(``--old COMMIT``: onnxcomp at that commit too, interleaved round by round; medians of
+``--repeat`` rounds). Writes benchmarks/results/datafree.json.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_json  # noqa: E402
+from common import ROOT, install_old, table, write_json  # noqa: E402
 
 
 def transformer(layers: int, width: int, vocab: int, seq: int = 128) -> onnx.ModelProto:
@@ -70,35 +71,59 @@ def timed(argv: list[str]) -> dict:
             "exit": os.waitstatus_to_exitcode(status), "stderr": err[-300:]}
 
 
+COMMANDS = {"cluster --bits 4": ["cluster", "{m}", "--bits", "4"],
+            "prune --sparsity 0.9": ["prune", "{m}", "--sparsity", "0.9"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=384)
     ap.add_argument("--vocab", type=int, default=30522)
+    ap.add_argument("--old", default=None, metavar="COMMIT", help="Also run onnxcomp at this commit, interleaved.")
+    ap.add_argument("--repeat", type=int, default=1, help="Rounds (medians are reported).")
     args = ap.parse_args()
-    tool = str(Path(sys.executable).with_name("onnxcomp"))
+    tools = {"new": str(Path(sys.executable).with_name("onnxcomp"))}
     with tempfile.TemporaryDirectory() as t:
+        if args.old:
+            tools = {"old": str(install_old(args.old, Path(t))), **tools}
         src = Path(t) / "bertish.onnx"
         model = transformer(args.layers, args.width, args.vocab)
         params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
         onnx.save(model, str(src))
+        del model
         size = src.stat().st_size
         code = f"import onnx; m = onnx.load({str(src)!r}); onnx.save(m, {str(Path(t) / 'copy.onnx')!r})"
-        base = timed([sys.executable, "-c", code])
-        rows = []
-        for name, argv in (("cluster --bits 4", ["cluster", str(src), "--bits", "4"]),
-                           ("prune --sparsity 0.9", ["prune", str(src), "--sparsity", "0.9"])):
-            r = timed([tool, *argv, "-o", str(Path(t) / "out.onnx"), "--force", "--quiet"])
-            out_size = (Path(t) / "out.onnx").stat().st_size if r["exit"] == 0 else None
-            rows.append({"command": name, **r, "time_vs_load_save": r["seconds"] / base["seconds"],
-                         "rss_vs_model": r["peak_rss"] / size, "output_ratio": out_size / size if out_size else None})
-    print(f"{params / 1e6:.1f} M params, {size / 1e6:.1f} MB; onnx load + save {base['seconds']:.1f} s, "
-          f"peak RSS {base['peak_rss'] / 1e6:.0f} MB")
-    print(table(["command", "seconds", "x load+save", "peak RSS", "x model bytes", "output", "exit"],
-                [[r["command"], f"{r['seconds']:.1f}", f"{r['time_vs_load_save']:.2f}x",
-                  f"{r['peak_rss'] / 1e6:.0f} MB", f"{r['rss_vs_model']:.2f}x",
+        runs: dict = {}
+        for _ in range(args.repeat):  # every round runs everything once: the load is shared alike
+            runs.setdefault("load+save", []).append(timed([sys.executable, "-c", code]))
+            for name, argv in COMMANDS.items():
+                for version, tool in tools.items():
+                    out = Path(t) / f"out-{version}.onnx"
+                    r = timed([tool, *[a.format(m=src) for a in argv], "-o", str(out), "--force", "--quiet"])
+                    r["output_ratio"] = out.stat().st_size / size if r["exit"] == 0 else None
+                    runs.setdefault((name, version), []).append(r)
+        if args.old:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(t) / "old-tree")],
+                           capture_output=True)
+
+    def med(key: str, field: str) -> float:
+        return float(np.median([r[field] for r in runs[key]]))
+
+    base_s, base_rss = med("load+save", "seconds"), med("load+save", "peak_rss")
+    rows = [{"command": name, "code": version, "seconds": med(key, "seconds"), "peak_rss": med(key, "peak_rss"),
+             "time_vs_load_save": med(key, "seconds") / base_s, "rss_vs_model": med(key, "peak_rss") / size,
+             "output_ratio": runs[key][0]["output_ratio"], "exit": max(r["exit"] for r in runs[key]),
+             "stderr": runs[key][0]["stderr"]}
+            for key in runs if key != "load+save" for name, version in [key]]
+    print(f"{params / 1e6:.1f} M params, {size / 1e6:.1f} MB; onnx load + save {base_s:.2f} s, peak RSS "
+          f"{base_rss / 1e6:.0f} MB ({base_rss / size:.2f}x the model); medians of {args.repeat} interleaved round(s)")
+    print(table(["command", "code", "seconds", "x load+save", "peak RSS", "x model bytes", "output", "exit"],
+                [[r["command"], r["code"] if r["code"] == "new" else f"old {args.old}", f"{r['seconds']:.2f}",
+                  f"{r['time_vs_load_save']:.2f}x", f"{r['peak_rss'] / 1e6:.0f} MB", f"{r['rss_vs_model']:.2f}x",
                   "-" if r["output_ratio"] is None else f"{r['output_ratio']:.3f}x", r["exit"]] for r in rows]))
-    write_json("datafree", {"params": params, "model_bytes": size, "load_save": base, "rows": rows})
+    write_json("datafree", {"params": params, "model_bytes": size, "repeat": args.repeat, "old": args.old,
+                            "load_save": {"seconds": base_s, "peak_rss": base_rss}, "rows": rows})
 
 
 if __name__ == "__main__":

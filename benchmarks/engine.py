@@ -24,24 +24,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, ROOT, real_models, table, write_json  # noqa: E402
+from common import MODELS, ROOT, install_old, real_models, table, write_json  # noqa: E402
 
 COMMANDS = {
     "cluster4": ["cluster", "{m}", "--bits", "4"],
     "prune50": ["prune", "{m}", "--sparsity", "0.5"],
     "structured30": ["prune", "--structured", "{m}", "--ratio", "0.3"],
 }
-
-
-def install_old(commit: str, tmp: Path) -> Path:
-    """A venv with onnxcomp at ``commit`` (git worktree + pip install); its onnxcomp script."""
-    tree = tmp / "old-tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), commit], check=True,
-                   capture_output=True)
-    venv = tmp / "old-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(tree)], check=True)
-    return venv / "bin" / "onnxcomp"
 
 
 def timed(argv: list[str]) -> dict:
