@@ -289,3 +289,14 @@ def test_compressing_an_embedded_model_in_place_matches_a_separate_output(tmp_pa
     assert report["passes"] == elsewhere["passes"]
     assert src.read_bytes() == (tmp_path / "copy" / "out.onnx").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "m.onnx"]
+
+
+def test_an_embedded_model_file_cut_short_while_running_is_a_one_line_error(tmp_path, lazy_all):
+    path = tmp_path / "m.onnx"
+    onnx.save(M.conv_bn_relu(c_mid=32), str(path))
+    lazy = io.load(path, lazy=True)
+    path.write_bytes(path.read_bytes()[:200])  # another program rewrites the input meanwhile
+    with pytest.raises(ModelLoadError, match="changed while onnxcomp ran") as err:
+        for t in io.lazy_tensors(lazy):
+            io.tensor_array(t)
+    assert "leave the model file alone" in err.value.fix and "\n" not in str(err.value)

@@ -97,6 +97,9 @@ def lazy_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 def _lost(name: str, location: str, exc: OSError | None = None) -> ModelLoadError:
     """The error for a lazy tensor's file that changed or vanished after it was checked."""
     problem = f"cannot read it: {exc.strerror or exc}" if exc is not None else "the file is shorter now"
+    if any(loc == location for loc, _ in EMBEDDED):  # weights left inside the model file itself
+        return ModelLoadError(f"the model file {location} changed while onnxcomp ran, before the weights of "
+                              f"tensor {name!r} were read ({problem})", "leave the model file alone while onnxcomp runs")
     return ModelLoadError(f"the external data of tensor {name!r} in {location} changed while onnxcomp ran "
                           f"({problem})", "leave the model's .data file alone while onnxcomp runs")
 
