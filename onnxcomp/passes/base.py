@@ -32,6 +32,7 @@ class Context:
     original: onnx.ModelProto | None = None
     history: list["PassResult"] = field(default_factory=list)
     encoding: str = "auto"
+    memo: dict | None = None  # measurements a caller lets passes reuse across runs (auto's trials)
 
     @property
     def has_real_data(self) -> bool:

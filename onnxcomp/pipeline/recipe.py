@@ -105,12 +105,12 @@ def configs(recipe: dict) -> list:
 
 
 def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | None = None,
-          progress: Any = None) -> Result:
+          progress: Any = None, memo: dict | None = None) -> Result:
     """Run every step of ``recipe`` on a copy of ``model`` through the runner; the encoded Result.
 
     With real data, each prune/cluster step's changed layers are refitted (``correction``) and,
     at the end, every changed layer that is not clustered once more (clustered layers keep the
-    refit their cluster step made inside their codebooks).
+    refit their cluster step made inside their codebooks). ``memo``: see :func:`run`.
     """
     validate(recipe)
     steps = configs(recipe)
@@ -121,4 +121,4 @@ def apply(model: ModelLike, recipe: dict, *, data: Any = None, threads: int | No
     correction = CorrectionConfig(recipe.get("correction", "auto"))
     final = correction if correction.correction != "none" else None
     return run(m, steps, data=data, correction=correction, final_correction=final,
-               encoding=recipe.get("encoding", "auto"), threads=threads, progress=progress)
+               encoding=recipe.get("encoding", "auto"), threads=threads, progress=progress, memo=memo)

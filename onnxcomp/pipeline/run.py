@@ -106,14 +106,16 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
         correction: CorrectionConfig | str | None = "auto", encoding: EncodeConfig | str = "auto",
         final_correction: CorrectionConfig | None = None, input_shapes: dict | None = None,
         threads: int | None = None, seed: int = 0, progress: Any = None,
-        after_step: Callable[[int, Model, Context], None] | None = None) -> Result:
+        after_step: Callable[[int, Model, Context], None] | None = None, memo: dict | None = None) -> Result:
     """Apply ``steps`` (step configs, in order) to a copy of ``model``, correct, encode; one Result.
 
     ``correction`` refits the output channels of the weights each prune/cluster step changed
     (auto = affine with real data, none without; clustered weights keep their codebooks);
     ``final_correction`` refits every weight that differs from the input at the end (recipes).
     ``encoding`` stores the changed weights ("dense" keeps them as float tensors).
-    ``after_step(i, model, ctx)`` is called after step ``i`` (and its correction).
+    ``after_step(i, model, ctx)`` is called after step ``i`` (and its correction). ``memo``: a dict
+    kept across calls in which passes keep measurements that depend only on the model and data
+    (auto's trials at several budgets measure each layer's sensitivity once).
 
     A model loaded lazily is copied without its big tensors: passes read each weight from disk
     when they need it, and above 2 GB weights no pass changed stay references to the input's data.
@@ -127,7 +129,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     data = as_data(data, original, input_shapes)
     passes = plan_passes(steps, correction, final_correction)
     ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads, progress=progress,
-                  seed=seed, original=original.proto, encoding=enc.encoding)
+                  seed=seed, original=original.proto, encoding=enc.encoding, memo=memo)
     check_needs(passes, ctx)
     work = original.copy()
     work.path = None

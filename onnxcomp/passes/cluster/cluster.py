@@ -9,7 +9,7 @@ final values and stores indices + table, bit-exactly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import onnx
@@ -23,7 +23,7 @@ from onnxcomp.passes.cluster import seq as cluster_seq
 from onnxcomp.passes.cluster.costs import (budget_limit, candidates, granularity_of, grid_levels, is_pruned,
                                           option_bits, select)
 from onnxcomp.passes.cluster.fit import Fit, fit
-from onnxcomp.passes.cluster.layers import layer_stats, refit_codebooks, rescale_by_gptq
+from onnxcomp.passes.cluster.layers import graph_order, in_order, layer_stats, refit_codebooks, rescale_by_gptq
 
 MIXED_RANGE = 2  # mixed bits stay within budget +- this
 MEASURED_LOW = 1  # sensitivity: candidate widths from floor(budget) - this up to 8 bits
@@ -165,7 +165,8 @@ class ClusterPass(Pass):
         through the whole model on the calibration samples: that output loss, divided by the
         layer's own weighted error at that width, is its sensitivity; the layer's loss at every
         other width is the sensitivity times its own error there (one model run per layer, not
-        one per layer and width).
+        one per layer and width). With ``ctx.memo`` (a caller trying several budgets on the same
+        model and data, as ``auto`` does) the measurement is made once and reused.
         """
         cfg: ClusterConfig = self.config
         if not ctx.has_real_data:
@@ -173,12 +174,45 @@ class ClusterPass(Pass):
 
             raise ConfigError("--allocation sensitivity needs real calibration data",
                               "pass --data with inputs from your task, or use --allocation mixed")
-        from onnxcomp.measure.sensitivity import measure_curves
-
-        if self._gptq_on(ctx):
-            plan.hessians = self._hessians(model, weights, ctx)
         levels = list(range(max(1, int(np.floor(cfg.bits)) - MEASURED_LOW), 9))
         at = min(max(int(round(cfg.bits)), levels[0]), 8)
+        key = remembered = None
+        if ctx.memo is not None:
+            from onnxcomp.measure.digest import digest
+
+            key = (digest(model, ctx.data), at, tuple(levels), ctx.encoding, ctx.seed, tuple(w.name for w in weights),
+                   tuple(sorted(plan.granularity.items())),
+                   tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "bits"))
+            remembered = ctx.memo.get("cluster-sensitivity")
+        if remembered is not None and remembered[0] == key:
+            hessians, local, costs, fits, losses, info = remembered[1]
+            plan.hessians = dict(hessians)
+        else:
+            local, costs, fits, losses, info = self._measure(model, weights, plan, ctx, levels, at)
+            if key is not None:  # one entry: the memo holds one model's measurement at a time
+                ctx.memo["cluster-sensitivity"] = (key, (dict(plan.hessians), local, costs, fits, losses, info))
+        errors = {}
+        for w, (loss,) in zip(weights, losses):
+            scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
+            errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
+        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
+                          limit=budget_limit(weights, plan, costs, cfg.bits))
+        _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
+        plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
+                          f"({info['seconds']} s{', measured once for several budgets' if remembered else ''}); "
+                          f"predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
+        _note_spread(plan, weights, "measured")
+        return plan
+
+    def _measure(self, model: onnx.ModelProto, weights: list[Weight], plan: ClusterPlan, ctx: Context,
+                 levels: list[int], at: int) -> tuple:
+        """(local errors, costs, fits at ``at``, measured output losses, info) per layer; sets the
+        plan's Hessians (GPTQ) on the way."""
+        from onnxcomp.measure.sensitivity import measure_curves
+
+        cfg: ClusterConfig = self.config
+        if self._gptq_on(ctx):
+            plan.hessians = self._hessians(model, weights, ctx)
         local: dict[str, dict[tuple[str, float], float]] = {}
         costs: dict[str, dict[tuple[str, float], int]] = {}
         fits: dict[str, dict[str, Fit]] = {}  # the fits at the measured width only
@@ -198,17 +232,7 @@ class ClusterPass(Pass):
 
         losses, info = measure_curves(model, weights, [at], compress, ctx.data, samples=MAX_SAMPLES,
                                       budget_s=MEASURE_BUDGET_S, threads=ctx.threads, progress=ctx.progress)
-        errors = {}
-        for w, (loss,) in zip(weights, losses):
-            scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
-            errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
-        chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
-                          limit=budget_limit(weights, plan, costs, cfg.bits))
-        _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
-        plan.notes.append(f"sensitivity measured per layer at {at} bits on {info['samples']} samples "
-                          f"({info['seconds']} s); predicted output error {sum(errors[n][o] for n, o in chosen.items()):.3g}")
-        _note_spread(plan, weights, "measured")
-        return plan
+        return local, costs, fits, losses, info
 
     def apply(self, model: onnx.ModelProto, plan: ClusterPlan, ctx: Context) -> PassResult:
         cfg: ClusterConfig = self.config
@@ -218,6 +242,15 @@ class ClusterPass(Pass):
         by_name = find_weights(model).by_name()
         gptq = bool(plan.bits) and self._gptq_on(ctx)
         matched = 0
+        if not gptq:  # no statistics: every weight's fit is independent, a few run at once
+            names = graph_order(model, list(plan.bits))
+            fits = in_order(names, lambda n, values: self._values(by_name[n], plan.bits[n], plan, ctx, plan.fits.get(n),
+                                                              values), lambda n: by_name[n].values(), ctx.threads)
+            for name, (values, f) in fits:
+                set_weight(model, by_name[name], values)
+                result.changes.append(_change(by_name[name], f, plan.bits[name], self.config, name in plan.importance))
+            result.changes.extend(plan.skipped)
+            return result
         for name, st in layer_stats(model, [by_name[n] for n in plan.bits], ctx, gptq, result.settings):
             w, bits, source, fitted = by_name[name], plan.bits[name], None, plan.fits.get(name)
             if st is not None:

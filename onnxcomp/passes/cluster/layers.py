@@ -1,8 +1,12 @@
 """Per-layer work of the cluster pass: input statistics from one engine walk, codebook refits on the
-layer Hessian, and granularities put on one footing by their GPTQ gain."""
+layer Hessian, granularities put on one footing by their GPTQ gain, and independent (data-free)
+fits run a few at a time."""
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
@@ -82,3 +86,32 @@ def rescale_by_gptq(w: Weight, local: dict[tuple[str, int], float], fits: dict[s
     first = next(iter(fits))
     for g, b in local:
         local[g, b] *= gain[g] / gain[first]
+
+
+MAX_WORKERS = 4  # independent fits at once (each holds a few copies of its weight)
+
+
+def in_order(names: list[str], work: Callable[[str, np.ndarray], Any], read: Callable[[str], np.ndarray],
+             threads: int | None = None) -> Iterator[tuple[str, Any]]:
+    """``(name, work(name, read(name)))`` in ``names`` order, computed by a few threads (numpy
+    releases the GIL in the k-means' sorts and searches). At most one job per thread is in
+    flight, so memory stays a few weights' worth; ``read`` runs in the calling thread."""
+    workers = max(1, min(len(names), threads or os.cpu_count() or 1, MAX_WORKERS))
+    if workers == 1:
+        for n in names:
+            yield n, work(n, read(n))
+        return
+    todo, running = iter(names), deque()
+    with ThreadPoolExecutor(workers) as pool:
+        def submit() -> None:
+            n = next(todo, None)
+            if n is not None:
+                running.append((n, pool.submit(work, n, read(n))))
+
+        for _ in range(workers):
+            submit()
+        while running:
+            n, job = running.popleft()
+            out = job.result()
+            submit()
+            yield n, out
