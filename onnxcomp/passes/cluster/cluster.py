@@ -165,8 +165,7 @@ class ClusterPass(Pass):
         through the whole model on the calibration samples: that output loss, divided by the
         layer's own weighted error at that width, is its sensitivity; the layer's loss at every
         other width is the sensitivity times its own error there (one model run per layer, not
-        one per layer and width). With ``ctx.memo`` (a caller trying several budgets on the same
-        model and data, as ``auto`` does) the measurement is made once and reused.
+        one per layer and width). ``ctx.memo`` (auto's budgets on one model): measured once.
         """
         cfg: ClusterConfig = self.config
         if not ctx.has_real_data:
@@ -180,21 +179,22 @@ class ClusterPass(Pass):
         if ctx.memo is not None:
             from onnxcomp.measure.digest import digest
 
-            key = (digest(model, ctx.data), at, tuple(levels), ctx.encoding, ctx.seed, tuple(w.name for w in weights),
-                   tuple(sorted(plan.granularity.items())),
+            key = (digest(model, ctx.data), at, tuple(levels), ctx.encoding, ctx.seed, tuple(plan.granularity.items()),
                    tuple((f.name, getattr(cfg, f.name)) for f in fields(cfg) if f.name != "bits"))
-            remembered = ctx.memo.get("cluster-sensitivity")
-        if remembered is not None and remembered[0] == key:
-            hessians, local, costs, fits, losses, info = remembered[1]
+            remembered = ctx.memo.setdefault("cluster-sensitivity", {}).get(key)
+        if remembered is not None:
+            hessians, local, costs, fits, losses, info = remembered
             plan.hessians = dict(hessians)
         else:
             local, costs, fits, losses, info = self._measure(model, weights, plan, ctx, levels, at)
-            if key is not None:  # one entry: the memo holds one model's measurement at a time
-                ctx.memo["cluster-sensitivity"] = (key, (dict(plan.hessians), local, costs, fits, losses, info))
-        errors = {}
-        for w, (loss,) in zip(weights, losses):
-            scale = max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
-            errors[w.name] = {o: scale * e for o, e in local[w.name].items()}
+            if key is not None:  # the last two: a bisection between two widths measures at both
+                kept = ctx.memo["cluster-sensitivity"]
+                kept[key] = (dict(plan.hessians), local, costs, fits, losses, info)
+                while len(kept) > 2:
+                    del kept[next(iter(kept))]
+        scale = {w.name: max(float(loss), 0.0) / local[w.name][plan.granularity[w.name], at]
+                 for w, (loss,) in zip(weights, losses)}
+        errors = {n: {o: scale[n] * e for o, e in local[n].items()} for n in scale}
         chosen = allocate(errors, {w.name: w.size for w in weights}, cfg.bits, costs,
                           limit=budget_limit(weights, plan, costs, cfg.bits))
         _take(plan, chosen, {n: fits[n][g] for n, (g, b) in chosen.items() if b == at})
