@@ -125,3 +125,13 @@ def test_api_takes_the_same_names_and_refuses_the_same_values():
         oc.api.auto(model, None, max_drop=0.01)
     with pytest.raises(oc.ConfigError, match="auto has no option"):
         oc.api.auto(model, None, target_size=0.5, workers=2)
+
+
+def test_jobs_above_one_refuse_a_model_beyond_one_protobuf(monkeypatch):
+    from onnxcomp.io import tensors
+
+    monkeypatch.setattr(tensors, "PROTOBUF_LIMIT", 1000)  # mobilenet_digits: 0.8 MB of tensors
+    monkeypatch.setattr(auto.Search, "__init__", lambda *a, **k: pytest.fail("the search started"))
+    model = oc.load(MOBILENET)
+    with pytest.raises(oc.ConfigError, match="jobs=2 sends the model to each worker as one protobuf"):
+        auto.search(model, None, target_size=0.5, jobs=2)

@@ -206,11 +206,24 @@ def search(model: Model, data: Any, config: AutoConfig | None = None, *, threads
         return _search(model, data, cfg, cfg.jobs or cluster_jobs or 1, threads, labels, progress)
 
 
+def check_parallel(model: Model, jobs: int) -> None:
+    """Workers receive the model as one protobuf: refuse more than one job above 2 GB, before any work."""
+    from onnxcomp.config import spell_value
+    from onnxcomp.io.tensors import PROTOBUF_LIMIT, tensor_bytes
+
+    size = tensor_bytes(model.proto)
+    if size > PROTOBUF_LIMIT:
+        raise ConfigError(f"{spell_value('jobs', jobs)} sends the model to each worker as one protobuf, and its "
+                          f"{size / 1e9:.2f} GB of tensors are more than one holds (2 GB)", "run with one job")
+
+
 def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | None, labels: Any,
             progress: Any) -> Outcome:
     from onnxcomp.config import spell
 
     (kind, target), max_drop = cfg.target, cfg.max_drop
+    if jobs > 1:
+        check_parallel(as_model(model), jobs)
     goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target)}.get(kind)  # latency: measured after
     s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress, goal=goal,
                keep_going=cfg.keep_going, jobs=jobs)
