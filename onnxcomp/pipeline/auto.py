@@ -82,7 +82,7 @@ class Search:
         if self.jobs == 1 or not candidates:
             return [self.evaluate(steps) for steps in candidates]
         results = evaluate_parallel(self.original, candidates, self.calib, self.holdout, self.encoding,
-                                    self.threads, self.max_drop, self.jobs)
+                                    self.threads, self.max_drop, self.jobs, self.progress)
         return [self._trial(steps, r["model"], r["size"], r["macs"], r["drop"], r["bound"])
                 for steps, r in zip(candidates, results)]
 

@@ -117,9 +117,10 @@ def worker_threads(threads: int | None, jobs: int) -> int:
 
 def evaluate_parallel(original: Model, candidates: list[list[tuple[str, dict]]], calib: list[dict],
                       holdout: list[dict], encoding: str, threads: int | None, max_drop: float,
-                      jobs: int) -> list[dict]:
+                      jobs: int, progress: Any = None) -> list[dict]:
     """:func:`worker` for every candidate, ``jobs`` at a time (joblib; its active backend, e.g.
-    Dask inside :func:`backend`); the results in the order of ``candidates``."""
+    Dask inside :func:`backend`); the results in the order of ``candidates``. ``progress(label,
+    done, total)`` is called as they arrive (in that order)."""
     import onnx
     from joblib import Parallel, delayed
 
@@ -127,10 +128,13 @@ def evaluate_parallel(original: Model, candidates: list[list[tuple[str, dict]]],
 
     blob = serialize(original.proto)  # lazy tensors read in: the workers get the whole model
     per = worker_threads(threads, jobs)
-    out = Parallel(n_jobs=min(jobs, len(candidates)))(
-        delayed(worker)(blob, steps, calib, holdout, encoding, per, max_drop) for steps in candidates)
-    for r in out:
+    out = []
+    for r in Parallel(n_jobs=min(jobs, len(candidates)), return_as="generator")(
+            delayed(worker)(blob, steps, calib, holdout, encoding, per, max_drop) for steps in candidates):
         r["model"] = Model(onnx.load_from_string(r["model"]))
+        out.append(r)
+        if progress is not None:
+            progress("auto: candidates", len(out), len(candidates))
     return out
 
 
