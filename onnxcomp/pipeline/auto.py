@@ -98,6 +98,10 @@ class Search:
             k = self.jobs
             levels = list(dict.fromkeys(round((lo * (k + 1 - i) + hi * i) / (k + 1), digits)
                                         for i in range(1, k + 1)))
+            if k > 1:  # rounding may land on a level already tried when the interval is narrow
+                levels = [x for x in levels if x not in (lo, hi)]
+                if not levels:
+                    break
             trials = self.evaluate_many([make_steps(x) for x in levels])
             passing = [i for i, t in enumerate(trials) if t.ok]
             if passing:  # passing is taken as monotone: the last level that passed, up to the next one
