@@ -237,13 +237,17 @@ def sensitivity(model: ModelLike, data: Any, method: str = "prune", *, levels=No
                  progress=progress)
 
 
-def auto(model: ModelLike, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
-         target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-         threads: int | None = None, labels: Any = None, progress: Any = None, keep_going: bool = False):
+def auto(model: ModelLike, data: Any, *, config: Any = None, threads: int | None = None, labels: Any = None,
+         progress: Any = None, **options: Any):
     """Search recipes for a size, latency or MACs target within ``max_drop`` (see onnxcomp.pipeline.auto):
-    it stops at the first candidate meeting the target; ``keep_going`` searches on for the best."""
+    it stops at the first candidate meeting the target; ``keep_going`` searches on for the best.
+
+    Options: the fields of :class:`onnxcomp.config.AutoConfig` (``target_size``, ``target_latency``,
+    ``target_macs``, ``max_drop``, ``int8``, ``keep_going``, ``jobs`` candidates at once, ``scheduler``
+    a dask.distributed address), or a ready ``config``.
+    """
+    from onnxcomp.config import AutoConfig
     from onnxcomp.pipeline.auto import search
 
-    return search(as_model(model), data, target_size=target_size, target_latency=target_latency,
-                  target_macs=target_macs, max_drop=max_drop, int8=int8, threads=threads, labels=labels,
-                  progress=progress, keep_going=keep_going)
+    cfg = _step(AutoConfig, config, options, "auto")
+    return search(as_model(model), data, cfg, threads=threads, labels=labels, progress=progress)

@@ -20,7 +20,8 @@ class Bars:
         if self._bar is None or label != self._label:
             self.close()
             self._label = label
-            self._bar = tqdm(total=total, desc=label, unit="layer" if label != "compare" else "sample",
+            unit = {"compare": "sample", "auto: candidates": "candidate"}.get(label, "layer")
+            self._bar = tqdm(total=total, desc=label, unit=unit,
                              file=sys.stderr, leave=False, ncols=_columns())
         self._bar.n = done
         self._bar.refresh()

@@ -3,6 +3,7 @@ default, CLI spelling), and validated in ``__post_init__`` so the API and the co
 the same bad values with the same one-line message. Each step config says what it ``needs``
 (real calibration data) so the runner can check every step before the first one runs.
 """
+from onnxcomp.config.auto import AutoConfig
 from onnxcomp.config.cluster import BitAllocation, ClusterConfig, ClusterGranularity, ClusterInit
 from onnxcomp.config.options import Needs, build, cli_spelling, defaults, describe, names, option, spell, spell_value
 from onnxcomp.config.quantize import ActivationBits, Int8Config, QuantizeConfig, WeightBits
@@ -12,7 +13,7 @@ from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeM
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
                                  EncodeConfig, Gates, Metric, Output, Runtime)
 
-__all__ = ["BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
+__all__ = ["AutoConfig", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",
            "PruneAllocation", "PruneConfig", "PruneGranularity", "PruneScore", "Selection", "SizedSelection",
            "StructuredPruneConfig", "parse_nm", "DepthwiseConfig", "FactorizeConfig", "FactorizeMethod",

@@ -13,69 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from onnxcomp.pipeline import recipe as recipes
-from onnxcomp.io.model import Model, as_model
+from onnxcomp.config import AutoConfig, build
 from onnxcomp.errors import ConfigError
 from onnxcomp.io import model_bytes
+from onnxcomp.io.model import Model, as_model
+from onnxcomp.pipeline import recipe as recipes
+from onnxcomp.pipeline.candidates import Trial, backend, choose, evaluate_parallel, held_out_drop, measure, split
+
+__all__ = ["BITS", "BISECT_STEPS", "MEASURED_STEPS", "Outcome", "Search", "Trial", "choose", "for_size",
+           "for_speed", "search", "split"]
 
 BITS = (8, 6, 5, 4, 3, 2)
-BISECT_STEPS = 4
-MEASURED_STEPS = 2  # bisection steps on the average bits of the measured (sensitivity) allocation
-
-
-@dataclass
-class Trial:
-    """One candidate recipe and what it measured."""
-
-    steps: list[tuple[str, dict]]
-    size_ratio: float
-    macs_ratio: float | None
-    drop: float
-    ok: bool
-    model: Model | None = field(default=None, repr=False)
-    latency_ratio: float | None = None
-    drop_bound: float | None = None  # one-sided 95 % upper bound on the drop for the held-out samples
-
-    @property
-    def proto(self) -> Any:
-        return self.model.proto
-
-    def to_dict(self) -> dict:
-        return {"steps": [{k: v} for k, v in self.steps], "size_ratio": self.size_ratio,
-                "macs_ratio": self.macs_ratio, "latency_ratio": self.latency_ratio,
-                "drop": self.drop, "drop_bound95": self.drop_bound, "within_drop": self.ok}
-
-
-def split(data: Any) -> tuple[list[dict], list[dict]]:
-    """(calibration batches, held-out batches): a quarter held out when there are >= 32 samples."""
-    batches = list(data)
-    n = sum(len(next(iter(b.values()))) for b in batches)
-    unit = getattr(data, "unit", 1)  # a fixed batch: the two parts hold whole batches
-    cut = (n - n // 4) // unit * unit
-    if n < 32 or cut in (0, n):
-        return batches, batches
-    calib, hold, seen = [], [], 0
-    for b in batches:
-        k = len(next(iter(b.values())))
-        if seen + k <= cut:
-            calib.append(b)
-        elif seen >= cut:
-            hold.append(b)
-        else:
-            calib.append({x: v[: cut - seen] for x, v in b.items()})
-            hold.append({x: v[cut - seen:] for x, v in b.items()})
-        seen += k
-    return calib, hold
+BISECT_STEPS = 4  # rounds of each bisection (each round probes ``jobs`` levels)
+MEASURED_STEPS = 2  # rounds on the average bits of the measured (sensitivity) allocation
 
 
 class Search:
-    """Evaluates candidate recipes against the original on held-out data."""
+    """Evaluates candidate recipes against the original on held-out data, ``jobs`` at a time."""
+
+    jobs = 1
 
     def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
                  labels: Any = None, progress: Any = None, goal: tuple[str, float] | None = None,
-                 keep_going: bool = False) -> None:
+                 keep_going: bool = False, jobs: int = 1) -> None:
         from onnxcomp.measure.inspect import inspect
 
         self.original = as_model(model)
@@ -88,6 +48,7 @@ class Search:
         self.base_macs = inspect(self.original.proto).total_macs
         self.trials: list[Trial] = []
         self.goal, self.keep_going = goal, keep_going  # (trial attribute, target): stop once a trial meets it
+        self.jobs = jobs
         # a size target stores the smallest way (variable-length codes too: onnxruntime's load peak is
         # higher, see docs/encodings.md); speed targets keep the default storage
         self.encoding = "smallest" if goal is not None and goal[0] == "size_ratio" else "auto"
@@ -102,54 +63,80 @@ class Search:
 
     def drop(self, candidate: Model) -> tuple[float, float | None]:
         """The quality drop on the held-out samples, and its one-sided 95 % upper bound."""
-        from onnxcomp.measure.fidelity import compare
+        return held_out_drop(self.original, candidate, self.holdout, self.threads)
 
-        rep = compare(self.original, candidate, self.holdout, threads=self.threads)
-        _, value = rep.headline
-        return float(1.0 - (value if value is not None else 0.0)), rep.drop_bound
-
-    def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
-        from onnxcomp.measure.inspect import inspect
-
-        model = recipes.apply(self.original, recipes.make(steps, encoding=self.encoding), data=self.calib,
-                              threads=self.threads, progress=self.progress).model
-        macs = inspect(model.proto).total_macs
-        d, bound = self.drop(model)
-        t = Trial(steps, model_bytes(model.proto) / self.base_size,
-                  macs / self.base_macs if macs and self.base_macs else None, d, d <= self.max_drop, model,
-                  drop_bound=bound)
+    def _trial(self, steps: list, model: Model, size: int, macs: int | None, d: float, bound: float | None) -> Trial:
+        t = Trial(steps, size / self.base_size, macs / self.base_macs if macs and self.base_macs else None, d,
+                  d <= self.max_drop, model, drop_bound=bound)
         self.trials.append(t)
         return t
 
-    def bisect(self, make_steps, lo: float, hi: float) -> Trial | None:
-        """The best passing trial for the highest level in [lo, hi] (level -> steps)."""
+    def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
+        """One candidate, in this process."""
+        return self._trial(steps, *measure(self.original, steps, self.calib, self.holdout, self.encoding,
+                                           self.threads, self.progress))
+
+    def evaluate_many(self, candidates: list[list[tuple[str, dict]]]) -> list[Trial]:
+        """Several candidates at once (``jobs`` joblib workers; one after another in this process
+        when ``jobs`` is 1); the trials are appended in the order given, whatever finishes first."""
+        if self.jobs == 1 or not candidates:
+            return [self.evaluate(steps) for steps in candidates]
+        results = evaluate_parallel(self.original, candidates, self.calib, self.holdout, self.encoding,
+                                    self.threads, self.max_drop, self.jobs, self.progress)
+        return [self._trial(steps, r["model"], r["size"], r["macs"], r["drop"], r["bound"])
+                for steps, r in zip(candidates, results)]
+
+    def bisect(self, make_steps, lo: float, hi: float, rounds: int | None = None, digits: int = 3) -> Trial | None:
+        """The best passing trial for the level nearest ``hi`` that passes, searched from ``lo``
+        (passing) towards ``hi`` (level -> steps; ``lo`` > ``hi`` searches downwards). Each round
+        splits the interval into jobs + 1 parts and evaluates the jobs levels between them at once
+        (jobs = 1: plain bisection)."""
         best = None
-        for _ in range(BISECT_STEPS):
+        for _ in range(BISECT_STEPS if rounds is None else rounds):
             if self.met:
                 break
-            mid = round((lo + hi) / 2, 3)
-            t = self.evaluate(make_steps(mid))
-            if t.ok:
-                best, lo = t, mid
+            k = self.jobs
+            levels = list(dict.fromkeys(round((lo * (k + 1 - i) + hi * i) / (k + 1), digits)
+                                        for i in range(1, k + 1)))
+            if k > 1:  # rounding may land on a level already tried when the interval is narrow
+                levels = [x for x in levels if x not in (lo, hi)]
+                if not levels:
+                    break
+            trials = self.evaluate_many([make_steps(x) for x in levels])
+            passing = [i for i, t in enumerate(trials) if t.ok]
+            if passing:  # passing is taken as monotone: the last level that passed, up to the next one
+                j = passing[-1]
+                best, lo = trials[j], levels[j]
+                hi = levels[j + 1] if j + 1 < len(levels) else hi
             else:
-                hi = mid
+                hi = levels[0]
         return best
+
+
+def probe_widths(s: Search) -> tuple[int | None, int | None, Trial | None]:
+    """Bisect BITS (widest first; passing is monotone in the width): (fewest bits within the drop,
+    the widest that failed below it, its trial). Each round probes ``s.jobs`` widths at once."""
+    bits, failed, best = None, None, None
+    lo, hi = 0, len(BITS) - 1
+    while lo <= hi and not s.met:
+        n, k = hi - lo + 1, s.jobs  # jobs points split lo..hi into jobs + 1 parts (jobs = 1: the midpoint)
+        idx = sorted({min(hi, max(lo, lo - 1 + (i * (n + 1)) // (k + 1))) for i in range(1, k + 1)})
+        trials = s.evaluate_many([[("cluster", {"bits": BITS[i]})] for i in idx])
+        passing = [j for j, t in enumerate(trials) if t.ok]
+        j = passing[-1] if passing else -1
+        if passing:
+            bits, best, lo = BITS[idx[j]], trials[j], idx[j] + 1
+        if j + 1 < len(idx):
+            failed, hi = BITS[idx[j + 1]], idx[j + 1] - 1
+    return bits, failed, best
 
 
 def for_size(s: Search, target: float | None = None) -> list[Trial]:
     """Fewest uniform bits within the drop (bisected over BITS); then, while the file is above
     ``target``, an average bit budget between that and the next width down, spent per layer where
     the measured output error is lowest (bisected); then the highest sparsity on top of the best
-    (bisected). Stops at the first trial within the drop that meets the target (``s.met``)."""
-    bits, failed, best = None, None, None
-    lo, hi = 0, len(BITS) - 1  # passing is monotone in the width: bisect BITS (widest first)
-    while lo <= hi and not s.met:
-        mid = (lo + hi) // 2
-        t = s.evaluate([("cluster", {"bits": BITS[mid]})])
-        if t.ok:
-            bits, best, lo = BITS[mid], t, mid + 1
-        else:
-            failed, hi = BITS[mid], mid - 1
+    (bisected). Stops at the first round with a trial within the drop that meets the target (``s.met``)."""
+    bits, failed, best = probe_widths(s)
     if s.met:
         return s.trials
     if bits is None:
@@ -157,16 +144,12 @@ def for_size(s: Search, target: float | None = None) -> list[Trial]:
         return s.trials
     step = {"bits": bits}
     if failed is not None and target is not None and best.size_ratio > target:
-        lo, hi = float(failed), float(bits)
-        for _ in range(MEASURED_STEPS):
-            if s.met:
-                return s.trials
-            mid = round((lo + hi) / 2, 2)
-            t = s.evaluate([("cluster", {"bits": mid, "allocation": "sensitivity"})])
-            if t.ok:
-                hi, step = mid, {"bits": mid, "allocation": "sensitivity"}
-            else:
-                lo = mid
+        measured = s.bisect(lambda x: [("cluster", {"bits": x, "allocation": "sensitivity"})], float(bits),
+                            float(failed), rounds=MEASURED_STEPS, digits=2)
+        if s.met:
+            return s.trials
+        if measured is not None:
+            step = dict(measured.steps[-1][1])
     s.bisect(lambda x: [("prune", {"sparsity": x}), ("cluster", dict(step))], 0.0, 0.95)
     return s.trials
 
@@ -216,35 +199,48 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
         t.latency_ratio = entry.ratios.get("p50_ms")
 
 
-def search(model: Model, data: Any, *, target_size: float | None = None, target_latency: float | None = None,
-           target_macs: float | None = None, max_drop: float = 0.01, int8: bool = False,
-           threads: int | None = None, labels: Any = None, progress: Any = None, keep_going: bool = False) -> Outcome:
+def search(model: Model, data: Any, config: AutoConfig | None = None, *, threads: int | None = None,
+           labels: Any = None, progress: Any = None, **options: Any) -> Outcome:
     """A candidate within ``max_drop`` that meets exactly one target (a fraction of the input's
     size, p50 latency or MACs): the first found, or with ``keep_going`` the smallest or fastest of
-    the whole search; its recipe replays with ``onnxcomp compress --recipe``."""
-    from onnxcomp.config import spell, spell_value
+    the whole search; its recipe replays with ``onnxcomp compress --recipe``. ``options``: the
+    fields of :class:`onnxcomp.config.AutoConfig` (or a ready ``config``)."""
+    cfg = config if config is not None else build(AutoConfig, options, step="auto")
+    with backend(cfg.scheduler) as cluster_jobs:  # a scheduler is reached (or refused) before any work
+        return _search(model, data, cfg, cfg.jobs or cluster_jobs or 1, threads, labels, progress)
 
-    targets = {k: v for k, v in (("size", target_size), ("latency", target_latency), ("macs", target_macs))
-               if v is not None}
-    if len(targets) != 1:
-        raise ConfigError(f"give exactly one of {spell('target_size')}, {spell('target_latency')}, "
-                          f"{spell('target_macs')}", f"e.g. {spell_value('target_size', 0.1)}")
-    (kind, target), = targets.items()
-    if not 0 < target <= 1:
-        raise ConfigError(f"{spell_value('target_' + kind, target)} is outside (0, 1]", "give a fraction, e.g. 0.5")
+
+def check_parallel(model: Model, jobs: int) -> None:
+    """Workers receive the model as one protobuf: refuse more than one job above 2 GB, before any work."""
+    from onnxcomp.config import spell_value
+    from onnxcomp.io.tensors import PROTOBUF_LIMIT, tensor_bytes
+
+    size = tensor_bytes(model.proto)
+    if size > PROTOBUF_LIMIT:
+        raise ConfigError(f"{spell_value('jobs', jobs)} sends the model to each worker as one protobuf, and its "
+                          f"{size / 1e9:.2f} GB of tensors are more than one holds (2 GB)", "run with one job")
+
+
+def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | None, labels: Any,
+            progress: Any) -> Outcome:
+    from onnxcomp.config import spell
+
+    (kind, target), max_drop = cfg.target, cfg.max_drop
+    if jobs > 1:
+        check_parallel(as_model(model), jobs)
     goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target)}.get(kind)  # latency: measured after
     s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress, goal=goal,
-               keep_going=keep_going)
+               keep_going=cfg.keep_going, jobs=jobs)
     trials = for_size(s, target) if kind == "size" else for_speed(s, target)
     if kind == "latency":
-        latencies(model, trials, threads)
+        latencies(s.original, trials, threads)
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
     chosen = choose(trials, key)
-    if int8 and chosen is not None and chosen.ok:
+    if cfg.int8 and chosen is not None and chosen.ok:
         with_int8 = s.evaluate(chosen.steps + [("quantize", {})])
         if with_int8.ok:
             chosen = with_int8
-    source = model.path.name if model.path is not None else "model"
+    source = s.original.path.name if s.original.path is not None else "model"
     rec = recipes.make(chosen.steps, encoding=s.encoding, source=source, max_drop=max_drop,
                        calib_samples=s.calib_samples)
     reached = getattr(chosen, key)
@@ -263,11 +259,3 @@ def search(model: Model, data: Any, *, target_size: float | None = None, target_
                             f"more calibration samples (a quarter is held out; about {samples_needed(max_drop)} "
                             "held out for top-1 agreement)")
     return out
-
-
-def choose(trials: list[Trial], key: str) -> Trial | None:
-    ok = [t for t in trials if t.ok]
-    pool = ok or trials
-    if not pool:
-        return None
-    return min(pool, key=lambda t: (not t.ok, getattr(t, key) if getattr(t, key) is not None else np.inf))
