@@ -134,3 +134,17 @@ def test_size_search_stops_at_the_first_candidate_meeting_the_target():
     assert [t.steps for t in quick] == [[("cluster", {"bits": 5})]]  # 5/32 <= 0.2 at the first try
     full = auto.for_size(fake(True), target=0.2)
     assert len(full) > 3 and auto.choose(full, "size_ratio").size_ratio < quick[0].size_ratio
+
+
+def test_auto_on_fewer_than_32_samples_says_nothing_was_held_out(tmp_path, capsys, small_search):
+    """16 samples: every one is needed for the compression, so the drop is measured on the same
+    samples; the user is told it is optimistic and how to get an honest hold-out."""
+    src, few = tmp_path / "m.onnx", tmp_path / "few.npz"
+    src.write_bytes(MOBILENET.read_bytes())
+    with np.load(CALIB) as d:
+        np.savez(few, **{k: v[:16] for k, v in d.items()})
+    code = main(["auto", str(src), "--data", str(few), "--target-size", "0.5", "--max-drop", "0.05", "--json"])
+    assert code in (0, 3)
+    captured = capsys.readouterr()
+    assert "nothing was held out (16 samples" in captured.err + captured.out
+    assert "pass 32 or more calibration samples" in captured.err + captured.out

@@ -49,6 +49,7 @@ class Search:
         self.trials: list[Trial] = []
         self.goal, self.keep_going = goal, keep_going  # (trial attribute, target): stop once a trial meets it
         self.jobs = jobs
+        self.memo: dict = {}  # measurements shared by the in-process trials (a sensitivity measured once)
         # a size target stores the smallest way (variable-length codes too: onnxruntime's load peak is
         # higher, see docs/encodings.md); speed targets keep the default storage
         self.encoding = "smallest" if goal is not None and goal[0] == "size_ratio" else "auto"
@@ -74,7 +75,7 @@ class Search:
     def evaluate(self, steps: list[tuple[str, dict]]) -> Trial:
         """One candidate, in this process."""
         return self._trial(steps, *measure(self.original, steps, self.calib, self.holdout, self.encoding,
-                                           self.threads, self.progress))
+                                           self.threads, self.progress, self.memo))
 
     def evaluate_many(self, candidates: list[list[tuple[str, dict]]]) -> list[Trial]:
         """Several candidates at once (``jobs`` joblib workers; one after another in this process
@@ -251,7 +252,11 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
         missed = f"best {kind} ratio within the drop is {reached}, above the target {target:g}"
     out = Outcome(chosen, trials, rec, {kind: target}, missed)
     held = sum(len(next(iter(b.values()))) for b in s.holdout)
-    if chosen.drop_bound is not None and chosen.drop_bound > max_drop:
+    if s.holdout is s.calib:  # fewer than 32 samples: none could be spared
+        out.warnings.append(f"nothing was held out ({held} samples, fewer than 32): the drop was measured on the "
+                            "samples the compression was fitted to, so it is optimistic; pass 32 or more "
+                            "calibration samples (a quarter is then held out)")
+    elif chosen.drop_bound is not None and chosen.drop_bound > max_drop:
         from onnxcomp.measure.holdout import samples_needed
 
         out.warnings.append(f"the {held} held-out samples cannot resolve {spell('max_drop')} {max_drop:g}: the chosen "

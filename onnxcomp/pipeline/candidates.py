@@ -80,13 +80,14 @@ def held_out_drop(original: Model, candidate: Model, holdout: list[dict],
 
 
 def measure(original: Model, steps: list[tuple[str, dict]], calib: list[dict], holdout: list[dict],
-            encoding: str, threads: int | None, progress: Any = None) -> tuple[Model, int, int | None, float,
-                                                                                float | None]:
-    """Compress ``original`` with ``steps`` on ``calib``; (model, bytes, MACs, drop, drop bound)."""
+            encoding: str, threads: int | None, progress: Any = None,
+            memo: dict | None = None) -> tuple[Model, int, int | None, float, float | None]:
+    """Compress ``original`` with ``steps`` on ``calib``; (model, bytes, MACs, drop, drop bound).
+    ``memo`` carries measurements from one candidate to the next (see :func:`recipe.apply`)."""
     from onnxcomp.measure.inspect import inspect
 
     model = recipes.apply(original, recipes.make(steps, encoding=encoding), data=calib, threads=threads,
-                          progress=progress).model
+                          progress=progress, memo=memo).model
     macs = inspect(model.proto).total_macs
     d, bound = held_out_drop(original, model, holdout, threads)
     return model, model_bytes(model.proto), macs, d, bound
