@@ -145,6 +145,7 @@ def test_auto_on_fewer_than_32_samples_says_nothing_was_held_out(tmp_path, capsy
         np.savez(few, **{k: v[:16] for k, v in d.items()})
     code = main(["auto", str(src), "--data", str(few), "--target-size", "0.5", "--max-drop", "0.05", "--json"])
     assert code in (0, 3)
-    captured = capsys.readouterr()
-    assert "nothing was held out (16 samples" in captured.err + captured.out
-    assert "pass 32 or more calibration samples" in captured.err + captured.out
+    holdout = json.loads(capsys.readouterr().out)["holdout"]
+    assert holdout.startswith("nothing held out (16 samples") and "pass 32 or more calibration samples" in holdout
+    assert main(["auto", str(src), "--data", str(CALIB), "--target-size", "0.5", "--max-drop", "0.05"]) in (0, 3)
+    assert "hold-out: 32 of 128 samples held out" in capsys.readouterr().out

@@ -61,5 +61,5 @@ def auto_cmd(model: str, recipe_out: str | None, as_json: bool, **kw: Any) -> No
     written.warnings += out.warnings
     (kind, target), = out.target.items()
     report = {**out.to_dict(), "recipe": str(rec_path)}
-    w.finish(out.chosen, render(out.trials, out.chosen, kind, target) + f"\nrecipe: {rec_path}", report,
-             written=written)
+    text = render(out.trials, out.chosen, kind, target) + f"\nhold-out: {out.holdout}\nrecipe: {rec_path}"
+    w.finish(out.chosen, text, report, written=written)

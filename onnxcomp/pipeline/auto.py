@@ -174,9 +174,11 @@ class Outcome:
     target: dict
     missed: str | None = None
     warnings: list[str] = field(default_factory=list)
+    holdout: str = ""  # how the drop was measured: how many samples were held out
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "chosen": self.chosen.to_dict(), "trials": [t.to_dict() for t in self.trials]}
+        return {"target": self.target, "holdout": self.holdout, "chosen": self.chosen.to_dict(),
+                "trials": [t.to_dict() for t in self.trials]}
 
 
 def latencies(original: Model, trials: list[Trial], threads: int | None) -> None:
@@ -252,10 +254,11 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
         missed = f"best {kind} ratio within the drop is {reached}, above the target {target:g}"
     out = Outcome(chosen, trials, rec, {kind: target}, missed)
     held = sum(len(next(iter(b.values()))) for b in s.holdout)
-    if s.holdout is s.calib:  # fewer than 32 samples: none could be spared
-        out.warnings.append(f"nothing was held out ({held} samples, fewer than 32): the drop was measured on the "
-                            "samples the compression was fitted to, so it is optimistic; pass 32 or more "
-                            "calibration samples (a quarter is then held out)")
+    out.holdout = f"{held} of {s.calib_samples + held} samples held out"
+    if s.holdout is s.calib:  # fewer than 32 samples: none could be spared (said on stdout: one stderr line)
+        out.holdout = (f"nothing held out ({held} samples, fewer than 32): the drop is measured on the samples the "
+                       "compression was fitted to, so it is optimistic; pass 32 or more calibration samples "
+                       "(a quarter is then held out)")
     elif chosen.drop_bound is not None and chosen.drop_bound > max_drop:
         from onnxcomp.measure.holdout import samples_needed
 
