@@ -291,3 +291,17 @@ def test_embedding_tables_are_weights_clustered_and_weighted_by_how_often_rows_a
         b = session(result.model.proto).run(["y"], sess_in)[0]
         return float(np.square(a - b).mean())
     assert err(weighted, slice(0, 8)) < err(plain, slice(0, 8))
+
+
+def test_data_free_fits_on_several_threads_write_what_one_thread_writes(monkeypatch):
+    """Without statistics the weights are fitted a few at a time; the result is the one-thread one."""
+    from onnxcomp.io import serialize
+    from onnxcomp.passes.cluster import layers
+
+    calls = []
+    real = layers.ThreadPoolExecutor
+    monkeypatch.setattr(layers, "ThreadPoolExecutor", lambda n: calls.append(n) or real(n))
+    src = MODELS / "mobilenet_digits.onnx"
+    many, one = oc.cluster(src, 3, threads=3), oc.cluster(src, 3, threads=1)
+    assert calls == [3]  # the first really ran on threads, the second did not
+    assert serialize(many.proto) == serialize(one.proto)

@@ -41,21 +41,21 @@ class _Sorted:
         self.order = np.argsort(x32, axis=1)
         self.xs = np.take_along_axis(x32, self.order, axis=1)
         x64 = self.xs.astype(np.float64)
+        # the prefix sums of w, w*x, w*x^2 side by side in one array (flat per sum: one gather
+        # serves all three, 2-D fancy indexing of each was a third of the fit's time)
+        self.stride = self.n + 1
+        self.prefix = np.empty((3, self.rows * self.stride), np.float64)
+        self.cw, self.cwx, self.cwxx = (a.reshape(self.rows, self.stride) for a in self.prefix)
         if w is None:
-            self.cw = np.broadcast_to(np.arange(self.n + 1, dtype=np.float64), (self.rows, self.n + 1))
+            self.cw[:] = np.arange(self.stride, dtype=np.float64)
             wx = x64
         else:
             ws = np.take_along_axis(w, self.order, axis=1)
-            self.cw = _prefix(ws)
+            _prefix(ws, self.cw)
             wx = ws * x64
-        self.cwx = _prefix(wx)
+        _prefix(wx, self.cwx)
         wx *= x64
-        self.cwxx = _prefix(wx)
-        # the three prefix sums side by side, flat: one gather serves all three (2-D fancy indexing
-        # of each was a third of the fit's time); cw, cwx, cwxx are views of it
-        self.prefix = np.stack([self.cw, self.cwx, self.cwxx]).reshape(3, -1)
-        self.cw, self.cwx, self.cwxx = (a.reshape(self.rows, self.n + 1) for a in self.prefix)
-        self.stride = self.n + 1
+        _prefix(wx, self.cwxx)
         self.lo = self.xs[:, :1].astype(np.float64)
         self.span = np.maximum(self.xs[:, -1:].astype(np.float64) - self.lo, 1e-300)
         self.band = np.arange(self.rows, dtype=np.float64)[:, None] * 4.0
@@ -89,12 +89,10 @@ class _Sorted:
         return tuple(np.diff(self.at(b, rows), axis=2))
 
 
-def _prefix(a: np.ndarray) -> np.ndarray:
-    """Row-wise cumulative sums with a leading 0 column (float64)."""
-    out = np.empty((a.shape[0], a.shape[1] + 1), np.float64)
+def _prefix(a: np.ndarray, out: np.ndarray) -> None:
+    """Row-wise cumulative sums of ``a`` with a leading 0 column, into ``out`` [rows, n + 1]."""
     out[:, 0] = 0.0
     np.cumsum(a, axis=1, out=out[:, 1:])
-    return out
 
 
 def _init(s: _Sorted, k: int, init: str, draws: np.ndarray | None) -> np.ndarray:
@@ -251,7 +249,6 @@ def kmeans_rows(values: np.ndarray, k: int, *, weights: np.ndarray | None = None
 def _fit_rows(x32: np.ndarray, w: np.ndarray | None, k: int, init: str, draws: np.ndarray | None, iters: int,
               tol: float, dtype: np.dtype | None, snap: Callable | None, swaps: int) -> KMeansResult:
     """kmeans_rows on one block of rows (``draws``: the block's random init quantiles)."""
-    x = x32
     s = _Sorted(x32, w)
     c = np.sort(_init(s, k, init, draws), axis=1)
     c = _lloyd(s, c, iters, tol)
@@ -268,8 +265,8 @@ def _fit_rows(x32: np.ndarray, w: np.ndarray | None, k: int, init: str, draws: n
     sw, sx, sxx = s.sums(b)
     sse = np.maximum(sxx - 2 * c * sx + c * c * sw, 0.0).sum(axis=1)
     ranks = np.repeat(np.tile(np.arange(k, dtype=np.int16), s.rows), np.diff(b, axis=1).ravel())
-    labels = np.empty(x.shape, np.int16)
-    np.put_along_axis(labels, s.order, ranks.reshape(x.shape), axis=1)
+    labels = np.empty(x32.shape, np.int16)
+    np.put_along_axis(labels, s.order, ranks.reshape(x32.shape), axis=1)
     return KMeansResult(centroids=c, labels=labels, sse=sse)
 
 

@@ -28,10 +28,7 @@ def factor(table: np.ndarray, maxint: int) -> tuple[np.ndarray, np.ndarray] | No
         s[todo] = found
         todo = todo[np.isnan(found)]
         start, width = start - width, width * 2
-    if np.isnan(s).any():
-        return None
-    q = np.round(c / s[:, None]).astype(np.int16)
-    return q, s.astype(np.float16)
+    return _written(c, s)
 
 
 def _first_scales(c: np.ndarray, m: np.ndarray, todo: np.ndarray, js: np.ndarray, maxint: int) -> np.ndarray:
@@ -83,10 +80,14 @@ def factor_multiples(table: np.ndarray, maxint: int, base: np.ndarray) -> tuple[
         s[todo] = found
         todo = todo[np.isnan(found)]
         done, width = done + width, width * 2
+    return _written(c, s)
+
+
+def _written(c: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q int16, s float16) for the scales found, or None when some row has none."""
     if np.isnan(s).any():
         return None
-    q = np.round(c / s[:, None]).astype(np.int16)
-    return q, s.astype(np.float16)
+    return np.round(c / s[:, None]).astype(np.int16), s.astype(np.float16)
 
 
 def lowest_terms(q: np.ndarray, s: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
