@@ -104,20 +104,51 @@ def _grams(a: np.ndarray, b: np.ndarray, group: int) -> list[np.ndarray]:
     return [(x.T @ y).astype(np.float64) for x, y in zip(pa, pb)]
 
 
-def _finish(acc: dict[str, list[np.ndarray]], n: int) -> list[LayerStats] | None:
+def _finish(acc: dict[str, list[np.ndarray]], n: int, spread: list[float] | None = None,
+            units: int = 0) -> list[LayerStats] | None:
     """The shrunk moments per group; None when any is not finite (inputs holding NaN/Inf or
-    overflowing squares): the layer is then solved without statistics, never on NaN."""
+    overflowing squares): the layer is then solved without statistics, never on NaN. With
+    ``spread`` (per group, the summed ``||M_j||²`` of ``units`` independent samples' own moments)
+    the intensity is Ledoit-Wolf's, else ``D / (D + n)``."""
     if not all(np.isfinite(m).all() for v in acc.values() for m in v):
         return None
     out = []
     for g in range(len(acc["cov"])):
         mom = {k: v[g] / max(n, 1) for k, v in acc.items()}
-        out.append(LayerStats(shrink(mom["cov"], n), shrink(mom["cross"], n) if "cross" in mom else None,
-                              shrink(mom["ref"], n) if "ref" in mom else None, n))
+        a = None if spread is None else ledoit_wolf(mom["cov"], spread[g], units)
+        out.append(LayerStats(shrink(mom["cov"], n, a), shrink(mom["cross"], n, a) if "cross" in mom else None,
+                              shrink(mom["ref"], n, a) if "ref" in mom else None, n))
     return out
 
 
-def shrink(cov: np.ndarray, n: int) -> np.ndarray:
+def ledoit_wolf(cov: np.ndarray, spread: float, units: int) -> float:
+    """Ledoit-Wolf shrinkage intensity of ``cov`` (the mean of ``units`` independent samples'
+    moments ``M_j``, ``spread = Σ_j ||M_j||²``) toward ``(tr cov / D) I``: the estimate's variance
+    ``(Σ_j ||M_j||² / N - ||cov||²) / N`` over its distance to the target, clipped to [0, 1]
+    (Ledoit & Wolf 2004). A sample's positions (patches, tokens) are one unit, not independent
+    vectors: they are correlated, and counting them apart would shrink too little."""
+    d, n = len(cov), max(units, 1)
+    dist = float(((cov - np.trace(cov) / d * np.eye(d)) ** 2).sum())
+    var = max(0.0, (spread / n - float((cov * cov).sum())) / n)
+    return min(var, dist) / dist if dist > 0 else 1.0
+
+
+def _spread(p: np.ndarray, samples: int, group: int) -> tuple[list[float], list[np.ndarray] | None]:
+    """Per group ``Σ_j ||M_j||²`` of the per-sample moments ``M_j = P_jᵀ P_j / m`` (``p`` holds
+    ``samples`` blocks of ``m`` rows), from whichever of ``P_j P_jᵀ`` / ``P_jᵀ P_j`` is smaller
+    (the two have the same Frobenius norm); and, when that was ``P_jᵀ P_j``, their sums (the
+    groups' Grams ``pᵀ p``, so they are not computed twice), else None."""
+    blocks = p.reshape(samples, -1, p.shape[1])
+    m = blocks.shape[1]
+    spread, grams = [], []
+    for b in (np.split(blocks, group, axis=2) if group > 1 else [blocks]):
+        per = b.transpose(0, 2, 1) @ b if b.shape[2] <= m else b @ b.transpose(0, 2, 1)
+        spread.append(float(np.square(per, dtype=np.float64).sum()) / (m * m))
+        grams.append(per.sum(axis=0, dtype=np.float64) if b.shape[2] <= m else None)
+    return spread, (grams if all(g is not None for g in grams) else None)
+
+
+def shrink(cov: np.ndarray, n: int, a: float | None = None) -> np.ndarray:
     """Shrink a covariance estimated from ``n`` vectors toward a scaled identity.
 
     ``(1 - a) cov + a (tr cov / D) I`` with ``a = D / (D + n)``: with few samples (``n`` not much
@@ -126,25 +157,35 @@ def shrink(cov: np.ndarray, n: int) -> np.ndarray:
     the plain (data-free) SVD, which is the ``a = 1`` limit.
     """
     d = len(cov)
-    a = d / (d + max(n, 0))
+    a = d / (d + max(n, 0)) if a is None else a
     return (1.0 - a) * cov + a * (np.trace(cov) / max(d, 1)) * np.eye(d)
     # (a cross moment E[x_ref xᵀ] is shrunk the same way, toward "no drift": x = x_ref)
 
 
 def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req: StatsRequest, *, samples: int,
-               max_patches: int = 16384, seed: int = 0, with_ref: bool = False) -> list[LayerStats] | None:
+               max_patches: int = 16384, seed: int = 0, with_ref: bool = False,
+               ledoit: bool = False) -> list[LayerStats] | None:
     """Per-group :class:`LayerStats` of one layer's input batches ``xs`` (with the reference's
     ``refs`` at the same samples and positions, for the cross moments; ``with_ref`` also
     ``E[x_ref x_refᵀ]``, which only the low-rank error model reads), at most ``max_patches /
-    samples`` positions per sample."""
+    samples`` positions per sample. ``ledoit``: shrunk by the Ledoit-Wolf intensity measured
+    over the samples (see :func:`ledoit_wolf`) instead of ``D / (D + n)``."""
     rng = np.random.default_rng(seed)
     per_sample = max(1, math.ceil(max_patches / max(samples, 1)))
     acc: dict[str, list[np.ndarray]] = {}
-    count = 0
+    count = units = 0
+    spread: list[float] | None = None
     for b, x in enumerate(xs):
         state = rng.bit_generator.state
-        p = _draw(np.asarray(x, np.float32), req, per_sample, rng)
-        parts = {"cov": _grams(p, p, req.group)}
+        x = np.asarray(x, np.float32)
+        p = _draw(x, req, per_sample, rng)
+        cov = None
+        if ledoit and len(p):  # a 2-D matrix input: each row is a sample of its own
+            n_units = len(p) if req.kind == "matrix" and x.ndim <= 2 else len(x)
+            part, cov = _spread(p, n_units, req.group)
+            spread = part if spread is None else [a + c for a, c in zip(spread, part)]
+            units += n_units
+        parts = {"cov": cov if cov is not None else _grams(p, p, req.group)}
         if refs is not None:
             rng.bit_generator.state = state  # the same samples and positions in the reference
             q = _draw(np.asarray(refs[b], np.float32), req, per_sample, rng)
@@ -154,4 +195,4 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
         for name, grams in parts.items():
             acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
         count += len(p)
-    return _finish(acc, count) if acc else None
+    return _finish(acc, count, spread, units) if acc else None
