@@ -1,14 +1,16 @@
-"""OBS pruning with data: Ledoit-Wolf shrinkage of the layer statistics against the D / (D + n) rule.
+"""OBS pruning and GPTQ clustering with data: Ledoit-Wolf shrinkage of the layer statistics against D / (D + n).
 
     python benchmarks/shrinkage.py [--corpus /tmp/corpus-cache] [--models KEY ...]
 
-Runs ``prune --sparsity S --data calib`` twice on every real model, the statistics shrunk toward a
+Runs ``prune --sparsity S --data calib`` and ``cluster --bits B --data calib`` twice on every real
+model, the statistics shrunk toward a
 scaled identity by their measured Ledoit-Wolf intensity (a sample's positions counted as one
 sample; the default) or by ``D / (D + n)``, side by side in one run, and scores both on held-out
 data: the task metric, and a fidelity to the original that does not round (digit models: the
 logits' relative error on the test set; corpus: every metric its evaluator prints, e.g. effnet's
-KL to the original and ocr_det's bitmap IoU). Each prune is two engine walks (OBS, then the
-per-channel correction). Writes benchmarks/results/shrinkage.json.
+KL to the original and ocr_det's bitmap IoU). A prune is two engine walks (OBS, then the
+per-channel correction); a cluster run adds its per-layer sensitivity runs (``--allocation auto``).
+Writes benchmarks/results/shrinkage.json.
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODELS, RealModel, real_models, table, write_json  # noqa: E402
 
 import onnxcomp as oc  # noqa: E402
+from onnxcomp.passes.cluster import layers  # noqa: E402
 from onnxcomp.passes.prune import obs  # noqa: E402
 
 SPARSITY = {"effnet_lite0": [0.5], "ocr_det_ppocrv4": [0.7]}  # others: 0.7 and 0.9
+BITS = {"effnet_lite0": [4], "ocr_det_ppocrv4": [3]}  # others: 2 and 3
 
 
 def _logits(proto: onnx.ModelProto) -> np.ndarray:
@@ -56,25 +60,29 @@ def main() -> None:
         models.append(RealModel("vit_digits", MODELS / "vit_digits.onnx", MODELS / "digits_calib.npz", "accuracy",
                                 acc, acc(vit) - 0.005))
     rows, out = [], []
+    heads = ["model", "command", "shrinkage", "original", "metric", "fidelity", "s"]
     for m in models:
         original = onnx.load(str(m.path))
         base, _ = m.measure(original)
-        for s in SPARSITY.get(m.key, [0.7, 0.9]):
+        runs = [("prune", s) for s in SPARSITY.get(m.key, [0.7, 0.9])] + \
+               [("cluster", b) for b in BITS.get(m.key, [2, 3])]
+        for command, level in runs:
             for ledoit in (False, True):
-                obs.LEDOIT = ledoit
+                obs.LEDOIT = layers.LEDOIT = ledoit
                 t0 = time.perf_counter()
-                res = oc.prune(str(m.path), s, data=str(m.calib))
+                res = oc.prune(str(m.path), level, data=str(m.calib)) if command == "prune" else \
+                    oc.cluster(str(m.path), level, data=str(m.calib))
                 secs = time.perf_counter() - t0
                 q, extra = m.measure(res.proto)
                 fid = _fidelity(m, original, res.proto, extra)
                 name = "ledoit-wolf" if ledoit else "D/(D+n)"
-                rows.append([m.key, s, name, f"{base:.4f}", f"{q:.4f}", fid, f"{secs:.0f}"])
-                out.append({"model": m.key, "sparsity": s, "shrinkage": name, "original": base,
+                what = f"{command} {'--sparsity' if command == 'prune' else '--bits'} {level}"
+                rows.append([m.key, what, name, f"{base:.4f}", f"{q:.4f}", fid, f"{secs:.0f}"])
+                out.append({"model": m.key, "command": what, "shrinkage": name, "original": base,
                             m.metric: q, "fidelity": fid, "metrics": extra, "seconds": round(secs, 1)})
-                print(table(["model", "sparsity", "shrinkage", "original", "metric", "fidelity", "s"], rows[-1:]),
-                      flush=True)
-    obs.LEDOIT = True
-    print(table(["model", "sparsity", "shrinkage", "original", "metric", "fidelity", "s"], rows))
+                print(table(heads, rows[-1:]), flush=True)
+    obs.LEDOIT = layers.LEDOIT = True
+    print(table(heads, rows))
     print("wrote", write_json("shrinkage", {"rows": out}))
 
 

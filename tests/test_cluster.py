@@ -176,18 +176,27 @@ def test_fractional_bits_need_a_non_uniform_allocation_and_sensitivity_needs_dat
 
 
 @pytest.mark.parametrize("granularity,bits", [("channel", 2), ("channel", 6), ("shared", 2)])
-def test_correction_folds_into_codebook_scales_same_bytes_closer_outputs(granularity, bits):
+def test_correction_folds_into_codebook_scales_same_bytes_never_farther(granularity, bits):
     """The per-channel refit after clustering keeps every codebook encodable (the same encoded
-    bytes within 1 %; only shifts are added) and brings the outputs closer to the original's."""
+    bytes within 1 %; only shifts are added); it is kept only when it brings the calibration
+    outputs closer to the original's, and then they are closer, else the model is as before."""
     src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
     err = output_error(src, calib)
 
     plain = oc.cluster(src, bits, granularity=granularity, data=calib, correction="none")
     fixed = oc.cluster(src, bits, granularity=granularity, data=calib)
-    assert fixed.result_of("correction").settings["mode"] == "affine"
+    step = fixed.result_of("correction")
+    assert step.settings["mode"] == "affine"
     assert [e.kind.startswith("codebook") for e in fixed.encodings] == [e.kind.startswith("codebook") for e in plain.encodings]
     assert sum(e.bytes for e in fixed.encodings) <= 1.01 * sum(e.bytes for e in plain.encodings)
-    assert err(fixed) < err(plain)
+    checked = step.settings["output_error"]
+    if checked["after"] > checked["before"]:  # not kept
+        assert any("not kept" in n for n in step.notes) and not step.changes
+        assert err(fixed) == err(plain)
+    else:
+        assert err(fixed) < err(plain)
+    if (granularity, bits) == ("shared", 2):  # the codebook scales took the refit here
+        assert step.changes
 
 
 def test_output_matched_gptq_beats_plain_gptq_at_the_same_bytes(monkeypatch):

@@ -122,3 +122,21 @@ def layer_gains(model: onnx.ModelProto, perturbed: dict[str, np.ndarray], errors
     gains = {w.name: probe.loss({w.name: perturbed[w.name]}) / max(errors[w.name], 1e-12) for w in weights}
     n = sum(len(next(iter(b.values()))) for b in batches)
     return gains, {"samples": n, "runs": len(weights) + 1, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def output_errors(reference: onnx.ModelProto, models: Sequence[onnx.ModelProto], data: Iterable[dict], *,
+                  samples: int, threads: int | None = None) -> list[float]:
+    """Per model, the mean over batches and outputs of ``||y' - y||² / ||y||²`` against
+    ``reference`` on the first ``samples`` samples (one run of each model)."""
+    batches = take_samples(data, samples, batch_unit(reference))
+    ref = [session(reference, threads=threads).run(None, b) for b in batches]
+    out = []
+    for m in models:
+        sess = session(m, threads=threads)
+        errs = []
+        for want, b in zip(ref, batches):
+            for a, y in zip(want, sess.run(None, b)):
+                a = np.asarray(a, np.float64)
+                errs.append(float(((np.asarray(y, np.float64) - a) ** 2).sum() / max((a * a).sum(), 1e-30)))
+        out.append(float(np.mean(errs)) if errs else 0.0)
+    return out

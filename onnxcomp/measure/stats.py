@@ -104,33 +104,54 @@ def _grams(a: np.ndarray, b: np.ndarray, group: int) -> list[np.ndarray]:
     return [(x.T @ y).astype(np.float64) for x, y in zip(pa, pb)]
 
 
-def _finish(acc: dict[str, list[np.ndarray]], n: int, spread: list[float] | None = None,
-            units: int = 0) -> list[LayerStats] | None:
+def _finish(acc: dict[str, list[np.ndarray]], n: int, spread: list[float] | None = None, units: int = 0,
+            sums: dict[str, list[np.ndarray]] | None = None) -> list[LayerStats] | None:
     """The shrunk moments per group; None when any is not finite (inputs holding NaN/Inf or
     overflowing squares): the layer is then solved without statistics, never on NaN. With
     ``spread`` (per group, the summed ``||M_j||²`` of ``units`` independent samples' own moments)
-    the intensity is Ledoit-Wolf's, else ``D / (D + n)``."""
+    and ``sums`` (the inputs' sums, ``x`` and the reference's ``ref``) the intensity is
+    Ledoit-Wolf's on the centred moments, else ``D / (D + n)``."""
     if not all(np.isfinite(m).all() for v in acc.values() for m in v):
         return None
     out = []
     for g in range(len(acc["cov"])):
         mom = {k: v[g] / max(n, 1) for k, v in acc.items()}
-        a = None if spread is None else ledoit_wolf(mom["cov"], spread[g], units)
-        out.append(LayerStats(shrink(mom["cov"], n, a), shrink(mom["cross"], n, a) if "cross" in mom else None,
-                              shrink(mom["ref"], n, a) if "ref" in mom else None, n))
+        if spread is None or sums is None:
+            out.append(LayerStats(shrink(mom["cov"], n), shrink(mom["cross"], n) if "cross" in mom else None,
+                                  shrink(mom["ref"], n) if "ref" in mom else None, n))
+            continue
+        mu, s0 = sums["x"][g] / max(n, 1), sums["shift"][g]
+        mr = sums["ref"][g] / max(n, 1) if "ref" in sums else None
+        about = mom["cov"] - np.outer(s0, mu) - np.outer(mu, s0) + np.outer(s0, s0)  # E[(x-s0)(x-s0)ᵀ]
+        a = ledoit_wolf(about, mu - s0, spread[g], units)
+        out.append(LayerStats(_shrink_centred(mom["cov"], mu, mu, a),
+                              _shrink_centred(mom["cross"], mr, mu, a) if "cross" in mom else None,
+                              _shrink_centred(mom["ref"], mr, mr, a) if "ref" in mom else None, n))
     return out
 
 
-def ledoit_wolf(cov: np.ndarray, spread: float, units: int) -> float:
-    """Ledoit-Wolf shrinkage intensity of ``cov`` (the mean of ``units`` independent samples'
-    moments ``M_j``, ``spread = Σ_j ||M_j||²``) toward ``(tr cov / D) I``: the estimate's variance
-    ``(Σ_j ||M_j||² / N - ||cov||²) / N`` over its distance to the target, clipped to [0, 1]
-    (Ledoit & Wolf 2004). A sample's positions (patches, tokens) are one unit, not independent
-    vectors: they are correlated, and counting them apart would shrink too little."""
+def ledoit_wolf(cov: np.ndarray, mean: np.ndarray, spread: float, units: int) -> float:
+    """Ledoit-Wolf shrinkage intensity of the second moment ``cov`` (the mean of ``units``
+    independent samples' moments ``M_j``, ``spread = Σ_j ||M_j||²``; ``mean`` the inputs' mean;
+    all taken about a point near the mean, so the spread is not the mean's own noise times it):
+    the estimate's variance ``(Σ_j ||M_j||² / N - ||cov||²) / N`` over the distance of the
+    centred covariance ``cov - mean meanᵀ`` to ``(its trace / D) I``, clipped to [0, 1] (Ledoit
+    & Wolf 2004). The mean is estimated far better than the spread around it, so only the
+    centred part is shrunk: toward the identity a large mean (post-ReLU features) would look
+    like structure and hide the noise in the small directions. A sample's positions (patches,
+    tokens) are one unit, not independent vectors: they are correlated, and counting them apart
+    would shrink too little."""
     d, n = len(cov), max(units, 1)
-    dist = float(((cov - np.trace(cov) / d * np.eye(d)) ** 2).sum())
+    c = cov - np.outer(mean, mean)
+    dist = float(((c - np.trace(c) / d * np.eye(d)) ** 2).sum())
     var = max(0.0, (spread / n - float((cov * cov).sum())) / n)
     return min(var, dist) / dist if dist > 0 else 1.0
+
+
+def _shrink_centred(m: np.ndarray, u: np.ndarray | None, v: np.ndarray, a: float) -> np.ndarray:
+    """``m = E[u' v'ᵀ]`` with its centred part ``m - u vᵀ`` shrunk by ``a`` toward a scaled identity."""
+    c = m - np.outer(u if u is not None else v, v)
+    return m - a * (c - np.trace(c) / len(c) * np.eye(len(c)))
 
 
 def _spread(p: np.ndarray, samples: int, group: int) -> tuple[list[float], list[np.ndarray] | None]:
@@ -175,6 +196,7 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
     acc: dict[str, list[np.ndarray]] = {}
     count = units = 0
     spread: list[float] | None = None
+    sums: dict[str, list[np.ndarray]] = {}
     for b, x in enumerate(xs):
         state = rng.bit_generator.state
         x = np.asarray(x, np.float32)
@@ -182,17 +204,34 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
         cov = None
         if ledoit and len(p):  # a 2-D matrix input: each row is a sample of its own
             n_units = len(p) if req.kind == "matrix" and x.ndim <= 2 else len(x)
-            part, cov = _spread(p, n_units, req.group)
+            if "shift" not in sums:  # the spread is taken about the first batch's mean
+                sums["shift"] = [(c / len(p)).astype(np.float32).astype(np.float64) for c in _col_sums(p, req.group)]
+            shift = np.concatenate(sums["shift"]).astype(np.float32)
+            part, about = _spread(p - shift, n_units, req.group)
             spread = part if spread is None else [a + c for a, c in zip(spread, part)]
             units += n_units
+            _add(sums, "x", _col_sums(p, req.group))
+            if about is not None:  # Σ x xᵀ from Σ (x - s)(x - s)ᵀ: no second product
+                cov = [g + np.outer(c, s0) + np.outer(s0, c) + len(p) * np.outer(s0, s0)
+                       for g, c, s0 in zip(about, _col_sums(p - shift, req.group), sums["shift"])]
         parts = {"cov": cov if cov is not None else _grams(p, p, req.group)}
         if refs is not None:
             rng.bit_generator.state = state  # the same samples and positions in the reference
             q = _draw(np.asarray(refs[b], np.float32), req, per_sample, rng)
             parts["cross"] = _grams(q, p, req.group)
+            if ledoit and len(q):
+                _add(sums, "ref", _col_sums(q, req.group))
             if with_ref:
                 parts["ref"] = _grams(q, q, req.group)
         for name, grams in parts.items():
             acc[name] = grams if name not in acc else [a + g for a, g in zip(acc[name], grams)]
         count += len(p)
-    return _finish(acc, count, spread, units) if acc else None
+    return _finish(acc, count, spread, units, sums) if acc else None
+
+
+def _col_sums(p: np.ndarray, group: int) -> list[np.ndarray]:
+    return [c.sum(axis=0, dtype=np.float64) for c in (np.split(p, group, axis=1) if group > 1 else [p])]
+
+
+def _add(into: dict[str, list[np.ndarray]], key: str, parts: list[np.ndarray]) -> None:
+    into[key] = parts if key not in into else [a + b for a, b in zip(into[key], parts)]

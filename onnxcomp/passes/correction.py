@@ -31,6 +31,8 @@ from onnxcomp.passes.base import Change, Context, Pass, PassResult
 
 MODES = ("affine", "bias")
 SCALE_LIMITS = (0.25, 4.0)
+CHECK_SAMPLES = 32  # calibration samples on which a correction must bring the outputs closer to be kept
+CHECK_BYTES = 1 << 30  # above this the model is not copied, and the correction is kept unchecked
 
 
 POSITIONS_PER_BATCH = 4096  # spatial positions kept per batch and layer: enough for 2 moments
@@ -231,8 +233,25 @@ class CorrectionPass(Pass):
         result = PassResult(self.name, settings={"mode": plan.mode})
         if not plan.names:
             return result
+        from onnxcomp.io import model_bytes
+
+        before = None
+        if ctx.has_real_data and model_bytes(model) <= CHECK_BYTES:
+            before = onnx.ModelProto()
+            before.CopyFrom(model)
         fixed = correct(ctx.original, model, plan.names, ctx.data, mode=plan.mode, threads=ctx.threads,
                         codebooks=plan.codebooks, progress=ctx.progress, record=result.settings)
+        if before is not None and fixed:
+            from onnxcomp.measure.sensitivity import output_errors
+
+            old, new = output_errors(ctx.original, [before, model], ctx.data, samples=CHECK_SAMPLES,
+                                     threads=ctx.threads)
+            result.settings["output_error"] = {"before": old, "after": new}
+            if new > old:  # an output-matched step before it can leave nothing a per-channel refit fixes
+                model.CopyFrom(before)
+                result.notes.append(f"{plan.mode} correction not kept: it moved the outputs away from the "
+                                    f"original's on {CHECK_SAMPLES} calibration samples ({old:.3g} -> {new:.3g})")
+                return result
         by_name = find_weights(model).by_name()
         for name, info in fixed.items():
             w = by_name[name]

@@ -19,6 +19,8 @@ from onnxcomp.passes.cluster import seq as cluster_seq
 from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit
 from onnxcomp.passes.prune.obs import request
 
+LEDOIT = True  # GPTQ statistics shrunk by their Ledoit-Wolf intensity (benchmarks/shrinkage.py)
+
 
 def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gptq: bool,
                 settings: dict) -> Iterator[tuple[str, list | None]]:
@@ -39,7 +41,7 @@ def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gpt
                 record=settings) as eng:
         for name, site in eng.each(items):
             yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
-                                                             samples=eng.samples, seed=ctx.seed)
+                                                             samples=eng.samples, seed=ctx.seed, ledoit=LEDOIT)
 
 
 def refit_codebooks(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:

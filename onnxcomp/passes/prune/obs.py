@@ -91,9 +91,7 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
     One walk of the streaming engine: each layer is pruned on the inputs the already pruned layers
     produce, toward the outputs of the model as it was before the pass (its least-squares target
     ``W E[x_o x_qᵀ] E[x_q x_qᵀ]⁻¹``, then OBS masks and updates on ``E[x_q x_qᵀ]``; both moments
-    shrunk by their measured Ledoit-Wolf intensity, which OBS's many updates need more than a
-    single least-squares fit does: it found lower output error than ``D / (D + n)`` on 7 of 9
-    measured model/sparsity pairs, see docs/pruning.md). Layers the
+    shrunk by their measured Ledoit-Wolf intensity, see docs/pruning.md). Layers the
     statistics cannot describe fall back to ``fallback`` (magnitude masks), with a note.
     """
     from onnxcomp.io import model_bytes
