@@ -6,7 +6,10 @@ its importance order, with the consumers compensated from the statistics walk
 model's outputs on a small calibration subset is measured against the MACs it saves. Starting
 from nothing pruned, the step with the least added error per MAC saved is taken until the saving
 equals what the uniform ratio would save: the same compute budget, spent where the model is least
-sensitive. Cost: ``len(LEVELS)`` runs of the model on the subset per group.
+sensitive. The steps are coarse (a big group's step can save far more than the rest of the budget:
+``reconstruction`` on mobilenet_digits at 0.5 reached 0.16x the MACs where uniform gives 0.26x),
+so units are then given back, the group with the highest interpolated error per unit first, while
+the saving still meets the budget. Cost: ``len(LEVELS)`` runs of the model on the subset per group.
 """
 from __future__ import annotations
 
@@ -68,8 +71,50 @@ def _probe(model: onnx.ModelProto, plan, gp, batches, ref, ctx, cfg) -> list[tup
     return opts
 
 
-def _choose(plan, options: list[list[tuple]], target: float) -> list[int]:
-    """Per group the level reached by greedy steps of least added error per MAC saved."""
+def _joint(plan, options: list[list[tuple]], level: list[int]) -> np.ndarray:
+    keep = np.ones(plan.cg.n_ids, bool)
+    for opts, lv in zip(options, level):
+        if opts[lv][3] is not None:
+            keep &= opts[lv][3]
+    return keep
+
+
+def _saved(plan, groups, kept: list[int]) -> float:
+    keep = np.ones(plan.cg.n_ids, bool)
+    for gp, k in zip(groups, kept):
+        if k < gp.group.size:
+            keep &= _keep_for(plan, gp, k)
+    return plan.macs.total - plan.macs.after(keep)
+
+
+def _give_back(plan, groups, options: list[list[tuple]], kept: list[int], target: float, round_to: int) -> list[int]:
+    """Units returned to the groups, the highest error per unit first, while the saving still
+    reaches ``target``: the greedy steps are coarse (a step of a big group can overshoot the budget
+    by far), the allocation should spend the budget, not more. Errors between the measured counts
+    are interpolated."""
+    kept = list(kept)
+    while True:
+        cands = []
+        for g, gp in enumerate(groups):
+            step = unit_multiple(gp.group, round_to)
+            k = min(kept[g] + step, gp.group.size)
+            if k > kept[g]:
+                ks = [o[0] for o in options[g]][::-1]
+                es = [o[2] for o in options[g]][::-1]
+                gain = float(np.interp(kept[g], ks, es) - np.interp(k, ks, es))
+                cands.append((gain / (k - kept[g]), g, k))
+        for _, g, k in sorted(cands, reverse=True):
+            trial = kept[:g] + [k] + kept[g + 1:]
+            if _saved(plan, groups, trial) >= target * 0.995:
+                kept = trial
+                break
+        else:
+            return kept
+
+
+def _choose(plan, groups, options: list[list[tuple]], target: float, round_to: int) -> list[int]:
+    """Per group the units kept: greedy steps of least added error per MAC saved until the joint
+    saving reaches ``target``, then :func:`_give_back`."""
     level = [0] * len(options)
     saved = 0.0
     while saved < target * 0.995:
@@ -83,12 +128,9 @@ def _choose(plan, options: list[list[tuple]], target: float) -> list[int]:
         if best is None:
             break
         level[best[1]] = best[2]
-        joint = np.ones(plan.cg.n_ids, bool)
-        for opts, lv in zip(options, level):
-            if opts[lv][3] is not None:
-                joint &= opts[lv][3]
-        saved = plan.macs.total - plan.macs.after(joint)  # coupled groups' savings do not simply add up
-    return level
+        saved = plan.macs.total - plan.macs.after(_joint(plan, options, level))  # coupled savings overlap
+    kept = [opts[lv][0] for opts, lv in zip(options, level)]
+    return _give_back(plan, groups, options, kept, target, round_to) if saved >= target * 0.995 else kept
 
 
 def probe_allocate(model: onnx.ModelProto, plan, ctx, cfg, target: float) -> int:
@@ -97,6 +139,6 @@ def probe_allocate(model: onnx.ModelProto, plan, ctx, cfg, target: float) -> int
     batches = _subset(ctx)
     ref = _outputs(model, batches, ctx.threads)
     options = [_probe(model, plan, gp, batches, ref, ctx, cfg) for gp in groups]
-    for gp, opts, lv in zip(groups, options, _choose(plan, options, target)):
-        gp.n_keep = opts[lv][0]
+    for gp, k in zip(groups, _choose(plan, groups, options, target, cfg.round_to)):
+        gp.n_keep = k
     return sum(len(next(iter(b.values()))) for b in batches)

@@ -6,8 +6,11 @@ and power of each input channel. In every group, units are then removed one afte
 the least output error they add to the consumers once the kept channels are refit by least
 squares (:func:`onnxcomp.algo.groupobs.removal_curve`), or in the order of another importance
 score; the cumulative error against units removed is the group's curve for the allocator.
-Consumers that cannot be fitted (grouped or 1-D convs) or whose rows are longer than ``MAX_DIM``
-count with the energy their channels carry, ``E[x²]·||w||²``; only fitted ones are refit.
+Consumers that cannot be fitted (grouped or 1-D convs), whose rows are longer than ``MAX_DIM``,
+or whose calibration data gives fewer rows than features (a classifier after global pooling sees
+one row per sample: there the second moment is singular, a least-squares refit fits the sample
+exactly and prices every removal near zero) count with the energy their channels carry,
+``E[x²]·||w||²``; only fitted ones are refit.
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ def measure(model: onnx.ModelProto, cg: ChannelGraph, consumers: list[Consumer],
                         fit.rows += len(a)
             mean, power = acc[0] / max(acc[2], 1), acc[1] / max(acc[2], 1)
             row_mean = None if fit is None else row_sum / max(fit.rows, 1)
+            moments = moments and fit.rows >= fit.dim  # fewer rows: least squares fits the sample exactly
             if moments:
                 h, w, per = fit.second_moment(), fit.matrix(), fit.per_channel
             else:  # energy only: one feature per channel, no cross terms
