@@ -47,13 +47,18 @@ class Probe:
     def loss(self, overrides: dict[str, np.ndarray]) -> float:
         """Mean over batches and outputs of ||y' - y||^2 / ||y||^2 with ``overrides`` fed."""
         stored = {n: v.reshape(self.values[n].shape) for n, v in overrides.items()}
-        errs = []
-        for ref, new in zip(self.reference, self._run(stored)):
-            for a, b in zip(ref, new):
-                a = a.astype(np.float64)
-                d = b.astype(np.float64) - a
-                errs.append(float((d * d).sum() / max((a * a).sum(), 1e-30)))
-        return float(np.mean(errs)) if errs else 0.0
+        return relative_error(self.reference, self._run(stored))
+
+
+def relative_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
+    """Mean over batches and outputs of ``||y' - y||² / ||y||²`` (``[batch][output]`` lists)."""
+    errs = []
+    for ref, new in zip(reference, outputs):
+        for a, b in zip(ref, new):
+            a = np.asarray(a, np.float64)
+            d = np.asarray(b, np.float64) - a
+            errs.append(float((d * d).sum() / max((a * a).sum(), 1e-30)))
+    return float(np.mean(errs)) if errs else 0.0
 
 
 MACS_PER_SECOND = 1e10  # the cost model behind the sample budgets (not a timing: reproducible)
@@ -129,14 +134,10 @@ def output_errors(reference: onnx.ModelProto, models: Sequence[onnx.ModelProto],
     """Per model, the mean over batches and outputs of ``||y' - y||² / ||y||²`` against
     ``reference`` on the first ``samples`` samples (one run of each model)."""
     batches = take_samples(data, samples, batch_unit(reference))
-    ref = [session(reference, threads=threads).run(None, b) for b in batches]
-    out = []
-    for m in models:
-        sess = session(m, threads=threads)
-        errs = []
-        for want, b in zip(ref, batches):
-            for a, y in zip(want, sess.run(None, b)):
-                a = np.asarray(a, np.float64)
-                errs.append(float(((np.asarray(y, np.float64) - a) ** 2).sum() / max((a * a).sum(), 1e-30)))
-        out.append(float(np.mean(errs)) if errs else 0.0)
-    return out
+
+    def outputs(model: onnx.ModelProto) -> list[list[np.ndarray]]:
+        sess = session(model, threads=threads)
+        return [sess.run(None, b) for b in batches]
+
+    ref = outputs(reference)
+    return [relative_error(ref, outputs(m)) for m in models]

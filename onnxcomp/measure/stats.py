@@ -157,16 +157,22 @@ def _shrink_centred(m: np.ndarray, u: np.ndarray | None, v: np.ndarray, a: float
 def _spread(p: np.ndarray, samples: int, group: int) -> tuple[list[float], list[np.ndarray] | None]:
     """Per group ``Σ_j ||M_j||²`` of the per-sample moments ``M_j = P_jᵀ P_j / m`` (``p`` holds
     ``samples`` blocks of ``m`` rows), from whichever of ``P_j P_jᵀ`` / ``P_jᵀ P_j`` is smaller
-    (the two have the same Frobenius norm); and, when that was ``P_jᵀ P_j``, their sums (the
-    groups' Grams ``pᵀ p``, so they are not computed twice), else None."""
+    (the two have the same Frobenius norm), one sample at a time; and, when that was
+    ``P_jᵀ P_j``, their sums (the groups' Grams ``pᵀ p``, so they are not computed twice)."""
     blocks = p.reshape(samples, -1, p.shape[1])
     m = blocks.shape[1]
     spread, grams = [], []
     for b in (np.split(blocks, group, axis=2) if group > 1 else [blocks]):
-        per = b.transpose(0, 2, 1) @ b if b.shape[2] <= m else b @ b.transpose(0, 2, 1)
-        spread.append(float(np.square(per, dtype=np.float64).sum()) / (m * m))
-        grams.append(per.sum(axis=0, dtype=np.float64) if b.shape[2] <= m else None)
-    return spread, (grams if all(g is not None for g in grams) else None)
+        wide = b.shape[2] > m
+        norm, gram = 0.0, None if wide else np.zeros((b.shape[2], b.shape[2]))
+        for pj in b:
+            per = pj @ pj.T if wide else pj.T @ pj
+            norm += float(np.square(per, dtype=np.float64).sum())
+            if gram is not None:
+                gram += per
+        spread.append(norm / (m * m))
+        grams.append(gram)
+    return spread, (None if any(g is None for g in grams) else grams)
 
 
 def shrink(cov: np.ndarray, n: int, a: float | None = None) -> np.ndarray:
@@ -197,6 +203,7 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
     count = units = 0
     spread: list[float] | None = None
     sums: dict[str, list[np.ndarray]] = {}
+    shift: np.ndarray | None = None
     for b, x in enumerate(xs):
         state = rng.bit_generator.state
         x = np.asarray(x, np.float32)
@@ -204,16 +211,17 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
         cov = None
         if ledoit and len(p):  # a 2-D matrix input: each row is a sample of its own
             n_units = len(p) if req.kind == "matrix" and x.ndim <= 2 else len(x)
-            if "shift" not in sums:  # the spread is taken about the first batch's mean
-                sums["shift"] = [(c / len(p)).astype(np.float32).astype(np.float64) for c in _col_sums(p, req.group)]
-            shift = np.concatenate(sums["shift"]).astype(np.float32)
-            part, about = _spread(p - shift, n_units, req.group)
+            if shift is None:  # the spread is taken about the first batch's mean
+                shift = p.mean(axis=0, dtype=np.float64).astype(np.float32)
+                sums["shift"] = _col_sums(shift[None], req.group)
+            ps = p - shift
+            part, about = _spread(ps, n_units, req.group)
             spread = part if spread is None else [a + c for a, c in zip(spread, part)]
             units += n_units
             _add(sums, "x", _col_sums(p, req.group))
             if about is not None:  # Σ x xᵀ from Σ (x - s)(x - s)ᵀ: no second product
                 cov = [g + np.outer(c, s0) + np.outer(s0, c) + len(p) * np.outer(s0, s0)
-                       for g, c, s0 in zip(about, _col_sums(p - shift, req.group), sums["shift"])]
+                       for g, c, s0 in zip(about, _col_sums(ps, req.group), sums["shift"])]
         parts = {"cov": cov if cov is not None else _grams(p, p, req.group)}
         if refs is not None:
             rng.bit_generator.state = state  # the same samples and positions in the reference
