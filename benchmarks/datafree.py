@@ -9,6 +9,10 @@ with random weights — enough for cost, not for quality — and runs, as child 
 ``cluster --bits 4`` and ``prune --sparsity 0.9`` without data, beside a load+save of the file
 (``--old COMMIT``: onnxcomp at that commit too, interleaved round by round; medians of
 ``--repeat`` rounds). Writes benchmarks/results/datafree.json.
+
+Peak RSS is each child's ``ru_maxrss``. A forked child starts from its parent's resident size, so
+the model is built in a child too and this process stays small (before, every row read the
+~410 MB this process reached while building the model: load+save and prune alike).
 """
 from __future__ import annotations
 
@@ -62,6 +66,13 @@ def transformer(layers: int, width: int, vocab: int, seq: int = 128) -> onnx.Mod
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def build(path: str, layers: int, width: int, vocab: int) -> None:
+    """Write the model to ``path`` (run in a child process: see the module docstring)."""
+    model = transformer(layers, width, vocab)
+    onnx.save(model, path)
+    print(sum(int(np.prod(i.dims)) for i in model.graph.initializer))
+
+
 def timed(argv: list[str]) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -82,16 +93,18 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--old", default=None, metavar="COMMIT", help="Also run onnxcomp at this commit, interleaved.")
     ap.add_argument("--repeat", type=int, default=1, help="Rounds (medians are reported).")
+    ap.add_argument("--build", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:
+        return build(args.build, args.layers, args.width, args.vocab)
     tools = {"new": str(Path(sys.executable).with_name("onnxcomp"))}
     with tempfile.TemporaryDirectory() as t:
         if args.old:
             tools = {"old": str(install_old(args.old, Path(t))), **tools}
         src = Path(t) / "bertish.onnx"
-        model = transformer(args.layers, args.width, args.vocab)
-        params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
-        onnx.save(model, str(src))
-        del model
+        params = int(subprocess.run([sys.executable, __file__, "--build", str(src), "--layers", str(args.layers),
+                                     "--width", str(args.width), "--vocab", str(args.vocab)],
+                                    check=True, capture_output=True, text=True).stdout)
         size = src.stat().st_size
         code = f"import onnx; m = onnx.load({str(src)!r}); onnx.save(m, {str(Path(t) / 'copy.onnx')!r})"
         runs: dict = {}
