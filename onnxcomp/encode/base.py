@@ -37,6 +37,15 @@ class Encoding(ABC):
 
 
 SHARED_MAX_ELEMENTS = 16
+_POSITIONS: dict = {}
+
+
+def nonzero_positions(flat: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(flat)``, cached for the last array asked about: every sparse encoding asks
+    about the same weight in turn (read-only: callers must not modify it)."""
+    if _POSITIONS.get("flat") is not flat:
+        _POSITIONS.update(flat=flat, pos=np.flatnonzero(flat))
+    return _POSITIONS["pos"]
 
 
 def const(fresh: Names, base: str, array: np.ndarray, inits: list[onnx.TensorProto]) -> str:

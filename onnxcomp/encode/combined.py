@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to,
-    zeros_like_flat)
+from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node,
+    nonzero_positions, reshape_to, zeros_like_flat)
 from onnxcomp.encode.codebook import unnamed
 from onnxcomp.encode.nibbles import pack_nibbles, unpack_nibbles
 from onnxcomp.encode.tables import Layout, Table, build_table, detect
@@ -64,7 +64,7 @@ class _SparseCodebook(Encoding):
 
     def _plan(self, flat: np.ndarray):
         """(positions, table, bytes) with the table storing the fewest bytes, or None."""
-        pos = np.flatnonzero(flat)
+        pos = nonzero_positions(flat)
         if pos.size == 0 or pos.size > flat.size * 0.6:
             return None
         best = None

@@ -15,15 +15,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to,
-    short_prefix, zeros_like_flat)
+from onnxcomp.encode.base import (NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node,
+    nonzero_positions, reshape_to, short_prefix, zeros_like_flat)
 
 GAP_MAX = 255
 
 
 def gap_stream(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 gaps, values) with fillers for gaps above 255; positions = cumsum(gaps) - 1."""
-    pos = np.flatnonzero(flat)
+    pos = nonzero_positions(flat)
     if pos.size == 0:
         return np.zeros(0, np.uint8), np.zeros(0, flat.dtype)
     gaps = np.diff(pos, prepend=-1)
@@ -37,7 +37,7 @@ def gap_stream(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _entries(flat: np.ndarray) -> int:
-    pos = np.flatnonzero(flat)
+    pos = nonzero_positions(flat)
     if pos.size == 0:
         return 0
     return int(((np.diff(pos, prepend=-1) - 1) // GAP_MAX + 1).sum())

@@ -108,7 +108,7 @@ def reorder(t: Table, order: np.ndarray) -> Table:
     rank = np.empty(t.width, np.int64)
     rank[order] = np.arange(order.size)
     values = t.values[..., order] if t.values.ndim else t.values
-    return replace(t, idx=rank[t.idx.astype(np.int64)].astype(np.int16), values=values)
+    return replace(t, index=rank[t.idx.astype(np.int64)].astype(np.int16), values=values)
 
 
 def by_channel_frequency(t: Table, at: np.ndarray | None = None) -> Table:
@@ -126,7 +126,7 @@ def by_channel_frequency(t: Table, at: np.ndarray | None = None) -> Table:
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(t.width)[None, :].repeat(len(order), 0), axis=1)
     idx = t.layout.unrows(np.take_along_axis(rank, rows, axis=1)).astype(np.int16)
-    return replace(t, idx=idx, values=np.take_along_axis(t.values, order, axis=1))
+    return replace(t, index=idx, values=np.take_along_axis(t.values, order, axis=1))
 
 
 class CodebookVLC(_BestTable):
