@@ -50,7 +50,10 @@ def lamp_scores(scores: np.ndarray, block: int = 1 << 20) -> np.ndarray:
     For weights sorted by score, lamp(u) = s_u^2 / sum_{v >= u} s_v^2: comparable across layers,
     so one global threshold gives layer-adaptive sparsities without data.
     """
-    a = np.array(scores, dtype=np.float64).reshape(-1)  # a copy: sorted in place
+    scores = np.asarray(scores)
+    # a copy, sorted in place; float32 scores stay float32 (widening is exact and keeps the order,
+    # so each block is widened after the sort: no float64 copy of a whole embedding table)
+    a = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64).reshape(-1)
     np.abs(a, out=a)
     a.sort()
     # kept as float32: every layer's scores are held at once (float64 doubled a model's weight bytes);
@@ -60,7 +63,7 @@ def lamp_scores(scores: np.ndarray, block: int = 1 << 20) -> np.ndarray:
     total = 0.0
     for end in range(a.size, 0, -block):
         lo = max(end - block, 0)
-        sq = a[lo:end] ** 2
+        sq = a[lo:end].astype(np.float64) ** 2
         suffix = np.cumsum(np.concatenate(([total], sq[::-1])))[:0:-1]
         out[lo:end] = np.divide(sq, suffix, out=np.zeros_like(sq), where=suffix > 0)
         total = suffix[0]

@@ -102,14 +102,15 @@ def _stored_elements(t: onnx.TensorProto) -> int | None:
     """Elements the tensor really holds (None: external or not checkable)."""
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return None
-    if t.raw_data:
+    raw = len(t.raw_data)  # reading a bytes field copies it: once (big ones are left on disk by then)
+    if raw:
         itemsize_bytes = expected_bytes(t)
         if itemsize_bytes is None:
             return None
         n = 1
         for d in t.dims:
             n *= d
-        return n if len(t.raw_data) == itemsize_bytes else -1
+        return n if raw == itemsize_bytes else -1
     count = sum(len(getattr(t, f)) for f in _TYPED_FIELDS)
     if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
         count //= 2

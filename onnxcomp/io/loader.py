@@ -74,10 +74,8 @@ def _leave_on_disk(model: onnx.ModelProto, data: bytes, path: Path) -> onnx.Mode
     from onnxcomp.io.protowire import initializer_payloads
 
     inits = model.graph.initializer
-    if not any(t.ByteSize() >= tensors.LAZY_MIN_BYTES for t in inits):
-        return model
-    spans = initializer_payloads(data)
-    if spans is None or len(spans) != len(inits):
+    spans = initializer_payloads(data)  # not ByteSize: protobuf serializes a message to size it
+    if spans is None or len(spans) != len(inits) or not any(s and s[1] >= tensors.LAZY_MIN_BYTES for s in spans):
         return model
     out = onnx.ModelProto()
     tensors._copy_fields(model, out, "graph")
@@ -110,13 +108,13 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
         raise ModelLoadError(f"{path} is a folder, not a model file", "pass the .onnx file inside it")
     model, data = _parse(path)
     check_runnable(model, str(path))
-    check_tensor_data(model, path)  # external tensors are checked against their files below
     external = bool(external_tensors(model))
-    if not external:
-        if lazy:  # first: the parsed weights are freed before the checker parses the bytes again
-            model = _leave_on_disk(model, data, path)
-        check_valid(data, path)  # the bytes already read: no second serialization
+    if not external and lazy:  # the parsed weights are freed before the checker parses the file again
+        model = _leave_on_disk(model, data, path)  # (each big one's length checked against its shape)
     del data
+    check_tensor_data(model, path)  # external tensors are checked against their files below
+    if not external:  # from the path, not the bytes read: handing bytes to the checker copies them
+        check_valid(path, path)  # (a second file-sized buffer) before its own parse (a third)
     if load_external_data and external:
         _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe
     elif external:
