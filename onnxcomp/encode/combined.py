@@ -64,9 +64,10 @@ class _SparseCodebook(Encoding):
 
     def _plan(self, flat: np.ndarray):
         """(positions, table, bytes) with the table storing the fewest bytes, or None."""
-        pos = nonzero_positions(flat)
-        if pos.size == 0 or pos.size > flat.size * 0.6:
+        nnz = np.count_nonzero(flat)  # first: a dense weight's positions are 2x its bytes (int64)
+        if nnz == 0 or nnz > flat.size * 0.6:
             return None
+        pos = nonzero_positions(flat)
         best = None
         for t in nonzero_tables(flat, self.layout):
             if t.width <= self.max_width:

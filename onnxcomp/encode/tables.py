@@ -42,6 +42,10 @@ class Layout:
         """[channels, outer*inner] copy of the flat tensor, one row per output channel."""
         return flat.reshape(self.outer, self.channels, self.inner).transpose(1, 0, 2).reshape(self.channels, -1)
 
+    def view(self, flat: np.ndarray) -> np.ndarray:
+        """[channels, outer, inner] view of the flat tensor (no copy): :meth:`rows` a block at a time."""
+        return flat.reshape(self.outer, self.channels, self.inner).transpose(1, 0, 2)
+
     def unrows(self, rows: np.ndarray) -> np.ndarray:
         return rows.reshape(self.channels, self.outer, self.inner).transpose(1, 0, 2).reshape(-1)
 
@@ -77,20 +81,22 @@ class Table:
         return self.values.size * item
 
 
-def row_ranks(rows: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rank of each element among its row's distinct values, distinct count per row, sorted rows).
+def row_ranks(rows: np.ndarray, block: int = 1 << 20,
+              marked: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rank of each element among its row's distinct values, distinct count per row, sorted rows
+    with repeats as NaN; None without ``marked``).
 
     Ranks are int16 when every row has fewer than 32768 distinct values (int32 otherwise): for a
     big embedding table the int64 temporaries were most of the encoder's peak memory; rows are
     ranked a block of about ``block`` values at a time for the same reason.
     """
-    n = rows.shape[1] if rows.ndim == 2 else 0
-    ranks = np.empty(rows.shape, np.int16 if n < 32768 else np.int32)
+    n = int(np.prod(rows.shape[1:])) if rows.ndim >= 2 else 0
+    ranks = np.empty((rows.shape[0], n), np.int16 if n < 32768 else np.int32)
     counts = np.empty(rows.shape[0], np.int64)
-    marked = np.empty(rows.shape, np.result_type(rows.dtype, np.float16))
+    srt_marked = np.empty(ranks.shape, np.result_type(rows.dtype, np.float16)) if marked else None
     step = max(1, block // max(1, n))
     for a in range(0, rows.shape[0], step):
-        part = rows[a:a + step]
+        part = rows[a:a + step].reshape(-1, n)  # a block's copy when ``rows`` is a Layout.view
         order = np.argsort(part, axis=1)  # equal values share a rank: stability is not needed
         srt = np.take_along_axis(part, order, axis=1)
         change = np.ones(srt.shape, bool)
@@ -99,35 +105,42 @@ def row_ranks(rows: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.nd
         rank_sorted = np.cumsum(change, axis=1, dtype=ranks.dtype)
         rank_sorted -= 1
         np.put_along_axis(ranks[a:a + step], order, rank_sorted, axis=1)
-        marked[a:a + step] = np.where(change, srt, np.nan)
+        if marked:
+            srt_marked[a:a + step] = np.where(change, srt, np.nan)
     if ranks.dtype == np.int32 and (counts.size == 0 or counts.max() < 32768):
         ranks = ranks.astype(np.int16)
-    return ranks, counts, marked
+    return ranks, counts, srt_marked
 
 
 def row_distinct(rows: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct count per row, sorted rows with repeats as NaN): :func:`row_ranks` without the
-    ranks, from a plain sort (several times faster than the argsort the ranks need)."""
-    n = rows.shape[1] if rows.ndim == 2 else 0
+    """(distinct count per row, every row's distinct values in order, one after another):
+    :func:`row_ranks` without the ranks, from a plain sort (several times faster than the
+    argsort the ranks need) and without a tensor-sized copy."""
+    n = int(np.prod(rows.shape[1:])) if rows.ndim >= 2 else 0
     counts = np.empty(rows.shape[0], np.int64)
-    marked = np.empty(rows.shape, np.result_type(rows.dtype, np.float16))
+    values = []
     step = max(1, block // max(1, n))
     for a in range(0, rows.shape[0], step):
-        srt = np.sort(rows[a:a + step], axis=1)
+        srt = np.sort(rows[a:a + step].reshape(-1, n), axis=1)  # a block's copy when ``rows`` is a view
         change = np.ones(srt.shape, bool)
         change[:, 1:] = srt[:, 1:] != srt[:, :-1]
         counts[a:a + step] = change.sum(axis=1)
-        marked[a:a + step] = np.where(change, srt, np.nan)
-    return counts, marked
+        values.append(srt[change])  # row-major: each row's distinct values in order
+    return counts, np.concatenate(values) if values else np.zeros(0, rows.dtype)
 
 
 def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
-    """[rows, width] distinct values per row (padded with the row's last one)."""
+    """[rows, width] distinct values per row (padded with the row's last one) from sorted rows
+    with repeats as NaN (:func:`row_ranks`)."""
     valid = ~np.isnan(srt_marked)
-    vals = srt_marked[valid].astype(np.float64)  # row by row, each row's distinct values in order
-    counts = valid.sum(axis=1)
+    return _table(valid.sum(axis=1), srt_marked[valid], width)
+
+
+def _table(counts: np.ndarray, vals: np.ndarray, width: int) -> np.ndarray:
+    """[rows, width] from :func:`row_distinct`'s counts and values (padded with the row's last)."""
+    vals = vals.astype(np.float64)
     if vals.size == 0:
-        return np.zeros((srt_marked.shape[0], width), np.float64)
+        return np.zeros((counts.size, width), np.float64)
     start = np.cumsum(counts) - counts
     at = start[:, None] + np.minimum(np.arange(width)[None, :], np.maximum(counts - 1, 0)[:, None])
     return np.where(counts[:, None] > 0, vals[np.minimum(at, vals.size - 1)], 0.0)
@@ -156,18 +169,17 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         if u.size <= max_width:
             out.append(Table("tensor", inv.astype(np.int16), int(u.size), u.astype(flat.dtype)))
         return out
-    rows = layout.rows(flat)
-    counts, srt = row_distinct(rows)
+    counts, vals = row_distinct(layout.view(flat))  # rows copied a block at a time: nothing
     width = int(counts.max())
     if width > max_width:
         return out
-    table = _distinct(srt, width)
+    table = _table(counts, vals, width)
     u = np.unique(table)
     memo: dict = {}
 
     def ranks() -> np.ndarray:  # one sort serves the tensor table and the channel ones
         if "r" not in memo:
-            memo["r"] = row_ranks(rows)[0]
+            memo["r"] = row_ranks(layout.view(flat), marked=False)[0]  # tensor-sized is held
         return memo["r"]
 
     if u.size <= max_width:  # the tensor table: each row's distinct values found in the union
@@ -178,8 +190,9 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         return out
 
     def idx() -> np.ndarray:
-        if "idx" not in memo:
-            memo["idx"] = layout.unrows(ranks()).astype(np.int16)
+        if "idx" not in memo:  # the ranks are let go once unrolled (another table ranks again)
+            memo["idx"] = layout.unrows(ranks()).astype(np.int16, copy=False)
+            memo.pop("r")
         return memo["idx"]
 
     out.append(Table("channel", idx, width, table.astype(flat.dtype), layout=layout))

@@ -17,6 +17,7 @@ from onnxcomp.io.checks import (check_declared_sizes, check_external, check_exte
                                 check_valid)
 from onnxcomp.io.ort import check_runnable
 from onnxcomp.io.checks import external_tensors
+from onnxcomp.io.memory import release
 from onnxcomp.io.tensors import _external_info, _set_location, is_lazy
 
 _ONNX_MAGIC_FIRST_BYTE = 0x08  # field 1 (ir_version), varint: every serialized ModelProto starts so
@@ -120,4 +121,5 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     elif external:
         check_valid(path, path)
     check_declared_sizes(model, path)
+    release()  # what the parses and the checker freed
     return model

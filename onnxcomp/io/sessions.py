@@ -127,6 +127,8 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
     opts = session_options(threads)
     if max(_tensor_bytes(src), _SIZE_HINT.get()) > LOW_MEMORY_BYTES:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_cpu_mem_arena = False  # each decoder's unfolded tensors freed once used, not
+        opts.enable_mem_pattern = False  # kept in an arena sized for all of them at once
     tmp = None
     try:
         if isinstance(src, Path):

@@ -150,6 +150,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
         # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)
         work.proto = io.compact(work.proto)
+        io.release()  # the old arena's pages, freed but still resident
     if touched and enc.encoding != "dense" and all(isinstance(c, SIZE_STEPS) for c in steps) and \
             io.model_bytes(work.proto) > io.model_bytes(original.proto):
         work, encodings = _keep_input(original, results, io.model_bytes(work.proto))

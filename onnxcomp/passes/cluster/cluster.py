@@ -49,7 +49,7 @@ class ClusterPlan:
 def _fit(w: Weight, bits_or_k: float, plan: ClusterPlan, cfg: ClusterConfig, ctx: Context, *,
          is_k: bool = False, source: np.ndarray | None = None, granularity: str | None = None) -> Fit:
     k = bits_or_k if is_k else int(round(2 ** bits_or_k))  # grid levels may be half bits
-    values = w.values() if source is None else source.astype(w.dtype)
+    values = w.values() if source is None else source.astype(w.dtype, copy=False)
     return fit(values.reshape(-1), Layout.of(w.shape, w.out_axis), k, granularity or plan.granularity[w.name],
                importance=plan.importance.get(w.name), init=cfg.init, iters=cfg.iterations, seed=ctx.seed)
 

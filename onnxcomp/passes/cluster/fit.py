@@ -76,7 +76,7 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         granularity = "tensor"
     if granularity in ("shared", "grid") and dtype != np.float32:
         granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
-    rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32)
+    rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32, copy=False)
     top = float(np.abs(rows).max(initial=0.0))  # float16 scales and tables must hold the values
     if granularity in ("shared", "grid") and not top / (GRID12 if granularity == "shared" else GRID_Q) <= F16_MAX:
         granularity = "channel"
@@ -94,15 +94,10 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64),
                             np.float64 if np.dtype(dtype).itemsize > 4 else np.float32)
         out, table = out.astype(dtype), cent.astype(dtype)
-    elif granularity == "channel" and dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX:
-        s = f16_ceil(np.abs(rows).max(axis=1) / GRID8)[:, None]
-        q, cent = _kmeans(rows / s, kk, w, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
-        q *= s
-        out, table = q, cent.astype(np.float32) * s
-    elif granularity == "channel":  # float32 weights: float16 tables where the values fit in them
-        half = np.float16 if half_ok else dtype
-        out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
-        out, table = out.astype(dtype), cent.astype(dtype)
+    elif granularity == "channel":
+        out, table = _channels(rows, kk, w, init, iters, seed,
+                               dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX,
+                               np.float16 if half_ok else dtype, dtype)
     else:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
         ws = (np.ones(rows.shape, np.float32) if w is None else w) * (s * s)
@@ -111,11 +106,40 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         out = q.reshape(rows.shape).astype(np.float32) * s
         table = cent.astype(np.float32) * s  # [C, K]: the shared integers times each row's scale
     if zeros:
-        out = np.where(nz, out, np.zeros((), out.dtype))
+        out[~nz] = 0
         table = np.concatenate([table, np.zeros((len(table), 1), table.dtype)], axis=1)
     sse, energy = _sse_energy(out, rows, imp)
+    del rows, imp, w, nz  # before the values are unrolled (a copy): a big table's peak is a copy less
     values = out.reshape(-1) if granularity == "tensor" else layout.unrows(out)
-    return Fit(values.astype(dtype), sse, energy, granularity, table, coded)
+    return Fit(values.astype(dtype, copy=False), sse, energy, granularity, table, coded)
+
+
+ROW_BLOCK = 1 << 20  # values per block of channels fitted together: a big embedding table's
+# temporaries (scaled rows, labels, gathered values) stay a few MB, not several copies of it
+
+
+def _channels(rows: np.ndarray, k: int, w: np.ndarray | None, init: str, iters: int, seed: int, grid: bool,
+              half: type, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel codebooks: (values [C, n], tables [C, k]). ``grid`` (float32 weights): centroids
+    snapped to an int8 grid times a float16 scale per channel; else rounded to ``half``, values and
+    tables in the weight's ``dtype``. Channels are
+    independent, so they are fitted a block at a time (``random`` init draws its quantiles for all
+    rows at once from the seed: one block)."""
+    step = rows.shape[0] if init == "random" else max(1, ROW_BLOCK // max(1, rows.shape[1]))
+    out = np.empty(rows.shape, np.float32 if grid else dtype)
+    tables = []
+    for a in range(0, rows.shape[0], step):
+        r, wb = rows[a:a + step], None if w is None else w[a:a + step]
+        if grid:
+            s = f16_ceil(np.abs(r).max(axis=1) / GRID8)[:, None]
+            q, cent = _kmeans(r / s, k, wb, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
+            np.multiply(q, s, out=out[a:a + step])
+            tables.append(cent.astype(np.float32) * s)
+        else:
+            q, cent = _kmeans(r, k, wb, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
+            out[a:a + step] = q
+            tables.append(cent.astype(dtype))
+    return out, np.concatenate(tables) if tables else np.zeros((0, k), np.float32 if grid else dtype)
 
 
 def _sse_energy(out: np.ndarray, rows: np.ndarray, imp: np.ndarray | None, block: int = 1 << 20) -> tuple[float, float]:
