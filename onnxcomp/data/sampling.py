@@ -47,3 +47,17 @@ def limit_samples(data: Iterable[dict], n: int, unit: int | None = None) -> Iter
 def take_samples(data: Iterable[dict], n: int, unit: int | None = None) -> list[dict]:
     """The first ``n`` samples of a data source, as a list of batches (see :func:`limit_samples`)."""
     return list(limit_samples(data, n, unit))
+
+
+def skip_samples(data: Iterable[dict], n: int, unit: int | None = None) -> list[dict]:
+    """The batches of ``data`` after its first ``n`` samples (a batch cut where they end), ``n``
+    rounded up to whole batches of the unit: the part :func:`take_samples` does not take."""
+    n = whole(n, unit if unit is not None else getattr(data, "unit", 1))
+    out, seen = [], 0
+    for batch in data:
+        k = batch_len(batch)
+        if seen + k > n:
+            start = max(0, n - seen)
+            out.append({name: arr[start:] for name, arr in batch.items()})
+        seen += k
+    return out

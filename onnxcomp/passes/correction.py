@@ -31,7 +31,8 @@ from onnxcomp.passes.base import Change, Context, Pass, PassResult
 
 MODES = ("affine", "bias")
 SCALE_LIMITS = (0.25, 4.0)
-CHECK_SAMPLES = 32  # calibration samples on which a correction must bring the outputs closer to be kept
+CHECK_SAMPLES = 32  # the first calibration samples, on which a correction must bring the outputs closer to
+# be kept; it is fitted on the others (on all of them when fewer than 2x this are given)
 CHECK_BYTES = 1 << 30  # above this the model is not copied, and the correction is kept unchecked
 
 
@@ -239,18 +240,25 @@ class CorrectionPass(Pass):
         if ctx.has_real_data and model_bytes(model) <= CHECK_BYTES:
             before = onnx.ModelProto()
             before.CopyFrom(model)
-        fixed = correct(ctx.original, model, plan.names, ctx.data, mode=plan.mode, threads=ctx.threads,
+        fit_on, where = ctx.data, "calibration samples"
+        if before is not None:  # checked on samples it was not fitted on, when there are enough
+            from onnxcomp.data.sampling import batch_len, batch_unit, skip_samples
+
+            rest = skip_samples(ctx.data, CHECK_SAMPLES, batch_unit(ctx.original))
+            if sum(batch_len(b) for b in rest) >= CHECK_SAMPLES:
+                fit_on, where = rest, "held-out calibration samples"
+        fixed = correct(ctx.original, model, plan.names, fit_on, mode=plan.mode, threads=ctx.threads,
                         codebooks=plan.codebooks, progress=ctx.progress, record=result.settings)
         if before is not None and fixed:
             from onnxcomp.measure.sensitivity import output_errors
 
             old, new = output_errors(ctx.original, [before, model], ctx.data, samples=CHECK_SAMPLES,
                                      threads=ctx.threads)
-            result.settings["output_error"] = {"before": old, "after": new}
+            result.settings["output_error"] = {"before": old, "after": new, "held_out": fit_on is not ctx.data}
             if new > old:  # an output-matched step before it can leave nothing a per-channel refit fixes
                 model.CopyFrom(before)
                 result.notes.append(f"{plan.mode} correction not kept: it moved the outputs away from the "
-                                    f"original's on {CHECK_SAMPLES} calibration samples ({old:.3g} -> {new:.3g})")
+                                    f"original's on {CHECK_SAMPLES} {where} ({old:.3g} -> {new:.3g})")
                 return result
         by_name = find_weights(model).by_name()
         for name, info in fixed.items():
