@@ -85,3 +85,16 @@ def test_api_bench_stays_a_function_after_use(tmp_path):
     import onnxcomp.measure.bench  # noqa: F401
 
     assert callable(oc.bench) and callable(oc.compare) and callable(oc.prune)
+
+
+def test_dynamic_image_size_asks_for_input_shape_not_data(tmp_path, capsys):
+    """bench runs on random inputs only: a model with dynamic spatial dims gets a hint it can use
+    (--input-shape with a shape that fits), not --data, which bench does not take."""
+    model = M.conv_bn_relu()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    path = M.save(model, tmp_path / "dyn.onnx")
+    assert main(["bench", str(path), "--runs", "2", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--input-shape x=1x3x64x64" in err and "--data" not in err and "Traceback" not in err
+    assert main(["bench", str(path), "--runs", "2", "--warmup", "0", "--input-shape", "x=1x3x16x16"]) == 0

@@ -184,6 +184,15 @@ def _read(path: Path, mmap: bool = False) -> np.ndarray:
                         "save each sample with numpy.save") from None
 
 
+class DynamicDimsError(DataError):
+    """Random inputs cannot be made: an input has dynamic dims and no --input-shape gave them.
+    ``example`` is an --input-shape value that fits (commands without --data say only that)."""
+
+    def __init__(self, problem: str, fix: str, example: str) -> None:
+        super().__init__(problem, fix)
+        self.example = example
+
+
 def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]],
                             batch_size: int) -> dict[str, tuple[int, ...]]:
     """Concrete shapes for random data: user shapes, else the dims with a dynamic batch = batch_size."""
@@ -206,10 +215,10 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
             if any(not (isinstance(d, int) and d > 0) for d in dims):
                 example = "x".join([str(batch_size if i == 0 else d) if isinstance(d, int) and d > 0 else
                                     ("1" if i == 0 else "64") for i, d in enumerate(spec.dims)])
-                raise DataError(f"random inputs for {name!r} need sizes for its dynamic dims "
-                                f"(the model takes {spec.describe()})",
-                                f"pass --data with real inputs, or --input-shape {name}={example} "
-                                "with the sizes your model takes")
+                raise DynamicDimsError(f"random inputs for {name!r} need sizes for its dynamic dims "
+                                       f"(the model takes {spec.describe()})",
+                                       f"pass --data with real inputs, or --input-shape {name}={example} "
+                                       "with the sizes your model takes", f"{name}={example}")
             shape = tuple(dims)
         shapes[name] = shape
     _check_random_size(specs, shapes)

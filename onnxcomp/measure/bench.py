@@ -20,7 +20,8 @@ import numpy as np
 
 from onnxcomp import io
 from onnxcomp.data.calibration import load_data
-from onnxcomp.errors import ConfigError, ModelLoadError
+from onnxcomp.data.sources import DynamicDimsError
+from onnxcomp.errors import ConfigError, DataError, ModelLoadError
 from onnxcomp.io.sessions import resolve_provider
 
 RATIO_KEYS = ("file_size", "create_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "model_rss",
@@ -115,7 +116,11 @@ def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict 
     if not model_inputs(proto):
         np.savez(path)
         return path, batch
-    data = load_data(None, proto, input_shapes=input_shapes, batch_size=batch, num_samples=batch)
+    try:
+        data = load_data(None, proto, input_shapes=input_shapes, batch_size=batch, num_samples=batch)
+    except DynamicDimsError as exc:  # bench runs on random inputs only: no --data to suggest
+        raise DataError(f"{model}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
+                        "your model takes (repeatable, one per input)") from None
     feed = next(iter(data))
     np.savez(path, **feed)
     return path, len(next(iter(feed.values())))
