@@ -37,3 +37,19 @@ def test_sensitivity_allocation_spends_the_uniform_budget(mobilenet, importance)
     uniform = _macs(oc.prune_channels(model, 0.5, allocation="uniform", **kw))
     sensitivity = _macs(oc.prune_channels(model, 0.5, allocation="sensitivity", **kw))
     assert uniform - 0.02 <= sensitivity <= uniform + 0.005  # one big group's step no longer overshoots
+
+
+def test_auto_keeps_the_order_whose_model_moves_least(mobilenet):
+    """--importance auto with data runs both channel orders whole and keeps the model closer to the
+    original (neither order wins on every model: ocr_det takes reconstruction, effnet_lite0
+    activation); the kept model is the one that order gives alone."""
+    model, calib, test = mobilenet
+    data = {"input": calib}
+    auto = oc.prune_channels(model, 0.5, data=data)
+    s = auto.results[0].settings
+    errors = s["importance_errors"]
+    chosen = min(errors, key=errors.get)
+    assert set(errors) == {"activation", "reconstruction"} and s["importance"] == f"auto: {chosen}"
+    alone = oc.prune_channels(model, 0.5, data=data, importance=chosen)
+    assert accuracy(auto.proto, test) == accuracy(alone.proto, test)
+    assert abs(_macs(auto) - _macs(alone)) < 1e-9

@@ -166,7 +166,8 @@ class StructuredPruneConfig(Selection):
     importance: str = option("auto", "Channel choice: l1/l2 filter norm (BN-scaled), bn |gamma|, activation energy "
                                      "at the consumers, reconstruction (removed greedily by the output error each "
                                      "removal adds to the consumers after their least-squares refit); the last two "
-                                     "need --data; auto = activation with --data, else l1.", choices=Importance)
+                                     "need --data; auto = with --data both activation and reconstruction, keeping the "
+                                     "model whose outputs move less, else l1.", choices=Importance)
     allocation: str = option("auto", "uniform: the ratio in every group; sensitivity: the same MACs saving, "
                                      "spent where the model's output error per MAC saved (each group pruned alone "
                                      "on a subset) is lowest; curves: the same from the consumers' error curves, "

@@ -3,9 +3,10 @@
 ``plan`` discovers the groups (:mod:`onnxcomp.graph.channels.groups`). With real calibration data
 one walk of the engine measures the input statistics of every consumer
 (:mod:`onnxcomp.passes.structured.select`); each group's units are ordered by the output error
-their removal adds after the least-squares refit (``reconstruction``, the default) or by another
-score (:mod:`onnxcomp.passes.structured.importance`), and the per-group counts are allocated from
-the measured error curves (``sensitivity``: :mod:`onnxcomp.passes.structured.alloc`) or uniformly.
+their removal adds after the least-squares refit (``reconstruction``) or by another score
+(:mod:`onnxcomp.passes.structured.importance`; ``auto`` with data tries both orders whole:
+:mod:`onnxcomp.passes.structured.choose`); per-group counts come from the model's measured output
+error (``sensitivity``: :mod:`onnxcomp.passes.structured.probe`), error curves or uniformly.
 ``apply`` compensates every consumer's kept channels from the statistics, removes the units from
 every coupled tensor and refits the consumers in sequence on a second walk
 (:mod:`onnxcomp.passes.structured.refit`). Frozen groups are reported with their reasons.
@@ -68,6 +69,7 @@ class StructuredPlan:
     measured: dict = field(default_factory=dict)  # with real data: id(consumer node) -> select.Measured
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # the statistics walk's engine counts
+    alternatives: list = field(default_factory=list)  # (model copy, plan) also tried (choose.py)
 
 
 def data_shapes(ctx: Context) -> dict[str, tuple[int, ...]]:
@@ -88,8 +90,8 @@ class StructuredPrunePass(Pass):
 
     def _importance(self, ctx: Context) -> str:
         imp = self.config.importance
-        if imp == "auto":
-            return "activation" if ctx.has_real_data else "l1"  # reconstruction: better on ocr_det, worse on effnet
+        if imp == "auto":  # with data: both orders tried (passes/structured/choose.py)
+            return "auto" if ctx.has_real_data else "l1"
         if imp in ("activation", "reconstruction") and not ctx.has_real_data:
             raise ConfigError(f"--importance {imp} needs calibration data",
                               "pass --data with real inputs, or choose --importance l1, l2 or bn")
@@ -126,8 +128,16 @@ class StructuredPrunePass(Pass):
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> StructuredPlan:
         """Groups, scores, per-group counts and the kept units; ``model`` is not modified."""
-        cfg = self.config
         importance, allocation = self._importance(ctx), self._allocation(ctx)
+        if importance == "auto":
+            from onnxcomp.passes.structured.choose import plan_both
+
+            return plan_both(self, model, ctx, allocation)
+        return self.plan_for(model, ctx, importance, allocation)
+
+    def plan_for(self, model: onnx.ModelProto, ctx: Context, importance: str, allocation: str) -> StructuredPlan:
+        """:meth:`plan` for one channel order."""
+        cfg = self.config
         cg = analyze(model, data_shapes(ctx))
         plan = StructuredPlan(cg, [], np.ones(cg.n_ids, bool), importance, allocation, MacModel(cg, cg.shapes))
         plan.groups = [GroupPlan(g, reason=self._eligible(g, allocation)) for g in cg.groups]
@@ -187,6 +197,10 @@ class StructuredPrunePass(Pass):
 
     def apply(self, model: onnx.ModelProto, plan: StructuredPlan, ctx: Context) -> PassResult:
         """Remove the planned channels, fold their means into biases, refit; one row per layer."""
+        if plan.alternatives:
+            from onnxcomp.passes.structured.choose import apply_best
+
+            return apply_best(self, model, plan, ctx)
         cfg = self.config
         refit = cfg.refit if cfg.refit is not None else ctx.has_real_data
         if refit and not ctx.has_real_data:
