@@ -98,7 +98,7 @@ def row_ranks(rows: np.ndarray, block: int = 1 << 20,
     for a in range(0, rows.shape[0], step):
         part = rows[a:a + step].reshape(-1, n)  # a block's copy when ``rows`` is a Layout.view
         order = np.argsort(part, axis=1)  # equal values share a rank: stability is not needed
-        srt = np.take_along_axis(part, order, axis=1)
+        srt = np.sort(part, axis=1)  # the same values as part[order], several times faster than a gather
         change = np.ones(srt.shape, bool)
         change[:, 1:] = srt[:, 1:] != srt[:, :-1]
         counts[a:a + step] = change.sum(axis=1)
