@@ -50,9 +50,10 @@ def test_tables_are_priced_without_ranks_and_rebuild_the_weight(weights, kind, m
     assert calls == []  # sizes need the tables only: no argsort of the whole weight
     for t in found:
         assert np.array_equal(_rebuilt(t, flat), flat), (t.kind, t.store)
-    assert 1 <= len(calls) <= 2  # channel tables share one ranking (it is let go once unrolled)
-    if kind == "clustered":
-        assert {(t.kind, t.store) for t in found} >= {("channel", "grid")}  # 3-bit codebooks on an int8 grid
+    if kind == "clustered":  # 3-bit codebooks on an int8 grid: ranked by lookup, never sorted
+        assert {(t.kind, t.store) for t in found} >= {("channel", "grid")} and calls == []
+    else:
+        assert 1 <= len(calls) <= 2  # channel tables share one ranking (it is let go once unrolled)
 
 
 def test_block_distinct_matches_the_full_ranking(weights):
@@ -62,6 +63,8 @@ def test_block_distinct_matches_the_full_ranking(weights):
     assert np.array_equal(counts, full_counts)
     assert np.array_equal(T._table(counts, vals, int(counts.max())), T._distinct(marked, int(counts.max())))
     assert np.array_equal(T.row_ranks(layout.view(flat), block=1000, marked=False)[0], ranks)
+    q, s = T.factor(T._table(counts, vals, int(counts.max())), T.GRID8)
+    assert np.array_equal(T.grid_ranks(flat, layout, counts, q, s, block=1000), ranks)
 
 
 def test_nonzero_tables_of_a_pruned_weight_index_its_nonzeros(weights):

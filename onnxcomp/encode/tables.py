@@ -176,10 +176,12 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     table = _table(counts, vals, width)
     u = np.unique(table)
     memo: dict = {}
+    grid = None
 
-    def ranks() -> np.ndarray:  # one sort serves the tensor table and the channel ones
-        if "r" not in memo:
-            memo["r"] = row_ranks(layout.view(flat), marked=False)[0]  # tensor-sized is held
+    def ranks() -> np.ndarray:  # one ranking serves the tensor table and the channel ones
+        if "r" not in memo:  # (nothing tensor-sized is held until then)
+            memo["r"] = grid_ranks(flat, layout, counts, *grid) if grid is not None \
+                else row_ranks(layout.view(flat), marked=False)[0]
         return memo["r"]
 
     if u.size <= max_width:  # the tensor table: each row's distinct values found in the union
@@ -206,6 +208,29 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         if shared is not None:
             out.append(shared)
     return sorted(out, key=Table.table_bytes)
+
+
+def grid_ranks(flat: np.ndarray, layout: Layout, counts: np.ndarray, q: np.ndarray, s: np.ndarray,
+               block: int = 1 << 20) -> np.ndarray:
+    """:func:`row_ranks`' ranks [channels, n] of values that are ``q * s`` per row exactly (the
+    int8 grid :func:`factor` found; ``q`` [C, K] sorted, rows padded past ``counts``): each value
+    divided by its row's scale is its integer exactly, looked up in a per-row table. No sort."""
+    c, width = q.shape
+    lut = np.zeros((c, 2 * GRID8 + 1), np.int16)
+    rows, cols = np.nonzero(np.arange(width)[None, :] < counts[:, None])
+    lut[rows, q[rows, cols].astype(np.int64) + GRID8] = cols
+    lut = lut.reshape(-1)
+    view = layout.view(flat)
+    n = int(np.prod(view.shape[1:]))
+    scale = np.asarray(s, np.float32).reshape(-1, 1)
+    out = np.empty((c, n), np.int16)
+    step = max(1, block // max(1, n))
+    for a in range(0, c, step):
+        part = view[a:a + step].reshape(-1, n)
+        at = np.rint(part / scale[a:a + step]).astype(np.int64)
+        at += GRID8 + np.arange(a, a + len(part), dtype=np.int64)[:, None] * (2 * GRID8 + 1)
+        out[a:a + step] = lut[at]
+    return out
 
 
 def _shared(ranks: Callable[[], np.ndarray], table: np.ndarray, layout: Layout, max_width: int,
