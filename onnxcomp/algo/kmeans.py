@@ -39,7 +39,7 @@ class _Sorted:
     def __init__(self, x32: np.ndarray, w: np.ndarray | None) -> None:
         self.rows, self.n = x32.shape
         self.order = np.argsort(x32, axis=1)
-        self.xs = np.take_along_axis(x32, self.order, axis=1)
+        self.xs = np.sort(x32, axis=1)  # the values of x32[order], several times faster than a gather
         x64 = self.xs.astype(np.float64)
         # the prefix sums of w, w*x, w*x^2 side by side in one array (flat per sum: one gather
         # serves all three, 2-D fancy indexing of each was a third of the fit's time)
