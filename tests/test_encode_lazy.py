@@ -65,6 +65,7 @@ def test_block_distinct_matches_the_full_ranking(weights):
     assert np.array_equal(T.row_ranks(layout.view(flat), block=1000, marked=False)[0], ranks)
     q, s = T.factor(T._table(counts, vals, int(counts.max())), T.GRID8)
     assert np.array_equal(T.grid_ranks(flat, layout, counts, q, s, block=1000), ranks)
+    assert np.array_equal(T.grid_ranks(flat, layout, counts, q, s, block=1000, flat_order=True), layout.unrows(ranks))
 
 
 def test_nonzero_tables_of_a_pruned_weight_index_its_nonzeros(weights):

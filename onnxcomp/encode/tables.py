@@ -192,7 +192,9 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         return out
 
     def idx() -> np.ndarray:
-        if "idx" not in memo:  # the ranks are let go once unrolled (another table ranks again)
+        if "idx" not in memo and grid is not None:  # in element order directly: no copy to unroll
+            memo["idx"] = grid_ranks(flat, layout, counts, *grid, flat_order=True)
+        elif "idx" not in memo:  # the ranks are let go once unrolled (another table ranks again)
             memo["idx"] = layout.unrows(ranks()).astype(np.int16, copy=False)
             memo.pop("r")
         return memo["idx"]
@@ -211,10 +213,11 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
 
 
 def grid_ranks(flat: np.ndarray, layout: Layout, counts: np.ndarray, q: np.ndarray, s: np.ndarray,
-               block: int = 1 << 20) -> np.ndarray:
+               block: int = 1 << 20, flat_order: bool = False) -> np.ndarray:
     """:func:`row_ranks`' ranks [channels, n] of values that are ``q * s`` per row exactly (the
     int8 grid :func:`factor` found; ``q`` [C, K] sorted, rows padded past ``counts``): each value
-    divided by its row's scale is its integer exactly, looked up in a per-row table. No sort."""
+    divided by its row's scale is its integer exactly, looked up in a per-row table. No sort.
+    ``flat_order``: the ranks in the weight's own element order (``layout.unrows`` of them)."""
     c, width = q.shape
     lut = np.zeros((c, 2 * GRID8 + 1), np.int16)
     rows, cols = np.nonzero(np.arange(width)[None, :] < counts[:, None])
@@ -223,13 +226,14 @@ def grid_ranks(flat: np.ndarray, layout: Layout, counts: np.ndarray, q: np.ndarr
     view = layout.view(flat)
     n = int(np.prod(view.shape[1:]))
     scale = np.asarray(s, np.float32).reshape(-1, 1)
-    out = np.empty((c, n), np.int16)
+    out = np.empty(flat.size if flat_order else (c, n), np.int16)
+    dst = layout.view(out) if flat_order else out
     step = max(1, block // max(1, n))
     for a in range(0, c, step):
         part = view[a:a + step].reshape(-1, n)
         at = np.rint(part / scale[a:a + step]).astype(np.int64)
         at += GRID8 + np.arange(a, a + len(part), dtype=np.int64)[:, None] * (2 * GRID8 + 1)
-        out[a:a + step] = lut[at]
+        dst[a:a + step] = lut[at].reshape(dst[a:a + step].shape)
     return out
 
 

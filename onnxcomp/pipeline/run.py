@@ -135,6 +135,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     work.path = None
     for k, (i, p) in enumerate(passes):
         ctx.history.append(p.run(work.proto, ctx))
+        io.release()  # what the pass freed (its threads' heaps too) before the next holds more
         if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
             after_step(i, work, ctx)
     results = ctx.history

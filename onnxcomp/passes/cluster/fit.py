@@ -76,11 +76,15 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         granularity = "tensor"
     if granularity in ("shared", "grid") and dtype != np.float32:
         granularity = "channel"  # a float16 product is not exact; per-channel float16 tables are
-    rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32, copy=False)
-    top = float(np.abs(rows).max(initial=0.0))  # float16 scales and tables must hold the values
+    top = float(np.abs(flat).max(initial=0.0))  # float16 scales and tables must hold the values
     if granularity in ("shared", "grid") and not top / (GRID12 if granularity == "shared" else GRID_Q) <= F16_MAX:
         granularity = "channel"
     half_ok = top <= F16_MAX
+    if granularity == "channel":
+        return _channels(flat, layout, k, importance, init, iters, seed,
+                         dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX,
+                         np.float16 if half_ok else dtype)
+    rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32, copy=False)
     imp = None if importance is None else (
         layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float32)
     nz = rows != 0
@@ -94,10 +98,6 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
         out, cent = _kmeans(rows, kk, w, init, iters, seed, lambda c: c.astype(dtype).astype(np.float64),
                             np.float64 if np.dtype(dtype).itemsize > 4 else np.float32)
         out, table = out.astype(dtype), cent.astype(dtype)
-    elif granularity == "channel":
-        out, table = _channels(rows, kk, w, init, iters, seed,
-                               dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX,
-                               np.float16 if half_ok else dtype, dtype)
     else:
         s = f16_ceil(np.abs(rows).max(axis=1) / GRID12)[:, None]
         ws = (np.ones(rows.shape, np.float32) if w is None else w) * (s * s)
@@ -118,28 +118,44 @@ ROW_BLOCK = 1 << 20  # values per block of channels fitted together: a big embed
 # temporaries (scaled rows, labels, gathered values) stay a few MB, not several copies of it
 
 
-def _channels(rows: np.ndarray, k: int, w: np.ndarray | None, init: str, iters: int, seed: int, grid: bool,
-              half: type, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel codebooks: (values [C, n], tables [C, k]). ``grid`` (float32 weights): centroids
-    snapped to an int8 grid times a float16 scale per channel; else rounded to ``half``, values and
-    tables in the weight's ``dtype``. Channels are
-    independent, so they are fitted a block at a time (``random`` init draws its quantiles for all
-    rows at once from the seed: one block)."""
-    step = rows.shape[0] if init == "random" else max(1, ROW_BLOCK // max(1, rows.shape[1]))
-    out = np.empty(rows.shape, np.float32 if grid else dtype)
+def _channels(flat: np.ndarray, layout: Layout, k: int, importance: np.ndarray | None, init: str, iters: int,
+              seed: int, grid: bool, half: type) -> Fit:
+    """Per-channel codebooks. ``grid`` (float32 weights): centroids snapped to an int8 grid times a
+    float16 scale per channel; else rounded to ``half``, values and tables in the weight's dtype.
+    Channels are independent: they are taken from the weight a block at a time and their values
+    written back in place, so a big embedding table is never copied whole (``random`` init draws
+    its quantiles for all rows at once from the seed: one block)."""
+    dtype = flat.dtype
+    view = layout.view(flat)
+    imp = None if importance is None else layout.view(importance.reshape(-1))
+    n = int(np.prod(view.shape[1:]))
+    zeros = float(np.count_nonzero(flat == 0) / max(flat.size, 1))
+    kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
+    out = np.empty(flat.size, np.float32 if grid else dtype)
+    out_view = layout.view(out)
     tables = []
-    for a in range(0, rows.shape[0], step):
-        r, wb = rows[a:a + step], None if w is None else w[a:a + step]
+    step = view.shape[0] if init == "random" else max(1, ROW_BLOCK // max(1, n))
+    for a in range(0, view.shape[0], step):
+        r = view[a:a + step].reshape(-1, n).astype(np.float32, copy=False)
+        nz = r != 0
+        wb = None if imp is None and zeros == 0 else \
+            (nz if imp is None else imp[a:a + step].reshape(-1, n).astype(np.float32) * nz)
         if grid:
             s = f16_ceil(np.abs(r).max(axis=1) / GRID8)[:, None]
-            q, cent = _kmeans(r / s, k, wb, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
-            np.multiply(q, s, out=out[a:a + step])
+            q, cent = _kmeans(r / s, kk, wb, init, iters, seed, lambda c: np.clip(np.round(c), -GRID8, GRID8))
+            q *= s
             tables.append(cent.astype(np.float32) * s)
         else:
-            q, cent = _kmeans(r, k, wb, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
-            out[a:a + step] = q
+            q, cent = _kmeans(r, kk, wb, init, iters, seed, lambda c: c.astype(half).astype(np.float64))
             tables.append(cent.astype(dtype))
-    return out, np.concatenate(tables) if tables else np.zeros((0, k), np.float32 if grid else dtype)
+        if zeros:
+            q[~nz] = 0
+        out_view[a:a + step] = q.reshape(out_view[a:a + step].shape)
+    table = np.concatenate(tables) if tables else np.zeros((0, kk), out.dtype)
+    if zeros:
+        table = np.concatenate([table, np.zeros((len(table), 1), table.dtype)], axis=1)
+    sse, energy = _sse_energy(out, flat, None if importance is None else importance.reshape(-1).astype(np.float32))
+    return Fit(out.astype(dtype, copy=False), sse, energy, "channel", table)
 
 
 def _sse_energy(out: np.ndarray, rows: np.ndarray, imp: np.ndarray | None, block: int = 1 << 20) -> tuple[float, float]:
