@@ -81,59 +81,47 @@ class Table:
         return self.values.size * item
 
 
-def row_ranks(rows: np.ndarray, block: int = 1 << 20,
-              marked: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(rank of each element among its row's distinct values, distinct count per row, sorted rows
-    with repeats as NaN; None without ``marked``).
+def _sorted_rows(rows: np.ndarray, block: int):
+    """(start, sorted block, mask of each row's first occurrence of a value) for blocks of about
+    ``block`` values of ``rows`` (2-D, or a :meth:`Layout.view`: then each block is copied alone)."""
+    n = int(np.prod(rows.shape[1:])) if rows.ndim >= 2 else 0
+    step = max(1, block // max(1, n))
+    for a in range(0, rows.shape[0], step):
+        part = rows[a:a + step].reshape(-1, n)
+        srt = np.sort(part, axis=1)
+        change = np.ones(srt.shape, bool)
+        change[:, 1:] = srt[:, 1:] != srt[:, :-1]
+        yield a, part, srt, change
 
-    Ranks are int16 when every row has fewer than 32768 distinct values (int32 otherwise): for a
-    big embedding table the int64 temporaries were most of the encoder's peak memory; rows are
-    ranked a block of about ``block`` values at a time for the same reason.
+
+def row_ranks(rows: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+    """The rank of each element among its row's distinct values [rows, n] (equal values share one).
+
+    int16 when every row has fewer than 32768 distinct values (int32 otherwise): for a big
+    embedding table the int64 temporaries were most of the encoder's peak memory; rows are ranked
+    a block of about ``block`` values at a time for the same reason.
     """
     n = int(np.prod(rows.shape[1:])) if rows.ndim >= 2 else 0
     ranks = np.empty((rows.shape[0], n), np.int16 if n < 32768 else np.int32)
-    counts = np.empty(rows.shape[0], np.int64)
-    srt_marked = np.empty(ranks.shape, np.result_type(rows.dtype, np.float16)) if marked else None
-    step = max(1, block // max(1, n))
-    for a in range(0, rows.shape[0], step):
-        part = rows[a:a + step].reshape(-1, n)  # a block's copy when ``rows`` is a Layout.view
+    most = 0
+    for a, part, _, change in _sorted_rows(rows, block):
         order = np.argsort(part, axis=1)  # equal values share a rank: stability is not needed
-        srt = np.sort(part, axis=1)  # the same values as part[order], several times faster than a gather
-        change = np.ones(srt.shape, bool)
-        change[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        counts[a:a + step] = change.sum(axis=1)
+        most = max(most, int(change.sum(axis=1).max(initial=0)))
         rank_sorted = np.cumsum(change, axis=1, dtype=ranks.dtype)
         rank_sorted -= 1
-        np.put_along_axis(ranks[a:a + step], order, rank_sorted, axis=1)
-        if marked:
-            srt_marked[a:a + step] = np.where(change, srt, np.nan)
-    if ranks.dtype == np.int32 and (counts.size == 0 or counts.max() < 32768):
-        ranks = ranks.astype(np.int16)
-    return ranks, counts, srt_marked
+        np.put_along_axis(ranks[a:a + len(part)], order, rank_sorted, axis=1)
+    return ranks.astype(np.int16) if ranks.dtype == np.int32 and most < 32768 else ranks
 
 
 def row_distinct(rows: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct count per row, every row's distinct values in order, one after another):
-    :func:`row_ranks` without the ranks, from a plain sort (several times faster than the
-    argsort the ranks need) and without a tensor-sized copy."""
-    n = int(np.prod(rows.shape[1:])) if rows.ndim >= 2 else 0
+    """(distinct count per row, every row's distinct values in order, one after another), from a
+    plain sort (several times faster than the argsort the ranks need), a block at a time."""
     counts = np.empty(rows.shape[0], np.int64)
     values = []
-    step = max(1, block // max(1, n))
-    for a in range(0, rows.shape[0], step):
-        srt = np.sort(rows[a:a + step].reshape(-1, n), axis=1)  # a block's copy when ``rows`` is a view
-        change = np.ones(srt.shape, bool)
-        change[:, 1:] = srt[:, 1:] != srt[:, :-1]
-        counts[a:a + step] = change.sum(axis=1)
+    for a, part, srt, change in _sorted_rows(rows, block):
+        counts[a:a + len(part)] = change.sum(axis=1)
         values.append(srt[change])  # row-major: each row's distinct values in order
     return counts, np.concatenate(values) if values else np.zeros(0, rows.dtype)
-
-
-def _distinct(srt_marked: np.ndarray, width: int) -> np.ndarray:
-    """[rows, width] distinct values per row (padded with the row's last one) from sorted rows
-    with repeats as NaN (:func:`row_ranks`)."""
-    valid = ~np.isnan(srt_marked)
-    return _table(valid.sum(axis=1), srt_marked[valid], width)
 
 
 def _table(counts: np.ndarray, vals: np.ndarray, width: int) -> np.ndarray:
@@ -181,7 +169,7 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     def ranks() -> np.ndarray:  # one ranking serves the tensor table and the channel ones
         if "r" not in memo:  # (nothing tensor-sized is held until then)
             memo["r"] = grid_ranks(flat, layout, counts, *grid) if grid is not None \
-                else row_ranks(layout.view(flat), marked=False)[0]
+                else row_ranks(layout.view(flat))
         return memo["r"]
 
     if u.size <= max_width:  # the tensor table: each row's distinct values found in the union

@@ -129,8 +129,11 @@ def layer_gains(model: onnx.ModelProto, perturbed: dict[str, np.ndarray], errors
     return gains, {"samples": n, "runs": len(weights) + 1, "seconds": round(time.perf_counter() - t0, 1)}
 
 
+CHECK_SAMPLES = 32  # calibration samples on which a pass compares its candidates' outputs
+
+
 def output_errors(reference: onnx.ModelProto, models: Sequence[onnx.ModelProto], data: Iterable[dict], *,
-                  samples: int, threads: int | None = None) -> list[float]:
+                  samples: int = CHECK_SAMPLES, threads: int | None = None) -> list[float]:
     """Per model, the mean over batches and outputs of ``||y' - y||² / ||y||²`` against
     ``reference`` on the first ``samples`` samples (one run of each model)."""
     batches = take_samples(data, samples, batch_unit(reference))

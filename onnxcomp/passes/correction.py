@@ -27,13 +27,14 @@ from onnxcomp.config import CorrectionConfig
 from onnxcomp.graph.axes import out_channels, per_out_channel
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
+from onnxcomp.measure.sensitivity import CHECK_SAMPLES, output_errors
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 
 MODES = ("affine", "bias")
 SCALE_LIMITS = (0.25, 4.0)
-CHECK_SAMPLES = 32  # the first calibration samples, on which a correction must bring the outputs closer to
-# be kept; it is fitted on the others (on all of them when fewer than 2x this are given)
 CHECK_BYTES = 1 << 30  # above this the model is not copied, and the correction is kept unchecked
+# A correction is kept only when it brings the outputs of the first CHECK_SAMPLES calibration samples
+# closer to the original's; it is fitted on the others (on all of them when fewer than 2x that).
 
 
 POSITIONS_PER_BATCH = 4096  # spatial positions kept per batch and layer: enough for 2 moments
@@ -250,10 +251,7 @@ class CorrectionPass(Pass):
         fixed = correct(ctx.original, model, plan.names, fit_on, mode=plan.mode, threads=ctx.threads,
                         codebooks=plan.codebooks, progress=ctx.progress, record=result.settings)
         if before is not None and fixed:
-            from onnxcomp.measure.sensitivity import output_errors
-
-            old, new = output_errors(ctx.original, [before, model], ctx.data, samples=CHECK_SAMPLES,
-                                     threads=ctx.threads)
+            old, new = output_errors(ctx.original, [before, model], ctx.data, threads=ctx.threads)
             result.settings["output_error"] = {"before": old, "after": new, "held_out": fit_on is not ctx.data}
             if new > old:  # an output-matched step before it can leave nothing a per-channel refit fixes
                 model.CopyFrom(before)

@@ -80,16 +80,16 @@ def fit(flat: np.ndarray, layout: Layout, k: int, granularity: str, *, importanc
     if granularity in ("shared", "grid") and not top / (GRID12 if granularity == "shared" else GRID_Q) <= F16_MAX:
         granularity = "channel"
     half_ok = top <= F16_MAX
+    zeros = float(np.count_nonzero(flat == 0) / max(flat.size, 1))
+    kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
     if granularity == "channel":
-        return _channels(flat, layout, k, importance, init, iters, seed,
+        return _channels(flat, layout, kk, zeros, importance, init, iters, seed,
                          dtype == np.float32 and k <= GRID_MAX_K and top / GRID8 <= F16_MAX,
                          np.float16 if half_ok else dtype)
     rows = (layout.rows(flat) if granularity != "tensor" else flat.reshape(1, -1)).astype(np.float32, copy=False)
     imp = None if importance is None else (
         layout.rows(importance.reshape(-1)) if granularity != "tensor" else importance.reshape(1, -1)).astype(np.float32)
     nz = rows != 0
-    zeros = float((~nz).mean())
-    kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
     w = None if imp is None and zeros == 0 else (nz if imp is None else imp * nz)
     coded = None
     if granularity == "grid":
@@ -118,9 +118,10 @@ ROW_BLOCK = 1 << 20  # values per block of channels fitted together: a big embed
 # temporaries (scaled rows, labels, gathered values) stay a few MB, not several copies of it
 
 
-def _channels(flat: np.ndarray, layout: Layout, k: int, importance: np.ndarray | None, init: str, iters: int,
-              seed: int, grid: bool, half: type) -> Fit:
-    """Per-channel codebooks. ``grid`` (float32 weights): centroids snapped to an int8 grid times a
+def _channels(flat: np.ndarray, layout: Layout, kk: int, zeros: float, importance: np.ndarray | None, init: str,
+              iters: int, seed: int, grid: bool, half: type) -> Fit:
+    """Per-channel codebooks of ``kk`` entries (+ 0 when ``zeros``, the fraction of exact zeros, is
+    not 0). ``grid`` (float32 weights): centroids snapped to an int8 grid times a
     float16 scale per channel; else rounded to ``half``, values and tables in the weight's dtype.
     Channels are independent: they are taken from the weight a block at a time and their values
     written back in place, so a big embedding table is never copied whole (``random`` init draws
@@ -129,8 +130,6 @@ def _channels(flat: np.ndarray, layout: Layout, k: int, importance: np.ndarray |
     view = layout.view(flat)
     imp = None if importance is None else layout.view(importance.reshape(-1))
     n = int(np.prod(view.shape[1:]))
-    zeros = float(np.count_nonzero(flat == 0) / max(flat.size, 1))
-    kk = max(k - 1 if 0 < zeros < SPARSE_OWN_CODE else k, 1)
     out = np.empty(flat.size, np.float32 if grid else dtype)
     out_view = layout.view(out)
     tables = []
@@ -218,17 +217,18 @@ def rescaler(values: np.ndarray, layout: Layout, granularity: str):
     channel/shared grids (q * s with a float16 scale per channel) keep q and round s * a to
     float16; float16 tables are rounded back to float16. Exact in float32, like the fits.
     """
-    from onnxcomp.encode.tables import _distinct, factor, lowest_terms, row_ranks
+    from onnxcomp.encode.tables import _table, factor, lowest_terms, row_distinct, row_ranks
 
     if granularity == "tensor" or values.dtype != np.float32:
         return None
     rows = layout.rows(values.reshape(-1))
-    ranks, counts, srt = row_ranks(rows)
+    counts, distinct = row_distinct(rows)
     width = int(counts.max()) if counts.size else 0
-    table = _distinct(srt, width) if 0 < width <= 256 else None
+    table = _table(counts, distinct, width) if 0 < width <= 256 else None
     grid = None if table is None else factor(table, GRID12 if granularity in ("shared", "grid") else GRID8)
     if grid is not None:
         q, s = lowest_terms(*grid, table)  # the step itself, not step / 602: a precise new scale
+        ranks = row_ranks(rows)
 
         def scale_grid(a: np.ndarray) -> np.ndarray | None:
             s2 = (s.astype(np.float64) * np.asarray(a, np.float64).reshape(-1)).astype(np.float16)

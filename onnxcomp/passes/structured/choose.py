@@ -14,7 +14,6 @@ from __future__ import annotations
 import onnx
 
 ORDERS = ("activation", "reconstruction")
-CHECK_SAMPLES = 32  # calibration samples the two results are compared on
 MAX_BYTES = 1 << 30  # larger models take the activation order alone (the copy is not made)
 
 
@@ -34,13 +33,12 @@ def plan_both(owner, model: onnx.ModelProto, ctx, allocation: str):
 
 def apply_best(owner, model: onnx.ModelProto, plan, ctx):
     """Apply every tried plan (each to its own model), keep the model whose outputs moved least."""
-    from onnxcomp.measure.sensitivity import output_errors
+    from onnxcomp.measure.sensitivity import CHECK_SAMPLES, output_errors
 
     tried = [(model, plan)] + list(plan.alternatives)
     plan.alternatives = []
     results = [owner.apply(m, p, ctx) for m, p in tried]
-    errors = output_errors(ctx.original, [m for m, _ in tried], ctx.data, samples=CHECK_SAMPLES,
-                           threads=ctx.threads)
+    errors = output_errors(ctx.original, [m for m, _ in tried], ctx.data, threads=ctx.threads)
     best = min(range(len(tried)), key=lambda i: errors[i])
     if best:
         model.CopyFrom(tried[best][0])
