@@ -11,9 +11,9 @@ from typing import Hashable, Sequence
 import numpy as np
 
 
-def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap: float) -> np.ndarray:
-    return np.array([min(np.searchsorted(s, _key(t, s.dtype), side="left") / max(s.size, 1), cap)
-                     for s in sorted_scores])
+def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap) -> np.ndarray:
+    return np.minimum([np.searchsorted(s, _key(t, s.dtype), side="left") / max(s.size, 1)
+                       for s in sorted_scores], cap)
 
 
 def _key(t: float, dtype: np.dtype):
@@ -25,11 +25,13 @@ def _key(t: float, dtype: np.dtype):
     return np.nextafter(k, np.inf, dtype=dtype) if float(k) < t else k
 
 
-def by_threshold(sorted_scores: Sequence[np.ndarray], target: float, cap: float = 1.0) -> np.ndarray:
+def by_threshold(sorted_scores: Sequence[np.ndarray], target: float,
+                 cap: float | Sequence[float] = 1.0) -> np.ndarray:
     """One global threshold over comparable per-weight scores (each layer's array sorted).
 
-    Returns per-layer fractions below the threshold, capped at ``cap``, whose size-weighted mean
-    is ``target`` (bisection on the threshold; capped layers push the threshold up for the rest).
+    Returns per-layer fractions below the threshold, capped at ``cap`` (one for all layers or one
+    per layer), whose size-weighted mean is ``target`` (bisection on the threshold; capped layers
+    push the threshold up for the rest).
     """
     sizes = np.array([s.size for s in sorted_scores], dtype=np.float64)
     need = target * sizes.sum()

@@ -1,0 +1,58 @@
+"""With data (OBS: later layers absorb part of an earlier layer's error) an output layer, whose
+error nothing absorbs, is never pruned beyond the target by the threshold allocations; without
+data the allocation is left alone. On real digit-model weights."""
+import numpy as np
+import onnx
+import pytest
+
+import onnxcomp as oc
+from onnxcomp.graph.reach import output_layers
+from onnxcomp.graph.subgraph import expose, truncate
+from onnxcomp.graph.weights import find_weights
+
+from . import models as M
+
+VIT = M.MODELS / "vit_digits.onnx"
+MLP_OUT = "/blocks/blocks.3/mlp/mlp.2/MatMul_output_0"  # the last block's MLP down projection
+DOWN = "onnx::MatMul_322"
+CALIB = M.MODELS / "digits_calib.npz"  # its weight, 1024x256: LAMP prunes it hardest of all the layers
+
+
+def ends_in_the_mlp() -> onnx.ModelProto:
+    """vit_digits cut after its last MLP: the down projection becomes the output layer."""
+    return truncate(expose(onnx.load(VIT), [MLP_OUT]), [MLP_OUT])
+
+
+def kernels(model: onnx.ModelProto):
+    return [w for w in find_weights(model) if not w.is_bias]
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "vgg", "vit"])
+def test_the_classifier_is_the_output_layer(name):
+    model = onnx.load(M.MODELS / f"{name}_digits.onnx")
+    assert output_layers(model, kernels(model)) == {"head.weight"}
+
+
+def test_a_truncated_model_ends_in_its_last_matmul():
+    model = ends_in_the_mlp()
+    assert output_layers(model, kernels(model)) == {DOWN}
+
+
+@pytest.mark.parametrize("allocation", ["lamp", "global"])
+def test_output_layer_held_at_the_target(allocation):
+    model = ends_in_the_mlp()
+    result = oc.prune(model, 0.9, allocation=allocation, encoding="dense", data=CALIB).results[0]
+    levels = {c.name: c.detail["sparsity"] for c in result.applied}
+    assert levels[DOWN] == pytest.approx(0.9, abs=0.005)  # uncapped: 0.94 (lamp)
+    before = sum(c.params_before for c in result.applied)
+    after = sum(c.params_after for c in result.applied)
+    assert 1 - after / before == pytest.approx(0.9, abs=0.01)  # the others make up the budget
+    assert any("output layer(s) held at the target" in n and DOWN in n for n in result.notes)
+    assert max(levels.values()) > 0.9  # still layer-adaptive elsewhere
+
+
+def test_without_data_the_allocation_is_left_alone():
+    result = oc.prune(ends_in_the_mlp(), 0.9, encoding="dense").results[0]
+    levels = {c.name: c.detail["sparsity"] for c in result.applied}
+    assert levels[DOWN] > 0.93  # LAMP's own level: nothing refits the layers before it
+    assert not any("output layer" in n for n in result.notes)
