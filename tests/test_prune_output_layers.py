@@ -1,7 +1,6 @@
 """With data (OBS: later layers absorb part of an earlier layer's error) an output layer, whose
 error nothing absorbs, is never pruned beyond the target by the threshold allocations; without
 data the allocation is left alone. On real digit-model weights."""
-import numpy as np
 import onnx
 import pytest
 
