@@ -1,0 +1,179 @@
+"""A model outside the corpus: the PP-OCRv4 text recogniser, every command with ``--data``.
+
+    python benchmarks/recogniser.py [--old COMMIT] [--quick]
+
+The recogniser (``ch_PP-OCRv4_rec_infer.onnx``, SVTR-LCNet with a 6625-class CTC head, weights in
+Constant nodes, input ``x[N, 3, 48, W]``) ships inside the ``rapidocr_onnxruntime`` wheel that
+``../shared/corpus/setup.sh`` installs into the corpus venv. Its data is rendered by that venv's
+Python with the corpus' own text generator (fonts and words from pinned wheels): 128 calibration
+lines and 300 test lines (other seeds), 48 x 320. Each command runs on the calibration set; each
+output is scored on the test set: character agreement with the original's greedy CTC decode
+(1 - edit distance / length), character accuracy against the rendered text, and the one-thread
+batch-1 p50 latency ratio of all outputs in one interleaved run. ``--old COMMIT`` runs onnxcomp
+at that commit too, side by side. Writes benchmarks/results/recogniser.json.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CORPUS_PYTHON, ROOT, install_old, table, write_json  # noqa: E402
+
+BUILD = r'''
+import importlib.util, math, os, shutil, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2]); sys.argv = [sys.argv[0], sys.argv[1]] + sys.argv[3:]
+import build_corpus as B
+from PIL import Image, ImageDraw, ImageFont
+out = sys.argv[1]
+pkg = list(importlib.util.find_spec("rapidocr_onnxruntime").submodule_search_locations)[0]
+shutil.copyfile(os.path.join(pkg, "models", "ch_PP-OCRv4_rec_infer.onnx"), os.path.join(out, "rec.onnx"))
+
+def lines(seed, n):
+    rng = np.random.default_rng(seed); words = B.zen_words(); fonts = B.font_paths()
+    xs, texts = np.zeros((n, 3, 48, 320), np.float32), []
+    for i in range(n):
+        size = int(rng.integers(16, 44))
+        font = ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], size)
+        text = " ".join(B.random_token(rng, words) for _ in range(int(rng.integers(1, 4))))
+        l, t, r, b = font.getbbox(text)
+        W, H = r - l + int(rng.integers(4, 16)), b - t + int(rng.integers(4, 12))
+        bg = np.clip(rng.integers(170, 256, 3)[None, None] + rng.normal(0, 4, (H, W, 3)), 0, 255)
+        im = Image.fromarray(bg.astype(np.uint8)); dr = ImageDraw.Draw(im)
+        dr.text(((W - (r - l)) // 2 - l, (H - (b - t)) // 2 - t), text, font=font,
+                fill=tuple(int(v) for v in rng.integers(0, 90, 3)))
+        rw = min(320, math.ceil(48 * W / H))
+        a = np.asarray(im.resize((rw, 48), Image.BILINEAR), np.float32).transpose(2, 0, 1) / 255.0
+        xs[i, :, :, :rw] = (a - 0.5) / 0.5  # rapidocr's normalisation; the rest stays 0 (its padding)
+        texts.append(text)
+    return xs, texts
+
+np.savez(os.path.join(out, "calib.npz"), x=lines(101, 128)[0])
+x, t = lines(202, 300)
+np.savez(os.path.join(out, "test.npz"), x=x, text=np.array(t))
+'''
+
+COMMANDS = [
+    ("prune 0.5", ["prune", "--sparsity", "0.5"]),
+    ("prune 0.8", ["prune", "--sparsity", "0.8"]),
+    ("cluster 4 bits", ["cluster", "--bits", "4"]),
+    ("structured 0.3", ["prune", "--structured", "--ratio", "0.3"]),
+    ("factorize 0.5", ["factorize", "--ratio", "0.5"]),
+]
+QUICK = ("prune 0.8", "structured 0.3")
+
+
+def build(tmp: Path) -> None:
+    corpus = ROOT.parent / "shared" / "corpus"
+    script = tmp / "build_rec.py"
+    script.write_text(BUILD)
+    subprocess.run([str(CORPUS_PYTHON), str(script), str(tmp), str(corpus)], check=True)
+
+
+def decode(probs: np.ndarray) -> list[list[int]]:
+    """Greedy CTC: argmax per step, repeats merged, blanks (class 0) dropped."""
+    out = []
+    for a in probs.argmax(-1):
+        keep = np.concatenate([[True], a[1:] != a[:-1]]) & (a != 0)
+        out.append(a[keep].tolist())
+    return out
+
+
+def edits(a: list, b: list) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def char_score(seqs: list[list[int]], refs: list[list[int]]) -> float:
+    return 1.0 - sum(edits(s, r) for s, r in zip(seqs, refs)) / max(1, sum(len(r) for r in refs))
+
+
+class Scorer:
+    def __init__(self, tmp: Path) -> None:
+        import onnx
+
+        d = np.load(tmp / "test.npz")
+        self.x, texts = d["x"], [str(t) for t in d["text"]]
+        meta = {p.key: p.value for p in onnx.load(tmp / "rec.onnx", load_external_data=False).metadata_props}
+        chars = {c: i for i, c in enumerate(["<blank>"] + meta["character"].splitlines() + [" "])}
+        self.truth = [[chars.get(c, -1) for c in t] for t in texts]
+        self.ref = self.run(tmp / "rec.onnx")
+        self.ref_seqs = decode(self.ref)
+
+    def run(self, path: Path) -> np.ndarray:
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"x": self.x[i:i + 50]})[0] for i in range(0, len(self.x), 50)])
+
+    def score(self, path: Path) -> dict:
+        p = self.run(path)
+        seqs = decode(p)
+        cos = float((p * self.ref).sum() / np.sqrt((p * p).sum() * (self.ref * self.ref).sum()))
+        return {"char_agreement": round(char_score(seqs, self.ref_seqs), 4),
+                "char_accuracy": round(char_score(seqs, self.truth), 4),
+                "lines_equal": round(float(np.mean([a == b for a, b in zip(seqs, self.ref_seqs)])), 3),
+                "cosine": round(cos, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--old", help="also run onnxcomp at this commit, side by side")
+    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    args = ap.parse_args()
+    if not CORPUS_PYTHON.exists():
+        sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
+                 "/tmp/corpus-venv /tmp/corpus-cache")
+    from onnxcomp.measure.bench import bench
+
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-rec-") as t:
+        tmp = Path(t)
+        build(tmp)
+        scorer = Scorer(tmp)
+        versions = [("new", [sys.executable, "-m", "onnxcomp"])]
+        if args.old:
+            versions.append((f"old {args.old}", [str(install_old(args.old, tmp))]))
+        rows, files = [], [tmp / "rec.onnx"]
+        original = {"command": "original", "version": "", "size_ratio": 1.0,
+                    "char_accuracy": round(char_score(scorer.ref_seqs, scorer.truth), 4)}
+        for label, argv in COMMANDS:
+            if args.quick and label not in QUICK:
+                continue
+            for version, exe in versions:
+                out = tmp / f"{len(files)}.onnx"
+                t0 = time.time()
+                proc = subprocess.run(exe + argv + [str(tmp / "rec.onnx"), "--data", str(tmp / "calib.npz"),
+                                                    "-o", str(out), "-q"], capture_output=True, text=True)
+                row = {"command": label, "version": version, "exit": proc.returncode,
+                       "seconds": round(time.time() - t0, 1)}
+                if proc.returncode == 0:
+                    row.update(scorer.score(out), size_ratio=round(out.stat().st_size / files[0].stat().st_size, 3))
+                    files.append(out)
+                    row["_file"] = out
+                rows.append(row)
+        rep = bench(files, threads=1, runs=40, warmup=5, input_shapes={"x": (1, 3, 48, 320)})
+        base = rep.entries[0].p50_ms
+        timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
+        for row in rows:
+            if "_file" in row:
+                row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
+    cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", "char_agreement",
+            "char_accuracy", "lines_equal", "cosine"]
+    print(table(cols, [[r.get(c, "") for c in cols] for r in [original] + rows]))
+    print(f"(original p50 {base:.2f} ms at batch 1, 1 thread; 300 test lines, 128 calibration lines)")
+    write_json("recogniser", {"original": original, "rows": rows, "original_p50_ms": base})
+
+
+if __name__ == "__main__":
+    main()
