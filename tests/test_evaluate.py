@@ -138,3 +138,12 @@ def test_progress_callback_counts_samples_and_passes(model, data):
     calls = []
     compare(model, model, data, per_layer=True, progress=lambda *a: calls.append(a))
     assert calls[-1][0] == 48 and calls[-1][1] == calls[-1][2] - 1
+
+
+def test_two_classes_report_top1_without_a_top5(data):
+    """With 5 classes or fewer every top-5 holds them all: a 100 % top-5 overlap would mean nothing."""
+    model = M.classifier(n_cls=2)
+    r = compare(model, M.with_zeroed(model, "w1"), data)
+    o = r.outputs[0]
+    assert o["top1_agreement"] is not None and o["top5_overlap"] is None
+    assert "top-1 agreement" in r.summary and "top-5" not in r.summary

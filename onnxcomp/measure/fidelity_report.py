@@ -61,7 +61,8 @@ class OutputMetrics:
         sqnr = math.inf if self.err2 == 0 else (10 * math.log10(ratio) if ratio > 0 else -math.inf)
         cls = bool(self.classification)
         return {"top1_agreement": self.top1 / self.n if cls and self.n else None,
-                "top5_overlap": self.top5 / self.n if cls and self.n else None,
+                # with 5 classes or fewer every top-5 holds them all: nothing to report
+                "top5_overlap": self.top5 / self.n if cls and self.n and self.shape[-1] > 5 else None,
                 "cosine": self.cos / self.n if self.n else None, "rel_l2": rel, "sqnr_db": sqnr,
                 "cosine_sd": math.sqrt(max(self.cos2 / self.n - (self.cos / self.n) ** 2, 0.0)) if self.n else None,
                 "max_abs": self.max_abs, "new_nonfinite": self.new_nonfinite,
@@ -119,8 +120,8 @@ class FidelityReport:
         o = self.judged
         parts = [] if len(self.outputs) == 1 else [f"output {o['name']}:"]
         if o.get("top1_agreement") is not None and self.metric != "cosine":
-            parts.append(f"top-1 agreement {100 * o['top1_agreement']:.2f} % "
-                         f"(top-5 overlap {100 * o['top5_overlap']:.2f} %)")
+            parts.append(f"top-1 agreement {100 * o['top1_agreement']:.2f} %" + (
+                "" if o.get("top5_overlap") is None else f" (top-5 overlap {100 * o['top5_overlap']:.2f} %)"))
         parts.append(f"cosine {o['cosine']:.5f}, SQNR {_db(o['sqnr_db'])}, max abs err {o['max_abs']:.3g}")
         if self.accuracy:
             a = self.accuracy
