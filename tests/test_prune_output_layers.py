@@ -1,6 +1,7 @@
 """With data (OBS: later layers absorb part of an earlier layer's error) an output layer, whose
 error nothing absorbs, is never pruned beyond the target by the threshold allocations; without
 data the allocation is left alone. On real digit-model weights."""
+import numpy as np
 import onnx
 import pytest
 
@@ -55,3 +56,18 @@ def test_without_data_the_allocation_is_left_alone():
     levels = {c.name: c.detail["sparsity"] for c in result.applied}
     assert levels[DOWN] > 0.93  # LAMP's own level: nothing refits the layers before it
     assert not any("output layer" in n for n in result.notes)
+
+
+def test_curves_allocation_keeps_each_layer_under_its_cap():
+    """The measured-curves allocator: the cheapest layer would take 0.98; capped at 0.5 it stops
+    there and the others make up the budget."""
+    from onnxcomp.algo.allocation import from_curves
+
+    levels = np.array([0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    losses = np.array([levels * 0.01, levels ** 2, levels ** 3])
+    sizes = [2000, 2000, 2000]
+    free = from_curves(levels, losses, sizes, 0.7)
+    capped = from_curves(levels, losses, sizes, 0.7, cap=[0.5, 0.98, 0.98])
+    assert free[0] > 0.9 and capped[0] <= 0.5
+    for got in (free, capped):
+        assert 0.7 - 1e-6 <= np.dot(got, sizes) / sum(sizes) <= 0.72  # the budget met (a fine-grid step over)

@@ -78,12 +78,13 @@ def uniform(sizes: Sequence[int], target: float, cap: float = 1.0) -> np.ndarray
 
 
 def from_curves(levels: np.ndarray, losses: np.ndarray, sizes: Sequence[int], target: float,
-                grid: int = 50) -> np.ndarray:
+                grid: int = 50, cap: float | Sequence[float] = 1.0) -> np.ndarray:
     """Per-layer levels minimising the summed measured loss subject to the global budget.
 
     ``losses[l, j]`` is the loss of compressing layer ``l`` alone at ``levels[j]`` (a loss of 0 at
     level 0 is implied). Curves are made monotone and interpolated on a fine grid; a Lagrange
-    multiplier is bisected so that the size-weighted mean level meets ``target``.
+    multiplier is bisected so that the size-weighted mean level meets ``target``; no layer goes
+    beyond its ``cap`` (one for all layers or one per layer).
     """
     sizes = np.asarray(sizes, dtype=np.float64)
     xs = np.concatenate([[0.0], np.asarray(levels, dtype=np.float64)])
@@ -93,6 +94,7 @@ def from_curves(levels: np.ndarray, losses: np.ndarray, sizes: Sequence[int], ta
         ys = np.maximum.accumulate(np.concatenate([[0.0], np.maximum(row, 0.0)]))
         curves.append(np.interp(fine, xs, ys))
     curves = np.array(curves)  # [L, G]
+    curves[fine[None, :] > np.broadcast_to(np.asarray(cap, np.float64), sizes.shape)[:, None] + 1e-12] = np.inf
     need = target * sizes.sum()
     share = sizes / sizes.sum()
 
@@ -101,8 +103,9 @@ def from_curves(levels: np.ndarray, losses: np.ndarray, sizes: Sequence[int], ta
         cost = curves - lam * share[:, None] * fine[None, :]
         return fine[np.argmin(cost, axis=1)]
 
-    if (fine[-1] * sizes).sum() < need:
-        return np.full(len(sizes), fine[-1])
+    top = np.where(np.isfinite(curves), fine[None, :], 0.0).max(axis=1)  # each layer's largest allowed level
+    if (top * sizes).sum() < need:
+        return top
     lo, hi = 0.0, 1.0
     while (pick(hi) * sizes).sum() < need and hi < 1e12:
         hi *= 4.0

@@ -146,27 +146,36 @@ class PrunePass(Pass):
         sizes = [w.size for w in chosen]
         if how == "uniform":
             return allocation.uniform(sizes, cfg.level, cfg.max_layer_sparsity)
+        caps = self._caps(model, chosen) if plan.score == "obs" else [cfg.max_layer_sparsity] * len(chosen)
         if how in ("global", "lamp"):
             scores = [allocation.lamp_scores(self.score(w, w.values(), plan)) if how == "lamp"
                       else np.sort(self.score(w, w.values(), plan).reshape(-1)) for w in chosen]
-            caps = self._caps(model, chosen) if plan.score == "obs" else [cfg.max_layer_sparsity] * len(chosen)
-            levels = allocation.by_threshold(scores, cfg.level, caps)
-            held = sorted(w.name for w, lv, c in zip(chosen, levels, caps) if c < cfg.max_layer_sparsity and lv >= c)
+
+            def allocate(cap):
+                return allocation.by_threshold(scores, cfg.level, cap)
+        else:
+            from onnxcomp.measure.sensitivity import measure_curves
+
+            grid = [lv for lv in SENSITIVITY_LEVELS if lv <= cfg.max_layer_sparsity]
+
+            def prune_one(w: Weight, values: np.ndarray, level: float) -> np.ndarray:
+                return values * self.mask(w, values, level, plan)
+
+            losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads,
+                                          progress=ctx.progress)
+            plan.notes.append(f"sensitivity: {info['trials']} trials on {info['samples']} samples "
+                              f"in {info['seconds']} s")
+
+            def allocate(cap):
+                return allocation.from_curves(np.array(grid), losses, sizes, cfg.level, cap=cap)
+        levels = allocate(caps)
+        if min(caps) < cfg.max_layer_sparsity:
+            free = allocate(cfg.max_layer_sparsity)
+            held = sorted(w.name for w, f, c in zip(chosen, free, caps) if f > c + 1e-9)
             if held:
-                plan.notes.append(f"output layer(s) held at the target sparsity {cfg.level:g}: " + ", ".join(held))
-            return levels
-        from onnxcomp.measure.sensitivity import measure_curves
-
-        grid = [lv for lv in SENSITIVITY_LEVELS if lv <= cfg.max_layer_sparsity]
-
-        def prune_one(w: Weight, values: np.ndarray, level: float) -> np.ndarray:
-            return values * self.mask(w, values, level, plan)
-
-        losses, info = measure_curves(model, chosen, grid, prune_one, ctx.data, threads=ctx.threads,
-                                      progress=ctx.progress)
-        plan.notes.append(f"sensitivity: {info['trials']} trials on {info['samples']} samples "
-                          f"in {info['seconds']} s")
-        return allocation.from_curves(np.array(grid), losses, sizes, cfg.level)
+                plan.notes.append(f"output layer(s) held at the target sparsity {cfg.level:g} "
+                                  f"(nothing after them absorbs their error): {', '.join(held)}")
+        return levels
 
     def _caps(self, model: onnx.ModelProto, chosen: list[Weight]) -> list[float]:
         """Per-layer sparsity caps under OBS: --max-layer-sparsity, and the target for the output layers.
@@ -174,9 +183,9 @@ class PrunePass(Pass):
         With OBS each layer is refit to the original's outputs on the inputs the pruned layers
         before it produce, so later layers absorb part of an earlier layer's error; an output
         layer's error reaches the model's outputs with nothing after it to absorb it, so the
-        threshold allocation may not prune it beyond the target. On a text recogniser at 0.8,
-        LAMP took its 6625-class head to 92.5 % and the character agreement to 0.58; held at
-        0.8, 0.91. Without data (magnitude masks, nothing refit) every layer's error propagates
+        allocation may not prune it beyond the target. On a text recogniser at 0.8,
+        LAMP took its 6625-class head to 92.5 % and the character agreement to 0.58 (held at
+        0.8: 0.91), the measured curves to 98.3 % and 0.02 (held: 0.76). Without data (magnitude masks, nothing refit) every layer's error propagates
         alike, and holding effnet_lite0's classifier at 0.5 moved the budget to its fragile convs
         (top-1 agreement 0.39 -> 0.16), so the cap is for OBS only.
         """
