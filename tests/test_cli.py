@@ -9,6 +9,19 @@ def test_help_lists_commands(capsys):
     assert "inspect" in capsys.readouterr().out
 
 
+def test_a_command_default_replaces_the_fields_own_in_help(capsys):
+    """compress prunes 0.9 by default, prune 0.5: each --help states its own default, and only it."""
+    import re
+
+    assert main(["compress", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    sparsity = re.search(r"--sparsity FLOAT (.*?) --", text).group(1)
+    assert "[default: 0.9]" in sparsity and "0.5" not in sparsity
+    assert main(["prune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 0.5)" in re.search(r"--sparsity FLOAT (.*?) --", text).group(1)
+
+
 def test_unknown_option_is_one_line_exit_2(capsys):
     assert main(["inspect", "--bogus"]) == 2
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ are accepted but kept off ``--help``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, fields
 from typing import Any, Callable
 
@@ -50,7 +51,9 @@ def field_option(f: Any, *, default: Any = MISSING, dest: str | None = None) -> 
     names += [a for a in meta.get("aliases", ()) if a not in names]
     value = f.default if default is MISSING else default
     kind = _kind(f.type)
-    kw: dict[str, Any] = {"help": meta["help"], "hidden": meta.get("hidden", False)}
+    text = meta["help"] if default is MISSING else re.sub(r"\s*\(default [^)]*\)", "", meta["help"])
+    kw: dict[str, Any] = {"help": text, "hidden": meta.get("hidden", False)}  # (a "(default X)" in the
+    # field's help is the field's default: another command's own default replaces it)
     if meta.get("metavar"):
         kw["metavar"] = meta["metavar"]
     shown = 2 if meta.get("cli") and len(meta["cli"].split("/")) == 2 else 1
