@@ -17,20 +17,24 @@ def output_layers(model: onnx.ModelProto, weights: Sequence[Weight]) -> set[str]
     """
     graph = model.graph
     producer = {o: node for node in graph.node for o in node.output if o}
-    owner: dict[int, list[str]] = {}
+
+    def key(node: onnx.NodeProto) -> tuple[str, ...]:  # outputs name a node (not id(): wrappers may be new objects)
+        return tuple(node.output)
+
+    owner: dict[tuple[str, ...], list[str]] = {}
     for w in weights:
         for use in w.uses:
-            owner.setdefault(id(use.node), []).append(w.name)
+            owner.setdefault(key(use.node), []).append(w.name)
     found: set[str] = set()
-    seen: set[int] = set()
+    seen: set[tuple[str, ...]] = set()
     stack = [o.name for o in graph.output]
     while stack:
         node = producer.get(stack.pop())
-        if node is None or id(node) in seen:
+        if node is None or key(node) in seen:
             continue
-        seen.add(id(node))
-        if id(node) in owner:
-            found.update(owner[id(node)])
+        seen.add(key(node))
+        if key(node) in owner:
+            found.update(owner[key(node)])
             continue
         stack.extend(i for i in node.input if i)
     return found

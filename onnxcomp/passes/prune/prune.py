@@ -183,11 +183,12 @@ class PrunePass(Pass):
         With OBS each layer is refit to the original's outputs on the inputs the pruned layers
         before it produce, so later layers absorb part of an earlier layer's error; an output
         layer's error reaches the model's outputs with nothing after it to absorb it, so the
-        allocation may not prune it beyond the target. On a text recogniser at 0.8,
-        LAMP took its 6625-class head to 92.5 % and the character agreement to 0.58 (held at
-        0.8: 0.91), the measured curves to 98.3 % and 0.02 (held: 0.76). Without data (magnitude masks, nothing refit) every layer's error propagates
-        alike, and holding effnet_lite0's classifier at 0.5 moved the budget to its fragile convs
-        (top-1 agreement 0.39 -> 0.16), so the cap is for OBS only.
+        allocation may not prune it beyond the target. On a text recogniser at 0.8, LAMP took
+        its 6625-class head to 92.5 % and the character agreement to 0.58 (held at 0.8: 0.91),
+        the measured curves to 98.3 % and 0.02 (held: 0.76). Without data (magnitude masks,
+        nothing refit) every layer's error propagates alike, and holding effnet_lite0's
+        classifier at 0.5 moved the budget to its fragile convs (top-1 agreement 0.39 -> 0.16),
+        so the cap is for OBS only.
         """
         cfg = self.config
         last = output_layers(model, chosen)
