@@ -1,4 +1,4 @@
-"""A model outside the corpus: the PP-OCRv4 text recogniser, every command with ``--data``.
+"""A model outside the corpus: the PP-OCRv4 text recogniser, every command with ``--data`` (two without).
 
     python benchmarks/recogniser.py [--old COMMIT] [--quick]
 
@@ -6,7 +6,8 @@ The recogniser (``ch_PP-OCRv4_rec_infer.onnx``, SVTR-LCNet with a 6625-class CTC
 Constant nodes, input ``x[N, 3, 48, W]``) ships inside the ``rapidocr_onnxruntime`` wheel that
 ``../shared/corpus/setup.sh`` installs into the corpus venv. Its data is rendered by that venv's
 Python with the corpus' own text generator (fonts and words from pinned wheels): 128 calibration
-lines and 300 test lines (other seeds), 48 x 320. Each command runs on the calibration set; each
+lines and 300 test lines (other seeds), 48 x 320. Each command runs on the calibration set (the
+"data-free" rows on none: ``--input-shape`` for their random-data check); each
 output is scored on the test set: character agreement with the original's greedy CTC decode
 (1 - edit distance / length), character accuracy against the rendered text, and the one-thread
 batch-1 p50 latency ratio of all outputs in one interleaved run. ``--old COMMIT`` runs onnxcomp
@@ -66,7 +67,10 @@ COMMANDS = [
     ("cluster 4 bits", ["cluster", "--bits", "4"]),
     ("structured 0.3", ["prune", "--structured", "--ratio", "0.3"]),
     ("factorize 0.5", ["factorize", "--ratio", "0.5"]),
+    ("prune 0.5 data-free", ["prune", "--sparsity", "0.5"]),
+    ("cluster 4 bits data-free", ["cluster", "--bits", "4"]),
 ]
+RANDOM = ["--input-shape", "x=1x3x48x320"]  # the data-free rows: fidelity checked on random lines of this size
 QUICK = ("prune 0.8", "structured 0.3")
 
 
@@ -153,8 +157,9 @@ def main() -> None:
             for version, exe in versions:
                 out = tmp / f"{len(files)}.onnx"
                 t0 = time.time()
-                proc = subprocess.run(exe + argv + [str(tmp / "rec.onnx"), "--data", str(tmp / "calib.npz"),
-                                                    "-o", str(out), "-q"], capture_output=True, text=True)
+                data = RANDOM if label.endswith("data-free") else ["--data", str(tmp / "calib.npz")]
+                proc = subprocess.run(exe + argv + [str(tmp / "rec.onnx"), *data, "-o", str(out), "-q"],
+                                      capture_output=True, text=True)
                 row = {"command": label, "version": version, "exit": proc.returncode,
                        "seconds": round(time.time() - t0, 1)}
                 if proc.returncode == 0:
