@@ -11,7 +11,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 
-def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap) -> np.ndarray:
+def _fractions_below(sorted_scores: Sequence[np.ndarray], t: float, cap: float | Sequence[float]) -> np.ndarray:
     return np.minimum([np.searchsorted(s, _key(t, s.dtype), side="left") / max(s.size, 1)
                        for s in sorted_scores], cap)
 
