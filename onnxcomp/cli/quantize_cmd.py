@@ -5,8 +5,8 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, json_option, model_argument,
-                                 output_options, quiet_option, settings_line, threads_option)
+from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, holdout_option, json_option,
+                                 model_argument, output_options, quiet_option, settings_line, threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, QuantizeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -37,6 +37,7 @@ def render_quantized(result: Any) -> str:
 @threads_option
 @data_options
 @gate_options
+@holdout_option
 @output_options
 @quiet_option
 @json_option

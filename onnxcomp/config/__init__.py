@@ -11,14 +11,14 @@ from onnxcomp.config.prune import (ChannelAllocation, Importance, PruneAllocatio
                                    PruneScore, Selection, SizedSelection, StructuredPruneConfig, parse_nm)
 from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeMethod, RewriteConfig
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
-                                 EncodeConfig, Gates, Metric, Output, Runtime)
+                                 EncodeConfig, Gates, Holdout, Metric, Output, Runtime)
 
 __all__ = ["AutoConfig", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",
            "PruneAllocation", "PruneConfig", "PruneGranularity", "PruneScore", "Selection", "SizedSelection",
            "StructuredPruneConfig", "parse_nm", "DepthwiseConfig", "FactorizeConfig", "FactorizeMethod",
            "RewriteConfig", "ENCODING_FAMILIES", "ENCODING_KINDS", "Correction", "CorrectionConfig",
-           "DataConfig", "EncodeConfig", "Gates", "Int8Config", "Metric", "Output", "Runtime", "STEPS",
+           "DataConfig", "EncodeConfig", "Gates", "Holdout", "Int8Config", "Metric", "Output", "Runtime", "STEPS",
            "ActivationBits", "QuantizeConfig", "WeightBits"]
 
 # the steps of a recipe, by name

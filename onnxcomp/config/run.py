@@ -139,6 +139,25 @@ class Gates:
             object.__setattr__(self, name, float(v))
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """Which samples of --data the written model is judged on (fidelity and gates)."""
+
+    holdout: float | None = option(None, "Fraction of --data kept out of the compression to measure fidelity and "
+                                         "the gates on samples the model was not fitted to, e.g. 0.25 (default: "
+                                         "0.25 when a gate is given and --data has 32 or more samples, else 0: "
+                                         "fitted samples flatter calibrated methods).", metavar="F", percent=True)
+
+    def __post_init__(self) -> None:
+        if self.holdout is None:
+            return
+        v = percent("holdout", self.holdout)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ConfigError(f"{spell_value('holdout', self.holdout)} is outside 0..1",
+                              f"give the fraction to hold out, e.g. {spell_value('holdout', 0.25)}")
+        object.__setattr__(self, "holdout", float(v))
+
+
 def percent(name: str, value) -> float:
     """0.01, '0.01' or '1%' -> 0.01 (anything else is returned for the range check to refuse)."""
     if isinstance(value, str):
