@@ -128,6 +128,18 @@ def test_quantize_cli_writes_and_reports(tmp_path, capsys):
     assert "QDQ int8" in text and "optimized session" in text and "top-1 agreement" in text
 
 
+def test_quantize_cli_on_a_model_whose_big_weights_stay_on_disk(tmp_path, capsys):
+    """The CLI loads initializers of 1 MB or more lazily (vit_digits' 256x1024 MLP weights): the
+    deployed-session check used to hand onnxruntime their absolute file locations, which it refuses
+    (a traceback, exit 1)."""
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(M.MODELS / "vit_digits.onnx"), "--data", str(CALIB), "--samples", "32",
+                 "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "optimized session" in text
+    assert out.stat().st_size < 0.5 * (M.MODELS / "vit_digits.onnx").stat().st_size
+
+
 @pytest.mark.parametrize("argv,expect", [
     (["--weights", "int3"], "int3"), (["--block", "48"], "48"), (["--max-layer-error", "2"], "max-layer-error"),
     (["--residual", "int4"], "int4"), ([], "needs real calibration data")])

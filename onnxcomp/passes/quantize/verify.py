@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.io.sessions import session_options
+from onnxcomp.io.tensors import serialize, session_source
 
 FLOOR = 1e-6  # relative squared gaps below this are rounding, whatever the quantization error
 # onnxruntime's integer kernels round differently from the float definition of QDQ (fixed-point
@@ -48,7 +49,11 @@ def outputs(model: onnx.ModelProto, batches: Sequence[dict], optimized: bool,
     opts = session_options(threads)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized \
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    direct = session_source(model)  # lazy tensors (a model loaded lazily) stay in their files
+    blob, folder = direct if direct is not None else (serialize(model), None)
+    if folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     return [sess.run(None, {n: b[n] for n in names}) for b in batches]
 
