@@ -13,6 +13,7 @@ from onnxcomp.cli import main
 from . import models as M
 
 MOBILENET = M.MODELS / "mobilenet_digits.onnx"
+RESNET = M.MODELS / "resnet_digits.onnx"
 CALIB = M.MODELS / "digits_calib.npz"
 
 
@@ -149,3 +150,20 @@ def test_auto_on_fewer_than_32_samples_says_nothing_was_held_out(tmp_path, capsy
     assert holdout.startswith("nothing held out (16 samples") and "pass 32 or more calibration samples" in holdout
     assert main(["auto", str(src), "--data", str(CALIB), "--target-size", "0.5", "--max-drop", "0.05"]) in (0, 3)
     assert "hold-out: 32 of 128 samples held out" in capsys.readouterr().out
+
+
+def test_latency_target_on_a_model_with_dynamic_spatial_dims(tmp_path, capsys, small_search):
+    """A detector-style input x[N, 1, H, W]: the latency of the candidates is measured on inputs
+    shaped like the calibration samples (before, exit 2 after the whole search, asking for
+    --input-shape about a temp file)."""
+    proto = onnx.load(str(RESNET))
+    for i, name in ((2, "h"), (3, "w")):
+        dim = proto.graph.input[0].type.tensor_type.shape.dim[i]
+        dim.ClearField("dim_value")
+        dim.dim_param = name
+    src = tmp_path / "dyn.onnx"
+    onnx.save(proto, str(src))
+    code = main(["auto", str(src), "--data", str(CALIB), "--target-latency", "0.99", "--max-drop", "1", "--json"])
+    assert code in (0, 3), capsys.readouterr().err
+    trials = json.loads(capsys.readouterr().out)["trials"]
+    assert any(t["latency_ratio"] is not None for t in trials)

@@ -181,8 +181,9 @@ class Outcome:
                 "trials": [t.to_dict() for t in self.trials]}
 
 
-def latencies(original: Model, trials: list[Trial], threads: int | None) -> None:
-    """Measure the passing candidates side by side with the original (interleaved, 1 thread)."""
+def latencies(original: Model, trials: list[Trial], threads: int | None, sample: dict | None = None) -> None:
+    """Measure the passing candidates side by side with the original (interleaved, 1 thread), on
+    inputs shaped like one sample of ``sample`` (a calibration batch: dynamic dims need sizes)."""
     import tempfile
     from pathlib import Path
 
@@ -197,7 +198,12 @@ def latencies(original: Model, trials: list[Trial], threads: int | None) -> None
         io.save(original.proto, paths[0], verify=False)
         for i, t in enumerate(ok):
             paths.append(io.save(t.model.proto, Path(tmp) / f"c{i}.onnx", verify=False))
-        report = bench(paths, threads=threads or 1, runs=30, warmup=3)
+        shapes = None
+        if sample:
+            from onnxcomp.data.sampling import batch_unit
+
+            shapes = {k: (batch_unit(original.proto),) + tuple(v.shape[1:]) for k, v in sample.items()}
+        report = bench(paths, threads=threads or 1, runs=30, warmup=3, input_shapes=shapes)
     for t, entry in zip(ok, report.entries[1:]):
         t.latency_ratio = entry.ratios.get("p50_ms")
 
@@ -236,7 +242,7 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
                keep_going=cfg.keep_going, jobs=jobs)
     trials = for_size(s, target) if kind == "size" else for_speed(s, target)
     if kind == "latency":
-        latencies(s.original, trials, threads)
+        latencies(s.original, trials, threads, s.calib[0] if s.calib else None)
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
     chosen = choose(trials, key)
     if cfg.int8 and chosen is not None and chosen.ok:
