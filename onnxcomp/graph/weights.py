@@ -17,7 +17,7 @@ from onnxcomp.graph.constants import Constants, constant_of_shape_value, constan
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-WEIGHT_OPS = COMPUTE_OPS + ("Gather",)  # and embedding tables: a Gather's constant float data
+WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN")  # and embedding tables, recurrent weights
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE)
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -39,7 +39,7 @@ class Weight:
 
     ``role`` is one of conv, conv_bias, convtranspose, convtranspose_bias, gemm_b, gemm_a, gemm_c,
     matmul_b, matmul_a, gather_data (an embedding table: its rows are picked by ids, its last axis
-    is the output's channels). ``out_axis``/``in_axis`` index the output-channel and reduction axes of
+    is the output's channels), rnn_w / rnn_r (LSTM/GRU/RNN input and recurrence weights). ``out_axis``/``in_axis`` index the output-channel and reduction axes of
     the stored tensor (None where they do not apply). ``source`` tells where it lives:
     initializer, constant (a Constant node) or constant_of_shape.
     """
@@ -141,6 +141,8 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
         return [(1, "matmul_b", -1, -2), (0, "matmul_a", -2, -1)]
     if op == "Gather" and int(_attr(node, "axis", 0)) == 0:  # an embedding table: rows picked by ids
         return [(0, "gather_data", -1, 0)]
+    if op in ("LSTM", "GRU", "RNN"):  # W [directions, gates x hidden, input], R [.., hidden]: a row per gate unit
+        return [(1, "rnn_w", 1, 2), (2, "rnn_r", 1, 2)]
     return []
 
 

@@ -30,7 +30,7 @@ from onnxcomp.graph.reach import output_layers
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches, skip
 
-PRUNABLE_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a", "gather_data")
+PRUNABLE_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a", "gather_data", "rnn_w", "rnn_r")
 SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
