@@ -12,6 +12,7 @@ Architecture (opset 17, dynamic batch, legacy exporter: one LSTM node):
     the 16x16 image as a sequence of 16 rows of 16 values
     LSTM 16 -> 128, bidirectional (W [2, 512, 16], R [2, 512, 128])
     mean over the 16 steps, Linear 256 -> 10
+Also writes lstm_digits_dynamo.onnx: the same weights through the dynamo exporter.
 """
 import os
 import sys
@@ -55,6 +56,19 @@ def main():
     ops = T.op_counts(m)
     assert ops.get("LSTM", 0) == 1 and ops.get("Gemm", 0) + ops.get("MatMul", 0) == 1
     T.check_and_report(model, path, ops, x_te, y_te, t_train)
+    # the same weights through torch's dynamo exporter (torch 2.13's default): W and R are assembled
+    # at load time from the torch tensors by Slice/Concat (the gates reordered), one file
+    import onnx
+
+    dyn = os.path.join(HERE, "lstm_digits_dynamo.onnx")
+    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
+                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    onnx.save(program.model_proto, dyn)
+    m = onnx.load(dyn)
+    onnx.checker.check_model(m)
+    ops = T.op_counts(m)
+    assert ops.get("LSTM", 0) == 1 and ops.get("Slice", 0) >= 8  # R (at least) assembled by Slices
+    T.check_and_report(model, dyn, ops, x_te, y_te, 0.0)
 
 
 if __name__ == "__main__":

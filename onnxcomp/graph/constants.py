@@ -9,6 +9,9 @@ from onnx import numpy_helper
 from onnxcomp.io import tensor_array
 
 
+MOVES = ("Slice", "Concat", "Split", "Transpose", "Unsqueeze", "Squeeze", "Reshape", "Identity")
+
+
 def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     for attr in node.attribute:
         if attr.name == "value":
@@ -42,6 +45,29 @@ class Constants:
             if t is not None:
                 return tuple(int(v) for v in numpy_helper.to_array(t).reshape(-1))
         return None
+
+    def moved_sources(self, name: str, depth: int = 0) -> list[str] | None:
+        """The initializers whose values ``name`` is assembled from by data movement alone (Slice,
+        Concat, Split, Transpose, (Un)Squeeze, Reshape with constant indices and shapes: torch's
+        dynamo exporter reorders an LSTM's gates so), or None when anything else computes it."""
+        node = self.producers.get(name)
+        if node is None or node.op_type not in MOVES or depth > 16:
+            return None
+        out: list[str] = []
+        for i, inp in enumerate(node.input):
+            if not inp:
+                continue
+            if inp in self.initializers:
+                if i == 0 or node.op_type == "Concat":  # the data (the other inputs: indices, shapes)
+                    out.append(inp)
+                continue
+            if i > 0 and node.op_type != "Concat" and self.shape_values(inp) is not None:
+                continue  # a Constant node's indices or shape
+            sub = self.moved_sources(inp, depth + 1)
+            if sub is None:
+                return None
+            out += sub
+        return list(dict.fromkeys(out))
 
     def resolve(self, name: str) -> tuple[str, str, object, tuple[int, ...], int, tuple | None] | None:
         """(tensor name, source, holder, stored shape, onnx dtype, view shape) of a constant.
@@ -108,3 +134,14 @@ def reshaped(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]
     if any(d < 0 for d in out) or int(np.prod(out, dtype=np.int64)) != total:
         return None
     return tuple(out)
+
+
+def load_time_constants(graph: onnx.GraphProto) -> set[str]:
+    """Tensors onnxruntime can compute when it loads the model: initializers, and the outputs of
+    nodes that read nothing else (the encodings' decoders)."""
+    known = {t.name for t in graph.initializer}
+    for node in graph.node:  # topological order
+        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if not subgraph and all(i in known for i in node.input if i):
+            known.update(o for o in node.output if o)
+    return known

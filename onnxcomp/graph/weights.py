@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor
+from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor, load_time_constants
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -149,17 +149,6 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
 ENCODED_WHY = "computed at load by a decoder (already compressed); left alone"
 
 
-def load_time_constants(graph: onnx.GraphProto) -> set[str]:
-    """Tensors onnxruntime can compute when it loads the model: initializers, and the outputs of
-    nodes that read nothing else (the encodings' decoders)."""
-    known = {t.name for t in graph.initializer}
-    for node in graph.node:  # topological order
-        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-        if not subgraph and all(i in known for i in node.input if i):
-            known.update(o for o in node.output if o)
-    return known
-
-
 def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1) -> WeightReport:
     """Every constant float tensor feeding Conv/ConvTranspose/Gemm/MatMul in the main graph.
 
@@ -180,13 +169,22 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             continue
         if node.op_type not in WEIGHT_OPS or all(i in folded for i in node.input if i):
             continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
+        pending: list[tuple[str, str, int | None, int | None, int]] = []
         for index, role, out_axis, in_axis in _roles(node):
             if index >= len(node.input) or not node.input[index]:
                 continue
             hit = consts.resolve(node.input[index])
             if hit is None:
-                if node.input[index] in folded:
+                moved = consts.moved_sources(node.input[index]) if role in ("rnn_w", "rnn_r") else None
+                if moved:  # assembled at load from [gates x hidden, input] tensors: a row per gate unit
+                    pending.extend((src, role, 0, -1, index) for src in moved)
+                elif node.input[index] in folded:
                     report.skipped.setdefault(node.input[index], ENCODED_WHY)
+                continue
+            pending.append((node.input[index], role, out_axis, in_axis, index))
+        for source_name, role, out_axis, in_axis, index in pending:
+            hit = consts.resolve(source_name)
+            if hit is None:
                 continue
             name, source, holder, stored, dtype, view = hit
             shape = view if view is not None else stored
@@ -195,7 +193,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 continue
             if len(shape) == 0 or int(np.prod(shape)) < min_size:
                 continue
-            if role in ("matmul_b", "matmul_a", "gather_data") and len(shape) < 2:
+            if role in ("matmul_b", "matmul_a", "gather_data", "rnn_w", "rnn_r") and len(shape) < 2:
                 report.skipped[name] = "1-D MatMul operand" if role != "gather_data" else "1-D table"
                 continue
             use = Use(node=node, index=index, role=role)
