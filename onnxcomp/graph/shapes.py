@@ -162,4 +162,9 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple], weight_shape: tupl
             else:
                 return None
         return int(np.prod(out, dtype=np.int64)) * int(k)
+    if op in ("LSTM", "GRU", "RNN"):  # Y holds every step's hidden state: each took gates x (I + H) per unit
+        x = shapes.get(node.input[0])
+        if not _known(out) or not _known(x):
+            return None
+        return int(np.prod(out, dtype=np.int64)) * {"LSTM": 4, "GRU": 3, "RNN": 1}[op] * (int(x[-1]) + int(out[-1]))
     return None

@@ -10,6 +10,8 @@ from onnxcomp.graph.shapes import infer_shapes, node_macs
 from onnxcomp.graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights
 from onnxcomp.io import stored_size
 
+LAYER_OPS = COMPUTE_OPS + ("LSTM", "GRU", "RNN")  # layers with weights: MACs and params per node
+
 
 @dataclass
 class LayerInfo:
@@ -145,7 +147,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     by_node: dict[int, dict[str, Weight]] = {}
     for w in [*found, *found.held]:  # held: weights passes leave alone still count here
         for use in w.uses:
-            by_node.setdefault(id(use.node), {})[use.role] = w
+            by_node.setdefault(id(use.node), {})[use.role, w.name] = w  # an LSTM's R may be two tensors
     counted: set[str] = set()
     zero_cache: dict[str, float] = {}
     layers: list[LayerInfo] = []
@@ -153,11 +155,11 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     folded = found.load_time
     encoded = _Encoded(model.graph, folded)
     for node in model.graph.node:
-        if node.op_type not in COMPUTE_OPS or all(i in folded for i in node.input if i):
+        if node.op_type not in LAYER_OPS or all(i in folded for i in node.input if i):
             continue  # a decoder's MatMul is computed once, when onnxruntime folds it at load
         ws = by_node.get(id(node), {})
-        main = next((w for role, w in ws.items() if not w.is_bias and role != "gemm_a"), None) \
-            or ws.get("gemm_a")
+        main = next((w for (role, _), w in ws.items() if not w.is_bias and role != "gemm_a"), None) \
+            or next((w for (role, _), w in ws.items() if role == "gemm_a"), None)
         params = 0
         nbytes = 0
         for w in ws.values():
