@@ -53,6 +53,17 @@ def load_data():
     return x_tr, y_tr, x_te, y_te
 
 
+def checked_split():
+    """(x_train, y_train, x_test, y_test) for the scripts of the other models: 2 threads, seeds set,
+    and the test split checked against digits_test.npz, so they never train on the test digits."""
+    torch.set_num_threads(2)
+    seed_everything(0)
+    x_tr, y_tr, x_te, y_te = load_data()
+    with np.load(os.path.join(HERE, "digits_test.npz")) as z:
+        assert np.array_equal(z["input"], x_te) and np.array_equal(z["labels"], y_te), "split differs"
+    return x_tr, y_tr, x_te, y_te
+
+
 def random_shift(x, gen):
     """Shift each image by an independent random offset in {-1,0,1}^2 (zero fill)."""
     n, _, h, w = x.shape

@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -41,11 +40,7 @@ class LSTMDigits(nn.Module):
 
 
 def main():
-    torch.set_num_threads(2)
-    T.seed_everything(0)
-    x_tr, y_tr, x_te, y_te = T.load_data()
-    with np.load(os.path.join(HERE, "digits_test.npz")) as z:
-        assert np.array_equal(z["input"], x_te) and np.array_equal(z["labels"], y_te), "split differs"
+    x_tr, y_tr, x_te, y_te = T.checked_split()
     model = LSTMDigits()
     print(f"lstm_digits: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
     t0 = time.time()

@@ -39,9 +39,10 @@ class Weight:
 
     ``role`` is one of conv, conv_bias, convtranspose, convtranspose_bias, gemm_b, gemm_a, gemm_c,
     matmul_b, matmul_a, gather_data (an embedding table: its rows are picked by ids, its last axis
-    is the output's channels), rnn_w / rnn_r (LSTM/GRU/RNN input and recurrence weights). ``out_axis``/``in_axis`` index the output-channel and reduction axes of
-    the stored tensor (None where they do not apply). ``source`` tells where it lives:
-    initializer, constant (a Constant node) or constant_of_shape.
+    is the output's channels), rnn_w / rnn_r (LSTM/GRU/RNN input and recurrence weights).
+    ``out_axis``/``in_axis`` index the output-channel and reduction axes of the stored tensor (None
+    where they do not apply). ``source`` tells where it lives: initializer, constant (a Constant
+    node) or constant_of_shape.
     """
 
     name: str
@@ -169,7 +170,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             continue
         if node.op_type not in WEIGHT_OPS or all(i in folded for i in node.input if i):
             continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
-        pending: list[tuple[str, str, int | None, int | None, int]] = []
+        pending: list[tuple[tuple, str, int | None, int | None, int]] = []  # (resolved constant, role, axes, slot)
         for index, role, out_axis, in_axis in _roles(node):
             if index >= len(node.input) or not node.input[index]:
                 continue
@@ -177,15 +178,12 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             if hit is None:
                 moved = consts.moved_sources(node.input[index]) if role in ("rnn_w", "rnn_r") else None
                 if moved:  # assembled at load from [gates x hidden, input] tensors: a row per gate unit
-                    pending.extend((src, role, 0, -1, index) for src in moved)
+                    pending.extend((h, role, 0, -1, index) for src in moved if (h := consts.resolve(src)) is not None)
                 elif node.input[index] in folded:
                     report.skipped.setdefault(node.input[index], ENCODED_WHY)
                 continue
-            pending.append((node.input[index], role, out_axis, in_axis, index))
-        for source_name, role, out_axis, in_axis, index in pending:
-            hit = consts.resolve(source_name)
-            if hit is None:
-                continue
+            pending.append((hit, role, out_axis, in_axis, index))
+        for hit, role, out_axis, in_axis, index in pending:
             name, source, holder, stored, dtype, view = hit
             shape = view if view is not None else stored
             if dtype not in FLOAT_TYPES:
