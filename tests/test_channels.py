@@ -172,7 +172,33 @@ def test_transformer_heads_and_ffn_neurons_are_groups():
     assert sum(g.size == 1024 and len(g.units[0]) == 1 for g in live) == 4
 
 
-@pytest.mark.parametrize("name", ["resnet_digits.onnx", "mobilenet_digits.onnx", "vit_digits.onnx"])
+@pytest.mark.parametrize("name", ["vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx"])
+def test_heads_split_by_shapes_read_at_run_time_are_groups(name):
+    """transformers-style attention (heads split by ``view(*x.shape[:-1], -1, d)``, SDPA, both
+    exporters): each block's Q/K/V form one group of whole heads, although the graph reads the
+    sequence length, batch and head count from the head-split tensors at run time."""
+    cg = analyze(onnx.load(M.MODELS / name))
+    heads = [g for g in cg.groups if len(g.producers) == 3]
+    assert len(heads) == 2 and all(not g.frozen and g.size == 4 and len(g.units[0]) == 3 * 32 for g in heads)
+
+
+def test_channel_count_read_into_other_ops_freezes():
+    """A Shape whose channel entry feeds anything but a Reshape target (here ConstantOfShape)
+    would go stale after pruning: the group freezes and says why."""
+    w = np.ones((4, 4), np.float32)
+    m = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+                onnx.helper.make_node("Shape", ["y"], ["s"], name="shape"),
+                onnx.helper.make_node("ConstantOfShape", ["s"], ["ones"], name="ones",
+                                      value=numpy_helper.from_array(np.ones(1, np.float32))),
+                onnx.helper.make_node("Mul", ["y", "ones"], ["z"], name="mul"),
+                onnx.helper.make_node("MatMul", ["z", "w"], ["out"], name="fc2")],
+               [M.vi("x", [2, 4])], [M.vi("out", [2, 4])], [M.init("w", w)])
+    g = next(g for g in analyze(m).groups if g.names == ["fc"])
+    assert g.frozen and "Shape shape: reads the channel count at run time" in g.frozen[0]
+
+
+@pytest.mark.parametrize("name", ["resnet_digits.onnx", "mobilenet_digits.onnx", "vit_digits.onnx",
+                                  "vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx"])
 def test_real_models_removal_is_exact(name):
     check_exact(onnx.load(M.MODELS / name), atol=1e-3)
 

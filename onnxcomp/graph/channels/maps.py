@@ -1,8 +1,8 @@
 """Index-mapping rules for coupled-channel discovery: ops that move, cut or regroup the channel axis.
 
-Concat / Split / Slice map index offsets, Flatten and Reshape map each channel to a run of
-positions, Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad and Resize pass channels
-when they leave the channel axis alone. :func:`apply_index_edit` rewrites the attribute or
+Concat / Split / Slice map index offsets, Flatten maps each channel to a run of positions,
+Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad and Resize pass channels when they
+leave the channel axis alone (Reshape and Shape: :mod:`onnxcomp.graph.channels.reshape`). :func:`apply_index_edit` rewrites the attribute or
 constant input that counts channels (Split sizes, Slice bounds, Reshape target, Resize sizes,
 depthwise ``group``) once the kept channels are known.
 """
@@ -149,56 +149,6 @@ class MapRules:
             return self.opaque(node, "needs static spatial sizes (pass --input-shape)")
         self.out(node.output[0], 1, np.tile(np.repeat(lay.ids, _prod(inner)), _prod(outer)), 2)
 
-    def r_Reshape(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        target = get_attr(node, "shape") if self.opset < 5 else self.const(node, 1)
-        entries = [int(x) for x in np.reshape(target, -1)] if target is not None else self._symbolic(node.input[1])
-        if entries is None:
-            return self.opaque(node, "target shape computed at run time")
-        moving = [e for e in entries if isinstance(e, tuple) and e[0] in self.L and self.L[e[0]].axis == e[1]]
-        if moving:
-            return self.opaque(node, "target shape reads a channel count at run time")
-        s_in, s_out = self.shape(node.input[0]), self.shape(node.output[0])
-        if not _static(s_in) or not _static(s_out):
-            return self.opaque(node, "needs static shapes (pass --input-shape)")
-        a, before = lay.axis, _prod(s_in[:lay.axis])
-        for b in range(len(s_out)):
-            if _prod(s_out[:b]) != before or s_out[b] % s_in[a] or (entries[b] == 0 and b != a):
-                continue
-            factor = s_out[b] // s_in[a]
-            if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
-                if isinstance(entries[b], int) and entries[b] > 0:
-                    if target is None:
-                        return self.opaque(node, "computed target shape with a literal channel count")
-                    self.cg.edits.append(IndexEdit(node, "reshape", [lay.ids], {"entry": b, "factor": factor}))
-                return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
-        if not self.split_groups(node, lay, entries, s_in, s_out):
-            self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
-
-    def _symbolic(self, name: str, depth: int = 0) -> list | None:
-        """A 1-D int tensor built from Shape/Gather/Concat/...: ints and (tensor, axis) entries."""
-        value = self.ev.value(name)
-        if value is not None:
-            return [int(x) for x in np.reshape(value, -1)]
-        node = self.ev.producer.get(name)
-        if node is None or depth > 12:
-            return None
-        op = node.op_type
-        if op == "Shape":
-            R = self.rank(node.input[0])
-            if R is None:
-                return None
-            return [(node.input[0], k) for k in range(R)[slice(int(get_attr(node, "start", 0)), get_attr(node, "end"))]]
-        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
-            return self._symbolic(node.input[0], depth + 1)
-        if op == "Concat":
-            parts = [self._symbolic(i, depth + 1) for i in node.input]
-            return None if any(p is None for p in parts) else [e for p in parts for e in p]
-        if op == "Gather" and int(get_attr(node, "axis", 0)) == 0:
-            data, idx = self._symbolic(node.input[0], depth + 1), self.ev.value(node.input[1])
-            return None if data is None or idx is None else [data[int(i)] for i in np.reshape(idx, -1)]
-        return None
-
     def _axes(self, node: onnx.NodeProto, since: int):
         if self.opset >= since:
             return self.const(node, 1), len(node.input) > 1 and bool(node.input[1])
@@ -227,14 +177,6 @@ class MapRules:
             return self.opaque(node, "squeezes the channel axis")
         self.passthrough(node, lay, axis=lay.axis - sum(g < lay.axis for g in gone), rank=R - len(gone))
 
-    def r_Shape(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        R = lay.rank or self.rank(node.input[0])
-        start, end = int(get_attr(node, "start", 0)), get_attr(node, "end")
-        if R is not None and lay.axis not in range(R)[slice(start, end)]:
-            return
-        self.opaque(node, "reads the channel count at run time")
-
     def r_reduce(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)
         R = lay.rank or self.rank(node.input[0])
@@ -247,10 +189,6 @@ class MapRules:
         if int(get_attr(node, "keepdims", 1)):
             return self.passthrough(node, lay)
         self.passthrough(node, lay, axis=lay.axis - sum(x < lay.axis for x in axes), rank=R - len(axes))
-
-
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
 def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarray], ev: ConstEval,

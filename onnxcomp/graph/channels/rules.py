@@ -13,6 +13,7 @@ from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import FIXED, ChannelGraph, Consumer, IndexEdit, Layout, Param, Producer
 from onnxcomp.graph.channels.heads import HeadRules
 from onnxcomp.graph.channels.maps import MapRules
+from onnxcomp.graph.channels.reshape import ReshapeRules
 from onnxcomp.graph.axes import out_channels
 from onnxcomp.graph.edit import ConstEval, get_attr
 
@@ -31,13 +32,14 @@ WHY = {"LRN": "normalises across neighbouring channels", "DepthToSpace": "moves 
        "Gather": "indexes tensors (not supported)", "Einsum": "contracts arbitrary axes (not supported)"}
 
 
-class Walker(HeadRules, MapRules):
+class Walker(HeadRules, MapRules, ReshapeRules):
     """Visits the nodes in graph order and fills a :class:`ChannelGraph`."""
 
     def __init__(self, cg: ChannelGraph, ev: ConstEval, shapes: dict, weights: dict) -> None:
         self.cg, self.ev, self.shapes, self.weights = cg, ev, shapes, weights
         self.L = cg.layouts
         self.opset = default_opset(cg.model)
+        self.uses: dict | None = None  # tensor -> nodes reading it, built on first need
         self.used = {i for n in cg.model.graph.node for i in n.input if i} | {o.name for o in cg.model.graph.output}
 
     # ---------------------------------------------------------------- driver and helpers

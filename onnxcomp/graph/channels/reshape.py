@@ -1,0 +1,138 @@
+"""Channel rules for shapes: Reshape (constant or computed targets) and the Shape vectors read at run time.
+
+A computed target is read symbolically (:meth:`ReshapeRules._symbolic`: ints, and ``(tensor, axis)``
+for dimensions read by Shape). A Shape that reads a pruned channel count freezes its channels
+unless that count reaches nothing but Reshape targets, which accept it only where it lands on the
+axis the same channels move to (then it stays right after pruning: transformers' ``view(..., -1,
+d)`` heads, the dynamo exporter's batch x heads fold around Kᵀ); entries dropped by a constant
+Gather/Slice (a sequence length read from a head-split tensor) are harmless.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxcomp.graph.channels.types import IndexEdit
+from onnxcomp.graph.edit import get_attr
+
+
+def _prod(xs) -> int:
+    return int(np.prod(list(xs), dtype=np.int64)) if len(xs) else 1
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+class ReshapeRules:
+    """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: Reshape and Shape."""
+
+    def r_Reshape(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        target = get_attr(node, "shape") if self.opset < 5 else self.const(node, 1)
+        entries = [int(x) for x in np.reshape(target, -1)] if target is not None else self._symbolic(node.input[1])
+        if entries is None:
+            return self.opaque(node, "target shape computed at run time")
+        moving = [k for k, e in enumerate(entries) if isinstance(e, tuple) and e[0] in self.L and self.L[e[0]].axis == e[1]]
+        s_in, s_out = self.shape(node.input[0]), self.shape(node.output[0])
+        if not _static(s_in) or not _static(s_out):
+            return self.opaque(node, "needs static shapes (pass --input-shape)")
+        a, before = lay.axis, _prod(s_in[:lay.axis])
+        for b in range(len(s_out)):
+            if _prod(s_out[:b]) != before or s_out[b] % s_in[a] or (entries[b] == 0 and b != a):
+                continue
+            factor = s_out[b] // s_in[a]
+            if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
+                if moving and (moving != [b] or factor != 1 or not np.array_equal(self.L[entries[b][0]].ids, lay.ids)):
+                    return self.opaque(node, "target shape reads a channel count at run time")
+                if isinstance(entries[b], int) and entries[b] > 0:
+                    if target is None:
+                        return self.opaque(node, "computed target shape with a literal channel count")
+                    self.cg.edits.append(IndexEdit(node, "reshape", [lay.ids], {"entry": b, "factor": factor}))
+                return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
+        if moving:  # a count read at run time lands where these channels do not: it would not follow them
+            return self.opaque(node, "target shape reads a channel count at run time")
+        if not self.split_groups(node, lay, entries, s_in, s_out):
+            self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
+
+    def _symbolic(self, name: str, depth: int = 0) -> list | None:
+        """A 1-D int tensor built from Shape/Gather/Concat/...: ints and (tensor, axis) entries."""
+        value = self.ev.value(name)
+        if value is not None:
+            return [int(x) for x in np.reshape(value, -1)]
+        node = self.ev.producer.get(name)
+        if node is None or depth > 12:
+            return None
+        op = node.op_type
+        if op == "Shape":
+            R = self.rank(node.input[0])
+            if R is None:
+                return None
+            return [(node.input[0], k) for k in range(R)[slice(int(get_attr(node, "start", 0)), get_attr(node, "end"))]]
+        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            return self._symbolic(node.input[0], depth + 1)
+        if op == "Concat":
+            parts = [self._symbolic(i, depth + 1) for i in node.input]
+            return None if any(p is None for p in parts) else [e for p in parts for e in p]
+        if op == "Slice" and self.opset >= 10 and len(node.input) >= 3:
+            data = self._symbolic(node.input[0], depth + 1)
+            bounds = [self.ev.value(i) if i else None for i in node.input[1:5]] + [None] * (5 - len(node.input))
+            if data is None or any(b is None for b in bounds[:2]) or any(
+                    node.input[j] and bounds[j - 1] is None for j in range(3, len(node.input))):
+                return None
+            axes, steps = bounds[2], bounds[3]
+            if axes is not None and [int(x) for x in np.reshape(axes, -1)] not in ([0], [-1]):  # a 1-D vector
+                return None
+            step = 1 if steps is None else int(np.reshape(steps, -1)[0])
+            return data[int(np.reshape(bounds[0], -1)[0]):int(np.reshape(bounds[1], -1)[0]):step]
+        if op == "Gather" and int(get_attr(node, "axis", 0)) == 0:
+            data, idx = self._symbolic(node.input[0], depth + 1), self.ev.value(node.input[1])
+            return None if data is None or idx is None else [data[int(i)] for i in np.reshape(idx, -1)]
+        return None
+
+    def r_Shape(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        start, end = int(get_attr(node, "start", 0)), get_attr(node, "end")
+        dims = list(range(R)[slice(start, end)]) if R is not None else None
+        if dims is not None and (lay.axis not in dims or self._reads_other_dims(node.output[0], dims.index(lay.axis))):
+            return
+        self.opaque(node, "reads the channel count at run time")
+
+    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0) -> bool:
+        """Whether entry ``k`` of the shape vector ``name`` (None: any entry) reaches nothing but
+        Reshape targets (which check the counts they read) or is dropped by a Gather/Slice with
+        constant positions (e.g. the sequence length read from a head-split tensor)."""
+        if self.uses is None:
+            self.uses = {}
+            for n in self.cg.model.graph.node:
+                for i in n.input:
+                    self.uses.setdefault(i, []).append(n)
+        readers = self.uses.get(name, [])
+        if not readers or depth > 12 or any(o.name == name for o in self.cg.model.graph.output):
+            return False
+        n_dims = self.shape(name)
+        for r in readers:
+            if r.op_type == "Reshape" and r.input[0] != name:
+                continue
+            picked = None
+            if r.op_type == "Gather" and r.input[0] == name and int(get_attr(r, "axis", 0)) == 0 and n_dims:
+                idx = self.const(r, 1)
+                if idx is None:
+                    return False
+                picked = [int(i) % n_dims[0] for i in np.reshape(idx, -1)]
+            elif r.op_type == "Slice" and r.input[0] == name and self.opset >= 10 and n_dims:
+                bounds = [self.const(r, j) for j in (1, 2, 3, 4)]
+                if bounds[0] is None or bounds[1] is None or any(
+                        j < len(r.input) and r.input[j] and bounds[j - 1] is None for j in (3, 4)):
+                    return False
+                step = 1 if bounds[3] is None else int(np.reshape(bounds[3], -1)[0])
+                picked = list(range(n_dims[0])[slice(int(np.reshape(bounds[0], -1)[0]),
+                                                     int(np.reshape(bounds[1], -1)[0]), step)])
+            elif r.op_type not in ("Concat", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+                return False
+            if picked is not None and k is not None and k not in picked:
+                continue
+            if not all(self._reads_other_dims(o, None, depth + 1) for o in r.output):
+                return False
+        return True
