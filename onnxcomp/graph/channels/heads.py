@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxcomp.graph.channels.types import IndexEdit, Layout
+from onnxcomp.graph.channels.types import Layout
 
 
 def _prod(xs) -> int:
@@ -45,8 +45,8 @@ class HeadRules:
             ids = lay.ids.reshape(g, c // g)
             for j in range(1, c // g):
                 self.cg.tie(ids[:, 0], ids[:, j], f"{self.label(node)}: splits channels into groups")
-            if entry > 0:
-                self.cg.edits.append(IndexEdit(node, "reshape", [ids[:, 0]], {"entry": b, "factor": 1}))
+            if entry > 0 and not self.edit_count(node, self.const(node, 1), b, ids[:, 0], 1):
+                return True
             self.out(node.output[0], b, ids[:, 0], len(s_out))
             return True
         return False

@@ -193,7 +193,8 @@ class MapRules:
 
 def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarray], ev: ConstEval,
                      scope) -> None:
-    """Rewrite the attribute / constant input of ``e.node`` that counts channels."""
+    """Rewrite the attribute / constant input of ``e.node`` that counts channels (a computed
+    Reshape target: in a copy of its Concat, read by that Reshape alone)."""
     from onnxcomp.graph.edit import del_attr, set_attr, set_input
 
     node, opset = e.node, default_opset(model)
@@ -224,9 +225,18 @@ def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarra
     elif e.kind == "reshape":
         if opset < 5:
             raise ValueError("Reshape-1 with a channel count in its attribute")
-        vals = np.array(ev.value(node.input[1])).reshape(-1).copy()
+        owner, slot = node, 1
+        if e.info.get("computed"):  # the target is a Concat's output: this Reshape reads a copy of it
+            concat = next(n for n in model.graph.node if node.input[1] in n.output)
+            owner, slot = onnx.NodeProto(), e.info["slot"]
+            owner.CopyFrom(concat)
+            owner.name, owner.output[0] = scope(f"{base}_target"), scope(f"{base}_target")
+            node.input[1] = owner.output[0]
+        vals = np.array(ev.value(owner.input[slot])).reshape(-1).copy()
         vals[e.info["entry"]] = int(masks[0].sum()) * e.info["factor"]
-        set_input(model, node, 1, vals, scope, f"{base}_shape")
+        set_input(model, owner, slot, vals, scope, f"{base}_shape")
+        if owner is not node:  # inserted as a copy, just before its reader (other nodes keep their identity)
+            model.graph.node.insert(next(k for k, n in enumerate(model.graph.node) if n is node), owner)
     elif e.kind == "resize":
         slot = e.info["slot"]
         vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()

@@ -45,15 +45,44 @@ class ReshapeRules:
             if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
                 if moving and (moving != [b] or factor != 1 or not np.array_equal(self.L[entries[b][0]].ids, lay.ids)):
                     return self.opaque(node, "target shape reads a channel count at run time")
-                if isinstance(entries[b], int) and entries[b] > 0:
-                    if target is None:
-                        return self.opaque(node, "computed target shape with a literal channel count")
-                    self.cg.edits.append(IndexEdit(node, "reshape", [lay.ids], {"entry": b, "factor": factor}))
+                if isinstance(entries[b], int) and entries[b] > 0 and not self.edit_count(node, target, b, lay.ids, factor):
+                    return None
                 return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
         if moving:  # a count read at run time lands where these channels do not: it would not follow them
             return self.opaque(node, "target shape reads a channel count at run time")
         if not self.split_groups(node, lay, entries, s_in, s_out):
             self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
+
+    def edit_count(self, node: onnx.NodeProto, target, b: int, ids: np.ndarray, factor: int) -> bool:
+        """Record the rewrite of entry ``b`` of ``node``'s target shape (the kept count of ``ids``
+        times ``factor``): a constant target, or the constant input of the Concat that computes it
+        (rewritten in a copy of that Concat for this Reshape alone: exporters share one Concat
+        between layers). False (and the channels frozen) when it cannot be rewritten."""
+        info = {"entry": b, "factor": factor}
+        if target is None:
+            src = self._literal_source(node.input[1], b)
+            if src is None:
+                self.opaque(node, "computed target shape with a literal channel count")
+                return False
+            info.update(slot=src[0], entry=src[1], computed=True)
+        self.cg.edits.append(IndexEdit(node, "reshape", [ids], info))
+        return True
+
+    def _literal_source(self, name: str, b: int) -> tuple | None:
+        """(input slot, position): the constant input of the Concat producing the shape ``name``
+        that entry ``b`` comes from."""
+        node = self.ev.producer.get(name)
+        if node is None or node.op_type != "Concat":
+            return None
+        start = 0
+        for slot, i in enumerate(node.input):
+            part = self._symbolic(i)
+            if part is None:
+                return None
+            if start <= b < start + len(part):
+                return (slot, b - start) if self.ev.value(i) is not None else None
+            start += len(part)
+        return None
 
     def _symbolic(self, name: str, depth: int = 0) -> list | None:
         """A 1-D int tensor built from Shape/Gather/Concat/...: ints and (tensor, axis) entries."""
