@@ -197,6 +197,21 @@ def test_channel_count_read_into_other_ops_freezes():
     assert g.frozen and "Shape shape: reads the channel count at run time" in g.frozen[0]
 
 
+def test_target_reading_an_unpruned_width_freezes():
+    """A Reshape whose target takes, where the channels land, the width of another tensor (here the
+    unpruned input's) would keep the old count after pruning: the group freezes instead of
+    writing a model that fails at run time."""
+    w = np.ones((4, 4), np.float32)
+    m = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+                onnx.helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                onnx.helper.make_node("Gather", ["s", "idx"], ["dims"], name="dims", axis=0),
+                onnx.helper.make_node("Reshape", ["y", "dims"], ["r"], name="reshape"),
+                onnx.helper.make_node("MatMul", ["r", "w"], ["out"], name="fc2")],
+               [M.vi("x", [2, 4])], [M.vi("out", [2, 4])], [M.init("w", w), M.init("idx", np.array([0, 1]))])
+    g = next(g for g in analyze(m).groups if g.names == ["fc"])
+    assert g.frozen and "Reshape reshape: target shape reads a size that would not follow" in g.frozen[0]
+
+
 @pytest.mark.parametrize("name", ["resnet_digits.onnx", "mobilenet_digits.onnx", "vit_digits.onnx",
                                   "vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx"])
 def test_real_models_removal_is_exact(name):

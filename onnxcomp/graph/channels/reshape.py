@@ -45,6 +45,8 @@ class ReshapeRules:
             if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
                 if moving and (moving != [b] or factor != 1 or not np.array_equal(self.L[entries[b][0]].ids, lay.ids)):
                     return self.opaque(node, "target shape reads a channel count at run time")
+                if isinstance(entries[b], tuple) and not moving:  # e.g. the width of an unpruned tensor
+                    return self.opaque(node, "target shape reads a size that would not follow the channels")
                 if isinstance(entries[b], int) and entries[b] > 0 and not self.edit_count(node, target, b, lay.ids, factor):
                     return None
                 return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
