@@ -5,7 +5,7 @@
 Prints tables and writes ``benchmarks/results/structured.json`` (git-ignored). Three parts:
 
 1. ResNet-style ``models/resnet_digits.onnx`` (and the MobileNet-style one, and the transformer
-   ``vit_digits`` and ``vit_sdpa_digits`` (+ its dynamo export), criterion 1.5x for them): pruned at several
+   ``vit_digits`` and ``vit_sdpa_digits`` (+ its dynamo and nn.MultiheadAttention exports), criterion 1.5x for them): pruned at several
    ratios with the calibration set ``models/digits_calib.npz`` (activation importance,
    sensitivity allocation, least-squares refit), plus the data-free baseline (l1, uniform, no
    refit) at one ratio; test accuracy on ``models/digits_test.npz`` and latency of all of them
@@ -185,7 +185,7 @@ def main() -> None:
         results["digits"].append(digits("resnet_digits", ratios, args.quick, tmp))
         results["digits"].append(digits("mobilenet_digits", ratios[-2:], args.quick, tmp))
         results["digits"].append(digits("vit_digits", ratios, args.quick, tmp, need=1.5))
-        for name in ("vit_sdpa_digits", "vit_sdpa_digits_dynamo"):  # shapes read at run time
+        for name in ("vit_sdpa_digits", "vit_sdpa_digits_dynamo", "vit_mha_digits_dynamo"):  # run-time shapes
             results["digits"].append(digits(name, ratios, args.quick, tmp, need=1.5))
         if args.corpus is not None:
             for key in CORPUS:

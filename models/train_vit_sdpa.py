@@ -14,7 +14,8 @@ augmentation and training as vit_digits (train_vit.train), narrower. Needs torch
 Architecture (pre-norm ViT, opset 17, dynamic batch): Conv 4x4/4 1->128 (16 tokens), class token,
 position embeddings, 2 x [x + MHSA(LN(x)), x + MLP(LN(x))] with separate q/k/v Linear 128->128,
 4 heads of 32, MLP 128->512->128 (GELU), final LayerNorm, class token, Linear 128->10.
-Also writes vit_sdpa_digits_dynamo.onnx: the same weights through the dynamo exporter.
+Also writes vit_sdpa_digits_dynamo.onnx: the same weights through the dynamo exporter, and
+vit_mha_digits_dynamo.onnx: the same weights through nn.MultiheadAttention (fused q/k/v), dynamo.
 """
 import os
 import sys
@@ -40,6 +41,23 @@ class SdpaAttention(V.Attention):
         q, k, v = (p(x).view(hidden).transpose(1, 2) for p in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1).contiguous())
+
+
+class FusedAttention(nn.Module):
+    """The same attention through nn.MultiheadAttention (one fused q/k/v projection), as
+    torch.nn.TransformerEncoderLayer and torchvision's ViT use it."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+        with torch.no_grad():
+            self.mha.in_proj_weight.copy_(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
+            self.mha.in_proj_bias.copy_(torch.cat([attn.q.bias, attn.k.bias, attn.v.bias]))
+            self.mha.out_proj.weight.copy_(attn.proj.weight)
+            self.mha.out_proj.bias.copy_(attn.proj.bias)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
 
 
 def build():
@@ -74,6 +92,19 @@ def main():
     ops = T.op_counts(m)
     assert ops.get("Shape", 0) >= DEPTH and ops.get("Softmax", 0) == DEPTH
     T.check_and_report(model, dyn, ops, x_te, y_te, 0.0)
+    # the same weights through nn.MultiheadAttention (one fused in_proj), dynamo exporter
+    for block in model.blocks:
+        block.attn = FusedAttention(block.attn)
+    model.eval()
+    mha = os.path.join(HERE, "vit_mha_digits_dynamo.onnx")
+    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
+                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    onnx.save(program.model_proto, mha)
+    m = onnx.load(mha)
+    onnx.checker.check_model(m)
+    ops = T.op_counts(m)
+    assert ops.get("Gather", 0) >= 3 * DEPTH and ops.get("Softmax", 0) == DEPTH  # q/k/v picked from one tensor
+    T.check_and_report(model, mha, ops, x_te, y_te, 0.0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ axis), and merges the heads back with a Reshape before the output projection.
   of every group into one unit (a head is removed whole) and tracks the group axis; its literal
   group count is rewritten when heads are removed. Merging the groups back into channels is the
   ordinary Reshape rule (each head maps to its ``inner`` positions).
+- A Reshape ``[..., P*C]`` -> ``[..., P, C]`` whose P axis is then picked apart by Gathers (the
+  fused Q/K/V projection of nn.MultiheadAttention) ties the P parts channel by channel and tracks
+  the C axis instead. A head count multiplied by the batch (``Mul(batch, heads)``) is rewritten too.
 - A MatMul of two activations ties channels that meet on a batch axis (Q's heads with K's, the
   softmax's with V's) and passes channels on A's row axis or B's column axis through; channels
   on the contracted axis freeze.
@@ -19,6 +22,8 @@ import numpy as np
 import onnx
 
 from onnxcomp.graph.channels.types import Layout
+from onnxcomp.graph.channels.reshape import Product
+from onnxcomp.graph.edit import get_attr
 
 
 def _prod(xs) -> int:
@@ -38,11 +43,14 @@ class HeadRules:
                 continue
             if not any(_prod(s_out[b:j]) == c for j in range(b + 2, len(s_out) + 1)):
                 continue
-            entry = entries[b]
+            entry, ids = entries[b], lay.ids.reshape(g, c // g)
+            if s_out[b + 1] == c // g and self._picked_apart(node.output[0], b):
+                return self._split_parts(node, entries[b + 1], ids, b, len(s_out))
+            if isinstance(entry, Product) and entry[1] == g and self._size(entry[0]) == 1:
+                entry = g  # batch x heads, the batch 1 in these shapes: the constant counts the heads
             if not isinstance(entry, int) or entry == 0:
                 self.opaque(node, "splits channels into groups whose count is computed at run time")
                 return True
-            ids = lay.ids.reshape(g, c // g)
             for j in range(1, c // g):
                 self.cg.tie(ids[:, 0], ids[:, j], f"{self.label(node)}: splits channels into groups")
             if entry > 0 and not self.edit_count(node, self.const(node, 1), b, ids[:, 0], 1):
@@ -50,6 +58,60 @@ class HeadRules:
             self.out(node.output[0], b, ids[:, 0], len(s_out))
             return True
         return False
+
+    def _split_parts(self, node: onnx.NodeProto, inner, ids: np.ndarray, b: int, rank: int) -> bool:
+        """``[..., P*C]`` -> ``[..., P, C]`` whose parts are then picked apart (Q, K, V of one fused
+        projection): a head goes from every part together; the C axis carries the channels."""
+        if not isinstance(inner, int) or inner == 0:
+            self.opaque(node, "splits channels into parts whose size is computed at run time")
+            return True
+        for j in range(1, ids.shape[0]):
+            self.cg.tie(ids[0], ids[j], f"{self.label(node)}: splits a fused projection into parts")
+        if inner > 0 and not self.edit_count(node, self.const(node, 1), b + 1, ids[0], 1):
+            return True
+        self.out(node.output[0], b + 1, ids[0], rank)
+        return True
+
+    def _size(self, entry) -> int | None:
+        """The static size a symbolic shape entry has in these shapes."""
+        if isinstance(entry, int):
+            return entry
+        s = self.shape(entry[0]) if isinstance(entry, tuple) and isinstance(entry[0], str) else None
+        return None if s is None or entry[1] >= len(s) else s[entry[1]]
+
+    def _picked_apart(self, name: str, axis: int, depth: int = 0) -> bool:
+        """Whether axis ``axis`` of ``name`` only moves (Unsqueeze/Transpose/Squeeze) until Gathers
+        with constant scalar indices pick single entries of it."""
+        readers, rank = self.readers(name), self.rank(name)
+        if not readers or rank is None or depth > 6:
+            return False
+        for r in readers:
+            if r.op_type == "Gather" and r.input[0] == name:
+                idx = self.const(r, 1)
+                if idx is None or np.ndim(idx) != 0 or int(get_attr(r, "axis", 0)) % rank != axis:
+                    return False
+                continue
+            if r.op_type == "Transpose":
+                perm = get_attr(r, "perm") or list(range(rank))[::-1]
+                nxt = list(perm).index(axis)
+            elif r.op_type in ("Unsqueeze", "Squeeze"):
+                axes, _ = self._axes(r, 13)
+                if axes is None:
+                    return False
+                axes = [int(x) for x in np.reshape(axes, -1)]
+                if r.op_type == "Unsqueeze":
+                    new = sorted(x % (rank + len(axes)) for x in axes)
+                    nxt = [k for k in range(rank + len(axes)) if k not in new][axis]
+                else:
+                    gone = [x % rank for x in axes]
+                    if axis in gone:
+                        return False
+                    nxt = axis - sum(x < axis for x in gone)
+            else:
+                return False
+            if not self._picked_apart(r.output[0], nxt, depth + 1):
+                return False
+        return True
 
     def r_MatMul(self, node: onnx.NodeProto) -> None:
         """MatMul: a constant 2-D right operand (a Linear layer), or a product of two activations."""

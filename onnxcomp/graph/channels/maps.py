@@ -127,6 +127,18 @@ class MapRules:
 
     r_Upsample = r_Resize
 
+    def r_Gather(self, node: onnx.NodeProto) -> None:
+        """Constant indices along another axis than the channels' (one part of a fused Q/K/V)."""
+        lay, idx = self.L.get(node.input[0]), self.const(node, 1)
+        R = None if lay is None else (lay.rank or self.rank(node.input[0]))
+        if idx is None or R is None or node.input[1] in self.L:
+            return self.opaque(node, "indexes tensors (not supported)")
+        axis = int(get_attr(node, "axis", 0)) % R
+        if axis == lay.axis:
+            return self.opaque(node, "indexes the channel axis")
+        k = np.ndim(idx)
+        self.passthrough(node, lay, axis=lay.axis if lay.axis < axis else lay.axis - 1 + k, rank=R - 1 + k)
+
     def r_Transpose(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)
         R = lay.rank or self.rank(node.input[0])
@@ -225,18 +237,23 @@ def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarra
     elif e.kind == "reshape":
         if opset < 5:
             raise ValueError("Reshape-1 with a channel count in its attribute")
-        owner, slot = node, 1
-        if e.info.get("computed"):  # the target is a Concat's output: this Reshape reads a copy of it
-            concat = next(n for n in model.graph.node if node.input[1] in n.output)
-            owner, slot = onnx.NodeProto(), e.info["slot"]
-            owner.CopyFrom(concat)
-            owner.name, owner.output[0] = scope(f"{base}_target"), scope(f"{base}_target")
-            node.input[1] = owner.output[0]
-        vals = np.array(ev.value(owner.input[slot])).reshape(-1).copy()
+        owner, slot, copies = node, 1, []
+        if e.info.get("computed"):  # a computed target: this Reshape reads copies of the nodes from
+            producer = {o: n for n in model.graph.node for o in n.output}  # it down to the constant
+            for nxt in e.info["path"]:
+                copy = onnx.NodeProto()
+                copy.CopyFrom(producer[owner.input[slot]])
+                copy.name, copy.output[0] = scope(f"{base}_target"), scope(f"{base}_target")
+                owner.input[slot] = copy.output[0]
+                owner, slot = copy, nxt
+                copies.append(copy)
+        old = np.array(ev.value(owner.input[slot]))
+        vals = old.reshape(-1).copy()
         vals[e.info["entry"]] = int(masks[0].sum()) * e.info["factor"]
-        set_input(model, owner, slot, vals, scope, f"{base}_shape")
-        if owner is not node:  # inserted as a copy, just before its reader (other nodes keep their identity)
-            model.graph.node.insert(next(k for k, n in enumerate(model.graph.node) if n is node), owner)
+        set_input(model, owner, slot, vals.reshape(old.shape), scope, f"{base}_shape")
+        at = next(k for k, n in enumerate(model.graph.node) if n is node)
+        for copy in copies:  # inserted as copies, before their reader (other nodes keep their identity)
+            model.graph.node.insert(at, copy)
     elif e.kind == "resize":
         slot = e.info["slot"]
         vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()

@@ -20,6 +20,13 @@ def _prod(xs) -> int:
     return int(np.prod(list(xs), dtype=np.int64)) if len(xs) else 1
 
 
+class Product(tuple):
+    """A shape entry read at run time times a constant: ``(entry, factor)`` (batch x heads)."""
+
+    def __new__(cls, entry, factor: int):
+        return super().__new__(cls, (entry, factor))
+
+
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
@@ -33,7 +40,7 @@ class ReshapeRules:
         entries = [int(x) for x in np.reshape(target, -1)] if target is not None else self._symbolic(node.input[1])
         if entries is None:
             return self.opaque(node, "target shape computed at run time")
-        moving = [k for k, e in enumerate(entries) if isinstance(e, tuple) and e[0] in self.L and self.L[e[0]].axis == e[1]]
+        moving = [k for k, e in enumerate(entries) if isinstance(e, tuple) and self._reads_channels(e)]
         s_in, s_out = self.shape(node.input[0]), self.shape(node.output[0])
         if not _static(s_in) or not _static(s_out):
             return self.opaque(node, "needs static shapes (pass --input-shape)")
@@ -57,24 +64,38 @@ class ReshapeRules:
 
     def edit_count(self, node: onnx.NodeProto, target, b: int, ids: np.ndarray, factor: int) -> bool:
         """Record the rewrite of entry ``b`` of ``node``'s target shape (the kept count of ``ids``
-        times ``factor``): a constant target, or the constant input of the Concat that computes it
-        (rewritten in a copy of that Concat for this Reshape alone: exporters share one Concat
-        between layers). False (and the channels frozen) when it cannot be rewritten."""
+        times ``factor``): a constant target, or the constant that a computed one is built from
+        (rewritten in copies of the nodes between it and this Reshape, for this Reshape alone:
+        exporters share one shape between layers). False (and the channels frozen) when it
+        cannot be rewritten."""
         info = {"entry": b, "factor": factor}
         if target is None:
             src = self._literal_source(node.input[1], b)
             if src is None:
                 self.opaque(node, "computed target shape with a literal channel count")
                 return False
-            info.update(slot=src[0], entry=src[1], computed=True)
+            info.update(path=src[0], entry=src[1], computed=True)
         self.cg.edits.append(IndexEdit(node, "reshape", [ids], info))
         return True
 
-    def _literal_source(self, name: str, b: int) -> tuple | None:
-        """(input slot, position): the constant input of the Concat producing the shape ``name``
-        that entry ``b`` comes from."""
+    def _literal_source(self, name: str, b: int, depth: int = 0) -> tuple | None:
+        """(input slots from the producer of ``name`` down to the constant, position in it): where
+        entry ``b`` of the computed shape ``name`` is written (a Concat piece; the constant factor
+        of a Mul, for a count multiplied by the batch)."""
         node = self.ev.producer.get(name)
-        if node is None or node.op_type != "Concat":
+        if node is None or depth > 12:
+            return None
+        if node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
+            inner = self._symbolic(node.input[0])
+            if inner is None or (node.op_type != "Cast" and node.op_type != "Identity" and len(inner) != 1):
+                return None
+            sub = self._literal_source(node.input[0], b, depth + 1) if self.ev.value(node.input[0]) is None \
+                else ([], b)
+            return None if sub is None else ([0, *sub[0]], sub[1])
+        if node.op_type == "Mul" and b == 0:
+            k = next((j for j in (0, 1) if self.ev.value(node.input[j]) is not None), None)
+            return None if k is None or np.size(self.ev.value(node.input[k])) != 1 else ([k], 0)
+        if node.op_type != "Concat":
             return None
         start = 0
         for slot, i in enumerate(node.input):
@@ -82,7 +103,10 @@ class ReshapeRules:
             if part is None:
                 return None
             if start <= b < start + len(part):
-                return (slot, b - start) if self.ev.value(i) is not None else None
+                if self.ev.value(i) is not None:
+                    return [slot], b - start
+                sub = self._literal_source(i, b - start, depth + 1)
+                return None if sub is None else ([slot, *sub[0]], sub[1])
             start += len(part)
         return None
 
@@ -102,6 +126,16 @@ class ReshapeRules:
             return [(node.input[0], k) for k in range(R)[slice(int(get_attr(node, "start", 0)), get_attr(node, "end"))]]
         if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
             return self._symbolic(node.input[0], depth + 1)
+        if op == "Reshape":  # of a one-entry vector (a scalar made [1])
+            inner = self._symbolic(node.input[0], depth + 1)
+            return inner if inner is not None and len(inner) == 1 else None
+        if op == "Mul":  # a size times a constant: e.g. batch x heads
+            k = next((j for j in (0, 1) if self.ev.value(node.input[j]) is not None), None)
+            inner = None if k is None else self._symbolic(node.input[1 - k], depth + 1)
+            c = None if k is None else self.ev.value(node.input[k])
+            if inner is None or len(inner) != 1 or np.size(c) != 1 or isinstance(inner[0], Product):
+                return None
+            return [inner[0] * int(np.reshape(c, -1)[0]) if isinstance(inner[0], int) else Product(inner[0], int(np.reshape(c, -1)[0]))]
         if op == "Concat":
             parts = [self._symbolic(i, depth + 1) for i in node.input]
             return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -130,16 +164,26 @@ class ReshapeRules:
             return
         self.opaque(node, "reads the channel count at run time")
 
-    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0) -> bool:
-        """Whether entry ``k`` of the shape vector ``name`` (None: any entry) reaches nothing but
-        Reshape targets (which check the counts they read) or is dropped by a Gather/Slice with
-        constant positions (e.g. the sequence length read from a head-split tensor)."""
+    def _reads_channels(self, e: tuple) -> bool:
+        """Whether shape entry ``e`` reads a tracked tensor's channel count (a Product: in a factor)."""
+        if isinstance(e, Product):
+            return not isinstance(e[0], int) and self._reads_channels(e[0])
+        return e[0] in self.L and self.L[e[0]].axis == e[1]
+
+    def readers(self, name: str) -> list:
+        """The nodes that read tensor ``name`` (none for a graph output's extra readers)."""
         if self.uses is None:
             self.uses = {}
             for n in self.cg.model.graph.node:
                 for i in n.input:
                     self.uses.setdefault(i, []).append(n)
-        readers = self.uses.get(name, [])
+        return self.uses.get(name, [])
+
+    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0) -> bool:
+        """Whether entry ``k`` of the shape vector ``name`` (None: any entry) reaches nothing but
+        Reshape targets (which check the counts they read) or is dropped by a Gather/Slice with
+        constant positions (e.g. the sequence length read from a head-split tensor)."""
+        readers = self.readers(name)
         if not readers or depth > 12 or any(o.name == name for o in self.cg.model.graph.output):
             return False
         n_dims = self.shape(name)
