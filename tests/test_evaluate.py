@@ -147,3 +147,17 @@ def test_two_classes_report_top1_without_a_top5(data):
     o = r.outputs[0]
     assert o["top1_agreement"] is not None and o["top5_overlap"] is None
     assert "top-1 agreement" in r.summary and "top-5" not in r.summary
+
+
+def test_two_outputs_name_the_judged_one_in_the_headline(data):
+    """With several outputs the line says which one it judged, then its metrics."""
+    import onnx
+
+    model = M.classifier()
+    two = onnx.ModelProto()
+    two.CopyFrom(model)
+    two.graph.node.append(onnx.helper.make_node("Relu", [two.graph.output[0].name], ["relu"], name="relu"))
+    two.graph.output.append(onnx.helper.make_empty_tensor_value_info("relu"))
+    r = compare(two, two, data)
+    assert r.metrics_line().startswith(f"output {two.graph.output[0].name}: top-1 agreement 100.00 %")
+    assert ":;" not in r.summary

@@ -118,7 +118,7 @@ class FidelityReport:
 
     def metrics_line(self) -> str:
         o = self.judged
-        parts = [] if len(self.outputs) == 1 else [f"output {o['name']}:"]
+        parts = []
         if o.get("top1_agreement") is not None and self.metric != "cosine":
             parts.append(f"top-1 agreement {100 * o['top1_agreement']:.2f} %" + (
                 "" if o.get("top5_overlap") is None else f" (top-5 overlap {100 * o['top5_overlap']:.2f} %)"))
@@ -127,7 +127,7 @@ class FidelityReport:
             a = self.accuracy
             parts.append(f"accuracy {100 * a['original']:.2f} % -> {100 * a['candidate']:.2f} % "
                          f"(drop {100 * a['drop']:.2f} pts)")
-        return "; ".join(parts)
+        return ("" if len(self.outputs) == 1 else f"output {o['name']}: ") + "; ".join(parts)
 
     @property
     def first_degraded(self) -> str | None:
