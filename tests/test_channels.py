@@ -198,6 +198,46 @@ def test_channel_count_read_into_other_ops_freezes():
     assert g.frozen and "Shape shape: reads the channel count at run time" in g.frozen[0]
 
 
+def chunked(even: bool = True) -> onnx.ModelProto:
+    """``y.chunk(2, 1)`` as the legacy exporter writes it (YOLOv8's C2f): Slice bounds computed from
+    y's own channel count at run time (``even=False``: the first part ends 2 channels early)."""
+    h = onnx.helper
+    r = np.random.default_rng(0)
+    nodes = [h.make_node("Conv", ["x", "w0"], ["y"], name="cv1"),
+             h.make_node("Shape", ["y"], ["s"], name="shape"),
+             h.make_node("Gather", ["s", "one"], ["c"], name="count", axis=0),
+             h.make_node("Add", ["c", "one"], ["c1"], name="plus1"),
+             h.make_node("Div", ["c1", "two"], ["half"], name="half"),
+             h.make_node("Mul", ["half", "two"], ["all"], name="all"),
+             h.make_node("Sub" if not even else "Mul", ["half", "zero" if not even else "one"], ["end0"], name="end0"),
+             h.make_node("Slice", ["y", "zero", "end0", "one"], ["a"], name="part0"),
+             h.make_node("Slice", ["y", "half", "all", "one"], ["b"], name="part1"),
+             h.make_node("Conv", ["b", "w1"], ["b2"], name="m0"),
+             h.make_node("Concat", ["a", "b", "b2"], ["cat"], name="cat", axis=1),
+             h.make_node("Conv", ["cat", "w2"], ["out"], name="cv2")]
+    if not even:
+        nodes[6] = h.make_node("Sub", ["half", "two"], ["end0"], name="end0")
+    inits = [M.init("w0", r.normal(size=(8, 4, 1, 1)).astype(np.float32)),
+             M.init("w1", r.normal(size=(4, 4, 3, 3)).astype(np.float32)),
+             M.init("w2", r.normal(size=(3, 12 if even else 10, 1, 1)).astype(np.float32)),
+             M.init("zero", np.array([0])), M.init("one", np.array([1])), M.init("two", np.array([2]))]
+    nodes[9].attribute.append(h.make_attribute("pads", [1, 1, 1, 1]))
+    return M.make(nodes, [M.vi("x", [1, 4, 6, 6])], [M.vi("out", [1, 3, 6, 6])], inits)
+
+
+def test_chunks_cut_at_run_time_are_tied_parts():
+    """Each unit of the chunked conv takes one channel from each part, so the run-time bounds
+    still cut the pruned tensor in two equal parts; removal stays exact."""
+    cg, _ = check_exact(chunked())
+    g = next(g for g in cg.groups if g.names == ["cv1"])
+    assert not g.frozen and g.size == 4 and all(len(u) == 2 for u in g.units)
+
+
+def test_uneven_run_time_slice_freezes():
+    g = next(g for g in analyze(chunked(even=False)).groups if g.names == ["cv1"])
+    assert g.frozen and "run time" in g.frozen[0]
+
+
 def test_target_reading_an_unpruned_width_freezes():
     """A Reshape whose target takes, where the channels land, the width of another tensor (here the
     unpruned input's) would keep the old count after pruning: the group freezes instead of

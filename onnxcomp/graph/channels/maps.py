@@ -70,7 +70,9 @@ class MapRules:
             if axes is None and len(node.input) > 3 and node.input[3]:
                 return self.opaque(node, "slice axes computed at run time")
         if starts is None or ends is None:
-            return self.opaque(node, "slice bounds computed at run time")
+            if self.opset < 10 or not self.slice_chunk(node, lay, R):
+                self.opaque(node, "slice bounds computed at run time")
+            return None
         starts, ends = [int(x) for x in np.reshape(starts, -1)], [int(x) for x in np.reshape(ends, -1)]
         axes = [int(a) % R for a in np.reshape(axes, -1)] if axes is not None else list(range(len(starts)))
         steps = [int(x) for x in np.reshape(steps, -1)] if steps is not None else [1] * len(starts)

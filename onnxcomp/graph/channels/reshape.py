@@ -160,7 +160,8 @@ class ReshapeRules:
         R = lay.rank or self.rank(node.input[0])
         start, end = int(get_attr(node, "start", 0)), get_attr(node, "end")
         dims = list(range(R)[slice(start, end)]) if R is not None else None
-        if dims is not None and (lay.axis not in dims or self._reads_other_dims(node.output[0], dims.index(lay.axis))):
+        if dims is not None and (lay.axis not in dims or
+                                 self._reads_other_dims(node.output[0], dims.index(lay.axis), tensor=node.input[0])):
             return
         self.opaque(node, "reads the channel count at run time")
 
@@ -179,10 +180,11 @@ class ReshapeRules:
                     self.uses.setdefault(i, []).append(n)
         return self.uses.get(name, [])
 
-    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0) -> bool:
-        """Whether entry ``k`` of the shape vector ``name`` (None: any entry) reaches nothing but
-        Reshape targets (which check the counts they read) or is dropped by a Gather/Slice with
-        constant positions (e.g. the sequence length read from a head-split tensor)."""
+    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0, tensor: str | None = None) -> bool:
+        """Whether entry ``k`` of the shape vector ``name`` (None: any entry) of ``tensor`` reaches
+        nothing but Reshape targets (which check the counts they read) and the bounds of Slices of
+        ``tensor`` itself (checked to cut it evenly), or is dropped by a Gather/Slice with constant
+        positions (e.g. the sequence length read from a head-split tensor)."""
         readers = self.readers(name)
         if not readers or depth > 12 or any(o.name == name for o in self.cg.model.graph.output):
             return False
@@ -190,6 +192,8 @@ class ReshapeRules:
         for r in readers:
             if r.op_type == "Reshape" and r.input[0] != name:
                 continue
+            if r.op_type == "Slice" and tensor is not None and r.input[0] == tensor and name in r.input[1:3]:
+                continue  # a chunk of the tensor itself: r_Slice checks the bounds
             picked = None
             if r.op_type == "Gather" and r.input[0] == name and int(get_attr(r, "axis", 0)) == 0 and n_dims:
                 idx = self.const(r, 1)
@@ -204,10 +208,10 @@ class ReshapeRules:
                 step = 1 if bounds[3] is None else int(np.reshape(bounds[3], -1)[0])
                 picked = list(range(n_dims[0])[slice(int(np.reshape(bounds[0], -1)[0]),
                                                      int(np.reshape(bounds[1], -1)[0]), step)])
-            elif r.op_type not in ("Concat", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+            elif r.op_type not in ("Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Add", "Sub", "Mul", "Div"):
                 return False
             if picked is not None and k is not None and k not in picked:
                 continue
-            if not all(self._reads_other_dims(o, None, depth + 1) for o in r.output):
+            if not all(self._reads_other_dims(o, None, depth + 1, tensor) for o in r.output):
                 return False
         return True

@@ -12,6 +12,7 @@ import onnx
 from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import FIXED, ChannelGraph, Consumer, IndexEdit, Layout, Param, Producer
 from onnxcomp.graph.channels.heads import HeadRules
+from onnxcomp.graph.channels.chunks import ChunkRules
 from onnxcomp.graph.channels.maps import MapRules
 from onnxcomp.graph.channels.reshape import ReshapeRules
 from onnxcomp.graph.axes import out_channels
@@ -32,7 +33,7 @@ WHY = {"LRN": "normalises across neighbouring channels", "DepthToSpace": "moves 
        "Gather": "indexes tensors (not supported)", "Einsum": "contracts arbitrary axes (not supported)"}
 
 
-class Walker(HeadRules, MapRules, ReshapeRules):
+class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
     """Visits the nodes in graph order and fills a :class:`ChannelGraph`."""
 
     def __init__(self, cg: ChannelGraph, ev: ConstEval, shapes: dict, weights: dict) -> None:
