@@ -185,7 +185,7 @@ def main() -> None:
         results["digits"].append(digits("resnet_digits", ratios, args.quick, tmp))
         results["digits"].append(digits("mobilenet_digits", ratios[-2:], args.quick, tmp))
         results["digits"].append(digits("vit_digits", ratios, args.quick, tmp, need=1.5))
-        for name in ("vit_sdpa_digits", "vit_sdpa_digits_dynamo", "vit_mha_digits_dynamo"):  # run-time shapes
+        for name in ("vit_sdpa_digits", "vit_sdpa_digits_dynamo", "vit_mha_digits", "vit_mha_digits_dynamo"):  # run-time shapes
             results["digits"].append(digits(name, ratios, args.quick, tmp, need=1.5))
         if args.corpus is not None:
             for key in CORPUS:

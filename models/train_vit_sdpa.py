@@ -15,7 +15,7 @@ Architecture (pre-norm ViT, opset 17, dynamic batch): Conv 4x4/4 1->128 (16 toke
 position embeddings, 2 x [x + MHSA(LN(x)), x + MLP(LN(x))] with separate q/k/v Linear 128->128,
 4 heads of 32, MLP 128->512->128 (GELU), final LayerNorm, class token, Linear 128->10.
 Also writes vit_sdpa_digits_dynamo.onnx: the same weights through the dynamo exporter, and
-vit_mha_digits_dynamo.onnx: the same weights through nn.MultiheadAttention (fused q/k/v), dynamo.
+vit_mha_digits(_dynamo).onnx: the same weights through nn.MultiheadAttention (fused q/k/v).
 """
 import os
 import sys
@@ -92,10 +92,15 @@ def main():
     ops = T.op_counts(m)
     assert ops.get("Shape", 0) >= DEPTH and ops.get("Softmax", 0) == DEPTH
     T.check_and_report(model, dyn, ops, x_te, y_te, 0.0)
-    # the same weights through nn.MultiheadAttention (one fused in_proj), dynamo exporter
+    # the same weights through nn.MultiheadAttention (one fused in_proj), both exporters
     for block in model.blocks:
         block.attn = FusedAttention(block.attn)
     model.eval()
+    legacy = os.path.join(HERE, "vit_mha_digits.onnx")
+    m = T.export(model, legacy, fold_bn=True)
+    ops = T.op_counts(m)
+    assert ops.get("Gather", 0) >= 3 * DEPTH and ops.get("Softmax", 0) == DEPTH
+    T.check_and_report(model, legacy, ops, x_te, y_te, 0.0)
     mha = os.path.join(HERE, "vit_mha_digits_dynamo.onnx")
     program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
                                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))

@@ -172,12 +172,13 @@ def test_transformer_heads_and_ffn_neurons_are_groups():
     assert sum(g.size == 1024 and len(g.units[0]) == 1 for g in live) == 4
 
 
-@pytest.mark.parametrize("name", ["vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx", "vit_mha_digits_dynamo.onnx"])
+@pytest.mark.parametrize("name", ["vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx", "vit_mha_digits.onnx",
+                                  "vit_mha_digits_dynamo.onnx"])
 def test_heads_split_by_shapes_read_at_run_time_are_groups(name):
     """transformers-style attention (heads split by ``view(*x.shape[:-1], -1, d)``, SDPA, both
     exporters) and nn.MultiheadAttention (one fused projection cut into Q, K, V by Gathers, heads
-    folded with the batch): each block's Q/K/V form one group of whole heads, although the graph
-    reads the sequence length, batch and head count from the head-split tensors at run time."""
+    folded with the batch; the legacy export also sizes Q, K and V by the input's width read at
+    run time): each block's Q/K/V form one group of whole heads."""
     cg = analyze(onnx.load(M.MODELS / name))
     heads = [g for g in cg.groups if g.size == 4]
     assert len(heads) == 2 and all(not g.frozen and len(g.units[0]) == 3 * 32 for g in heads)
@@ -238,23 +239,38 @@ def test_uneven_run_time_slice_freezes():
     assert g.frozen and "run time" in g.frozen[0]
 
 
-def test_target_reading_an_unpruned_width_freezes():
-    """A Reshape whose target takes, where the channels land, the width of another tensor (here the
-    unpruned input's) would keep the old count after pruning: the group freezes instead of
-    writing a model that fails at run time."""
-    w = np.ones((4, 4), np.float32)
-    m = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
-                onnx.helper.make_node("Shape", ["x"], ["s"], name="shape"),
-                onnx.helper.make_node("Gather", ["s", "idx"], ["dims"], name="dims", axis=0),
-                onnx.helper.make_node("Reshape", ["y", "dims"], ["r"], name="reshape"),
-                onnx.helper.make_node("MatMul", ["r", "w"], ["out"], name="fc2")],
-               [M.vi("x", [2, 4])], [M.vi("out", [2, 4])], [M.init("w", w), M.init("idx", np.array([0, 1]))])
-    g = next(g for g in analyze(m).groups if g.names == ["fc"])
+def width_read(width) -> onnx.ModelProto:
+    """fc's output reshaped by a target read at run time from the input's shape (width: its
+    declared last dimension, 4 or a name)."""
+    w = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    return M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+                   onnx.helper.make_node("Shape", ["x"], ["s"], name="shape"),
+                   onnx.helper.make_node("Gather", ["s", "i0"], ["d0"], name="d0", axis=0),
+                   onnx.helper.make_node("Gather", ["s", "i1"], ["d1"], name="d1", axis=0),
+                   onnx.helper.make_node("Concat", ["d0", "d1"], ["dims"], name="dims", axis=0),
+                   onnx.helper.make_node("Reshape", ["y", "dims"], ["r"], name="reshape"),
+                   onnx.helper.make_node("MatMul", ["r", "w"], ["out"], name="fc2")],
+                  [M.vi("x", [2, width])], [M.vi("out", [2, 4])],
+                  [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
+
+
+def test_target_reading_a_fixed_size_is_rewritten():
+    """A target that reads, where the channels land, a size the model fixes (the input's declared
+    width) is written as the kept count: pruning stays exact."""
+    cg, _ = check_exact(width_read(4))
+    assert not next(g for g in cg.groups if g.names == ["fc"]).frozen
+
+
+def test_target_reading_a_free_size_freezes():
+    """The same read of a size the input decides would keep the old count after pruning (or
+    break another input size): the group freezes instead of writing a model that fails."""
+    g = next(g for g in analyze(width_read("w"), {"x": (2, 4)}).groups if g.names == ["fc"])
     assert g.frozen and "Reshape reshape: target shape reads a size that would not follow" in g.frozen[0]
 
 
 @pytest.mark.parametrize("name", ["resnet_digits.onnx", "mobilenet_digits.onnx", "vit_digits.onnx",
-                                  "vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx", "vit_mha_digits_dynamo.onnx"])
+                                  "vit_sdpa_digits.onnx", "vit_sdpa_digits_dynamo.onnx", "vit_mha_digits.onnx",
+                                  "vit_mha_digits_dynamo.onnx"])
 def test_real_models_removal_is_exact(name):
     check_exact(onnx.load(M.MODELS / name), atol=1e-3)
 

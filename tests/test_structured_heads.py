@@ -70,8 +70,9 @@ def literal_counts(model: oc.Model, share: bool = False) -> oc.Model:
 
 @pytest.mark.parametrize("name,literal", [("vit_sdpa_digits.onnx", False), ("vit_sdpa_digits_dynamo.onnx", False),
                                           ("vit_sdpa_digits.onnx", True), ("vit_sdpa_digits.onnx", "shared"),
-                                          ("vit_mha_digits_dynamo.onnx", False)],
-                         ids=["legacy", "dynamo", "legacy-literal", "legacy-literal-shared", "multihead-dynamo"])
+                                          ("vit_mha_digits.onnx", False), ("vit_mha_digits_dynamo.onnx", False)],
+                         ids=["legacy", "dynamo", "legacy-literal", "legacy-literal-shared", "multihead-legacy",
+                              "multihead-dynamo"])
 def test_heads_pruned_where_shapes_are_read_at_run_time(name, literal):
     """Heads split by shapes read at run time (``-1`` counts; or, ``literal``, counts written in
     the Concat that builds the target, even one Concat for every layer) are removed, the target

@@ -14,7 +14,7 @@ from onnxcomp.io import tensor_array
 
 FOLDABLE = {"Identity", "Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast",
             "Unsqueeze", "Squeeze", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Expand",
-            "Flatten", "Tile", "Sqrt", "Reciprocal", "Abs", "Min", "Max"}
+            "Flatten", "Tile", "Sqrt", "Reciprocal", "Abs", "Min", "Max", "Mod"}
 
 
 class ConstEval:
@@ -109,11 +109,17 @@ def del_attr(node: onnx.NodeProto, name: str) -> None:
             return
 
 
+def _contiguous(value) -> np.ndarray:
+    """``value`` in C order with its shape (np.ascontiguousarray makes a scalar 1-D)."""
+    value = np.asarray(value)
+    return value if value.flags["C_CONTIGUOUS"] else np.ascontiguousarray(value)
+
+
 def set_input(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray,
               scope: NameScope, base: str) -> str:
     """Feed ``value`` to ``node.input[slot]`` from a fresh initializer; returns its name."""
     name = scope(base)
-    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    model.graph.initializer.append(numpy_helper.from_array(_contiguous(value), name))
     while len(node.input) <= slot:
         node.input.append("")
     node.input[slot] = name
@@ -125,7 +131,7 @@ def replace_value(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
 
     Any other producer (a folded constant subgraph) is replaced by an initializer of that name.
     """
-    tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+    tensor = numpy_helper.from_array(_contiguous(value), name)
     init = next((t for t in model.graph.initializer if t.name == name), None)
     if init is not None:
         init.CopyFrom(tensor)

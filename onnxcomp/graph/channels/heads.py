@@ -33,7 +33,8 @@ def _prod(xs) -> int:
 class HeadRules:
     """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: head split and the MatMul rule."""
 
-    def split_groups(self, node: onnx.NodeProto, lay: Layout, entries: list, s_in: tuple, s_out: tuple) -> bool:
+    def split_groups(self, node: onnx.NodeProto, lay: Layout, entries: list, s_in: tuple, s_out: tuple,
+                     other: set = frozenset()) -> bool:
         """Reshape ``[..., C, ...]`` -> ``[..., G, C/G..., ...]``: track G, tie each group's channels."""
         a, before = lay.axis, _prod(s_in[:lay.axis])
         c = s_in[a]
@@ -45,7 +46,7 @@ class HeadRules:
                 continue
             entry, ids = entries[b], lay.ids.reshape(g, c // g)
             if s_out[b + 1] == c // g and self._picked_apart(node.output[0], b):
-                return self._split_parts(node, entries[b + 1], ids, b, len(s_out))
+                return self._split_parts(node, entries[b + 1], ids, b, len(s_out), b + 1 in other)
             if isinstance(entry, Product) and entry[1] == g and self._size(entry[0]) == 1:
                 entry = g  # batch x heads, the batch 1 in these shapes: the constant counts the heads
             if not isinstance(entry, int) or entry == 0:
@@ -59,15 +60,17 @@ class HeadRules:
             return True
         return False
 
-    def _split_parts(self, node: onnx.NodeProto, inner, ids: np.ndarray, b: int, rank: int) -> bool:
+    def _split_parts(self, node: onnx.NodeProto, inner, ids: np.ndarray, b: int, rank: int, width: bool) -> bool:
         """``[..., P*C]`` -> ``[..., P, C]`` whose parts are then picked apart (Q, K, V of one fused
-        projection): a head goes from every part together; the C axis carries the channels."""
-        if not isinstance(inner, int) or inner == 0:
+        projection): a head goes from every part together; the C axis carries the channels.
+        ``width``: C is read at run time from a frozen tensor's width (nn.MultiheadAttention
+        through the legacy exporter) and is written as the kept count instead."""
+        if not width and (not isinstance(inner, int) or inner == 0):
             self.opaque(node, "splits channels into parts whose size is computed at run time")
             return True
         for j in range(1, ids.shape[0]):
             self.cg.tie(ids[0], ids[j], f"{self.label(node)}: splits a fused projection into parts")
-        if inner > 0 and not self.edit_count(node, self.const(node, 1), b + 1, ids[0], 1):
+        if (width or inner > 0) and not self.edit_count(node, self.const(node, 1), b + 1, ids[0], 1, replace=width):
             return True
         self.out(node.output[0], b + 1, ids[0], rank)
         return True

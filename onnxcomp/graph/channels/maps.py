@@ -249,7 +249,8 @@ def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarra
                 owner.input[slot] = copy.output[0]
                 owner, slot = copy, nxt
                 copies.append(copy)
-        old = np.array(ev.value(owner.input[slot]))
+        # a piece read at run time (a frozen tensor's width) becomes the constant [kept count]
+        old = np.zeros(1, np.int64) if e.info.get("replace") else np.array(ev.value(owner.input[slot]))
         vals = old.reshape(-1).copy()
         vals[e.info["entry"]] = int(masks[0].sum()) * e.info["factor"]
         set_input(model, owner, slot, vals.reshape(old.shape), scope, f"{base}_shape")

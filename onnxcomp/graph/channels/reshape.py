@@ -27,6 +27,24 @@ class Product(tuple):
         return super().__new__(cls, (entry, factor))
 
 
+class Expr(tuple):
+    """A shape entry computed at run time from others: the ``(tensor, axis)`` sizes it reads."""
+
+    def __new__(cls, reads):
+        return super().__new__(cls, tuple(sorted(set(reads))))
+
+
+def _reads(e) -> list:
+    """The ``(tensor, axis)`` sizes a symbolic shape entry reads."""
+    if isinstance(e, int):
+        return []
+    if isinstance(e, Product):
+        return _reads(e[0])
+    if isinstance(e, Expr):
+        return list(e)
+    return [e]
+
+
 def _static(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
@@ -40,29 +58,62 @@ class ReshapeRules:
         entries = [int(x) for x in np.reshape(target, -1)] if target is not None else self._symbolic(node.input[1])
         if entries is None:
             return self.opaque(node, "target shape computed at run time")
-        moving = [k for k, e in enumerate(entries) if isinstance(e, tuple) and self._reads_channels(e)]
         s_in, s_out = self.shape(node.input[0]), self.shape(node.output[0])
         if not _static(s_in) or not _static(s_out):
             return self.opaque(node, "needs static shapes (pass --input-shape)")
+        moving, other = self._count_reads(node, entries, lay)
         a, before = lay.axis, _prod(s_in[:lay.axis])
         for b in range(len(s_out)):
             if _prod(s_out[:b]) != before or s_out[b] % s_in[a] or (entries[b] == 0 and b != a):
                 continue
             factor = s_out[b] // s_in[a]
             if any(_prod(s_in[a + 1:j]) == factor for j in range(a + 1, len(s_in) + 1)):
-                if moving and (moving != [b] or factor != 1 or not np.array_equal(self.L[entries[b][0]].ids, lay.ids)):
+                if moving and (moving != [b] or factor != 1 or isinstance(entries[b], (Product, Expr))):
                     return self.opaque(node, "target shape reads a channel count at run time")
-                if isinstance(entries[b], tuple) and not moving:  # e.g. the width of an unpruned tensor
+                if b in other:  # the width of a frozen tensor: written as the kept count instead
+                    if not self.edit_count(node, target, b, lay.ids, factor, replace=True):
+                        return None
+                elif isinstance(entries[b], tuple) and not moving:  # e.g. the batch, or an untracked size
                     return self.opaque(node, "target shape reads a size that would not follow the channels")
-                if isinstance(entries[b], int) and entries[b] > 0 and not self.edit_count(node, target, b, lay.ids, factor):
+                elif isinstance(entries[b], int) and entries[b] > 0 and not self.edit_count(node, target, b, lay.ids, factor):
                     return None
                 return self.out(node.output[0], b, np.repeat(lay.ids, factor), len(s_out))
         if moving:  # a count read at run time lands where these channels do not: it would not follow them
             return self.opaque(node, "target shape reads a channel count at run time")
-        if not self.split_groups(node, lay, entries, s_in, s_out):
+        if not self.split_groups(node, lay, entries, s_in, s_out, other):
             self.opaque(node, "reshapes the channel axis (channel shuffle / regrouping is not supported)")
 
-    def edit_count(self, node: onnx.NodeProto, target, b: int, ids: np.ndarray, factor: int) -> bool:
+    def _count_reads(self, node: onnx.NodeProto, entries: list, lay) -> tuple[list, set]:
+        """(entries that read these channels' own count, entries read at run time whose value the
+        model fixes: another tensor's channel count, whose channels are then frozen, or a size that
+        shape inference finds static without any input size). A fixed entry where the channels
+        land may be written as their kept count."""
+        moving, other = set(), set()
+        for k, e in enumerate(entries):
+            reads, fixed = _reads(e), True
+            for t, ax in reads:
+                if t in self.L and self.L[t].axis == ax:
+                    if len(self.L[t].ids) == len(lay.ids) and np.array_equal(self.L[t].ids, lay.ids):
+                        moving.add(k)
+                        continue
+                    self.cg.freeze(self.L[t].ids, f"{self.label(node)}: its width sizes a reshape at run time")
+                elif not self._model_fixed(t, ax):
+                    fixed = False
+            if reads and fixed and k not in moving:
+                other.add(k)
+        return sorted(moving), other
+
+    def _model_fixed(self, name: str, axis: int) -> bool:
+        """Whether dimension ``axis`` of ``name`` is static whatever the input sizes."""
+        if self.free_shapes is None:
+            from onnxcomp.graph.shapes import infer_shapes
+
+            self.free_shapes = infer_shapes(self.cg.model, None, batch_one=False)
+        s = self.free_shapes.get(name)
+        return s is not None and axis < len(s) and isinstance(s[axis], int) and s[axis] > 0
+
+    def edit_count(self, node: onnx.NodeProto, target, b: int, ids: np.ndarray, factor: int,
+                   replace: bool = False) -> bool:
         """Record the rewrite of entry ``b`` of ``node``'s target shape (the kept count of ``ids``
         times ``factor``): a constant target, or the constant that a computed one is built from
         (rewritten in copies of the nodes between it and this Reshape, for this Reshape alone:
@@ -70,16 +121,17 @@ class ReshapeRules:
         cannot be rewritten."""
         info = {"entry": b, "factor": factor}
         if target is None:
-            src = self._literal_source(node.input[1], b)
+            src = self._literal_source(node.input[1], b, replace=replace)
             if src is None:
                 self.opaque(node, "computed target shape with a literal channel count")
                 return False
-            info.update(path=src[0], entry=src[1], computed=True)
+            info.update(path=src[0], entry=src[1], computed=True, replace=src[2])
         self.cg.edits.append(IndexEdit(node, "reshape", [ids], info))
         return True
 
-    def _literal_source(self, name: str, b: int, depth: int = 0) -> tuple | None:
-        """(input slots from the producer of ``name`` down to the constant, position in it): where
+    def _literal_source(self, name: str, b: int, depth: int = 0, replace: bool = False) -> tuple | None:
+        """(input slots from the producer of ``name`` down to the constant, position in it, whether
+        the last slot is a one-entry piece read at run time to be replaced by a constant): where
         entry ``b`` of the computed shape ``name`` is written (a Concat piece; the constant factor
         of a Mul, for a count multiplied by the batch)."""
         node = self.ev.producer.get(name)
@@ -90,11 +142,11 @@ class ReshapeRules:
             if inner is None or (node.op_type != "Cast" and node.op_type != "Identity" and len(inner) != 1):
                 return None
             sub = self._literal_source(node.input[0], b, depth + 1) if self.ev.value(node.input[0]) is None \
-                else ([], b)
-            return None if sub is None else ([0, *sub[0]], sub[1])
+                else ([], b, False)
+            return None if sub is None else ([0, *sub[0]], sub[1], sub[2])
         if node.op_type == "Mul" and b == 0:
             k = next((j for j in (0, 1) if self.ev.value(node.input[j]) is not None), None)
-            return None if k is None or np.size(self.ev.value(node.input[k])) != 1 else ([k], 0)
+            return None if k is None or np.size(self.ev.value(node.input[k])) != 1 else ([k], 0, False)
         if node.op_type != "Concat":
             return None
         start = 0
@@ -104,9 +156,12 @@ class ReshapeRules:
                 return None
             if start <= b < start + len(part):
                 if self.ev.value(i) is not None:
-                    return [slot], b - start
-                sub = self._literal_source(i, b - start, depth + 1)
-                return None if sub is None else ([slot, *sub[0]], sub[1])
+                    return [slot], b - start, False
+                nested = getattr(self.ev.producer.get(i), "op_type", None) == "Concat"
+                if replace and not nested:  # the piece itself becomes a constant (never a deeper one)
+                    return ([slot], 0, True) if len(part) == 1 else None
+                sub = self._literal_source(i, b - start, depth + 1, replace)
+                return None if sub is None else ([slot, *sub[0]], sub[1], sub[2])
             start += len(part)
         return None
 
@@ -129,13 +184,18 @@ class ReshapeRules:
         if op == "Reshape":  # of a one-entry vector (a scalar made [1])
             inner = self._symbolic(node.input[0], depth + 1)
             return inner if inner is not None and len(inner) == 1 else None
-        if op == "Mul":  # a size times a constant: e.g. batch x heads
-            k = next((j for j in (0, 1) if self.ev.value(node.input[j]) is not None), None)
-            inner = None if k is None else self._symbolic(node.input[1 - k], depth + 1)
-            c = None if k is None else self.ev.value(node.input[k])
-            if inner is None or len(inner) != 1 or np.size(c) != 1 or isinstance(inner[0], Product):
+        if op in ("Add", "Sub", "Mul", "Div"):  # a size times a constant (batch x heads), or arithmetic
+            args = [self._symbolic(i, depth + 1) for i in node.input[:2]]
+            if any(a is None or len(a) != 1 for a in args):
                 return None
-            return [inner[0] * int(np.reshape(c, -1)[0]) if isinstance(inner[0], int) else Product(inner[0], int(np.reshape(c, -1)[0]))]
+            (x,), (y,) = args
+            if isinstance(x, int) and isinstance(y, int):
+                return [{"Add": x + y, "Sub": x - y, "Mul": x * y}.get(op, int(x / y) if y else 0)]
+            if op == "Mul" and isinstance(y, int) and isinstance(x, tuple) and not isinstance(x, (Product, Expr)):
+                return [Product(x, y)]
+            if op == "Mul" and isinstance(x, int) and isinstance(y, tuple) and not isinstance(y, (Product, Expr)):
+                return [Product(y, x)]
+            return [Expr(_reads(x) + _reads(y))]
         if op == "Concat":
             parts = [self._symbolic(i, depth + 1) for i in node.input]
             return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -164,12 +224,6 @@ class ReshapeRules:
                                  self._reads_other_dims(node.output[0], dims.index(lay.axis), tensor=node.input[0])):
             return
         self.opaque(node, "reads the channel count at run time")
-
-    def _reads_channels(self, e: tuple) -> bool:
-        """Whether shape entry ``e`` reads a tracked tensor's channel count (a Product: in a factor)."""
-        if isinstance(e, Product):
-            return not isinstance(e[0], int) and self._reads_channels(e[0])
-        return e[0] in self.L and self.L[e[0]].axis == e[1]
 
     def readers(self, name: str) -> list:
         """The nodes that read tensor ``name`` (none for a graph output's extra readers)."""

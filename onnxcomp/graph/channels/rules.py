@@ -41,6 +41,7 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
         self.L = cg.layouts
         self.opset = default_opset(cg.model)
         self.uses: dict | None = None  # tensor -> nodes reading it, built on first need
+        self.free_shapes: dict | None = None  # shapes inferred without input sizes (static dims only)
         self.used = {i for n in cg.model.graph.node for i in n.input if i} | {o.name for o in cg.model.graph.output}
 
     # ---------------------------------------------------------------- driver and helpers
