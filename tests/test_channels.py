@@ -254,6 +254,23 @@ def width_read(width) -> onnx.ModelProto:
                   [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
 
 
+def test_count_read_into_a_reshape_of_other_data_freezes():
+    """fc's channel count sizes, through a Shape, the Reshape of a tensor that carries no channels
+    (no rule visits it): pruning fc would leave that target stale, so fc freezes."""
+    w = np.ones((4, 4), np.float32)
+    m = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+                onnx.helper.make_node("Shape", ["y"], ["s"], name="shape"),
+                onnx.helper.make_node("Gather", ["s", "i0"], ["d0"], name="d0", axis=0),
+                onnx.helper.make_node("Gather", ["s", "i1"], ["d1"], name="d1", axis=0),
+                onnx.helper.make_node("Concat", ["d0", "d1"], ["dims"], name="dims", axis=0),
+                onnx.helper.make_node("Reshape", ["z", "dims"], ["zr"], name="reshape_z"),
+                onnx.helper.make_node("MatMul", ["y", "w"], ["out"], name="fc2")],
+               [M.vi("x", [2, 4]), M.vi("z", [8])], [M.vi("out", [2, 4]), M.vi("zr", [2, 4])],
+               [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
+    g = next(g for g in analyze(m).groups if g.names == ["fc"])
+    assert g.frozen and "Shape shape: reads the channel count at run time" in g.frozen[0]
+
+
 def test_target_reading_a_fixed_size_is_rewritten():
     """A target that reads, where the channels land, a size the model fixes (the input's declared
     width) is written as the kept count: pruning stays exact."""

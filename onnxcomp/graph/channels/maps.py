@@ -2,7 +2,8 @@
 
 Concat / Split / Slice map index offsets, Flatten maps each channel to a run of positions,
 Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad and Resize pass channels when they
-leave the channel axis alone (Reshape and Shape: :mod:`onnxcomp.graph.channels.reshape`). :func:`apply_index_edit` rewrites the attribute or
+leave the channel axis alone, Softmax and LayerNormalization when they normalise another axis
+(Reshape and Shape: :mod:`onnxcomp.graph.channels.reshape`). :func:`apply_index_edit` rewrites the attribute or
 constant input that counts channels (Split sizes, Slice bounds, Reshape target, Resize sizes,
 depthwise ``group``) once the kept channels are known.
 """
@@ -140,6 +141,23 @@ class MapRules:
             return self.opaque(node, "indexes the channel axis")
         k = np.ndim(idx)
         self.passthrough(node, lay, axis=lay.axis if lay.axis < axis else lay.axis - 1 + k, rank=R - 1 + k)
+
+    def r_Softmax(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        axis = int(get_attr(node, "axis", 1 if self.opset < 13 else -1)) % R
+        if (lay.axis >= axis) if self.opset < 13 else (lay.axis == axis):
+            return self.opaque(node, "normalises across channels")
+        self.passthrough(node, lay)
+
+    r_LogSoftmax = r_Hardmax = r_Softmax
+
+    def r_LayerNormalization(self, node: onnx.NodeProto) -> None:
+        lay = self._data(node)
+        R = lay.rank or self.rank(node.input[0])
+        if lay.axis >= int(get_attr(node, "axis", -1)) % R:
+            return self.opaque(node, "normalises across channels")
+        self.passthrough(node, lay)
 
     def r_Transpose(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)

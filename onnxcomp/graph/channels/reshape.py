@@ -220,8 +220,14 @@ class ReshapeRules:
         R = lay.rank or self.rank(node.input[0])
         start, end = int(get_attr(node, "start", 0)), get_attr(node, "end")
         dims = list(range(R)[slice(start, end)]) if R is not None else None
-        if dims is not None and (lay.axis not in dims or
-                                 self._reads_other_dims(node.output[0], dims.index(lay.axis), tensor=node.input[0])):
+        ends: list = []
+        if dims is not None and lay.axis not in dims:
+            return
+        if dims is not None and self._reads_other_dims(node.output[0], dims.index(lay.axis), tensor=node.input[0],
+                                                       ends=ends):
+            # those Reshapes / Slices must take the count in (checked after the walk: one whose
+            # data carries no channels is never visited, and would keep the old count)
+            self.deferred.append((node, lay.ids, ends))
             return
         self.opaque(node, "reads the channel count at run time")
 
@@ -234,7 +240,8 @@ class ReshapeRules:
                     self.uses.setdefault(i, []).append(n)
         return self.uses.get(name, [])
 
-    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0, tensor: str | None = None) -> bool:
+    def _reads_other_dims(self, name: str, k: int | None, depth: int = 0, tensor: str | None = None,
+                          ends: list | None = None) -> bool:
         """Whether entry ``k`` of the shape vector ``name`` (None: any entry) of ``tensor`` reaches
         nothing but Reshape targets (which check the counts they read) and the bounds of Slices of
         ``tensor`` itself (checked to cut it evenly), or is dropped by a Gather/Slice with constant
@@ -244,10 +251,11 @@ class ReshapeRules:
             return False
         n_dims = self.shape(name)
         for r in readers:
-            if r.op_type == "Reshape" and r.input[0] != name:
+            if r.op_type == "Reshape" and r.input[0] != name or (
+                    r.op_type == "Slice" and tensor is not None and r.input[0] == tensor and name in r.input[1:3]):
+                if ends is not None:  # a target (the Reshape rule checks it) or a chunk of the tensor
+                    ends.append(r)
                 continue
-            if r.op_type == "Slice" and tensor is not None and r.input[0] == tensor and name in r.input[1:3]:
-                continue  # a chunk of the tensor itself: r_Slice checks the bounds
             picked = None
             if r.op_type == "Gather" and r.input[0] == name and int(get_attr(r, "axis", 0)) == 0 and n_dims:
                 idx = self.const(r, 1)
@@ -266,6 +274,6 @@ class ReshapeRules:
                 return False
             if picked is not None and k is not None and k not in picked:
                 continue
-            if not all(self._reads_other_dims(o, None, depth + 1, tensor) for o in r.output):
+            if not all(self._reads_other_dims(o, None, depth + 1, tensor, ends) for o in r.output):
                 return False
         return True

@@ -42,6 +42,7 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
         self.opset = default_opset(cg.model)
         self.uses: dict | None = None  # tensor -> nodes reading it, built on first need
         self.free_shapes: dict | None = None  # shapes inferred without input sizes (static dims only)
+        self.deferred: list = []  # (Shape node, channels, the Reshapes / Slices its count reaches)
         self.used = {i for n in cg.model.graph.node for i in n.input if i} | {o.name for o in cg.model.graph.output}
 
     # ---------------------------------------------------------------- driver and helpers
@@ -62,6 +63,9 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
                     for o in node.output:
                         self.L.pop(o, None)
                     self.opaque(node, f"unsupported form ({type(exc).__name__}: {exc})")
+        for shape, ids, ends in self.deferred:  # a count read at run time reached a node no rule took in
+            if any(e.output[0] not in self.L for e in ends):
+                self.cg.freeze(ids, f"{self.label(shape)}: reads the channel count at run time")
         for name in inner & set(self.L):
             self.cg.freeze(self.L[name].ids, f"tensor {name} is read inside a subgraph (If/Loop/Scan)")
         for out in g.output:
@@ -269,23 +273,6 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
             self.cg.params.append(Param(node, k, pos, out))
         for o in node.output:
             self.out(o, A, out, R)
-
-    def r_Softmax(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        R = lay.rank or self.rank(node.input[0])
-        axis = int(get_attr(node, "axis", 1 if self.opset < 13 else -1)) % R
-        if (lay.axis >= axis) if self.opset < 13 else (lay.axis == axis):
-            return self.opaque(node, "normalises across channels")
-        self.passthrough(node, lay)
-
-    r_LogSoftmax = r_Hardmax = r_Softmax
-
-    def r_LayerNormalization(self, node: onnx.NodeProto) -> None:
-        lay = self._data(node)
-        R = lay.rank or self.rank(node.input[0])
-        if lay.axis >= int(get_attr(node, "axis", -1)) % R:
-            return self.opaque(node, "normalises across channels")
-        self.passthrough(node, lay)
 
 
 for _op in UNARY:
