@@ -59,6 +59,14 @@ def test_batch_dim_counts_as_one():
     assert r.total_macs == 512 * 27 + 512 * 72 + 40
 
 
+def test_shapes_computed_at_run_time_are_measured():
+    """Attention whose reshape targets are computed at run time (nn.MultiheadAttention, legacy
+    export): inference cannot size Q·Kᵀ, one run at batch 1 does, so every layer's MACs are known."""
+    r = oc.inspect(oc.load(M.MODELS / "vit_mha_digits.onnx"))
+    assert not any("MACs unknown" in n for n in r.notes)
+    assert r.total_macs == oc.inspect(oc.load(M.MODELS / "vit_sdpa_digits.onnx")).total_macs
+
+
 def test_sparsity_and_storage_reported():
     model = M.constant_node_weights()
     r = oc.inspect(model)

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from onnxcomp.graph.shapes import infer_shapes, node_macs
+from onnxcomp.graph.channels.groups import static_shapes
+from onnxcomp.graph.shapes import node_macs
 from onnxcomp.graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights
 from onnxcomp.io import stored_size
 
@@ -143,7 +144,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
             file_size: int | None = None, name: str = "") -> InspectReport:
     """Show where a model's parameters and MACs are, layer by layer and per op type."""
     found = find_weights(model)
-    shapes = infer_shapes(model, input_shapes)
+    shapes = static_shapes(model, input_shapes)  # what inference cannot follow: one run at batch 1
     by_node: dict[int, dict[str, Weight]] = {}
     for w in [*found, *found.held]:  # held: weights passes leave alone still count here
         for use in w.uses:
