@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.graph.channels.types import Layout
+from onnxcomp.graph.channels.maps import moved_axis
 from onnxcomp.graph.channels.reshape import Product
 from onnxcomp.graph.edit import get_attr
 
@@ -99,17 +100,9 @@ class HeadRules:
                 nxt = list(perm).index(axis)
             elif r.op_type in ("Unsqueeze", "Squeeze"):
                 axes, _ = self._axes(r, 13)
-                if axes is None:
+                nxt = None if axes is None else moved_axis(r.op_type, axis, rank, axes)
+                if nxt is None:
                     return False
-                axes = [int(x) for x in np.reshape(axes, -1)]
-                if r.op_type == "Unsqueeze":
-                    new = sorted(x % (rank + len(axes)) for x in axes)
-                    nxt = [k for k in range(rank + len(axes)) if k not in new][axis]
-                else:
-                    gone = [x % rank for x in axes]
-                    if axis in gone:
-                        return False
-                    nxt = axis - sum(x < axis for x in gone)
             else:
                 return False
             if not self._picked_apart(r.output[0], nxt, depth + 1):

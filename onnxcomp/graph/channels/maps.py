@@ -21,6 +21,17 @@ def _prod(xs) -> int:
     return int(np.prod(list(xs), dtype=np.int64)) if len(xs) else 1
 
 
+def moved_axis(op: str, axis: int, rank: int, axes) -> int | None:
+    """Where ``axis`` of a rank-``rank`` tensor goes through Unsqueeze / Squeeze of ``axes``
+    (None: Squeeze removes it)."""
+    axes = [int(x) for x in np.reshape(axes, -1)]
+    if op == "Unsqueeze":
+        new = {x % (rank + len(axes)) for x in axes}
+        return [k for k in range(rank + len(axes)) if k not in new][axis]
+    gone = [x % rank for x in axes]
+    return None if axis in gone else axis - sum(g < axis for g in gone)
+
+
 class MapRules:
     """Mixin of :class:`onnxcomp.graph.channels.rules.Walker`: the index-mapping op rules."""
 
@@ -192,10 +203,7 @@ class MapRules:
         R = lay.rank or self.rank(node.input[0])
         if axes is None or R is None:
             return self.opaque(node, "axes computed at run time")
-        R2 = R + len(np.reshape(axes, -1))
-        new = sorted(int(x) % R2 for x in np.reshape(axes, -1))
-        kept = [k for k in range(R2) if k not in new]
-        self.passthrough(node, lay, axis=kept[lay.axis], rank=R2)
+        self.passthrough(node, lay, axis=moved_axis("Unsqueeze", lay.axis, R, axes), rank=R + np.size(axes))
 
     def r_Squeeze(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)
@@ -204,10 +212,11 @@ class MapRules:
         R = lay.rank or (len(s) if s else None)
         if R is None or (axes is None and (given or s is None or None in s)):
             return self.opaque(node, "axes computed at run time")
-        gone = [int(x) % R for x in np.reshape(axes, -1)] if axes is not None else [k for k in range(R) if s[k] == 1]
-        if lay.axis in gone:
+        gone = np.reshape(axes, -1) if axes is not None else [k for k in range(R) if s[k] == 1]
+        axis = moved_axis("Squeeze", lay.axis, R, gone)
+        if axis is None:
             return self.opaque(node, "squeezes the channel axis")
-        self.passthrough(node, lay, axis=lay.axis - sum(g < lay.axis for g in gone), rank=R - len(gone))
+        self.passthrough(node, lay, axis=axis, rank=R - len(gone))
 
     def r_reduce(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)

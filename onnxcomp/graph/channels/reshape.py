@@ -232,12 +232,7 @@ class ReshapeRules:
         self.opaque(node, "reads the channel count at run time")
 
     def readers(self, name: str) -> list:
-        """The nodes that read tensor ``name`` (none for a graph output's extra readers)."""
-        if self.uses is None:
-            self.uses = {}
-            for n in self.cg.model.graph.node:
-                for i in n.input:
-                    self.uses.setdefault(i, []).append(n)
+        """The nodes that read tensor ``name``."""
         return self.uses.get(name, [])
 
     def _reads_other_dims(self, name: str, k: int | None, depth: int = 0, tensor: str | None = None,

@@ -40,10 +40,14 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
         self.cg, self.ev, self.shapes, self.weights = cg, ev, shapes, weights
         self.L = cg.layouts
         self.opset = default_opset(cg.model)
-        self.uses: dict | None = None  # tensor -> nodes reading it, built on first need
         self.free_shapes: dict | None = None  # shapes inferred without input sizes (static dims only)
         self.deferred: list = []  # (Shape node, channels, the Reshapes / Slices its count reaches)
-        self.used = {i for n in cg.model.graph.node for i in n.input if i} | {o.name for o in cg.model.graph.output}
+        self.uses: dict[str, list] = {}  # tensor -> the nodes that read it
+        for n in cg.model.graph.node:
+            for i in n.input:
+                if i:
+                    self.uses.setdefault(i, []).append(n)
+        self.used = set(self.uses) | {o.name for o in cg.model.graph.output}
 
     # ---------------------------------------------------------------- driver and helpers
     def run(self) -> None:
