@@ -198,6 +198,16 @@ def export(model, path, fold_bn):
     return m
 
 
+def export_dynamo(model, path):
+    """The same model through torch's dynamo exporter (torch 2.13's default), dynamic batch."""
+    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
+                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    onnx.save(program.model_proto, path)
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    return m
+
+
 def op_counts(m):
     counts = {}
     for n in m.graph.node:

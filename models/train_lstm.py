@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import torch
 import torch.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,15 +52,8 @@ def main():
     T.check_and_report(model, path, ops, x_te, y_te, t_train)
     # the same weights through torch's dynamo exporter (torch 2.13's default): W and R are assembled
     # at load time from the torch tensors by Slice/Concat (the gates reordered), one file
-    import onnx
-
     dyn = os.path.join(HERE, "lstm_digits_dynamo.onnx")
-    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
-                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    onnx.save(program.model_proto, dyn)
-    m = onnx.load(dyn)
-    onnx.checker.check_model(m)
-    ops = T.op_counts(m)
+    ops = T.op_counts(T.export_dynamo(model, dyn))
     assert ops.get("LSTM", 0) == 1 and ops.get("Slice", 0) >= 8  # R (at least) assembled by Slices
     T.check_and_report(model, dyn, ops, x_te, y_te, 0.0)
 

@@ -81,15 +81,8 @@ def main():
     ops = T.op_counts(m)
     assert ops.get("Shape", 0) >= DEPTH and ops.get("Softmax", 0) == DEPTH  # run-time shapes kept
     T.check_and_report(model, path, ops, x_te, y_te, t_train)
-    import onnx
-
     dyn = os.path.join(HERE, "vit_sdpa_digits_dynamo.onnx")
-    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
-                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    onnx.save(program.model_proto, dyn)
-    m = onnx.load(dyn)
-    onnx.checker.check_model(m)
-    ops = T.op_counts(m)
+    ops = T.op_counts(T.export_dynamo(model, dyn))
     assert ops.get("Shape", 0) >= DEPTH and ops.get("Softmax", 0) == DEPTH
     T.check_and_report(model, dyn, ops, x_te, y_te, 0.0)
     # the same weights through nn.MultiheadAttention (one fused in_proj), both exporters
@@ -102,12 +95,7 @@ def main():
     assert ops.get("Gather", 0) >= 3 * DEPTH and ops.get("Softmax", 0) == DEPTH
     T.check_and_report(model, legacy, ops, x_te, y_te, 0.0)
     mha = os.path.join(HERE, "vit_mha_digits_dynamo.onnx")
-    program = torch.onnx.export(model, (torch.zeros(2, 1, 16, 16),), dynamo=True, input_names=["input"],
-                                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    onnx.save(program.model_proto, mha)
-    m = onnx.load(mha)
-    onnx.checker.check_model(m)
-    ops = T.op_counts(m)
+    ops = T.op_counts(T.export_dynamo(model, mha))
     assert ops.get("Gather", 0) >= 3 * DEPTH and ops.get("Softmax", 0) == DEPTH  # q/k/v picked from one tensor
     T.check_and_report(model, mha, ops, x_te, y_te, 0.0)
 
