@@ -239,49 +239,44 @@ def test_uneven_run_time_slice_freezes():
     assert g.frozen and "run time" in g.frozen[0]
 
 
-def width_read(width) -> onnx.ModelProto:
-    """fc's output reshaped by a target read at run time from the input's shape (width: its
-    declared last dimension, 4 or a name)."""
+def shape_fed(reads: str = "x", reshapes: str = "y", width=4) -> onnx.ModelProto:
+    """``reshapes`` (fc's output y, or a graph input z without channels) reshaped by a target read
+    at run time from the shape of ``reads`` (the input x, whose declared width is ``width``: 4 or
+    a name, or y)."""
     w = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
-    return M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
-                   onnx.helper.make_node("Shape", ["x"], ["s"], name="shape"),
-                   onnx.helper.make_node("Gather", ["s", "i0"], ["d0"], name="d0", axis=0),
-                   onnx.helper.make_node("Gather", ["s", "i1"], ["d1"], name="d1", axis=0),
-                   onnx.helper.make_node("Concat", ["d0", "d1"], ["dims"], name="dims", axis=0),
-                   onnx.helper.make_node("Reshape", ["y", "dims"], ["r"], name="reshape"),
-                   onnx.helper.make_node("MatMul", ["r", "w"], ["out"], name="fc2")],
-                  [M.vi("x", [2, width])], [M.vi("out", [2, 4])],
-                  [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
+    h = onnx.helper
+    nodes = [h.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
+             h.make_node("Shape", [reads], ["s"], name="shape"),
+             h.make_node("Gather", ["s", "i0"], ["d0"], name="d0", axis=0),
+             h.make_node("Gather", ["s", "i1"], ["d1"], name="d1", axis=0),
+             h.make_node("Concat", ["d0", "d1"], ["dims"], name="dims", axis=0),
+             h.make_node("Reshape", [reshapes, "dims"], ["r"], name="reshape"),
+             h.make_node("MatMul", ["r" if reshapes == "y" else "y", "w"], ["out"], name="fc2")]
+    inputs, outputs = [M.vi("x", [2, width])], [M.vi("out", [2, 4])]
+    if reshapes == "z":
+        inputs.append(M.vi("z", [8]))
+        outputs.append(M.vi("r", [2, 4]))
+    return M.make(nodes, inputs, outputs, [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
 
 
 def test_count_read_into_a_reshape_of_other_data_freezes():
     """fc's channel count sizes, through a Shape, the Reshape of a tensor that carries no channels
     (no rule visits it): pruning fc would leave that target stale, so fc freezes."""
-    w = np.ones((4, 4), np.float32)
-    m = M.make([onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="fc"),
-                onnx.helper.make_node("Shape", ["y"], ["s"], name="shape"),
-                onnx.helper.make_node("Gather", ["s", "i0"], ["d0"], name="d0", axis=0),
-                onnx.helper.make_node("Gather", ["s", "i1"], ["d1"], name="d1", axis=0),
-                onnx.helper.make_node("Concat", ["d0", "d1"], ["dims"], name="dims", axis=0),
-                onnx.helper.make_node("Reshape", ["z", "dims"], ["zr"], name="reshape_z"),
-                onnx.helper.make_node("MatMul", ["y", "w"], ["out"], name="fc2")],
-               [M.vi("x", [2, 4]), M.vi("z", [8])], [M.vi("out", [2, 4]), M.vi("zr", [2, 4])],
-               [M.init("w", w), M.init("i0", np.array([0])), M.init("i1", np.array([1]))])
-    g = next(g for g in analyze(m).groups if g.names == ["fc"])
+    g = next(g for g in analyze(shape_fed(reads="y", reshapes="z")).groups if g.names == ["fc"])
     assert g.frozen and "Shape shape: reads the channel count at run time" in g.frozen[0]
 
 
 def test_target_reading_a_fixed_size_is_rewritten():
     """A target that reads, where the channels land, a size the model fixes (the input's declared
     width) is written as the kept count: pruning stays exact."""
-    cg, _ = check_exact(width_read(4))
+    cg, _ = check_exact(shape_fed())
     assert not next(g for g in cg.groups if g.names == ["fc"]).frozen
 
 
 def test_target_reading_a_free_size_freezes():
     """The same read of a size the input decides would keep the old count after pruning (or
     break another input size): the group freezes instead of writing a model that fails."""
-    g = next(g for g in analyze(width_read("w"), {"x": (2, 4)}).groups if g.names == ["fc"])
+    g = next(g for g in analyze(shape_fed(width="w"), {"x": (2, 4)}).groups if g.names == ["fc"])
     assert g.frozen and "Reshape reshape: target shape reads a size that would not follow" in g.frozen[0]
 
 
