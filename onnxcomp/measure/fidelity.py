@@ -40,7 +40,10 @@ class _Run:
         self.a, self.b, self.pairs, self.labels, self.threads = a, b, pairs, labels, threads
         self.progress = progress or (lambda *args: None)
         self.pass_index, self.pass_count = 0, 1
-        self.out_m = {p: OutputMetrics() for p in pairs}
+        from onnxcomp.measure.outputs import output_parts
+
+        parts = dict(zip((o.name for o in a.proto.graph.output), output_parts(a.proto)))
+        self.out_m = {p: OutputMetrics(parts.get(p[0])) for p in pairs}
         self.layer_m = {t: OutputMetrics() for t in layers}
         self.skipped: set[str] = set()
         self.correct = np.zeros(2, np.int64)

@@ -17,6 +17,7 @@ from onnx import helper
 from onnxcomp.data.sampling import batch_unit, take_samples
 from onnxcomp.graph.weights import Weight, find_weights, remove_storage
 from onnxcomp.io.sessions import session
+from onnxcomp.measure.outputs import output_parts, output_error
 
 
 class Probe:
@@ -38,6 +39,7 @@ class Probe:
         probe.graph.ClearField("value_info")
         if logits:
             to_logits(probe.graph)
+        self.parts = output_parts(probe)
         self.sess = session(probe, threads=threads)
         self.batches = batches
         self.reference = [self._run({}) for _ in (0,)][0]
@@ -47,9 +49,10 @@ class Probe:
         return [self.sess.run(None, {**b, **feeds}) for b in self.batches]
 
     def loss(self, overrides: dict[str, np.ndarray]) -> float:
-        """Mean over batches and outputs of ||y' - y||^2 / ||y||^2 with ``overrides`` fed."""
+        """Mean over batches and outputs of ||y' - y||^2 / ||y||^2 with ``overrides`` fed (per
+        concatenated part, see :mod:`onnxcomp.measure.outputs`)."""
         stored = {n: v.reshape(self.values[n].shape) for n, v in overrides.items()}
-        return relative_error(self.reference, self._run(stored))
+        return relative_error(self.reference, self._run(stored), self.parts)
 
 
 def to_logits(graph: onnx.GraphProto) -> None:
@@ -65,14 +68,15 @@ def to_logits(graph: onnx.GraphProto) -> None:
             out.CopyFrom(helper.make_empty_tensor_value_info(node.input[0]))
 
 
-def relative_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """Mean over batches and outputs of ``||y' - y||² / ||y||²`` (``[batch][output]`` lists)."""
+def relative_error(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
+                   parts: Sequence | None = None) -> float:
+    """Mean over batches and outputs of ``||y' - y||² / ||y||²`` (``[batch][output]`` lists);
+    ``parts`` (per output, from :func:`onnxcomp.measure.outputs.output_parts`) measures an output
+    that concatenates several heads slice by slice."""
     errs = []
     for ref, new in zip(reference, outputs):
-        for a, b in zip(ref, new):
-            a = np.asarray(a, np.float64)
-            d = np.asarray(b, np.float64) - a
-            errs.append(float((d * d).sum() / max((a * a).sum(), 1e-30)))
+        for k, (a, b) in enumerate(zip(ref, new)):
+            errs.append(output_error(a, b, parts[k] if parts else None))
     return float(np.mean(errs)) if errs else 0.0
 
 
@@ -150,13 +154,13 @@ CHECK_SAMPLES = 32  # calibration samples on which a pass compares its candidate
 
 def output_errors(reference: onnx.ModelProto, models: Sequence[onnx.ModelProto], data: Iterable[dict], *,
                   samples: int = CHECK_SAMPLES, threads: int | None = None) -> list[float]:
-    """Per model, the mean over batches and outputs of ``||y' - y||² / ||y||²`` against
-    ``reference`` on the first ``samples`` samples (one run of each model)."""
+    """Per model, the mean over batches and outputs of ``||y' - y||² / ||y||²`` (per slice of a
+    concatenated output) against ``reference`` on the first ``samples`` samples (one run of each model)."""
     batches = take_samples(data, samples, batch_unit(reference))
 
     def outputs(model: onnx.ModelProto) -> list[list[np.ndarray]]:
         sess = session(model, threads=threads)
         return [sess.run(None, b) for b in batches]
 
-    ref = outputs(reference)
-    return [relative_error(ref, outputs(m)) for m in models]
+    ref, parts = outputs(reference), output_parts(reference)
+    return [relative_error(ref, outputs(m), parts) for m in models]

@@ -71,11 +71,13 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
                    progress: Any = None) -> list:
     from onnxcomp.config import FactorizeConfig, StructuredPruneConfig
     from onnxcomp.io.sessions import session
+    from onnxcomp.measure.sensitivity import relative_error
+    from onnxcomp.measure.outputs import output_parts
     from onnxcomp.pipeline.run import run
 
     model = onnx.load_from_string(model_bytes)
     ref_sess = session(model, threads=1)
-    refs = [ref_sess.run(None, b) for b in batches]
+    refs, parts = [ref_sess.run(None, b) for b in batches], output_parts(model)
     out = []
     for n in names:
         row = []
@@ -86,12 +88,7 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
                 step = StructuredPruneConfig(ratio=float(lv), include=(n,), allocation="uniform")
             c = run(model, [step], correction=None, encoding="dense")
             sess = session(c.proto, threads=1)
-            errs = []
-            for b, ref in zip(batches, refs):
-                for a, y in zip(ref, sess.run(None, b)):
-                    d = y.astype(np.float64) - a
-                    errs.append(float((d * d).sum() / max((a.astype(np.float64) ** 2).sum(), 1e-30)))
-            row.append(float(np.mean(errs)))
+            row.append(relative_error(refs, [sess.run(None, b) for b in batches], parts))
         out.append(row)
         if progress is not None:
             progress("sensitivity", len(out), len(names))

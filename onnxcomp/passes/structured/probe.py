@@ -19,6 +19,7 @@ import onnx
 from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.channels.groups import apply_removal, rebind
 from onnxcomp.io.sessions import session
+from onnxcomp.measure.outputs import output_parts, output_error
 from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
 from onnxcomp.passes.structured.select import compensations, write_compensations
 
@@ -39,8 +40,8 @@ def _outputs(model: onnx.ModelProto, batches, threads) -> list[np.ndarray]:
     return [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
 
 
-def _error(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
-    err = sum(np.sum((a - b) ** 2) / max(np.sum(a ** 2), 1e-12) for a, b in zip(ref, out))
+def _error(ref: list[np.ndarray], out: list[np.ndarray], parts: list) -> float:
+    err = sum(output_error(a, b, p) for a, b, p in zip(ref, out, parts))
     return float(err) if np.isfinite(err) else float("inf")
 
 
@@ -51,7 +52,7 @@ def _keep_for(plan, gp, n_keep: int) -> np.ndarray:
     return keep
 
 
-def _probe(model: onnx.ModelProto, plan, gp, batches, ref, ctx, cfg) -> list[tuple]:
+def _probe(model: onnx.ModelProto, plan, gp, batches, ref, parts, ctx, cfg) -> list[tuple]:
     """[(units kept, MACs saved, output error, keep mask)] of one group pruned alone at each level."""
     total, n = plan.macs.total, gp.group.size
     opts, seen = [(n, 0.0, 0.0, None)], {n}
@@ -67,7 +68,8 @@ def _probe(model: onnx.ModelProto, plan, gp, batches, ref, ctx, cfg) -> list[tup
         comp = compensations(plan.cg, plan.measured, keep)
         apply_removal(copy, bound, keep)
         write_compensations(copy, bound, comp)
-        opts.append((k, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads)), keep))
+        opts.append((k, total - plan.macs.after(keep), _error(ref, _outputs(copy, batches, ctx.threads), parts),
+                     keep))
     return opts
 
 
@@ -138,7 +140,8 @@ def probe_allocate(model: onnx.ModelProto, plan, ctx, cfg, target: float) -> int
     groups = [gp for gp in plan.groups if gp.reason is None]
     batches = _subset(ctx)
     ref = _outputs(model, batches, ctx.threads)
-    options = [_probe(model, plan, gp, batches, ref, ctx, cfg) for gp in groups]
+    parts = output_parts(model)
+    options = [_probe(model, plan, gp, batches, ref, parts, ctx, cfg) for gp in groups]
     for gp, k in zip(groups, _choose(plan, groups, options, target, cfg.round_to)):
         gp.n_keep = k
     return sum(len(next(iter(b.values()))) for b in batches)

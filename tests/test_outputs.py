@@ -1,0 +1,72 @@
+"""An output that concatenates heads in different units (a detector's boxes in pixels beside class
+probabilities) is judged slice by slice: a wrecked class score must not hide behind the boxes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcomp.measure.fidelity import compare
+from onnxcomp.measure.outputs import output_error, output_parts
+from onnxcomp.measure.sensitivity import output_errors
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(16, 8, 32)).astype(np.float32)
+W_BOX = RNG.normal(size=(4, 8, 1)).astype(np.float32)
+W_CLS = RNG.normal(size=(3, 8, 1)).astype(np.float32)
+
+
+def detector(w_box=W_BOX, w_cls=W_CLS, *, axis: int = 1, transpose: bool = False) -> onnx.ModelProto:
+    """x [N, 8, A] -> Concat(100 * conv_box(x), sigmoid(conv_cls(x))) along ``axis`` [-> Transpose]."""
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["b0"]), helper.make_node("Mul", ["b0", "s"], ["box"]),
+             helper.make_node("Conv", ["x", "wc"], ["c0"]), helper.make_node("Sigmoid", ["c0"], ["cls"]),
+             helper.make_node("Concat", ["box", "cls"], ["cat" if transpose else "out"], axis=axis)]
+    if transpose:
+        nodes.append(helper.make_node("Transpose", ["cat"], ["out"], perm=[0, 2, 1]))
+    inits = [numpy_helper.from_array(w_box, "wb"), numpy_helper.from_array(w_cls, "wc"),
+             numpy_helper.from_array(np.array(100.0, np.float32), "s")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": X})[0]
+
+
+def test_the_concatenated_axis_is_found_through_a_transpose_and_never_the_batch():
+    assert output_parts(detector()) == [(1, (4, 3))]
+    assert output_parts(detector(transpose=True)) == [(2, (4, 3))]
+    assert output_parts(detector(axis=-2)) == [(-2, (4, 3))]
+    assert output_parts(detector(axis=0)) == [None]
+
+
+def test_scores_that_moved_count_although_the_boxes_dominate_the_energy():
+    ref, moved = _run(detector()), _run(detector(w_cls=W_CLS * 1.5))
+    parts = output_parts(detector())[0]
+    whole = output_error(ref, moved)
+    assert whole < 1e-5  # what the tool measured before: the boxes hide the scores
+    assert output_error(ref, moved, parts) > 1e-3
+    assert output_error(ref, moved, parts) == output_error(ref, moved, (-2, (4, None)))  # one extent inferred
+    # boxes that moved as much (relatively) still count as much as before
+    boxes = _run(detector(w_box=W_BOX * 1.05))
+    assert output_error(ref, boxes, parts) > 0.1 * output_error(ref, boxes)
+    assert output_errors(detector(), [detector(w_cls=W_CLS * 1.5)], [{"x": X}])[0] > 1e-3
+
+
+def test_the_fidelity_headline_reads_the_slices_and_says_so(tmp_path):
+    orig, cand = tmp_path / "det.onnx", tmp_path / "moved.onnx"
+    onnx.save(detector(), orig)
+    onnx.save(detector(w_cls=-W_CLS), cand)  # every score inverted: a broken detector
+    data = tmp_path / "x.npz"
+    np.savez(data, x=X)
+    report = compare(orig, cand, str(data))
+    out = report.outputs[0]
+    assert out["cosine_whole"] > 0.999
+    assert report.headline == ("cosine", out["cosine"]) and out["cosine"] < 0.9
+    assert "concatenated axis 1" in report.summary
+    same = compare(orig, orig, str(data))
+    assert same.headline[1] > 0.99999
