@@ -67,3 +67,25 @@ def test_a_layer_that_is_not_faster_stays(monkeypatch, ratio, rewritten):
     assert change.skipped is not rewritten
     if not rewritten:
         assert "not faster" in change.reason
+
+
+def test_the_default_allocation_keeps_whichever_moved_the_outputs_least():
+    """--allocation auto (the default with real data) builds both allocations and keeps the model
+    closer to the original: the same model the chosen allocation writes alone; data-free it is
+    the uniform allocation."""
+    m = oc.load(M.MODELS / "resnet_digits.onnx")
+    data = oc.load_data(M.MODELS / "digits_calib.npz", m, num_samples=32)
+    kw = dict(ratio=0.6, include=["*features.[678]*"], measure=False)
+    auto = oc.factorize(m, "spatial", data=data, **kw)
+    res = auto.results[0]
+    errors = res.settings["allocation_errors"]
+    chosen = min(errors, key=errors.get)
+    assert res.settings["allocation"] == f"auto: {chosen}" and set(errors) == {"uniform", "error"}
+    assert any(f"allocation {chosen}: the outputs moved least" in n for n in res.notes)
+    alone = oc.factorize(m, "spatial", data=data, allocation=chosen, **kw)
+    assert auto.proto.SerializeToString() == alone.proto.SerializeToString()
+    assert [w["walk"] for w in res.settings["engine"]] == [  # the report counts what both cost
+        "factorize: fit (uniform)", "factorize: error curves (error)", "factorize: fit (error)"]
+    free = oc.factorize(m, "spatial", ratio=0.6, include=["*features.[678]*"], measure=False)
+    assert free.results[0].settings["allocation"] == "auto: uniform"  # no data: every layer at the ratio
+    assert "in every layer" in free.results[0].settings["rank_rule"]

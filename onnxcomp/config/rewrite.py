@@ -11,6 +11,7 @@ from onnxcomp.errors import ConfigError
 
 
 class FactorizeAllocation(enum.Enum):
+    AUTO = "auto"
     ERROR = "error"
     UNIFORM = "uniform"
 
@@ -55,9 +56,10 @@ class FactorizeConfig(RewriteConfig):
     """Low-rank rewrites of convs and Gemm/MatMul (spatial SVD, Tucker-2, SVD).
 
     At most one of ``rank``, ``energy`` and ``ratio`` (the fraction of the layers' MACs removed;
-    params when shapes are unknown; default 0.5): with ``allocation="uniform"`` (the default) the
-    ratio in every layer; with ``"error"`` one budget over all layers, spent where the measured
-    output error per MAC saved is lowest. Ranks are rounded up to a multiple of ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
+    params when shapes are unknown; default 0.5): with ``allocation="uniform"`` the ratio in every
+    layer; with ``"error"`` one budget over all layers, spent where the measured output error per
+    MAC saved is lowest; ``"auto"`` (the default) builds both with real data and keeps the one
+    whose outputs moved least (uniform without data). Ranks are rounded up to a multiple of ``round_to``, never above full rank. ``max_error`` skips layers whose estimated relative output
     error would exceed it. ``sequential`` (data-aware): fit each layer on the inputs the layers
     rewritten before it produce, toward the original outputs.
     """
@@ -67,10 +69,11 @@ class FactorizeConfig(RewriteConfig):
                          choices=FactorizeMethod)
     ratio: float | None = option(None, "Fraction of the layers' MACs to remove (params when shapes are "
                                        "unknown), e.g. 0.5 (the default).")
-    allocation: str = option("uniform", "uniform: --ratio in every layer; error: per-layer ranks where the "
-                                        "measured output error per MAC saved is lowest (one budget over all "
-                                        "layers; measured: faster at equal quality on some models, worse "
-                                        "on others, see docs/factorization.md).",
+    allocation: str = option("auto", "uniform: --ratio in every layer; error: per-layer ranks where the "
+                                     "measured output error per MAC saved is lowest (one budget over all "
+                                     "layers); auto: with real --data both are built and the one whose "
+                                     "outputs moved least on 32 calibration samples is kept (neither wins "
+                                     "on every model, see docs/factorization.md), else uniform.",
                              choices=FactorizeAllocation)
     rank: int | None = option(None, "Explicit rank (tucker2: both ranks).")
     energy: float | None = option(None, "Smallest rank keeping this fraction of the squared singular values, "
@@ -111,7 +114,7 @@ class FactorizeConfig(RewriteConfig):
 
     @property
     def allocates(self) -> bool:
-        """Ranks come from the global budget (not --rank, --energy or --allocation uniform)."""
+        """Ranks come from the global budget (not --rank, --energy, --allocation uniform or auto)."""
         return self.target_ratio is not None and self.allocation == "error"
 
     def tag(self) -> str:

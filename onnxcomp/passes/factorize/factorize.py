@@ -3,16 +3,16 @@
 The rewrites (spatial, tucker2, svd) and their nodes: :mod:`.nodes`. Grouped convs are factorized
 per group; depthwise convs are skipped. The last new node writes the original output tensor.
 
-Ranks: ``--ratio`` (the default, ``--allocation uniform``), ``--rank`` and ``--energy`` choose per
-layer (:mod:`.plan`); ``--allocation error``: one budget over all layers (:mod:`.allocate`): the
-MACs removed go where the output error per MAC saved is lowest, read from each layer's whitened
-spectra measured in one engine walk over the original model and each layer's measured gain to
-the model outputs. With ``measure`` (the default with ``--ratio`` when cheap) the chosen rewrite
-is measured in a 1-thread micro-benchmark and a layer that is not faster is left alone, with its
-measured ratio in the report (with ``--allocation error`` only ranks predicted faster are
-offered to the budget). Then the chosen layers are fit with real data in a second walk: each on the inputs
-the layers rewritten before it produce, toward the original's outputs (``--no-sequential``: on
-the original inputs); the factors minimise that output error (:mod:`onnxcomp.algo.lowrank`).
+Ranks: ``--ratio`` with ``--allocation uniform``, ``--rank`` and ``--energy`` choose per layer
+(:mod:`.plan`); ``--allocation error``: one budget over all layers (:mod:`.allocate`), spent where
+the output error per MAC saved is lowest (each layer's whitened spectra from one engine walk over
+the original, times its measured gain to the model outputs); ``auto`` builds both (:mod:`.choose`).
+With ``measure`` (the default with ``--ratio`` when cheap) the chosen rewrite is measured in a
+1-thread micro-benchmark and a layer that is not faster is left alone, with its measured ratio in
+the report (the error budget is offered only ranks predicted faster). Then the chosen layers are
+fit with real data in a second walk: each on the inputs the layers rewritten before it produce,
+toward the original's outputs (``--no-sequential``: on the original inputs); the factors minimise
+that output error (:mod:`onnxcomp.algo.lowrank`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from onnxcomp.io import default_opset
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
 from onnxcomp.measure.sensitivity import layer_gains
+from onnxcomp.passes.factorize import choose
 from onnxcomp.passes.factorize.allocate import floor_gains, layer_options, probe_weight, spend, summary
 from onnxcomp.passes.factorize.nodes import build_nodes, factor_tensors, node_names
 from onnxcomp.passes.factorize.plan import Candidate, applicable, candidates_for, cost, evaluate, pick
@@ -61,6 +62,7 @@ class FactorizePlan:
     notes: list[str] = field(default_factory=list)
     measured: dict = field(default_factory=dict)  # the engine's counts, the allocation
     measure: bool = False
+    alternatives: list = field(default_factory=list)  # (pass, model, plan) of --allocation auto (choose.py)
 
 
 class FactorizePass(Pass):
@@ -69,6 +71,8 @@ class FactorizePass(Pass):
     name = "factorize"
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> FactorizePlan:
+        if self.config.allocation == "auto" and self.config.target_ratio is not None and ctx.has_real_data:
+            return choose.plan_both(self, model, ctx)
         with blas_threads(1):
             return self._plan(model, ctx)
 
@@ -219,6 +223,8 @@ class FactorizePass(Pass):
                          f"takes {lp.latency_ratio:.2f}x the original time in onnxruntime (1 thread)")
 
     def apply(self, model: onnx.ModelProto, plan: FactorizePlan, ctx: Context) -> PassResult:
+        if plan.alternatives:
+            return choose.apply_best(model, plan, ctx)
         result = PassResult(self.name, settings={**_settings(self.config, plan), **plan.measured})
         result.notes += list(dict.fromkeys(plan.notes))
         editor = GraphEditor(model)
@@ -270,11 +276,11 @@ def _change(lp: LayerPlan, new_names: list[str]) -> Change:
 
 def _settings(cfg, plan: FactorizePlan) -> dict:
     removed = None if cfg.target_ratio is None else round(1.0 - cfg.target_ratio, 6)
-    rule = ("rank" if cfg.rank else "energy" if cfg.energy else
-            f"{removed:g} of the MACs removed, " + ("where the error per MAC is lowest" if cfg.allocates
-                                                    else "in every layer"))
+    rule = ("rank" if cfg.rank else "energy" if cfg.energy else f"{removed:g} of the MACs removed, "
+            + ("where the error per MAC is lowest" if cfg.allocates else "in every layer"))
+    alloc = "auto: uniform" if cfg.allocation == "auto" else cfg.allocation  # auto without data (choose.py)
     return {"method": cfg.method, "rank": cfg.rank, "energy": cfg.energy, "ratio": removed,
-            "allocation": cfg.allocation if cfg.target_ratio is not None else None,
+            "allocation": alloc if cfg.target_ratio is not None else None,
             "round_to": cfg.round_to, "data_aware": plan.data_aware, "measure": plan.measure,
             "max_error": cfg.max_error, "sequential": cfg.sequential if plan.data_aware else None,
             "rank_rule": rule, "measure_max_ratio": MEASURE_MAX_RATIO if plan.measure else None}
