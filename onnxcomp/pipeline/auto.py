@@ -257,7 +257,8 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
     if not chosen.ok:
         missed = f"no candidate stayed within {spell('max_drop')} {max_drop:g} (best drop {chosen.drop:.4f})"
     elif reached is None or reached > target:
-        missed = f"best {kind} ratio within the drop is {reached}, above the target {target:g}"
+        shown = "unknown" if reached is None else f"{reached:.3g}"
+        missed = f"best {kind} ratio within the drop is {shown}, above the target {target:g}"
     out = Outcome(chosen, trials, rec, {kind: target}, missed)
     held = sum(len(next(iter(b.values()))) for b in s.holdout)
     out.holdout = f"{held} of {s.calib_samples + held} samples held out"
