@@ -17,6 +17,7 @@ from onnxcomp.graph.subgraph import activation_tensors
 from onnxcomp.data.calibration import load_data, load_labels
 from onnxcomp.errors import DataError, UnsupportedModelError
 from onnxcomp.measure.fidelity_report import DEGRADED_SQNR_DB, FidelityReport, OutputMetrics
+from onnxcomp.measure.outputs import output_parts
 
 PER_LAYER_BYTES = 256 << 20  # per-layer mode splits batches to keep captured tensors below this
 HELD_BYTES = 256 << 20  # the original's results kept while its session is dropped and the candidate's runs
@@ -40,8 +41,6 @@ class _Run:
         self.a, self.b, self.pairs, self.labels, self.threads = a, b, pairs, labels, threads
         self.progress = progress or (lambda *args: None)
         self.pass_index, self.pass_count = 0, 1
-        from onnxcomp.measure.outputs import output_parts
-
         parts = dict(zip((o.name for o in a.proto.graph.output), output_parts(a.proto)))
         self.out_m = {p: OutputMetrics(parts.get(p[0])) for p in pairs}
         self.layer_m = {t: OutputMetrics() for t in layers}

@@ -17,7 +17,7 @@ from onnx import helper
 from onnxcomp.data.sampling import batch_unit, take_samples
 from onnxcomp.graph.weights import Weight, find_weights, remove_storage
 from onnxcomp.io.sessions import session
-from onnxcomp.measure.outputs import output_parts, output_error
+from onnxcomp.measure.outputs import output_error, output_parts
 
 
 class Probe:
@@ -50,7 +50,7 @@ class Probe:
 
     def loss(self, overrides: dict[str, np.ndarray]) -> float:
         """Mean over batches and outputs of ||y' - y||^2 / ||y||^2 with ``overrides`` fed (per
-        concatenated part, see :mod:`onnxcomp.measure.outputs`)."""
+        slice of a concatenated output, see :mod:`onnxcomp.measure.outputs`)."""
         stored = {n: v.reshape(self.values[n].shape) for n, v in overrides.items()}
         return relative_error(self.reference, self._run(stored), self.parts)
 

@@ -71,8 +71,8 @@ def _rewrite_chunk(model_bytes: bytes, names: list[str], method: str, levels: li
                    progress: Any = None) -> list:
     from onnxcomp.config import FactorizeConfig, StructuredPruneConfig
     from onnxcomp.io.sessions import session
-    from onnxcomp.measure.sensitivity import relative_error
     from onnxcomp.measure.outputs import output_parts
+    from onnxcomp.measure.sensitivity import relative_error
     from onnxcomp.pipeline.run import run
 
     model = onnx.load_from_string(model_bytes)

@@ -19,7 +19,7 @@ import onnx
 from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.channels.groups import apply_removal, rebind
 from onnxcomp.io.sessions import session
-from onnxcomp.measure.outputs import output_parts, output_error
+from onnxcomp.measure.outputs import output_error, output_parts
 from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
 from onnxcomp.passes.structured.select import compensations, write_compensations
 
