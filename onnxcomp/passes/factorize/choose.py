@@ -26,6 +26,8 @@ def plan_both(owner, model: onnx.ModelProto, ctx):
 
     passes = [type(owner)(replace(owner.config, allocation=a)) for a in ALLOCATIONS]
     first = passes[0].plan(model, ctx)
+    if not any(lp.methods for lp in first.layers):
+        return first  # no layer either allocation could rewrite
     if model_bytes(model) > MAX_BYTES:
         first.notes.append("allocation uniform: the model is too big to build both allocations")
         return first
