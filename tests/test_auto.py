@@ -167,3 +167,18 @@ def test_latency_target_on_a_model_with_dynamic_spatial_dims(tmp_path, capsys, s
     assert code in (0, 3), capsys.readouterr().err
     trials = json.loads(capsys.readouterr().out)["trials"]
     assert any(t["latency_ratio"] is not None for t in trials)
+
+
+def test_when_no_candidate_is_within_the_drop_the_least_damaged_one_is_written():
+    """Missing the gate must not hand the user the most aggressive model (effnet_lite0's latency
+    search wrote structured 0.45 at a 31 % drop where 0.057 had dropped 16 %)."""
+    from onnxcomp.pipeline.candidates import Trial, choose
+
+    def trial(ratio, latency, drop, ok):
+        return Trial([("structured", {"ratio": ratio})], 1 - ratio, 1 - ratio, drop, ok, latency_ratio=latency)
+
+    missed = [trial(0.45, 0.35, 0.31, False), trial(0.057, 0.91, 0.16, False), trial(0.2, 0.63, 0.28, False)]
+    assert choose(missed, "latency_ratio").steps == [("structured", {"ratio": 0.057})]
+    within = missed + [trial(0.03, 0.95, 0.005, True), trial(0.04, 0.93, 0.009, True)]
+    assert choose(within, "latency_ratio").steps == [("structured", {"ratio": 0.04})]
+    assert choose([], "latency_ratio") is None

@@ -40,8 +40,9 @@ def auto_cmd(model: str, recipe_out: str | None, as_json: bool, **kw: Any) -> No
     the fewest cluster bits within the drop, then the most pruning on top. Speed: structured
     channel pruning, then factorization. Stops at the first candidate that meets a size or MACs
     target (--search keeps going for the best). --jobs N evaluates N candidates at once;
-    --scheduler ADDRESS runs them on a dask.distributed cluster. Exits 3 (writing the best it
-    reached) when the target cannot be met within the drop.
+    --scheduler ADDRESS runs them on a dask.distributed cluster. Exits 3 when the target cannot be
+    met within the drop, writing the best candidate within it (or, if none is, the one that
+    dropped least).
 
     Example: onnxcomp auto model.onnx --data calib.npz --target-size 0.1 --max-drop 0.01
     """

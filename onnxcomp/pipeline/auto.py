@@ -255,7 +255,7 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
     reached = getattr(chosen, key)
     missed = None
     if not chosen.ok:
-        missed = f"no candidate stayed within {spell('max_drop')} {max_drop:g} (best drop {chosen.drop:.4f})"
+        missed = f"no candidate stayed within {spell('max_drop')} {max_drop:g} (the smallest drop: {chosen.drop:.4f})"
     elif reached is None or reached > target:
         shown = "unknown" if reached is None else f"{reached:.3g}"
         missed = f"best {kind} ratio within the drop is {shown}, above the target {target:g}"

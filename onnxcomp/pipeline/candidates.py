@@ -180,9 +180,11 @@ def connect(address: str) -> Any:
 
 
 def choose(trials: list[Trial], key: str) -> Trial | None:
-    """The trial within the drop with the lowest ``key`` (else the lowest of all)."""
+    """The trial within the drop with the lowest ``key``; when none is within it, the one with the
+    smallest drop (the most aggressive one would be the least usable)."""
     ok = [t for t in trials if t.ok]
-    pool = ok or trials
-    if not pool:
+    if not trials:
         return None
-    return min(pool, key=lambda t: (not t.ok, getattr(t, key) if getattr(t, key) is not None else np.inf))
+    if not ok:
+        return min(trials, key=lambda t: (t.drop if t.drop is not None else np.inf))
+    return min(ok, key=lambda t: getattr(t, key) if getattr(t, key) is not None else np.inf)
