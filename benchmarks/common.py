@@ -114,3 +114,43 @@ def install_old(commit: str, tmp: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(tree)], check=True)
     return venv / "bin" / "onnxcomp"
+
+
+def versions(old: str | None, tmp: Path) -> list[tuple[str, list[str]]]:
+    """(label, command line) of onnxcomp here, and at commit ``old`` too when given."""
+    out = [("new", [sys.executable, "-m", "onnxcomp"])]
+    if old:
+        out.append((f"old {old}", [str(install_old(old, tmp))]))
+    return out
+
+
+def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: list[tuple[str, list[str]]],
+                 args: Callable[[str], list[str]], score: Callable[[Path, str], dict],
+                 input_shapes: dict[str, tuple[int, ...]]) -> tuple[list[dict], float]:
+    """Each command with each onnxcomp version on ``model`` (``args(label)`` after the model path),
+    its output scored by ``score(path, stdout)``, then one interleaved one-thread batch-1 bench of
+    every output: the rows (with ``speedup_b1``) and the original's p50 in ms."""
+    import time
+
+    from onnxcomp.measure.bench import bench
+
+    rows, files = [], [model]
+    for label, argv in commands:
+        for version, exe in versions:
+            out = model.parent / f"{len(files)}.onnx"
+            t0 = time.time()
+            proc = subprocess.run(exe + argv + [str(model), *args(label), "-o", str(out)], capture_output=True,
+                                  text=True)
+            row = {"command": label, "version": version, "exit": proc.returncode, "seconds": round(time.time() - t0, 1)}
+            if proc.returncode == 0:
+                row.update(score(out, proc.stdout), size_ratio=round(out.stat().st_size / model.stat().st_size, 3))
+                files.append(out)
+                row["_file"] = out
+            rows.append(row)
+    rep = bench(files, threads=1, runs=40, warmup=5, input_shapes=input_shapes)
+    base = rep.entries[0].p50_ms
+    timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
+    for row in rows:
+        if "_file" in row:
+            row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
+    return rows, base

@@ -22,14 +22,13 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, ROOT, install_old, table, write_json  # noqa: E402
+from common import CORPUS_PYTHON, ROOT, side_by_side, table, versions, write_json  # noqa: E402
 
 BUILD = r'''
 import sys
@@ -127,38 +126,15 @@ def main() -> None:
     if not CORPUS_PYTHON.exists():
         sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
                  "/tmp/corpus-venv /tmp/corpus-cache")
-    from onnxcomp.measure.bench import bench
-
     with tempfile.TemporaryDirectory(prefix="onnxcomp-det-") as t:
         tmp = Path(t)
         build(tmp)
         scorer = Scorer(tmp)
-        versions = [("new", [sys.executable, "-m", "onnxcomp"])]
-        if args.old:
-            versions.append((f"old {args.old}", [str(install_old(args.old, tmp))]))
-        rows, files = [], [tmp / "det.onnx"]
-        for label, argv in COMMANDS:
-            if args.quick and label not in QUICK:
-                continue
-            for version, exe in versions:
-                out = tmp / f"{len(files)}.onnx"
-                t0 = time.time()
-                proc = subprocess.run(exe + argv + [str(tmp / "det.onnx"), "--data", str(tmp / "calib.npz"),
-                                                    "-o", str(out), "--json"], capture_output=True, text=True)
-                row = {"command": label, "version": version, "exit": proc.returncode,
-                       "seconds": round(time.time() - t0, 1)}
-                if proc.returncode == 0:
-                    row.update(scorer.score(out), size_ratio=round(out.stat().st_size / files[0].stat().st_size, 3))
-                    row["reported_cosine"] = _reported(proc.stdout)
-                    files.append(out)
-                    row["_file"] = out
-                rows.append(row)
-        rep = bench(files, threads=1, runs=40, warmup=5, input_shapes={"images": (1, 3, 320, 320)})
-        base = rep.entries[0].p50_ms
-        timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
-        for row in rows:
-            if "_file" in row:
-                row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
+        commands = [c for c in COMMANDS if not args.quick or c[0] in QUICK]
+        rows, base = side_by_side(tmp / "det.onnx", commands, versions(args.old, tmp),
+                                  lambda label: ["--data", str(tmp / "calib.npz"), "--json"],
+                                  lambda out, stdout: {**scorer.score(out), "reported_cosine": _reported(stdout)},
+                                  {"images": (1, 3, 320, 320)})
     cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", "det_f1", "detections",
             "score_cosine", "reported_cosine"]
     print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))

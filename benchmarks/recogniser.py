@@ -19,13 +19,12 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, ROOT, install_old, table, write_json  # noqa: E402
+from common import CORPUS_PYTHON, ROOT, side_by_side, table, versions, write_json  # noqa: E402
 
 BUILD = r'''
 import importlib.util, math, os, shutil, sys
@@ -139,40 +138,17 @@ def main() -> None:
     if not CORPUS_PYTHON.exists():
         sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
                  "/tmp/corpus-venv /tmp/corpus-cache")
-    from onnxcomp.measure.bench import bench
-
     with tempfile.TemporaryDirectory(prefix="onnxcomp-rec-") as t:
         tmp = Path(t)
         build(tmp)
         scorer = Scorer(tmp)
-        versions = [("new", [sys.executable, "-m", "onnxcomp"])]
-        if args.old:
-            versions.append((f"old {args.old}", [str(install_old(args.old, tmp))]))
-        rows, files = [], [tmp / "rec.onnx"]
         original = {"command": "original", "version": "", "size_ratio": 1.0,
                     "char_accuracy": round(char_score(scorer.ref_seqs, scorer.truth), 4)}
-        for label, argv in COMMANDS:
-            if args.quick and label not in QUICK:
-                continue
-            for version, exe in versions:
-                out = tmp / f"{len(files)}.onnx"
-                t0 = time.time()
-                data = RANDOM if label.endswith("data-free") else ["--data", str(tmp / "calib.npz")]
-                proc = subprocess.run(exe + argv + [str(tmp / "rec.onnx"), *data, "-o", str(out), "-q"],
-                                      capture_output=True, text=True)
-                row = {"command": label, "version": version, "exit": proc.returncode,
-                       "seconds": round(time.time() - t0, 1)}
-                if proc.returncode == 0:
-                    row.update(scorer.score(out), size_ratio=round(out.stat().st_size / files[0].stat().st_size, 3))
-                    files.append(out)
-                    row["_file"] = out
-                rows.append(row)
-        rep = bench(files, threads=1, runs=40, warmup=5, input_shapes={"x": (1, 3, 48, 320)})
-        base = rep.entries[0].p50_ms
-        timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
-        for row in rows:
-            if "_file" in row:
-                row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
+        commands = [c for c in COMMANDS if not args.quick or c[0] in QUICK]
+        rows, base = side_by_side(
+            tmp / "rec.onnx", commands, versions(args.old, tmp),
+            lambda label: (RANDOM if label.endswith("data-free") else ["--data", str(tmp / "calib.npz")]) + ["-q"],
+            lambda out, stdout: scorer.score(out), {"x": (1, 3, 48, 320)})
     cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", "char_agreement",
             "char_accuracy", "lines_equal", "cosine"]
     print(table(cols, [[r.get(c, "") for c in cols] for r in [original] + rows]))
