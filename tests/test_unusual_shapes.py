@@ -223,3 +223,51 @@ def test_inf_inside_the_input_becoming_nan_is_one_line(capsys, tmp_path):
                                 "-o", str(tmp_path / "o.onnx")])
     assert code == 2 and err.count("\n") == 1 and "NaN/Inf in w_inf" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# --- exports seen in the wild: names shared by Constant nodes, inputs without a common batch axis ---
+
+def test_constant_nodes_sharing_a_name(capsys, tmp_path):
+    """An exporter named every Constant node 'F0::anon' (silero-vad's OpenVINO export):
+    onnxruntime folds Constants first and runs it, so onnxcomp once refused an ordinary model. It
+    now renames them; other nodes sharing a name are still refused (onnxruntime refuses them)."""
+    r = M.rng(3)
+    w = helper.make_node("Constant", [], ["w"], name="F0::anon",
+                         value=numpy_helper.from_array(r.normal(0, 0.1, (64, 64)).astype(np.float32)))
+    b = helper.make_node("Constant", [], ["b"], name="F0::anon",
+                         value=numpy_helper.from_array(np.ones(64, np.float32)))
+    nodes = [w, b, helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="add")]
+    src = M.save(M.make(nodes, [M.vi("x", ["N", 64])], [M.vi("y", ["N", 64])], []), tmp_path / "m.onnx")
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    written = onnx.load(str(tmp_path / "o.onnx"))
+    names = [n.name for n in written.graph.node if n.name]
+    assert len(set(names)) == len(names) and "F0::anon_1" in names
+    x = r.normal(size=(4, 64)).astype(np.float32)
+    assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+    nodes[2].name = nodes[3].name = "same"
+    M.save(M.make(nodes, [M.vi("x", ["N", 64])], [M.vi("y", ["N", 64])], []), src)
+    code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "-o", str(tmp_path / "o2.onnx")])
+    assert code == 2 and "two nodes are named 'same'" in err and "Traceback" not in err
+
+
+def test_state_inputs_without_a_common_batch_axis(capsys, tmp_path):
+    """An RNN export takes x[1, 64] beside state[2, 1, 8] (layers first): random samples cannot be
+    stacked on axis 0. The data-free commands once exited 2 on it and bench refused it; now the
+    output is written and verified, the report says the fidelity was not measured and why."""
+    r = M.rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+             helper.make_node("Neg", ["state"], ["state_out"], name="neg")]
+    model = M.make(nodes, [M.vi("x", [1, 64]), M.vi("state", [2, 1, 8])],
+                   [M.vi("y", [1, 64]), M.vi("state_out", [2, 1, 8])],
+                   [M.init("w", r.normal(0, 0.1, (64, 64)).astype(np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    for argv in (["prune", str(src), "--sparsity", "0.5"], ["cluster", str(src), "--bits", "4"]):
+        code, out, err = run(capsys, [*argv, "-o", str(tmp_path / f"{argv[0]}.onnx")])
+        assert code == 0, err
+        assert "fidelity: not measured: random samples cannot be stacked on axis 0" in out
+        onnx.checker.check_model(onnx.load(str(tmp_path / f"{argv[0]}.onnx")), full_check=True)
+    code, out, err = run(capsys, ["bench", str(src), "--runs", "2", "--warmup", "1"])
+    assert code == 0, err

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.data.sampling import whole
-from onnxcomp.data.sources import (InputSpec, check_batch, expected, fixed_batch, input_shapes_for_random,
+from onnxcomp.data.sources import (InputSpec, check_batch, check_stackable, expected, fixed_batch, input_shapes_for_random,
     model_inputs, npy_folder, rebatch)
 from onnxcomp.errors import ConfigError, DataError
 
@@ -231,25 +231,32 @@ def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
                            num_samples=num_samples, origin="data")
 
 
+def random_feed(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]],
+                rng: np.random.Generator) -> Batch:
+    """One random input per model input at ``shapes``: standard normal floats, 0/1 otherwise."""
+    out = {}
+    for name, shape in shapes.items():
+        dt = specs[name].dtype
+        if np.issubdtype(dt, np.floating):
+            out[name] = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            out[name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            out[name] = rng.integers(0, 2, shape).astype(dt)
+    return out
+
+
 def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]], *, seed: int,
             batch_size: int, num_samples: int | None) -> CalibrationData:
     shapes = input_shapes_for_random(specs, input_shapes, batch_size)
+    check_stackable(specs, shapes)
     batch = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
     total = whole(num_samples, fixed_batch(specs) or 1) if num_samples is not None else batch
 
     def factory() -> Iterator[Batch]:
         rng = np.random.default_rng(seed)
         for _ in range(0, total, batch):
-            out = {}
-            for name, shape in shapes.items():
-                dt = specs[name].dtype
-                if np.issubdtype(dt, np.floating):
-                    out[name] = rng.standard_normal(shape).astype(dt)
-                elif dt == np.bool_:
-                    out[name] = rng.integers(0, 2, shape).astype(bool)
-                else:
-                    out[name] = rng.integers(0, 2, shape).astype(dt)
-            yield out
+            yield random_feed(specs, shapes, rng)
 
     desc = f"random data (seed {seed}): {total} samples, " + ", ".join(
         f"{k}[{'x'.join(map(str, s))}]" for k, s in shapes.items())

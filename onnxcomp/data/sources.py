@@ -225,6 +225,21 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
     return shapes
 
 
+def check_stackable(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse random samples whose inputs disagree on the size of axis 0, where samples are
+    stacked (e.g. an RNN's ``state[layers, batch, hidden]`` beside ``x[batch, n]``)."""
+    firsts = {n: s[0] if s else None for n, s in shapes.items()}
+    if len(set(firsts.values())) < 2:
+        return
+    listed = ", ".join(f"{n}[{'x'.join(map(str, s))}]" for n, s in shapes.items())
+    fixed = {d[0] for d in (specs[n].dims for n in shapes) if d and isinstance(d[0], int) and d[0] > 0}
+    fix = "compare the outputs in your own pipeline (samples are stacked on axis 0 of every input)"
+    if len(fixed) == 1:
+        size = next(iter(fixed))
+        fix = f"pass --input-shape with {size} on axis 0 of every input, or {fix}"
+    raise DataError(f"random samples cannot be stacked on axis 0: the inputs disagree on its size ({listed})", fix)
+
+
 def _check_random_size(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]]) -> None:
     """Refuse, before allocating, a random batch larger than half the available memory."""
     from onnxcomp.io.checks import available_memory

@@ -150,8 +150,10 @@ def check_tensor_data(model: onnx.ModelProto, path: Path | str) -> None:
             raise ModelLoadError(f"{path} is corrupted: the name {bad[:40]!r} is not valid UTF-8 text",
                                  "re-export or re-download the model")
         seen: set[str] = set()
-        for node in graph.node:
-            if node.name and node.name in seen:  # onnxruntime refuses such graphs
+        for node in graph.node:  # onnxruntime refuses such graphs, except among Constant nodes
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):  # (unique_node_names)
+                continue
+            if node.name and node.name in seen:
                 raise ModelLoadError(f"{path}: two nodes are named {node.name!r}",
                                      "re-export the model (node names must be unique)")
             seen.add(node.name)
@@ -170,6 +172,25 @@ def check_tensor_data(model: onnx.ModelProto, path: Path | str) -> None:
                 need = expected_bytes(t) if t.raw_data else n
                 raise ModelLoadError(f"{path}: tensor {t.name!r} holds {got} but its shape {list(t.dims)} "
                                      f"needs {need}", "re-export or re-download the model")
+
+
+def unique_node_names(model: onnx.ModelProto) -> int:
+    """Rename nodes named like an earlier node of their graph (Constant nodes all named ``F0::anon``,
+    which onnxruntime folds and accepts), so passes can address nodes by name; returns the count."""
+    renamed = 0
+    for graph in _all_graphs(model.graph):
+        taken = {n.name for n in graph.node}
+        seen: set[str] = set()
+        for node in graph.node:
+            if node.name and node.name in seen:
+                k = 1
+                while f"{node.name}_{k}" in taken:
+                    k += 1
+                node.name = f"{node.name}_{k}"
+                taken.add(node.name)
+                renamed += 1
+            seen.add(node.name)
+    return renamed
 
 
 def check_declared_sizes(model: onnx.ModelProto, path: Path | str) -> None:

@@ -14,7 +14,7 @@ import onnx
 from onnxcomp.errors import ModelLoadError
 from onnxcomp.io import tensors
 from onnxcomp.io.checks import (check_declared_sizes, check_external, check_external_location, check_tensor_data,
-                                check_valid)
+                                check_valid, unique_node_names)
 from onnxcomp.io.ort import check_runnable
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.memory import release
@@ -121,5 +121,6 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     elif external:
         check_valid(path, path)
     check_declared_sizes(model, path)
+    unique_node_names(model)
     release()  # what the parses and the checker freed
     return model

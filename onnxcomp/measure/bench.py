@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from onnxcomp import io
-from onnxcomp.data.calibration import load_data
+from onnxcomp.data.calibration import random_feed
 from onnxcomp.data.sources import DynamicDimsError
 from onnxcomp.errors import ConfigError, DataError, ModelLoadError
 from onnxcomp.io.sessions import resolve_provider
@@ -109,19 +109,20 @@ class _Worker:
 def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict | None) -> tuple[Path, int]:
     """Random inputs for one run, saved for the worker, and the batch they hold: ``batch``, or
     the model's own when its inputs fix it; a model without inputs runs on an empty feed."""
-    from onnxcomp.data.sources import model_inputs
+    from onnxcomp.data.sources import input_shapes_for_random, model_inputs
 
     proto = io.load(model, load_external_data=False)
     path = folder / f"feed{index}.npz"
     if not model_inputs(proto):
         np.savez(path)
         return path, batch
-    try:
-        data = load_data(None, proto, input_shapes=input_shapes, batch_size=batch, num_samples=batch)
+    specs = model_inputs(proto)
+    try:  # one feed: its inputs need not agree on axis 0 (an RNN's state beside its input)
+        shapes = input_shapes_for_random(specs, input_shapes or {}, batch)
     except DynamicDimsError as exc:  # bench runs on random inputs only: no --data to suggest
         raise DataError(f"{model}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
                         "your model takes (repeatable, one per input)") from None
-    feed = next(iter(data))
+    feed = random_feed(specs, shapes, np.random.default_rng(0))
     np.savez(path, **feed)
     return path, len(next(iter(feed.values())))
 
