@@ -159,5 +159,46 @@ def test_two_outputs_name_the_judged_one_in_the_headline(data):
     two.graph.node.append(onnx.helper.make_node("Relu", [two.graph.output[0].name], ["relu"], name="relu"))
     two.graph.output.append(onnx.helper.make_empty_tensor_value_info("relu"))
     r = compare(two, two, data)
-    assert r.metrics_line().startswith(f"output {two.graph.output[0].name}: top-1 agreement 100.00 %")
+    assert r.metrics_line().startswith(f"output {two.graph.output[0].name} (the furthest moved of 2): "
+                                       "top-1 agreement 100.00 %")
     assert ":;" not in r.summary
+
+
+def test_the_output_that_moved_most_is_judged():
+    """A detector's eight head outputs (or an RNN's output beside its state) must all hold: the
+    headline and the gates once looked at the first output only, whatever the others did."""
+    from onnxcomp.measure.fidelity_report import FidelityReport
+
+    def out(name, cos, top1=None):
+        return {"name": name, "cosine": cos, "top1_agreement": top1, "sqnr_db": 20.0, "max_abs": 0.1}
+
+    outs = [out("scores_p3", 0.99), out("boxes_p3", 0.80), out("scores_p4", float("nan"))]
+    r = FidelityReport("a", "b", "d", 8, False, outs)
+    assert r.judged["name"] == "boxes_p3" and r.headline == ("cosine", 0.80)
+    assert r.metrics_line().startswith("output boxes_p3 (the furthest moved of 3): cosine 0.80000")
+    named = FidelityReport("a", "b", "d", 8, False, outs, output="scores_p3")
+    assert named.headline == ("cosine", 0.99) and "furthest" not in named.metrics_line()
+    mixed = FidelityReport("a", "b", "d", 8, False, [out("logits", 0.999, 0.90), out("embedding", 0.95)])
+    assert mixed.headline == ("top1_agreement", 0.90)  # each by its own metric: a gate holds every output
+    labelled = FidelityReport("a", "b", "d", 8, False, outs, accuracy={"original": 1.0, "candidate": 0.9, "drop": 0.1})
+    assert labelled.judged["name"] == "scores_p3"  # labels label the first output
+
+
+def test_one_value_per_sample_is_not_judged_by_its_sign():
+    """A sigmoid probability [N, 1] (a binary classifier, a voice-activity score): each sample's
+    own cosine is 1 whatever the value, so a model whose probabilities all moved read 'cosine
+    1.00000'. The samples' values are now one vector."""
+    from onnxcomp.measure.fidelity_report import OutputMetrics
+
+    r = M.rng(0)
+    p = 1 / (1 + np.exp(-r.normal(size=(64, 1))))
+    m = OutputMetrics()
+    m.update(p, np.clip(p + r.normal(0, 0.3, p.shape), 0.01, 0.99))
+    out = m.result()
+    assert out["cosine"] < 0.95 and out["top1_agreement"] is None
+    same = OutputMetrics()
+    same.update(p, p)
+    assert same.result()["cosine"] == pytest.approx(1.0)
+    wide = OutputMetrics()  # several values per sample: per-sample cosines as before
+    wide.update(np.hstack([p, -p]), np.hstack([p, -p]))
+    assert wide.result()["cosine"] == pytest.approx(1.0) and wide.result()["cosine_sd"] is not None

@@ -147,7 +147,7 @@ def test_quality_gate_exit_3_keeps_the_file(tmp_path, capsys):
     src = tmp_path / "m.onnx"
     src.write_bytes(RESNET.read_bytes())
     code = main(["prune", str(src), "--sparsity", "0.95", "--data", str(M.MODELS / "digits_test.npz"),
-                 "--correction", "none", "--max-drop", "0.001", "--holdout", "0"])
+                 "--score", "magnitude", "--correction", "none", "--max-drop", "0.001", "--holdout", "0"])
     assert code == 3
     assert (tmp_path / "m.prune95.onnx").is_file()
     captured = capsys.readouterr()

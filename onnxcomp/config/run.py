@@ -122,7 +122,8 @@ class Gates:
     metric: str = option("auto", "The fidelity headline the gates judge: top-1 agreement of class scores, or the "
                                  "cosine similarity of the outputs (embeddings, maps, ...); auto = top-1 for "
                                  "[N, C] scores, cosine for everything else.", choices=Metric)
-    judge: str | None = option(None, "The model output the headline and the gates judge (default: the first).",
+    judge: str | None = option(None, "The model output the headline and the gates judge (default: the one that moved "
+                                       "most; with labels, the first).",
                                metavar="OUTPUT")
 
     def __post_init__(self) -> None:

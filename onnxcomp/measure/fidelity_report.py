@@ -34,6 +34,8 @@ class OutputMetrics:
         self.new_nonfinite = 0  # values NaN/Inf in the candidate where the original's are finite
         self.ref_nonfinite = 0  # values NaN/Inf in the original
         self.top1 = 0
+        self.scalar = np.zeros(3)  # sum a*b, a^2, b^2 over every sample of a one-value output
+        self.scalar_n = 0
         self.classification: bool | None = None
         self.shape: tuple | None = None
 
@@ -48,13 +50,17 @@ class OutputMetrics:
         self.ref2 += float((fa * fa).sum())
         self.err2 += float((d * d).sum())
         self.max_abs = max(self.max_abs, float(np.abs(d).max(initial=0.0)))
-        na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
-        dot = (fa * fb).sum(1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cos = np.where((na == 0) & (nb == 0), 1.0, dot / (na * nb))
-        cos = np.nan_to_num(cos, nan=0.0)
-        self.cos += float(cos.sum())
-        self.cos2 += float((cos * cos).sum())
+        if fa.shape[1] == 1:  # one value per sample (a probability, a score): a per-sample cosine
+            self.scalar += np.array([(fa * fb).sum(), (fa * fa).sum(), (fb * fb).sum()])  # is its sign
+            self.scalar_n += n
+        else:
+            na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
+            dot = (fa * fb).sum(1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cos = np.where((na == 0) & (nb == 0), 1.0, dot / (na * nb))
+            cos = np.nan_to_num(cos, nan=0.0)
+            self.cos += float(cos.sum())
+            self.cos2 += float((cos * cos).sum())
         self.shape = (None,) + tuple(a.shape[1:])
         self.axis = slice_axis(a64, self.parts)
         if self.axis is not None:
@@ -82,7 +88,16 @@ class OutputMetrics:
                 "cosine": self.cos / self.n if self.n else None, "rel_l2": rel, "sqnr_db": sqnr,
                 "cosine_sd": math.sqrt(max(self.cos2 / self.n - (self.cos / self.n) ** 2, 0.0)) if self.n else None,
                 "max_abs": self.max_abs, "new_nonfinite": self.new_nonfinite,
-                "ref_nonfinite": self.ref_nonfinite, **self._sliced()}
+                "ref_nonfinite": self.ref_nonfinite, **self._sliced(), **self._across()}
+
+    def _across(self) -> dict[str, Any]:
+        """One value per sample: the cosine of all samples' values as one vector (each sample's
+        own would say only whether the sign held: 1 for any probability)."""
+        if not self.scalar_n or self.scalar_n != self.n:
+            return {}
+        dot, ea, eb = self.scalar
+        cos = 1.0 if ea == 0 and eb == 0 else dot / math.sqrt(ea * eb) if ea * eb > 0 else 0.0
+        return {"cosine": float(cos), "cosine_sd": None}
 
     def _sliced(self) -> dict[str, Any]:
         if self.slices is None or not self.n:
@@ -111,20 +126,29 @@ class FidelityReport:
     per_layer: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
     metric: str = "auto"  # auto, top1 or cosine
-    output: str | None = None  # the output the headline looks at (None: the first)
+    output: str | None = None  # the output the headline looks at (None: the worst, see judged)
 
     @property
     def judged(self) -> dict[str, Any]:
-        """The output the headline and the gates look at."""
-        return next((o for o in self.outputs if o["name"] == self.output), self.outputs[0])
+        """The output the headline and the gates look at: the one named, else the one that moved
+        most by its own headline metric (every output of a detector's heads or an RNN's state
+        must hold, not only the first), else the first (with labels: the one they label)."""
+        named = next((o for o in self.outputs if o["name"] == self.output), None)
+        if named is not None or self.accuracy is not None or len(self.outputs) == 1:
+            return named or self.outputs[0]
+        values = [(self._value(o)[1], i) for i, o in enumerate(self.outputs)]
+        finite = [(v, i) for v, i in values if v is not None and math.isfinite(v)]
+        return self.outputs[min(finite)[1]] if finite else self.outputs[0]
+
+    def _value(self, o: dict[str, Any]) -> tuple[str, float | None]:
+        if self.metric == "top1" or (self.metric == "auto" and o.get("top1_agreement") is not None):
+            return "top1_agreement", o.get("top1_agreement")
+        return "cosine", o.get("cosine")
 
     @property
     def headline(self) -> tuple[str, float | None]:
         """(metric, value): top-1 agreement of class scores, else cosine (or as ``metric`` says)."""
-        o = self.judged
-        if self.metric == "top1" or (self.metric == "auto" and o.get("top1_agreement") is not None):
-            return "top1_agreement", o.get("top1_agreement")
-        return "cosine", o.get("cosine")
+        return self._value(self.judged)
 
     @property
     def drop_bound(self) -> float | None:
@@ -158,7 +182,10 @@ class FidelityReport:
             a = self.accuracy
             parts.append(f"accuracy {100 * a['original']:.2f} % -> {100 * a['candidate']:.2f} % "
                          f"(drop {100 * a['drop']:.2f} pts)")
-        return ("" if len(self.outputs) == 1 else f"output {o['name']}: ") + "; ".join(parts)
+        which = "" if len(self.outputs) == 1 else f"output {o['name']}" + (
+            f" (the furthest moved of {len(self.outputs)})" if self.output is None and self.accuracy is None
+            else "") + ": "
+        return which + "; ".join(parts)
 
     @property
     def first_degraded(self) -> str | None:
