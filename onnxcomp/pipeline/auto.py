@@ -2,11 +2,12 @@
 
 Size targets combine weight sharing and pruning: the fewest uniform bits that stay within the
 drop, then (if the file is still above the target) a fractional average budget spent per layer
-by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets use structured channel
-pruning (bisection on the ratio), then low-rank factorization on top when the target is not yet
-met. Every candidate is scored on held-out calibration samples that the compression never saw
-(a quarter of the data when there are at least 32 samples). The winner is the smallest /
-fastest candidate within the drop; its recipe replays with ``onnxcomp compress --recipe``.
+by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets: the least
+structured channel ratio that meets the MACs / measured latency target (bisected), else the
+highest within the drop with low-rank factorization on top. Every candidate is scored on held-out
+calibration samples the compression never saw (a quarter of the data from 32 samples). The winner
+meets the target with the least compression (``keep_going``: the smallest / fastest within the
+drop); its recipe replays with ``onnxcomp compress --recipe``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.io import model_bytes
 from onnxcomp.io.model import Model, as_model
 from onnxcomp.pipeline import recipe as recipes
-from onnxcomp.pipeline.candidates import Trial, backend, choose, evaluate_parallel, held_out_drop, measure, split
+from onnxcomp.pipeline.candidates import (Trial, backend, choose, evaluate_parallel, held_out_drop, latencies,
+                                          measure, split)
 
 __all__ = ["BITS", "BISECT_STEPS", "MEASURED_STEPS", "Outcome", "Search", "Trial", "choose", "for_size",
            "for_speed", "search", "split"]
@@ -156,9 +158,36 @@ def for_size(s: Search, target: float | None = None) -> list[Trial]:
 
 
 def for_speed(s: Search, target: float) -> list[Trial]:
-    """Highest structured ratio within the drop; factorization on top if MACs are still high."""
-    best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
-    if not s.met and (best is None or (best.macs_ratio or 1.0) > target):
+    """The least structured ratio whose candidate meets the MACs or latency target (bisected on the
+    measured value, each probe timed against the original for a latency target), when it stays
+    within the drop. Else (or with ``keep_going``) the highest ratio within the drop, with
+    factorization on top if the target is still not met."""
+    key = s.goal[0] if s.goal else "macs_ratio"
+    if not s.keep_going:
+        lo, hi, least = 0.0, 0.9, None  # lo misses the target; hi is assumed to meet it
+        for _ in range(BISECT_STEPS):
+            levels = [round(lo + (hi - lo) * i / (s.jobs + 1), 3) for i in range(1, s.jobs + 1)]
+            trials = s.evaluate_many([[("structured", {"ratio": r})] for r in levels])
+            if key == "latency_ratio":
+                latencies(s.original, trials, s.threads, s.calib[0] if s.calib else None, every=True)
+            hits = [i for i, t in enumerate(trials) if getattr(t, key) is not None and getattr(t, key) <= target]
+            if hits:
+                least, hi = trials[hits[0]], levels[hits[0]]
+                lo = levels[hits[0] - 1] if hits[0] > 0 else lo
+                if not least.ok:
+                    break  # more compression meets the target and loses more: below the drop it does not
+            else:
+                lo = levels[-1]
+        if least is not None and least.ok:
+            return s.trials
+        passing = [float(t.steps[0][1]["ratio"]) for t in s.trials if t.ok]
+        failing = [float(t.steps[0][1]["ratio"]) for t in s.trials if not t.ok]
+        best = s.bisect(lambda r: [("structured", {"ratio": r})], max(passing, default=0.0),
+                        min(failing, default=0.9), rounds=2)
+        best = best or max((t for t in s.trials if t.ok), key=lambda t: t.steps[0][1]["ratio"], default=None)
+    else:
+        best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
+    if best is None or getattr(best, key) is None or getattr(best, key) > target:
         base = best.steps if best else []
         s.evaluate(base + [("factorize", {"ratio": 0.5})])
     return s.trials
@@ -179,33 +208,6 @@ class Outcome:
     def to_dict(self) -> dict:
         return {"target": self.target, "holdout": self.holdout, "chosen": self.chosen.to_dict(),
                 "trials": [t.to_dict() for t in self.trials]}
-
-
-def latencies(original: Model, trials: list[Trial], threads: int | None, sample: dict | None = None) -> None:
-    """Measure the passing candidates side by side with the original (interleaved, 1 thread), on
-    inputs shaped like one sample of ``sample`` (a calibration batch: dynamic dims need sizes)."""
-    import tempfile
-    from pathlib import Path
-
-    from onnxcomp import io
-    from onnxcomp.measure.bench import bench
-
-    ok = [t for t in trials if t.ok]
-    if not ok:
-        return
-    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-auto")) as tmp:
-        paths = [Path(tmp) / "original.onnx"]
-        io.save(original.proto, paths[0], verify=False)
-        for i, t in enumerate(ok):
-            paths.append(io.save(t.model.proto, Path(tmp) / f"c{i}.onnx", verify=False))
-        shapes = None
-        if sample:
-            from onnxcomp.data.sampling import batch_unit
-
-            shapes = {k: (batch_unit(original.proto),) + tuple(v.shape[1:]) for k, v in sample.items()}
-        report = bench(paths, threads=threads or 1, runs=30, warmup=3, input_shapes=shapes)
-    for t, entry in zip(ok, report.entries[1:]):
-        t.latency_ratio = entry.ratios.get("p50_ms")
 
 
 def search(model: Model, data: Any, config: AutoConfig | None = None, *, threads: int | None = None,
@@ -237,14 +239,14 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
     (kind, target), max_drop = cfg.target, cfg.max_drop
     if jobs > 1:
         check_parallel(as_model(model), jobs)
-    goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target)}.get(kind)  # latency: measured after
+    goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target), "latency": ("latency_ratio", target)}[kind]
     s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress, goal=goal,
                keep_going=cfg.keep_going, jobs=jobs)
     trials = for_size(s, target) if kind == "size" else for_speed(s, target)
     if kind == "latency":
         latencies(s.original, trials, threads, s.calib[0] if s.calib else None)
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
-    chosen = choose(trials, key)
+    chosen = choose(trials, key, None if cfg.keep_going else target)
     if cfg.int8 and chosen is not None and chosen.ok:
         with_int8 = s.evaluate(chosen.steps + [("quantize", {})])
         if with_int8.ok:

@@ -179,12 +179,47 @@ def connect(address: str) -> Any:
             lg.setLevel(level)
 
 
-def choose(trials: list[Trial], key: str) -> Trial | None:
-    """The trial within the drop with the lowest ``key``; when none is within it, the one with the
-    smallest drop (the most aggressive one would be the least usable)."""
+def choose(trials: list[Trial], key: str, target: float | None = None) -> Trial | None:
+    """With ``target``: the trial within the drop that meets it with the least compression (the
+    highest size / MACs ratio: no more damage than the target asks). Else, or when none meets
+    it: the trial within the drop with the lowest ``key``; when none is within it, the one with
+    the smallest drop (the most aggressive one would be the least usable)."""
     ok = [t for t in trials if t.ok]
     if not trials:
         return None
     if not ok:
         return min(trials, key=lambda t: (t.drop if t.drop is not None else np.inf))
+    meeting = [t for t in ok if target is not None and getattr(t, key) is not None and getattr(t, key) <= target]
+    if meeting:  # the least compressed by a deterministic measure (a latency is noisy), then by ``key``
+        least = "size_ratio" if key == "size_ratio" else "macs_ratio"
+        return max(meeting, key=lambda t: (getattr(t, least) or 0.0, getattr(t, key)))
     return min(ok, key=lambda t: getattr(t, key) if getattr(t, key) is not None else np.inf)
+
+
+def latencies(original: Model, trials: list[Trial], threads: int | None, sample: dict | None = None,
+              every: bool = False) -> None:
+    """Measure the passing candidates (``every``: all) side by side with the original (interleaved,
+    1 thread), on inputs shaped like one sample of ``sample`` (a calibration batch: dynamic dims
+    need sizes)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxcomp import io
+    from onnxcomp.measure.bench import bench
+
+    ok = [t for t in trials if t.ok or every]
+    if not ok:
+        return
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-auto")) as tmp:
+        paths = [Path(tmp) / "original.onnx"]
+        io.save(original.proto, paths[0], verify=False)
+        for i, t in enumerate(ok):
+            paths.append(io.save(t.model.proto, Path(tmp) / f"c{i}.onnx", verify=False))
+        shapes = None
+        if sample:
+            from onnxcomp.data.sampling import batch_unit
+
+            shapes = {k: (batch_unit(original.proto),) + tuple(v.shape[1:]) for k, v in sample.items()}
+        report = bench(paths, threads=threads or 1, runs=30, warmup=3, input_shapes=shapes)
+    for t, entry in zip(ok, report.entries[1:]):
+        t.latency_ratio = entry.ratios.get("p50_ms")
