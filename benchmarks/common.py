@@ -154,3 +154,35 @@ def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: l
         if "_file" in row:
             row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
     return rows, base
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of one box ``a`` (x1, y1, x2, y2) with each of ``b`` [n, 4]."""
+    w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - w * h + 1e-9)
+
+
+def nms(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes, classes) kept by class-wise non-maximum suppression at IoU ``overlap``."""
+    keep, order = [], np.argsort(-scores)
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        order = rest[(iou(boxes[i], boxes[rest]) < overlap) | (classes[rest] != classes[i])]
+    return boxes[keep], classes[keep]
+
+
+def detection_f1(pairs) -> tuple[float, int, int]:
+    """F1 of detections against reference ones, over ``pairs`` of ((boxes, classes) reference,
+    (boxes, classes) new) per image: a match is the same class at IoU >= 0.5, each box used once.
+    Returns (F1, reference count, new count)."""
+    tp = n_ref = n_new = 0
+    for (ba, ca), (bb, cb) in pairs:
+        n_ref, n_new, used = n_ref + len(ba), n_new + len(bb), np.zeros(len(bb), bool)
+        for box, c in zip(ba, ca):
+            if len(bb):
+                u = np.where((cb == c) & ~used, iou(box, bb), 0.0)
+                if u.max() >= 0.5:
+                    tp, used[u.argmax()] = tp + 1, True
+    return 2 * tp / max(1, n_ref + n_new), n_ref, n_new

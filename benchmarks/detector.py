@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, ROOT, side_by_side, table, versions, write_json  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, side_by_side, table, versions,  # noqa: E402
+                    write_json)
 
 BUILD = r'''
 import sys
@@ -65,38 +66,17 @@ def build(tmp: Path) -> None:
     subprocess.run([str(CORPUS_PYTHON), "-c", BUILD, str(tmp), str(ROOT.parent / "shared" / "corpus")], check=True)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - w * h + 1e-9)
-
-
 def detections(out: np.ndarray, conf: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """(boxes x1y1x2y2, classes) of one image's ``[4 + C, anchors]`` output after class-wise NMS."""
     o = out.T
     score, cls = o[:, 4:].max(1), o[:, 4:].argmax(1)
     k = score >= conf
     c, s, (x, y, w, h) = cls[k], score[k], o[k, :4].T
-    boxes = np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1)
-    keep, order = [], np.argsort(-s)
-    while len(order):
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        order = rest[(_iou(boxes[i], boxes[rest]) < 0.45) | (c[rest] != c[i])]
-    return boxes[keep], c[keep]
+    return nms(np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1), c, s, 0.45)
 
 
 def f1(ref: np.ndarray, new: np.ndarray) -> tuple[float, int, int]:
-    tp = n_ref = n_new = 0
-    for a, b in zip(ref, new):
-        (ba, ca), (bb, cb) = detections(a), detections(b)
-        n_ref, n_new, used = n_ref + len(ba), n_new + len(bb), np.zeros(len(bb), bool)
-        for box, c in zip(ba, ca):
-            if len(bb):
-                u = np.where((cb == c) & ~used, _iou(box, bb), 0.0)
-                if u.max() >= 0.5:
-                    tp, used[u.argmax()] = tp + 1, True
-    return 2 * tp / max(1, n_ref + n_new), n_ref, n_new
+    return detection_f1((detections(a), detections(b)) for a, b in zip(ref, new))
 
 
 class Scorer:
