@@ -11,7 +11,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from . import models as M
-from .test_unusual import calib, grouped_convtranspose, outputs, run
+from .test_unusual import body_scopes, calib, grouped_convtranspose, outputs, run
 
 
 # --- old opsets --------------------------------------------------------------------------------------
@@ -271,3 +271,15 @@ def test_state_inputs_without_a_common_batch_axis(capsys, tmp_path):
         onnx.checker.check_model(onnx.load(str(tmp_path / f"{argv[0]}.onnx")), full_check=True)
     code, out, err = run(capsys, ["bench", str(src), "--runs", "2", "--warmup", "1"])
     assert code == 0, err
+
+
+def test_weights_only_subgraphs_read_are_named(capsys, tmp_path):
+    """silero-vad's op18 export keeps its 16 kernels in the main graph and reads them inside an If:
+    prune said only 'no prunable weights selected', inspect 'no weights found'. Both now name them."""
+    src = M.save(body_scopes(), tmp_path / "m.onnx")
+    for argv in (["inspect", str(src)], ["prune", str(src), "--sparsity", "0.5", "--min-params", "1",
+                                         "-o", str(tmp_path / "o.onnx")]):
+        code, out, err = run(capsys, argv)
+        assert code == 0, err
+        note = next(line for line in (out + err).splitlines() if "If/Loop/Scan subgraphs are left alone" in line)
+        assert "w_loop" in note and "w_in" in note

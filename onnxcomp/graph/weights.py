@@ -217,6 +217,9 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             report.held.append(w)
     for name in inner:
         report.skipped.setdefault(name, "inside an If/Loop/Scan subgraph; left alone")
+    for t in graph.initializer:  # main-graph tensors only subgraphs read (silero-vad's op18 export)
+        if t.name in outer and t.name not in found and len(t.dims) >= 2 and t.data_type in FLOAT_TYPES:
+            report.skipped.setdefault(t.name, "read inside an If/Loop/Scan subgraph; left alone")
     return report
 
 

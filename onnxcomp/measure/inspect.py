@@ -217,7 +217,9 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
         notes.append(f"MACs unknown for {len(unknown)} layer(s) with dynamic shapes (e.g. "
                      f"{unknown[0]}); pass --input-shape NAME=DIMS")
     if not found.weights:
-        notes.append("no weights found: nothing feeds Conv/ConvTranspose/Gemm/MatMul from a constant")
+        notes.append("no weights found: nothing " + ("in the main graph " if any(
+            "subgraph" in why for why in found.skipped.values()) else "") + "feeds Conv/ConvTranspose/Gemm/MatMul "
+                     "from a constant")
     notes += subgraph_notes(found)
     storage: dict[str, int] = {}
     for w in found:
