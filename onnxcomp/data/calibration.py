@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from onnxcomp.data.sampling import whole
-from onnxcomp.data.sources import (InputSpec, check_batch, check_stackable, expected, fixed_batch, input_shapes_for_random,
-    model_inputs, npy_folder, rebatch)
+from onnxcomp.data.sources import (InputSpec, check_batch, check_stackable, expected, fixed_batch,
+                                   input_shapes_for_random, model_inputs, npy_folder, rebatch)
 from onnxcomp.errors import ConfigError, DataError
 
 DEFAULT_BATCH = 16
