@@ -185,6 +185,8 @@ def for_speed(s: Search, target: float) -> list[Trial]:
         best = s.bisect(lambda r: [("structured", {"ratio": r})], max(passing, default=0.0),
                         min(failing, default=0.9), rounds=2)
         best = best or max((t for t in s.trials if t.ok), key=lambda t: t.steps[0][1]["ratio"], default=None)
+        if key == "latency_ratio" and best is not None and best.latency_ratio is None:  # timed before factorizing
+            latencies(s.original, [best], s.threads, s.calib[0] if s.calib else None, every=True)
     else:
         best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
     if best is None or getattr(best, key) is None or getattr(best, key) > target:
