@@ -76,6 +76,25 @@ def test_data_smaller_than_the_fixed_batch_is_one_line(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
 
 
+def test_fixed_batch_of_one_with_a_dynamic_width(capsys, tmp_path):
+    """A recogniser exported as x[1, 3, 8, W] (ddddocr's): the hint once offered
+    --input-shape x=16x3x8x64, which the same command then refused, and with a fitting shape the
+    random check ran on 1 sample. The hint keeps the fixed batch, and the check runs on 16 samples,
+    one batch of 1 at a time."""
+    model = M.conv_bn_relu(batch=1, c_mid=8)
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    src, out = M.save(model, tmp_path / "m.onnx"), tmp_path / "o.onnx"
+    code, stdout, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "-o", str(out)])
+    assert code == 0, err
+    hint = stdout.split("--input-shape ")[1].split()[0]
+    assert hint == "x=1x3x8x64"
+    code, stdout, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "-o", str(out),
+                                     "--force", "--input-shape", hint, "--json"])
+    assert code == 0, err
+    fidelity = json.loads(stdout)["write"]["fidelity"]
+    assert fidelity["num_samples"] == 16 and "16 samples, x[1x3x8x64]" in fidelity["data"]
+
+
 def no_inputs() -> onnx.ModelProto:
     """Outputs computed from constants only (a valid graph with no graph inputs)."""
     r = M.rng(13)

@@ -76,7 +76,8 @@ class DataConfig:
                                     "random data (no quality guarantee).", metavar="PATH")
     labels: str | None = option(None, "Task labels (.npy, one class index per sample) to report accuracy; "
                                       "default: the 'labels' array of the --data .npz, if any.", metavar="PATH")
-    samples: int | None = option(None, "Use at most N samples of --data (default: all; random data: one batch).",
+    samples: int | None = option(None, "Use at most N samples of --data (default: all; random data: "
+                                       "--batch-size samples).",
                                  metavar="N", aliases=("--num-samples", "--calib-samples"))
     batch_size: int = option(16, "Samples per onnxruntime run.", aliases=("--batch",))
     preprocess: str | None = option(None, "Image folders only, e.g. 'resize=256,crop=224,scale=1/255,mean=0.485/"

@@ -251,7 +251,9 @@ def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]
     shapes = input_shapes_for_random(specs, input_shapes, batch_size)
     check_stackable(specs, shapes)
     batch = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
-    total = whole(num_samples, fixed_batch(specs) or 1) if num_samples is not None else batch
+    # batch_size samples by default, in whole batches of the shape's (a model that fixes its batch at
+    # 1, or an --input-shape of 1 sample, is still checked on batch_size samples, one at a time)
+    total = whole(num_samples, fixed_batch(specs) or 1) if num_samples is not None else whole(batch_size, batch)
 
     def factory() -> Iterator[Batch]:
         rng = np.random.default_rng(seed)

@@ -213,8 +213,8 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
             if dims and not (isinstance(dims[0], int) and dims[0] > 0):
                 dims[0] = batch_size
             if any(not (isinstance(d, int) and d > 0) for d in dims):
-                example = "x".join([str(batch_size if i == 0 else d) if isinstance(d, int) and d > 0 else
-                                    ("1" if i == 0 else "64") for i, d in enumerate(spec.dims)])
+                example = "x".join([str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else "64")
+                                    for i, d in enumerate(spec.dims)])  # a fixed dim stays as it is
                 raise DynamicDimsError(f"random inputs for {name!r} need sizes for its dynamic dims "
                                        f"(the model takes {spec.describe()})",
                                        f"pass --data with real inputs, or --input-shape {name}={example} "
