@@ -1,6 +1,8 @@
 """quantize: MatMulNBits / QDQ int8 / GatherBlockQuantized that onnxruntime runs, calibrated, checked."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -148,6 +150,24 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, expect):
     err = capsys.readouterr().err.strip()
     assert code == 2 and expect in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_weight_only_runs_without_data_and_gptq_asks_for_it(tmp_path, capsys):
+    """Weight-only int4 needs no data: it rounded to nearest already, but the default --gptq
+    refused the command without --data (a newcomer's `quantize M --activations none`). GPTQ is
+    now on with real data by default; asked for by name it still needs data."""
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(M.MODELS / "vit_digits.onnx"), "--activations", "none", "--weights", "int4",
+                 "-o", str(out), "--json"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    report = json.loads(cap.out)
+    assert report["passes"][0]["settings"]["gptq"] is False
+    assert any("rounded to nearest" in n for n in report["passes"][0]["notes"])
+    assert report["write"]["fidelity"]["outputs"][0]["cosine"] > 0.95
+    assert out.stat().st_size < 0.2 * (M.MODELS / "vit_digits.onnx").stat().st_size
+    code = main(["quantize", str(RESNET), "--activations", "none", "--gptq", "-o", str(tmp_path / "g.onnx")])
+    assert code == 2 and "--gptq needs real calibration data" in capsys.readouterr().err
 
 
 def test_api_refuses_what_the_cli_refuses():

@@ -57,8 +57,9 @@ class QuantizeConfig(SizedSelection):
                                "vit_digits at 4 bits: 128 ran 1.2x faster and took 0.8x the memory of 32, for "
                                "an output error 5.7e-5 instead of 3.7e-5).",
                         choices=BlockSize)
-    gptq: bool = option(True, "Choose the integers with GPTQ error feedback against the original outputs "
-                              "(else round to nearest on the best-clipped grid).")
+    gptq: bool | None = option(None, "Choose the integers with GPTQ error feedback against the original outputs "
+                                     "(default: on with real --data; else round to nearest on the "
+                                     "best-clipped grid).")
     embeddings: bool = option(True, "Also quantize Gather embedding tables (GatherBlockQuantized).")
     residual: str = option("int8", "Residual Adds: int8 runs them as QLinearAdd; float keeps the residual "
                                    "stream in float (each branch quantized once, no requantization along the "

@@ -51,7 +51,8 @@ class QuantizePass(Pass):
     def apply(self, model: onnx.ModelProto, plan: QuantPlan, ctx: Context) -> PassResult:
         cfg: QuantizeConfig = self.config
         result = PassResult(self.name, settings={"weights": cfg.weights, "activations": cfg.activations,
-                                                 "block": cfg.block_size, "gptq": cfg.gptq},
+                                                 "block": cfg.block_size,
+                                                 "gptq": ctx.has_real_data if cfg.gptq is None else cfg.gptq},
                             notes=list(plan.notes))
         model.CopyFrom(plan.prepared)
         reference = onnx.ModelProto()
@@ -64,7 +65,7 @@ class QuantizePass(Pass):
             self._gather(model, layer, walk)
         layers = {l.output: l for l in plan.layers if l.kind != "gather"}
         points = set(plan.points)
-        if (layers or points) and ctx.data is not None:
+        if (layers or points) and ctx.data is not None and ctx.has_real_data:
             self._walk(model, reference, walk, layers, points, ctx, result.settings)
         elif layers:
             result.notes.append("no calibration data: weights rounded to nearest, activations left float")

@@ -128,7 +128,7 @@ class Walk:
             return
         req = request(w)
         stats = None
-        if req is not None and self.cfg.gptq and self.eng is not None:
+        if req is not None and self.cfg.gptq is not False and self.eng is not None:
             xs, refs = self.eng.work.get(x), self.eng.ref_tensor(source)
             with blas_threads(1):  # small matrices on a shared machine: one BLAS thread is fastest
                 stats = accumulate(xs, refs, req, samples=self.eng.samples, seed=self.seed)
