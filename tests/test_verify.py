@@ -113,6 +113,39 @@ def test_data_free_pruning_that_breaks_the_model_warns_loudly(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err  # with real data it keeps the model
 
 
+def test_data_free_output_that_moved_by_half_its_size_warns(tmp_path, capsys):
+    """prune --sparsity 0.8 without data keeps mobilenet_digits' answer on 50 % of random inputs (the
+    old rule warned below 50 %) and on ~36 % of the test digits. On random inputs its logits moved
+    by more than half their size (SQNR < 6 dB): that warns too."""
+    import onnxruntime as ort
+
+    from onnxcomp.cli import main
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    src.write_bytes((M.MODELS / "mobilenet_digits.onnx").read_bytes())
+    assert main(["prune", str(src), "--sparsity", "0.8", "-o", str(out), "--json"]) == 0
+    cap = capsys.readouterr()
+    fidelity = json.loads(cap.out)["write"]["fidelity"]
+    assert fidelity["outputs"][0]["sqnr_db"] < 6 and "warning: the output" in cap.err
+    test = np.load(M.MODELS / "digits_test.npz")
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": test["input"]})[0]
+            for p in (src, out))
+    assert (a.argmax(1) == b.argmax(1)).mean() < 0.9  # the warning was deserved
+
+
+def test_random_data_warning_rules():
+    from onnxcomp.measure.fidelity_report import FidelityReport
+    from onnxcomp.pipeline.write import disagreement
+
+    def report(top1, sqnr, random=True, name="y"):
+        return FidelityReport("a", "b", "random", 16, random, [
+            {"name": name, "top1_agreement": top1, "cosine": 0.9, "sqnr_db": sqnr, "rel_l2": 10 ** (-sqnr / 20)}])
+
+    assert "most random inputs (top-1 agreement 25.00 %)" in disagreement(report(0.25, 20.0))[0]
+    assert "SQNR 3.0 dB, relative error 0.71" in disagreement(report(0.9, 3.0))[0]
+    assert disagreement(report(0.9, 12.0)) == [] and disagreement(report(0.25, 3.0, random=False)) == []
+
+
 def test_the_headline_metric_and_output_can_be_named(original, data):
     """Outputs that are not class scores are judged by cosine; --metric / --judge choose explicitly."""
     bad = M.with_zeroed(original.proto, "w1")

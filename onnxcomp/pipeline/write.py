@@ -209,14 +209,26 @@ def unresolved(report: FidelityReport, max_drop: float | None) -> list[str]:
 
 
 DISAGREE = 0.5  # on random data, below this headline the output disagrees with the original on most samples
+MOVED_DB = 6.0  # on random data, below this SQNR an output moved by half its own size (relative L2 error
+# >= 0.5): top-1 agreement on random inputs is near-ties on some classifiers (resnet_digits kept 99.8 %
+# of its test answers at 50 % on random inputs) and cosine is lenient (0.77 on a text recogniser that
+# read nothing after the rewrite); benchmarks/random_check.py measures both rules on real data
 
 
 def disagreement(report: FidelityReport) -> list[str]:
-    """A warning when, on random data, the output disagrees with the original on most samples."""
-    metric, value = report.headline
-    if not report.random_data or value is None or value >= DISAGREE:
+    """A warning when, on random data, the output disagrees with the original on most samples or
+    moved by half its own size."""
+    if not report.random_data:
         return []
-    label = _METRIC_LABEL.get(metric, metric)
-    return [f"the output disagrees with the original on most random inputs ({label} {_pct(value)}): "
-            "random data exaggerates, but such a model is usually broken; compress with --data (real inputs), "
-            "or less"]
+    metric, value = report.headline
+    tail = "random data exaggerates, but such a model is usually broken; compress with --data (real inputs), or less"
+    if value is not None and value < DISAGREE:
+        label = _METRIC_LABEL.get(metric, metric)
+        return [f"the output disagrees with the original on most random inputs ({label} {_pct(value)}): {tail}"]
+    moved = [o for o in report.outputs if o.get("sqnr_db") is not None and o["sqnr_db"] < MOVED_DB]
+    if not moved:
+        return []
+    o = min(moved, key=lambda o: o["sqnr_db"])
+    which = "" if len(report.outputs) == 1 else f"output {o['name']}, "
+    return [f"the output moved by half its own size or more on random inputs ({which}SQNR {o['sqnr_db']:.1f} dB, "
+            f"relative error {o['rel_l2']:.2f}): {tail}"]
