@@ -230,5 +230,5 @@ def disagreement(report: FidelityReport) -> list[str]:
         return []
     o = min(moved, key=lambda o: o["sqnr_db"])
     which = "" if len(report.outputs) == 1 else f"output {o['name']}, "
-    return [f"the output moved by half its own size or more on random inputs ({which}SQNR {o['sqnr_db']:.1f} dB, "
-            f"relative error {o['rel_l2']:.2f}): {tail}"]
+    return [f"the output disagrees with the original on random inputs: it moved by half its own size or more "
+            f"({which}SQNR {o['sqnr_db']:.1f} dB, relative error {o['rel_l2']:.2f}): {tail}"]
