@@ -112,3 +112,40 @@ def test_yolox_fields_are_judged_not_its_anchors():
     assert ref.shape == (16, 40, 8)
     assert output_error(ref, moved, (1, (32, 8))) < 1e-4  # by anchors, as before: the boxes hide it
     assert output_error(ref, moved, parts) > 1e-3
+
+
+def yolov5() -> onnx.ModelProto:
+    """Per stride: Conv to 3 x 7 channels, Reshape [N, 3, 7, H, W], Transpose to [N, 3, H, W, 7],
+    Sigmoid, Split into xy / wh / scores, xy and wh scaled to pixels, Concat along the last axis,
+    Reshape [N, 3*H*W, 7]; the strides concatenated along anchors (YOLOv5's exported Detect)."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["x2"], kernel_shape=[2, 2], strides=[2, 2])]
+    for s, src, hw in (("a", "x", (4, 8)), ("b", "x2", (2, 4))):
+        nodes += [helper.make_node("Conv", [src, "w"], [f"c{s}"]),
+                  helper.make_node("Reshape", [f"c{s}", f"s5{s}"], [f"r{s}"]),
+                  helper.make_node("Transpose", [f"r{s}"], [f"t{s}"], perm=[0, 1, 3, 4, 2]),
+                  helper.make_node("Sigmoid", [f"t{s}"], [f"p{s}"]),
+                  helper.make_node("Split", [f"p{s}", "split"], [f"xy{s}", f"wh{s}", f"sc{s}"], axis=4),
+                  helper.make_node("Mul", [f"xy{s}", "k"], [f"xyk{s}"]),
+                  helper.make_node("Mul", [f"wh{s}", "k"], [f"whk{s}"]),
+                  helper.make_node("Concat", [f"xyk{s}", f"whk{s}", f"sc{s}"], [f"f{s}"], axis=-1),
+                  helper.make_node("Reshape", [f"f{s}", "s3"], [f"o{s}"])]
+    nodes.append(helper.make_node("Concat", ["oa", "ob"], ["out"], axis=1))
+    inits = [numpy_helper.from_array(RNG.normal(size=(21, 8, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([2, 2, 3], np.int64), "split"),
+             numpy_helper.from_array(np.array(100.0, np.float32), "k"),
+             numpy_helper.from_array(np.array([0, 3, 7, 4, 8], np.int64), "s5a"),
+             numpy_helper.from_array(np.array([0, 3, 7, 2, 4], np.int64), "s5b"),
+             numpy_helper.from_array(np.array([0, -1, 7], np.int64), "s3")]
+    graph = helper.make_graph(nodes, "yolov5", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_yolov5_fields_are_found_through_a_reshape_that_keeps_the_last_axis():
+    import onnxruntime as ort
+
+    model = yolov5()
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X.reshape(16, 8, 4, 8)})[0]
+    assert out.shape == (16, 3 * 32 + 3 * 8, 7)
+    assert output_parts(model) == [(2, (2, 2, 3))]

@@ -10,9 +10,9 @@ each slice along that axis (a box coordinate, a class) is measured against its o
 least its part's median slice energy), and the output's error is the mean over the slices
 (judging each part whole, boxes and all scores, lets the frequent classes speak for the rare
 ones). ``benchmarks/detector.py`` measures what this changes. Where that Concat joins the strides
-of a YOLOX-style head instead (``[N, anchors, 4 + 1 + classes]``: each stride's box, objectness and
-class maps concatenated along channels, then reshaped and transposed), the axis of the inner
-Concat, the fields, is the one judged: a ddddocr detector pruned to F1 0.59 against the original
+of a YOLOX- or YOLOv5-style head instead (``[N, anchors, 4 + 1 + classes]``: each stride's box,
+objectness and class maps concatenated along channels or the last axis, then reshaped), the axis
+of the inner Concat, the fields, is the one judged: a ddddocr detector pruned to F1 0.59 against the original
 read cosine 0.994 over its anchors. Any other output is measured whole.
 """
 from __future__ import annotations
@@ -89,8 +89,9 @@ def _sizes(node: onnx.NodeProto, axis: int, shapes: dict) -> tuple[int | None, .
 
 def _fields(outer: onnx.NodeProto, axis: int, producer: dict, shapes: dict) -> tuple | None:
     """(inner Concat, its axis, that axis at the outer Concat's output) when the outer Concat's first
-    input is an inner Concat along another non-batch axis, reached through Reshapes that keep the dims
-    up to that axis, Transposes and pass-through ops (YOLOX: fields joined per stride, then strides)."""
+    input is an inner Concat along another non-batch axis, reached through Reshapes that keep that axis
+    (:func:`_through_reshape`), Transposes and pass-through ops (YOLOX, YOLOv5: fields joined per
+    stride, then strides)."""
     rank = len(shapes.get(outer.output[0]) or ())
     if not rank:
         return None
@@ -122,14 +123,26 @@ def _fields(outer: onnx.NodeProto, axis: int, producer: dict, shapes: dict) -> t
         if isinstance(step, list):
             at = step.index(at) if at < len(step) else -1
         else:
-            before, after = shapes.get(step.input[0]), shapes.get(step.output[0])
-            if not before or not after or tuple(before[:at + 1]) != tuple(after[:at + 1]) or not all(
-                    isinstance(d, int) for d in before[1:at + 1]):
-                return None  # the reshape moves the fields
+            at = _through_reshape(shapes.get(step.input[0]), shapes.get(step.output[0]), at)
         if at <= 0:
             return None
     norm = axis + rank if axis < 0 else axis
     return (node, own, at) if at != norm and at < rank else None
+
+
+def _through_reshape(before, after, at: int) -> int:
+    """Where axis ``at`` of a Reshape's input lands in its output: the same index when the dims up to
+    it are kept (YOLOX: ``[N, 6, H, W] -> [N, 6, H*W]``), the same place from the end when the dims
+    from it on are kept (YOLOv5: ``[N, 3, H, W, 85] -> [N, 3*H*W, 85]``), else -1 (it moved)."""
+    if not before or not after:
+        return -1
+    if tuple(before[:at + 1]) == tuple(after[:at + 1]) and all(isinstance(d, int) for d in before[1:at + 1]):
+        return at
+    tail = len(before) - at
+    if tail <= len(after) - 1 and tuple(before[at:]) == tuple(after[-tail:]) and all(
+            isinstance(d, int) for d in before[at:]):
+        return len(after) - tail
+    return -1
 
 
 def _extents(total: int, sizes) -> list[int] | None:
