@@ -148,6 +148,7 @@ class Scorer:
         self.x = np.load(tmp / f"{name}_test.npz")[self.input]
         self.truth = json.loads((tmp / "truth.json").read_text())
         self.charset = (tmp / "charset.txt").read_text(encoding="utf-8").split("\n")
+        self.drawn = [(np.array(b, np.float64).reshape(-1, 4), np.zeros(len(b), int)) for b in self.truth["boxes"]]
         self.ref = self.read(tmp / f"{name}.onnx")
 
     def read(self, path: Path) -> list:
@@ -162,16 +163,14 @@ class Scorer:
             right = [g.lower() == t.lower() for g, t in zip(got, self.truth["texts"])]
             return {"accuracy": round(float(np.mean(right)), 4),
                     "agreement": round(float(np.mean([g == r for g, r in zip(got, self.ref)])), 4)}
-        truth = [(np.array(b, np.float64).reshape(-1, 4), np.zeros(len(b), int)) for b in self.truth["boxes"]]
         f, _, n = detection_f1(zip(self.ref, got))
-        return {"det_f1": round(f, 4), "detections": n, "f1_truth": round(detection_f1(zip(truth, got))[0], 4)}
+        return {"det_f1": round(f, 4), "detections": n, "f1_truth": round(detection_f1(zip(self.drawn, got))[0], 4)}
 
     def original(self) -> str:
         if self.name == "recogniser":
             acc = np.mean([r.lower() == t.lower() for r, t in zip(self.ref, self.truth["texts"])])
             return f"reading accuracy {acc:.4f}"
-        truth = [(np.array(b, np.float64).reshape(-1, 4), np.zeros(len(b), int)) for b in self.truth["boxes"]]
-        f, n_truth, n = detection_f1(zip(truth, self.ref))
+        f, n_truth, n = detection_f1(zip(self.drawn, self.ref))
         return f"{n} detections of {n_truth} drawn characters, F1 {f:.4f}"
 
 
@@ -185,7 +184,7 @@ def main() -> None:
         for name in [args.only] if args.only else list(MEMBERS):
             scorer = Scorer(tmp, name)
             calib, shape = str(tmp / f"{name}_calib.npz"), SHAPES[name]
-            no_data = ["--input-shape", ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in shape.items())]
+            no_data = [a for k, v in shape.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v))}")]
             rows, base = side_by_side(tmp / f"{name}.onnx", COMMON, tools,
                                       lambda label: ["--json"] + (no_data if "no data" in label else ["--data", calib]),
                                       lambda out, stdout: scorer.score(out), shape)

@@ -95,7 +95,7 @@ def _fields(outer: onnx.NodeProto, axis: int, producer: dict, shapes: dict) -> t
     rank = len(shapes.get(outer.output[0]) or ())
     if not rank:
         return None
-    name, perms = outer.input[0], []
+    name, steps = outer.input[0], []
     for _ in range(8):
         node = producer.get(name)
         if node is None:
@@ -106,9 +106,9 @@ def _fields(outer: onnx.NodeProto, axis: int, producer: dict, shapes: dict) -> t
             perm = _attr(node, "perm")
             if perm is None:
                 return None
-            perms.append(list(perm))
+            steps.append(list(perm))
         elif node.op_type in ("Reshape", "Flatten"):
-            perms.append(node)
+            steps.append(node)
         elif node.op_type not in PASS_THROUGH:
             return None
         name = node.input[0]
@@ -119,7 +119,7 @@ def _fields(outer: onnx.NodeProto, axis: int, producer: dict, shapes: dict) -> t
     at = own + len(shape) if own < 0 else own
     if not 0 < at < len(shape):
         return None
-    for step in reversed(perms):  # from the inner Concat toward the outer one
+    for step in reversed(steps):  # from the inner Concat toward the outer one
         if isinstance(step, list):
             at = step.index(at) if at < len(step) else -1
         else:
