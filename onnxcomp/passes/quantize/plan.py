@@ -6,9 +6,10 @@ constant table to GatherBlockQuantized (``gather``). Every other weight is skipp
 
 Quantization points (activations stored as uint8 between integer kernels): the float inputs of
 every integer node (a QDQ layer, and the elementwise ops onnxruntime runs on integers between
-them: Add, Mul, Concat, pooling, Sigmoid, LeakyRelu) and their outputs; an output read only by a
-Relu/Clip is quantized after it instead (onnxruntime then drops the activation into the kernel).
-Graph outputs stay float.
+them: Add, Mul, Concat, pooling, Sigmoid, LeakyRelu, when every input comes from an integer node
+and an integer node reads the output) and their outputs; an output read only by a Relu/Clip is
+quantized after it instead (onnxruntime then drops the activation into the kernel). Graph outputs
+stay float.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from onnxcomp.passes.base import Change, matches, skip
 
 INT8_ELEMENTWISE = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu")
 ACTIVATIONS = ("Relu", "Clip")
+BOUNDED = ("Sigmoid", "HardSigmoid", "Tanh")  # outputs in a fixed range (see _bounded)
 MOVES = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize", "Slice", "Split",
          "DepthToSpace", "SpaceToDepth")  # onnxruntime moves uint8 through these between Q/DQ pairs
 ISLAND_K = 64  # an integer layer alone among float ops pays two conversions per value: below this
@@ -129,27 +131,6 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
     return out
 
 
-def _near_layers(g: onnx.GraphProto, qdq_outputs: set[str]) -> set[int]:
-    """ids of the nodes reachable from a QDQ layer through ops that run on integers: only there
-    do elementwise ops run on integers (elsewhere they would add conversions and error)."""
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
-    passable = set(INT8_ELEMENTWISE) | set(ACTIVATIONS) | set(MOVES)
-    stack = [producer[o] for o in qdq_outputs if o in producer]
-    seen = {id(n) for n in stack}
-    while stack:
-        node = stack.pop()
-        for m in [producer[x] for x in node.input if x in producer] + \
-                [r for o in node.output for r in readers.get(o, [])]:
-            if id(m) not in seen and m.op_type in passable:
-                seen.add(id(m))
-                stack.append(m)
-    return seen
-
-
 def _islands(model: onnx.ModelProto, layers: list[Layer]) -> list[Layer]:
     """QDQ layers with no other QDQ layer reachable through ops that run on integers between them,
     and a short reduction (at most :data:`ISLAND_K` products per output value)."""
@@ -187,20 +168,65 @@ def _islands(model: onnx.ModelProto, layers: list[Layer]) -> list[Layer]:
     return out
 
 
+def _bounded(node: onnx.NodeProto, const: set[str]) -> bool:
+    """Whether the node's output lies in a fixed range whatever its input (a gate: Sigmoid,
+    HardSigmoid, Tanh, a Clip with both ends), so 8 bits keep it to 1/510 of that range."""
+    if node.op_type == "Clip":
+        return (len(node.input) > 2 and node.input[1] in const and node.input[2] in const) or \
+            (get_attr(node, "min", None) is not None and get_attr(node, "max", None) is not None)
+    return node.op_type in BOUNDED
+
+
 def _points(model: onnx.ModelProto, qdq_outputs: set[str], cfg: QuantizeConfig) -> tuple[list[str], set[str]]:
     """(the activation tensors to quantize in graph order, the outputs of the nodes that run on
-    integers, the Relu/Clip folded into them included); see the module doc."""
+    integers, the Relu/Clip folded into them included); see the module doc.
+
+    An elementwise op runs on integers only between integer nodes: each of its inputs comes from
+    one (through moves and Relu/Clip) or from a gate with a fixed range (an SE block's HardSigmoid),
+    and its output reaches one. Anywhere else it adds a conversion and the rounding error of a
+    tensor no kernel reads as integers (a decomposed GELU's x * x * x, a LayerNorm's squares and
+    its 1/sqrt(variance): measured on magika's file-type model, top-1 agreement 0.39 -> 0.95)."""
     g = model.graph
     live, const = _float_inputs(model)
+    producer = {o: n for n in g.node for o in n.output if o}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for x in n.input:
             if x:
                 consumers.setdefault(x, []).append(n)
     outputs = {o.name for o in g.output}
+    elementwise = INT8_ELEMENTWISE if cfg.residual == "int8" else tuple(o for o in INT8_ELEMENTWISE if o != "Add")
+    passes = set(MOVES) | set(ACTIVATIONS)
+    integer: set[str] = set(qdq_outputs)  # first outputs of the nodes that run on integers
+
+    def comes_from_integer(t: str) -> bool:
+        while t in producer and producer[t].op_type in passes and producer[t].output[0] not in integer:
+            if _bounded(producer[t], const):
+                return True
+            t = producer[t].input[0]
+        return t in producer and (producer[t].output[0] in integer or _bounded(producer[t], const))
+
+    ops = []
+    for n in g.node:  # forward: every input already integer
+        ins = [x for x in n.input if x]
+        if n.op_type in elementwise and ins and all(x in live and comes_from_integer(x) for x in ins):
+            integer.add(n.output[0])
+            ops.append(n)
+
+    def reaches_integer(t: str, depth: int = 0) -> bool:
+        for c in consumers.get(t, []):
+            if c.output and c.output[0] in integer and (c.output[0] not in qdq_outputs or c.input[0] == t):
+                return True
+            if c.op_type in passes and c.input[0] == t and depth < 32 and \
+                    any(reaches_integer(o, depth + 1) for o in c.output if o):
+                return True
+        return False
+
+    for n in reversed(ops):  # backward: keep those whose output an integer node reads
+        if not reaches_integer(n.output[0]):
+            integer.discard(n.output[0])
     points: set[str] = set()
     integer_nodes: set[str] = set()
-    elementwise = INT8_ELEMENTWISE if cfg.residual == "int8" else tuple(o for o in INT8_ELEMENTWISE if o != "Add")
 
     def after_activation(t: str) -> str:
         users = consumers.get(t, [])
@@ -210,13 +236,8 @@ def _points(model: onnx.ModelProto, qdq_outputs: set[str], cfg: QuantizeConfig) 
             users = consumers.get(t, [])
         return t
 
-    near = _near_layers(g, qdq_outputs)
     for n in g.node:
-        integer = n.output[0] in qdq_outputs if n.output else False
-        if n.op_type in elementwise and id(n) in near:
-            ins = [x for x in n.input if x]
-            integer = bool(ins) and all(x in live for x in ins)  # a constant operand stays float
-        if not integer:
+        if not n.output or n.output[0] not in integer:
             continue
         data = n.input[:1] if n.output[0] in qdq_outputs else [x for x in n.input if x]
         points.update(x for x in data if x in live)
