@@ -18,6 +18,7 @@ MODELS = ROOT / "models"
 RESULTS = ROOT / "benchmarks" / "results"
 CORPUS_EVAL = ROOT.parent / "shared" / "corpus" / "evaluate.py"
 CORPUS_PYTHON = Path("/tmp/corpus-venv/bin/python")
+_ARGS = argparse.Namespace(command="")  # what outside_args parsed (--command), for outside_rows and write_json
 
 
 @dataclass
@@ -99,8 +100,10 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_json(name: str, payload: dict) -> Path:
+    """benchmarks/results/NAME.json (NAME.COMMAND.json when ``--command`` chose some commands)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    command = "".join(c if c.isalnum() else "_" for c in _ARGS.command)
+    path = RESULTS / (f"{name}.{command}.json" if command else f"{name}.json")
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"\nwrote {path}", file=sys.stderr)
     return path
@@ -127,10 +130,12 @@ def versions(old: str | None, tmp: Path) -> list[tuple[str, list[str]]]:
 
 def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: list[tuple[str, list[str]]],
                  args: Callable[[str], list[str]], score: Callable[[Path, str], dict],
-                 input_shapes: dict[str, tuple[int, ...]]) -> tuple[list[dict], float]:
+                 input_shapes: dict[str, tuple[int, ...]],
+                 extra: list[tuple[str, Path]] = ()) -> tuple[list[dict], float]:
     """Each command with each onnxcomp version on ``model`` (``args(label)`` after the model path),
     its output scored by ``score(path, stdout)``, then one interleaved one-thread batch-1 bench of
-    every output: the rows (with ``speedup_b1``) and the original's p50 in ms."""
+    every output and of the ``extra`` (label, file) made by other tools: the rows (with
+    ``speedup_b1``) and the original's p50 in ms."""
     import time
 
     from onnxcomp.measure.bench import bench
@@ -148,6 +153,10 @@ def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: l
                 files.append(out)
                 row["_file"] = out
             rows.append(row)
+    for label, path in extra:
+        rows.append({"command": label, "version": "", "exit": 0, **score(path, ""), "_file": path,
+                     "size_ratio": round(path.stat().st_size / model.stat().st_size, 3)})
+        files.append(path)
     rep = bench(files, threads=1, runs=40, warmup=5, input_shapes=input_shapes)
     base = rep.entries[0].p50_ms
     timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
@@ -155,6 +164,19 @@ def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: l
         if "_file" in row:
             row["speedup_b1"] = round(timed[str(row.pop("_file"))], 3)
     return rows, base
+
+
+def outside_rows(name: str, model: Path, commands: list[tuple[str, list[str]]], tools: list[tuple[str, list[str]]],
+                 args: Callable[[str], list[str]], score: Callable[[Path], dict],
+                 input_shapes: dict[str, tuple[int, ...]], metrics: list[str], original: str,
+                 extra: list[tuple[str, Path]] = ()) -> dict:
+    """:func:`side_by_side` on one model from outside the corpus, printed as a table; its JSON part."""
+    chosen = [c for c in commands if _ARGS.command in c[0]]
+    rows, base = side_by_side(model, chosen, tools, args, lambda out, stdout: score(out), input_shapes, extra)
+    cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", *metrics]
+    print(f"\n{name}: original {original}, p50 {base:.2f} ms (batch 1, 1 thread)")
+    print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
+    return {"rows": rows, "original_p50_ms": base, "original": original}
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -194,8 +216,10 @@ def outside_args(doc: str, add: Callable[[argparse.ArgumentParser], None]) -> ar
     ``add`` declares); exits with the set-up command when the corpus venv that downloads them is missing."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--old", help="also run onnxcomp at this commit, side by side")
+    ap.add_argument("--command", default="", help="only the commands whose label contains this, e.g. quantize")
     add(ap)
     args = ap.parse_args()
+    _ARGS.command = args.command
     if not CORPUS_PYTHON.exists():
         sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
                  "/tmp/corpus-venv /tmp/corpus-cache")

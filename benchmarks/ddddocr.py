@@ -1,7 +1,7 @@
 """Two more trained models outside the corpus: ddddocr's captcha recogniser and detector, each
 command side by side, scored against the original and against the rendered truth.
 
-    python benchmarks/ddddocr.py [--old COMMIT] [--only recogniser|detector]
+    python benchmarks/ddddocr.py [--old COMMIT] [--only recogniser|detector] [--command TEXT]
 
 ``ddddocr==1.6.1`` (downloaded with the corpus venv's pip, ``--no-deps``) ships ``common.onnx``
 (54 MB, its "beta" recogniser: 21 convs, an LSTM and an 8210-class CTC Gemm; input
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, outside_args, side_by_side, table, versions,  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, detection_f1, outside_args, outside_rows, versions,  # noqa: E402
                     write_json)
 
 BUILD = r'''
@@ -91,7 +91,8 @@ COMMON = [("prune --sparsity 0.5", ["prune", "--sparsity", "0.5"]),
           ("prune --structured --ratio 0.3", ["prune", "--structured", "--ratio", "0.3"]),
           ("factorize --ratio 0.5", ["factorize", "--ratio", "0.5"]),
           ("cluster --bits 4", ["cluster", "--bits", "4"]),
-          ("prune --sparsity 0.5 (no data)", ["prune", "--sparsity", "0.5"])]
+          ("prune --sparsity 0.5 (no data)", ["prune", "--sparsity", "0.5"]),
+          ("quantize", ["quantize"])]
 
 
 def build(tmp: Path) -> None:
@@ -185,14 +186,11 @@ def main() -> None:
             scorer = Scorer(tmp, name)
             calib, shape = str(tmp / f"{name}_calib.npz"), SHAPES[name]
             no_data = [a for k, v in shape.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v))}")]
-            rows, base = side_by_side(tmp / f"{name}.onnx", COMMON, tools,
-                                      lambda label: ["--json"] + (no_data if "no data" in label else ["--data", calib]),
-                                      lambda out, stdout: scorer.score(out), shape)
             metrics = ["accuracy", "agreement"] if name == "recogniser" else ["det_f1", "detections", "f1_truth"]
-            cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", *metrics]
-            print(f"\n{name}: original {scorer.original()}, p50 {base:.2f} ms (batch 1, 1 thread)")
-            print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
-            results[name] = {"rows": rows, "original_p50_ms": base, "original": scorer.original()}
+            results[name] = outside_rows(
+                name, tmp / f"{name}.onnx", COMMON, tools,
+                lambda label: ["--json"] + (no_data if "no data" in label else ["--data", calib]),
+                scorer.score, shape, metrics, scorer.original())
     write_json("ddddocr", results)
 
 

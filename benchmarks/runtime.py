@@ -1,7 +1,7 @@
 """Compressed at run time: ``onnxcomp quantize`` beside onnxruntime.quantization on the same data,
 in one run, every model benchmarked side by side on 1 thread.
 
-    python benchmarks/runtime.py --corpus /tmp/corpus-cache [--models KEY ...] [--runs N]
+    python benchmarks/runtime.py --corpus /tmp/corpus-cache [--models KEY ...] [--runs N] [--old COMMIT]
 
 Rows per model (the issue's targets in brackets):
 - vit_digits (models/): fp32; ``onnxcomp quantize --weights int4 --activations int8`` (MatMulNBits);
@@ -16,7 +16,8 @@ Rows per model (the issue's targets in brackets):
 Quality comes from each model's evaluator (digits test accuracy; the corpus evaluator); latency
 (p50), file size and steady resident memory (after the session is made and after the runs,
 onnxruntime already set up in the process) from ``onnxcomp bench``, all of a model's rows in one
-interleaved run. onnxruntime's weight-only quantizer needs the ``onnx_ir`` package. Prints a table
+interleaved run; ``--old COMMIT`` adds each onnxcomp row as built by onnxcomp at that commit, in the
+same interleaved run. onnxruntime's weight-only quantizer needs the ``onnx_ir`` package. Prints a table
 and writes benchmarks/results/runtime.json.
 """
 from __future__ import annotations
@@ -32,9 +33,10 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MODELS, real_models, table, write_json  # noqa: E402
+from common import MODELS, install_old, real_models, table, write_json  # noqa: E402
 
 ONNXCOMP = Path(sys.executable).with_name("onnxcomp")
+OLD: list = []  # (label, onnxcomp script) of the --old commit
 VIT = ["--weights", "int4", "--activations", "int8", "--block", "128"]
 TARGETS = {"vit_digits": "within 0.005 of fp32; loaded and running RSS <= 0.4x; p50 <= 1.1x",
            "effnet_lite0": "top1_agree >= 0.95; p50 <= 0.6x",
@@ -62,8 +64,8 @@ class Reader:
         return iter(self.items)
 
 
-def onnxcomp(argv: list[str]) -> None:
-    proc = subprocess.run([str(ONNXCOMP), *argv, "--force"], capture_output=True, text=True)
+def onnxcomp(argv: list[str], exe: Path = ONNXCOMP) -> None:
+    proc = subprocess.run([str(exe), *argv, "--force"], capture_output=True, text=True)
     if proc.returncode not in (0, 3):
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
 
@@ -91,11 +93,21 @@ def ort_nbits(src: Path, calib: Path, out: Path, algo: str) -> None:
 
 
 def candidates(key: str, src: Path, calib: Path, tmp: Path) -> list[tuple[str, str, object]]:
-    """(row name, how it was made, a function writing it to a path) for one model."""
+    """(row name, how it was made, a function writing it to a path) for one model; with ``--old``,
+    each onnxcomp row twice, the second built by the old commit's onnxcomp."""
+    rows = _candidates(key, src, calib, tmp, ONNXCOMP)
+    for label, exe in OLD:
+        rows += [(f"{name} ({label})", how, make) for name, how, make in
+                 _candidates(key, src, calib, tmp / "old", exe) if how.startswith("onnxcomp")]
+    return rows
+
+
+def _candidates(key: str, src: Path, calib: Path, tmp: Path, exe: Path) -> list[tuple[str, str, object]]:
+    tmp.mkdir(exist_ok=True)
     q = ["quantize", str(src), "--data", str(calib)]
     if key == "vit_digits":
         return [("onnxcomp quantize int4", "onnxcomp " + " ".join(q[:1] + ["M"] + q[2:] + VIT),
-                 lambda out: onnxcomp(q + VIT + ["-o", str(out)])),
+                 lambda out: onnxcomp(q + VIT + ["-o", str(out)], exe)),
                 ("ort MatMulNBits RTN", "MatMulNBitsQuantizer(bits=4, block_size=128, accuracy_level=4)",
                  lambda out: ort_nbits(src, calib, out, "rtn")),
                 ("ort MatMulNBits GPTQ", "... algo_config=GPTQWeightOnlyQuantConfig(calib, block_size=128)",
@@ -104,12 +116,12 @@ def candidates(key: str, src: Path, calib: Path, tmp: Path) -> list[tuple[str, s
         pruned = tmp / "resnet_digits.channels50.onnx"
         steps = [["prune", "--structured", str(src), "--ratio", "0.5", "--data", str(calib), "-o", str(pruned)]]
         return [("onnxcomp prune --structured", "onnxcomp prune --structured M --ratio 0.5 --data calib.npz",
-                 lambda out: onnxcomp(steps[0][:-1] + [str(out)])),
+                 lambda out: onnxcomp(steps[0][:-1] + [str(out)], exe)),
                 ("... then onnxcomp quantize", "onnxcomp quantize channels50.onnx --data calib.npz",
-                 lambda out: (onnxcomp(steps[0]), onnxcomp(["quantize", str(pruned), "--data", str(calib),
-                                                             "-o", str(out)])))]
+                 lambda out: (onnxcomp(steps[0], exe), onnxcomp(["quantize", str(pruned), "--data", str(calib),
+                                                                  "-o", str(out)], exe)))]
     return [("onnxcomp quantize int8", "onnxcomp quantize M --data calib.npz",
-             lambda out: onnxcomp(q + ["-o", str(out)])),
+             lambda out: onnxcomp(q + ["-o", str(out)], exe)),
             ("ort quantize_static", "quantize_static(QDQ, per_channel, QInt8 weights, QUInt8 activations)",
              lambda out: ort_static(src, calib, out))]
 
@@ -157,6 +169,7 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=None, help="A built corpus cache (../shared/corpus/setup.sh).")
     ap.add_argument("--models", nargs="*", default=["vit_digits", "effnet_lite0", "ocr_det_ppocrv4", "resnet_digits"])
     ap.add_argument("--runs", type=int, default=300, help="Timed runs per model (OCR: a twentieth).")
+    ap.add_argument("--old", default=None, help="Also build each onnxcomp row with onnxcomp at this commit.")
     args = ap.parse_args()
     models = real_models(args.corpus, [k for k in args.models if k != "vit_digits"])
     if "vit_digits" in args.models:
@@ -166,6 +179,8 @@ def main() -> None:
         models.insert(0, RealModel("vit_digits", vit, MODELS / "digits_calib.npz", "accuracy", _digits_accuracy,
                                    _digits_accuracy(onnx.load(str(vit))) - 0.005))
     with tempfile.TemporaryDirectory() as t:
+        if args.old:
+            OLD.append((f"old {args.old}", install_old(args.old, Path(t))))
         rows = [r for m in models for r in run_model(m, Path(t), args.runs)]
 
     def ratio(r, k):
@@ -181,7 +196,7 @@ def main() -> None:
     for key, target in TARGETS.items():
         if any(r["model"] == key for r in rows):
             print(f"target {key}: {target}")
-    write_json("runtime", {"rows": rows, "runs": args.runs, "threads": 1})
+    write_json("runtime", {"rows": rows, "runs": args.runs, "threads": 1, "old": args.old})
 
 
 if __name__ == "__main__":

