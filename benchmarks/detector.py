@@ -1,7 +1,7 @@
 """A trained detector outside the corpus: YOLOv8n (NudeNet 3.4.2's ``320n.onnx``), the calibrated
 commands side by side, scored by detection F1 against the original.
 
-    python benchmarks/detector.py [--old COMMIT] [--quick]
+    python benchmarks/detector.py [--old COMMIT] [--quick] [--command TEXT]
 
 The model ships inside the ``nudenet==3.4.2`` wheel (downloaded with the corpus venv's pip,
 ``--no-deps``; 12 MB, an ultralytics YOLOv8n export: one output ``[N, 4 + 18, anchors]`` that
@@ -53,7 +53,8 @@ COMMANDS = [("prune --structured --ratio 0.3", ["prune", "--structured", "--rati
             ("factorize --ratio 0.5 --allocation uniform", ["factorize", "--ratio", "0.5", "--allocation", "uniform"]),
             ("factorize --ratio 0.5 --allocation error", ["factorize", "--ratio", "0.5", "--allocation", "error"]),
             ("prune --sparsity 0.5", ["prune", "--sparsity", "0.5"]),
-            ("cluster --bits 4", ["cluster", "--bits", "4"])]
+            ("cluster --bits 4", ["cluster", "--bits", "4"]),
+            ("quantize", ["quantize"])]
 QUICK = ("prune --structured --ratio 0.3", "factorize --ratio 0.5")
 
 
@@ -103,7 +104,7 @@ def main() -> None:
         tmp = Path(t)
         build(tmp)
         scorer = Scorer(tmp)
-        commands = [c for c in COMMANDS if not args.quick or c[0] in QUICK]
+        commands = [c for c in COMMANDS if (not args.quick or c[0] in QUICK) and args.command in c[0]]
         rows, base = side_by_side(tmp / "det.onnx", commands, versions(args.old, tmp),
                                   lambda label: ["--data", str(tmp / "calib.npz"), "--json"],
                                   lambda out, stdout: {**scorer.score(out), "reported_cosine": _reported(stdout)},

@@ -7,9 +7,9 @@ constant table to GatherBlockQuantized (``gather``). Every other weight is skipp
 Quantization points (activations stored as uint8 between integer kernels): the float inputs of
 every integer node (a QDQ layer, and the elementwise ops onnxruntime runs on integers between
 them: Add, Mul, Concat, pooling, Sigmoid, LeakyRelu, when every input comes from an integer node
-and an integer node reads the output) and their outputs; an output read only by a Relu/Clip is
-quantized after it instead (onnxruntime then drops the activation into the kernel). Graph outputs
-stay float.
+or a fixed-range gate and an integer node reads the output) and their outputs; an output read
+only by a Relu/Clip is quantized after it instead (onnxruntime then drops the activation into the
+kernel). Graph outputs stay float.
 """
 from __future__ import annotations
 
