@@ -65,6 +65,30 @@ def test_random_data_is_flagged_seeded_and_sized(model):
     assert np.array_equal(batches[0]["x"], next(iter(load_data(None, model, batch_size=4, seed=3)))["x"])
 
 
+def _token_model():
+    """ids[N, 8] int64 into a 50-row embedding table (also read by Shape), and a 0/1 mask."""
+    table = helper.make_tensor("emb", TensorProto.FLOAT, [50, 4], np.linspace(-1, 1, 200).tolist())
+    nodes = [helper.make_node("Shape", ["ids"], ["n"]),
+             helper.make_node("Unsqueeze", ["ids", "ax"], ["ids3"]),
+             helper.make_node("Gather", ["emb", "ids3"], ["e"]),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["e", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 8, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [table, helper.make_tensor("ax", TensorProto.INT64, [1], [2])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_random_token_ids_span_the_vocabulary():
+    # 0/1 ids would check a text model on two tokens; ids into an embedding table are drawn from
+    # all its rows, and an input used otherwise (a mask) keeps 0/1
+    data = load_data(None, _token_model(), batch_size=64, seed=0)
+    batch = next(iter(data))
+    assert batch["ids"].min() >= 0 and batch["ids"].max() == 49 and len(np.unique(batch["ids"])) == 50
+    assert set(np.unique(batch["mask"])) == {0, 1}
+
+
 def test_random_needs_shapes_for_dynamic_dims():
     model = M.conv_bn_relu()
     dims = model.graph.input[0].type.tensor_type.shape.dim

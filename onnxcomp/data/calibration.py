@@ -233,7 +233,8 @@ def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
 
 def random_feed(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]],
                 rng: np.random.Generator) -> Batch:
-    """One random input per model input at ``shapes``: standard normal floats, 0/1 otherwise."""
+    """One random input per model input at ``shapes``: standard normal floats; integers uniform
+    over every valid row of the tables they index (token ids over the vocabulary), else 0/1."""
     out = {}
     for name, shape in shapes.items():
         dt = specs[name].dtype
@@ -242,7 +243,7 @@ def random_feed(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]],
         elif dt == np.bool_:
             out[name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            out[name] = rng.integers(0, 2, shape).astype(dt)
+            out[name] = rng.integers(0, min(specs[name].high, int(np.iinfo(dt).max) + 1), shape).astype(dt)
     return out
 
 

@@ -22,6 +22,7 @@ class InputSpec:
     name: str
     dims: tuple
     dtype: np.dtype
+    high: int = 2  # random integers are drawn from [0, high): a valid index wherever the input is used
 
     def describe(self) -> str:
         """``input[batch,1,16,16] float32``"""
@@ -37,8 +38,47 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, InputSpec]:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
         except Exception:  # noqa: BLE001 - undefined elem type: assume float32
             dtype = np.dtype(np.float32)
-        out[name] = InputSpec(name, tuple(dims), dtype)
+        high = _index_range(model, name) if np.issubdtype(dtype, np.integer) else None
+        out[name] = InputSpec(name, tuple(dims), dtype, high or 2)
     return out
+
+
+VALUE_KEEPING = ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity")
+
+
+def _index_range(model: onnx.ModelProto, name: str) -> int | None:
+    """How many rows every table the input indexes has (token ids into embedding tables: the
+    smallest vocabulary), when every use of the input is as Gather indices into a constant
+    table (through value-keeping ops); else None (0/1 then: a valid index for any use)."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            dims[n.output[0]] = list(n.attribute[0].t.dims)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    sizes, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n in readers.get(t, []):
+            if n.op_type in ("Shape", "Size"):
+                continue  # reads the dims only
+            if n.op_type in VALUE_KEEPING and n.input[0] == t:
+                todo.extend(n.output)
+            elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and n.input[0] != t \
+                    and n.input[0] in dims:
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                table = dims[n.input[0]]
+                if not table or table[axis] <= 0:
+                    return None
+                sizes.append(table[axis])
+            else:
+                return None
+    return min(sizes) if sizes else None
 
 
 def fixed_batch(specs: dict[str, InputSpec]) -> int | None:
