@@ -147,6 +147,26 @@ def test_signal_during_start_up(tmp_path, sig, delay):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_signal_inside_an_import_that_wraps_it_still_exits_as_an_interrupt(monkeypatch, capsys):
+    """SIGTERM landing in a class body's __set_name__ while click imports platform reaches main()
+    as 'RuntimeError: Error calling __set_name__' (seen once in 30 runs of the test above): still
+    exit 143 and one line, not a traceback and exit 1."""
+    import onnxcomp.cli as cli
+
+    def wrapped(argv):
+        try:
+            raise cli.Terminated()
+        except cli.Terminated as exc:
+            raise RuntimeError("Error calling __set_name__ on 'cached_property' instance") from exc
+
+    monkeypatch.setattr(cli, "_run", wrapped)
+    assert cli.main(["--help"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "interrupted; no output written"
+    monkeypatch.setattr(cli, "_run", lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["--help"])
+
+
 def test_interruptible_hands_the_signal_over_at_once():
     """A long call in a worker thread: the main thread keeps handling signals."""
     from onnxcomp.algo import linalg

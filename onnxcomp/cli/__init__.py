@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(argv)
     except KeyboardInterrupt as exc:  # during start-up, before the command's own handling
         code = _interrupted(exc)
+    except Exception as exc:  # an interrupt inside a class body while importing comes wrapped
+        cause = _interrupt_in(exc)  # ("Error calling __set_name__"): still an interrupt
+        if cause is None:
+            raise
+        code = _interrupted(cause)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -45,6 +50,16 @@ def _interrupted(exc: BaseException) -> int:
     sys.stderr.write("interrupted; no output written\n")
     term = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
     return 128 + (signal.SIGTERM if term else signal.SIGINT)
+
+
+def _interrupt_in(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt (or Terminated) an exception was raised from, if any."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _exit_if_abandoned(code: int) -> None:
