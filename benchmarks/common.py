@@ -179,6 +179,24 @@ def outside_rows(name: str, model: Path, commands: list[tuple[str, list[str]]], 
     return {"rows": rows, "original_p50_ms": base, "original": original}
 
 
+def outside_main(doc: str, name: str, members: list[str],
+                 build: Callable[[Path], None], each: Callable[[str, Path, list], dict]) -> None:
+    """The frame of a benchmark on models from wheels: arguments (``--only`` one of ``members``),
+    a temp folder ``build`` fills, ``each(member, folder, onnxcomp versions)`` per model (usually
+    :func:`outside_rows`), the results in benchmarks/results/NAME.json."""
+    import tempfile
+
+    args = outside_args(doc, lambda ap: ap.add_argument("--only", choices=sorted(members), help="one model only"))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix=f"onnxcomp-{name}-") as t:
+        tmp = Path(t)
+        build(tmp)
+        tools = versions(args.old, tmp)
+        for member in [args.only] if args.only else list(members):
+            results[member] = each(member, tmp, tools)
+    write_json(name, results)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of one box ``a`` (x1, y1, x2, y2) with each of ``b`` [n, 4]."""
     w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, outside_args, outside_rows, versions,  # noqa: E402
-                    write_json)
+from common import CORPUS_PYTHON, ROOT, detection_f1, outside_main, outside_rows  # noqa: E402
 
 BUILD = r'''
 import json, sys
@@ -175,23 +173,18 @@ class Scorer:
         return f"{n} detections of {n_truth} drawn characters, F1 {f:.4f}"
 
 
+def _one(name: str, tmp: Path, tools: list) -> dict:
+    scorer = Scorer(tmp, name)
+    calib, shape = str(tmp / f"{name}_calib.npz"), SHAPES[name]
+    no_data = [a for k, v in shape.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v))}")]
+    metrics = ["accuracy", "agreement"] if name == "recogniser" else ["det_f1", "detections", "f1_truth"]
+    return outside_rows(name, tmp / f"{name}.onnx", COMMON, tools,
+                        lambda label: ["--json"] + (no_data if "no data" in label else ["--data", calib]),
+                        scorer.score, shape, metrics, scorer.original())
+
+
 def main() -> None:
-    args = outside_args(__doc__, lambda ap: ap.add_argument("--only", choices=sorted(MEMBERS), help="one model only"))
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-ddddocr-") as t:
-        tmp = Path(t)
-        build(tmp)
-        tools = versions(args.old, tmp)
-        for name in [args.only] if args.only else list(MEMBERS):
-            scorer = Scorer(tmp, name)
-            calib, shape = str(tmp / f"{name}_calib.npz"), SHAPES[name]
-            no_data = [a for k, v in shape.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v))}")]
-            metrics = ["accuracy", "agreement"] if name == "recogniser" else ["det_f1", "detections", "f1_truth"]
-            results[name] = outside_rows(
-                name, tmp / f"{name}.onnx", COMMON, tools,
-                lambda label: ["--json"] + (no_data if "no data" in label else ["--data", calib]),
-                scorer.score, shape, metrics, scorer.original())
-    write_json("ddddocr", results)
+    outside_main(__doc__, "ddddocr", list(MEMBERS), build, _one)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, outside_args, outside_rows, versions, write_json  # noqa: E402
+from common import CORPUS_PYTHON, outside_main, outside_rows  # noqa: E402
 
 WHEEL, MEMBER = "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"
 SIDE, PAD, PER_EXT = 1024, 256, 6
@@ -93,19 +92,18 @@ class Scorer:
                 "cosine": round(float(cos.mean()), 4)}
 
 
+def _one(name: str, tmp: Path, tools: list) -> dict:
+    scorer = Scorer(tmp)
+    calib = str(tmp / "calib.npz")
+    return outside_rows(name, tmp / "magika.onnx", COMMANDS, tools,
+                        lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
+                        scorer.score, {"bytes": (1, 2 * SIDE)}, ["agreement", "cosine"],
+                        f"{len(scorer.x)} test files, {len(set(scorer.ref.argmax(1)))} classes predicted",
+                        extra=[("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx")])
+
+
 def main() -> None:
-    args = outside_args(__doc__, lambda ap: None)
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-magika-") as t:
-        tmp = Path(t)
-        build(tmp)
-        scorer = Scorer(tmp)
-        calib = str(tmp / "calib.npz")
-        result = outside_rows("magika", tmp / "magika.onnx", COMMANDS, versions(args.old, tmp),
-                              lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
-                              scorer.score, {"bytes": (1, 2 * SIDE)}, ["agreement", "cosine"],
-                              f"{len(scorer.x)} test files, {len(set(scorer.ref.argmax(1)))} classes predicted",
-                              extra=[("onnxruntime quantize_dynamic", tmp / "ort_dynamic.onnx")])
-    write_json("magika", {"magika": result})
+    outside_main(__doc__, "magika", ["magika"], build, _one)
 
 
 if __name__ == "__main__":

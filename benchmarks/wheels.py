@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, outside_args, outside_rows, versions,  # noqa: E402
-                    write_json)
+from common import CORPUS_PYTHON, ROOT, detection_f1, nms, outside_main, outside_rows  # noqa: E402
 
 BUILD = r'''
 import sys
@@ -134,24 +132,19 @@ class Scorer:
         return {"det_f1": round(f, 4), "detections": f"{n_new} / {n_ref}", "worst_cosine": round(min(cos), 4)}
 
 
+def _one(name: str, tmp: Path, tools: list) -> dict:
+    scorer = Scorer(tmp, name)
+    calib = str(tmp / f"{name}_calib.npz")
+    metrics = ["accuracy", "agreement"] if name == "orientation" else ["det_f1", "detections", "worst_cosine"]
+    original = f"accuracy {float((scorer.ref[0].argmax(1) == scorer.labels).mean()):.4f}" \
+        if name == "orientation" else f"{det_f1(scorer.ref, scorer.ref)[1]} detections"
+    return outside_rows(name, tmp / f"{name}.onnx", COMMANDS[name], tools,
+                        lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
+                        scorer.score, SHAPES[name], metrics, original)
+
+
 def main() -> None:
-    args = outside_args(__doc__, lambda ap: ap.add_argument("--only", choices=sorted(WHEELS), help="one model only"))
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="onnxcomp-wheels-") as t:
-        tmp = Path(t)
-        build(tmp)
-        tools = versions(args.old, tmp)
-        for name in [args.only] if args.only else list(WHEELS):
-            scorer = Scorer(tmp, name)
-            calib = str(tmp / f"{name}_calib.npz")
-            metrics = ["accuracy", "agreement"] if name == "orientation" else ["det_f1", "detections", "worst_cosine"]
-            original = f"accuracy {float((scorer.ref[0].argmax(1) == scorer.labels).mean()):.4f}" \
-                if name == "orientation" else f"{det_f1(scorer.ref, scorer.ref)[1]} detections"
-            results[name] = outside_rows(
-                name, tmp / f"{name}.onnx", COMMANDS[name], tools,
-                lambda label: ["--json"] + ([] if "no data" in label else ["--data", calib]),
-                scorer.score, SHAPES[name], metrics, original)
-    write_json("wheels", results)
+    outside_main(__doc__, "wheels", list(WHEELS), build, _one)
 
 
 if __name__ == "__main__":
