@@ -225,3 +225,38 @@ def test_speed_search_takes_the_least_ratio_that_meets_the_target(monkeypatch):
     slow.goal = ("latency_ratio", 0.35)
     trials = auto.for_speed(slow, target=0.35)
     assert all(len(t.steps) == 1 for t in trials)  # the fallback's best, timed, meets it: no factorization
+
+
+def test_int8_counts_toward_a_latency_target(monkeypatch):
+    """`auto --target-latency 0.6 --int8` on effnet_lite0 pruned channels until the float model was
+    0.49x, dropping 31 % of the held-out answers, while int8 alone runs at ~0.5x: now int8 ends
+    every candidate of a latency target and is tried alone first. When it alone loses more than
+    the drop allows, the search goes on without it and says so."""
+    def search(int8_drop):
+        class Fake(auto.Search):
+            def __init__(self):
+                self.trials, self.goal, self.keep_going, self.jobs = [], ("latency_ratio", 0.6), False, 1
+                self.original, self.threads, self.calib, self.max_drop, self.warnings = None, None, [], 0.01, []
+
+            def evaluate(self, steps):
+                ratio = steps[0][1].get("ratio", 0.0) if steps[0][0] == "structured" else 0.0
+                int8 = ("quantize", {}) in steps
+                drop = ratio / 10 + (int8_drop if int8 else 0.0)
+                t = auto.Trial(steps, 1 - ratio, (1 - ratio) ** 2, drop, drop <= self.max_drop)
+                t.speed = (1 - ratio) ** 2 * (0.5 if int8 else 1.0)
+                self.trials.append(t)
+                return t
+        return Fake()
+
+    def timed(original, trials, threads, sample=None, every=False):
+        for t in trials:
+            t.latency_ratio = t.speed
+
+    monkeypatch.setattr(auto, "latencies", timed)
+    quick = search(0.005)
+    assert [t.steps for t in auto.for_speed(quick, 0.6, [("quantize", {})])] == [[("quantize", {})]]
+    lossy = search(0.5)
+    trials = auto.for_speed(lossy, 0.6, [("quantize", {})])
+    assert trials[0].steps == [("quantize", {})] and not trials[0].ok
+    assert all(("quantize", {}) not in t.steps for t in trials[1:]) and len(trials) > 1
+    assert "quantize alone dropped 0.5000" in lossy.warnings[0]

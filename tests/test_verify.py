@@ -167,6 +167,10 @@ def test_drop_bounds_follow_the_sample_count():
     assert 0.08 < disagreement_bound(32, 32) < 0.1
     assert disagreement_bound(299, 300) > disagreement_bound(300, 300)
     assert not resolvable(32, 0.01) and resolvable(samples_needed(0.01), 0.01)
+    # 3 of 32 disagreeing under --max-drop 0.1 once asked for "about 30 held out" while 32 were:
+    # confirming 0.094 < 0.1 takes thousands; a drop above the gate cannot be confirmed at all
+    assert samples_needed(0.1, 3 / 32) > 5000 and samples_needed(0.1, 0.12) is None
+    assert samples_needed(0.05, 0.01) > samples_needed(0.05)
 
 
 def test_gates_warn_when_the_samples_cannot_resolve_the_drop(tmp_path, capsys):

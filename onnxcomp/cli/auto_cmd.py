@@ -38,8 +38,9 @@ def auto_cmd(model: str, recipe_out: str | None, as_json: bool, **kw: Any) -> No
 
     Needs real calibration data (--data): a quarter of it is held out to measure the drop. Size:
     the fewest cluster bits within the drop, then the most pruning on top. Speed: structured
-    channel pruning, then factorization. Stops at the first candidate that meets a size or MACs
-    target (--search keeps going for the best). --jobs N evaluates N candidates at once;
+    channel pruning, then factorization (with --int8 and a latency target: int8 alone first,
+    then each candidate ends with int8). Stops at the first candidate that meets the target
+    (--search keeps going for the best). --jobs N evaluates N candidates at once;
     --scheduler ADDRESS runs them on a dask.distributed cluster. Exits 3 when the target cannot be
     met within the drop, writing the best candidate within it (or, if none is, the one that
     dropped least).

@@ -25,7 +25,8 @@ class AutoConfig:
                                    "agreement, or cosine for non-class outputs; accuracy with labels); 0.01 or 1%.",
                              metavar="D", percent=True)
     int8: bool = option(False, "End with QDQ int8 quantization (the quantize step: integer kernels, calibrated "
-                               "on --data).", flag=True)
+                               "on --data); with --target-latency every candidate ends with it and it is "
+                               "tried alone first.", flag=True)
     keep_going: bool = option(False, "Keep searching for the smallest / fastest after a candidate meets the "
                                      "target (slower).", flag=True, cli="--search")
     jobs: int | None = option(None, "Candidates evaluated at once, each in its own worker process with "

@@ -36,8 +36,21 @@ def resolvable(n: int, max_drop: float) -> bool:
     return disagreement_bound(n, n) <= max_drop
 
 
-def samples_needed(max_drop: float) -> int:
-    """The fewest samples whose perfect agreement bounds the disagreement below ``max_drop``."""
-    if max_drop <= 0:
-        return 10**9
-    return max(1, math.ceil(-math.log(0.05) / max_drop))
+def samples_needed(max_drop: float, drop: float = 0.0) -> int | None:
+    """About how many samples bound the disagreement below ``max_drop`` when the rate measured on
+    them is ``drop`` (with none: the rule of three); None when ``drop`` is not below ``max_drop``
+    (no sample count confirms a drop already above the gate)."""
+    if max_drop <= 0 or drop >= max_drop:
+        return None
+
+    def bound(n: int) -> float:
+        return disagreement_bound(n - round(drop * n), n)
+
+    hi = max(1, math.ceil(-math.log(0.05) / max_drop))
+    while bound(hi) > max_drop:
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > max(1, hi // 100):  # to about 1 %
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if bound(mid) <= max_drop else (mid, hi)
+    return hi

@@ -4,7 +4,8 @@ Size targets combine weight sharing and pruning: the fewest uniform bits that st
 drop, then (if the file is still above the target) a fractional average budget spent per layer
 by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets: the least
 structured channel ratio that meets the MACs / measured latency target (bisected), else the
-highest within the drop with low-rank factorization on top. Every candidate is scored on held-out
+highest within the drop with low-rank factorization on top; with ``--int8`` a latency target
+times each candidate after int8 quantization, and int8 alone first. Every candidate is scored on held-out
 calibration samples the compression never saw (a quarter of the data from 32 samples). The winner
 meets the target with the least compression (``keep_going``: the smallest / fastest within the
 drop); its recipe replays with ``onnxcomp compress --recipe``.
@@ -19,8 +20,8 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.io import model_bytes
 from onnxcomp.io.model import Model, as_model
 from onnxcomp.pipeline import recipe as recipes
-from onnxcomp.pipeline.candidates import (Trial, backend, choose, evaluate_parallel, held_out_drop, latencies,
-                                          measure, split)
+from onnxcomp.pipeline.candidates import (Trial, backend, check_parallel, choose, evaluate_parallel, held_out_drop,
+                                          latencies, measure, split)
 
 __all__ = ["BITS", "BISECT_STEPS", "MEASURED_STEPS", "Outcome", "Search", "Trial", "choose", "for_size",
            "for_speed", "search", "split"]
@@ -51,6 +52,7 @@ class Search:
         self.trials: list[Trial] = []
         self.goal, self.keep_going = goal, keep_going  # (trial attribute, target): stop once a trial meets it
         self.jobs = jobs
+        self.warnings: list[str] = []  # what the search gave up on, for the user
         self.memo: dict = {}  # measurements shared by the in-process trials (a sensitivity measured once)
         # a size target stores the smallest way (variable-length codes too: onnxruntime's load peak is
         # higher, see docs/encodings.md); speed targets keep the default storage
@@ -157,19 +159,45 @@ def for_size(s: Search, target: float | None = None) -> list[Trial]:
     return s.trials
 
 
-def for_speed(s: Search, target: float) -> list[Trial]:
+def _time(s: Search, trials: list[Trial], every: bool = True) -> None:
+    """p50 latency of ``trials`` (``every``: failing ones too) beside the original's, 1 thread."""
+    latencies(s.original, trials, s.threads, s.calib[0] if s.calib else None, every=every)
+
+
+def for_speed(s: Search, target: float, tail: list | None = None) -> list[Trial]:
     """The least structured ratio whose candidate meets the MACs or latency target (bisected on the
     measured value, each probe timed against the original for a latency target), when it stays
     within the drop. Else (or with ``keep_going``) the highest ratio within the drop, with
-    factorization on top if the target is still not met."""
+    factorization on top if the target is still not met. ``tail``: steps that end every candidate
+    (``--int8``: the quantize step), tried alone first; when alone they meet a latency target
+    within the drop, nothing is pruned."""
     key = s.goal[0] if s.goal else "macs_ratio"
+    tail = list(tail or [])
+    timed = key == "latency_ratio"
+
+    def steps(ratio: float, extra: tuple = ()) -> list:
+        return [("structured", {"ratio": ratio}), *extra, *tail]
+
+    def ratios(ok: bool) -> list[float]:  # of the structured trials that passed (failed)
+        return [t.steps[0][1]["ratio"] for t in s.trials if t.steps[0][0] == "structured" and t.ok == ok]
+
+    if tail:
+        alone = s.evaluate(list(tail))
+        if timed:
+            _time(s, [alone])
+        if s.met:
+            return s.trials
+        if not alone.ok:  # everything after it would only lose more
+            s.warnings.append(f"{'+'.join(n for n, _ in tail)} alone dropped {alone.drop:.4f} on the held-out "
+                              f"samples, above the allowed {s.max_drop:g}: searched without it")
+            tail = []
     if not s.keep_going:
         lo, hi, least = 0.0, 0.9, None  # lo misses the target; hi is assumed to meet it
         for _ in range(BISECT_STEPS):
             levels = [round(lo + (hi - lo) * i / (s.jobs + 1), 3) for i in range(1, s.jobs + 1)]
-            trials = s.evaluate_many([[("structured", {"ratio": r})] for r in levels])
-            if key == "latency_ratio":
-                latencies(s.original, trials, s.threads, s.calib[0] if s.calib else None, every=True)
+            trials = s.evaluate_many([steps(r) for r in levels])
+            if timed:
+                _time(s, trials)
             hits = [i for i, t in enumerate(trials) if getattr(t, key) is not None and getattr(t, key) <= target]
             if hits:
                 least, hi = trials[hits[0]], levels[hits[0]]
@@ -180,18 +208,17 @@ def for_speed(s: Search, target: float) -> list[Trial]:
                 lo = levels[-1]
         if least is not None and least.ok:
             return s.trials
-        passing = [float(t.steps[0][1]["ratio"]) for t in s.trials if t.ok]
-        failing = [float(t.steps[0][1]["ratio"]) for t in s.trials if not t.ok]
-        best = s.bisect(lambda r: [("structured", {"ratio": r})], max(passing, default=0.0),
-                        min(failing, default=0.9), rounds=2)
-        best = best or max((t for t in s.trials if t.ok), key=lambda t: t.steps[0][1]["ratio"], default=None)
-        if key == "latency_ratio" and best is not None and best.latency_ratio is None:  # timed before factorizing
-            latencies(s.original, [best], s.threads, s.calib[0] if s.calib else None, every=True)
+        best = s.bisect(steps, max(ratios(True), default=0.0), min(ratios(False), default=0.9), rounds=2)
+        best = best or max((t for t in s.trials if t.ok and t.steps[0][0] == "structured"),
+                           key=lambda t: t.steps[0][1]["ratio"], default=None)
+        if timed and best is not None and best.latency_ratio is None:  # timed before factorizing
+            _time(s, [best])
     else:
-        best = s.bisect(lambda r: [("structured", {"ratio": r})], 0.0, 0.9)
+        best = s.bisect(steps, 0.0, 0.9)
     if best is None or getattr(best, key) is None or getattr(best, key) > target:
-        base = best.steps if best else []
-        s.evaluate(base + [("factorize", {"ratio": 0.5})])
+        ratio = float(best.steps[0][1]["ratio"]) if best is not None and best.steps[0][0] == "structured" else 0.0
+        s.evaluate(steps(ratio, (("factorize", {"ratio": 0.5}),)) if ratio else
+                   [("factorize", {"ratio": 0.5}), *tail])
     return s.trials
 
 
@@ -223,17 +250,6 @@ def search(model: Model, data: Any, config: AutoConfig | None = None, *, threads
         return _search(model, data, cfg, cfg.jobs or cluster_jobs or 1, threads, labels, progress)
 
 
-def check_parallel(model: Model, jobs: int) -> None:
-    """Workers receive the model as one protobuf: refuse more than one job above 2 GB, before any work."""
-    from onnxcomp.config import spell_value
-    from onnxcomp.io.tensors import PROTOBUF_LIMIT, tensor_bytes
-
-    size = tensor_bytes(model.proto)
-    if size > PROTOBUF_LIMIT:
-        raise ConfigError(f"{spell_value('jobs', jobs)} sends the model to each worker as one protobuf, and its "
-                          f"{size / 1e9:.2f} GB of tensors are more than one holds (2 GB)", "run with one job")
-
-
 def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | None, labels: Any,
             progress: Any) -> Outcome:
     from onnxcomp.config import spell
@@ -244,12 +260,14 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
     goal = {"size": ("size_ratio", target), "macs": ("macs_ratio", target), "latency": ("latency_ratio", target)}[kind]
     s = Search(model, data, max_drop, threads=threads, labels=labels, progress=progress, goal=goal,
                keep_going=cfg.keep_going, jobs=jobs)
-    trials = for_size(s, target) if kind == "size" else for_speed(s, target)
+    # a latency target counts int8's own speed: every candidate ends with it (tried alone first)
+    tail = [("quantize", {})] if cfg.int8 and kind == "latency" else []
+    trials = for_size(s, target) if kind == "size" else for_speed(s, target, tail)
     if kind == "latency":
-        latencies(s.original, trials, threads, s.calib[0] if s.calib else None)
+        _time(s, trials, every=False)
     key = {"size": "size_ratio", "macs": "macs_ratio", "latency": "latency_ratio"}[kind]
     chosen = choose(trials, key, None if cfg.keep_going else target)
-    if cfg.int8 and chosen is not None and chosen.ok:
+    if cfg.int8 and not tail and chosen is not None and chosen.ok:
         with_int8 = s.evaluate(chosen.steps + [("quantize", {})])
         if with_int8.ok:
             chosen = with_int8
@@ -263,18 +281,19 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
     elif reached is None or reached > target:
         shown = "unknown" if reached is None else f"{reached:.3g}"
         missed = f"best {kind} ratio within the drop is {shown}, above the target {target:g}"
-    out = Outcome(chosen, trials, rec, {kind: target}, missed)
+    out = Outcome(chosen, trials, rec, {kind: target}, missed, warnings=list(s.warnings))
     held = sum(len(next(iter(b.values()))) for b in s.holdout)
     out.holdout = f"{held} of {s.calib_samples + held} samples held out"
     if s.holdout is s.calib:  # fewer than 32 samples: none could be spared (said on stdout: one stderr line)
         out.holdout = (f"nothing held out ({held} samples, fewer than 32): the drop is measured on the samples the "
                        "compression was fitted to, so it is optimistic; pass 32 or more calibration samples "
                        "(a quarter is then held out)")
-    elif chosen.drop_bound is not None and chosen.drop_bound > max_drop:
+    elif chosen.ok and chosen.drop_bound is not None and chosen.drop_bound > max_drop:
         from onnxcomp.measure.holdout import samples_needed
 
+        need = samples_needed(max_drop, chosen.drop)  # a drop above the gate is said by the gate itself
         out.warnings.append(f"the {held} held-out samples cannot resolve {spell('max_drop')} {max_drop:g}: the chosen "
                             f"model's drop {chosen.drop:.4f} may be up to {chosen.drop_bound:.4f} (95 % bound); pass "
-                            f"more calibration samples (a quarter is held out; about {samples_needed(max_drop)} "
+                            f"more calibration samples (a quarter is held out; {f'about {need}' if need else 'many'} "
                             "held out for top-1 agreement)")
     return out

@@ -179,6 +179,17 @@ def connect(address: str) -> Any:
             lg.setLevel(level)
 
 
+def check_parallel(model: Model, jobs: int) -> None:
+    """Workers receive the model as one protobuf: refuse more than one job above 2 GB, before any work."""
+    from onnxcomp.config import spell_value
+    from onnxcomp.io.tensors import PROTOBUF_LIMIT, tensor_bytes
+
+    size = tensor_bytes(model.proto)
+    if size > PROTOBUF_LIMIT:
+        raise ConfigError(f"{spell_value('jobs', jobs)} sends the model to each worker as one protobuf, and its "
+                          f"{size / 1e9:.2f} GB of tensors are more than one holds (2 GB)", "run with one job")
+
+
 def choose(trials: list[Trial], key: str, target: float | None = None) -> Trial | None:
     """With ``target``: the trial within the drop that meets it with the least compression (the
     highest size / MACs ratio: no more damage than the target asks). Else, or when none meets

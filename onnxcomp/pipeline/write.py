@@ -203,9 +203,10 @@ def unresolved(report: FidelityReport, max_drop: float | None) -> list[str]:
     if max_drop is None or report.accuracy is not None or report.drop_bound is None or report.drop_bound <= max_drop:
         return []
     metric, value = report.headline
+    need = samples_needed(max_drop, 1 - value)
+    more = f"about {need} for top-1 agreement" if need else "no sample count confirms a drop measured above it"
     return [f"{report.num_samples} samples cannot resolve --max-drop {max_drop:g}: the measured drop "
-            f"{1 - value:.4f} may be up to {report.drop_bound:.4f} (95 % bound); compare on more samples "
-            f"(about {samples_needed(max_drop)} for top-1 agreement)"]
+            f"{1 - value:.4f} may be up to {report.drop_bound:.4f} (95 % bound); compare on more samples ({more})"]
 
 
 DISAGREE = 0.5  # on random data, below this headline the output disagrees with the original on most samples
