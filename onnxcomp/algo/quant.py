@@ -152,6 +152,33 @@ def gptq(weight: np.ndarray, h: np.ndarray, bits: int, group: int, *, symmetric:
     return q, grid
 
 
+def on_codes(rows: np.ndarray, source: np.ndarray, h: np.ndarray | None, most: int = 64
+             ) -> tuple[np.ndarray, Grid] | None:
+    """Per-channel symmetric 8-bit integers [rows, D] for ``rows`` that keep the few values each
+    row of ``source`` holds (a clustered weight; ``rows`` its output-matched refit), and their grid:
+    ``source``'s values rounded onto its grid are the only ones a row may take, chosen with GPTQ
+    error feedback on ``h`` (nearest without). None when a row of ``source`` holds more than
+    ``most`` values or half its columns (not clustered)."""
+    from onnxcomp.algo.obs import assign_gptq
+
+    src = np.asarray(source, np.float64)
+    uniq = [np.unique(r) for r in src]
+    width = max(len(u) for u in uniq)
+    if width > most or 2 * width > src.shape[1]:
+        return None
+    grid = fit_grid(src, 8, src.shape[1], symmetric=True)
+    table = np.full((len(src), width), np.nan)
+    for i, u in enumerate(uniq):
+        table[i, : len(u)] = u
+    s = grid.scale[:, :1]
+    table = np.clip(np.rint(table / s), grid.qmin, grid.qmax) * s  # NaN pads stay NaN
+    if h is not None:
+        values = assign_gptq(rows, h, table)
+    else:
+        values = np.clip(np.rint(src / s), grid.qmin, grid.qmax) * s
+    return grid.quantize(values), grid
+
+
 def output_error(w: np.ndarray, approx: np.ndarray, h: np.ndarray) -> float:
     """Relative output error of ``approx`` for ``w`` on inputs with second moments ``h``:
     tr(E H Eᵀ) / tr(W H Wᵀ) with E = approx - W."""

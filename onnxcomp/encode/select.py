@@ -98,9 +98,12 @@ def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
 
 
 def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
-                   encoding: str = "auto") -> list[EncodeChoice]:
-    """Re-store each selected weight in its smallest encoding (in place); one row per weight."""
-    kinds = allowed_kinds(encoding)
+                   encoding: str = "auto", kinds_for: tuple[str, ...] | None = None) -> list[EncodeChoice]:
+    """Re-store each selected weight in its smallest encoding (in place); one row per weight.
+
+    ``kinds_for``: encode the integer weights of a QDQ model instead (:func:`quantized_weights`),
+    with these encodings only (tables of their own integer values, see :data:`INTEGER_KINDS`)."""
+    allowed = kinds = allowed_kinds(encoding)
     fresh = NameScope(model, short=True)
     choices: list[EncodeChoice] = []
     blocked: set[int] = set()
@@ -115,11 +118,12 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
         blocked.add(needed)
         return False
 
-    for w in find_weights(model):
+    for w in (find_weights(model).weights if kinds_for is None else quantized_weights(model)):
         if names is not None and w.name not in names:
             continue
         if w.source not in ("initializer", "constant") or w.size == 0:
             continue
+        kinds = allowed if kinds_for is None else tuple(k for k in allowed if k in kinds_for)
         flat = w.values().reshape(-1)
         layout = Layout.of(w.shape, w.out_axis)
         kind, size = best_encoding(flat, kinds, opset_ok, layout)
@@ -133,6 +137,43 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
             reason = f"opset {default_opset(model)} cannot be raised safely for a smaller encoding"
         choices.append(EncodeChoice(w.name, kind, w.nbytes, size, reason))
     return choices
+
+
+# encodings whose decoders only index a table of the stored values: bit-exact for int8/uint8 too.
+# onnxruntime folds them at load and still fuses the DequantizeLinear into QLinearConv / QLinearMatMul
+INTEGER_KINDS = ("codebook4", "codebook8", "codebook_uint4", "codebook_packed")
+
+
+def quantized_weights(model: onnx.ModelProto, min_size: int = 1024) -> list:
+    """The 8-bit integer initializers that only DequantizeLinear reads (input 0): a QDQ model's
+    weights, as :class:`Weight` rows whose channel axis is the dequantization's per-channel axis."""
+    from onnxcomp.graph.weights import Use, Weight
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            if x in inits:
+                readers.setdefault(x, []).append((n, i))
+    out = []
+    for name, uses in readers.items():
+        t = inits[name]
+        if t.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) or len(t.dims) < 2 \
+                or int(np.prod(t.dims)) < min_size:
+            continue
+        if not all(n.op_type == "DequantizeLinear" and i == 0 for n, i in uses):
+            continue
+        dq = uses[0][0]
+        scale = inits.get(dq.input[1]) if len(dq.input) > 1 else None
+        per_channel = scale is not None and int(np.prod(scale.dims)) > 1
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % len(t.dims) if per_channel else None
+        shape = tuple(int(d) for d in t.dims)
+        out.append(Weight(name=name, source="initializer", shape=shape,
+                          dtype=np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)), role="dequantize",
+                          out_axis=axis, in_axis=None, uses=[Use(dq, 0, "dequantize")], holder=t,
+                          stored_shape=shape))
+    return out
 
 
 def _register_codebooks() -> None:

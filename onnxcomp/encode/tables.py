@@ -147,7 +147,8 @@ def _too_many(flat: np.ndarray, layout: Layout | None, max_width: int) -> bool:
 
 def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> list[Table]:
     """Every table form these values fit in (at most ``max_width`` entries per row), smallest first."""
-    if flat.dtype.kind != "f" or flat.size == 0 or not np.all(np.isfinite(flat)):
+    integer = flat.dtype.kind in "iu" and flat.dtype.itemsize == 1  # a QDQ weight: plain tables only
+    if not (flat.dtype.kind == "f" or integer) or flat.size == 0 or not np.all(np.isfinite(flat)):
         return []
     if _too_many(flat, layout, max_width):
         return []

@@ -145,8 +145,12 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     results[0].notes += subgraph_notes(find_weights(original.proto))
     touched = {c.name for r in results for c in r.applied}
     quantized = any(r.pass_name == "quantize" for r in results)
-    encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched and not quantized \
-        else []
+    if quantized:  # integer weights: tables of their own values (a clustered weight's few int8 codes)
+        from onnxcomp.encode.select import INTEGER_KINDS
+
+        encodings = encode_weights(work.proto, encoding=enc.encoding, kinds_for=INTEGER_KINDS)
+    else:
+        encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched else []
     if touched:
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
         # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)

@@ -136,7 +136,7 @@ class Walk:
             target = cluster_seq.target(w, stats) if stats is not None and stats[0].cross is not None \
                 else w.values()
             target = target * _alpha(node, w)
-            q, grids, err = self._integers(w, target, stats, layer.kind)
+            q, grids, err = self._integers(w, target, stats, layer.kind, w.values() * _alpha(node, w))
         if layer.kind == "qdq" and err > self.cfg.max_layer_error:
             self.solved.append(Solved(layer, "skipped", err, f"int8 output error {err:.3g} is above "
                                                            f"max_layer_error {self.cfg.max_layer_error:g}"))
@@ -159,16 +159,21 @@ class Walk:
     def _accuracy(self) -> int:
         return 4 if self.cfg.activations == "int8" else 0
 
-    def _integers(self, w: Weight, target: np.ndarray, stats, kind: str):
-        """(integers [out, D], grids per group, relative output error) of ``target``."""
+    def _integers(self, w: Weight, target: np.ndarray, stats, kind: str, source: np.ndarray):
+        """(integers [out, D], grids per group, relative output error) of ``target`` (``source``:
+        the weight as it came, whose few values a clustered weight keeps)."""
         rows = _rows(w, target).astype(np.float64)
         groups = stats or [None]
         bits = self.cfg.bits if kind == "nbits" else 8
         parts, grids, num, den = [], [], 0.0, 0.0
-        for r, st in zip(np.split(rows, len(groups)), groups):
+        sources = np.split(_rows(w, source).astype(np.float64), len(groups))
+        for r, st, src in zip(np.split(rows, len(groups)), groups, sources):
             group = self.cfg.block_size if kind == "nbits" else r.shape[1]
             sym = kind != "nbits"
-            if st is not None:
+            kept = quant.on_codes(r, src, None if st is None else st.cov) if kind == "qdq" else None
+            if kept is not None:  # a clustered weight keeps its few values (its file stays small)
+                q, g = kept
+            elif st is not None:
                 q, g = quant.gptq(r, st.cov, bits, group, symmetric=sym)
             else:
                 q, g = quant.rtn(r, bits, group, symmetric=sym)
