@@ -32,6 +32,11 @@ def test_a_clustered_rows_integers_stay_on_its_values():
             assert np.abs(grid.dequantize(q) - src).max() <= grid.scale.max() / 2 + 1e-12
     dense = rng.standard_normal((8, 96))
     assert quant.on_codes(dense, dense, None) is None
+    pruned = np.where(rng.random(dense.shape) < 0.8, 0.0, dense)  # few values per row, none repeated
+    assert quant.on_codes(pruned, pruned, None) is None
+    sparse_codes = np.where(rng.random(src.shape) < 0.5, 0.0, src)  # pruned, then clustered
+    q, _ = quant.on_codes(sparse_codes, sparse_codes, h)
+    assert np.array_equal(q == 0, sparse_codes == 0)  # its zeros stay zero
 
 
 def test_cluster_then_int8_keeps_4_bit_codes_and_integer_kernels(tmp_path):

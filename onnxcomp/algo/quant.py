@@ -157,23 +157,26 @@ def on_codes(rows: np.ndarray, source: np.ndarray, h: np.ndarray | None, most: i
     """Per-channel symmetric 8-bit integers [rows, D] for ``rows`` that keep the few values each
     row of ``source`` holds (a clustered weight; ``rows`` its output-matched refit), and their grid:
     ``source``'s values rounded onto its grid are the only ones a row may take, chosen with GPTQ
-    error feedback on ``h`` (nearest without). None when a row of ``source`` holds more than
-    ``most`` values or half its columns (not clustered)."""
+    error feedback on ``h`` (nearest without); its zeros stay zero. None when ``source`` is not
+    clustered: a row holds more than ``most`` values or half its columns, or its nonzero values
+    do not repeat (a pruned weight)."""
     from onnxcomp.algo.obs import assign_gptq
 
     src = np.asarray(source, np.float64)
     uniq = [np.unique(r) for r in src]
     width = max(len(u) for u in uniq)
-    if width > most or 2 * width > src.shape[1]:
-        return None
+    nonzero = sum(int(np.count_nonzero(u)) for u in uniq)  # distinct nonzero values, all rows
+    if width > most or 2 * width > src.shape[1] or np.count_nonzero(src) < 2 * nonzero:
+        return None  # not clustered: too many values, or nonzeros that do not repeat (pruned only)
     grid = fit_grid(src, 8, src.shape[1], symmetric=True)
     table = np.full((len(src), width), np.nan)
     for i, u in enumerate(uniq):
         table[i, : len(u)] = u
     s = grid.scale[:, :1]
     table = np.clip(np.rint(table / s), grid.qmin, grid.qmax) * s  # NaN pads stay NaN
-    if h is not None:
-        values = assign_gptq(rows, h, table)
+    zero = src == 0
+    if h is not None:  # a pruned zero stays zero
+        values = assign_gptq(rows, h, table, keep_zero=zero if zero.any() else None)
     else:
         values = np.clip(np.rint(src / s), grid.qmin, grid.qmax) * s
     return grid.quantize(values), grid
