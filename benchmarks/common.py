@@ -50,6 +50,15 @@ def _digits_accuracy(proto: onnx.ModelProto) -> float:
     return float((sess.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean())
 
 
+def batched_outputs(path: Path, x: np.ndarray, name: str, batch: int) -> list[np.ndarray]:
+    """Every output of the model at ``path`` on input ``name`` = ``x``, run ``batch`` samples at a time."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    runs = [s.run(None, {name: x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate(o) for o in zip(*runs)]
+
+
 def _corpus_metrics(cache: Path, key: str) -> Callable[[onnx.ModelProto], dict]:
     def metrics(proto: onnx.ModelProto) -> dict:
         with tempfile.TemporaryDirectory() as tmp:

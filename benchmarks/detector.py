@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, detection_f1, nms, outside_args, side_by_side, table, versions,  # noqa: E402
-                    write_json)
+from common import (CORPUS_PYTHON, ROOT, batched_outputs, detection_f1, nms, outside_args,  # noqa: E402
+                    side_by_side, table, versions, write_json)
 
 BUILD = r'''
 import sys
@@ -85,10 +85,7 @@ class Scorer:
         self.ref = self.run(tmp / "det.onnx")
 
     def run(self, path: Path) -> np.ndarray:
-        import onnxruntime as ort
-
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([s.run(None, {"images": self.x[i:i + 32]})[0] for i in range(0, len(self.x), 32)])
+        return batched_outputs(path, self.x, "images", 32)[0]
 
     def score(self, path: Path) -> dict:
         p = self.run(path)

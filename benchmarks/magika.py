@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, outside_main, outside_rows  # noqa: E402
+from common import CORPUS_PYTHON, batched_outputs, outside_main, outside_rows  # noqa: E402
 
 WHEEL, MEMBER = "magika==1.0.3", "magika/models/standard_v3_3/model.onnx"
 SIDE, PAD, PER_EXT = 1024, 256, 6
@@ -80,10 +80,7 @@ class Scorer:
         self.ref = self.run(tmp / "magika.onnx")
 
     def run(self, path: Path) -> np.ndarray:
-        import onnxruntime as ort
-
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([s.run(None, {"bytes": self.x[i:i + 100]})[0] for i in range(0, len(self.x), 100)])
+        return batched_outputs(path, self.x, "bytes", 100)[0]
 
     def score(self, path: Path) -> dict:
         out = self.run(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CORPUS_PYTHON, ROOT, outside_args, side_by_side, table, versions,  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, batched_outputs, outside_args, side_by_side, table, versions,  # noqa: E402
                     write_json)
 
 BUILD = r'''
@@ -115,10 +115,7 @@ class Scorer:
         self.ref_seqs = decode(self.ref)
 
     def run(self, path: Path) -> np.ndarray:
-        import onnxruntime as ort
-
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([s.run(None, {"x": self.x[i:i + 50]})[0] for i in range(0, len(self.x), 50)])
+        return batched_outputs(path, self.x, "x", 50)[0]
 
     def score(self, path: Path) -> dict:
         p = self.run(path)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, ROOT, detection_f1, nms, outside_main, outside_rows  # noqa: E402
+from common import (CORPUS_PYTHON, ROOT, batched_outputs, detection_f1, nms, outside_main,  # noqa: E402
+                    outside_rows)
 
 BUILD = r'''
 import sys
@@ -82,14 +83,6 @@ def build(tmp: Path) -> None:
     subprocess.run([str(CORPUS_PYTHON), "-c", BUILD, str(tmp), str(ROOT.parent / "shared" / "corpus")], check=True)
 
 
-def _run(path: Path, x: np.ndarray, name: str, batch: int) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    runs = [s.run(None, {name: x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return [np.concatenate(o) for o in zip(*runs)]
-
-
 def detections(outs: list[np.ndarray], i: int, conf: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """(boxes, classes) of image ``i``: PicoDet's per-stride scores and 4 x 8-bin box
     distributions decoded at the anchor centres, then class-wise NMS at IoU 0.5."""
@@ -120,7 +113,7 @@ class Scorer:
         self.ref = self.run(tmp / f"{name}.onnx")
 
     def run(self, path: Path) -> list[np.ndarray]:
-        return _run(path, self.x, self.input, 50 if self.name == "orientation" else 1)
+        return batched_outputs(path, self.x, self.input, 50 if self.name == "orientation" else 1)
 
     def score(self, path: Path) -> dict:
         out = self.run(path)
