@@ -104,24 +104,30 @@ def rtn(w: np.ndarray, bits: int, group: int, *, symmetric: bool = False,
 
 
 def gptq(weight: np.ndarray, h: np.ndarray, bits: int, group: int, *, symmetric: bool = False,
-         damp: float = DAMP) -> tuple[np.ndarray, Grid]:
+         damp: float = DAMP, zeros: np.ndarray | None = None) -> tuple[np.ndarray, Grid]:
     """GPTQ onto a uniform grid: (integers [rows, D], grid) for ``weight`` [rows, D], ``h`` = E[x xᵀ].
 
     Block-wise groups (``group`` < D) take their grid when the sweep reaches them, from the
     updated weights, weighted by the Hessian diagonal; per-channel grids (``group`` >= D) are
     fitted on ``weight`` first and the columns are visited by decreasing input energy.
+    ``zeros`` [rows, D] (bool): positions that stay exactly zero (a pruned weight's mask), their
+    error fed forward to the others like any rounding error.
     """
     w0 = np.asarray(weight, np.float64)
     rows, d = w0.shape
     hdiag = np.maximum(np.diag(h).astype(np.float64), 0.0)
+    keep = None if zeros is None or not np.any(zeros) else np.asarray(zeros, bool)
     if group >= d:
-        grid = fit_grid(w0, bits, d, symmetric=symmetric, importance=hdiag)
+        grid = fit_grid(w0 if keep is None else np.where(keep, 0.0, w0), bits, d, symmetric=symmetric,
+                        importance=hdiag)
         order = np.argsort(-hdiag, kind="stable")
         w, hinv, dead = _prepare(w0[:, order], np.asarray(h)[np.ix_(order, order)], damp)
         s, z = grid.scale[:, 0], grid.zero[:, 0]
+        mask = None if keep is None else keep[:, order]
 
         def pick(col, w1, hb, i, i1, state):
-            return (np.clip(np.rint(col / s) + z, grid.qmin, grid.qmax) - z) * s
+            q = (np.clip(np.rint(col / s) + z, grid.qmin, grid.qmax) - z) * s
+            return q if mask is None else np.where(mask[:, i1 + i], 0.0, q)
 
         out = _sweep(w, hinv, BLOCK, lambda w1, hb, i1: None, pick)
         back = np.empty_like(order)
@@ -143,7 +149,8 @@ def gptq(weight: np.ndarray, h: np.ndarray, bits: int, group: int, *, symmetric:
             grid.scale[:, g], grid.zero[:, g] = _fit_groups(w1[:, cols], bits, symmetric,
                                                             hdiag[c: c + cols.stop - cols.start])
         sc, zc = grid.scale[:, g], grid.zero[:, g]
-        return (np.clip(np.rint(col / sc) + zc, grid.qmin, grid.qmax) - zc) * sc
+        q = (np.clip(np.rint(col / sc) + zc, grid.qmin, grid.qmax) - zc) * sc
+        return q if keep is None else np.where(keep[:, c], 0.0, q)
 
     out = _sweep(w, hinv, BLOCK, lambda w1, hb, i1: None, pick)
     q = grid.quantize(out)

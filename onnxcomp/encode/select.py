@@ -141,7 +141,8 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
 
 # encodings whose decoders only index a table of the stored values: bit-exact for int8/uint8 too.
 # onnxruntime folds them at load and still fuses the DequantizeLinear into QLinearConv / QLinearMatMul
-INTEGER_KINDS = ("codebook4", "codebook8", "codebook_uint4", "codebook_packed")
+INTEGER_KINDS = ("codebook4", "codebook8", "codebook_uint4", "codebook_packed", "zeros", "gaps", "bitmask",
+                 "sparse_codebook4", "sparse_codebook8")
 
 
 def quantized_weights(model: onnx.ModelProto, min_size: int = 1024) -> list:

@@ -173,8 +173,8 @@ class Walk:
             kept = quant.on_codes(r, src, None if st is None else st.cov) if kind == "qdq" else None
             if kept is not None:  # a clustered weight keeps its few values (its file stays small)
                 q, g = kept
-            elif st is not None:
-                q, g = quant.gptq(r, st.cov, bits, group, symmetric=sym)
+            elif st is not None:  # a pruned weight's zeros stay zero (its file stays sparse)
+                q, g = quant.gptq(r, st.cov, bits, group, symmetric=sym, zeros=src == 0)
             else:
                 q, g = quant.rtn(r, bits, group, symmetric=sym)
             h = st.cov if st is not None else np.eye(r.shape[1])
