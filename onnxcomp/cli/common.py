@@ -70,6 +70,11 @@ def settings_line(settings: dict, skip: tuple = (None,)) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items() if k != "engine" and v not in skip)
 
 
+def fold_lines(result: Any) -> list[str]:
+    """The notes of the lossless fold a speed rewrite ends with (see onnxcomp.graph.fold)."""
+    return [f"note: {n}" for r in result.results if r.pass_name == "fold" for n in r.notes]
+
+
 def engine_line(result: Any) -> str | None:
     """What the calibrated passes cost: walks of the streaming engine, segments and batch runs."""
     walks = [w for r in result.results for w in r.settings.get("engine", [])]

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from onnxcomp.cli.common import Writing, engine_line, model_argument, settings_line, writing_options
+from onnxcomp.cli.common import Writing, engine_line, fold_lines, model_argument, settings_line, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
@@ -27,6 +27,8 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
     """Per-layer table (method, rank/multiplier, MACs, params, energy, error, latency) and skips."""
     lines = []
     for r in compressed.results:
+        if r.pass_name == "fold":
+            continue  # its note comes last
         settings = settings_line(r.settings, skip=(None, False))
         lines.append(f"{r.pass_name}: {settings}")
         rows = []
@@ -55,6 +57,7 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
                          f"({fmt_ratio(model_macs[1] / model_macs[0])})")
         lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
         lines += [f"note: {n}" for n in r.notes]
+    lines += fold_lines(compressed)
     return "\n".join(lines + [x for x in [engine_line(compressed)] if x])
 
 

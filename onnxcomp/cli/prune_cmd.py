@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import Writing, engine_line, model_argument, refuse_given, settings_line, writing_options
+from onnxcomp.cli.common import Writing, engine_line, fold_lines, model_argument, refuse_given, settings_line, writing_options
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
@@ -61,7 +61,7 @@ def render_structured(result: Any) -> str:
     pb, pa = r.total("params_before"), r.total("params_after")
     lines.append(f"MACs per sample: {fmt_count(mb)} -> {fmt_count(ma)} ({fmt_pct(ma / mb if mb else 1.0)}); "
                  f"producer params {fmt_count(pb)} -> {fmt_count(pa)}")
-    lines += [f"note: {n}" for n in r.notes]
+    lines += [f"note: {n}" for n in r.notes] + fold_lines(result)
     return "\n".join(lines + [x for x in [engine_line(result)] if x])
 
 

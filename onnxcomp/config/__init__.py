@@ -4,6 +4,7 @@ the same bad values with the same one-line message. Each step config says what i
 (real calibration data) so the runner can check every step before the first one runs.
 """
 from onnxcomp.config.auto import AutoConfig
+from onnxcomp.config.fold import FoldConfig, Folding
 from onnxcomp.config.cluster import BitAllocation, ClusterConfig, ClusterGranularity, ClusterInit
 from onnxcomp.config.options import Needs, build, cli_spelling, defaults, describe, names, option, spell, spell_value
 from onnxcomp.config.quantize import ActivationBits, Int8Config, QuantizeConfig, WeightBits
@@ -13,7 +14,7 @@ from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeM
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
                                  EncodeConfig, Gates, Holdout, Metric, Output, Runtime)
 
-__all__ = ["AutoConfig", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
+__all__ = ["AutoConfig", "FoldConfig", "Folding", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",
            "PruneAllocation", "PruneConfig", "PruneGranularity", "PruneScore", "Selection", "SizedSelection",
            "StructuredPruneConfig", "parse_nm", "DepthwiseConfig", "FactorizeConfig", "FactorizeMethod",
@@ -23,4 +24,5 @@ __all__ = ["AutoConfig", "BitAllocation", "ClusterConfig", "ClusterGranularity",
 
 # the steps of a recipe, by name
 STEPS = {"structured": StructuredPruneConfig, "factorize": FactorizeConfig, "depthwise": DepthwiseConfig,
-         "prune": PruneConfig, "cluster": ClusterConfig, "int8": Int8Config, "quantize": QuantizeConfig}
+         "prune": PruneConfig, "cluster": ClusterConfig, "int8": Int8Config, "quantize": QuantizeConfig,
+         "fold": FoldConfig}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from onnxcomp.config.fold import Folding
 from onnxcomp.config.options import Needs, choice, fraction, non_negative, option, patterns, positive, spell, \
     spell_value
 from onnxcomp.errors import ConfigError
@@ -153,7 +154,7 @@ class ChannelAllocation(enum.Enum):
 
 
 @dataclass(frozen=True)
-class StructuredPruneConfig(Selection):
+class StructuredPruneConfig(Folding, Selection):
     """Structured pruning: remove whole channels and every tensor coupled to them (real speed).
 
     ``ratio`` is the fraction of channels removed; ``allocation`` uniform removes it from every

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from onnxcomp.config.fold import Folding
 from onnxcomp.config.options import Needs, choice, non_negative, option, positive, spell, spell_value
 from onnxcomp.config.prune import SizedSelection
 from onnxcomp.errors import ConfigError
@@ -34,7 +35,7 @@ def _energy(value: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class RewriteConfig(SizedSelection):
+class RewriteConfig(Folding, SizedSelection):
     """What every local rewrite shares: data-aware fitting, measured speed, growth."""
 
     data_aware: bool | None = option(None, "Minimise each layer's output error on the calibration data "

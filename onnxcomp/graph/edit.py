@@ -47,6 +47,10 @@ class ConstEval:
             self._cache[name] = self._fold(name)
         return self._cache[name]
 
+    def forget(self, name: str) -> None:
+        """Drop the cached value of ``name`` (its initializer was rewritten)."""
+        self._cache.pop(name, None)
+
     def _fold(self, name: str) -> np.ndarray | None:
         if name in self.inits:
             return tensor_array(self.inits[name])

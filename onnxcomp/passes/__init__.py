@@ -12,13 +12,13 @@ from typing import Any
 
 def make_pass(config: Any):
     """The pass that carries out a step config (PruneConfig -> PrunePass, ...)."""
-    from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, FactorizeConfig, Int8Config,
-                                 PruneConfig, QuantizeConfig, StructuredPruneConfig)
+    from onnxcomp.config import (ClusterConfig, CorrectionConfig, DepthwiseConfig, FactorizeConfig, FoldConfig,
+                                 Int8Config, PruneConfig, QuantizeConfig, StructuredPruneConfig)
     table = {PruneConfig: ("prune.prune", "PrunePass"), StructuredPruneConfig: ("structured.structured",
              "StructuredPrunePass"), FactorizeConfig: ("factorize.factorize", "FactorizePass"),
              DepthwiseConfig: ("depthwise", "DepthwisePass"), ClusterConfig: ("cluster.cluster", "ClusterPass"),
              CorrectionConfig: ("correction", "CorrectionPass"), Int8Config: ("quantize.quantize", "QuantizePass"),
-             QuantizeConfig: ("quantize.quantize", "QuantizePass")}
+             QuantizeConfig: ("quantize.quantize", "QuantizePass"), FoldConfig: ("fold", "FoldPass")}
     for cls, (module, name) in table.items():
         if type(config) is cls:  # only the pass asked for is imported (start-up: scipy.optimize etc.)
             return getattr(importlib.import_module(f"onnxcomp.passes.{module}"), name)(config)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import onnx
 
 from onnxcomp import io
-from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig, PruneConfig
+from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig, FoldConfig, PruneConfig
 from onnxcomp.encode import EncodeChoice, encode_weights
 from onnxcomp.errors import ConfigError
 from onnxcomp.io.model import Model, ModelLike, as_model
@@ -91,6 +91,8 @@ def plan_passes(steps: Sequence[Any], correction: CorrectionConfig | None,
             out[-1][1].correction = correction.correction if correction is not None else "none"
         if correction is not None and isinstance(cfg, CORRECTED):
             out.append((i, CorrectionPass(correction)))
+        if getattr(cfg, "fold", False):  # a speed rewrite ends with the lossless fold
+            out.append((i, make_pass(FoldConfig())))
     if final_correction is not None:
         out.append((len(steps) - 1, CorrectionPass(final_correction, scope="all")))
     return out
@@ -134,7 +136,9 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     work = original.copy()
     work.path = None
     for k, (i, p) in enumerate(passes):
-        ctx.history.append(p.run(work.proto, ctx))
+        report = p.run(work.proto, ctx)
+        if report.changes or report.notes or not getattr(p, "idle_unreported", False):
+            ctx.history.append(report)  # (a fold that found nothing leaves no report)
         io.release()  # what the pass freed (its threads' heaps too) before the next holds more
         if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
             after_step(i, work, ctx)
