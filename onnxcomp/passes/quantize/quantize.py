@@ -13,6 +13,7 @@ import onnx
 from onnxcomp.algo import quant
 from onnxcomp.config.quantize import QuantizeConfig
 from onnxcomp.graph.edit import remove_dead
+from onnxcomp.graph.fold import fold_affine
 from onnxcomp.io.tensors import tensor_array
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
 from onnxcomp.passes.quantize import emit, prep, verify
@@ -41,9 +42,14 @@ class QuantizePass(Pass):
                 work = prep.raise_opset(work, QDQ_OPSET, prep.first_batch(ctx.data), "per-channel QDQ int8")
                 notes.append(f"opset {old} -> {QDQ_OPSET} for per-channel QDQ"
                              + (f" (adapted ops: {', '.join(changed)})" if changed else ""))
-            for what, count in (("zero Pad(s)", prep.fold_pads(work)), ("BatchNormalization(s)", prep.fold_batchnorm(work))):
+            folds = (("zero Pad(s)", prep.fold_pads(work)), ("BatchNormalization(s)", prep.fold_batchnorm(work)))
+            for what, count in folds:
                 if count:
                     notes.append(f"{count} {what} folded into the convs next to them")
+            folded = fold_affine(work, scale_inputs=False)  # (a clustered kernel keeps its columns)
+            if folded.total:
+                notes.append(f"lossless fold: {folded.into_outputs + folded.into_inputs} constant Mul/Add into the "
+                             f"convs next to them, {folded.hard_sigmoid} Clip(x+3,0,6)/6 chain(s) as HardSigmoid")
         p = make_plan(work, self.config)
         p.prepared, p.notes = work, notes + p.notes
         return p
