@@ -221,6 +221,7 @@ def test_speed_search_takes_the_least_ratio_that_meets_the_target(monkeypatch):
             t.latency_ratio = t.macs_ratio + 0.05 * (t.steps[0][1]["ratio"] == 0.45)  # 0.45 timed high once
 
     monkeypatch.setattr(auto, "latencies", timed)
+    monkeypatch.setattr(auto, "foldable", lambda model: False)
     slow = fake(False, max_ok=0.6)
     slow.goal = ("latency_ratio", 0.35)
     trials = auto.for_speed(slow, target=0.35)
@@ -253,6 +254,7 @@ def test_int8_counts_toward_a_latency_target(monkeypatch):
             t.latency_ratio = t.speed
 
     monkeypatch.setattr(auto, "latencies", timed)
+    monkeypatch.setattr(auto, "foldable", lambda model: False)
     quick = search(0.005)
     assert [t.steps for t in auto.for_speed(quick, 0.6, [("quantize", {})])] == [[("quantize", {})]]
     lossy = search(0.5)
@@ -260,3 +262,36 @@ def test_int8_counts_toward_a_latency_target(monkeypatch):
     assert trials[0].steps == [("quantize", {})] and not trials[0].ok
     assert all(("quantize", {}) not in t.steps for t in trials[1:]) and len(trials) > 1
     assert "quantize alone dropped 0.5000" in lossy.warnings[0]
+
+
+def test_a_latency_target_tries_the_lossless_fold_first(monkeypatch):
+    """PP-OCRv4's detector runs 1.4x faster from the lossless fold alone (constant Mul/Add into
+    its convs, hard-swish as HardSigmoid): a latency target it meets costs no compression at all;
+    otherwise int8 alone runs on the folded model, and structured candidates fold themselves."""
+    def search(fold_speed):
+        class Fake(auto.Search):
+            def __init__(self):
+                self.trials, self.goal, self.keep_going, self.jobs = [], ("latency_ratio", 0.75), False, 1
+                self.original, self.threads, self.calib, self.max_drop, self.warnings = None, None, [], 0.01, []
+
+            def evaluate(self, steps):
+                ratio = steps[0][1].get("ratio", 0.0) if steps[0][0] == "structured" else 0.0
+                t = auto.Trial(steps, 1 - ratio, (1 - ratio) ** 2, ratio / 10, ratio / 10 <= self.max_drop)
+                t.speed = (1 - ratio) ** 2 * (fold_speed if ("fold", {}) in steps or ratio else 1.0) * (
+                    0.5 if ("quantize", {}) in steps else 1.0)
+                self.trials.append(t)
+                return t
+        return Fake()
+
+    def timed(original, trials, threads, sample=None, every=False):
+        for t in trials:
+            t.latency_ratio = t.speed
+
+    monkeypatch.setattr(auto, "latencies", timed)
+    monkeypatch.setattr(auto, "foldable", lambda model: True)
+    assert [t.steps for t in auto.for_speed(search(0.7), 0.75)] == [[("fold", {})]]
+    int8 = auto.for_speed(search(0.9), 0.6, [("quantize", {})])
+    assert [t.steps for t in int8] == [[("fold", {})], [("fold", {}), ("quantize", {})]]
+    assert auto.choose(int8, "latency_ratio", 0.6).steps == [("fold", {}), ("quantize", {})]
+    monkeypatch.setattr(auto, "foldable", lambda model: False)
+    assert [t.steps for t in auto.for_speed(search(0.7), 0.75)][0] == [("structured", {"ratio": 0.45})]

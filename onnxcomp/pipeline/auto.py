@@ -1,14 +1,13 @@
 """``onnxcomp auto``: search recipes for a size / MACs / latency target within a quality drop.
 
-Size targets combine weight sharing and pruning: the fewest uniform bits that stay within the
-drop, then (if the file is still above the target) a fractional average budget spent per layer
-by measured sensitivity, then the highest sparsity on top (all bisected). Speed targets: the least
-structured channel ratio that meets the MACs / measured latency target (bisected), else the
-highest within the drop with low-rank factorization on top; with ``--int8`` a latency target
-times each candidate after int8 quantization, and int8 alone first. Every candidate is scored on held-out
-calibration samples the compression never saw (a quarter of the data from 32 samples). The winner
-meets the target with the least compression (``keep_going``: the smallest / fastest within the
-drop); its recipe replays with ``onnxcomp compress --recipe``.
+Size targets: the fewest uniform bits within the drop, then (file still above the target) a
+fractional average budget spent per layer by measured sensitivity, then the highest sparsity on
+top (all bisected). Speed targets: the lossless fold alone (latency), then the least structured
+channel ratio that meets the target (bisected), else the highest within the drop with low-rank
+factorization on top; ``--int8`` times each candidate after int8 quantization, int8 alone first.
+Every candidate is scored on held-out calibration samples (a quarter of the data from 32 samples).
+The winner meets the target with the least compression (``keep_going``: the smallest / fastest
+within the drop); its recipe replays with ``onnxcomp compress --recipe``.
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.io import model_bytes
 from onnxcomp.io.model import Model, as_model
 from onnxcomp.pipeline import recipe as recipes
-from onnxcomp.pipeline.candidates import (Trial, backend, check_parallel, choose, evaluate_parallel, held_out_drop,
-                                          latencies, measure, split)
+from onnxcomp.pipeline.candidates import (Trial, backend, check_parallel, choose, evaluate_parallel, foldable,
+                                          held_out_drop, latencies, measure, split)
 
 __all__ = ["BITS", "BISECT_STEPS", "MEASURED_STEPS", "Outcome", "Search", "Trial", "choose", "for_size",
            "for_speed", "search", "split"]
@@ -165,15 +164,17 @@ def _time(s: Search, trials: list[Trial], every: bool = True) -> None:
 
 
 def for_speed(s: Search, target: float, tail: list | None = None) -> list[Trial]:
-    """The least structured ratio whose candidate meets the MACs or latency target (bisected on the
-    measured value, each probe timed against the original for a latency target), when it stays
-    within the drop. Else (or with ``keep_going``) the highest ratio within the drop, with
-    factorization on top if the target is still not met. ``tail``: steps that end every candidate
-    (``--int8``: the quantize step), tried alone first; when alone they meet a latency target
-    within the drop, nothing is pruned."""
-    key = s.goal[0] if s.goal else "macs_ratio"
-    tail = list(tail or [])
+    """The least structured ratio that meets the MACs or latency target (bisected on the measured
+    value) within the drop; else (or with ``keep_going``) the highest ratio within the drop, with
+    factorization on top. A latency target tries the lossless fold alone first. ``tail``: steps
+    that end every candidate (``--int8``), tried alone first: if they meet the target, nothing is pruned."""
+    key, tail = s.goal[0] if s.goal else "macs_ratio", list(tail or [])
     timed = key == "latency_ratio"
+    lead = [("fold", {})] if timed and foldable(s.original) else []  # then under int8 alone too
+    if lead:
+        _time(s, [s.evaluate(lead)])
+        if s.met:
+            return s.trials
 
     def steps(ratio: float, extra: tuple = ()) -> list:
         return [("structured", {"ratio": ratio}), *extra, *tail]
@@ -182,7 +183,7 @@ def for_speed(s: Search, target: float, tail: list | None = None) -> list[Trial]
         return [t.steps[0][1]["ratio"] for t in s.trials if t.steps[0][0] == "structured" and t.ok == ok]
 
     if tail:
-        alone = s.evaluate(list(tail))
+        alone = s.evaluate(lead + tail)
         if timed:
             _time(s, [alone])
         if s.met:

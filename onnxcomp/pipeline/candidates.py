@@ -190,6 +190,19 @@ def check_parallel(model: Model, jobs: int) -> None:
                           f"{size / 1e9:.2f} GB of tensors are more than one holds (2 GB)", "run with one job")
 
 
+def foldable(model: Model) -> bool:
+    """Whether the lossless fold (onnxcomp.graph.fold) changes anything in ``model`` (tried on a copy)."""
+    import onnx
+
+    from onnxcomp.graph.fold import fold_affine
+
+    if not any(n.op_type in ("Conv", "Clip") for n in model.proto.graph.node):
+        return False
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model.proto)
+    return fold_affine(copy).total > 0
+
+
 def choose(trials: list[Trial], key: str, target: float | None = None) -> Trial | None:
     """With ``target``: the trial within the drop that meets it with the least compression (the
     highest size / MACs ratio: no more damage than the target asks). Else, or when none meets
