@@ -186,6 +186,25 @@ def remove_dead(model: onnx.ModelProto) -> int:
     return removed
 
 
+def flush_subnormals(model: onnx.ModelProto, keep: set[str]) -> int:
+    """Zero the float32 subnormal values (below 1.2e-38) of every initializer in memory not named
+    in ``keep``; how many were zeroed. x86 CPUs run subnormal arithmetic ~100x slower: the SVD
+    factors of a PP-OCRv4 recogniser held ~1,700 of them and the factorized model ran 1.9x slower
+    than the original (one 1x1 conv took 17 ms instead of 0.2 ms)."""
+    from onnxcomp.io.tensors import is_lazy
+
+    tiny, count = np.finfo(np.float32).tiny, 0
+    for t in model.graph.initializer:
+        if t.name in keep or t.data_type != onnx.TensorProto.FLOAT or is_lazy(t):
+            continue
+        a = numpy_helper.to_array(t)
+        bad = (np.abs(a) < tiny) & (a != 0)
+        if bad.any():
+            t.CopyFrom(numpy_helper.from_array(np.where(bad, np.float32(0), a), t.name))
+            count += int(bad.sum())
+    return count
+
+
 def clear_value_info(model: onnx.ModelProto, names: set[str] | None = None) -> None:
     """Forget inferred shapes (of ``names``, or all): they are stale after channels were removed."""
     g = model.graph
