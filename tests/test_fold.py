@@ -106,3 +106,19 @@ def test_speed_commands_end_with_the_fold(tmp_path, capsys):
                  str(tmp_path / "k.onnx")]) == 0
     assert "lossless fold" not in capsys.readouterr().out
     assert Counter(n.op_type for n in onnx.load(tmp_path / "k.onnx").graph.node)["Div"] == 1
+
+
+def test_a_recipe_step_folds_alone(tmp_path):
+    """`auto --target-latency` tries the fold alone first; its recipe (`- fold: {}`) replays it."""
+    import onnxcomp as oc
+    from onnxcomp.pipeline import recipe
+
+    model = _paddle_like()
+    x = np.random.default_rng(2).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    result = oc.replay(model, recipe.make([("fold", {})]))
+    assert any("lossless fold" in n for r in result.results for n in r.notes)
+    path = oc.save(result.model, tmp_path / "f.onnx")
+    folded = onnx.load(path)
+    assert Counter(n.op_type for n in folded.graph.node)["Clip"] == 0
+    before = _run(model, x)
+    np.testing.assert_allclose(_run(folded, x), before, rtol=1e-5, atol=1e-5 * np.abs(before).max())

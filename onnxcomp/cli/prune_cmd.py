@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import Writing, engine_line, fold_lines, model_argument, refuse_given, settings_line, writing_options
+from onnxcomp.cli.common import (Writing, engine_line, fold_lines, model_argument, refuse_given, settings_line,
+                                 writing_options)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table

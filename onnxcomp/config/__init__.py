@@ -14,13 +14,13 @@ from onnxcomp.config.rewrite import DepthwiseConfig, FactorizeConfig, FactorizeM
 from onnxcomp.config.run import (ENCODING_FAMILIES, ENCODING_KINDS, Correction, CorrectionConfig, DataConfig,
                                  EncodeConfig, Gates, Holdout, Metric, Output, Runtime)
 
-__all__ = ["AutoConfig", "FoldConfig", "Folding", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
+__all__ = ["AutoConfig", "BitAllocation", "ClusterConfig", "ClusterGranularity", "ClusterInit", "Needs", "build", "cli_spelling",
            "defaults", "describe", "names", "option", "spell", "spell_value", "ChannelAllocation", "Importance",
            "PruneAllocation", "PruneConfig", "PruneGranularity", "PruneScore", "Selection", "SizedSelection",
            "StructuredPruneConfig", "parse_nm", "DepthwiseConfig", "FactorizeConfig", "FactorizeMethod",
            "RewriteConfig", "ENCODING_FAMILIES", "ENCODING_KINDS", "Correction", "CorrectionConfig",
            "DataConfig", "EncodeConfig", "Gates", "Holdout", "Int8Config", "Metric", "Output", "Runtime", "STEPS",
-           "ActivationBits", "QuantizeConfig", "WeightBits"]
+           "ActivationBits", "QuantizeConfig", "WeightBits", "FoldConfig", "Folding"]
 
 # the steps of a recipe, by name
 STEPS = {"structured": StructuredPruneConfig, "factorize": FactorizeConfig, "depthwise": DepthwiseConfig,
