@@ -33,3 +33,21 @@ def test_rewritten_weights_hold_no_subnormals():
     assert len(arrays) >= 3  # the first conv was factorized
     assert not any(((np.abs(a) < TINY) & (a != 0)).any() for a in arrays)
     assert any("subnormal weight value(s) set to 0" in n for r in result.results for n in r.notes)
+
+
+def test_constant_node_weights_are_flushed_and_untouched_ones_kept():
+    """OBS-pruned weights the recogniser keeps in Constant nodes held ~4,800 subnormals and the
+    calibrated `prune --sparsity 0.5` model ran 2.8x slower than the original (now 0.99x)."""
+    from onnxcomp.graph.edit import flush_subnormals
+
+    model = _model()
+    w1 = numpy_helper.to_array(model.graph.initializer[0])
+    del model.graph.initializer[0]
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1")))
+    w2 = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w2[0, 0] = np.float32(1e-39)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w2, "w2"))
+    assert flush_subnormals(model, keep={"w2"}) == 64  # w1's channel 2; w2 is an untouched input weight
+    const = numpy_helper.to_array(model.graph.node[0].attribute[0].t)
+    assert (const[:, 2] == 0).all() and np.array_equal(const[:, 3], w1[:, 3])
+    assert numpy_helper.to_array(model.graph.initializer[0])[0, 0] == np.float32(1e-39)

@@ -150,7 +150,9 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     touched = {c.name for r in results for c in r.applied}
     from onnxcomp.graph.edit import flush_subnormals
 
-    flushed = flush_subnormals(work.proto, {t.name for t in original.proto.graph.initializer} - touched)
+    stored = {t.name for t in original.proto.graph.initializer} | {n.output[0] for n in original.proto.graph.node
+                                                                     if n.op_type == "Constant"}
+    flushed = flush_subnormals(work.proto, stored - touched)
     if flushed:
         results[0].notes.append(f"{flushed} subnormal weight value(s) set to 0 (x86 CPUs run them ~100x slower)")
     quantized = any(r.pass_name == "quantize" for r in results)
