@@ -228,32 +228,40 @@ def test_speed_search_takes_the_least_ratio_that_meets_the_target(monkeypatch):
     assert all(len(t.steps) == 1 for t in trials)  # the fallback's best, timed, meets it: no factorization
 
 
+def _latency_search(target: float, drop, speed):
+    """A search for p50 latency <= ``target`` whose trials' held-out drop and latency come from
+    ``drop(ratio, steps)`` and ``speed(ratio, steps)`` (ratio: the structured step's, else 0)."""
+    class Fake(auto.Search):
+        def __init__(self):
+            self.trials, self.goal, self.keep_going, self.jobs = [], ("latency_ratio", target), False, 1
+            self.original, self.threads, self.calib, self.max_drop, self.warnings = None, None, [], 0.01, []
+
+        def evaluate(self, steps):
+            ratio = steps[0][1].get("ratio", 0.0) if steps[0][0] == "structured" else 0.0
+            d = drop(ratio, steps)
+            t = auto.Trial(steps, 1 - ratio, (1 - ratio) ** 2, d, d <= self.max_drop)
+            t.speed = speed(ratio, steps)
+            self.trials.append(t)
+            return t
+    return Fake()
+
+
+def _timed(original, trials, threads, sample=None, every=False):
+    """auto.latencies for the fakes: each trial's latency is its set speed."""
+    for t in trials:
+        t.latency_ratio = t.speed
+
+
 def test_int8_counts_toward_a_latency_target(monkeypatch):
     """`auto --target-latency 0.6 --int8` on effnet_lite0 pruned channels until the float model was
     0.49x, dropping 31 % of the held-out answers, while int8 alone runs at ~0.5x: now int8 ends
     every candidate of a latency target and is tried alone first. When it alone loses more than
     the drop allows, the search goes on without it and says so."""
     def search(int8_drop):
-        class Fake(auto.Search):
-            def __init__(self):
-                self.trials, self.goal, self.keep_going, self.jobs = [], ("latency_ratio", 0.6), False, 1
-                self.original, self.threads, self.calib, self.max_drop, self.warnings = None, None, [], 0.01, []
+        return _latency_search(0.6, lambda r, steps: r / 10 + (int8_drop if ("quantize", {}) in steps else 0.0),
+                               lambda r, steps: (1 - r) ** 2 * (0.5 if ("quantize", {}) in steps else 1.0))
 
-            def evaluate(self, steps):
-                ratio = steps[0][1].get("ratio", 0.0) if steps[0][0] == "structured" else 0.0
-                int8 = ("quantize", {}) in steps
-                drop = ratio / 10 + (int8_drop if int8 else 0.0)
-                t = auto.Trial(steps, 1 - ratio, (1 - ratio) ** 2, drop, drop <= self.max_drop)
-                t.speed = (1 - ratio) ** 2 * (0.5 if int8 else 1.0)
-                self.trials.append(t)
-                return t
-        return Fake()
-
-    def timed(original, trials, threads, sample=None, every=False):
-        for t in trials:
-            t.latency_ratio = t.speed
-
-    monkeypatch.setattr(auto, "latencies", timed)
+    monkeypatch.setattr(auto, "latencies", _timed)
     monkeypatch.setattr(auto, "foldable", lambda model: False)
     quick = search(0.005)
     assert [t.steps for t in auto.for_speed(quick, 0.6, [("quantize", {})])] == [[("quantize", {})]]
@@ -269,25 +277,10 @@ def test_a_latency_target_tries_the_lossless_fold_first(monkeypatch):
     its convs, hard-swish as HardSigmoid): a latency target it meets costs no compression at all;
     otherwise int8 alone runs on the folded model, and structured candidates fold themselves."""
     def search(fold_speed):
-        class Fake(auto.Search):
-            def __init__(self):
-                self.trials, self.goal, self.keep_going, self.jobs = [], ("latency_ratio", 0.75), False, 1
-                self.original, self.threads, self.calib, self.max_drop, self.warnings = None, None, [], 0.01, []
+        return _latency_search(0.75, lambda r, steps: r / 10, lambda r, steps: (1 - r) ** 2 * (
+            fold_speed if ("fold", {}) in steps or r else 1.0) * (0.5 if ("quantize", {}) in steps else 1.0))
 
-            def evaluate(self, steps):
-                ratio = steps[0][1].get("ratio", 0.0) if steps[0][0] == "structured" else 0.0
-                t = auto.Trial(steps, 1 - ratio, (1 - ratio) ** 2, ratio / 10, ratio / 10 <= self.max_drop)
-                t.speed = (1 - ratio) ** 2 * (fold_speed if ("fold", {}) in steps or ratio else 1.0) * (
-                    0.5 if ("quantize", {}) in steps else 1.0)
-                self.trials.append(t)
-                return t
-        return Fake()
-
-    def timed(original, trials, threads, sample=None, every=False):
-        for t in trials:
-            t.latency_ratio = t.speed
-
-    monkeypatch.setattr(auto, "latencies", timed)
+    monkeypatch.setattr(auto, "latencies", _timed)
     monkeypatch.setattr(auto, "foldable", lambda model: True)
     assert [t.steps for t in auto.for_speed(search(0.7), 0.75)] == [[("fold", {})]]
     int8 = auto.for_speed(search(0.9), 0.6, [("quantize", {})])
