@@ -3,11 +3,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import helper, numpy_helper
 
 from onnxcomp.encode import encode_weights
 from onnxcomp.encode.select import allowed_kinds
 from onnxcomp.encode.sparse import Bitmask, Gaps, gap_stream
 from onnxcomp.errors import ConfigError
+from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.weights import find_weights, set_weight
 
 from . import models as M
@@ -38,13 +40,13 @@ def decoded(model: onnx.ModelProto, names: list[str]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("sparsity,kind", [(0.5, "bitmask"), (0.95, "gaps"), (1.0, "zeros")])
 def test_encoded_weight_is_bit_exact_and_smaller(sparsity, kind):
-    model = M.conv_bn_relu(c_mid=16)
+    model = M.conv_bn_relu(c_mid=48)
     w = find_weights(model).by_name()["w2"]
     ref = sparsify(w.values(), sparsity)
     set_weight(model, w, ref)
     x = {"x": M.rng(3).normal(size=(2, 3, 8, 8)).astype(np.float32)}
     dense_out = outputs(model, x)
-    choices = {c.name: c for c in encode_weights(model, names={"w2"})}
+    choices = {c.name: c for c in encode_weights(model, names={"w2"}, encoding="sparse")}
     assert choices["w2"].kind == kind and choices["w2"].bytes < choices["w2"].dense_bytes
     assert np.array_equal(decoded(model, ["w2"])[0], ref)
     assert all(np.array_equal(a, b) for a, b in zip(dense_out, outputs(model, x)))
@@ -133,3 +135,29 @@ def test_decoders_do_not_clash_with_nodes_named_like_their_weights(tmp_path):
     assert r.encodings[0].kind != "dense"
     oc.save(r.model, tmp_path / "m.onnx")  # verified: checker and onnxruntime load
     assert len({n.name for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.name}) == 1
+
+
+@pytest.mark.parametrize("shape,dtype", [((37, 29), np.float32), ((64, 40), np.int8), ((8, 3, 5, 5), np.float16)])
+def test_bitmasks_of_any_size_and_type_decode_exactly_and_share_one_table(shape, dtype):
+    """Sizes not a multiple of 8 (packbits' padding), integer and half weights; two decoders, one table."""
+    r = M.rng(5)
+    a, b = (sparsify((r.normal(size=shape) * 50).astype(dtype), 0.5, seed) for seed in (1, 2))
+    nodes, inits = [], []
+    out_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = helper.make_model(helper.make_graph([helper.make_node("Concat", ["a", "b"], ["y"], axis=0)], "g", [],
+                                                [helper.make_tensor_value_info("y", out_type, None)],
+                                                [numpy_helper.from_array(a, "a"), numpy_helper.from_array(b, "b")]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    fresh = NameScope(model, short=True)
+    for name, w in (("a2", a), ("b2", b)):
+        n, i = Bitmask().build(w.reshape(-1), w.shape, name, fresh)
+        nodes += n
+        inits += i
+    assert sum(list(t.dims) == [256, 8] for t in inits) == 1  # the table is stored once
+    g = model.graph
+    g.initializer.extend(inits)
+    g.node[0].input[:] = ["a2", "b2"]
+    for k, n in enumerate(nodes):
+        g.node.insert(k, n)
+    a_out, b_out = decoded(model, ["a2", "b2"])
+    assert np.array_equal(a_out, a) and np.array_equal(b_out, b) and a_out.dtype == dtype

@@ -48,15 +48,16 @@ def nonzero_positions(flat: np.ndarray) -> np.ndarray:
     return _POSITIONS["pos"]
 
 
-def const(fresh: Names, base: str, array: np.ndarray, inits: list[onnx.TensorProto]) -> str:
+def const(fresh: Names, base: str, array: np.ndarray, inits: list[onnx.TensorProto], share: bool = False) -> str:
     """Add an initializer with a fresh name; return the name.
 
-    Small constants (axes, shapes, scalars) are shared between decoders when ``fresh`` keeps a
-    ``shared`` cache (NameScope does): one initializer per distinct value in the whole graph.
+    Small constants (axes, shapes, scalars), and lookup tables passed with ``share``, are shared
+    between decoders when ``fresh`` keeps a ``shared`` cache (NameScope does): one initializer per
+    distinct value in the whole graph.
     """
     array = np.ascontiguousarray(array)
     cache = getattr(fresh, "shared", None)
-    key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= SHARED_MAX_ELEMENTS else None
+    key = (array.dtype.str, array.shape, array.tobytes()) if share or array.size <= SHARED_MAX_ELEMENTS else None
     if cache is not None and key is not None and key in cache:
         return cache[key]
     name = fresh(base)
