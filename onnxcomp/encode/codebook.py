@@ -4,8 +4,9 @@ codebook8      one uint8 index per weight (<= 256 entries per table row); Cast +
 codebook4      two 4-bit indices per byte, first in the high nibble (<= 16 entries); unpacked with
                BitShift + Mod (no BitwiseAnd, so opset 11 suffices), then Cast + Gather.
 codebook_uint4 the indices as a UINT4 initializer; Cast + Gather (opset 21).
-The table is per tensor, per output channel (one Gather over [C, K] flattened, index c*K + idx)
-or shared with a float16 scale per channel (see :mod:`.tables`). All decoders are bit-exact.
+The table is per tensor, per output channel (GatherElements of the [C, K] table spread along the
+weight, see :mod:`.rows`; or one Gather over it flattened, index c*K + idx) or shared with a
+float16 scale per channel (see :mod:`.tables`). All decoders are bit-exact.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from onnx import helper
 
 from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
 from onnxcomp.encode.nibbles import pack_nibbles, unpack_nibbles
+from onnxcomp.encode.rows import gather_axis, gather_rows
 from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
 _CACHE: dict = {}
@@ -94,17 +96,23 @@ def channel_axis(t: Table, shape) -> int | None:
     return None
 
 
-def gather_shaped(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, axis: int, rank: int,
+def gather_shaped(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, axis: int, shape: tuple[int, ...],
                   out: str, inits: list, nodes: list, stored_offsets: bool = False) -> None:
     """Gather the decoded weight straight into ``out`` from an int32 index already in its shape:
-    per-channel offsets and scales broadcast along ``axis``. onnxruntime folds this at load with one
-    int32 and one float temporary per weight (a Reshape would add a copy)."""
+    per-channel offsets and scales broadcast along ``axis``, or (opset 11) GatherElements of the
+    table spread along another axis. onnxruntime folds this at load with one int32 temporary per
+    weight (a Reshape would add a copy; the offsets another)."""
     table = build_table(t, fresh, name, dtype, inits, nodes)
     if t.kind == "tensor":
         nodes.append(node("Gather", [table, idx], out, axis=0))
         return
+    rank = len(shape)
     bshape = [1] * rank
     bshape[axis] = t.layout.channels
+    g = gather_axis(shape, axis, t.width) if t.kind == "channel" and not stored_offsets else None
+    if g is not None:
+        gather_rows(table, t, shape, axis, g, fresh, name, out, idx, inits, nodes)
+        return
     if t.kind == "channel":
         if stored_offsets:
             offs = const(fresh, f"{name}_offsets",
@@ -166,7 +174,7 @@ class _Codebook(Encoding):
         axis = channel_axis(t, shape)
         if axis is not None:  # indices in the weight's shape: no Reshape of int32 or float temporaries
             idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes, tuple(shape))
-            gather_shaped(t, fresh, p, flat.dtype, idx, axis, len(shape), name, inits, nodes,
+            gather_shaped(t, fresh, p, flat.dtype, idx, axis, tuple(shape), name, inits, nodes,
                           self.min_opset < 11)
             return unnamed(nodes), inits
         idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
