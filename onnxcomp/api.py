@@ -189,11 +189,13 @@ def quantize(model: ModelLike, *, data: Any = None, correction: str = "auto", co
 def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data: Any = None,
              granularity: str = "auto", allocation: str = "auto", bit_allocation: str = "uniform",
              correction: str = "auto", pack: bool = False, threads: int | None = None,
-             progress: Any = None, measure: bool = True) -> Result:
+             progress: Any = None, measure: bool = True, encoding: str = "auto") -> Result:
     """Deep Compression without retraining: prune -> cluster -> encode (-> ``pack``).
 
     ``result.stages`` gives bytes and fidelity after each stage (measured on ``data``; random
-    data when None; sizes only with ``measure=False``); ``result.archive`` the packed bytes.
+    data when None; sizes only with ``measure=False``); ``result.archive`` the packed bytes;
+    ``encoding`` as :class:`onnxcomp.config.EncodeConfig` (``smallest``: every weight in its
+    smallest encoding, whatever onnxruntime needs to load it).
     """
     from onnxcomp.pipeline.deep import compress as _compress
 
@@ -201,7 +203,8 @@ def compress(model: ModelLike, sparsity: float = 0.9, bits: float = 4, *, data: 
                             granularity="tensor" if granularity == "tensor" else "channel")
     cluster_cfg = ClusterConfig(bits=bits, granularity=granularity, allocation=bit_allocation)
     return _compress(model, prune_cfg, cluster_cfg, data=data, correction=CorrectionConfig(correction),
-                     threads=threads, pack=pack, progress=progress, measure=measure)
+                     threads=threads, pack=pack, progress=progress, measure=measure,
+                     encoding=EncodeConfig(encoding).encoding)
 
 
 def replay(model: ModelLike, recipe: str | os.PathLike | dict, *, data: Any = None, threads: int | None = None,

@@ -8,7 +8,7 @@ import click
 
 from onnxcomp.cli.common import Writing, model_argument, writing_options
 from onnxcomp.cli.options import config_options, take
-from onnxcomp.config import ClusterConfig, CorrectionConfig, PruneConfig
+from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig, PruneConfig
 from onnxcomp.report.tables import fmt_bytes, fmt_ratio, table
 
 
@@ -43,7 +43,7 @@ def render_stages(pipe: Any) -> str:
 @config_options(PruneConfig, only=("sparsity", "allocation"), defaults={"sparsity": 0.9})
 @config_options(ClusterConfig, only=("bits", "granularity", "allocation"), defaults={"bits": 4},
                 rename={"allocation": "bit_allocation"})
-@config_options(CorrectionConfig)
+@config_options(CorrectionConfig, EncodeConfig)
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
               help="Replay a recipe (YAML, e.g. written by onnxcomp auto) instead of --sparsity/--bits.")
 @click.option("--pack", "pack", is_flag=True, help="Also write OUT.onnxc, the entropy-coded archive (stage 3).")
@@ -63,11 +63,12 @@ def compress_cmd(model: str, recipe_path: str | None, pack: bool, as_json: bool,
     prune = PruneConfig(sparsity=kw.pop("sparsity"), allocation=kw.pop("allocation"))  # fail fast
     cluster = take(ClusterConfig, kw, rename={"allocation": "bit_allocation"})
     corr = take(CorrectionConfig, kw)
+    enc = take(EncodeConfig, kw)
     w = Writing(model, kw, "compress", as_json)
     pipe = api.compress(w.original, prune.sparsity, cluster.bits, data=w.data, granularity=cluster.granularity,
                         allocation=prune.allocation, bit_allocation=cluster.allocation,
                         correction=corr.correction, threads=w.threads, progress=w.progress,
-                        measure=w.unmeasured is None)
+                        measure=w.unmeasured is None, encoding=enc.encoding)
     written = w.write(pipe, "compress")
     report, human = pipe.to_dict(), render_stages(pipe)
     if pack:
@@ -103,7 +104,7 @@ def _replay(model: str, recipe_path: str, kw: dict, *, pack: bool, as_json: bool
     from onnxcomp.pipeline import recipe as recipes
 
     rec = recipes.load(recipe_path)  # a bad recipe fails before any work
-    for n in ("sparsity", "allocation", "bits", "granularity", "bit_allocation", "correction"):
+    for n in ("sparsity", "allocation", "bits", "granularity", "bit_allocation", "correction", "encoding"):
         kw.pop(n, None)
     w = Writing(model, kw, "compress", as_json)
     result = api.replay(w.original, rec, data=w.data, threads=w.threads, progress=w.progress)

@@ -19,7 +19,7 @@ from onnxcomp.pipeline.run import Result, Stage, as_data, run
 
 def compress(model: ModelLike, prune: PruneConfig, cluster: ClusterConfig, *, data: Any = None,
              correction: CorrectionConfig | str = "auto", threads: int | None = None, pack: bool = False,
-             measure: bool = True, progress: Any = None) -> Result:
+             measure: bool = True, progress: Any = None, encoding: str = "auto") -> Result:
     """Prune a copy, cluster it, encode; ``result.stages`` gives bytes and fidelity after each stage
     (measured on ``data``; random data when None) and ``result.archive`` the packed bytes."""
     from onnxcomp.encode.pack import pack_bytes
@@ -41,7 +41,7 @@ def compress(model: ModelLike, prune: PruneConfig, cluster: ClusterConfig, *, da
             encode_weights(stored.proto, {c.name for c in ctx.history[0].applied}, "sparse")
             stages.append(stage(f"pruned {prune.level:.0%}", stored, "sparse encodings"))
 
-    out = run(original, [prune, cluster], data=data, correction=correction, encoding="auto", threads=threads,
+    out = run(original, [prune, cluster], data=data, correction=correction, encoding=encoding, threads=threads,
               progress=progress, after_step=after)
     stages.append(stage(f"clustered {cluster.budget_bits:g} bits", out.model, "codebook / sparse+codebook encodings"))
     if pack:
