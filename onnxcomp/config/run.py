@@ -55,9 +55,10 @@ class EncodeConfig:
     """How the weights a step changed are stored (every encoding is decoded bit-exactly at load)."""
 
     encoding: str = option("auto", "Storage: auto (the smallest per tensor among the encodings onnxruntime "
-                                   "decodes at load within about 2x the fp32 model's memory), smallest (also "
-                                   "the variable-length code: smaller files, up to ~16x the memory while "
-                                   "loading), fixed, dense, sparse, codebook, combined, or one kind.",
+                                   "decodes at load cheaply, as far as the model then loads within 2x the "
+                                   "memory it needs dense: measured), smallest (every encoding: smaller "
+                                   "files, up to ~16x the memory while loading), fixed, dense, sparse, "
+                                   "codebook, combined, or one kind.",
                            metavar="KIND")
 
     def __post_init__(self) -> None:

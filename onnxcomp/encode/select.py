@@ -16,6 +16,8 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.io import default_opset
 from onnxcomp.encode.base import Encoding
+from onnxcomp.encode.budget import (Plan, describe, every_plan, load_budget, load_bytes, shared_tables,
+                                    within_budget)
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.encode.common import can_raise_opset, install_decoder, raise_opset
 from onnxcomp.encode.sparse import Bitmask, Gaps, Zeros
@@ -82,31 +84,49 @@ def bound(enc: Encoding, layout: Layout | None) -> Encoding:
     return enc.with_layout(layout) if layout is not None and hasattr(enc, "with_layout") else enc
 
 
-def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
-                  layout: Layout | None = None) -> tuple[str, int]:
-    """The smallest applicable encoding among ``kinds`` ('dense' when none beats dense)."""
+def ranked_encodings(flat: np.ndarray, kinds: tuple[str, ...], opset_ok, layout: Layout | None = None,
+                     paid: set[str] | None = None) -> list[tuple[str, int]]:
+    """(kind, bytes) of every applicable encoding among ``kinds`` that beats dense, smallest first;
+    an encoding's shared tables count until ``paid`` says they are stored already."""
     dense = flat.size * flat.dtype.itemsize
-    best, best_size = "dense", dense
+    out = []
     for kind in kinds:
         enc = bound(REGISTRY[kind], layout)
         if not opset_ok(enc.min_opset):
             continue
         size = enc.size(flat)
-        if size is not None and size < best_size and size < dense * (1 - MIN_SAVING):
-            best, best_size = kind, size
-    return best, best_size
+        if size is not None and paid is not None and kind not in paid:
+            size += getattr(enc, "shared_bytes", 0)
+        if size is not None and size < dense * (1 - MIN_SAVING):
+            out.append((kind, size))
+    return sorted(out, key=lambda ks: ks[1])
 
 
-def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
-                   encoding: str = "auto", kinds_for: tuple[str, ...] | None = None) -> list[EncodeChoice]:
+def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
+                  layout: Layout | None = None, paid: set[str] | None = None) -> tuple[str, int]:
+    """The smallest applicable encoding among ``kinds`` ('dense' when none beats dense)."""
+    ranked = ranked_encodings(flat, kinds, opset_ok, layout, paid)
+    return ranked[0] if ranked else ("dense", flat.size * flat.dtype.itemsize)
+
+
+def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encoding: str = "auto",
+                   kinds_for: tuple[str, ...] | None = None,
+                   reference: onnx.ModelProto | None = None) -> list[EncodeChoice]:
     """Re-store each selected weight in its smallest encoding (in place); one row per weight.
 
-    ``kinds_for``: encode the integer weights of a QDQ model instead (:func:`quantized_weights`),
-    with these encodings only (tables of their own integer values, see :data:`INTEGER_KINDS`)."""
+    ``auto`` keeps the decoders' load memory within budget (:mod:`onnxcomp.encode.budget`): the
+    weights past it take a cheaper encoding or stay dense; the budget is set against
+    ``reference``'s load peak (the model the compression started from) or, when None, the model's
+    own as it is. ``kinds_for``: encode the integer weights of a QDQ model instead
+    (:func:`quantized_weights`), with these encodings only (tables of their own integer values,
+    see :data:`INTEGER_KINDS`)."""
     allowed = kinds = allowed_kinds(encoding)
     fresh = NameScope(model, short=True)
     choices: list[EncodeChoice] = []
     blocked: set[int] = set()
+    plans: list[Plan] = []
+    paid: set[str] = set()
+    known: dict = {}
 
     def opset_ok(needed: int) -> bool:
         if default_opset(model) >= needed:
@@ -126,17 +146,43 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None,
         kinds = allowed if kinds_for is None else tuple(k for k in allowed if k in kinds_for)
         flat = w.values().reshape(-1)
         layout = Layout.of(w.shape, w.out_axis)
-        kind, size = best_encoding(flat, kinds, opset_ok, layout)
-        reason = None
-        if kind != "dense":
+        ranked = ranked_encodings(flat, kinds, opset_ok, layout, paid)
+        if not ranked:
+            reason = None
+            if kinds and any(default_opset(model) < REGISTRY[k].min_opset for k in kinds) and blocked:
+                reason = f"opset {default_opset(model)} cannot be raised safely for a smaller encoding"
+            choices.append(EncodeChoice(w.name, "dense", w.nbytes, w.nbytes, reason))
+            continue
+        choices.append(EncodeChoice(w.name, ranked[0][0], w.nbytes, ranked[0][1]))
+        paid.add(ranked[0][0])
+
+        def make(kind: str, size: int, w=w, flat=flat, layout=layout) -> Plan:
             enc = bound(REGISTRY[kind], layout)
-            raise_opset(model, enc.min_opset)
-            nodes, inits = enc.build(flat, w.stored_shape or w.shape, w.name, fresh)
-            install_decoder(model, w, nodes, inits)
-        elif kinds and any(default_opset(model) < REGISTRY[k].min_opset for k in kinds) and blocked:
-            reason = f"opset {default_opset(model)} cannot be raised safely for a smaller encoding"
-        choices.append(EncodeChoice(w.name, kind, w.nbytes, size, reason))
-    return choices
+            plan = Plan(w, kind, size, *enc.build(flat, w.stored_shape or w.shape, w.name, fresh),
+                        min_opset=enc.min_opset)
+            describe(plan.inits, known)
+            plan.load = load_bytes(plan, known, max(default_opset(model), enc.min_opset))
+            return plan
+
+        plan = make(*ranked[0])
+        plan.others, plan.make = ranked[1:], make
+        plans.append(plan)
+    kept, over = within_budget(plans, load_budget(model, plans, reference)) if encoding == "auto" else (plans, [])
+    order = {p.weight.name: i for i, p in enumerate(plans)}
+    for plan in sorted(kept, key=lambda p: order[p.weight.name]):
+        raise_opset(model, plan.min_opset)
+        install_decoder(model, plan.weight, plan.nodes, plan.inits)
+    model.graph.initializer.extend(shared_tables(kept, every_plan(plans)))
+    rows = {c.name: c for c in choices}
+    for plan in kept:
+        rows[plan.weight.name] = EncodeChoice(plan.weight.name, plan.kind, plan.weight.nbytes, plan.size)
+    for plan in over:
+        rows[plan.weight.name] = EncodeChoice(plan.weight.name, "dense", plan.weight.nbytes, plan.weight.nbytes,
+                                              f"{LOAD_MEMORY_REASON} ({plan.kind} would need {plan.load / 1e6:.1f} MB)")
+    return [rows[c.name] for c in choices]
+
+
+LOAD_MEMORY_REASON = "kept dense: onnxruntime's load memory"
 
 
 # encodings whose decoders only index a table of the stored values: bit-exact for int8/uint8 too.

@@ -71,13 +71,13 @@ class BenchReport:
 class _Worker:
     """One child process holding one session."""
 
-    def __init__(self, model: Path, feed: Path, threads: int | None, provider: str, log: Path) -> None:
+    def __init__(self, model: Path, feed: Path | None, threads: int | None, provider: str, log: Path) -> None:
         self.model = model
         self._log = log
         self._stderr = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "onnxcomp.measure.bench_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        self.ready = self.ask({"model": str(model), "feed": str(feed), "threads": threads,
+        self.ready = self.ask({"model": str(model), "feed": str(feed) if feed else None, "threads": threads,
                                "provider": provider})
 
     def ask(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +225,27 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
     _ratios(entries)
     report.entries = entries
     return report
+
+
+def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider") -> list[int | None]:
+    """The peak resident memory onnxruntime adds while it creates a session of each model and runs
+    it once on random inputs (only creates it when an input has dynamic dims), as ``bench``'s
+    model RSS: one child process each, one after the other; None where /proc cannot tell."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
+        try:
+            feed = _feed(Path(paths[0]), Path(tmp), 0, 1, None)[0] if paths else None
+        except DataError:
+            feed = None
+        for i, p in enumerate(paths):
+            w = _Worker(Path(p), feed, 1, resolve_provider(provider), Path(tmp) / f"load{i}.log")
+            try:
+                if feed is not None:
+                    w.ask({"cmd": "run", "n": 1})
+                out.append(_above(w.ask({"cmd": "stop"})["peak_rss"], w.ready.get("rss_base")))
+            finally:
+                w.close()
+    return out
 
 
 def _above(value: int | None, base: int | None) -> int | None:

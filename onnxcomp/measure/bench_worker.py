@@ -80,8 +80,10 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
 
     from onnxcomp.io.sessions import session_options
 
-    with np.load(init["feed"]) as z:
-        feed = {k: z[k] for k in z.files}
+    feed = {}
+    if init.get("feed"):  # none: the session is only made (its load memory measured), never run
+        with np.load(init["feed"]) as z:
+            feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
     warm_up(ort, opts, init["provider"])
     trim()

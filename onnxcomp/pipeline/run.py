@@ -15,6 +15,8 @@ import onnx
 from onnxcomp import io
 from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig, FoldConfig, PruneConfig
 from onnxcomp.encode import EncodeChoice, encode_weights
+from onnxcomp.encode.budget import LOAD_TARGET
+from onnxcomp.encode.select import LOAD_MEMORY_REASON
 from onnxcomp.errors import ConfigError
 from onnxcomp.io.model import Model, ModelLike, as_model
 from onnxcomp.passes import make_pass
@@ -159,9 +161,17 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     if quantized:  # integer weights: tables of their own values (a clustered weight's few int8 codes)
         from onnxcomp.encode.select import INTEGER_KINDS
 
-        encodings = encode_weights(work.proto, encoding=enc.encoding, kinds_for=INTEGER_KINDS)
+        encodings = encode_weights(work.proto, encoding=enc.encoding, kinds_for=INTEGER_KINDS,
+                                   reference=original.proto)
     else:
-        encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding) if touched else []
+        encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding,
+                                   reference=original.proto) if touched else []
+    dense = [e for e in encodings if e.reason and e.reason.startswith(LOAD_MEMORY_REASON)]
+    if dense:
+        results[0].notes.append(
+            f"{len(dense)} weight(s) ({sum(e.dense_bytes for e in dense) / 1e6:.1f} MB) stored dense: decoding them "
+            f"too would take onnxruntime past {LOAD_TARGET:g}x the memory it needs to load the input model; "
+            "--encoding smallest stores every weight smaller, `onnxcomp pack` makes the smallest download")
     if touched:
         # the rewritten weights' old and intermediate bytes stay in the proto's arena until it is
         # freed: keep a copy of the live bytes only (lazy tensors read in when below 2 GB)

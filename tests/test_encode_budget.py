@@ -1,0 +1,131 @@
+"""The default encoding keeps onnxruntime's load memory within budget; explicit encodings do not."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxcomp as oc
+from onnxcomp.encode import budget, encode_weights
+from onnxcomp.encode.budget import LOAD_TARGET, Plan, encoded_copy, load_bytes, within_budget
+
+from . import models as M
+
+
+def sparse_matmuls(n: int = 4, size: int = 256, sparsity: float = 0.5) -> onnx.ModelProto:
+    """x -> MatMul x n, each weight half zeros (the bitmask's range)."""
+    r = M.rng(0)
+    inits, nodes, x = [], [], "x"
+    for i in range(n):
+        w = r.normal(size=(size, size)).astype(np.float32) / 16
+        w[r.random(w.shape) < sparsity] = 0
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
+        x = f"y{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, size])],
+                              [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, size])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def run(model: onnx.ModelProto) -> np.ndarray:
+    x = M.rng(1).normal(size=(1, 256)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.fixture
+def fake_loads(monkeypatch):
+    """onnxruntime's load peak as a stand-in: 10 MB plus twice the decoders' modeled temporaries."""
+    import onnxcomp.measure.bench as bench
+
+    measured = []
+
+    def peaks(paths, provider="CPUExecutionProvider"):
+        out = []
+        for p in paths:
+            m = onnx.load(str(p))
+            decoders = sum(1 for n in m.graph.node if n.op_type == "Where")  # one per bitmask decoder
+            out.append(10_000_000 + 2 * decoders * per_decoder[0])
+        measured.append(out)
+        return out
+
+    per_decoder = [0]
+    monkeypatch.setattr(bench, "load_peaks", peaks)
+    monkeypatch.setattr(budget, "LOAD_FLOOR", 0)
+    return per_decoder, measured
+
+
+def test_weights_past_the_load_budget_stay_dense_and_say_why(fake_loads):
+    per_decoder, measured = fake_loads
+    model = sparse_matmuls()
+    want = run(model)
+    per_decoder[0] = 1_500_000  # all 4 decoders: 22 MB, past 1.7 x 10 MB; 2 of them fit
+    rows = {c.name: c for c in encode_weights(model)}
+    kinds = [rows[f"w{i}"].kind for i in range(4)]
+    assert "bitmask" in kinds and "dense" in kinds  # some fit, not all
+    assert all(rows[f"w{i}"].reason.startswith("kept dense: onnxruntime's load memory")
+               for i in range(4) if kinds[i] == "dense")
+    encoded = kinds.count("bitmask")
+    assert 10_000_000 + 2 * encoded * per_decoder[0] <= LOAD_TARGET * 10_000_000  # what is stored fits
+    assert len(measured) <= 5  # the model as it is, all encoded, at most 3 budgets between
+    onnx.checker.check_model(model)
+    assert np.array_equal(run(model), want)  # whichever plan held the shared table, it is stored
+
+
+def test_an_explicit_encoding_is_stored_as_asked(fake_loads):
+    per_decoder, measured = fake_loads
+    per_decoder[0] = 10**9
+    model = sparse_matmuls()
+    assert {c.kind for c in encode_weights(model, encoding="sparse")} == {"bitmask"}
+    assert not measured  # nothing measured: the user chose the storage
+
+
+def test_a_small_model_is_not_measured(monkeypatch):
+    import onnxcomp.measure.bench as bench
+
+    monkeypatch.setattr(bench, "load_peaks", lambda *a, **k: pytest.fail("measured a small model"))
+    assert {c.kind for c in encode_weights(sparse_matmuls())} == {"bitmask"}
+
+
+def test_the_modeled_load_counts_every_decoder_temporary():
+    model = sparse_matmuls(n=1)
+    from onnxcomp.encode.sparse import Bitmask
+    from onnxcomp.graph.edit import NameScope
+    from onnxcomp.graph.weights import find_weights
+
+    w = find_weights(model).by_name()["w0"]
+    nodes, inits = Bitmask().build(w.values().reshape(-1), w.shape, "w0", NameScope(model, short=True))
+    known = {}
+    budget.describe(inits, known)
+    load = load_bytes(Plan(w, "bitmask", 0, nodes, inits), known, 13)
+    n = w.size
+    # int32 running counts, indices (before and after Where), their reshape; bool flags; the
+    # per-byte int32 tensors (bytes, popcounts, first index); the 256 x 8 tables
+    assert load == 4 * n * 4 + n + 3 * (n // 8) * 4 + 256 * 8 * (4 + 4 + 1)
+    kept, over = within_budget([Plan(w, "bitmask", 10, load=load)], load - 1)
+    assert not kept and len(over) == 1
+
+
+def test_a_partial_encoding_loads_and_decodes_exactly(monkeypatch):
+    from onnxcomp.encode import select
+
+    model = sparse_matmuls()
+    want = run(model)
+    plans = []
+    monkeypatch.setattr(select, "load_budget", lambda m, p, ref=None: (plans.extend(p), float("inf"))[1])
+    encode_weights(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert len(plans) == 4
+    for subset in (plans[1:2], plans[2:]):  # without the plan that built the shared table
+        copy = encoded_copy(model, subset, plans)
+        onnx.checker.check_model(copy)
+        assert np.array_equal(run(copy), want)
+
+
+def test_prune_reports_weights_kept_dense(fake_loads, tmp_path):
+    per_decoder, _ = fake_loads
+    per_decoder[0] = 256 * 256 * 36
+    src = tmp_path / "m.onnx"
+    onnx.save(sparse_matmuls(sparsity=0.0), src)
+    out = oc.prune(src, 0.5)
+    assert any("stored dense: decoding them too would take onnxruntime past" in n
+               for r in out.results for n in r.notes)
