@@ -17,16 +17,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
 # The load peak the default encoding allows, as a multiple of the unencoded model's (measured as
-# `onnxcomp bench` measures model RSS: session creation and a run): the bar is 2x, and two loads of
-# one file differ by up to ~8 %
-LOAD_TARGET = 1.8
+# `onnxcomp bench` measures model RSS: session creation and a run): the bar is 2x, and one load of
+# a file can differ from the next by ~10 %
+LOAD_TARGET = 1.7
 # When it cannot be measured (no /proc, a model above 2 GB): decoder temporaries (the sum of the
 # bytes of every tensor a decoder computes before the weight) allowed per byte of the model's
 # weights at float32. onnxruntime needs 1.5-3x an fp32 model's weight bytes to load it, and 1-1.6x
@@ -129,57 +129,64 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
                     tries: int = 3) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
-    times the reference's (the model as it is when None). The model is loaded as it is and with
-    every plan installed; when that peaks too high, budgets between the largest that fitted (at
+    times the reference's (the model as it is when None; the median of three loads). The model is
+    loaded with every plan installed (and as it is, when its size differs from the reference's);
+    when that peaks too high, budgets between the largest that fitted (at
     first none) and the smallest that did not are tried, each placed where the line through those
     two measured loads meets the limit (the peak is not proportional to the temporaries: a weight
     left dense adds its bytes back). None when the loads cannot be measured."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
-    from onnxcomp.measure.bench import load_peaks
+    from onnxcomp.measure.bench import LoadMeter
 
     try:
         with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
             path = Path(tmp) / "model.onnx"
-
-            def peak(m: onnx.ModelProto, loads: int = 1) -> float | None:
-                path.write_bytes(io.serialize(m))
-                got = load_peaks([path] * loads)
-                return None if None in got else sum(got) / loads
-
-            def installed(kept: list[Plan]) -> onnx.ModelProto:
-                return encoded_copy(model, kept, every_plan(plans)) if kept else model
-
-            base = peak(reference if reference is not None else model, loads=2)  # one varies by ~8 %
-            if not base:
-                return None
-            limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
-            same = reference is None or abs(io.model_bytes(model) - io.model_bytes(reference)) \
-                <= 0.1 * io.model_bytes(reference)  # pruned or clustered: loads like its input
-            fit = (0.0, base if same else peak(model))
-            miss = (float(sum(p.load for p in plans)), peak(installed(plans)))
-            if fit[1] is None or miss[1] is None:
-                return None
-            for _ in range(tries):
-                if miss[1] <= limit:
-                    return miss[0]
-                if fit[1] > limit:
-                    break
-                slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
-                kept, _ = within_budget(plans, fit[0] + 0.95 * (limit - fit[1]) / max(slope, 1e-9))
-                used = float(sum(p.load for p in kept))
-                if used <= fit[0] or used >= miss[0]:
-                    break
-                got = peak(installed(kept))
-                if got is None:
-                    return None
-                if got <= limit:
-                    fit = (used, got)
-                else:
-                    miss = (used, got)
-            return fit[0]
+            write_encoded(path, model, [], plans)
+            with LoadMeter(path) as meter:
+                return _search(model, plans, reference, path, meter, tries)
     except (OnnxCompError, OSError):
         return None
+
+
+def _search(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None, path: Path,
+            meter: Any, tries: int) -> float | None:
+    """:func:`measured_budget`'s search, with ``meter`` measuring the model written at ``path``."""
+    from onnxcomp import io
+
+    def peak(m: onnx.ModelProto, kept: list[Plan] | None = None, loads: int = 1) -> float | None:
+        write_encoded(path, m, kept or [], every_plan(plans))
+        got = [meter.peak(path) for _ in range(loads)]
+        return None if None in got else sorted(got)[loads // 2]
+
+    base = peak(reference if reference is not None else model, loads=3)  # the median: one load varies ~8 %
+    if not base:
+        return None
+    limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
+    same = reference is None or abs(io.model_bytes(model) - io.model_bytes(reference)) \
+        <= 0.1 * io.model_bytes(reference)  # pruned or clustered: loads like its input
+    fit = (0.0, base if same else peak(model))
+    miss = (float(sum(p.load for p in plans)), peak(model, plans))
+    if fit[1] is None or miss[1] is None:
+        return None
+    for _ in range(tries):
+        if miss[1] <= limit:
+            return miss[0]
+        if fit[1] > limit:
+            break
+        slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
+        kept, _ = within_budget(plans, fit[0] + 0.95 * (limit - fit[1]) / max(slope, 1e-9))
+        used = float(sum(p.load for p in kept))
+        if used <= fit[0] or used >= miss[0]:
+            break
+        got = peak(model, kept)
+        if got is None:
+            return None
+        if got <= limit:
+            fit = (used, got)
+        else:
+            miss = (used, got)
+    return fit[0]
 
 
 def shared_tables(plans: list[Plan], every: list[Plan]) -> list[onnx.TensorProto]:
@@ -195,28 +202,14 @@ def shared_tables(plans: list[Plan], every: list[Plan]) -> list[onnx.TensorProto
     return list(out.values())
 
 
-def encoded_copy(model: onnx.ModelProto, plans: list[Plan], every: list[Plan]) -> onnx.ModelProto:
-    """A copy of the model with each plan's decoder in place of its weight's storage (and the
-    tables they share with the other plans of ``every``)."""
-    from onnxcomp.encode.common import raise_opset
+def write_encoded(path: Path, model: onnx.ModelProto, plans: list[Plan], every: list[Plan]) -> None:
+    """Write the model with each plan's decoder in place of its weight's storage (and the tables
+    they share with the other plans of ``every``), a tensor at a time (no copy of the model)."""
+    from onnxcomp.io.stream import write_variant
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    names = {p.weight.name for p in plans}
-    g = out.graph
-    kept = [t for t in g.initializer if t.name not in names]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in names)]
-    del g.node[:]
-    g.node.extend([n for p in plans for n in p.nodes] + nodes)
-    g.initializer.extend(t for p in plans for t in p.inits)
-    g.initializer.extend(shared_tables(plans, every))
-    inputs = [i for i in g.input if i.name not in names]
-    del g.input[:]
-    g.input.extend(inputs)
-    raise_opset(out, max((p.min_opset for p in plans), default=1))
-    return out
+    write_variant(path, model, {p.weight.name for p in plans}, [n for p in plans for n in p.nodes],
+                  [t for p in plans for t in p.inits] + shared_tables(plans, every),
+                  max((p.min_opset for p in plans), default=0))
 
 
 def within_budget(plans: list[Plan], budget: float) -> tuple[list[Plan], list[Plan]]:

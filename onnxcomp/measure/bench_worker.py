@@ -80,10 +80,8 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
 
     from onnxcomp.io.sessions import session_options
 
-    feed = {}
-    if init.get("feed"):  # none: the session is only made (its load memory measured), never run
-        with np.load(init["feed"]) as z:
-            feed = {k: z[k] for k in z.files}
+    with np.load(init["feed"]) as z:
+        feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
     warm_up(ort, opts, init["provider"])
     trim()
@@ -108,6 +106,37 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
             return
 
 
+def serve_loads(init: dict[str, Any], reply: Any, requests: Any) -> None:
+    """Load mode: for each ``{"model"}`` request, make a session (and run it once on the feed, when
+    there is one), reply ``{"peak_rss", "rss_base"}`` and drop it. One process measures several
+    models (each after the last one's memory went back to the system): starting a process costs
+    more than loading a model."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxcomp.io.sessions import session_options
+
+    feed = {}
+    if init.get("feed"):
+        with np.load(init["feed"]) as z:
+            feed = {k: z[k] for k in z.files}
+    opts = session_options(init.get("threads"))
+    warm_up(ort, opts, init["provider"])
+    reply({"ready": True})
+    for line in requests:
+        msg = json.loads(line)
+        if "model" not in msg:
+            return
+        trim()
+        reset_peak()
+        base = rss_bytes()
+        sess = ort.InferenceSession(msg["model"], opts, providers=[init["provider"]])
+        if feed:
+            sess.run(None, feed)
+        reply({"peak_rss": rss_bytes("VmHWM"), "rss_base": base})
+        del sess
+
+
 def main() -> None:
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -118,7 +147,7 @@ def main() -> None:
 
     init = json.loads(sys.stdin.readline())
     try:
-        serve(init, reply, sys.stdin)
+        (serve_loads if init.get("loads") else serve)(init, reply, sys.stdin)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises a one-line error
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         reply({"error": lines[0]})
