@@ -17,16 +17,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
 # The load peak the default encoding allows, as a multiple of the unencoded model's (measured as
-# `onnxcomp bench` measures model RSS: session creation and a run): the bar is 2x, and one load of
-# a file can differ from the next by ~10 %
-LOAD_TARGET = 1.7
+# `onnxcomp bench` measures model RSS: session creation and a run, a fresh process each): the bar
+# is 2x, and loads of one file in fresh processes peak ~10 MB apart on effnet_lite0 (50 or 60 MB),
+# in bench's runs as in these
+LOAD_TARGET = 1.6
 # When it cannot be measured (no /proc, a model above 2 GB): decoder temporaries (the sum of the
 # bytes of every tensor a decoder computes before the weight) allowed per byte of the model's
 # weights at float32. onnxruntime needs 1.5-3x an fp32 model's weight bytes to load it, and 1-1.6x
@@ -127,66 +128,52 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
 
 
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
-                    tries: int = 3) -> float | None:
+                    tries: int = 2) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
-    times the reference's (the model as it is when None; the median of three loads). The model is
-    loaded with every plan installed (and as it is, when its size differs from the reference's);
-    when that peaks too high, budgets between the largest that fitted (at
-    first none) and the smallest that did not are tried, each placed where the line through those
-    two measured loads meets the limit (the peak is not proportional to the temporaries: a weight
-    left dense adds its bytes back). None when the loads cannot be measured."""
+    times the reference's (the model as it is when None; the lower of two loads). The model is
+    loaded with every plan installed (and as it is, when its size differs from the reference's),
+    all in parallel; when that peaks too high, budgets between the largest that fitted (at first
+    none) and the smallest that did not are tried, each placed where the line through those two
+    measured loads meets the limit (the peak is not proportional to the temporaries: a weight left
+    dense adds its bytes back). None when the loads cannot be measured."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
-    from onnxcomp.measure.bench import LoadMeter
+    from onnxcomp.measure.loadpeak import load_peaks
 
     try:
         with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
-            path = Path(tmp) / "model.onnx"
-            write_encoded(path, model, [], plans)
-            with LoadMeter(path) as meter:
-                return _search(model, plans, reference, path, meter, tries)
+            folder = Path(tmp)
+            ref, full, part = folder / "reference.onnx", folder / "encoded.onnx", folder / "part.onnx"
+            write_encoded(ref, reference if reference is not None else model, [], plans)
+            write_encoded(full, model, plans, every_plan(plans))
+            same = reference is None or abs(io.model_bytes(model) - io.model_bytes(reference)) \
+                <= 0.1 * io.model_bytes(reference)  # pruned or clustered: loads like its input
+            if not same:
+                write_encoded(part, model, [], plans)
+            got = load_peaks([ref, ref, full] + ([] if same else [part]))
+            if None in got or not got[0]:
+                return None
+            base = min(got[0], got[1])  # the lower of two: loads of one file differ by up to ~20 %
+            limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
+            fit, miss = (0.0, base if same else got[3]), (float(sum(p.load for p in plans)), got[2])
+            for _ in range(tries):
+                if miss[1] <= limit:
+                    return miss[0]
+                if fit[1] > limit:
+                    break
+                slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
+                kept, _ = within_budget(plans, fit[0] + 0.95 * (limit - fit[1]) / max(slope, 1e-9))
+                used = float(sum(p.load for p in kept))
+                if used <= fit[0] or used >= miss[0]:
+                    break
+                write_encoded(part, model, kept, every_plan(plans))
+                peak = load_peaks([part])[0]
+                if peak is None:
+                    return None
+                fit, miss = ((used, peak), miss) if peak <= limit else (fit, (used, peak))
+            return fit[0]
     except (OnnxCompError, OSError):
         return None
-
-
-def _search(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None, path: Path,
-            meter: Any, tries: int) -> float | None:
-    """:func:`measured_budget`'s search, with ``meter`` measuring the model written at ``path``."""
-    from onnxcomp import io
-
-    def peak(m: onnx.ModelProto, kept: list[Plan] | None = None, loads: int = 1) -> float | None:
-        write_encoded(path, m, kept or [], every_plan(plans))
-        got = [meter.peak(path) for _ in range(loads)]
-        return None if None in got else sorted(got)[loads // 2]
-
-    base = peak(reference if reference is not None else model, loads=3)  # the median: one load varies ~8 %
-    if not base:
-        return None
-    limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
-    same = reference is None or abs(io.model_bytes(model) - io.model_bytes(reference)) \
-        <= 0.1 * io.model_bytes(reference)  # pruned or clustered: loads like its input
-    fit = (0.0, base if same else peak(model))
-    miss = (float(sum(p.load for p in plans)), peak(model, plans))
-    if fit[1] is None or miss[1] is None:
-        return None
-    for _ in range(tries):
-        if miss[1] <= limit:
-            return miss[0]
-        if fit[1] > limit:
-            break
-        slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
-        kept, _ = within_budget(plans, fit[0] + 0.95 * (limit - fit[1]) / max(slope, 1e-9))
-        used = float(sum(p.load for p in kept))
-        if used <= fit[0] or used >= miss[0]:
-            break
-        got = peak(model, kept)
-        if got is None:
-            return None
-        if got <= limit:
-            fit = (used, got)
-        else:
-            miss = (used, got)
-    return fit[0]
 
 
 def shared_tables(plans: list[Plan], every: list[Plan]) -> list[onnx.TensorProto]:
@@ -212,24 +199,36 @@ def write_encoded(path: Path, model: onnx.ModelProto, plans: list[Plan], every: 
                   max((p.min_opset for p in plans), default=0))
 
 
+def _saving(p: Plan) -> float:
+    return p.weight.nbytes - p.size
+
+
+def _ratio(p: Plan) -> float:
+    return _saving(p) / max(p.load, 1)
+
+
+def _fill(options: list[list[Plan]], budget: float) -> tuple[list[Plan], list[Plan], float]:
+    """Weights in the order of their first option's bytes saved per byte of load memory, each
+    taking its first option that still fits: (kept, left dense, bytes saved)."""
+    kept, left, used = [], [], 0
+    for opts in sorted(options, key=lambda o: -_ratio(o[0])):
+        pick = next((o for o in opts if used + o.load <= budget), None)
+        if pick is None:
+            left.append(opts[0])
+        else:
+            kept.append(pick)
+            used += pick.load
+    return kept, left, sum(_saving(p) for p in kept)
+
+
 def within_budget(plans: list[Plan], budget: float) -> tuple[list[Plan], list[Plan]]:
-    """(kept, left dense): the plans saving the most file bytes per byte of load memory first,
-    while their decoders' temporaries fit ``budget`` bytes; then, for each weight left out, the
-    first of its larger encodings that still fits (a codebook instead of sparse + codebook)."""
-    order = sorted(plans, key=lambda p: -(p.weight.nbytes - p.size) / max(p.load, 1))
-    kept, dense, used = [], [], 0
-    for p in order:
-        if used + p.load <= budget:
-            kept.append(p)
-            used += p.load
-        else:
-            dense.append(p)
-    left = []
-    for p in dense:
-        alt = next((a for a in p.alternatives() if used + a.load <= budget), None) if used < budget else None
-        if alt is None:
-            left.append(p)
-        else:
-            kept.append(alt)
-            used += alt.load
+    """(kept, left dense) within ``budget`` bytes of decoder temporaries: each weight's smallest
+    encoding first and a larger one that costs less to load when that does not fit; or each
+    weight's encoding that saves the most bytes per byte of load memory (codebook8 for all rather
+    than codebook4 for half): whichever saves more."""
+    if sum(p.load for p in plans) <= budget:
+        return list(plans), []
+    smallest = _fill([[p] + p.alternatives() for p in plans], budget)
+    leanest = _fill([sorted([p] + p.alternatives(), key=_ratio, reverse=True) for p in plans], budget)
+    kept, left, _ = max(smallest, leanest, key=lambda r: r[2])
     return kept, left

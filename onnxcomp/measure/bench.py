@@ -227,61 +227,6 @@ def bench(models: Sequence[Any], *, threads: int | None = 1, provider: str = "CP
     return report
 
 
-class LoadMeter:
-    """One child process measuring the peak resident memory onnxruntime adds while it creates a
-    session of a model and runs it once on random inputs (only creates it when an input has dynamic
-    dims), as ``bench``'s model RSS; models with the inputs of ``like``. A context manager."""
-
-    def __init__(self, like: Path, provider: str = "CPUExecutionProvider") -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load"))
-        folder = Path(self._tmp.name)
-        try:
-            feed = _feed(Path(like), folder, 0, 1, None)[0]
-        except DataError:
-            feed = None
-        self._log = open(folder / "load.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "onnxcomp.measure.bench_worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self._ask({"loads": True, "feed": str(feed) if feed else None, "threads": 1,
-                   "provider": resolve_provider(provider)})
-
-    def _ask(self, msg: dict[str, Any]) -> dict[str, Any]:
-        try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        except (BrokenPipeError, OSError):
-            line = ""
-        reply = json.loads(line) if line else {"error": "the measuring process died"}
-        if "error" in reply:
-            raise ModelLoadError(f"onnxruntime cannot load the model to measure it: {reply['error']}",
-                                 "check the model with `onnxcomp inspect`")
-        return reply
-
-    def peak(self, model: Path) -> int | None:
-        """The memory the session of ``model`` added at its peak (None where /proc cannot tell)."""
-        reply = self._ask({"model": str(model)})
-        return _above(reply["peak_rss"], reply["rss_base"])
-
-    def __enter__(self) -> "LoadMeter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        self._tmp.cleanup()
-
-
-def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider") -> list[int | None]:
-    """:meth:`LoadMeter.peak` of each model (one process for all; inputs of the first)."""
-    if not paths:
-        return []
-    with LoadMeter(Path(paths[0]), provider) as meter:
-        return [meter.peak(Path(p)) for p in paths]
-
-
 def _above(value: int | None, base: int | None) -> int | None:
     return max(0, value - base) if value is not None and base is not None else None
 

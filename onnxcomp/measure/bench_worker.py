@@ -108,9 +108,8 @@ def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
 
 def serve_loads(init: dict[str, Any], reply: Any, requests: Any) -> None:
     """Load mode: for each ``{"model"}`` request, make a session (and run it once on the feed, when
-    there is one), reply ``{"peak_rss", "rss_base"}`` and drop it. One process measures several
-    models (each after the last one's memory went back to the system): starting a process costs
-    more than loading a model."""
+    there is one), reply ``{"peak_rss", "rss_base"}`` and drop it (:mod:`onnxcomp.measure.loadpeak`
+    sends one model per process: a later one reuses what an earlier one freed)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -122,6 +121,7 @@ def serve_loads(init: dict[str, Any], reply: Any, requests: Any) -> None:
             feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
     warm_up(ort, opts, init["provider"])
+    trim()
     reply({"ready": True})
     for line in requests:
         msg = json.loads(line)
