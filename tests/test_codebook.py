@@ -171,17 +171,19 @@ def test_packed_bits_bit_exact(k, bits, opset, kind):
     assert model.opset_import[0].version == opset  # no raise: the decoder is opset-11 ops
 
 
-@pytest.mark.parametrize("shape", [(16, 80, 3, 3), (16, 80, 1, 1)])
-def test_a_per_channel_codebook_reads_its_rows_with_gather_elements(shape):
-    """No int32 offset is added to every index (a weight-sized temporary while onnxruntime loads):
-    GatherElements reads each channel's row of the table spread along the input channels."""
+@pytest.mark.parametrize("shape,kind", [((16, 80, 3, 3), "channel"), ((16, 80, 1, 1), "channel"),
+                                        ((16, 80, 3, 3), "shared")])
+def test_a_per_channel_codebook_reads_its_rows_with_gather_elements(shape, kind):
+    """No int32 offset is added to every index, nor a float product per weight for a shared table
+    (weight-sized temporaries while onnxruntime loads): GatherElements reads each channel's row of
+    the [C, K] table spread along the input channels."""
     rng = np.random.default_rng(4)
-    w = _codebook_weight(rng, "channel", shape=shape)
+    w = _codebook_weight(rng, kind, shape=shape)
     model = _conv(w)
     x = rng.normal(size=(1, shape[1], 5, 5)).astype(np.float32)
     ref = _run(model, x)[0]
     assert encode_weights(model)[0].kind == "codebook4"
     ops = [n.op_type for n in model.graph.node]
-    assert "GatherElements" in ops and "Add" not in ops
+    assert "GatherElements" in ops and "Add" not in ops and "Gather" not in ops
     assert np.array_equal(_decoded(model, w.shape, np.float32).view(np.uint32), w.view(np.uint32))
     assert np.array_equal(_run(model, x)[0], ref)

@@ -109,8 +109,15 @@ def gather_shaped(t: Table, fresh: Names, name: str, dtype: np.dtype, idx: str, 
     rank = len(shape)
     bshape = [1] * rank
     bshape[axis] = t.layout.channels
-    g = gather_axis(shape, axis, t.width) if t.kind == "channel" and not stored_offsets else None
-    if g is not None:
+    g = gather_axis(shape, axis, t.width) if not stored_offsets else None
+    if g is not None and t.kind == "shared":  # the [C, K] table q[k] * s[c] first: tiny, same products
+        cols, sf, ck = (fresh(f"{name}_{x}") for x in ("q1k", "scalesf", "ck"))
+        nodes += [node("Reshape", [table, const(fresh, f"{name}_1k", np.array([1, -1], np.int64), inits)], cols),
+                  node("Cast", [const(fresh, f"{name}_scales", t.scales.reshape(-1, 1), inits)], sf,
+                       to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype))),
+                  node("Mul", [cols, sf], ck)]
+        table = ck
+    if g is not None and t.kind in ("channel", "shared"):
         gather_rows(table, t, shape, axis, g, fresh, name, out, idx, inits, nodes)
         return
     if t.kind == "channel":
@@ -147,10 +154,16 @@ class _Codebook(Encoding):
 
     bits = 8
     layout: Layout | None = None
+    opset = 0  # the model's, when known: codebook8 reads per-channel tables with GatherElements from 11
 
     def with_layout(self, layout: Layout | None) -> "_Codebook":
         bound = type(self)()
-        bound.layout = layout
+        bound.layout, bound.opset = layout, self.opset
+        return bound
+
+    def at_opset(self, opset: int) -> "_Codebook":
+        bound = self.with_layout(self.layout)
+        bound.opset = opset
         return bound
 
     def index_bytes(self, n: int) -> int:
@@ -175,7 +188,7 @@ class _Codebook(Encoding):
         if axis is not None:  # indices in the weight's shape: no Reshape of int32 or float temporaries
             idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes, tuple(shape))
             gather_shaped(t, fresh, p, flat.dtype, idx, axis, tuple(shape), name, inits, nodes,
-                          self.min_opset < 11)
+                          self.min_opset < 11 and self.opset < 11)
             return unnamed(nodes), inits
         idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
         out = gather(t, fresh, p, flat.dtype, idx, inits, nodes, self.min_opset < 11)

@@ -158,6 +158,8 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
 
         def make(kind: str, size: int, w=w, flat=flat, layout=layout) -> Plan:
             enc = bound(REGISTRY[kind], layout)
+            if hasattr(enc, "at_opset"):  # the decoder may use what the model's opset has
+                enc = enc.at_opset(default_opset(model))
             plan = Plan(w, kind, size, *enc.build(flat, w.stored_shape or w.shape, w.name, fresh),
                         min_opset=enc.min_opset)
             describe(plan.inits, known)
