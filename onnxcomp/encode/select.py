@@ -156,17 +156,18 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
         choices.append(EncodeChoice(w.name, ranked[0][0], w.nbytes, ranked[0][1]))
         paid.add(ranked[0][0])
 
-        def make(kind: str, size: int, w=w, flat=flat, layout=layout) -> Plan:
+        def make(kind: str, size: int, w=w, layout=layout, flat: np.ndarray | None = None) -> Plan:
             enc = bound(REGISTRY[kind], layout)
             if hasattr(enc, "at_opset"):  # the decoder may use what the model's opset has
                 enc = enc.at_opset(default_opset(model))
-            plan = Plan(w, kind, size, *enc.build(flat, w.stored_shape or w.shape, w.name, fresh),
+            values = flat if flat is not None else w.values().reshape(-1)  # (alternatives: read again,
+            plan = Plan(w, kind, size, *enc.build(values, w.stored_shape or w.shape, w.name, fresh),  # not kept)
                         min_opset=enc.min_opset)
             describe(plan.inits, known)
             plan.load = load_bytes(plan, known, max(default_opset(model), enc.min_opset))
             return plan
 
-        plan = make(*ranked[0])
+        plan = make(*ranked[0], flat=flat)
         plan.others, plan.make = ranked[1:], make
         plans.append(plan)
     kept, over = within_budget(plans, load_budget(model, plans, reference)) if encoding == "auto" else (plans, [])
