@@ -6,6 +6,8 @@ Protocol: JSON lines. The parent writes ``{"model", "feed", "threads", "provider
 ``{"peak_rss", "rss_running"}``. ``rss_loaded``/``rss_running`` are steady resident memory (after
 freed heap pages went back to the system) right after the session was made and after the runs. The
 protocol uses a private copy of stdout; anything else printing to stdout goes to stderr.
+Load mode (``{"loads": true, "feed", "threads", "provider"}`` first, for
+:mod:`onnxcomp.measure.loadpeak`): ``{"ready"}``, then ``{"model"}`` -> ``{"peak_rss", "rss_base"}``.
 """
 from __future__ import annotations
 
