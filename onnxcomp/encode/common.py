@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Iterable
 
 import onnx
-from onnx import defs, helper
+from onnx import defs
 
 from onnxcomp.graph.weights import Weight, remove_storage
 from onnxcomp.io import default_opset, ort_limits
+from onnxcomp.io.ort import set_default_opset
 
 
 def _schema_version(op: str, opset: int, domain: str = "") -> int | None:
@@ -52,11 +53,7 @@ def raise_opset(model: onnx.ModelProto, target: int) -> bool:
         return True
     if not can_raise_opset(model, target):
         return False
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = target
-    needed_ir = next((row[1] for row in helper.VERSION_TABLE if row[2] == target), model.ir_version)
-    model.ir_version = min(max(model.ir_version, needed_ir), ort_limits()[0])
+    set_default_opset(model, target)
     return True
 
 

@@ -83,6 +83,16 @@ def check_runnable(model: onnx.ModelProto, name: str = "the model") -> None:
             f"convert it with onnx.version_converter.convert_version(model, {MIN_ORT_OPSET + 4})")
 
 
+def set_default_opset(model: onnx.ModelProto, opset: int) -> None:
+    """Set the default-domain opset to ``opset`` and the IR version to what it needs (at most what
+    onnxruntime accepts). The caller knows every op of the graph means the same there."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = opset
+    needed_ir = next((row[1] for row in helper.VERSION_TABLE if row[2] == opset), model.ir_version)
+    model.ir_version = min(max(model.ir_version, needed_ir), ort_limits()[0])
+
+
 def compatible_ir(model: onnx.ModelProto) -> None:
     """Lower the IR version in place to what the installed onnxruntime accepts, when above it."""
     max_ir, _ = ort_limits()

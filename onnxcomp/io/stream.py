@@ -16,11 +16,10 @@ from typing import Iterable
 import onnx
 
 from onnxcomp.errors import ModelSaveError
-from onnxcomp.io.ort import ort_limits
+from onnxcomp.io.ort import default_opset, set_default_opset
 from onnxcomp.io.tensors import PROTOBUF_LIMIT, _copy_fields, _fill, _shell, is_lazy, model_bytes
 
 _GRAPH, _NODE, _INIT = 7, 1, 5  # ModelProto.graph, GraphProto.node, GraphProto.initializer
-_BIG = ("node", "initializer", "input")
 
 
 def _varint(n: int) -> bytes:
@@ -57,20 +56,9 @@ def write_variant(path: Path, model: onnx.ModelProto, drop: Iterable[str] = (),
         raise ModelSaveError("the model is larger than one protobuf holds (2 GB)", "store it with external data")
     head, graph = onnx.ModelProto(), onnx.GraphProto()
     _copy_fields(model, head, "graph")
-    for imp in head.opset_import:
-        if imp.domain in ("", "ai.onnx") and imp.version < opset:
-            imp.version = opset
-            needed = next((row[1] for row in onnx.helper.VERSION_TABLE if row[2] == opset), head.ir_version)
-            head.ir_version = min(max(head.ir_version, needed), ort_limits()[0])
-    for field, value in model.graph.ListFields():
-        if field.name in _BIG:
-            continue
-        if field.is_repeated:
-            getattr(graph, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(graph, field.name).CopyFrom(value)
-        else:
-            setattr(graph, field.name, value)
+    if opset > default_opset(model):
+        set_default_opset(head, opset)
+    _copy_fields(model.graph, graph, ("node", "initializer", "input"))
     graph.input.extend(i for i in model.graph.input if i.name not in drop)
     nodes = list(first_nodes) + [n for n in model.graph.node
                                  if not (n.op_type == "Constant" and n.output and n.output[0] in drop)]

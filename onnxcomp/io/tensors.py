@@ -148,9 +148,11 @@ def _shell(tensor: onnx.TensorProto, dst: onnx.TensorProto) -> None:
         dst.external_data.extend(tensor.external_data)
 
 
-def _copy_fields(src, dst, skip: str) -> None:
+def _copy_fields(src, dst, skip: str | tuple[str, ...]) -> None:
+    """Copy every set field of ``src`` into ``dst`` but the one(s) named in ``skip``."""
+    skip = (skip,) if isinstance(skip, str) else skip
     for field, value in src.ListFields():
-        if field.name == skip:
+        if field.name in skip:
             continue
         if field.is_repeated:
             getattr(dst, field.name).extend(value)
