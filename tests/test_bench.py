@@ -99,3 +99,27 @@ def test_dynamic_image_size_asks_for_input_shape_not_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--input-shape x=1x3x64x64" in err and "--data" not in err and "Traceback" not in err
     assert main(["bench", str(path), "--runs", "2", "--warmup", "0", "--input-shape", "x=1x3x16x16"]) == 0
+
+
+def test_the_measuring_child_starts_without_importing_onnx():
+    """The processes that measure run time and load memory import onnxruntime only (onnx alone
+    takes ~0.6 s to import), so each measurement costs the load, not the start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from onnxcomp.runtime import session_options, warm_up; "
+            "import onnxcomp.measure.bench_worker; warm_up(session_options(1), 'CPUExecutionProvider'); "
+            "print('onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_warm_up_model_is_the_one_node_model_it_says():
+    import onnx
+
+    from onnxcomp.runtime import WARM_UP_MODEL
+
+    model = onnx.load_from_string(WARM_UP_MODEL)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Relu"]
+    assert (model.ir_version, model.opset_import[0].version) == (8, 13)

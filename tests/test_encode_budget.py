@@ -40,7 +40,7 @@ def fake_loads(monkeypatch):
 
     measured = []
 
-    def peaks(paths, provider="CPUExecutionProvider", parallel=2):
+    def peaks(paths, provider="CPUExecutionProvider", parallel=2, like=None):
         for p in paths:
             stored = {t.name for t in onnx.load(str(p)).graph.initializer}
             decoders = sum(f"w{i}" not in stored for i in range(4))  # weights a decoder rebuilds

@@ -1,7 +1,7 @@
 """The package's layering: a module imports only from its own layer or below, and no import cycle
 exists (imports inside functions count too). The order, lowest first:
 
-    errors, config, report -> io -> graph -> algo -> data -> measure -> encode -> passes
+    errors, config, report, runtime -> io -> graph -> algo -> data -> measure -> encode -> passes
     -> pipeline -> api -> cli
 
 ``onnxcomp/__init__.py`` is the package's face and may re-export from any layer; a package's
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "onnxcomp"
-LAYERS = [("errors", "config", "report"), ("io",), ("graph",), ("algo",), ("data",), ("measure",),
+LAYERS = [("errors", "config", "report", "runtime"), ("io",), ("graph",), ("algo",), ("data",), ("measure",),
           ("encode",), ("passes",), ("pipeline",), ("api",), ("cli", "__main__")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

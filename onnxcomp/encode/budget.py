@@ -69,13 +69,19 @@ def every_plan(plans: list[Plan]) -> list[Plan]:
     return plans + [a for p in plans for a in p.built.values()]
 
 
-def fp32_weight_bytes(model: onnx.ModelProto) -> int:
-    """The bytes the model's stored tensors (initializers, Constant nodes) take at float32."""
-    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            total += sum(int(np.prod(a.t.dims)) for a in n.attribute if a.name == "value")
-    return 4 * total
+def fp32_weight_bytes(model: onnx.ModelProto, fp32: bool = True) -> int:
+    """The bytes the model's stored tensors (initializers, Constant nodes) take at float32 (or, not
+    ``fp32``, at their own types; counted from shapes: protobuf's ByteSize copies the data)."""
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    return sum(int(np.prod(t.dims)) * (4 if fp32 else _itemsize(t.data_type)) for t in tensors)
+
+
+def _itemsize(data_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):  # strings and the like
+        return 4
 
 
 def describe(inits: list[onnx.TensorProto], into: dict) -> None:
@@ -146,11 +152,12 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             ref, full, part = folder / "reference.onnx", folder / "encoded.onnx", folder / "part.onnx"
             write_encoded(ref, reference if reference is not None else model, [], plans)
             write_encoded(full, model, plans, every_plan(plans))
-            same = reference is None or abs(io.model_bytes(model) - io.model_bytes(reference)) \
-                <= 0.1 * io.model_bytes(reference)  # pruned or clustered: loads like its input
+            held = fp32_weight_bytes(reference, False) if reference is not None else 0
+            same = reference is None or abs(fp32_weight_bytes(model, False) - held) \
+                <= 0.1 * held  # pruned or clustered: loads like its input
             if not same:
                 write_encoded(part, model, [], plans)
-            got = load_peaks([ref, ref, full] + ([] if same else [part]))
+            got = load_peaks([ref, ref, full] + ([] if same else [part]), like=model)
             if None in got or not got[0]:
                 return None
             base = min(got[0], got[1])  # the lower of two: loads of one file differ by up to ~20 %
@@ -167,7 +174,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                 if used <= fit[0] or used >= miss[0]:
                     break
                 write_encoded(part, model, kept, every_plan(plans))
-                peak = load_peaks([part])[0]
+                peak = load_peaks([part], like=model)[0]
                 if peak is None:
                     return None
                 fit, miss = ((used, peak), miss) if peak <= limit else (fit, (used, peak))

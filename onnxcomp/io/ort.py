@@ -8,6 +8,7 @@ import onnx
 from onnx import helper
 
 from onnxcomp.errors import ModelLoadError, first_line
+from onnxcomp.runtime import quiet_ort
 
 
 MIN_ORT_OPSET = 7
@@ -42,14 +43,6 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     return 1
-
-
-def quiet_ort():
-    """The onnxruntime module with its global logger silenced (failures surface as exceptions)."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(4)
-    return ort
 
 
 def ort_load_error(path: Path) -> str | None:

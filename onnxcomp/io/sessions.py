@@ -13,10 +13,10 @@ import onnx
 
 from onnxcomp.errors import ConfigError, ModelLoadError
 from onnxcomp.io.model import Model
-from onnxcomp.io.ort import quiet_ort
 from onnxcomp.io.temp import temp_prefix
-from onnxcomp.io.writer import write_model
 from onnxcomp.io.tensors import session_source, tensor_bytes
+from onnxcomp.io.writer import write_model
+from onnxcomp.runtime import session_options
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
 
@@ -35,21 +35,6 @@ def resolve_provider(name: str | None) -> str:
             return p
     raise ConfigError(f"provider {name!r} is not available in this onnxruntime build",
                       f"choose one of: {', '.join(available)}")
-
-
-def session_options(threads: int | None = None) -> Any:
-    """Quiet session options; ``threads`` pins intra-op threads (inter-op runs sequentially)."""
-    ort = quiet_ort()
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures surface as exceptions, reported on one line
-    if threads is not None:
-        if int(threads) < 1:
-            raise ConfigError(f"threads={threads} is not positive", "pass --threads 1 or more")
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return opts
 
 
 @dataclass

@@ -17,7 +17,7 @@ import onnx
 
 from onnxcomp.errors import ModelSaveError
 from onnxcomp.io.ort import default_opset, set_default_opset
-from onnxcomp.io.tensors import PROTOBUF_LIMIT, _copy_fields, _fill, _shell, is_lazy, model_bytes
+from onnxcomp.io.tensors import PROTOBUF_LIMIT, _copy_fields, _fill, _shell, is_lazy
 
 _GRAPH, _NODE, _INIT = 7, 1, 5  # ModelProto.graph, GraphProto.node, GraphProto.initializer
 
@@ -52,8 +52,6 @@ def write_variant(path: Path, model: onnx.ModelProto, drop: Iterable[str] = (),
     with ``first_nodes`` before its nodes and ``extra_inits`` after its initializers, at default
     opset ``opset`` when that is higher (the caller knows every op means the same there)."""
     drop = set(drop)
-    if model_bytes(model) > PROTOBUF_LIMIT:
-        raise ModelSaveError("the model is larger than one protobuf holds (2 GB)", "store it with external data")
     head, graph = onnx.ModelProto(), onnx.GraphProto()
     _copy_fields(model, head, "graph")
     if opset > default_opset(model):
@@ -70,6 +68,8 @@ def write_variant(path: Path, model: onnx.ModelProto, drop: Iterable[str] = (),
         for t in inits:
             body.write(_field(_INIT, _inline(t).SerializeToString()))
         length = body.tell()
+        if length > PROTOBUF_LIMIT:
+            raise ModelSaveError("the model is larger than one protobuf holds (2 GB)", "store it with external data")
         body.seek(0)
         with open(path, "wb") as f:
             f.write(head.SerializeToString())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 
 from onnxcomp import io
 from onnxcomp.data.calibration import random_feed
@@ -106,12 +107,13 @@ class _Worker:
         self._stderr.close()
 
 
-def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict | None) -> tuple[Path, int]:
+def _feed(model: Path | onnx.ModelProto, folder: Path, index: int, batch: int,
+          input_shapes: dict | None) -> tuple[Path, int]:
     """Random inputs for one run, saved for the worker, and the batch they hold: ``batch``, or
     the model's own when its inputs fix it; a model without inputs runs on an empty feed."""
     from onnxcomp.data.sources import input_shapes_for_random, model_inputs
 
-    proto = io.load(model, load_external_data=False)
+    proto = model if isinstance(model, onnx.ModelProto) else io.load(model, load_external_data=False)
     path = folder / f"feed{index}.npz"
     if not model_inputs(proto):
         np.savez(path)
@@ -120,7 +122,7 @@ def _feed(model: Path, folder: Path, index: int, batch: int, input_shapes: dict 
     try:  # one feed: its inputs need not agree on axis 0 (an RNN's state beside its input)
         shapes = input_shapes_for_random(specs, input_shapes or {}, batch)
     except DynamicDimsError as exc:  # bench runs on random inputs only: no --data to suggest
-        raise DataError(f"{model}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
+        raise DataError(f"{model if isinstance(model, Path) else 'the model'}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
                         "your model takes (repeatable, one per input)") from None
     feed = random_feed(specs, shapes, np.random.default_rng(0))
     np.savez(path, **feed)

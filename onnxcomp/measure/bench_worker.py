@@ -60,32 +60,16 @@ def reset_peak() -> bool:
         return False
 
 
-def warm_up(ort: Any, opts: Any, provider: str) -> None:
-    """Make and run a one-node session first, so what onnxruntime sets up once per process
-    (allocators, kernel registries, thread pools, library pages: ~9 MB) is in the baseline and the
-    memory figures are what the model itself costs."""
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm_up",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    ort.InferenceSession(model.SerializeToString(), opts, providers=[provider]).run(
-        None, {"x": np.zeros(1, np.float32)})
-
-
 def serve(init: dict[str, Any], reply: Any, requests: Any) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from onnxcomp.io.sessions import session_options
+    from onnxcomp.runtime import session_options, warm_up
 
     with np.load(init["feed"]) as z:
         feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
-    warm_up(ort, opts, init["provider"])
+    warm_up(opts, init["provider"])
     trim()
     reset_peak()
     base = rss_bytes()
@@ -115,14 +99,14 @@ def serve_loads(init: dict[str, Any], reply: Any, requests: Any) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from onnxcomp.io.sessions import session_options
+    from onnxcomp.runtime import session_options, warm_up
 
     feed = {}
     if init.get("feed"):
         with np.load(init["feed"]) as z:
             feed = {k: z[k] for k in z.files}
     opts = session_options(init.get("threads"))
-    warm_up(ort, opts, init["provider"])
+    warm_up(opts, init["provider"])
     trim()
     reply({"ready": True})
     for line in requests:

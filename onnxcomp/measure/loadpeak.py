@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import onnx
+
 from onnxcomp import io
 from onnxcomp.errors import DataError, ModelLoadError
 from onnxcomp.io.sessions import resolve_provider
@@ -57,16 +59,17 @@ class _Loader:
         self._log.close()
 
 
-def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider", parallel: int = 2) -> list[int | None]:
+def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider", parallel: int = 2,
+               like: onnx.ModelProto | None = None) -> list[int | None]:
     """The peak resident memory onnxruntime adds while it creates a session of each model and runs
     it once on random inputs (only creates it when an input has dynamic dims), as ``bench``'s
     model RSS: each in a fresh child process (one that loaded a larger model first measures less,
     its freed heap reused), ``parallel`` at a time; inputs of the first model. None where /proc
-    cannot tell."""
+    cannot tell. ``like``: a model with the same inputs, in memory (else the first file is read)."""
     out: list[int | None] = []
     with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
         try:
-            feed = _feed(Path(paths[0]), Path(tmp), 0, 1, None)[0] if paths else None
+            feed = _feed(like if like is not None else Path(paths[0]), Path(tmp), 0, 1, None)[0] if paths else None
         except DataError:
             feed = None
         provider = resolve_provider(provider)
