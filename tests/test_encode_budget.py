@@ -33,23 +33,44 @@ def run(model: onnx.ModelProto) -> np.ndarray:
     return sess.run(None, {"x": x})[0]
 
 
+class Measured(list):
+    """The peaks a fake meter returned, and the files it was given (``paths``, ``started``)."""
+
+    paths: list
+
+
 @pytest.fixture
 def fake_loads(monkeypatch):
     """onnxruntime's load peak as a stand-in: 10 MB plus twice the decoders' modeled temporaries."""
     import onnxcomp.measure.loadpeak as loadpeak
 
-    measured = []
+    measured = Measured()
+    measured.paths = []
 
     def peaks(paths, provider="CPUExecutionProvider", parallel=2, like=None):
+        measured.paths += [str(p) for p in paths]
         for p in paths:
             stored = {t.name for t in onnx.load(str(p)).graph.initializer}
             decoders = sum(f"w{i}" not in stored for i in range(4))  # weights a decoder rebuilds
             measured.append(10_000_000 + 2 * decoders * per_decoder[0])
         return measured[-len(paths):]
 
-    per_decoder = [0]
+    class Loads:  # the input's loads, started while the passes run
+        def __init__(self, paths, provider="CPUExecutionProvider", like=None):
+            self.paths = [str(p) for p in paths]
+            started.append(self.paths)
+
+        def result(self):
+            return peaks(self.paths)
+
+        def close(self):
+            pass
+
+    per_decoder, started = [0], []
     monkeypatch.setattr(loadpeak, "load_peaks", peaks)
+    monkeypatch.setattr(loadpeak, "Loads", Loads)
     monkeypatch.setattr(budget, "LOAD_FLOOR", 0)
+    measured.started = started
     return per_decoder, measured
 
 
@@ -113,7 +134,7 @@ def test_a_partial_encoding_loads_and_decodes_exactly(monkeypatch, tmp_path):
     model.opset_import[0].version = 9
     want = run(model)
     plans = []
-    monkeypatch.setattr(select, "load_budget", lambda m, p, ref=None: (plans.extend(p), float("inf"))[1])
+    monkeypatch.setattr(select, "load_budget", lambda m, p, *a: (plans.extend(p), float("inf"))[1])
     encode_weights(onnx.ModelProto.FromString(model.SerializeToString()))
     assert len(plans) == 4
     for subset in (plans[1:2], plans[2:]):
@@ -133,6 +154,20 @@ def test_prune_reports_weights_kept_dense(fake_loads, tmp_path):
     out = oc.prune(src, 0.5)
     assert any("stored dense: decoding them too would take onnxruntime past" in n
                for r in out.results for n in r.notes)
+
+
+def test_the_input_file_is_measured_while_the_passes_run(fake_loads, tmp_path):
+    """The bar's reference is the input file itself, loaded twice in the background from the
+    start: it is not written again, and only the encoded variants wait for their loads."""
+    per_decoder, measured = fake_loads
+    per_decoder[0] = 256 * 256 * 36
+    src = tmp_path / "m.onnx"
+    onnx.save(sparse_matmuls(sparsity=0.0), src)
+    oc.prune(src, 0.5)
+    assert measured.started == [[str(src), str(src)]]
+    assert measured.paths[:2] == [str(src), str(src)]  # its peaks, the first two the budget reads
+    assert not any(p.endswith("reference.onnx") for p in measured.paths)
+    assert len(measured.paths) <= 5
 
 
 def test_the_meter_sees_what_decoders_cost_onnxruntime_at_load(tmp_path):

@@ -17,11 +17,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
 from onnx import helper, shape_inference
+
+if TYPE_CHECKING:
+    from onnxcomp.measure.loadpeak import Loads
 
 # The load peak the default encoding allows, as a multiple of the unencoded model's (measured as
 # `onnxcomp bench` measures model RSS: session creation and a run, a fresh process each): the bar
@@ -122,26 +125,29 @@ def _bytes(info: onnx.ValueInfoProto | None) -> int | None:
     return itemsize * int(np.prod([d.dim_value for d in dims]))
 
 
-def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None) -> float:
+def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
+                reference_loads: Loads | None = None) -> float:
     """The modeled decoder temporaries (bytes) the default encoding may add to the model's load;
     ``reference``: the model whose load peak the bar is set against (the input of the
-    compression), else the model as it is."""
+    compression), else the model as it is; ``reference_loads``: two loads of its file, already
+    under way (:class:`onnxcomp.measure.loadpeak.Loads`)."""
     total = sum(p.load for p in plans)
     if total <= LOAD_FLOOR:
         return float(total)
-    measured = measured_budget(model, plans, reference)
+    measured = measured_budget(model, plans, reference, reference_loads=reference_loads)
     return measured if measured is not None else max(LOAD_BUDGET * fp32_weight_bytes(model), LOAD_FLOOR)
 
 
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
-                    tries: int = 2) -> float | None:
+                    tries: int = 2, reference_loads: Loads | None = None) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
     times the reference's (the model as it is when None; the lower of two loads). The model is
     loaded with every plan installed (and as it is, when its size differs from the reference's),
     all in parallel; when that peaks too high, budgets between the largest that fitted (at first
     none) and the smallest that did not are tried, each placed where the line through those two
     measured loads meets the limit (the peak is not proportional to the temporaries: a weight left
-    dense adds its bytes back). None when the loads cannot be measured."""
+    dense adds its bytes back). None when the loads cannot be measured. ``reference_loads``: the
+    reference's two loads, already under way (its file, not written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
     from onnxcomp.measure.loadpeak import load_peaks
@@ -150,14 +156,18 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
         with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
             folder = Path(tmp)
             ref, full, part = folder / "reference.onnx", folder / "encoded.onnx", folder / "part.onnx"
-            write_encoded(ref, reference if reference is not None else model, [], plans)
             write_encoded(full, model, plans, every_plan(plans))
             held = fp32_weight_bytes(reference, False) if reference is not None else 0
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \
                 <= 0.1 * held  # pruned or clustered: loads like its input
             if not same:
                 write_encoded(part, model, [], plans)
-            got = load_peaks([ref, ref, full] + ([] if same else [part]), like=model)
+            fresh = [full] + ([] if same else [part])
+            got = _loaded(reference_loads)
+            if got is None:  # the reference's file as the model holds it
+                write_encoded(ref, reference if reference is not None else model, [], plans)
+                fresh = [ref, ref] + fresh
+            got = (got or []) + load_peaks(fresh, like=model)
             if None in got or not got[0]:
                 return None
             base = min(got[0], got[1])  # the lower of two: loads of one file differ by up to ~20 %
@@ -179,6 +189,17 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                     return None
                 fit, miss = ((used, peak), miss) if peak <= limit else (fit, (used, peak))
             return fit[0]
+    except (OnnxCompError, OSError):
+        return None
+
+
+def _loaded(loads: Loads | None) -> list[int | None] | None:
+    """The peaks of loads under way; None when there are none or they failed (a file onnxruntime
+    cannot load as it is, which the model in memory may fix)."""
+    from onnxcomp.errors import OnnxCompError
+
+    try:
+        return loads.result() if loads is not None else None
     except (OnnxCompError, OSError):
         return None
 

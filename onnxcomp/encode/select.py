@@ -8,6 +8,7 @@ encoding needs it and every op in the graph means the same at the new opset.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,6 +23,9 @@ from onnxcomp.graph.edit import NameScope
 from onnxcomp.encode.common import can_raise_opset, install_decoder, raise_opset
 from onnxcomp.encode.sparse import Bitmask, Gaps, Zeros
 from onnxcomp.encode.tables import Layout
+
+if TYPE_CHECKING:
+    from onnxcomp.measure.loadpeak import Loads
 
 REGISTRY: dict[str, Encoding] = {e.kind: e for e in (Zeros(), Gaps(), Bitmask())}
 FAMILIES: dict[str, tuple[str, ...]] = {"sparse": ("zeros", "gaps", "bitmask")}
@@ -111,13 +115,14 @@ def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
 
 def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encoding: str = "auto",
                    kinds_for: tuple[str, ...] | None = None,
-                   reference: onnx.ModelProto | None = None) -> list[EncodeChoice]:
+                   reference: onnx.ModelProto | None = None, reference_loads: Loads | None = None) -> list[EncodeChoice]:
     """Re-store each selected weight in its smallest encoding (in place); one row per weight.
 
     ``auto`` keeps the decoders' load memory within budget (:mod:`onnxcomp.encode.budget`): the
     weights past it take a cheaper encoding or stay dense; the budget is set against
     ``reference``'s load peak (the model the compression started from) or, when None, the model's
-    own as it is. ``kinds_for``: encode the integer weights of a QDQ model instead
+    own as it is (``reference_loads``: two loads of its file already under way, a
+    :class:`onnxcomp.measure.loadpeak.Loads`). ``kinds_for``: encode the integer weights of a QDQ model instead
     (:func:`quantized_weights`), with these encodings only (tables of their own integer values,
     see :data:`INTEGER_KINDS`)."""
     allowed = kinds = allowed_kinds(encoding)
@@ -170,7 +175,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
         plan = make(*ranked[0], flat=flat)
         plan.others, plan.make = ranked[1:], make
         plans.append(plan)
-    kept, over = within_budget(plans, load_budget(model, plans, reference)) if encoding == "auto" else (plans, [])
+    kept, over = within_budget(plans, load_budget(model, plans, reference, reference_loads)) if encoding == "auto" else (plans, [])
     order = {p.weight.name: i for i, p in enumerate(plans)}
     for plan in sorted(kept, key=lambda p: order[p.weight.name]):
         raise_opset(model, plan.min_opset)

@@ -45,10 +45,10 @@ class _Loader:
         return reply
 
     def start(self, model: Path) -> None:
-        self._read()  # ready
-        self._send({"model": str(model)})
+        self._send({"model": str(model)})  # read once the process is ready
 
     def result(self) -> int | None:
+        self._read()  # ready
         reply = self._read()
         return _above(reply["peak_rss"], reply["rss_base"])
 
@@ -59,28 +59,56 @@ class _Loader:
         self._log.close()
 
 
+class Loads:
+    """Loads measured in the background: each model's fresh process starts at once; ``result()``
+    waits for their peaks (None where /proc cannot tell; ModelLoadError if one cannot load).
+    ``like``: a model with the same inputs, in memory (else the first file is read)."""
+
+    def __init__(self, paths: Sequence[Path], provider: str = "CPUExecutionProvider",
+                 like: onnx.ModelProto | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load"))
+        self._loaders: list[_Loader] = []
+        self._peaks: list[int | None] | None = None
+        try:
+            folder = Path(self._tmp.name)
+            try:
+                feed = _feed(like if like is not None else Path(paths[0]), folder, 0, 1, None)[0] if paths else None
+            except DataError:
+                feed = None
+            provider = resolve_provider(provider)
+            for k, path in enumerate(paths):
+                self._loaders.append(_Loader(feed, provider, folder / f"load{k}.log"))
+            for loader, path in zip(self._loaders, paths):
+                loader.start(Path(path))
+        except BaseException:
+            self.close()
+            raise
+
+    def result(self) -> list[int | None]:
+        if self._peaks is None:
+            try:
+                self._peaks = [loader.result() for loader in self._loaders]
+            finally:
+                self.close()
+        return self._peaks
+
+    def close(self) -> None:
+        """Stop what still runs (a measurement no longer needed) and remove its files."""
+        for loader in self._loaders:
+            loader.close()
+        self._loaders = []
+        self._tmp.cleanup()
+
+
 def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider", parallel: int = 2,
                like: onnx.ModelProto | None = None) -> list[int | None]:
     """The peak resident memory onnxruntime adds while it creates a session of each model and runs
     it once on random inputs (only creates it when an input has dynamic dims), as ``bench``'s
     model RSS: each in a fresh child process (one that loaded a larger model first measures less,
-    its freed heap reused), ``parallel`` at a time; inputs of the first model. None where /proc
-    cannot tell. ``like``: a model with the same inputs, in memory (else the first file is read)."""
+    its freed heap reused), ``parallel`` at a time (see :class:`Loads`, which starts them in the
+    background). None where /proc cannot tell."""
     out: list[int | None] = []
-    with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
-        try:
-            feed = _feed(like if like is not None else Path(paths[0]), Path(tmp), 0, 1, None)[0] if paths else None
-        except DataError:
-            feed = None
-        provider = resolve_provider(provider)
-        for start in range(0, len(paths), max(1, parallel)):
-            batch = paths[start:start + max(1, parallel)]
-            loaders = [_Loader(feed, provider, Path(tmp) / f"load{start + k}.log") for k in range(len(batch))]
-            try:
-                for loader, p in zip(loaders, batch):
-                    loader.start(Path(p))
-                out += [loader.result() for loader in loaders]
-            finally:
-                for loader in loaders:
-                    loader.close()
+    step = max(1, parallel)
+    for start in range(0, len(paths), step):
+        out += Loads(paths[start:start + step], provider, like).result()
     return out

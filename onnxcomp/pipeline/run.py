@@ -8,7 +8,7 @@ encoding, and returns one :class:`Result`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import onnx
 
@@ -22,6 +22,9 @@ from onnxcomp.io.model import Model, ModelLike, as_model
 from onnxcomp.passes import make_pass
 from onnxcomp.passes.base import Context, Pass, PassResult
 from onnxcomp.passes.correction import CorrectionPass
+
+if TYPE_CHECKING:
+    from onnxcomp.measure.loadpeak import Loads
 
 CORRECTED = (PruneConfig, ClusterConfig)  # steps whose changed weights get the per-channel correction
 SIZE_STEPS = (PruneConfig, ClusterConfig)  # steps that only shrink the file: never a larger output
@@ -135,6 +138,34 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
     ctx = Context(data=data, input_shapes=dict(input_shapes or {}), threads=threads, progress=progress,
                   seed=seed, original=original.proto, encoding=enc.encoding, memo=memo)
     check_needs(passes, ctx)
+    loads = _input_loads(original, enc.encoding, steps) if memo is None else None
+    try:
+        return _run(original, passes, steps, ctx, enc, loads, after_step)
+    finally:
+        if loads is not None:
+            loads.close()
+
+
+def _input_loads(original: Model, encoding: str, steps: Sequence[Any]) -> Loads | None:
+    """Two loads of the input file, measured in the background while the passes run, when the
+    default encoding may set its load budget against them (pruned or clustered weights of more
+    than its floor of bytes); else None (also in ``auto``'s trials, which measure when they need)."""
+    from onnxcomp.encode.budget import LOAD_FLOOR, fp32_weight_bytes
+    from onnxcomp.errors import OnnxCompError
+
+    if encoding != "auto" or original.path is None or not any(isinstance(c, SIZE_STEPS) for c in steps) \
+            or fp32_weight_bytes(original.proto) <= LOAD_FLOOR:
+        return None
+    from onnxcomp.measure.loadpeak import Loads
+
+    try:
+        return Loads([original.path, original.path], like=original.proto)
+    except (OnnxCompError, OSError):
+        return None
+
+
+def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc: EncodeConfig, loads: Loads | None,
+         after_step: Callable | None) -> Result:
     work = original.copy()
     work.path = None
     for k, (i, p) in enumerate(passes):
@@ -165,7 +196,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
                                    reference=original.proto)
     else:
         encodings = encode_weights(work.proto, names=touched, encoding=enc.encoding,
-                                   reference=original.proto) if touched else []
+                                   reference=original.proto, reference_loads=loads) if touched else []
     dense = [e for e in encodings if e.reason and e.reason.startswith(LOAD_MEMORY_REASON)]
     if dense:
         results[0].notes.append(
