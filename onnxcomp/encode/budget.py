@@ -256,7 +256,8 @@ def within_budget(plans: list[Plan], budget: float) -> tuple[list[Plan], list[Pl
     than codebook4 for half): whichever saves more."""
     if sum(p.load for p in plans) <= budget:
         return list(plans), []
-    smallest = _fill([[p] + p.alternatives() for p in plans], budget)
-    leanest = _fill([sorted([p] + p.alternatives(), key=_ratio, reverse=True) for p in plans], budget)
+    options = [[p] + p.alternatives() for p in plans]  # each weight's encodings, smallest first
+    smallest = _fill(options, budget)
+    leanest = _fill([sorted(o, key=_ratio, reverse=True) for o in options], budget)
     kept, left, _ = max(smallest, leanest, key=lambda r: r[2])
     return kept, left
