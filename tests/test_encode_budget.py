@@ -20,7 +20,7 @@ def sparse_matmuls(n: int = 4, size: int = 256, sparsity: float = 0.5) -> onnx.M
         w = r.normal(size=(size, size)).astype(np.float32) / 16
         w[r.random(w.shape) < sparsity] = 0
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"], name=f"w{i}"))  # named like its weight
         x = f"y{i}"
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, size])],
                               [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, size])], inits)
@@ -127,23 +127,31 @@ def test_the_modeled_load_counts_every_decoder_temporary():
 
 def test_a_partial_encoding_loads_and_decodes_exactly(monkeypatch, tmp_path):
     """The files the budget measures: written a tensor at a time, without the plan that built the
-    shared table, at the decoders' opset (the model is at opset 9)."""
+    shared table, at the decoders' opset (the model is at opset 9), loadable where the model's
+    nodes are named like their weights (a decoder node of that name made the file invalid)."""
     from onnxcomp.encode import select
 
     model = sparse_matmuls()
     model.opset_import[0].version = 9
     want = run(model)
-    plans = []
-    monkeypatch.setattr(select, "load_budget", lambda m, p, *a: (plans.extend(p), float("inf"))[1])
+    plans, outputs = [], []
+
+    def measure(m, every, *rest):  # as the budget writes them: before any decoder is installed
+        plans.extend(every)
+        for subset in (every[1:2], every[2:]):
+            path = tmp_path / "variant.onnx"
+            write_encoded(path, model, subset, every)
+            onnx.checker.check_model(str(path))
+            written = onnx.load(str(path))
+            outputs.append((written.opset_import[0].version, run(written),
+                            len([t for t in written.graph.initializer if t.name.startswith("w")]), len(subset)))
+        return float("inf")
+
+    monkeypatch.setattr(select, "load_budget", measure)
     encode_weights(onnx.ModelProto.FromString(model.SerializeToString()))
-    assert len(plans) == 4
-    for subset in (plans[1:2], plans[2:]):
-        path = tmp_path / "variant.onnx"
-        write_encoded(path, model, subset, plans)
-        onnx.checker.check_model(str(path))
-        written = onnx.load(str(path))
-        assert written.opset_import[0].version == 11 and np.array_equal(run(written), want)
-        assert len([t for t in written.graph.initializer if t.name.startswith("w")]) == 4 - len(subset)
+    assert len(plans) == 4 and len(outputs) == 2
+    for opset, got, dense, encoded in outputs:
+        assert opset == 11 and np.array_equal(got, want) and dense == 4 - encoded
 
 
 def test_prune_reports_weights_kept_dense(fake_loads, tmp_path):

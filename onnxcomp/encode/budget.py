@@ -222,7 +222,10 @@ def write_encoded(path: Path, model: onnx.ModelProto, plans: list[Plan], every: 
     they share with the other plans of ``every``), a tensor at a time (no copy of the model)."""
     from onnxcomp.io.stream import write_variant
 
-    write_variant(path, model, {p.weight.name for p in plans}, [n for p in plans for n in p.nodes],
+    nodes = [n for p in plans for n in p.nodes]
+    for n in nodes:  # unnamed, as install_decoder leaves them: a decoder node named like its weight
+        n.name = ""  # clashes with a node of the model named so (onnxruntime refuses the file)
+    write_variant(path, model, {p.weight.name for p in plans}, nodes,
                   [t for p in plans for t in p.inits] + shared_tables(plans, every),
                   max((p.min_opset for p in plans), default=0))
 
