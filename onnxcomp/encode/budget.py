@@ -139,15 +139,16 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
 
 
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
-                    tries: int = 2, reference_loads: Loads | None = None) -> float | None:
+                    tries: int = 1, reference_loads: Loads | None = None) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
-    times the reference's (the model as it is when None; the lower of two loads). The model is
-    loaded with every plan installed (and as it is, when its size differs from the reference's),
-    all in parallel; when that peaks too high, budgets between the largest that fitted (at first
-    none) and the smallest that did not are tried, each placed where the line through those two
-    measured loads meets the limit (the peak is not proportional to the temporaries: a weight left
-    dense adds its bytes back). None when the loads cannot be measured. ``reference_loads``: the
-    reference's two loads, already under way (its file, not written again)."""
+    times the reference's (the model as it is when None; the lower of two loads). At once, the
+    model is loaded with every plan installed, with the plans that fit as if each modeled byte cost
+    one byte at load, and as it is when its size differs from the reference's. Then ``tries``
+    budgets between the largest that fitted and the smallest that did not are tried, each placed
+    where the line through those two measured loads meets the limit (the peak is not proportional
+    to the temporaries: a weight left dense adds its bytes back). None when the loads cannot be
+    measured. ``reference_loads``: the reference's two loads, already under way (its file, not
+    written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
     from onnxcomp.measure.loadpeak import load_peaks
@@ -155,40 +156,45 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
     try:
         with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
             folder = Path(tmp)
-            ref, full, part = folder / "reference.onnx", folder / "encoded.onnx", folder / "part.onnx"
-            write_encoded(full, model, plans, every_plan(plans))
+            total = float(sum(p.load for p in plans))
+            got = _loaded(reference_loads)
+            if got is None:  # the reference's file as the model holds it
+                write_encoded(folder / "reference.onnx", reference if reference is not None else model, [], plans)
+                got = load_peaks([folder / "reference.onnx"] * 2, like=model)
+            if None in got or not got:
+                return None
+            base = min(got)  # the lower of two: loads of one file differ by up to ~20 %
+            limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
             held = fp32_weight_bytes(reference, False) if reference is not None else 0
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \
                 <= 0.1 * held  # pruned or clustered: loads like its input
-            if not same:
-                write_encoded(part, model, [], plans)
-            fresh = [full] + ([] if same else [part])
-            got = _loaded(reference_loads)
-            if got is None:  # the reference's file as the model holds it
-                write_encoded(ref, reference if reference is not None else model, [], plans)
-                fresh = [ref, ref] + fresh
-            got = (got or []) + load_peaks(fresh, like=model)
-            if None in got or not got[0]:
-                return None
-            base = min(got[0], got[1])  # the lower of two: loads of one file differ by up to ~20 %
-            limit = max(LOAD_TARGET * base, base + LOAD_FLOOR)
-            fit, miss = (0.0, base if same else got[3]), (float(sum(p.load for p in plans)), got[2])
-            for _ in range(tries):
-                if miss[1] <= limit:
-                    return miss[0]
-                if fit[1] > limit:
-                    break
+            variants = [(total, plans)] + ([] if same else [(0.0, [])])
+            guess, _ = within_budget(plans, limit - base)
+            if 0 < sum(p.load for p in guess) < total:
+                variants.append((float(sum(p.load for p in guess)), guess))
+            files = [folder / f"variant{k}.onnx" for k in range(len(variants))]
+            for path, (_, kept) in zip(files, variants):  # (alternatives built by now hold shared tables too)
+                write_encoded(path, model, kept, every_plan(plans))
+            peaks = load_peaks(files, like=model)
+            points = [(used, peak) for (used, _), peak in zip(variants, peaks)] + ([(0.0, base)] if same else [])
+            while True:
+                if any(peak is None for _, peak in points):
+                    return None
+                fits = [pt for pt in points if pt[1] <= limit]
+                over = [pt for pt in points if pt[1] > limit]
+                if not over or not fits:
+                    return total if not over else 0.0
+                fit, miss = max(fits), min(over)
+                if tries <= 0:
+                    return fit[0]
                 slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
                 kept, _ = within_budget(plans, fit[0] + 0.95 * (limit - fit[1]) / max(slope, 1e-9))
                 used = float(sum(p.load for p in kept))
                 if used <= fit[0] or used >= miss[0]:
-                    break
-                write_encoded(part, model, kept, every_plan(plans))
-                peak = load_peaks([part], like=model)[0]
-                if peak is None:
-                    return None
-                fit, miss = ((used, peak), miss) if peak <= limit else (fit, (used, peak))
-            return fit[0]
+                    return fit[0]
+                write_encoded(files[0], model, kept, every_plan(plans))
+                points.append((used, load_peaks(files[:1], like=model)[0]))
+                tries -= 1
     except (OnnxCompError, OSError):
         return None
 
