@@ -191,3 +191,19 @@ def test_the_meter_sees_what_decoders_cost_onnxruntime_at_load(tmp_path):
     onnx.save(model, encoded)
     a, b = load_peaks([dense, encoded])
     assert b > a + 10_000_000  # ~19 bytes of temporaries per weight: ~20 MB
+
+
+def test_short_of_memory_the_input_is_measured_after_the_passes(fake_loads, tmp_path, monkeypatch):
+    """Without room for two more loads beside the passes, none starts early: the input is written
+    and measured once the passes are done, as a model handed in memory is."""
+    from onnxcomp.pipeline import run
+
+    per_decoder, measured = fake_loads
+    per_decoder[0] = 256 * 256 * 36
+    monkeypatch.setattr(run, "BACKGROUND_LOAD_ROOM", 10**12)
+    src = tmp_path / "m.onnx"
+    onnx.save(sparse_matmuls(sparsity=0.0), src)
+    out = oc.prune(src, 0.5)
+    assert not measured.started
+    assert [p.rsplit("/", 1)[-1] for p in measured.paths[:2]] == ["reference.onnx"] * 2
+    assert any("stored dense" in n for r in out.results for n in r.notes)

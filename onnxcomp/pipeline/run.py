@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 CORRECTED = (PruneConfig, ClusterConfig)  # steps whose changed weights get the per-channel correction
 SIZE_STEPS = (PruneConfig, ClusterConfig)  # steps that only shrink the file: never a larger output
+# free memory, in fp32 weight bytes, to load the input twice beside the passes (a convnet's load
+# peaks near 3x its weight bytes; the passes hold a few copies of their own)
+BACKGROUND_LOAD_ROOM = 12
 
 
 @dataclass
@@ -153,9 +156,10 @@ def _input_loads(original: Model, encoding: str, steps: Sequence[Any]) -> Loads 
     from onnxcomp.encode.budget import LOAD_FLOOR, fp32_weight_bytes
     from onnxcomp.errors import OnnxCompError
 
+    weights = fp32_weight_bytes(original.proto)
     if encoding != "auto" or original.path is None or not any(isinstance(c, SIZE_STEPS) for c in steps) \
-            or fp32_weight_bytes(original.proto) <= LOAD_FLOOR:
-        return None
+            or weights <= LOAD_FLOOR or io.available_memory() < BACKGROUND_LOAD_ROOM * weights:
+        return None  # (short of memory: measured after the passes, when they have freed theirs)
     from onnxcomp.measure.loadpeak import Loads
 
     try:
