@@ -13,8 +13,9 @@ calib_samples: 96
 ```
 Steps run in order on the same model with dense intermediate weights; with real calibration data
 every changed layer's output channels are then refitted once (``correction``: auto = affine,
-bias or none; see :mod:`onnxcomp.passes.correction`), and the final model is encoded once (each
-weight in its smallest encoding). The same recipe replays on the same model
+bias or none; see :mod:`onnxcomp.passes.correction`), and the final model is encoded once (in
+``encoding``; ``auto`` measures onnxruntime's load, so which weights it keeps dense can differ
+between runs, the values cannot). The same recipe replays on the same model
 or on a retrained one in a deployment pipeline (``onnxcomp compress MODEL --recipe FILE``).
 ``calib_samples`` (optional): only the first N calibration samples are used - ``onnxcomp auto``
 records the samples it calibrated on (it holds the rest out), so a replay with the same data
