@@ -1,4 +1,5 @@
-"""The load memory of a model as ``onnxcomp bench`` measures model RSS, without the timed runs.
+"""The load memory of a model as ``onnxcomp bench`` measures model RSS, without the timed runs, and
+without the allocator's noise (:data:`STEADY_MALLOC`).
 
 Each model is loaded in a fresh child process (``bench_worker`` in load mode): a process that
 loaded a larger model first measures less, its freed heap reused.
@@ -6,6 +7,7 @@ loaded a larger model first measures less, its freed heap reused.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,13 +22,22 @@ from onnxcomp.io.sessions import resolve_provider
 from onnxcomp.measure.bench import _above, _feed
 
 
+# glibc's allocator raises its mmap threshold as large blocks are freed, after which freed blocks
+# stay in the heap, resident: the same load then peaks up to ~20 % apart from run to run (vit_digits
+# 24-29 MB, effnet_lite0 46-61 MB). A fixed threshold returns every large block when it is freed,
+# so a load peaks at what onnxruntime holds at once, the same every run (+-0.1 MB): the budget's
+# choices do not follow noise. (Other allocators ignore the variable.)
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 class _Loader:
     """A child process that loads one model (``bench_worker`` load mode) and reports its peak."""
 
     def __init__(self, feed: Path | None, provider: str, log: Path) -> None:
         self._log = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "onnxcomp.measure.bench_worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                     stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     env={**os.environ, **STEADY_MALLOC})
         self._send({"loads": True, "feed": str(feed) if feed else None, "threads": 1, "provider": provider})
 
     def _send(self, msg: dict[str, Any]) -> None:
