@@ -67,9 +67,23 @@ def fake_loads(monkeypatch):
         def close(self):
             pass
 
+    class Meter:  # the budget's rounds of loads
+        def __init__(self, like, provider="CPUExecutionProvider", spare=2):
+            pass
+
+        def peaks(self, paths):
+            return peaks(paths)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
     per_decoder, started = [0], []
     monkeypatch.setattr(loadpeak, "load_peaks", peaks)
     monkeypatch.setattr(loadpeak, "Loads", Loads)
+    monkeypatch.setattr(loadpeak, "Meter", Meter)
     monkeypatch.setattr(budget, "LOAD_FLOOR", 0)
     measured.started = started
     return per_decoder, measured
@@ -103,7 +117,7 @@ def test_an_explicit_encoding_is_stored_as_asked(fake_loads):
 def test_a_small_model_is_not_measured(monkeypatch):
     import onnxcomp.measure.loadpeak as loadpeak
 
-    monkeypatch.setattr(loadpeak, "load_peaks", lambda *a, **k: pytest.fail("measured a small model"))
+    monkeypatch.setattr(loadpeak, "Meter", lambda *a, **k: pytest.fail("measured a small model"))
     assert {c.kind for c in encode_weights(sparse_matmuls(n=2))} == {"bitmask"}  # 2.5 MB of temporaries
 
 

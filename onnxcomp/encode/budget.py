@@ -154,16 +154,16 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
     already under way (its file, not written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
-    from onnxcomp.measure.loadpeak import load_peaks
+    from onnxcomp.measure.loadpeak import Meter
 
     try:
-        with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp:
+        with tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load")) as tmp, Meter(model) as meter:
             folder = Path(tmp)
             total = float(sum(p.load for p in plans))
             got = _loaded(reference_loads)
             if got is None:  # the reference's file as the model holds it
                 write_encoded(folder / "reference.onnx", reference if reference is not None else model, [], plans)
-                got = load_peaks([folder / "reference.onnx"] * 2, like=model)
+                got = meter.peaks([folder / "reference.onnx"] * 2)
             if None in got or not got:
                 return None
             base = min(got)  # the lower of two: loads of one file differ by up to ~20 %
@@ -179,7 +179,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             files = [folder / f"variant{k}.onnx" for k in range(len(variants))]
             for path, (_, kept) in zip(files, variants):  # (alternatives built by now hold shared tables too)
                 write_encoded(path, model, kept, every_plan(plans))
-            peaks = load_peaks(files, like=model)
+            peaks = meter.peaks(files)
             points = [(used, peak) for (used, _), peak in zip(variants, peaks)] + ([(0.0, base)] if same else [])
             while True:
                 if any(peak is None for _, peak in points):
@@ -197,7 +197,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                 if used <= fit[0] or used >= miss[0]:
                     return fit[0]
                 write_encoded(files[0], model, kept, every_plan(plans))
-                points.append((used, load_peaks(files[:1], like=model)[0]))
+                points.append((used, meter.peaks(files[:1])[0]))
                 tries -= 1
     except (OnnxCompError, OSError):
         return None

@@ -111,6 +111,50 @@ class Loads:
         self._tmp.cleanup()
 
 
+class Meter:
+    """Loads measured round after round (``peaks``), each in a fresh process; ``spare`` processes
+    start a round ahead, so a round waits for its loads, not for processes to start. ``like``: a
+    model with the inputs of those to measure. Close it (or use ``with``) to stop the spares."""
+
+    def __init__(self, like: onnx.ModelProto, provider: str = "CPUExecutionProvider", spare: int = 2) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load"))
+        self._count, self._spare, self._spares = 0, spare, []
+        try:
+            self._feed = _feed(like, Path(self._tmp.name), 0, 1, None)[0]
+        except DataError:
+            self._feed = None
+        self._provider = resolve_provider(provider)
+        self._spares = [self._spawn() for _ in range(spare)]
+
+    def _spawn(self) -> _Loader:
+        self._count += 1
+        return _Loader(self._feed, self._provider, Path(self._tmp.name) / f"load{self._count}.log")
+
+    def peaks(self, paths: Sequence[Path]) -> list[int | None]:
+        """Each model's load peak (None where /proc cannot tell), all at once."""
+        loaders = [self._spares.pop(0) if self._spares else self._spawn() for _ in paths]
+        try:
+            for loader, path in zip(loaders, paths):
+                loader.start(Path(path))
+            self._spares += [self._spawn() for _ in range(self._spare - len(self._spares))]
+            return [loader.result() for loader in loaders]
+        finally:
+            for loader in loaders:
+                loader.close()
+
+    def close(self) -> None:
+        for loader in self._spares:
+            loader.close()
+        self._spares = []
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider", parallel: int = 2,
                like: onnx.ModelProto | None = None) -> list[int | None]:
     """The peak resident memory onnxruntime adds while it creates a session of each model and runs
