@@ -283,3 +283,26 @@ def test_sigkill_while_writing_leaves_nothing_the_next_run_keeps(capsys, tmp_pat
     code, _, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--samples", "1", "-o", str(tmp_path / "o2.onnx")])
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "o2.onnx"]
+
+
+def test_an_interrupt_a_library_drops_is_raised_again_before_the_work(monkeypatch, capsys, tmp_path):
+    """SIGTERM (or Ctrl-C) caught and dropped by a bare ``except`` while a library imports must not
+    let the command run on and write: it is raised again when the command loads its model."""
+    import onnxcomp.cli as cli
+    from onnxcomp.cli.common import load_model
+
+    src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
+
+    def run(argv):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:  # what such a library does
+                signal.raise_signal(sig)
+            except BaseException:  # noqa: BLE001
+                pass
+        load_model(str(src))
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    assert cli.main(["prune", str(src)]) == 128 + signal.SIGINT  # the last one that arrived
+    assert capsys.readouterr().err.strip() == "interrupted; no output written"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

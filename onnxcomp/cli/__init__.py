@@ -13,20 +13,19 @@ import signal
 import sys
 import threading
 
+from onnxcomp.cli.signals import SIGNALLED, Terminated, raise_interrupt, raise_terminated
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so every cleanup (temp files, outputs not finished) runs."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+__all__ = ["Terminated", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
-    previous = None
+    previous = previous_int = None
+    SIGNALLED.clear()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)  # unwinds like Ctrl-C, from the first line
+        previous = signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C, from the first line
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where the shell ignores it)
+            previous_int = signal.signal(signal.SIGINT, raise_interrupt)
     try:
         code = _run(argv)
     except KeyboardInterrupt as exc:  # during start-up, before the command's own handling
@@ -39,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         _exit_if_abandoned(code)
     if argv is None:

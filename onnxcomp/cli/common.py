@@ -51,8 +51,10 @@ def progress_enabled(quiet: bool) -> bool:
 def load_model(path: str) -> Any:
     """A Model whose big external tensors stay on disk until a pass reads them (lazy): a model above
     2 GB is not held in memory twice (as the input and as the copy being rewritten)."""
+    from onnxcomp.cli.signals import raise_if_signalled
     from onnxcomp.io.model import load_model as _load
 
+    raise_if_signalled()  # (the imports before this point are where a library may drop an interrupt)
     return _load(path, lazy=True)
 
 
@@ -189,8 +191,10 @@ class Writing:
 
     def write(self, result: Any, command: str = "") -> Any:
         """Write ``result`` (verified, atomic) and compare it with the input; the WriteResult."""
+        from onnxcomp.cli.signals import raise_if_signalled
         from onnxcomp.pipeline.write import finish
 
+        raise_if_signalled()
         written = finish(self.original, result.proto, self.path, command=command, data=self.judged_on,
                          force=self.out.force, max_drop=self.gates.max_drop, min_agreement=self.gates.min_agreement,
                          labels=self.labels, threads=self.threads, metric=self.gates.metric,

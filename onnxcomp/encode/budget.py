@@ -38,11 +38,13 @@ LOAD_TARGET = 1.8
 # weights at float32. onnxruntime needs 1.5-3x an fp32 model's weight bytes to load it, and 1-1.6x
 # a temporary's bytes for it, so 0.5 keeps any model within 1.5x.
 LOAD_BUDGET = 0.5
-# Decoder temporaries up to this are allowed without measuring: onnxruntime's session for the
-# smallest model takes ~8 MB (as measured here), so they keep any model within 1.8x. (It was 16 MB,
-# also allowed above the limit to absorb the loads' noise; without the noise it let resnet_digits,
-# an 11 MB load, reach 2.1-2.7x)
-LOAD_FLOOR = 4_000_000
+# Decoder temporaries up to this are allowed without measuring (each measured load costs ~0.3 s
+# and a process): onnxruntime's session for the smallest model takes ~8 MB, so a tiny model's ratio
+# can pass 2x here (resnet_digits prune 0.5: 13 MB modeled, ~2.0x as bench measures it)
+LOAD_FLOOR = 16_000_000
+# A budget tried aims this far below the limit, at least: loads of one file peak +-0.1-0.3 MB apart
+# (STEADY_MALLOC), so a load that lands closer could fit in one run and not in the next
+LOAD_MARGIN = 1_000_000
 _SMALL = 64  # initializers up to this many elements go into the shape-inference graph with data
 
 
@@ -144,8 +146,8 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                     tries: int = 2, reference_loads: Loads | None = None) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
     times the reference's (the model as it is when None; the lower of two loads). Each budget
-    tried aims 5 % of the room below that limit, where the loads' own variation cannot decide
-    whether it fits. At once, the model is loaded with every plan installed, with the plans that
+    tried aims 5 % of the room (at least :data:`LOAD_MARGIN`) below that limit, where the loads'
+    own variation cannot decide whether it fits. At once, the model is loaded with every plan installed, with the plans that
     reach the aim if each modeled byte costs one byte at load, and as it is when its size differs
     from the reference's. Then up to ``tries`` budgets between the largest that fitted and the
     smallest that did not are tried, each where the line through those two measured loads meets
@@ -172,8 +174,8 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \
                 <= 0.1 * held  # pruned or clustered: loads like its input
             variants = [(total, plans)] + ([] if same else [(0.0, [])])
-            aim = limit - 0.05 * (limit - base)  # each budget tried aims here, clear of the limit (where the
-            guess, _ = within_budget(plans, aim - base)  # loads' +-0.3 MB would decide the outcome)
+            aim = limit - max(0.05 * (limit - base), LOAD_MARGIN)  # each budget tried aims here, clear of
+            guess, _ = within_budget(plans, aim - base)  # the limit (where the loads' noise would decide)
             if 0 < sum(p.load for p in guess) < total:
                 variants.append((float(sum(p.load for p in guess)), guess))
             files = [folder / f"variant{k}.onnx" for k in range(len(variants))]

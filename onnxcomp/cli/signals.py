@@ -1,0 +1,27 @@
+"""SIGTERM and SIGINT as exceptions, and a record of them that a library cannot drop."""
+from __future__ import annotations
+
+import signal
+
+SIGNALLED: list[int] = []  # what arrived: a library that drops the exception cannot hide it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so every cleanup (temp files, outputs not finished) runs."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    SIGNALLED.append(signum)
+    raise Terminated()
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    SIGNALLED.append(signum)
+    raise KeyboardInterrupt()
+
+
+def raise_if_signalled() -> None:
+    """Raise again an interrupt something caught and dropped (a bare ``except`` in a library while
+    it imports): called before a command's work and before it writes."""
+    if SIGNALLED:
+        raise Terminated() if SIGNALLED[-1] == signal.SIGTERM else KeyboardInterrupt()
