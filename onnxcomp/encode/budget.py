@@ -147,13 +147,13 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
     times the reference's (the model as it is when None; the lower of two loads). Each budget
     tried aims 5 % of the room (at least :data:`LOAD_MARGIN`) below that limit, where the loads'
-    own variation cannot decide whether it fits. At once, the model is loaded with every plan installed, with the plans that
-    reach the aim if each modeled byte costs one byte at load, and as it is when its size differs
-    from the reference's. Then up to ``tries`` budgets between the largest that fitted and the
-    smallest that did not are tried, each where the line through those two measured loads meets
-    the aim (the peak is not proportional to the temporaries: a weight left dense adds its bytes
-    back). None when the loads cannot be measured. ``reference_loads``: the reference's two loads,
-    already under way (its file, not written again)."""
+    own variation cannot decide whether it fits. At once, the model is loaded with every plan
+    installed, with the plans that reach the aim if each modeled byte costs one byte at load, and
+    as it is when its size differs from the reference's. Then up to ``tries`` budgets between the
+    largest that fitted and the smallest that did not are tried, each where the line through those
+    two measured loads meets the aim (the peak is not proportional to the temporaries: a weight
+    left dense adds its bytes back). None when the loads cannot be measured. ``reference_loads``:
+    the reference's two loads, already under way (its file, not written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
     from onnxcomp.measure.loadpeak import Meter
@@ -168,7 +168,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                 got = meter.peaks([folder / "reference.onnx"] * 2)
             if None in got or not got:
                 return None
-            base = min(got)  # the lower of two: loads of one file differ by up to ~20 %
+            base = min(got)  # the lower of two (+-0.3 MB apart; up to ~20 % where glibc's threshold moves)
             limit = LOAD_TARGET * base
             held = fp32_weight_bytes(reference, False) if reference is not None else 0
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \

@@ -115,7 +115,8 @@ def best_encoding(flat: np.ndarray, kinds: tuple[str, ...], opset_ok,
 
 def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encoding: str = "auto",
                    kinds_for: tuple[str, ...] | None = None,
-                   reference: onnx.ModelProto | None = None, reference_loads: Loads | None = None) -> list[EncodeChoice]:
+                   reference: onnx.ModelProto | None = None,
+                   reference_loads: Loads | None = None) -> list[EncodeChoice]:
     """Re-store each selected weight in its smallest encoding (in place); one row per weight.
 
     ``auto`` keeps the decoders' load memory within budget (:mod:`onnxcomp.encode.budget`): the
@@ -175,7 +176,10 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
         plan = make(*ranked[0], flat=flat)
         plan.others, plan.make = ranked[1:], make
         plans.append(plan)
-    kept, over = within_budget(plans, load_budget(model, plans, reference, reference_loads)) if encoding == "auto" else (plans, [])
+    if encoding == "auto":
+        kept, over = within_budget(plans, load_budget(model, plans, reference, reference_loads))
+    else:
+        kept, over = plans, []
     order = {p.weight.name: i for i, p in enumerate(plans)}
     for plan in sorted(kept, key=lambda p: order[p.weight.name]):
         raise_opset(model, plan.min_opset)

@@ -122,7 +122,8 @@ def _feed(model: Path | onnx.ModelProto, folder: Path, index: int, batch: int,
     try:  # one feed: its inputs need not agree on axis 0 (an RNN's state beside its input)
         shapes = input_shapes_for_random(specs, input_shapes or {}, batch)
     except DynamicDimsError as exc:  # bench runs on random inputs only: no --data to suggest
-        raise DataError(f"{model if isinstance(model, Path) else 'the model'}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
+        where = model if isinstance(model, Path) else "the model"
+        raise DataError(f"{where}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
                         "your model takes (repeatable, one per input)") from None
     feed = random_feed(specs, shapes, np.random.default_rng(0))
     np.savez(path, **feed)
