@@ -79,16 +79,11 @@ def every_plan(plans: list[Plan]) -> list[Plan]:
 def fp32_weight_bytes(model: onnx.ModelProto, fp32: bool = True) -> int:
     """The bytes the model's stored tensors (initializers, Constant nodes) take at float32 (or, not
     ``fp32``, at their own types; counted from shapes: protobuf's ByteSize copies the data)."""
+    from onnxcomp.io.checks import expected_bytes
+
     tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
                                                for a in n.attribute if a.name == "value"]
-    return sum(int(np.prod(t.dims)) * (4 if fp32 else _itemsize(t.data_type)) for t in tensors)
-
-
-def _itemsize(data_type: int) -> int:
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
-    except (KeyError, TypeError, ValueError):  # strings and the like
-        return 4
+    return sum(4 * int(np.prod(t.dims)) if fp32 else expected_bytes(t) or 4 * int(np.prod(t.dims)) for t in tensors)
 
 
 def describe(inits: list[onnx.TensorProto], into: dict) -> None:
@@ -188,8 +183,10 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                     return None
                 fits = [pt for pt in points if pt[1] <= limit]
                 over = [pt for pt in points if pt[1] > limit]
-                if not over or not fits:
-                    return total if not over else 0.0
+                if not over:
+                    return total
+                if not fits:
+                    return 0.0
                 fit, miss = max(fits), min(over)
                 if tries <= 0 or fit[1] >= aim:
                     return fit[0]

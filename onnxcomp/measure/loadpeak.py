@@ -70,59 +70,23 @@ class _Loader:
         self._log.close()
 
 
-class Loads:
-    """Loads measured in the background: each model's fresh process starts at once; ``result()``
-    waits for their peaks (None where /proc cannot tell; ModelLoadError if one cannot load).
-    ``like``: a model with the same inputs, in memory (else the first file is read)."""
-
-    def __init__(self, paths: Sequence[Path], provider: str = "CPUExecutionProvider",
-                 like: onnx.ModelProto | None = None) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load"))
-        self._loaders: list[_Loader] = []
-        self._peaks: list[int | None] | None = None
-        try:
-            folder = Path(self._tmp.name)
-            try:
-                feed = _feed(like if like is not None else Path(paths[0]), folder, 0, 1, None)[0] if paths else None
-            except DataError:
-                feed = None
-            provider = resolve_provider(provider)
-            for k, path in enumerate(paths):
-                self._loaders.append(_Loader(feed, provider, folder / f"load{k}.log"))
-            for loader, path in zip(self._loaders, paths):
-                loader.start(Path(path))
-        except BaseException:
-            self.close()
-            raise
-
-    def result(self) -> list[int | None]:
-        if self._peaks is None:
-            try:
-                self._peaks = [loader.result() for loader in self._loaders]
-            finally:
-                self.close()
-        return self._peaks
-
-    def close(self) -> None:
-        """Stop what still runs (a measurement no longer needed) and remove its files."""
-        for loader in self._loaders:
-            loader.close()
-        self._loaders = []
-        self._tmp.cleanup()
-
-
 class Meter:
-    """Loads measured round after round (``peaks``), each in a fresh process; ``spare`` processes
-    start a round ahead, so a round waits for its loads, not for processes to start. ``like``: a
-    model with the inputs of those to measure. Close it (or use ``with``) to stop the spares."""
+    """Loads measured round after round (``peaks``, or ``start`` then ``finish``), each in a fresh
+    process; ``spare`` processes start a round ahead, so a round waits for its loads, not for
+    processes to start. ``like``: a model with the inputs of those to measure (in memory, or its
+    file). Close it (or use ``with``) to stop what still runs and remove its files."""
 
-    def __init__(self, like: onnx.ModelProto, provider: str = "CPUExecutionProvider", spare: int = 2) -> None:
+    def __init__(self, like: onnx.ModelProto | Path, provider: str = "CPUExecutionProvider",
+                 spare: int = 2) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix=io.temp_prefix("onnxcomp-load"))
-        self._count, self._spare, self._spares = 0, spare, []
+        self._count, self._spare, self._spares, self._running = 0, spare, [], []
         try:
             self._feed = _feed(like, Path(self._tmp.name), 0, 1, None)[0]
         except DataError:
             self._feed = None
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         self._provider = resolve_provider(provider)
         self._spares = [self._spawn() for _ in range(spare)]
 
@@ -130,22 +94,32 @@ class Meter:
         self._count += 1
         return _Loader(self._feed, self._provider, Path(self._tmp.name) / f"load{self._count}.log")
 
-    def peaks(self, paths: Sequence[Path]) -> list[int | None]:
-        """Each model's load peak (None where /proc cannot tell), all at once."""
+    def start(self, paths: Sequence[Path]) -> list[_Loader]:
+        """Begin loading each model, all at once."""
         loaders = [self._spares.pop(0) if self._spares else self._spawn() for _ in paths]
+        self._running += loaders
+        for loader, path in zip(loaders, paths):
+            loader.start(Path(path))
+        self._spares += [self._spawn() for _ in range(self._spare - len(self._spares))]
+        return loaders
+
+    def finish(self, loaders: list[_Loader]) -> list[int | None]:
+        """Each started load's peak (None where /proc cannot tell; ModelLoadError if one cannot load)."""
         try:
-            for loader, path in zip(loaders, paths):
-                loader.start(Path(path))
-            self._spares += [self._spawn() for _ in range(self._spare - len(self._spares))]
             return [loader.result() for loader in loaders]
         finally:
             for loader in loaders:
                 loader.close()
+                self._running.remove(loader)
+
+    def peaks(self, paths: Sequence[Path]) -> list[int | None]:
+        """Each model's load peak, all at once."""
+        return self.finish(self.start(paths))
 
     def close(self) -> None:
-        for loader in self._spares:
+        for loader in self._spares + self._running:
             loader.close()
-        self._spares = []
+        self._spares, self._running = [], []
         self._tmp.cleanup()
 
     def __enter__(self) -> "Meter":
@@ -155,15 +129,43 @@ class Meter:
         self.close()
 
 
+class Loads:
+    """Loads measured in the background: each model's fresh process starts at once; ``result()``
+    waits for their peaks (see :meth:`Meter.finish`). ``like``: a model with the same inputs, in
+    memory (else the first file is read)."""
+
+    def __init__(self, paths: Sequence[Path], provider: str = "CPUExecutionProvider",
+                 like: onnx.ModelProto | None = None) -> None:
+        self._meter = Meter(like if like is not None else Path(paths[0]), provider, spare=0)
+        self._peaks: list[int | None] | None = None
+        try:
+            self._running = self._meter.start(paths)
+        except BaseException:
+            self._meter.close()
+            raise
+
+    def result(self) -> list[int | None]:
+        if self._peaks is None:
+            try:
+                self._peaks = self._meter.finish(self._running)
+            finally:
+                self.close()
+        return self._peaks
+
+    def close(self) -> None:
+        """Stop what still runs (a measurement no longer needed) and remove its files."""
+        self._meter.close()
+
+
 def load_peaks(paths: Sequence[Path], provider: str = "CPUExecutionProvider", parallel: int = 2,
                like: onnx.ModelProto | None = None) -> list[int | None]:
     """The peak resident memory onnxruntime adds while it creates a session of each model and runs
     it once on random inputs (only creates it when an input has dynamic dims), as ``bench``'s
     model RSS: each in a fresh child process (one that loaded a larger model first measures less,
-    its freed heap reused), ``parallel`` at a time (see :class:`Loads`, which starts them in the
-    background). None where /proc cannot tell."""
-    out: list[int | None] = []
+    its freed heap reused), ``parallel`` at a time (see :class:`Meter`). None where /proc cannot
+    tell."""
+    if not paths:
+        return []
     step = max(1, parallel)
-    for start in range(0, len(paths), step):
-        out += Loads(paths[start:start + step], provider, like).result()
-    return out
+    with Meter(like if like is not None else Path(paths[0]), provider, spare=0) as meter:
+        return [peak for start in range(0, len(paths), step) for peak in meter.peaks(paths[start:start + step])]
