@@ -201,10 +201,19 @@ def flush_subnormals(model: onnx.ModelProto, keep: set[str]) -> int:
         if name in keep or t.data_type != onnx.TensorProto.FLOAT or is_lazy(t):
             continue
         a = numpy_helper.to_array(t)
-        bad = (np.abs(a) < tiny) & (a != 0)
-        if bad.any():
-            t.CopyFrom(numpy_helper.from_array(np.where(bad, np.float32(0), a), t.name))
-            count += int(bad.sum())
+        flat, found = a.reshape(-1), 0
+        for start in range(0, flat.size, 1 << 20):  # a block at a time: no tensor-sized masks
+            block = flat[start:start + (1 << 20)]
+            bad = (np.abs(block) < tiny) & (block != 0)
+            if bad.any():
+                if not flat.flags.writeable:
+                    flat = flat.copy()
+                    block = flat[start:start + (1 << 20)]
+                block[bad] = 0
+                found += int(bad.sum())
+        if found:
+            t.CopyFrom(numpy_helper.from_array(flat.reshape(a.shape), t.name))
+            count += found
     return count
 
 
