@@ -15,6 +15,7 @@ import numpy as np
 from onnxcomp.measure.capture import Capturer, plan_groups
 from onnxcomp.graph.subgraph import activation_tensors
 from onnxcomp.data.calibration import load_data, load_labels
+from onnxcomp.io.memory import release
 from onnxcomp.errors import DataError, UnsupportedModelError
 from onnxcomp.measure.fidelity_report import DEGRADED_SQNR_DB, FidelityReport, OutputMetrics
 from onnxcomp.measure.outputs import output_parts
@@ -68,6 +69,7 @@ class _Run:
                     more = True
                     break
             del cap_a
+            release()  # the original's run freed its tensors into the heap: the candidate's are mapped anew
             if not held:
                 break
             cap_b = Capturer(self.b, layers, threads=self.threads, include_outputs=outputs, label="the candidate")

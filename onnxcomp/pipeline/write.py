@@ -179,6 +179,7 @@ def finish(original: Any, compressed: onnx.ModelProto, output: str | os.PathLike
         # in memory answers questions about the graph (no second copy of a big model in memory)
         try:
             if unmeasured is None:
+                io.release()  # what the passes and the save freed: the sessions' tensors are mapped anew
                 report = compare(original, Written(compressed, path), data, labels=labels, threads=threads,
                                  metric=metric, output=judged)
                 check_finite(report, original)
