@@ -186,11 +186,11 @@ class _Codebook(Encoding):
         p = fresh("cb")  # short prefix: decoder names add up in small models
         axis = channel_axis(t, shape)
         if axis is not None:  # indices in the weight's shape: no Reshape of int32 or float temporaries
-            idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes, tuple(shape))
+            idx = self.indices(t.idx.astype(np.uint8, copy=False), fresh, p, inits, nodes, tuple(shape))
             gather_shaped(t, fresh, p, flat.dtype, idx, axis, tuple(shape), name, inits, nodes,
                           self.min_opset < 11 and self.opset < 11)
             return unnamed(nodes), inits
-        idx = self.indices(t.idx.astype(np.uint8), fresh, p, inits, nodes)
+        idx = self.indices(t.idx.astype(np.uint8, copy=False), fresh, p, inits, nodes)
         out = gather(t, fresh, p, flat.dtype, idx, inits, nodes, self.min_opset < 11)
         reshape_to(fresh, p, out, shape, name, inits, nodes)
         return unnamed(nodes), inits

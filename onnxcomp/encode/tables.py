@@ -59,7 +59,7 @@ class Table:
     """
 
     kind: str  # tensor | channel | shared
-    index: np.ndarray | Callable[[], np.ndarray]  # uint8/int16, flat, index into the row's table
+    index: np.ndarray | Callable[[], np.ndarray]  # uint8 (int16 past 256 entries), flat, into the row's table
     width: int  # K: entries per table row
     values: np.ndarray  # [K] or [C, K] in the weight dtype (shared: the int16 table q)
     scales: np.ndarray | None = None  # channel-grid / shared: float16 per channel
@@ -153,10 +153,11 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     if _too_many(flat, layout, max_width):
         return []
     out: list[Table] = []
+    small = np.uint8 if max_width <= 256 else np.int16  # the index: a byte per element, not two
     if layout is None or layout.channels <= 1:
         u, inv = np.unique(flat, return_inverse=True)
         if u.size <= max_width:
-            out.append(Table("tensor", inv.astype(np.int16), int(u.size), u.astype(flat.dtype)))
+            out.append(Table("tensor", inv.astype(small), int(u.size), u.astype(flat.dtype)))
         return out
     counts, vals = row_distinct(layout.view(flat))  # rows copied a block at a time: nothing
     width = int(counts.max())
@@ -167,25 +168,26 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
     memo: dict = {}
     grid = None
 
-    def ranks() -> np.ndarray:  # one ranking serves the tensor table and the channel ones
-        if "r" not in memo:  # (nothing tensor-sized is held until then)
-            memo["r"] = grid_ranks(flat, layout, counts, *grid) if grid is not None \
-                else row_ranks(layout.view(flat))
+    def ranks() -> np.ndarray:  # one ranking (a sort) serves the tensor table and the channel ones
+        if grid is not None:  # (nothing tensor-sized is held until then); a grid's lookup is cheap:
+            return grid_ranks(flat, layout, counts, *grid, dtype=small)  # redone, not held
+        if "r" not in memo:
+            memo["r"] = row_ranks(layout.view(flat))
         return memo["r"]
 
     if u.size <= max_width:  # the tensor table: each row's distinct values found in the union
         out.append(Table("tensor", lambda: layout.unrows(np.take_along_axis(
-            np.searchsorted(u, table).astype(np.int16), ranks(), axis=1)).astype(np.int16),
+            np.searchsorted(u, table).astype(small), ranks(), axis=1)).astype(small, copy=False),
             int(u.size), u.astype(flat.dtype)))
     if u.size <= 16:
         return out
 
     def idx() -> np.ndarray:
         if "idx" not in memo and grid is not None:  # in element order directly: no copy to unroll
-            memo["idx"] = grid_ranks(flat, layout, counts, *grid, flat_order=True)
+            memo["idx"] = grid_ranks(flat, layout, counts, *grid, flat_order=True, dtype=small)
         elif "idx" not in memo:  # the ranks are let go once unrolled (another table ranks again)
-            memo["idx"] = layout.unrows(ranks()).astype(np.int16, copy=False)
-            memo.pop("r")
+            memo["idx"] = layout.unrows(ranks()).astype(small, copy=False)
+            memo.pop("r", None)
         return memo["idx"]
 
     out.append(Table("channel", idx, width, table.astype(flat.dtype), layout=layout))
@@ -195,27 +197,28 @@ def detect(flat: np.ndarray, layout: Layout | None, max_width: int = 256) -> lis
         grid = factor(table, GRID8)
         if grid is not None:
             out.append(Table("channel", idx, width, grid[0], grid[1], store="grid", layout=layout))
-        shared = _shared(ranks, table, layout, max_width, grid)
+        shared = _shared(ranks, table, layout, max_width, grid, small)
         if shared is not None:
             out.append(shared)
     return sorted(out, key=Table.table_bytes)
 
 
 def grid_ranks(flat: np.ndarray, layout: Layout, counts: np.ndarray, q: np.ndarray, s: np.ndarray,
-               block: int = 1 << 20, flat_order: bool = False) -> np.ndarray:
+               block: int = 1 << 20, flat_order: bool = False, dtype: type = np.int16) -> np.ndarray:
     """:func:`row_ranks`' ranks [channels, n] of values that are ``q * s`` per row exactly (the
     int8 grid :func:`factor` found; ``q`` [C, K] sorted, rows padded past ``counts``): each value
     divided by its row's scale is its integer exactly, looked up in a per-row table. No sort.
-    ``flat_order``: the ranks in the weight's own element order (``layout.unrows`` of them)."""
+    ``flat_order``: the ranks in the weight's own element order (``layout.unrows`` of them);
+    ``dtype``: the ranks' (uint8 holds up to 256 entries a row)."""
     c, width = q.shape
-    lut = np.zeros((c, 2 * GRID8 + 1), np.int16)
+    lut = np.zeros((c, 2 * GRID8 + 1), dtype)
     rows, cols = np.nonzero(np.arange(width)[None, :] < counts[:, None])
     lut[rows, q[rows, cols].astype(np.int64) + GRID8] = cols
     lut = lut.reshape(-1)
     view = layout.view(flat)
     n = int(np.prod(view.shape[1:]))
     scale = np.asarray(s, np.float32).reshape(-1, 1)
-    out = np.empty(flat.size if flat_order else (c, n), np.int16)
+    out = np.empty(flat.size if flat_order else (c, n), dtype)
     dst = layout.view(out) if flat_order else out
     step = max(1, block // max(1, n))
     for a in range(0, c, step):
@@ -227,7 +230,7 @@ def grid_ranks(flat: np.ndarray, layout: Layout, counts: np.ndarray, q: np.ndarr
 
 
 def _shared(ranks: Callable[[], np.ndarray], table: np.ndarray, layout: Layout, max_width: int,
-            grid: tuple[np.ndarray, np.ndarray] | None = None) -> Table | None:
+            grid: tuple[np.ndarray, np.ndarray] | None = None, dtype: type = np.int16) -> Table | None:
     """One integer table for all channels times a float16 scale per channel, when it is exact
     (``grid``: the rows' 8-bit factorisation, which narrows the search)."""
     f = factor(table, GRID12) if grid is None else factor_multiples(table, GRID12, grid[0])
@@ -241,8 +244,8 @@ def _shared(ranks: Callable[[], np.ndarray], table: np.ndarray, layout: Layout, 
     values, inv = np.unique(q, return_inverse=True)
     if values.size > max_width:
         return None
-    inv = inv.reshape(q.shape).astype(np.int16)  # <= max_width entries: no int64 tensor-sized gather
-    return Table("shared", lambda: layout.unrows(np.take_along_axis(inv, ranks(), axis=1)).astype(np.int16),
+    inv = inv.reshape(q.shape).astype(dtype)  # <= max_width entries: no int64 tensor-sized gather
+    return Table("shared", lambda: layout.unrows(np.take_along_axis(inv, ranks(), axis=1)).astype(dtype, copy=False),
                  int(values.size), values.astype(np.int16), s, layout=layout)
 
 
