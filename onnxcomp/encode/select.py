@@ -8,6 +8,7 @@ encoding needs it and every op in the graph means the same at the new opset.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.io import default_opset
 from onnxcomp.encode.base import Encoding
-from onnxcomp.encode.budget import (Plan, describe, every_plan, load_budget, load_bytes, shared_tables,
+from onnxcomp.encode.budget import (LOAD_FLOOR, Plan, describe, every_plan, load_budget, load_bytes, shared_tables,
                                     within_budget)
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.encode.common import can_raise_opset, install_decoder, raise_opset
@@ -133,6 +134,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
     plans: list[Plan] = []
     paid: set[str] = set()
     known: dict = {}
+    modeled = 0
 
     def opset_ok(needed: int) -> bool:
         if default_opset(model) >= needed:
@@ -174,7 +176,12 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
             return plan
 
         plan = make(*ranked[0], flat=flat)
-        plan.others, plan.make = ranked[1:], make
+        plan.others = ranked[1:]
+        modeled += plan.load
+        if encoding == "auto" and modeled > LOAD_FLOOR:  # the budget is measured and weighs them: built
+            plan.make = partial(make, flat=flat)  # from the values and tables in hand, not read again
+            plan.alternatives()
+        plan.make = make
         plans.append(plan)
     if encoding == "auto":
         kept, over = within_budget(plans, load_budget(model, plans, reference, reference_loads))
