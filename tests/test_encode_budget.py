@@ -45,7 +45,7 @@ def fake_loads(monkeypatch):
     import onnxcomp.measure.loadpeak as loadpeak
 
     measured = Measured()
-    measured.paths = []
+    measured.paths, measured.decoders = [], []
 
     def peaks(paths, provider="CPUExecutionProvider", parallel=2, like=None):
         measured.paths += [str(p) for p in paths]
@@ -53,6 +53,7 @@ def fake_loads(monkeypatch):
             onnx.checker.check_model(str(p))  # every file measured is a valid model (shared tables held)
             stored = {t.name for t in onnx.load(str(p)).graph.initializer}
             decoders = sum(f"w{i}" not in stored for i in range(4))  # weights a decoder rebuilds
+            measured.decoders.append(decoders)
             measured.append(10_000_000 + 2 * decoders * per_decoder[0])
         return measured[-len(paths):]
 
@@ -104,6 +105,22 @@ def test_weights_past_the_load_budget_stay_dense_and_say_why(fake_loads):
     assert len(measured) <= 5  # the input (2 loads), all encoded, at most 2 budgets between
     onnx.checker.check_model(model)
     assert np.array_equal(run(model), want)  # whichever plan held the shared table, it is stored
+
+
+def test_no_measuring_process_loads_far_past_the_limit(fake_loads, monkeypatch):
+    """Each load runs in a process of its own, so the all-encoded model, when its decoders model
+    far more than the room below the limit, would be the command's heaviest process: it is never
+    loaded, and the budget is still found from the loads near the limit."""
+    per_decoder, measured = fake_loads
+    per_decoder[0] = 400_000  # each decoder: +0.8 MB over the input's 10 MB
+    monkeypatch.setattr(budget, "LOAD_TARGET", 1.2)  # room for about one decoder's modeled 1.2 MB
+    model = sparse_matmuls()
+    want = run(model)
+    kinds = [c.kind for c in encode_weights(model)]
+    assert "dense" in kinds and set(kinds) != {"dense"}
+    assert max(measured.decoders) < 4  # the heaviest file loaded left weights dense
+    assert max(measured) <= 1.2 * 10_000_000
+    assert np.array_equal(run(model), want)
 
 
 def test_an_explicit_encoding_is_stored_as_asked(fake_loads):

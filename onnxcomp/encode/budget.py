@@ -45,6 +45,10 @@ LOAD_FLOOR = 16_000_000
 # A budget tried aims this far below the limit, at least: loads of one file peak +-0.1-0.3 MB apart
 # (STEADY_MALLOC), so a load that lands closer could fit in one run and not in the next
 LOAD_MARGIN = 1_000_000
+# The first round loads, beside a guess, every plan at once, or the plans within this many times
+# the room below the aim when they model more: each load runs in a process of its own, and the
+# all-encoded model of a pruned transformer peaked at 2.3x the input's load (the command's peak)
+FAR = 1.5
 _SMALL = 64  # initializers up to this many elements go into the shape-inference graph with data
 
 
@@ -142,12 +146,13 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
     times the reference's (the model as it is when None; the lower of two loads). Each budget
     tried aims 5 % of the room (at least :data:`LOAD_MARGIN`) below that limit, where the loads'
-    own variation cannot decide whether it fits. At once, the model is loaded with every plan
-    installed, with the plans that reach the aim if each modeled byte costs one byte at load, and
-    as it is when its size differs from the reference's. Then up to ``tries`` budgets between the
-    largest that fitted and the smallest that did not are tried, each where the line through those
-    two measured loads meets the aim (the peak is not proportional to the temporaries: a weight
-    left dense adds its bytes back). None when the loads cannot be measured. ``reference_loads``:
+    own variation cannot decide whether it fits. At once, the model is loaded with the plans that
+    reach the aim if each modeled byte costs one byte at load, with every plan (or, when they model
+    more than :data:`FAR` times the room, the plans within that), and as it is when its size
+    differs from the reference's. Then up to ``tries`` budgets are tried, each where the line
+    through the largest load that fitted and the smallest that did not (none missed yet: the
+    smallest that fitted) meets the aim: the peak is not proportional to the temporaries, a weight
+    left dense adds its bytes back. None when the loads cannot be measured. ``reference_loads``:
     the reference's two loads, already under way (its file, not written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
@@ -168,11 +173,14 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             held = fp32_weight_bytes(reference, False) if reference is not None else 0
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \
                 <= 0.1 * held  # pruned or clustered: loads like its input
-            variants = [(total, plans)] + ([] if same else [(0.0, [])])
             aim = limit - max(0.05 * (limit - base), LOAD_MARGIN)  # each budget tried aims here, clear of
-            guess, _ = within_budget(plans, aim - base)  # the limit (where the loads' noise would decide)
-            if 0 < sum(p.load for p in guess) < total:
-                variants.append((float(sum(p.load for p in guess)), guess))
+            room = aim - base  # the limit (where the loads' noise would decide)
+            variants = [] if same else [(0.0, [])]
+            for budget in (room, min(total, FAR * room)):  # a guess (a modeled byte costs one byte at load)
+                kept, _ = within_budget(plans, budget)  # and a load past it: every plan when that is near
+                used = float(sum(p.load for p in kept))
+                if 0 < used and used not in [u for u, _ in variants]:
+                    variants.append((used, kept))
             files = [folder / f"variant{k}.onnx" for k in range(len(variants))]
             for path, (_, kept) in zip(files, variants):  # (alternatives built by now hold shared tables too)
                 write_encoded(path, model, kept, every_plan(plans))
@@ -181,19 +189,20 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             while True:
                 if any(peak is None for _, peak in points):
                     return None
-                fits = [pt for pt in points if pt[1] <= limit]
+                fits = sorted(pt for pt in points if pt[1] <= limit)
                 over = [pt for pt in points if pt[1] > limit]
-                if not over:
-                    return total
                 if not fits:
                     return 0.0
-                fit, miss = max(fits), min(over)
-                if tries <= 0 or fit[1] >= aim:
+                fit = fits[-1]
+                if fit[0] >= total:
+                    return total
+                if tries <= 0 or fit[1] >= aim or (not over and len(fits) < 2):
                     return fit[0]
-                slope = (miss[1] - fit[1]) / max(miss[0] - fit[0], 1.0)
+                other = min(over) if over else fits[0]  # none over yet: the chord from the lowest load
+                slope = (other[1] - fit[1]) / ((other[0] - fit[0]) or 1.0)
                 kept, _ = within_budget(plans, fit[0] + (aim - fit[1]) / max(slope, 1e-9))
                 used = float(sum(p.load for p in kept))
-                if used <= fit[0] or used >= miss[0]:
+                if used <= fit[0] or (over and used >= other[0]):
                     return fit[0]
                 write_encoded(files[0], model, kept, every_plan(plans))
                 points.append((used, meter.peaks(files[:1])[0]))
