@@ -102,7 +102,7 @@ def test_weights_past_the_load_budget_stay_dense_and_say_why(fake_loads):
                for i in range(4) if kinds[i] == "dense")
     encoded = kinds.count("bitmask")
     assert 10_000_000 + 2 * encoded * per_decoder[0] <= LOAD_TARGET * 10_000_000  # what is stored fits
-    assert len(measured) <= 5  # the input (2 loads), all encoded, at most 2 budgets between
+    assert len(measured) <= 5  # the input, a guess and all encoded, at most 2 budgets between
     onnx.checker.check_model(model)
     assert np.array_equal(run(model), want)  # whichever plan held the shared table, it is stored
 
@@ -197,17 +197,18 @@ def test_prune_reports_weights_kept_dense(fake_loads, tmp_path):
 
 
 def test_the_input_file_is_measured_while_the_passes_run(fake_loads, tmp_path):
-    """The bar's reference is the input file itself, loaded twice in the background from the
-    start: it is not written again, and only the encoded variants wait for their loads."""
+    """The bar's reference is the input file itself, loaded once in the background from the
+    start (loads of one file peak +-0.3 MB apart): it is not written again, and only the encoded
+    variants wait for their loads."""
     per_decoder, measured = fake_loads
     per_decoder[0] = 256 * 256 * 36
     src = tmp_path / "m.onnx"
     onnx.save(sparse_matmuls(sparsity=0.0), src)
     oc.prune(src, 0.5)
-    assert measured.started == [[str(src), str(src)]]
-    assert measured.paths[:2] == [str(src), str(src)]  # its peaks, the first two the budget reads
+    assert measured.started == [[str(src)]]
+    assert measured.paths[:1] == [str(src)]  # its peak, the first the budget reads
     assert not any(p.endswith("reference.onnx") for p in measured.paths)
-    assert len(measured.paths) <= 5
+    assert len(measured.paths) <= 4
 
 
 def test_the_meter_sees_what_decoders_cost_onnxruntime_at_load(tmp_path):
@@ -225,7 +226,7 @@ def test_the_meter_sees_what_decoders_cost_onnxruntime_at_load(tmp_path):
 
 
 def test_short_of_memory_the_input_is_measured_after_the_passes(fake_loads, tmp_path, monkeypatch):
-    """Without room for two more loads beside the passes, none starts early: the input is written
+    """Without room for another load beside the passes, none starts early: the input is written
     and measured once the passes are done, as a model handed in memory is."""
     from onnxcomp.pipeline import run
 
@@ -236,5 +237,5 @@ def test_short_of_memory_the_input_is_measured_after_the_passes(fake_loads, tmp_
     onnx.save(sparse_matmuls(sparsity=0.0), src)
     out = oc.prune(src, 0.5)
     assert not measured.started
-    assert [p.rsplit("/", 1)[-1] for p in measured.paths[:2]] == ["reference.onnx"] * 2
+    assert [p.rsplit("/", 1)[-1] for p in measured.paths[:2]] == ["reference.onnx", "variant0.onnx"]
     assert any("stored dense" in n for r in out.results for n in r.notes)

@@ -132,7 +132,7 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
                 reference_loads: Loads | None = None) -> float:
     """The modeled decoder temporaries (bytes) the default encoding may add to the model's load;
     ``reference``: the model whose load peak the bar is set against (the input of the
-    compression), else the model as it is; ``reference_loads``: two loads of its file, already
+    compression), else the model as it is; ``reference_loads``: a load of its file, already
     under way (:class:`onnxcomp.measure.loadpeak.Loads`)."""
     total = sum(p.load for p in plans)
     if total <= LOAD_FLOOR:
@@ -144,7 +144,7 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
                     tries: int = 2, reference_loads: Loads | None = None) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
-    times the reference's (the model as it is when None; the lower of two loads). Each budget
+    times the reference's (the model as it is when None). Each budget
     tried aims 5 % of the room (at least :data:`LOAD_MARGIN`) below that limit, where the loads'
     own variation cannot decide whether it fits. At once, the model is loaded with the plans that
     reach the aim if each modeled byte costs one byte at load, with every plan (or, when they model
@@ -153,7 +153,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
     through the largest load that fitted and the smallest that did not (none missed yet: the
     smallest that fitted) meets the aim: the peak is not proportional to the temporaries, a weight
     left dense adds its bytes back. None when the loads cannot be measured. ``reference_loads``:
-    the reference's two loads, already under way (its file, not written again)."""
+    the reference's load, already under way (its file, not written again)."""
     from onnxcomp import io
     from onnxcomp.errors import OnnxCompError
     from onnxcomp.measure.loadpeak import Meter
@@ -165,10 +165,10 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             got = _loaded(reference_loads)
             if got is None:  # the reference's file as the model holds it
                 write_encoded(folder / "reference.onnx", reference if reference is not None else model, [], plans)
-                got = meter.peaks([folder / "reference.onnx"] * 2)
+                got = meter.peaks([folder / "reference.onnx"])
             if None in got or not got:
                 return None
-            base = min(got)  # the lower of two (+-0.3 MB apart; up to ~20 % where glibc's threshold moves)
+            base = min(got)  # (one load: loads of a file peak +-0.3 MB apart, loadpeak.STEADY_MALLOC)
             limit = LOAD_TARGET * base
             held = fp32_weight_bytes(reference, False) if reference is not None else 0
             same = reference is None or abs(fp32_weight_bytes(model, False) - held) \

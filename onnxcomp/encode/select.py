@@ -123,7 +123,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
     ``auto`` keeps the decoders' load memory within budget (:mod:`onnxcomp.encode.budget`): the
     weights past it take a cheaper encoding or stay dense; the budget is set against
     ``reference``'s load peak (the model the compression started from) or, when None, the model's
-    own as it is (``reference_loads``: two loads of its file already under way, a
+    own as it is (``reference_loads``: a load of its file already under way, a
     :class:`onnxcomp.measure.loadpeak.Loads`). ``kinds_for``: encode the integer weights of a QDQ model instead
     (:func:`quantized_weights`), with these encodings only (tables of their own integer values,
     see :data:`INTEGER_KINDS`)."""

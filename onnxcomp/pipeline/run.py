@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 CORRECTED = (PruneConfig, ClusterConfig)  # steps whose changed weights get the per-channel correction
 SIZE_STEPS = (PruneConfig, ClusterConfig)  # steps that only shrink the file: never a larger output
-# free memory, in fp32 weight bytes, to load the input twice beside the passes (a convnet's load
-# peaks near 3x its weight bytes; the passes hold a few copies of their own)
+# free memory, in fp32 weight bytes, to load the input beside the passes (a convnet's load peaks
+# near 3x its weight bytes; the passes hold a few copies of their own)
 BACKGROUND_LOAD_ROOM = 12
 
 
@@ -150,7 +150,7 @@ def run(model: ModelLike, steps: Sequence[Any], *, data: Any = None,
 
 
 def _input_loads(original: Model, encoding: str, steps: Sequence[Any]) -> Loads | None:
-    """Two loads of the input file, measured in the background while the passes run, when the
+    """A load of the input file, measured in the background while the passes run, when the
     default encoding may set its load budget against them (pruned or clustered weights of more
     than its floor of bytes); else None (also in ``auto``'s trials, which measure when they need)."""
     from onnxcomp.encode.budget import LOAD_FLOOR, fp32_weight_bytes
@@ -163,7 +163,7 @@ def _input_loads(original: Model, encoding: str, steps: Sequence[Any]) -> Loads 
     from onnxcomp.measure.loadpeak import Loads
 
     try:
-        return Loads([original.path, original.path], like=original.proto)
+        return Loads([original.path], like=original.proto)
     except (OnnxCompError, OSError):
         return None
 
