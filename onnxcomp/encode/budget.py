@@ -135,10 +135,16 @@ def load_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.Model
     compression), else the model as it is; ``reference_loads``: a load of its file, already
     under way (:class:`onnxcomp.measure.loadpeak.Loads`)."""
     total = sum(p.load for p in plans)
-    if total <= LOAD_FLOOR:
+    if not weighed(total):
         return float(total)
     measured = measured_budget(model, plans, reference, reference_loads=reference_loads)
     return measured if measured is not None else max(LOAD_BUDGET * fp32_weight_bytes(model), LOAD_FLOOR)
+
+
+def weighed(modeled: float) -> bool:
+    """Whether decoders modeling this many bytes of temporaries are measured (and each weight's
+    larger encodings weighed against its smallest): above :data:`LOAD_FLOOR`."""
+    return modeled > LOAD_FLOOR
 
 
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,

@@ -18,8 +18,8 @@ from onnxcomp.errors import ConfigError
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.io import default_opset
 from onnxcomp.encode.base import Encoding
-from onnxcomp.encode.budget import (LOAD_FLOOR, Plan, describe, every_plan, load_budget, load_bytes, shared_tables,
-                                    within_budget)
+from onnxcomp.encode.budget import (Plan, describe, every_plan, load_budget, load_bytes, shared_tables,
+                                    weighed, within_budget)
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.encode.common import can_raise_opset, install_decoder, raise_opset
 from onnxcomp.encode.sparse import Bitmask, Gaps, Zeros
@@ -178,7 +178,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
         plan = make(*ranked[0], flat=flat)
         plan.others = ranked[1:]
         modeled += plan.load
-        if encoding == "auto" and modeled > LOAD_FLOOR:  # the budget is measured and weighs them: built
+        if encoding == "auto" and weighed(modeled):  # the budget is measured and weighs them: built
             plan.make = partial(make, flat=flat)  # from the values and tables in hand, not read again
             plan.alternatives()
         plan.make = make
