@@ -150,12 +150,12 @@ def weighed(modeled: float) -> bool:
 def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.ModelProto | None = None,
                     tries: int = 2, reference_loads: Loads | None = None) -> float | None:
     """The modeled decoder temporaries that keep onnxruntime's load peak within :data:`LOAD_TARGET`
-    times the reference's (the model as it is when None). Each budget
-    tried aims 5 % of the room (at least :data:`LOAD_MARGIN`) below that limit, where the loads'
-    own variation cannot decide whether it fits. At once, the model is loaded with the plans that
-    reach the aim if each modeled byte costs one byte at load, with every plan (or, when they model
-    more than :data:`FAR` times the room, the plans within that), and as it is when its size
-    differs from the reference's. Then up to ``tries`` budgets are tried, each where the line
+    times the reference's (the model as it is when None). Each budget tried aims 5 % of the room
+    (at least :data:`LOAD_MARGIN`) below that limit, where the loads' own variation cannot decide
+    whether it fits. At once, the model is loaded with the plans that reach the aim if each
+    modeled byte costs one byte at load, with every plan (or, when they model more than
+    :data:`FAR` times the room, the plans within that), and as it is when its size differs from
+    the reference's. Then up to ``tries`` budgets are tried, each where the line
     through the largest load that fitted and the smallest that did not (none missed yet: the
     smallest that fitted) meets the aim: the peak is not proportional to the temporaries, a weight
     left dense adds its bytes back. None when the loads cannot be measured. ``reference_loads``:
