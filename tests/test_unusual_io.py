@@ -306,3 +306,32 @@ def test_an_interrupt_a_library_drops_is_raised_again_before_the_work(monkeypatc
     assert cli.main(["prune", str(src)]) == 128 + signal.SIGINT  # the last one that arrived
     assert capsys.readouterr().err.strip() == "interrupted; no output written"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_an_interrupt_python_cannot_raise_is_not_printed(monkeypatch, capsys, tmp_path):
+    """Ctrl-C arriving while Python runs a callback that cannot raise (importlib's module-lock
+    weakref callback during start-up) printed "Exception ignored in ..." and a traceback before
+    the one line; it is recorded, raised again before the work, and not printed."""
+    import weakref
+
+    import onnxcomp.cli as cli
+    from onnxcomp.cli.common import load_model
+
+    src = M.save(M.conv_bn_relu(c_mid=8), tmp_path / "m.onnx")
+
+    class Held:
+        pass
+
+    def run(argv):
+        held = Held()
+        ref = weakref.ref(held, lambda _: signal.raise_signal(signal.SIGINT))
+        del held  # the callback runs here: what it raises cannot propagate
+        assert ref() is None
+        load_model(str(src))
+        return 0
+
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's, not pytest's
+    assert cli.main(["prune", str(src)]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == "interrupted; no output written"
+    assert sys.unraisablehook is sys.__unraisablehook__  # put back

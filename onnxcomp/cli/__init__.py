@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from onnxcomp.cli.signals import SIGNALLED, Terminated, raise_interrupt, raise_terminated
+from onnxcomp.cli.signals import SIGNALLED, Terminated, quiet_unraisable, raise_interrupt, raise_terminated
 
 __all__ = ["Terminated", "main"]
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
     previous = previous_int = None
     SIGNALLED.clear()
+    hook = sys.unraisablehook
+    sys.unraisablehook = quiet_unraisable(hook)
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C, from the first line
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where the shell ignores it)
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
+        sys.unraisablehook = hook
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         _exit_if_abandoned(code)
     if argv is None:
