@@ -72,7 +72,7 @@ def fake_loads(monkeypatch):
         def __init__(self, like, provider="CPUExecutionProvider", spare=2):
             pass
 
-        def peaks(self, paths):
+        def peaks(self, paths, then=None):
             return peaks(paths)
 
         def __enter__(self):
@@ -223,6 +223,20 @@ def test_the_meter_sees_what_decoders_cost_onnxruntime_at_load(tmp_path):
     onnx.save(model, encoded)
     a, b = load_peaks([dense, encoded])
     assert b > a + 10_000_000  # ~19 bytes of temporaries per weight: ~20 MB
+
+
+def test_a_meter_starts_only_the_processes_its_next_round_loads(tmp_path):
+    """Each measuring process imports onnxruntime (~0.15 s of a core, ~45 MB): the budget's rounds
+    say how many the next one loads, so none is started for nothing."""
+    from onnxcomp.measure.loadpeak import Meter
+
+    src = tmp_path / "m.onnx"
+    onnx.save(sparse_matmuls(n=1), src)
+    with Meter(src, spare=2) as meter:
+        assert meter.peaks([src], then=1)[0] > 0
+        assert len(meter._spares) == 1  # one refinement to come
+        assert meter.peaks([src], then=0)[0] > 0
+        assert not meter._spares and not meter._running  # the last round: nothing left running
 
 
 def test_short_of_memory_the_input_is_measured_after_the_passes(fake_loads, tmp_path, monkeypatch):

@@ -190,7 +190,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
             files = [folder / f"variant{k}.onnx" for k in range(len(variants))]
             for path, (_, kept) in zip(files, variants):  # (alternatives built by now hold shared tables too)
                 write_encoded(path, model, kept, every_plan(plans))
-            peaks = meter.peaks(files)
+            peaks = meter.peaks(files, then=min(tries, 1))  # a refinement loads one model a round
             points = [(used, peak) for (used, _), peak in zip(variants, peaks)] + ([(0.0, base)] if same else [])
             while True:
                 if any(peak is None for _, peak in points):
@@ -211,7 +211,7 @@ def measured_budget(model: onnx.ModelProto, plans: list[Plan], reference: onnx.M
                 if used <= fit[0] or (over and used >= other[0]):
                     return fit[0]
                 write_encoded(files[0], model, kept, every_plan(plans))
-                points.append((used, meter.peaks(files[:1])[0]))
+                points.append((used, meter.peaks(files[:1], then=min(tries - 1, 1))[0]))
                 tries -= 1
     except (OnnxCompError, OSError):
         return None

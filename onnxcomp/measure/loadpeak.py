@@ -94,13 +94,15 @@ class Meter:
         self._count += 1
         return _Loader(self._feed, self._provider, Path(self._tmp.name) / f"load{self._count}.log")
 
-    def start(self, paths: Sequence[Path]) -> list[_Loader]:
-        """Begin loading each model, all at once."""
+    def start(self, paths: Sequence[Path], then: int | None = None) -> list[_Loader]:
+        """Begin loading each model, all at once; ``then``: the processes to start for the next
+        round (``spare`` when None; 0 when there is none)."""
         loaders = [self._spares.pop(0) if self._spares else self._spawn() for _ in paths]
         self._running += loaders
         for loader, path in zip(loaders, paths):
             loader.start(Path(path))
-        self._spares += [self._spawn() for _ in range(self._spare - len(self._spares))]
+        want = self._spare if then is None else then
+        self._spares += [self._spawn() for _ in range(want - len(self._spares))]
         return loaders
 
     def finish(self, loaders: list[_Loader]) -> list[int | None]:
@@ -112,9 +114,9 @@ class Meter:
                 loader.close()
                 self._running.remove(loader)
 
-    def peaks(self, paths: Sequence[Path]) -> list[int | None]:
-        """Each model's load peak, all at once."""
-        return self.finish(self.start(paths))
+    def peaks(self, paths: Sequence[Path], then: int | None = None) -> list[int | None]:
+        """Each model's load peak, all at once (``then``: see :meth:`start`)."""
+        return self.finish(self.start(paths, then))
 
     def close(self) -> None:
         for loader in self._spares + self._running:
