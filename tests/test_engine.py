@@ -107,3 +107,26 @@ def test_kept_tensors_spill_to_disk_above_the_cap_with_the_same_values(cap):
     direct = full_run(residual_concat(), ["s"], data)
     assert all(np.array_equal(a, d["s"]) for a, d in zip(got, direct))
     assert (spilled > 0) == (cap == 0)
+
+
+@pytest.mark.parametrize("kernel,strides,dilations,pads", [((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+                                                          ((3, 2), (2, 1), (2, 1), (2, 0, 1, 1)),
+                                                          ((1, 1), (2, 2), (1, 1), (0, 0, 0, 0))])
+def test_the_patches_statistics_are_drawn_from_are_what_the_conv_multiplies(kernel, strides, dilations, pads):
+    """Every position drawn (here all of them) is a patch whose dot product with the kernel is the
+    Conv's output there: strides, dilations and uneven pads included."""
+    from onnxcomp.measure.stats import conv_patches
+
+    g = np.random.default_rng(5)
+    x = g.normal(size=(2, 3, 9, 11)).astype(np.float32)
+    w = g.normal(size=(1, 3) + kernel).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=list(kernel), strides=list(strides),
+                            dilations=list(dilations), pads=[pads[0], pads[1], pads[2], pads[3]])
+    graph = helper.make_graph([node], "g", [M.vi("x", [2, 3, 9, 11])], [M.vi("y", None)],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    y = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])).run(None, {"x": x})[0]
+    req = StatsRequest("k", "x", "conv", kernel, strides, pads, dilations)
+    patches = conv_patches(x, req, 10**6, np.random.default_rng(0))
+    got = (patches.astype(np.float64) @ w.reshape(-1)).reshape(2, -1)
+    for s in range(2):  # each sample's positions in a random order: compare as sorted sets
+        assert np.allclose(np.sort(got[s]), np.sort(y[s].reshape(-1)), atol=1e-4)
