@@ -225,8 +225,11 @@ def test_a_pruned_model_keeps_its_zeros_and_the_mixed_budget_means_what_uniform_
 
     from onnxcomp.graph.weights import find_weights
 
-    calib = MODELS / "digits_calib.npz"
-    pruned = oc.prune(MODELS / "resnet_digits.onnx", 0.9, data=calib, encoding="dense")
+    from onnxcomp.data.calibration import load_data
+
+    source = oc.load(MODELS / "resnet_digits.onnx")
+    calib = load_data(str(MODELS / "digits_calib.npz"), source.proto, num_samples=32)
+    pruned = oc.prune(source, 0.9, data=calib, encoding="dense")
     zeros = {w.name: w.values() == 0 for w in find_weights(pruned.proto)}
     uniform = oc.cluster(pruned.proto, 4, data=calib)
     mixed = oc.cluster(pruned.proto, 4, allocation="mixed", data=calib)
