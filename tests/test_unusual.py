@@ -368,3 +368,23 @@ def test_mixed_bits_on_channels_beyond_float16(capsys, tmp_path, allocation):
                                 "--data", str(data), "-o", str(tmp_path / "o.onnx")])
     assert code == 0, err
     assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
+
+
+def test_correction_fit_across_channel_blocks_is_each_channels_least_squares():
+    """Wide layers are fitted a block of channels at a time: every channel still gets its own
+    least-squares scale and shift, a non-finite one (1, 0), in the blocks after the first too."""
+    from onnxcomp.passes.correction import FIT_BLOCK, PRIOR_POSITIONS, fit
+
+    r = M.rng(8)
+    c, p = 70, FIT_BLOCK // 50  # 50 channels per block: two blocks
+    x = (r.normal(size=(c, p)) * r.uniform(0.5, 2, (c, 1)) + r.normal(size=(c, 1))).astype(np.float32)
+    scale, shift = r.uniform(0.5, 1.5, c), r.normal(size=c)
+    y = (scale[:, None] * x + shift[:, None] + 0.01 * r.normal(size=(c, p))).astype(np.float32)
+    x[60, 3] = np.nan
+    a, b = fit(x, y, "affine")
+    for i in (0, 49, 50, 69):  # the first and last channel of each block
+        xi, yi = x[i].astype(np.float64), y[i].astype(np.float64)
+        slope = np.polyfit(xi, yi, 1)[0]
+        slope = (p * slope + PRIOR_POSITIONS) / (p + PRIOR_POSITIONS)  # the prior toward no change
+        assert np.isclose(a[i], slope, rtol=1e-9) and np.isclose(b[i], yi.mean() - slope * xi.mean(), rtol=1e-9)
+    assert (a[60], b[60]) == (1.0, 0.0)

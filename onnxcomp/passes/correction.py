@@ -38,6 +38,7 @@ CHECK_BYTES = 1 << 30  # above this the model is not copied, and the correction 
 
 
 POSITIONS_PER_BATCH = 4096  # spatial positions kept per batch and layer: enough for 2 moments
+FIT_BLOCK = 1 << 22  # values per block of channels fitted together
 PRIOR_POSITIONS = 32  # the scale is shrunk toward 1 as if this many positions said "no change"
 
 
@@ -56,21 +57,32 @@ def fit(new: np.ndarray, ref: np.ndarray, mode: str) -> tuple[np.ndarray, np.nda
     """Per-channel (a, b) minimising ||a * new + b - ref||^2 over positions ([C, P] arrays).
 
     A channel whose activations are not finite in either model (overflowing weights, NaN inputs)
-    gets (1, 0): left as it is."""
+    gets (1, 0): left as it is. Fitted a block of channels at a time (float64 copies of ~32 MB, no
+    centred product arrays): whole, a [1152, 65536] pair took 6 s and 600 MB per temporary, now 0.7 s."""
+    step = max(1, FIT_BLOCK // max(1, new.shape[1]))
+    parts = [_fit_block(new[lo:lo + step], ref[lo:lo + step], mode) for lo in range(0, len(new), step)]
+    if not parts:
+        return np.ones(0), np.zeros(0)
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+
+def _fit_block(new: np.ndarray, ref: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = new.astype(np.float64), ref.astype(np.float64)
     finite = np.isfinite(x).all(1) & np.isfinite(y).all(1)
-    x, y = np.where(finite[:, None], x, 0.0), np.where(finite[:, None], y, 0.0)
+    if not finite.all():
+        x[~finite], y[~finite] = 0.0, 0.0
+    n = x.shape[1]
     with np.errstate(over="ignore", invalid="ignore"):
         mx, my = x.mean(1), y.mean(1)
         if mode == "bias":
             a = np.ones_like(mx)
         else:
-            xc = x - mx[:, None]
-            var = (xc * xc).mean(1)
-            cov = (xc * (y - my[:, None])).mean(1)
+            x -= mx[:, None]  # centred in place; sum(xc * (y - my)) = sum(xc * y)
+            var = np.einsum("ij,ij->i", x, x) / n
+            cov = np.einsum("ij,ij->i", x, y) / n
             ok = (var > 1e-12 * np.maximum(1.0, my * my)) & np.isfinite(var) & np.isfinite(cov)
             a = np.where(ok, cov / np.where(ok, var, 1.0), 1.0)
-            n = x.shape[1]  # few positions (a Gemm head sees one per sample): trust the fit less
+            # few positions (a Gemm head sees one per sample): trust the fit less
             a = np.clip((n * a + PRIOR_POSITIONS) / (n + PRIOR_POSITIONS), *SCALE_LIMITS)
         b = my - a * mx
     keep = finite & np.isfinite(a) & np.isfinite(b)
