@@ -84,3 +84,46 @@ def test_inspect_counts_the_lstm_layer(path):
     report = inspect(onnx.load(path), {"input": (1, 1, 16, 16)})
     lstm = next(layer for layer in report.layers if layer.op == "LSTM")
     assert lstm.params == 2 * 512 * (16 + 128) and lstm.macs == 16 * 2 * 4 * 128 * (16 + 128)
+
+
+def _sqnr(path) -> float:
+    with np.load(M.MODELS / "digits_test.npz") as d:
+        x = d["input"]
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for p in (LSTM, path))
+    return float(10 * np.log10((a.astype(np.float64) ** 2).sum() / ((a - b).astype(np.float64) ** 2).sum()))
+
+
+def test_obs_solves_the_input_and_recurrence_weights_on_the_states_they_multiply(tmp_path, capsys):
+    """prune --data used magnitude masks for W and R (no OBS statistics): W now meets the op's input
+    at every step, R the hidden states of its direction. On the 450 test digits at 0.7 the outputs
+    stay at 17.4 dB SQNR to the original (magnitude masks everywhere: 7.5 dB; OBS for the head
+    only, the code before: 11.4 dB; accuracy 98.67 % against 96.67 %)."""
+    out, mag = tmp_path / "o.onnx", tmp_path / "m.onnx"
+    assert main(["prune", str(LSTM), "--sparsity", "0.7", "--data", str(CALIB), "-o", str(out)]) == 0
+    assert "magnitude mask" not in capsys.readouterr().err
+    assert main(["prune", str(LSTM), "--sparsity", "0.7", "--score", "magnitude", "--data", str(CALIB),
+                 "-o", str(mag)]) == 0
+    assert _sqnr(out) >= _sqnr(mag) + 6
+    assert accuracy(out) >= accuracy(LSTM) - 0.005
+
+
+def test_hidden_states_are_read_alike_in_both_layouts():
+    """Y is [seq, dirs, batch, hidden] (layout 0) or [batch, seq, dirs, hidden] (layout 1): the
+    statistics of R see each sample's steps with the directions side by side either way."""
+    from onnx import helper
+
+    from onnxcomp.graph.weights import Use, Weight
+    from onnxcomp.passes.prune import recurrent
+
+    y1 = M.rng(2).normal(size=(3, 5, 2, 4))  # batch 3, 5 steps, 2 directions, 4 units
+    got = []
+    for layout, y in ((0, np.transpose(y1, (1, 2, 0, 3))), (1, y1)):
+        node = helper.make_node("LSTM", ["x", "w", "r"], ["y"], direction="bidirectional", hidden_size=4,
+                                layout=layout)
+        w = Weight(name="r", source="initializer", shape=(2, 16, 4), dtype=np.dtype(np.float32), role="rnn_r",
+                   out_axis=1, in_axis=2, uses=[Use(node, 2, "rnn_r")])
+        assert recurrent.request(w).group == 2  # one set of statistics per direction
+        got.append(recurrent.hidden_states([y], w)[0])
+    assert got[0].shape == (3, 5, 8) and np.array_equal(got[0], got[1])
+    assert np.array_equal(got[0][1, 2, 4:], y1[1, 2, 1])  # sample 1, step 2, the backward direction

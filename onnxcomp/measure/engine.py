@@ -58,11 +58,11 @@ class Site:
         return self.engine.ref_tensor(self.name)
 
     def y(self) -> list[np.ndarray]:
-        """The layer's output in the work model with its current weights, per batch (its input is
-        kept, so the layer can run again after :meth:`changed`)."""
+        """The layer's output in the work model with its current weights, per batch (its inputs are
+        kept, so the layer can run again after :meth:`changed`: an LSTM's initial state too)."""
         work = self.engine.work
         if self.name not in work.store.arrays:
-            work.advance([self.name], keep=[self.input_name])
+            work.advance([self.name], keep=[x for x in self.node.input if x])
         return work.store.arrays[self.name]
 
     def changed(self) -> None:

@@ -31,6 +31,7 @@ class StatsRequest:
     dilations: tuple[int, int] = (1, 1)
     group: int = 1
     transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
+    seq_first: bool = False  # a recurrent op's input [seq, batch, features]: the samples are on axis 1
 
 
 def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,6 +208,7 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
     for b, x in enumerate(xs):
         state = rng.bit_generator.state
         x = np.asarray(x, np.float32)
+        x = np.swapaxes(x, 0, 1) if req.seq_first else x
         p = _draw(x, req, per_sample, rng)
         cov = None
         if ledoit and len(p):  # a 2-D matrix input: each row is a sample of its own
@@ -225,7 +227,8 @@ def accumulate(xs: Sequence[np.ndarray], refs: Sequence[np.ndarray] | None, req:
         parts = {"cov": cov if cov is not None else _grams(p, p, req.group)}
         if refs is not None:
             rng.bit_generator.state = state  # the same samples and positions in the reference
-            q = _draw(np.asarray(refs[b], np.float32), req, per_sample, rng)
+            q = np.asarray(refs[b], np.float32)
+            q = _draw(np.swapaxes(q, 0, 1) if req.seq_first else q, req, per_sample, rng)
             parts["cross"] = _grams(q, p, req.group)
             if ledoit and len(q):
                 _add(sums, "ref", _col_sums(q, req.group))
