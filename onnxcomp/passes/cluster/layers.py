@@ -13,11 +13,10 @@ import onnx
 
 from onnxcomp.graph.weights import Weight
 from onnxcomp.measure.engine import Engine
-from onnxcomp.measure.stats import accumulate
 from onnxcomp.passes.base import Context
 from onnxcomp.passes.cluster import seq as cluster_seq
 from onnxcomp.passes.cluster.fit import GRID_MAX_K, Fit
-from onnxcomp.passes.prune.obs import request
+from onnxcomp.passes.prune.obs import stats_request, walk_stats
 
 LEDOIT = True  # GPTQ statistics shrunk by their Ledoit-Wolf intensity (benchmarks/shrinkage.py)
 
@@ -35,13 +34,11 @@ def layer_stats(model: onnx.ModelProto, weights: list[Weight], ctx: Context, gpt
     if cluster_seq.usable(model):
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
-    requests = {w.name: request(w) for w in weights}
-    items = [(w.name, w.uses[0].node.output[0], 0 if requests[w.name] is not None else None) for w in weights]
+    requests = {w.name: stats_request(w) for w in weights}
     with Engine(model, reference, ctx.data, threads=ctx.threads, progress=ctx.progress, label="cluster",
                 record=settings) as eng:
-        for name, site in eng.each(items):
-            yield name, None if site is None else accumulate(site.x(), site.x_ref(), requests[name],
-                                                             samples=eng.samples, seed=ctx.seed, ledoit=LEDOIT)
+        for w, stats in walk_stats(eng, weights, requests, seed=ctx.seed, ledoit=LEDOIT):
+            yield w.name, stats
 
 
 def refit_codebooks(w: Weight, target: np.ndarray, values: np.ndarray, groups: list, k: int) -> np.ndarray:

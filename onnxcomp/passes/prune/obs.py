@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
+from onnxcomp.encode.tables import Layout
 from onnxcomp.graph.weights import Weight
 from onnxcomp.algo.obs import prune_obs
 from onnxcomp.measure.patchstats import collect_covariances
@@ -44,23 +45,62 @@ def request(w: Weight) -> StatsRequest | None:
     return None
 
 
+def stats_request(w: Weight) -> StatsRequest | None:
+    """:func:`request`, and for the calibrated walks of prune and cluster the recurrent weights too
+    (:mod:`onnxcomp.passes.prune.recurrent`)."""
+    from onnxcomp.passes.prune import recurrent
+
+    return recurrent.request(w) if w.role in ("rnn_w", "rnn_r") else request(w)
+
+
 def _rows(w: Weight, values: np.ndarray) -> np.ndarray:
     """[out, D] in the patch order of the statistics."""
     if w.role == "conv":
         return values.reshape(values.shape[0], -1)
-    if w.role in ("rnn_w", "rnn_r"):  # one row per (direction, gate unit)
-        return values.reshape(-1, values.shape[-1])
+    if w.role in ("rnn_w", "rnn_r"):  # a row per gate unit, the directions side by side
+        return Layout.of(w.shape, w.out_axis).rows(values.reshape(-1))
     return values if w.out_axis == 0 else values.T  # Gemm transB=1 is [N, K]; else [K, N]
 
 
 def _unrows(w: Weight, rows: np.ndarray) -> np.ndarray:
-    if w.role in ("conv", "rnn_w", "rnn_r"):
+    if w.role == "conv":
         return rows.reshape(w.shape)
+    if w.role in ("rnn_w", "rnn_r"):
+        return Layout.of(w.shape, w.out_axis).unrows(rows).reshape(w.shape)
     return rows if w.out_axis == 0 else rows.T
 
 
 def _dim(w: Weight) -> int:
-    return int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[-1] if w.role in ("rnn_w", "rnn_r") else w.shape[w.in_axis]
+    if w.role in ("rnn_w", "rnn_r"):
+        return int(w.size // w.shape[w.out_axis])
+    return int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[w.in_axis]
+
+
+def walk_stats(eng, weights: list[Weight], reqs: dict[str, StatsRequest | None], *, seed: int,
+               ledoit: bool) -> Iterator[tuple[Weight, list | None]]:
+    """(weight, its statistics or None) in graph order over one walk of ``eng``; the caller writes
+    each weight before the next is measured. One site per node output: an LSTM's W is measured
+    first, then R on the hidden states the op computes with the new W (the site is the node's
+    first output: an LSTM's Y may be absent)."""
+    from onnxcomp.measure.stats import accumulate
+    from onnxcomp.passes.prune import recurrent
+
+    sites: dict[str, list[Weight]] = {}
+    for w in sorted(weights, key=lambda w: w.role == "rnn_r"):
+        sites.setdefault(next(o for o in w.uses[0].node.output if o), []).append(w)
+    items = [(out, out, 0 if any(reqs[w.name] for w in ws) else None) for out, ws in sites.items()]
+    for out, site in eng.each(items):
+        for w in sites[out]:
+            req, stats = reqs[w.name], None
+            if site is not None and req is not None:
+                xs, refs = (site.x(), site.x_ref()) if w.role != "rnn_r" else \
+                    (recurrent.hidden_states(site.y(), w), recurrent.hidden_states(site.y_ref(), w))
+                stats = accumulate(xs, refs, req, samples=eng.samples, seed=seed, ledoit=ledoit)
+                if stats is not None and w.role in ("rnn_w", "rnn_r"):
+                    stats = recurrent.block_diagonal(stats, w)
+            yield w, stats
+            if site is not None and len(sites[out]) > 1:
+                site.changed()  # the node runs again with the weight just written
 
 
 def hessians(model: onnx.ModelProto, weights: list[Weight], data: Iterable, *,
@@ -98,41 +138,20 @@ def obs_values(model: onnx.ModelProto, weights: list[Weight], levels: dict[str, 
     """
     from onnxcomp.io import model_bytes
     from onnxcomp.measure.engine import Engine
-    from onnxcomp.measure.stats import accumulate
-    from onnxcomp.passes.prune import recurrent
 
     reference = None
     if model_bytes(model) <= REFERENCE_BYTES:
         reference = onnx.ModelProto()
         reference.CopyFrom(model)
-
-    def req_of(w: Weight) -> StatsRequest | None:
-        r = recurrent.request(w) if w.role in ("rnn_w", "rnn_r") else request(w)
-        return r if r is not None and _dim(w) <= MAX_DIM else None
-
-    reqs = {w.name: req_of(w) for w in weights}
-    # one site per node output (an LSTM's W and R share it: W is solved first, then R on the hidden
-    # states the op computes with the new W); the site is the node's first output
-    sites: dict[str, list[Weight]] = {}
-    for w in sorted(weights, key=lambda w: w.role == "rnn_r"):
-        sites.setdefault(next(o for o in w.uses[0].node.output if o), []).append(w)
-    items = [(out, out, 0 if any(reqs[w.name] for w in ws) else None) for out, ws in sites.items()]
+    reqs = {w.name: (r if (r := stats_request(w)) is not None and _dim(w) <= MAX_DIM else None) for w in weights}
     with Engine(model, reference, data, threads=threads, progress=progress, label="prune", record=record) as eng:
-        for out, site in eng.each(items):
-            for w in sites[out]:
-                req, stats = reqs[w.name], None
-                if site is not None and req is not None:
-                    xs, refs = (site.x(), site.x_ref()) if w.role != "rnn_r" else \
-                        (recurrent.hidden_states(site.y(), w), recurrent.hidden_states(site.y_ref(), w))
-                    stats = accumulate(xs, refs, req, samples=eng.samples, seed=seed, ledoit=LEDOIT)
-                if stats is None:
-                    if notes is not None:
-                        notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
-                    yield w, fallback(w, w.values(), levels[w.name])
-                else:
-                    yield w, _solve(w, stats, levels[w.name], nm, rowwise)
-                if site is not None and len(sites[out]) > 1:
-                    site.changed()  # the node runs again with the weight just written
+        for w, stats in walk_stats(eng, weights, reqs, seed=seed, ledoit=LEDOIT):
+            if stats is None:
+                if notes is not None:
+                    notes.append(f"{w.name}: magnitude mask (no OBS statistics for this layer)")
+                yield w, fallback(w, w.values(), levels[w.name])
+            else:
+                yield w, _solve(w, stats, levels[w.name], nm, rowwise)
 
 
 def gptq_values(w: Weight, original: np.ndarray, clustered: np.ndarray, groups: list,

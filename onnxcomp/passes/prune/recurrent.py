@@ -8,6 +8,9 @@ moments): read from Y after the op has run with its current weights, one group o
 direction. GRU's candidate gate multiplies ``r * h_{t-1}``, not ``h_{t-1}``: its R keeps magnitude
 masks, as does an R split per direction before the op (which direction a slice feeds is not
 known) and one whose op has no Y output.
+
+A codebook row (and an OBS row) is one gate unit across the directions, as the encodings store
+it: its statistics are the directions' blocks on the diagonal (W: the same input's for each).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.graph.weights import Weight
-from onnxcomp.measure.stats import StatsRequest
+from onnxcomp.measure.stats import LayerStats, StatsRequest
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -56,3 +59,27 @@ def hidden_states(ys: list[np.ndarray] | None, w: Weight) -> list[np.ndarray] | 
         y = np.transpose(y, (2, 0, 1, 3)) if _layout(w) == 0 else y
         out.append(y.reshape(y.shape[0], y.shape[1], -1))
     return out
+
+
+def directions_in_rows(w: Weight) -> int:
+    """How many directions one row of the weight spans ([directions, gates x hidden, input]: all)."""
+    return int(w.shape[0]) if len(w.shape) == 3 else 1
+
+
+def block_diagonal(groups: list[LayerStats], w: Weight) -> list[LayerStats]:
+    """The statistics of a row spanning the directions: per-direction blocks on the diagonal."""
+    d = directions_in_rows(w)
+    if d == 1:
+        return groups
+    parts = groups if len(groups) == d else groups * d  # W: every direction reads the same input
+
+    def block(name: str) -> np.ndarray | None:
+        mats = [getattr(g, name) for g in parts]
+        if any(m is None for m in mats):
+            return None
+        out, i = np.zeros((sum(len(m) for m in mats),) * 2), 0
+        for m in mats:
+            out[i:i + len(m), i:i + len(m)] = m
+            i += len(m)
+        return out
+    return [LayerStats(block("cov"), block("cross"), block("ref"), parts[0].n)]
