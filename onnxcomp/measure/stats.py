@@ -35,7 +35,9 @@ class StatsRequest:
 
 
 def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]``: ``[S, C·kh·kw]``."""
+    """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]`` (or ``[N, C, L]``, a
+    1-D conv's input, as height 1): ``[S, C·kh·kw]``."""
+    x = x[:, :, None, :] if x.ndim == 3 else x
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
     t, left, b, r = req.pads

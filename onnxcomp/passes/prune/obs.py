@@ -31,10 +31,15 @@ def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
 def request(w: Weight) -> StatsRequest | None:
     """How the weight meets its input, or None when OBS cannot model it."""
     node = w.uses[0].node
-    if w.role == "conv" and len(w.shape) == 4:
+    if w.role == "conv" and len(w.shape) in (3, 4):
         auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
         if auto not in ("NOTSET", "VALID"):
             return None
+        if len(w.shape) == 3:  # a 1-D conv is a 2-D one over rows of height 1 (conv_patches reads x[N, C, L])
+            pads = _ints(node, "pads", [0, 0])
+            return StatsRequest(w.name, node.input[0], "conv", (1, w.shape[2]),
+                                (1, _ints(node, "strides", [1])[0]), (0, pads[0], 0, pads[1]),
+                                (1, _ints(node, "dilations", [1])[0]), w.group)
         pads = _ints(node, "pads", [0, 0, 0, 0])
         return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
                             tuple(_ints(node, "strides", [1, 1])), tuple(pads),
