@@ -2,7 +2,7 @@
 
 Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 2-D
 convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
-Layers it cannot describe (1-D/3-D convs, auto_pad, batched MatMul, ConvTranspose) fall back to
+Layers it cannot describe (3-D convs, auto_pad, batched MatMul, ConvTranspose, GRU recurrence) fall back to
 magnitude masks, with a note.
 """
 from __future__ import annotations
