@@ -204,3 +204,31 @@ def test_a_1d_conv_is_calibrated_as_the_2d_conv_it_equals(command):
     assert set(out[1]) == set(out[2])
     for name in out[1]:
         assert np.allclose(out[1][name], out[2][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_auto_pad_convs_are_calibrated_as_their_explicit_pads(mode):
+    """A conv with auto_pad SAME_* (TF exports) took magnitude masks with --data: its pads depend on
+    the input's size. They are now worked out per batch: the same weights come out as from the
+    same conv with the pads written out (stride 2 on an even size: uneven pads)."""
+    from onnx import helper
+
+    from tests import models as M
+
+    r = np.random.default_rng(9)
+    w1, w2 = r.normal(0, 0.2, (32, 16, 3, 3)).astype(np.float32), r.normal(0, 0.1, (32, 32, 3, 3)).astype(np.float32)
+    pads = {"SAME_UPPER": [0, 0, 1, 1], "SAME_LOWER": [1, 1, 0, 0]}[mode]  # 16 -> 8 at stride 2 with 3 taps
+    out = {}
+    for how in ("auto", "explicit"):
+        attrs = {"auto_pad": mode} if how == "auto" else {"pads": pads}
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", strides=[2, 2], **attrs),
+                 helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+                 helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+        model = M.make(nodes, [M.vi("x", ["N", 16, 16, 16])], [M.vi("y", ["N", 32, 8, 8])],
+                       [M.init("w1", w1), M.init("w2", w2)])
+        x = np.random.default_rng(10).normal(size=(16, 16, 16, 16)).astype(np.float32)
+        result = oc.prune(model, 0.5, data=[{"x": x[:8]}, {"x": x[8:]}], encoding="dense")
+        assert "magnitude mask" not in " ".join(result.result_of("prune").notes)
+        out[how] = {t.name: onnx.numpy_helper.to_array(t) for t in result.proto.graph.initializer}
+    for name in out["auto"]:
+        assert np.allclose(out["auto"][name], out["explicit"][name], atol=1e-6), name

@@ -168,3 +168,16 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple], weight_shape: tupl
             return None
         return int(np.prod(out, dtype=np.int64)) * {"LSTM": 4, "GRU": 3, "RNN": 1}[op] * (int(x[-1]) + int(out[-1]))
     return None
+
+
+def same_pads(in_hw: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+              dilations: tuple[int, ...], mode: str) -> tuple[int, ...]:
+    """auto_pad SAME_UPPER / SAME_LOWER as explicit pads (all begins, then all ends): the output is
+    ceil(input / stride) long, the odd pad at the end (UPPER) or the beginning (LOWER)."""
+    begin, end = [], []
+    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
+        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+        first = total // 2 if mode == "SAME_UPPER" else total - total // 2
+        begin.append(first)
+        end.append(total - first)
+    return tuple(begin + end)

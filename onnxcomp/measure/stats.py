@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from onnxcomp.graph.shapes import same_pads
+
 
 @dataclass
 class StatsRequest:
@@ -32,6 +34,7 @@ class StatsRequest:
     group: int = 1
     transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
     seq_first: bool = False  # a recurrent op's input [seq, batch, features]: the samples are on axis 1
+    auto_pad: str = "NOTSET"  # SAME_UPPER / SAME_LOWER: the pads follow from the input's size
 
 
 def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +43,8 @@ def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Ge
     x = x[:, :, None, :] if x.ndim == 3 else x
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
-    t, left, b, r = req.pads
+    t, left, b, r = req.pads if not req.auto_pad.startswith("SAME") else \
+        same_pads((h, w), req.kernel, req.strides, req.dilations, req.auto_pad)
     xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
     ho = (h + t + b - dh * (kh - 1) - 1) // sh + 1
     wo = (w + left + r - dw * (kw - 1) - 1) // sw + 1

@@ -29,11 +29,12 @@ def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
                     break  # depthwise: never rewritten, no statistics needed
                 dim = int(np.prod(lay.kernel.shape[1:]))
                 shape = lay.in_shapes[i]
-                if lay.geom.auto_pad not in ("NOTSET", "") and not lay.shapes_known:
-                    continue
-                pads = lay.geom.explicit_pads(tuple(shape[2:]) if lay.shapes_known else (0, 0))
+                # SAME_* pads on an input of unknown size: worked out from each batch's size
+                same = "" if lay.shapes_known or lay.geom.auto_pad in ("NOTSET", "", "VALID") else lay.geom.auto_pad
+                pads = lay.geom.explicit_pads(tuple(shape[2:]) if lay.shapes_known else (0, 0)) if not same \
+                    else (0, 0, 0, 0)
                 req = StatsRequest(key, node.input[0], "conv", lay.geom.kernel, lay.geom.strides, pads,
-                                   lay.geom.dilations, lay.group)
+                                   lay.geom.dilations, lay.group, auto_pad=same or "NOTSET")
             else:
                 dim = lay.kernel.shape[1]
                 req = StatsRequest(key, node.input[0], "matrix",

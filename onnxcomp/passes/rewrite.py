@@ -11,7 +11,6 @@ writes the ORIGINAL output tensor name, so consumers and graph outputs are untou
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,7 @@ from onnx import helper
 
 from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.graph.edit import NameScope
-from onnxcomp.graph.shapes import infer_shapes
+from onnxcomp.graph.shapes import infer_shapes, same_pads
 from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
 from onnxcomp.passes.base import Context, matches
 
@@ -62,12 +61,8 @@ class ConvGeometry:
             return self.pads
         if self.auto_pad == "VALID":
             return (0, 0, 0, 0)
-        out = []
-        for size, k, s, d in zip(in_hw, self.kernel, self.strides, self.dilations):
-            total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            out.append((small, total - small) if self.auto_pad == "SAME_UPPER" else (total - small, small))
-        return (out[0][0], out[1][0], out[0][1], out[1][1])
+        t, left, b, r = same_pads(in_hw, self.kernel, self.strides, self.dilations, self.auto_pad)
+        return (t, left, b, r)
 
     def conv_attrs(self, axis: str = "both") -> dict:
         """Attributes for a conv carrying this geometry on the vertical, horizontal or both axes."""

@@ -2,7 +2,7 @@
 
 Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 2-D
 convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
-Layers it cannot describe (3-D convs, auto_pad, batched MatMul, ConvTranspose, GRU recurrence) fall back to
+Layers it cannot describe (3-D convs, batched MatMul, ConvTranspose, GRU recurrence) fall back to
 magnitude masks, with a note.
 """
 from __future__ import annotations
@@ -33,17 +33,17 @@ def request(w: Weight) -> StatsRequest | None:
     node = w.uses[0].node
     if w.role == "conv" and len(w.shape) in (3, 4):
         auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
-        if auto not in ("NOTSET", "VALID"):
+        if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return None
         if len(w.shape) == 3:  # a 1-D conv is a 2-D one over rows of height 1 (conv_patches reads x[N, C, L])
             pads = _ints(node, "pads", [0, 0])
             return StatsRequest(w.name, node.input[0], "conv", (1, w.shape[2]),
                                 (1, _ints(node, "strides", [1])[0]), (0, pads[0], 0, pads[1]),
-                                (1, _ints(node, "dilations", [1])[0]), w.group)
+                                (1, _ints(node, "dilations", [1])[0]), w.group, auto_pad=auto)
         pads = _ints(node, "pads", [0, 0, 0, 0])
         return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
                             tuple(_ints(node, "strides", [1, 1])), tuple(pads),
-                            tuple(_ints(node, "dilations", [1, 1])), w.group)
+                            tuple(_ints(node, "dilations", [1, 1])), w.group, auto_pad=auto)
     if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
         trans_a = any(a.name == "transA" and a.i for a in node.attribute) if w.role == "gemm_b" else False
         return StatsRequest(w.name, node.input[0], "matrix", transposed=trans_a)
