@@ -130,3 +130,33 @@ def test_the_patches_statistics_are_drawn_from_are_what_the_conv_multiplies(kern
     got = (patches.astype(np.float64) @ w.reshape(-1)).reshape(2, -1)
     for s in range(2):  # each sample's positions in a random order: compare as sorted sets
         assert np.allclose(np.sort(got[s]), np.sort(y[s].reshape(-1)), atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,strides,pads,extra,dilations", [((4, 4), (2, 2), (1, 1, 1, 1), (0, 0), (1, 1)),
+                                                                 ((3, 3), (2, 2), (1, 0, 1, 1), (1, 1), (1, 1)),
+                                                                 ((3, 2), (1, 3), (0, 0, 0, 0), (0, 2), (2, 1))])
+def test_a_conv_transpose_is_measured_as_the_conv_it_equals(kernel, strides, pads, extra, dilations):
+    """ConvTranspose took magnitude masks with --data (no statistics). It is the stride-1 conv of its
+    input spread out by its strides, with the kernel flipped: every patch drawn, dotted with the
+    flipped kernel of an output channel, is that channel's ConvTranspose output somewhere."""
+    from onnxcomp.measure.stats import conv_patches
+    from onnxcomp.passes.prune.obs import _rows, _unrows, request
+
+    g = np.random.default_rng(6)
+    x = g.normal(size=(2, 3, 5, 6)).astype(np.float32)
+    w = g.normal(size=(3, 2) + kernel).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=list(kernel), strides=list(strides),
+                            pads=list(pads), output_padding=list(extra), dilations=list(dilations))
+    graph = helper.make_graph([node], "g", [M.vi("x", [2, 3, 5, 6])], [M.vi("y", None)],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    y = session(model).run(None, {"x": x})[0]
+    weight = find_weights(model).by_name()["w"]
+    req = request(weight)
+    patches = conv_patches(x, req, 10**6, np.random.default_rng(0)).astype(np.float64)
+    rows = _rows(weight, w.astype(np.float64))
+    assert np.array_equal(_unrows(weight, rows), w)  # the solved rows go back where they came from
+    for c in range(2):
+        got = (patches @ rows[c]).reshape(2, -1)
+        for s in range(2):
+            assert np.allclose(np.sort(got[s]), np.sort(y[s, c].reshape(-1)), atol=1e-4)

@@ -35,12 +35,18 @@ class StatsRequest:
     transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
     seq_first: bool = False  # a recurrent op's input [seq, batch, features]: the samples are on axis 1
     auto_pad: str = "NOTSET"  # SAME_UPPER / SAME_LOWER: the pads follow from the input's size
+    upsample: tuple[int, int] = (1, 1)  # a ConvTranspose's strides: zeros between the input's pixels
 
 
 def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]`` (or ``[N, C, L]``, a
     1-D conv's input, as height 1): ``[S, C·kh·kw]``."""
     x = x[:, :, None, :] if x.ndim == 3 else x
+    if req.upsample != (1, 1):  # a ConvTranspose is the conv of its input spread out by its strides
+        (uh, uw), (n, c, h, w) = req.upsample, x.shape
+        spread = np.zeros((n, c, (h - 1) * uh + 1, (w - 1) * uw + 1), x.dtype)
+        spread[:, :, ::uh, ::uw] = x
+        x = spread
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
     t, left, b, r = req.pads if not req.auto_pad.startswith("SAME") else \

@@ -2,7 +2,7 @@
 
 Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 2-D
 convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
-Layers it cannot describe (3-D convs, batched MatMul, ConvTranspose, GRU recurrence) fall back to
+Layers it cannot describe (3-D convs, batched MatMul, grouped ConvTranspose, GRU recurrence) fall back to
 magnitude masks, with a note.
 """
 from __future__ import annotations
@@ -44,10 +44,28 @@ def request(w: Weight) -> StatsRequest | None:
         return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
                             tuple(_ints(node, "strides", [1, 1])), tuple(pads),
                             tuple(_ints(node, "dilations", [1, 1])), w.group, auto_pad=auto)
+    if w.role == "convtranspose" and len(w.shape) == 4 and w.group == 1:
+        return _transposed(w, node)
     if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
         trans_a = any(a.name == "transA" and a.i for a in node.attribute) if w.role == "gemm_b" else False
         return StatsRequest(w.name, node.input[0], "matrix", transposed=trans_a)
     return None
+
+
+def _transposed(w: Weight, node: onnx.NodeProto) -> StatsRequest | None:
+    """A ConvTranspose as the stride-1 conv it equals: its input spread out by the strides, padded by
+    ``d (k - 1) - pad`` (plus output_padding at the end), the kernel flipped (see :func:`_rows`)."""
+    auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
+    if auto not in ("NOTSET", "VALID") or any(a.name == "output_shape" for a in node.attribute):
+        return None
+    k, d = tuple(w.shape[2:]), tuple(_ints(node, "dilations", [1, 1]))
+    p, extra = _ints(node, "pads", [0, 0, 0, 0]), _ints(node, "output_padding", [0, 0])
+    pads = (d[0] * (k[0] - 1) - p[0], d[1] * (k[1] - 1) - p[1],
+            d[0] * (k[0] - 1) - p[2] + extra[0], d[1] * (k[1] - 1) - p[3] + extra[1])
+    if min(pads) < 0:
+        return None  # pads wider than the kernel crop the output: not a padded conv
+    return StatsRequest(w.name, node.input[0], "conv", k, (1, 1), pads, d,
+                        upsample=tuple(_ints(node, "strides", [1, 1])))
 
 
 def stats_request(w: Weight) -> StatsRequest | None:
@@ -62,6 +80,8 @@ def _rows(w: Weight, values: np.ndarray) -> np.ndarray:
     """[out, D] in the patch order of the statistics."""
     if w.role == "conv":
         return values.reshape(values.shape[0], -1)
+    if w.role == "convtranspose":  # [in, out, kh, kw] -> per output channel, the kernel flipped
+        return values.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1].reshape(values.shape[1], -1)
     if w.role in ("rnn_w", "rnn_r"):  # a row per gate unit, the directions side by side
         return Layout.of(w.shape, w.out_axis).rows(values.reshape(-1))
     return values if w.out_axis == 0 else values.T  # Gemm transB=1 is [N, K]; else [K, N]
@@ -70,13 +90,16 @@ def _rows(w: Weight, values: np.ndarray) -> np.ndarray:
 def _unrows(w: Weight, rows: np.ndarray) -> np.ndarray:
     if w.role == "conv":
         return rows.reshape(w.shape)
+    if w.role == "convtranspose":
+        c_in, c_out, kh, kw = w.shape
+        return rows.reshape(c_out, c_in, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     if w.role in ("rnn_w", "rnn_r"):
         return Layout.of(w.shape, w.out_axis).unrows(rows).reshape(w.shape)
     return rows if w.out_axis == 0 else rows.T
 
 
 def _dim(w: Weight) -> int:
-    if w.role in ("rnn_w", "rnn_r"):
+    if w.role in ("rnn_w", "rnn_r", "convtranspose"):
         return int(w.size // w.shape[w.out_axis])
     return int(np.prod(w.shape[1:])) if w.role == "conv" else w.shape[w.in_axis]
 
