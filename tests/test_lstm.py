@@ -139,3 +139,20 @@ def test_hidden_states_are_read_alike_in_both_layouts():
         got.append(recurrent.hidden_states([y], w)[0])
     assert got[0].shape == (3, 5, 8) and np.array_equal(got[0], got[1])
     assert np.array_equal(got[0][1, 2, 4:], y1[1, 2, 1])  # sample 1, step 2, the backward direction
+
+
+@pytest.mark.parametrize("linear_before_reset,solved", [(1, True), (0, False)])
+def test_a_gru_recurrence_is_solved_only_where_it_multiplies_the_hidden_state(linear_before_reset, solved):
+    """GRU's candidate gate multiplies R_h by h_{t-1} and then by r with linear_before_reset (PyTorch's
+    and Keras' GRU: measured on a trained digit GRU, prune 0.7 --data 12.5 -> 16.7 dB SQNR on the test
+    digits); without it, R_h multiplies r * h_{t-1}, which no tensor holds: magnitude masks."""
+    from onnx import helper
+
+    from onnxcomp.graph.weights import Use, Weight
+    from onnxcomp.passes.prune import recurrent
+
+    node = helper.make_node("GRU", ["x", "w", "r"], ["y", "y_h"], hidden_size=4,
+                            linear_before_reset=linear_before_reset)
+    w = Weight(name="r", source="initializer", shape=(1, 12, 4), dtype=np.dtype(np.float32), role="rnn_r",
+               out_axis=1, in_axis=2, uses=[Use(node, 2, "rnn_r")])
+    assert (recurrent.request(w) is not None) == solved

@@ -5,9 +5,10 @@ step, the same for both directions: a MatMul over the steps. The recurrence weig
 the previous hidden state ``h_{t-1}``, which the op's output Y holds for every step (all but the
 last step of each direction are some ``h_{t-1}``; the zero initial state adds nothing to second
 moments): read from Y after the op has run with its current weights, one group of statistics per
-direction. GRU's candidate gate multiplies ``r * h_{t-1}``, not ``h_{t-1}``: its R keeps magnitude
-masks, as does an R split per direction before the op (which direction a slice feeds is not
-known) and one whose op has no Y output.
+direction. A GRU's R too when ``linear_before_reset`` is set (PyTorch's and Keras' GRU): otherwise
+its candidate gate multiplies ``r * h_{t-1}``, not ``h_{t-1}``, and R keeps magnitude masks, as
+does an R split per direction before the op (which direction a slice feeds is not known) and one
+whose op has no Y output.
 
 A codebook row (and an OBS row) is one gate unit across the directions, as the encodings store
 it: its statistics are the directions' blocks on the diagonal (W: the same input's for each).
@@ -41,8 +42,10 @@ def request(w: Weight) -> StatsRequest | None:
     node = w.uses[0].node
     if w.role == "rnn_w" and len(w.shape) in (2, 3):
         return StatsRequest(w.name, node.input[0], "matrix", seq_first=_layout(w) == 0)
-    if w.role != "rnn_r" or node.op_type not in ("LSTM", "RNN") or not node.output or not node.output[0]:
+    if w.role != "rnn_r" or not node.output or not node.output[0]:
         return None
+    if node.op_type == "GRU" and not _attr(node, "linear_before_reset", 0):
+        return None  # the candidate gate's rows multiply r * h_{t-1}, which no tensor holds
     d = _directions(w)
     if not (len(w.shape) == 3 and w.shape[0] == d) and not (len(w.shape) == 2 and d == 1):
         return None
