@@ -86,27 +86,29 @@ def test_inspect_counts_the_lstm_layer(path):
     assert lstm.params == 2 * 512 * (16 + 128) and lstm.macs == 16 * 2 * 4 * 128 * (16 + 128)
 
 
-def _sqnr(path) -> float:
+def _sqnr(path, original=LSTM) -> float:
     with np.load(M.MODELS / "digits_test.npz") as d:
         x = d["input"]
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-            for p in (LSTM, path))
+            for p in (original, path))
     return float(10 * np.log10((a.astype(np.float64) ** 2).sum() / ((a - b).astype(np.float64) ** 2).sum()))
 
 
-def test_obs_solves_the_input_and_recurrence_weights_on_the_states_they_multiply(tmp_path, capsys):
+@pytest.mark.parametrize("path", [LSTM, DYNAMO])
+def test_obs_solves_the_input_and_recurrence_weights_on_the_states_they_multiply(tmp_path, capsys, path):
     """prune --data used magnitude masks for W and R (no OBS statistics): W now meets the op's input
-    at every step, R the hidden states of its direction. On the 450 test digits at 0.7 the outputs
-    stay at 16.9 dB SQNR to the original (magnitude masks everywhere: 7.5 dB; OBS for the head
-    only, the code before: 11.4 dB; accuracy 98.67 % against 96.67 %)."""
+    at every step, R the hidden states of its direction (the dynamo export's per-direction R
+    tensors: the direction whose rows each is). On the 450 test digits at 0.7 the outputs stay at
+    16.9 / 16.7 dB SQNR to the original (magnitude masks everywhere: 7.5 dB; OBS for the head only,
+    the code before: 11.4 / 11.6 dB; lstm_digits' accuracy 98.67 % against 96.67 %)."""
     out, mag = tmp_path / "o.onnx", tmp_path / "m.onnx"
-    assert main(["prune", str(LSTM), "--sparsity", "0.7", "--data", str(CALIB), "-o", str(out)]) == 0
+    assert main(["prune", str(path), "--sparsity", "0.7", "--data", str(CALIB), "-o", str(out)]) == 0
     said = capsys.readouterr()
     assert "magnitude mask" not in said.out + said.err
-    assert main(["prune", str(LSTM), "--sparsity", "0.7", "--score", "magnitude", "--data", str(CALIB),
+    assert main(["prune", str(path), "--sparsity", "0.7", "--score", "magnitude", "--data", str(CALIB),
                  "-o", str(mag)]) == 0
-    assert _sqnr(out) >= _sqnr(mag) + 6
-    assert accuracy(out) >= accuracy(LSTM) - 0.005
+    assert _sqnr(out, path) >= _sqnr(mag, path) + 6
+    assert accuracy(out) >= accuracy(path) - 0.01  # the code before: 1.78 / 1.33 points lost
 
 
 def test_gptq_clusters_the_recurrent_weights_on_their_states(tmp_path, capsys):

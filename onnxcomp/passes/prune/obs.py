@@ -124,6 +124,8 @@ def walk_stats(eng, weights: list[Weight], reqs: dict[str, StatsRequest | None],
                 xs, refs = (site.x(), site.x_ref()) if w.role != "rnn_r" else \
                     (recurrent.hidden_states(site.y(), w), recurrent.hidden_states(site.y_ref(), w))
                 stats = accumulate(xs, refs, req, samples=eng.samples, seed=seed, ledoit=ledoit)
+                if stats is not None and w.role == "rnn_r":
+                    stats = recurrent.own(stats, w, eng.work.model)
                 if stats is not None and w.role in ("rnn_w", "rnn_r"):
                     stats = recurrent.block_diagonal(stats, w)
             yield w, stats

@@ -7,8 +7,8 @@ last step of each direction are some ``h_{t-1}``; the zero initial state adds no
 moments): read from Y after the op has run with its current weights, one group of statistics per
 direction. A GRU's R too when ``linear_before_reset`` is set (PyTorch's and Keras' GRU): otherwise
 its candidate gate multiplies ``r * h_{t-1}``, not ``h_{t-1}``, and R keeps magnitude masks, as
-does an R split per direction before the op (which direction a slice feeds is not known) and one
-whose op has no Y output.
+does one whose op has no Y output. An R split per direction before the op (a dynamo export) takes
+the statistics of the direction whose rows it is (:func:`own`).
 
 A codebook row (and an OBS row) is one gate unit across the directions, as the encodings store
 it: its statistics are the directions' blocks on the diagonal (W: the same input's for each).
@@ -47,9 +47,9 @@ def request(w: Weight) -> StatsRequest | None:
     if node.op_type == "GRU" and not _attr(node, "linear_before_reset", 0):
         return None  # the candidate gate's rows multiply r * h_{t-1}, which no tensor holds
     d = _directions(w)
-    if not (len(w.shape) == 3 and w.shape[0] == d) and not (len(w.shape) == 2 and d == 1):
+    if not (len(w.shape) == 3 and w.shape[0] == d) and len(w.shape) != 2:
         return None
-    return StatsRequest(w.name, node.output[0], "matrix", group=d)
+    return StatsRequest(w.name, node.output[0], "matrix", group=d)  # 2-D, two directions: see :func:`own`
 
 
 def hidden_states(ys: list[np.ndarray] | None, w: Weight) -> list[np.ndarray] | None:
@@ -62,6 +62,51 @@ def hidden_states(ys: list[np.ndarray] | None, w: Weight) -> list[np.ndarray] | 
         y = np.transpose(y, (2, 0, 1, 3)) if _layout(w) == 0 else y
         out.append(y.reshape(y.shape[0], y.shape[1], -1))
     return out
+
+
+def own(groups: list[LayerStats], w: Weight, model: onnx.ModelProto) -> list[LayerStats] | None:
+    """The statistics of the direction a per-direction R slice feeds (a dynamo export assembles the
+    op's R from one tensor per direction, its gates reordered): found by evaluating the assembled R
+    and matching the slice's rows. None when no single direction holds them."""
+    if len(w.shape) != 2 or len(groups) == 1:
+        return groups
+    full = _assembled(model, w.uses[0].node.input[w.uses[0].index])
+    if full is None or full.ndim != 3 or len(full) != len(groups):
+        return None
+    probe = np.random.default_rng(0).normal(size=w.shape[1])
+    mine = np.sort(w.values().astype(np.float64) @ probe)  # rows as one number each, in any order
+    hits = [d for d in range(len(full)) if full[d].shape == w.shape
+            and np.allclose(np.sort(full[d].astype(np.float64) @ probe), mine, rtol=1e-9, atol=1e-12)]
+    return [groups[hits[0]]] if len(hits) == 1 else None
+
+
+def _assembled(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """The value of a tensor computed from constants by data movement alone, or None."""
+    from onnx.reference import ReferenceEvaluator
+
+    from onnxcomp.graph.constants import MOVES
+
+    g = model.graph
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    picked, stack, used = set(), [name], set()
+    while stack:
+        t = stack.pop()
+        if not t or t in used:
+            continue
+        used.add(t)
+        if t in inits:
+            continue
+        i = producer.get(t)
+        if i is None or g.node[i].op_type not in MOVES + ("Constant",):
+            return None
+        picked.add(i)
+        stack.extend(g.node[i].input)
+    graph = onnx.helper.make_graph([g.node[i] for i in sorted(picked)], "assembled", [],
+                                   [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
+                                   [inits[t] for t in used if t in inits])
+    m = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return np.asarray(ReferenceEvaluator(m).run(None, {})[0])
 
 
 def directions_in_rows(w: Weight) -> int:
