@@ -21,9 +21,10 @@ def test_same_model_twice_ratios_near_one(files):
     r = bench([full, full], runs=40, warmup=3, rounds=8)
     a, b = r.entries
     assert b.ratios["file_size"] == 1.0
-    assert 0.5 <= b.ratios["p50_ms"] <= 2.0, b.ratios
-    for key in ("mean_ms", "throughput"):  # one stalled run of 40 moves a mean of ~0.1 ms by 2x
-        assert 0.25 <= b.ratios[key] <= 4.0, (key, b.ratios)  # (CI saw 0.49): judged loosely
+    # runs of ~0.1 ms on a shared 2-core machine: a fresh-clone CI saw p50 0.41 and mean 0.49 for the
+    # same file twice, so every timing ratio is judged loosely (benchmarks judge speed, not tests)
+    for key in ("p50_ms", "mean_ms", "throughput"):
+        assert 0.25 <= b.ratios[key] <= 4.0, (key, b.ratios)
     assert len(a.times_ms) == 40 and a.p50_ms <= a.p90_ms <= a.p99_ms
     assert a.peak_rss and a.peak_rss > 0 and a.model_rss is not None
     assert a.create_s > 0 and a.throughput > 0
