@@ -28,11 +28,15 @@ def _ints(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == name), default)
 
 
+def _auto_pad(node: onnx.NodeProto) -> str:
+    return next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
+
+
 def request(w: Weight) -> StatsRequest | None:
     """How the weight meets its input, or None when OBS cannot model it."""
     node = w.uses[0].node
     if w.role == "conv" and len(w.shape) in (3, 4):
-        auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
+        auto = _auto_pad(node)
         if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return None
         if len(w.shape) == 3:  # a 1-D conv is a 2-D one over rows of height 1 (conv_patches reads x[N, C, L])
@@ -55,8 +59,7 @@ def request(w: Weight) -> StatsRequest | None:
 def _transposed(w: Weight, node: onnx.NodeProto) -> StatsRequest | None:
     """A ConvTranspose as the stride-1 conv it equals: its input spread out by the strides, padded by
     ``d (k - 1) - pad`` (plus output_padding at the end), the kernel flipped (see :func:`_rows`)."""
-    auto = next((a.s.decode() for a in node.attribute if a.name == "auto_pad"), "NOTSET")
-    if auto not in ("NOTSET", "VALID") or any(a.name == "output_shape" for a in node.attribute):
+    if _auto_pad(node) not in ("NOTSET", "VALID") or any(a.name == "output_shape" for a in node.attribute):
         return None
     k, d = tuple(w.shape[2:]), tuple(_ints(node, "dilations", [1, 1]))
     p, extra = _ints(node, "pads", [0, 0, 0, 0]), _ints(node, "output_padding", [0, 0])

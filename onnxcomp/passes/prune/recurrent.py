@@ -20,18 +20,15 @@ import onnx
 
 from onnxcomp.graph.weights import Weight
 from onnxcomp.measure.stats import LayerStats, StatsRequest
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+from onnxcomp.passes.rewrite import attr
 
 
 def _layout(w: Weight) -> int:
-    return int(_attr(w.uses[0].node, "layout", 0))
+    return int(attr(w.uses[0].node, "layout", 0))
 
 
 def _directions(w: Weight) -> int:
-    direction = _attr(w.uses[0].node, "direction", b"forward")
+    direction = attr(w.uses[0].node, "direction", b"forward")
     return 2 if direction == b"bidirectional" else 1
 
 
@@ -44,7 +41,7 @@ def request(w: Weight) -> StatsRequest | None:
         return StatsRequest(w.name, node.input[0], "matrix", seq_first=_layout(w) == 0)
     if w.role != "rnn_r" or not node.output or not node.output[0]:
         return None
-    if node.op_type == "GRU" and not _attr(node, "linear_before_reset", 0):
+    if node.op_type == "GRU" and not attr(node, "linear_before_reset", 0):
         return None  # the candidate gate's rows multiply r * h_{t-1}, which no tensor holds
     d = _directions(w)
     if not (len(w.shape) == 3 and w.shape[0] == d) and len(w.shape) != 2:
@@ -84,27 +81,26 @@ def _assembled(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     """The value of a tensor computed from constants by data movement alone, or None."""
     from onnx.reference import ReferenceEvaluator
 
-    from onnxcomp.graph.constants import MOVES
+    from onnxcomp.graph.constants import MOVES, Constants
 
-    g = model.graph
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-    inits = {t.name: t for t in g.initializer}
-    picked, stack, used = set(), [name], set()
+    consts = Constants(model.graph)
+    nodes, stack, used = {}, [name], set()
     while stack:
         t = stack.pop()
         if not t or t in used:
             continue
         used.add(t)
-        if t in inits:
+        if t in consts.initializers:
             continue
-        i = producer.get(t)
-        if i is None or g.node[i].op_type not in MOVES + ("Constant",):
+        node = consts.producers.get(t)
+        if node is None or node.op_type not in MOVES + ("Constant",):
             return None
-        picked.add(i)
-        stack.extend(g.node[i].input)
-    graph = onnx.helper.make_graph([g.node[i] for i in sorted(picked)], "assembled", [],
+        nodes[id(node)] = node
+        stack.extend(node.input)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    graph = onnx.helper.make_graph(sorted(nodes.values(), key=lambda n: order[id(n)]), "assembled", [],
                                    [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)],
-                                   [inits[t] for t in used if t in inits])
+                                   [consts.initializers[t] for t in used if t in consts.initializers])
     m = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     return np.asarray(ReferenceEvaluator(m).run(None, {})[0])
 
