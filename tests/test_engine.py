@@ -41,6 +41,14 @@ def full_run(model: onnx.ModelProto, names, data):
     return [dict(zip(names, sess.run(names, b))) for b in data]
 
 
+def close(got: list, direct: list[dict], name: str) -> None:
+    """Equal to the whole-graph run's tensors up to rounding: a segment may round differently from
+    the whole graph (onnxruntime 1.32 fuses the head's pooling differently across the cut: 1-ulp
+    differences), while a wrong tensor (another layer's, the other stream's) is off by far more."""
+    for a, d in zip(got, direct):
+        np.testing.assert_allclose(a, d[name], rtol=1e-5, atol=1e-6 * float(np.abs(d[name]).max()), err_msg=name)
+
+
 def test_every_layer_input_equals_a_full_run_in_both_streams():
     ref, work = residual_concat(), residual_concat()
     data = batches()
@@ -50,15 +58,15 @@ def test_every_layer_input_equals_a_full_run_in_both_streams():
             want[site.name] = (site.input_name, [a.copy() for a in site.x()], [a.copy() for a in site.x_ref()])
             y_ref = site.y_ref()
             direct = full_run(ref, [site.name], data)
-            assert all(np.array_equal(a, d[site.name]) for a, d in zip(y_ref, direct))
+            close(y_ref, direct, site.name)
             if site.name == "c1":  # change a layer mid-walk: later inputs come from the changed model
                 w = find_weights(work).by_name()["conv1_w"]
                 set_weight(work, w, w.values() * 0.5)
         counts = eng.counts()
     for name, (x, got, got_ref) in want.items():
         direct_work, direct_ref = full_run(work, [x], data), full_run(ref, [x], data)
-        assert all(np.array_equal(a, d[x]) for a, d in zip(got, direct_work)), name
-        assert all(np.array_equal(a, d[x]) for a, d in zip(got_ref, direct_ref)), name
+        close(got, direct_work, x)
+        close(got_ref, direct_ref, x)
     assert not np.array_equal(want["c2"][1][0], want["c2"][2][0])  # conv1 changed, its consumer saw it
     assert np.array_equal(want["c1"][1][0], want["c1"][2][0])  # ... and nothing before it did
     # each stream ran each batch through a bounded number of segments (no prefix reruns)
