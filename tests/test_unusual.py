@@ -288,7 +288,7 @@ def body_scopes() -> onnx.ModelProto:
 
 
 def test_subgraph_inputs_are_the_outer_scope_only():
-    from onnxcomp.graph.subgraph import subgraph_inputs
+    from onnxcomp.graph.nested import subgraph_inputs
 
     nodes = {n.name: n for n in body_scopes().graph.node}
     assert subgraph_inputs(nodes["loop"]) == {"w_loop"}  # not the body's own cond_in, h_in, h_mm
@@ -307,8 +307,8 @@ def test_bodies_reading_the_outer_scope(capsys, tmp_path, argv):
     data, x = calib(tmp_path, (16,))
     code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--data", str(data), "-o", str(tmp_path / "o.onnx")])
     assert code == 0, err
-    out = onnx.load(str(tmp_path / "o.onnx"))
-    assert "w_loop" in {t.name for t in out.graph.initializer}
+    out = onnx.load(str(tmp_path / "o.onnx"))  # (prune and cluster may store it behind a decoder)
+    assert "w_loop" in {t.name for t in out.graph.initializer} | {o for n in out.graph.node for o in n.output}
     assert np.isfinite(outputs(tmp_path / "o.onnx", x)[0]).all()
 
 

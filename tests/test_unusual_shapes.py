@@ -294,11 +294,19 @@ def test_state_inputs_without_a_common_batch_axis(capsys, tmp_path):
 
 def test_weights_only_subgraphs_read_are_named(capsys, tmp_path):
     """silero-vad's op18 export keeps its 16 kernels in the main graph and reads them inside an If:
-    prune said only 'no prunable weights selected', inspect 'no weights found'. Both now name them."""
+    prune said only 'no prunable weights selected', inspect 'no weights found'. inspect and the
+    passes that rewrite consumers name them as left alone; prune now prunes them (and w_in, which
+    the If branch stores itself)."""
     src = M.save(body_scopes(), tmp_path / "m.onnx")
-    for argv in (["inspect", str(src)], ["prune", str(src), "--sparsity", "0.5", "--min-params", "1",
-                                         "-o", str(tmp_path / "o.onnx")]):
+    for argv in (["inspect", str(src)], ["factorize", str(src), "--ratio", "0.5", "--min-params", "1",
+                                         "-o", str(tmp_path / "f.onnx")]):
         code, out, err = run(capsys, argv)
         assert code == 0, err
         note = next(line for line in (out + err).splitlines() if "If/Loop/Scan subgraphs are left alone" in line)
         assert "w_loop" in note and "w_in" in note
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "--encoding", "dense",
+                                  "-o", str(tmp_path / "p.onnx")])
+    assert code == 0 and "left alone" not in out + err, out + err
+    pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
+    assert np.mean(pruned["w_loop"] == 0) == 0.5 and any(k.startswith("w_in") and np.mean(v == 0) == 0.5
+                                                          for k, v in pruned.items())

@@ -146,7 +146,7 @@ def encode_weights(model: onnx.ModelProto, names: set[str] | None = None, encodi
         blocked.add(needed)
         return False
 
-    for w in (find_weights(model).weights if kinds_for is None else quantized_weights(model)):
+    for w in (find_weights(model, nested=True).weights if kinds_for is None else quantized_weights(model)):
         if names is not None and w.name not in names:
             continue
         if w.source not in ("initializer", "constant") or w.size == 0:

@@ -154,7 +154,7 @@ def replace_value(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
 
 def remove_dead(model: onnx.ModelProto) -> int:
     """Drop nodes whose outputs nobody reads and initializers nobody uses; returns nodes removed."""
-    from onnxcomp.graph.subgraph import subgraph_inputs
+    from onnxcomp.graph.nested import subgraph_inputs
 
     g = model.graph
     removed = 0

@@ -27,7 +27,7 @@ import onnx
 from onnx import helper
 
 from onnxcomp.graph.edit import ConstEval, NameScope, clear_value_info, get_attr, remove_dead, replace_value
-from onnxcomp.graph.subgraph import subgraph_inputs
+from onnxcomp.graph.nested import subgraph_inputs
 
 SIXTH = 1.0 / 6.0
 

@@ -9,25 +9,9 @@ import onnx
 from onnx import shape_inference
 
 from onnxcomp.errors import ConfigError
+from onnxcomp.graph.nested import subgraph_inputs
 
 _SKELETON_MIN = 64
-
-
-def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop/Scan bodies, nested ones included) read from the outer
-    scope: what their nodes read minus what the subgraphs define themselves (their inputs, such
-    as a Loop body's iteration count and condition, initializers and node outputs)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            local |= {t.values.name for t in g.sparse_initializer} | {o for n in g.node for o in n.output}
-            reads = {i for n in g.node for i in n.input if i}
-            for n in g.node:
-                reads |= subgraph_inputs(n)
-            names |= reads - local
-    return names
 
 
 def truncate(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor, load_time_constants
+from onnxcomp.graph.nested import nested_nodes, subgraph_reads
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -56,6 +57,7 @@ class Weight:
     uses: list[Use] = field(default_factory=list)
     holder: object = None  # the TensorProto / NodeProto that stores it
     stored_shape: tuple[int, ...] | None = None  # differs from shape when seen through a Reshape
+    nested: bool = False  # some consumer sits inside an If/Loop/Scan body (no statistics are taken there)
 
     @property
     def op_type(self) -> str:
@@ -147,21 +149,30 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
     return []
 
 
+def weight_slots(node: onnx.NodeProto) -> list[int]:
+    """The input slots of ``node`` that hold a weight (see :func:`find_weights`)."""
+    return [index for index, *_ in _roles(node)]
+
+
 ENCODED_WHY = "computed at load by a decoder (already compressed); left alone"
 
 
-def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1) -> WeightReport:
-    """Every constant float tensor feeding Conv/ConvTranspose/Gemm/MatMul in the main graph.
+def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1, nested: bool = False) -> WeightReport:
+    """Every constant float tensor of the main graph feeding Conv/ConvTranspose/Gemm/MatMul (and
+    embedding Gathers, recurrent ops).
 
     Weights feeding DequantizeLinear or QLinear/Integer ops are listed in ``quantized`` and never
     returned as weights. Non-float constants and constants of unknown shape are in ``skipped``.
+    Weights that If/Loop/Scan bodies read are ``held`` (left alone) unless ``nested``: passes that
+    only change values take them too, their consumers inside the bodies among the uses.
     """
     graph = model.graph if isinstance(model, onnx.ModelProto) else model
     consts = Constants(graph)
     found: dict[str, Weight] = {}
     folded = load_time_constants(graph)
     report = WeightReport(weights=[], load_time=folded)
-    for node in graph.node:
+    nodes = [(n, frozenset()) for n in graph.node] + (list(nested_nodes(graph)) if nested else [])
+    for node, local in nodes:
         if node.op_type in QUANT_OPS:
             for name in node.input:
                 hit = consts.resolve(name) if name else None
@@ -172,7 +183,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
         pending: list[tuple[tuple, str, int | None, int | None, int]] = []  # (resolved constant, role, axes, slot)
         for index, role, out_axis, in_axis in _roles(node):
-            if index >= len(node.input) or not node.input[index]:
+            if index >= len(node.input) or not node.input[index] or node.input[index] in local:
                 continue
             hit = consts.resolve(node.input[index])
             if hit is None:
@@ -197,6 +208,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
             use = Use(node=node, index=index, role=role)
             if name in found:
                 found[name].uses.append(use)
+                found[name].nested |= bool(local)
                 continue
             rank = len(shape)
             found[name] = Weight(
@@ -205,9 +217,10 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
                 out_axis=None if out_axis is None else out_axis % rank,
                 in_axis=None if in_axis is None else in_axis % rank,
                 group=int(_attr(node, "group", 1)) if node.op_type in ("Conv", "ConvTranspose") else 1,
-                uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored))
+                uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored), nested=bool(local))
     quantized = set(report.quantized)
-    outer, inner = _subgraph_reads(graph)
+    outer, inner = subgraph_reads(graph)
+    outer = set() if nested else outer
     report.weights = [w for w in found.values() if w.name not in quantized and w.name not in outer]
     for w in found.values():
         if w.name in quantized:
@@ -221,25 +234,6 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1)
         if t.name in outer and t.name not in found and len(t.dims) >= 2 and t.data_type in FLOAT_TYPES:
             report.skipped.setdefault(t.name, "read inside an If/Loop/Scan subgraph; left alone")
     return report
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
-    """(names subgraphs read from this graph's scope, constant tensors stored inside subgraphs)."""
-    outer: set[str] = set()
-    inner: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for g in subs:
-                local = {t.name for t in g.initializer} | {i.name for i in g.input}
-                local |= {o for n in g.node for o in n.output}
-                inner |= {t.name for t in g.initializer}
-                inner |= {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
-                deeper_outer, deeper_inner = _subgraph_reads(g)
-                inner |= deeper_inner
-                reads = {i for n in g.node for i in n.input if i} | deeper_outer
-                outer |= reads - local
-    return outer, inner
 
 
 def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> None:

@@ -22,7 +22,7 @@ MAX_CAPTURE_BYTES = 256 << 20
 def _input_of(weight: Weight) -> list[tuple[onnx.NodeProto, str]]:
     """(node, activation input) per use where the weight is the right-hand operand."""
     out = []
-    for use in weight.uses:
+    for use in weight.uses if not weight.nested else ():  # (a body's tensors cannot be captured)
         if use.role in ("conv", "gemm_b", "matmul_b") and use.node.input[0]:
             out.append((use.node, use.node.input[0]))
         elif use.role == "gather_data" and len(use.node.input) > 1 and use.node.input[1]:

@@ -74,12 +74,18 @@ def zero_fraction(weight: Weight) -> float:
     return float(np.count_nonzero(values == 0)) / max(values.size, 1)
 
 
-def subgraph_notes(found) -> list[str]:
-    """Notes naming the weights every pass leaves alone: those If/Loop/Scan subgraphs hold or read,
-    and those already stored behind a decoder."""
+SUBGRAPH_VERDICTS = {
+    "run": "are left alone by this command (prune and cluster, which change values only, take them)",
+    "values": "are left alone (prune and cluster take the tensors a body's layer reads straight from storage)",
+    "inspect": "are left alone by the layer rewrites (prune and cluster, which change values only, take them)"}
+
+
+def subgraph_notes(found, verdict: str = "run") -> list[str]:
+    """Notes naming the weights a command leaves alone: those If/Loop/Scan subgraphs hold or read
+    (``verdict``: who leaves them, see SUBGRAPH_VERDICTS), and those already stored behind a decoder."""
     notes = []
     for pick, what, hint in (
-            (lambda why: "subgraph" in why, "inside or read by If/Loop/Scan subgraphs are left alone by every pass",
+            (lambda why: "subgraph" in why, "inside or read by If/Loop/Scan subgraphs " + SUBGRAPH_VERDICTS[verdict],
              ""),
             (lambda why: why == ENCODED_WHY, "are already compressed (a decoder computes them at load) and left "
              "alone by every pass", "; to compress further, start from the original model")):
@@ -220,7 +226,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
         notes.append("no weights found: nothing " + ("in the main graph " if any(
             "subgraph" in why for why in found.skipped.values()) else "") + "feeds Conv/ConvTranspose/Gemm/MatMul "
                      "from a constant")
-    notes += subgraph_notes(found)
+    notes += subgraph_notes(found, "inspect")
     storage: dict[str, int] = {}
     for w in found:
         storage[w.source] = storage.get(w.source, 0) + 1

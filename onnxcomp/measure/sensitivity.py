@@ -27,7 +27,7 @@ class Probe:
                  threads: int | None = None, logits: bool = False) -> None:
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
-        by_name = find_weights(probe).by_name()
+        by_name = find_weights(probe, nested=True).by_name()
         self.names = [w.name for w in weights]
         self.values: dict[str, np.ndarray] = {}
         for w in weights:
@@ -140,7 +140,7 @@ def layer_gains(model: onnx.ModelProto, perturbed: dict[str, np.ndarray], errors
     ``errors[name]``. One probe
     session (weights as inputs), one run per layer on the same ``samples`` samples.
     """
-    weights = [w for w in find_weights(model) if w.name in perturbed]
+    weights = [w for w in find_weights(model, nested=True) if w.name in perturbed]
     batches = take_samples(data, samples, batch_unit(model))
     t0 = time.perf_counter()
     probe = Probe(model, weights, batches, threads=threads, logits=True)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxcomp.graph.subgraph import subgraph_inputs
+from onnxcomp.graph.nested import subgraph_inputs
 from onnxcomp.io.sessions import session
 from onnxcomp.io.temp import temp_prefix
 

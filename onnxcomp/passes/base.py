@@ -110,6 +110,9 @@ class Pass(ABC):
     """Base class of every compression pass."""
 
     name: ClassVar[str] = "pass"
+    # only changes weights' values (never their consumers): it also takes the weights that
+    # If/Loop/Scan bodies read (see onnxcomp.graph.nested), without statistics for them
+    nested_weights: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

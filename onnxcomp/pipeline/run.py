@@ -172,6 +172,16 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
          after_step: Callable | None) -> Result:
     work = original.copy()
     work.path = None
+    from onnxcomp.graph.weights import find_weights
+    from onnxcomp.measure.inspect import subgraph_notes
+
+    nested = any(p.nested_weights for _, p in passes)
+    if nested:  # the weights If/Loop/Scan bodies store move to the main graph (same meaning)
+        from onnxcomp.graph.nested import hoist
+        from onnxcomp.graph.weights import weight_slots
+
+        hoist(work.proto, weight_slots)
+    left_alone = subgraph_notes(find_weights(work.proto, nested=nested), "values" if nested else "run")
     for k, (i, p) in enumerate(passes):
         report = p.run(work.proto, ctx)
         if report.changes or report.notes or not getattr(p, "idle_unreported", False):
@@ -180,10 +190,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
         if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
             after_step(i, work, ctx)
     results = ctx.history
-    from onnxcomp.graph.weights import find_weights
-    from onnxcomp.measure.inspect import subgraph_notes
-
-    results[0].notes += subgraph_notes(find_weights(original.proto))
+    results[0].notes += left_alone
     touched = {c.name for r in results for c in r.applied}
     from onnxcomp.graph.edit import flush_subnormals
 

@@ -58,10 +58,11 @@ class ClusterPass(Pass):
     """k-means weight sharing per tensor, per output channel or shared with per-channel scales."""
 
     name = "cluster"
+    nested_weights = True
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> ClusterPlan:
         cfg: ClusterConfig = self.config
-        weights, skipped = select(find_weights(model), cfg)
+        weights, skipped = select(find_weights(model, nested=True), cfg)
         plan = ClusterPlan(skipped=skipped, pruned={w.name for w in weights if is_pruned(w)})
         for w in weights:
             plan.granularity[w.name] = granularity_of(w, cfg)
@@ -239,7 +240,7 @@ class ClusterPass(Pass):
         result = PassResult(self.name, settings={
             "bits": cfg.bits, "clusters": cfg.clusters, "granularity": cfg.granularity, "init": cfg.init,
             "allocation": cfg.allocation, "weighted": bool(plan.importance)}, notes=list(plan.notes))
-        by_name = find_weights(model).by_name()
+        by_name = find_weights(model, nested=True).by_name()
         gptq = bool(plan.bits) and self._gptq_on(ctx)
         matched = 0
         if not gptq:  # no statistics: every weight's fit is independent, a few run at once

@@ -33,8 +33,11 @@ def _auto_pad(node: onnx.NodeProto) -> str:
 
 
 def request(w: Weight) -> StatsRequest | None:
-    """How the weight meets its input, or None when OBS cannot model it."""
+    """How the weight meets its input, or None when OBS cannot model it (also when a consumer sits
+    inside an If/Loop/Scan body: the walk sees main-graph tensors only)."""
     node = w.uses[0].node
+    if w.nested:
+        return None
     if w.role == "conv" and len(w.shape) in (3, 4):
         auto = _auto_pad(node)
         if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
@@ -76,7 +79,7 @@ def stats_request(w: Weight) -> StatsRequest | None:
     (:mod:`onnxcomp.passes.prune.recurrent`)."""
     from onnxcomp.passes.prune import recurrent
 
-    return recurrent.request(w) if w.role in ("rnn_w", "rnn_r") else request(w)
+    return recurrent.request(w) if w.role in ("rnn_w", "rnn_r") and not w.nested else request(w)
 
 
 def _rows(w: Weight, values: np.ndarray) -> np.ndarray:

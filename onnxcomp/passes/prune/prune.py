@@ -79,6 +79,7 @@ class PrunePass(Pass):
     """Zero weights by importance with a layer-adaptive sparsity budget."""
 
     name = "prune"
+    nested_weights = True
 
     def __init__(self, config: PruneConfig) -> None:
         super().__init__(config)
@@ -117,7 +118,7 @@ class PrunePass(Pass):
 
     def plan(self, model: onnx.ModelProto, ctx: Context) -> PrunePlan:
         cfg = self.config
-        chosen, skipped = select(find_weights(model), cfg)
+        chosen, skipped = select(find_weights(model, nested=True), cfg)
         plan = PrunePlan(skipped=skipped)
         if not chosen:
             plan.notes.append("no prunable weights selected")
@@ -199,7 +200,7 @@ class PrunePass(Pass):
             "sparsity": self.config.level, "allocation": plan.allocation, "score": plan.score,
             "granularity": self.config.granularity,
             "nm": None if self.config.nm is None else "%d:%d" % self.config.nm})
-        by_name = find_weights(model).by_name()
+        by_name = find_weights(model, nested=True).by_name()
         weights = [by_name[n] for n in plan.sparsity]
         if plan.score == "obs":
             from onnxcomp.passes.prune.obs import obs_values
