@@ -65,6 +65,14 @@ def _weight_like(t: onnx.TensorProto) -> bool:
     return t.data_type in FLOATS and len(t.dims) >= 2
 
 
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every body inside it, nested ones too."""
+    yield graph
+    for node in graph.node:
+        for g in bodies(node):
+            yield from graphs(g)
+
+
 def nested_nodes(graph: onnx.GraphProto, local: frozenset = frozenset()) -> Iterator[tuple[onnx.NodeProto, frozenset]]:
     """(node inside a body of ``graph``, the names the bodies around it define), nested bodies too:
     a name outside that set is read from ``graph``'s scope."""
@@ -80,10 +88,20 @@ def hoist(model: onnx.ModelProto, slots: Slots, *, min_dims: int = 2) -> list[st
     """Move the float tensors that bodies store (initializers, ``Constant`` nodes) and feed straight
     into a weight slot of their compute nodes (``slots(node)``: input indices) to the main graph's
     initializers, under names free in the whole model; returns the new names."""
-    from onnxcomp.graph.edit import NameScope
-
-    names = NameScope(model)
+    count: dict[str, int] = {}  # how many scopes define each name
+    for g in graphs(model.graph):
+        for name in defined(g):
+            count[name] = count.get(name, 0) + 1
     moved: list[str] = []
+
+    def free(name: str) -> str:
+        """``name`` itself when no other scope defines it (nothing to rename), else a fresh one."""
+        new, i = name, 0
+        while count.get(new, 0) > (1 if new == name else 0):
+            i += 1
+            new = f"{name}__{i}"
+        count[new] = count.get(new, 0) + 1
+        return new
 
     def visit(g: onnx.GraphProto) -> None:
         for node in g.node:
@@ -104,12 +122,13 @@ def hoist(model: onnx.ModelProto, slots: Slots, *, min_dims: int = 2) -> list[st
                             else next(a.t for a in holder.attribute if a.name == "value"))
             if tensor.data_type not in FLOATS or len(tensor.dims) < min_dims:
                 continue
-            tensor.name = new = names(name)
+            tensor.name = new = free(name)
             model.graph.initializer.append(tensor)
             if model.ir_version < 4:  # IR 3 wants every initializer declared as a graph input too
                 model.graph.input.append(onnx.helper.make_tensor_value_info(new, tensor.data_type, list(tensor.dims)))
             (g.initializer if isinstance(holder, onnx.TensorProto) else g.node).remove(holder)
-            _rename(g, name, new)
+            if new != name:
+                _rename(g, name, new)
             moved.append(new)
 
     visit(model.graph)
