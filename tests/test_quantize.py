@@ -257,6 +257,35 @@ def test_pass_puts_back_a_layer_the_optimized_session_miscomputes(monkeypatch):
     assert r.skipped and "miscomputes" in r.skipped[0].reason and r.settings["optimized_check"]["ok"]
 
 
+def test_saturating_layer_gets_unsigned_weights(monkeypatch):
+    """onnxruntime 1.32's u8 x s8 conv kernels on CPUs without VNNI add pairs of products in int16:
+    inputs near 255 times weights near 127 saturate (resnet_digits' first conv: relative gap 0.009,
+    put back to float). Emulated here: the optimized session is off while a weight is int8; the
+    pass stores such weights as uint8 with zero point 128 (the same values, u8 x u8 kernels)
+    instead of dropping the layers to float."""
+    real = verify.outputs
+
+    def saturating(model, batches, optimized, threads=None):
+        out = real(model, batches, optimized, threads)
+        wide = any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+        return [[o + 1.0 for o in outs] for outs in out] if optimized and wide else out
+
+    monkeypatch.setattr(verify, "outputs", saturating)
+    model = M.conv_bn_relu(hw=8)
+    data = [{"x": M.rng(5).normal(size=(16, 3, 8, 8)).astype(np.float32)}]
+    plain = oc.quantize(model, data=data, correction="none")
+    monkeypatch.setattr(verify, "outputs", real)
+    result = oc.quantize(model, data=data, correction="none")
+    r = plain.result_of("quantize")
+    assert len(r.applied) == 3 and not r.skipped  # two convs and the Gemm, each with an int8 weight
+    assert all(c.detail["weights"] == "uint8" for c in r.applied)
+    assert "saturated 3 layer(s)" in " ".join(r.notes) and r.settings["optimized_check"]["ok"]
+    assert not any(t.data_type == onnx.TensorProto.INT8 for t in plain.proto.graph.initializer)
+    x = data[0]["x"]  # the same values as the int8 weights: the same outputs, unoptimized
+    np.testing.assert_allclose(verify.outputs(plain.proto, [{"x": x}], False)[0][0],
+                               verify.outputs(result.proto, [{"x": x}], False)[0][0], rtol=1e-5, atol=1e-5)
+
+
 def test_recipe_structured_then_quantize_composes():
     from onnxcomp.pipeline import recipe
 

@@ -146,6 +146,31 @@ def set_tensor(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value).reshape(value.shape), name))
 
 
+def unsigned_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """A QDQ layer's int8 weight stored as uint8 with zero point 128: the same values, run by
+    onnxruntime's u8 x u8 kernels. Its u8 x s8 kernels on x86 CPUs without VNNI add pairs of
+    products in int16 (VPMADDUBSW), which saturates for inputs near 255 times weights near 127
+    (255 x 127 x 2 > 32767); the u8 x u8 ones do not. False when the layer has no int8 weight."""
+    dq = next((n for n in model.graph.node if node.input[1] in n.output), None)
+    inits = {t.name: t for t in model.graph.initializer}
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        return False
+    q = numpy_helper.to_array(inits[dq.input[0]])
+    if q.dtype != np.int8:
+        return False
+    set_tensor(model, dq.input[0], (q.astype(np.int16) + 128).astype(np.uint8))
+    channels = q.shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] \
+        if any(a.name == "axis" for a in dq.attribute) else None
+    zero = np.full(channels, 128, np.uint8) if channels is not None else np.uint8(128)
+    if len(dq.input) > 2 and dq.input[2] in inits and sum(dq.input[2] in n.input for n in model.graph.node) == 1:
+        set_tensor(model, dq.input[2], zero)  # its own zero point (int8 zeros) becomes 128s
+    elif len(dq.input) > 2:
+        dq.input[2] = _init(model, zero, NameScope(model)(f"{dq.input[0]}_zero"))
+    else:
+        dq.input.append(_init(model, zero, NameScope(model)(f"{dq.input[0]}_zero")))
+    return True
+
+
 def gather_block(model: onnx.ModelProto, node: onnx.NodeProto, q: np.ndarray, grid: Grid,
                  scope: NameScope, base: str) -> None:
     """Turn a Gather (axis 0) over a [V, D] table into GatherBlockQuantized (blocks along D)."""

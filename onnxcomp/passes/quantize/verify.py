@@ -84,13 +84,15 @@ class Verifier:
 
 
 def culprits(model: onnx.ModelProto, items: list[Any], revert: Callable[[onnx.ModelProto, list[Any]], onnx.ModelProto],
-             verifier: Verifier) -> tuple[list[Any], Check]:
+             verifier: Verifier, *, cheap: bool = False) -> tuple[list[Any], Check]:
     """The items whose reversion makes the optimized session agree (bisection, at most
-    :data:`MAX_CULPRITS` of them), and the check of the model with them reverted."""
+    :data:`MAX_CULPRITS` of them), and the check of the model with them reverted. ``cheap``: the
+    reversion costs little (uint8 weights, the same values), so when more items than that are
+    needed, the shortest prefix of the rest (in graph order) that makes it agree is taken whole."""
     found: list[Any] = []
     pool = list(items)
     check = verifier.check(revert(model, found))
-    while not check.ok and pool and len(found) < MAX_CULPRITS:
+    while not check.ok and pool:
         lo, hi = 0, len(pool)  # the shortest prefix of the pool whose reversion fixes the gap
         if not verifier.check(revert(model, found + pool)).ok:
             break  # not caused by these layers
@@ -100,7 +102,10 @@ def culprits(model: onnx.ModelProto, items: list[Any], revert: Callable[[onnx.Mo
                 hi = mid
             else:
                 lo = mid
-        found.append(pool[hi - 1])
-        pool = pool[:hi - 1] + pool[hi:]
+        last = len(found) + 1 >= MAX_CULPRITS
+        found += pool[:hi] if last and cheap else [pool[hi - 1]]
+        pool = pool[hi:] if last and cheap else pool[:hi - 1] + pool[hi:]
         check = verifier.check(revert(model, found))
+        if last:
+            break
     return found, check
