@@ -286,6 +286,27 @@ def test_saturating_layer_gets_unsigned_weights(monkeypatch):
                                verify.outputs(result.proto, [{"x": x}], False)[0][0], rtol=1e-5, atol=1e-5)
 
 
+def test_gemm_bias_read_through_an_identity_is_quantized():
+    """The TorchScript exporter reads a bias equal to another tensor through an Identity of it
+    (a zero bias, a LayerNorm's beta): quantize skipped such Gemms ("bias C is not one value per
+    output", 3 of a ViT's Gemms), looking the bias up by the Identity's name."""
+    r = M.rng(8)
+    nodes = [helper.make_node("Identity", ["b"], ["c"], name="alias"),
+             helper.make_node("Gemm", ["x", "W", "c"], ["h"], name="fc", transB=1),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Add", ["hr", "b"], ["y"], name="add")]
+    model = M.make(nodes, [M.vi("x", ["N", 128])], [M.vi("y", ["N", 16])],
+                   [M.init("W", r.normal(0, 0.3, (16, 128)).astype(np.float32)),
+                    M.init("b", r.normal(0, 0.1, 16).astype(np.float32))])
+    data = [{"x": r.normal(size=(32, 128)).astype(np.float32)}]
+    result = oc.quantize(model, data=data, correction="none")
+    q = result.result_of("quantize")
+    assert [c.name for c in q.applied] == ["W"] and not q.skipped
+    x = data[0]["x"]
+    ref, got = _run(model, {"x": x})[0], _run(result.proto, {"x": x})[0]
+    assert np.sum((got - ref) ** 2) / np.sum(ref ** 2) < 1e-3  # the bias (and its other reader) kept
+
+
 def test_recipe_structured_then_quantize_composes():
     from onnxcomp.pipeline import recipe
 

@@ -260,7 +260,9 @@ def _bias(model: onnx.ModelProto, node: onnx.NodeProto, w: Weight) -> np.ndarray
     """The layer's bias per output channel (Conv B, Gemm beta * C), or None."""
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
         return None
-    c = next((b for b in find_weights(model) if b.name == node.input[2]), None)
+    # (by its use, not its name: the TorchScript exporter reads a bias equal to another tensor
+    # through an Identity of that one, and the weight is named after the stored tensor)
+    c = next((b for b in find_weights(model) for u in b.uses if u.node is node and u.index == 2), None)
     if c is None:
         return None
     beta = float(get_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
