@@ -89,8 +89,9 @@ class Weight:
 
     @property
     def is_depthwise(self) -> bool:
-        """A Conv kernel whose groups equal its output channels (one input channel each)."""
-        return self.role == "conv" and self.group > 1 and self.shape[1] == 1
+        """A Conv kernel whose groups equal its output channels (one input channel each), or a
+        ConvTranspose kernel [C_in, C_out / groups, ...] with one output channel per group."""
+        return self.role in ("conv", "convtranspose") and self.group > 1 and self.shape[1] == 1
 
     def values(self) -> np.ndarray:
         """The weight as a numpy array (a copy for ConstantOfShape)."""
