@@ -113,7 +113,7 @@ def hoist(model: onnx.ModelProto, slots: Slots, *, min_dims: int = 2) -> list[st
         stored = {t.name: t for t in g.initializer}
         stored.update({n.output[0]: n for n in g.node if n.op_type == "Constant" and len(n.output) == 1
                        and any(a.name == "value" for a in n.attribute)})
-        kept = {o.name for o in g.output}
+        kept = {o.name for o in g.output} | {i.name for i in g.input}  # (IR 3 lists initializers as inputs)
         wanted = [n.input[i] for n in g.node for i in slots(n) if i < len(n.input) and n.input[i] in stored]
         for name in dict.fromkeys(w for w in wanted if w not in kept):
             holder = stored[name]
