@@ -139,7 +139,7 @@ def versions(old: str | None, tmp: Path) -> list[tuple[str, list[str]]]:
 
 def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: list[tuple[str, list[str]]],
                  args: Callable[[str], list[str]], score: Callable[[Path, str], dict],
-                 input_shapes: dict[str, tuple[int, ...]],
+                 input_shapes: dict[str, tuple[int, ...]] | None,
                  extra: list[tuple[str, Path]] = ()) -> tuple[list[dict], float]:
     """Each command with each onnxcomp version on ``model`` (``args(label)`` after the model path),
     its output scored by ``score(path, stdout)``, then one interleaved one-thread batch-1 bench of
@@ -166,6 +166,10 @@ def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: l
         rows.append({"command": label, "version": "", "exit": 0, **score(path, ""), "_file": path,
                      "size_ratio": round(path.stat().st_size / model.stat().st_size, 3)})
         files.append(path)
+    if input_shapes is None:  # no speed: the model cannot run on random feeds
+        for row in rows:
+            row.pop("_file", None)
+        return rows, float("nan")
     rep = bench(files, threads=1, runs=40, warmup=5, input_shapes=input_shapes)
     base = rep.entries[0].p50_ms
     timed = {e.path: base / e.p50_ms for e in rep.entries[1:]}
@@ -177,7 +181,7 @@ def side_by_side(model: Path, commands: list[tuple[str, list[str]]], versions: l
 
 def outside_rows(name: str, model: Path, commands: list[tuple[str, list[str]]], tools: list[tuple[str, list[str]]],
                  args: Callable[[str], list[str]], score: Callable[[Path], dict],
-                 input_shapes: dict[str, tuple[int, ...]], metrics: list[str], original: str,
+                 input_shapes: dict[str, tuple[int, ...]] | None, metrics: list[str], original: str,
                  extra: list[tuple[str, Path]] = ()) -> dict:
     """:func:`side_by_side` on one model from outside the corpus, printed as a table; its JSON part."""
     chosen = [c for c in commands if _ARGS.command in c[0]]
