@@ -310,3 +310,34 @@ def test_weights_only_subgraphs_read_are_named(capsys, tmp_path):
     pruned = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
     assert np.mean(pruned["w_loop"] == 0) == 0.5 and any(k.startswith("w_in") and np.mean(v == 0) == 0.5
                                                           for k, v in pruned.items())
+
+
+def test_weight_read_through_a_transpose_is_a_weight(capsys, tmp_path):
+    """torch 2.13's dynamo exporter writes some F.linear weights as MatMul(x, Transpose(W)): W was
+    reported as 'computed at load by a decoder (already compressed)' and left alone by every pass.
+    It is now stored transposed (the same values where the MatMul reads them, the same bytes) and
+    pruned; a tied table (also read by a Gather) keeps its Transpose."""
+    from onnx import TensorProto
+
+    r = M.rng(14)
+    w, table = r.normal(0, 0.3, (24, 16)).astype(np.float32), r.normal(0, 0.3, (40, 16)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["e"], name="embed"),
+             helper.make_node("Transpose", ["W"], ["Wt"], name="t", perm=[1, 0]),
+             helper.make_node("MatMul", ["e", "Wt"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("Transpose", ["E"], ["Et"], name="tie", perm=[1, 0]),
+             helper.make_node("MatMul", ["hr", "W"], ["h2"], name="back"),
+             helper.make_node("MatMul", ["h2", "Et"], ["y"], name="head")]
+    model = M.make(nodes, [M.vi("ids", ["N", 5], TensorProto.INT64)], [M.vi("y", ["N", 5, 40])],
+                   [M.init("W", w), M.init("E", table)])
+    model.graph.node[5].input[1] = "W2"  # 'back' reads a weight of its own
+    model.graph.initializer.append(M.init("W2", r.normal(0, 0.3, (24, 16)).astype(np.float32)))
+    src = M.save(model, tmp_path / "m.onnx")
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "--encoding", "dense",
+                                  "-o", str(tmp_path / "o.onnx")])
+    assert code == 0, err
+    assert "already compressed" not in out + err
+    got = onnx.load(str(tmp_path / "o.onnx"))
+    stored = {t.name: numpy_helper.to_array(t) for t in got.graph.initializer}
+    assert stored["W"].shape == (16, 24) and np.mean(stored["W"] == 0) >= 0.3  # transposed, pruned (LAMP)
+    assert [n.input[0] for n in got.graph.node if n.op_type == "Transpose"] == ["E"]  # the tied table's stays

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcomp.graph.constants import Constants, constant_of_shape_value, constant_tensor, load_time_constants
+from onnxcomp.graph.constants import MOVES, Constants, constant_of_shape_value, constant_tensor, load_time_constants
 from onnxcomp.graph.nested import nested_nodes, subgraph_reads
 from onnxcomp.io import tensor_array
 
@@ -191,8 +191,12 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
                 moved = consts.moved_sources(node.input[index]) if role in ("rnn_w", "rnn_r") else None
                 if moved:  # assembled at load from [gates x hidden, input] tensors: a row per gate unit
                     pending.extend((h, role, 0, -1, index) for src in moved if (h := consts.resolve(src)) is not None)
-                elif node.input[index] in folded:
-                    report.skipped.setdefault(node.input[index], ENCODED_WHY)
+                elif node.input[index] in folded:  # a decoder's output, or a tied table moved by a Transpose
+                    src = consts.producers.get(node.input[index])
+                    tied = src is not None and src.op_type in MOVES and bool(src.input) \
+                        and src.input[0] in consts.initializers
+                    report.skipped.setdefault(node.input[index], f"a {src.op_type} of {src.input[0]}, which another "
+                                              "layer reads too; changes with it" if tied else ENCODED_WHY)
                 continue
             pending.append((hit, role, out_axis, in_axis, index))
         for hit, role, out_axis, in_axis, index in pending:

@@ -175,10 +175,13 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     from onnxcomp.graph.weights import find_weights
     from onnxcomp.measure.inspect import subgraph_notes
 
+    from onnxcomp.graph.normalize import fold_weight_transposes
+    from onnxcomp.graph.weights import weight_slots
+
+    fold_weight_transposes(work.proto, weight_slots)  # a weight read through a Transpose: stored transposed
     nested = any(p.nested_weights for _, p in passes)
     if nested:  # the weights If/Loop/Scan bodies store move to the main graph (same meaning)
         from onnxcomp.graph.nested import hoist
-        from onnxcomp.graph.weights import weight_slots
 
         hoist(work.proto, weight_slots)
     left_alone = subgraph_notes(find_weights(work.proto, nested=nested), "values" if nested else "run")

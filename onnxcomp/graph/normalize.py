@@ -1,0 +1,52 @@
+"""Lossless changes of where a weight is stored, made before the passes so that they find it.
+
+- :func:`fold_weight_transposes`: a layer weight read through a ``Transpose`` of an initializer
+  becomes that initializer, stored transposed.
+- :func:`onnxcomp.graph.nested.hoist` (If/Loop/Scan bodies) is the other one.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxcomp.graph.edit import clear_value_info, get_attr
+from onnxcomp.graph.nested import subgraph_inputs
+from onnxcomp.io import tensor_array
+
+
+def fold_weight_transposes(model: onnx.ModelProto, slots) -> int:
+    """Store a layer weight that is read through a Transpose of an initializer (torch's dynamo
+    exporter writes some F.linear weights so) transposed instead, under the initializer's name: the
+    layer reads the same values, the node goes, the bytes stay. Only when that Transpose is the
+    initializer's one reader (a tied embedding, also read by a Gather, stays as it is). ``slots``:
+    a node's weight input slots. Returns how many were folded."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    nested: set[str] = set()
+    for n in g.node:
+        for i in n.input:
+            readers[i].append(n)
+        nested |= subgraph_inputs(n)
+    fixed = {o.name for o in g.output} | {i.name for i in g.input} | nested
+    weights = {n.input[i] for n in g.node for i in slots(n) if i < len(n.input)}
+    folded = 0
+    for node in [n for n in g.node if n.op_type == "Transpose" and n.input and n.input[0] in inits]:
+        src, out = node.input[0], node.output[0]
+        t = inits[src]
+        if len(readers[src]) != 1 or src in fixed or out in fixed or out not in weights or len(t.dims) < 2 \
+                or t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            continue
+        perm = get_attr(node, "perm") or list(range(len(t.dims)))[::-1]
+        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor_array(t).transpose(perm)), src))
+        for reader in readers[out]:
+            for k, name in enumerate(reader.input):
+                if name == out:
+                    reader.input[k] = src
+        g.node.remove(node)
+        clear_value_info(model, {src, out})
+        folded += 1
+    return folded
