@@ -153,15 +153,13 @@ def unsigned_weights(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
     (255 x 127 x 2 > 32767); the u8 x u8 ones do not. False when the layer has no int8 weight."""
     dq = next((n for n in model.graph.node if node.input[1] in n.output), None)
     inits = {t.name: t for t in model.graph.initializer}
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+    if dq is None or dq.op_type != "DequantizeLinear" or not {dq.input[0], dq.input[1]} <= inits.keys():
         return False
     q = numpy_helper.to_array(inits[dq.input[0]])
     if q.dtype != np.int8:
         return False
     set_tensor(model, dq.input[0], (q.astype(np.int16) + 128).astype(np.uint8))
-    channels = q.shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] \
-        if any(a.name == "axis" for a in dq.attribute) else None
-    zero = np.full(channels, 128, np.uint8) if channels is not None else np.uint8(128)
+    zero = np.full(numpy_helper.to_array(inits[dq.input[1]]).shape, 128, np.uint8)  # one per scale
     if len(dq.input) > 2 and dq.input[2] in inits and sum(dq.input[2] in n.input for n in model.graph.node) == 1:
         set_tensor(model, dq.input[2], zero)  # its own zero point (int8 zeros) becomes 128s
     elif len(dq.input) > 2:

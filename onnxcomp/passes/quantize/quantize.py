@@ -127,23 +127,22 @@ class QuantizePass(Pass):
             return
         v = verify.Verifier(reference, ctx.data, ctx.threads)
 
-        def revert(m: onnx.ModelProto, items: list[Solved]) -> onnx.ModelProto:
-            if not items:
-                return m
+        def edited(m: onnx.ModelProto, items: list[Solved], edit) -> onnx.ModelProto:
             copy = onnx.ModelProto()
             copy.CopyFrom(m)
             for s in items:
-                node = next(n for n in copy.graph.node if s.layer.output in n.output)
-                node.CopyFrom(s.node)
-                node.input[0] = walk.origin.get(node.input[0], node.input[0])
+                edit(copy, s, next(n for n in copy.graph.node if s.layer.output in n.output))
             return copy
 
+        def to_float(copy: onnx.ModelProto, s: Solved, node: onnx.NodeProto) -> None:
+            node.CopyFrom(s.node)
+            node.input[0] = walk.origin.get(node.input[0], node.input[0])
+
+        def revert(m: onnx.ModelProto, items: list[Solved]) -> onnx.ModelProto:
+            return edited(m, items, to_float) if items else m
+
         def unsigned(m: onnx.ModelProto, items: list[Solved]) -> onnx.ModelProto:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(m)
-            for s in items:
-                emit.unsigned_weights(copy, next(n for n in copy.graph.node if s.layer.output in n.output))
-            return copy
+            return edited(m, items, lambda copy, s, node: emit.unsigned_weights(copy, node))
 
         # first uint8 weights where the u8 x s8 kernels saturate (emit.unsigned_weights), then float
         moved, check = verify.culprits(model, [s for s in done if s.layer.kind == "qdq"], unsigned, v, cheap=True)
