@@ -220,14 +220,14 @@ def test_a_pruned_model_keeps_its_zeros_and_the_mixed_budget_means_what_uniform_
     """prune then cluster with data: the output-matched targets are dense least-squares maps, but
     every pruned position stays exactly zero (at 4 bits, where no codebook entry sits near zero by
     luck). The mixed allocation then prices options by their sparse encodings:
-    it stores no more than uniform bits at the same budget (a dense count made it 20 % larger)."""
+    it stores no more than uniform bits at the same budget (a dense count made resnet_digits 20 % larger)."""
     import numpy as np
 
     from onnxcomp.graph.weights import find_weights
 
     from onnxcomp.data.calibration import load_data
 
-    source = oc.load(MODELS / "resnet_digits.onnx")
+    source = oc.load(MODELS / "mobilenet_digits.onnx")
     calib = load_data(str(MODELS / "digits_calib.npz"), source.proto, num_samples=32)
     pruned = oc.prune(source, 0.9, data=calib, encoding="dense")
     zeros = {w.name: w.values() == 0 for w in find_weights(pruned.proto)}

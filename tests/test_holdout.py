@@ -8,13 +8,13 @@ from onnxcomp.cli import main
 
 from . import models as M
 
-RESNET = M.MODELS / "resnet_digits.onnx"
+MODEL = M.MODELS / "mobilenet_digits.onnx"
 CALIB = M.MODELS / "digits_calib.npz"
 TEST = M.MODELS / "digits_test.npz"
 
 
 def _run(capsys, *argv):
-    code = main(["prune", str(RESNET), "--sparsity", "0.9", "--json", *argv])
+    code = main(["prune", str(MODEL), "--sparsity", "0.9", "--json", *argv])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -60,6 +60,6 @@ def test_explicit_holdout_takes_the_labels_of_the_held_out_samples(tmp_path, cap
 ])
 def test_bad_holdout_is_refused_in_one_line_before_any_work(tmp_path, capsys, argv, expect):
     out = tmp_path / "x.onnx"
-    assert main(["prune", str(RESNET), "--sparsity", "0.5", *argv, "-o", str(out)]) == 2
+    assert main(["prune", str(MODEL), "--sparsity", "0.5", *argv, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expect in err and not out.exists()

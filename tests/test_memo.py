@@ -29,7 +29,6 @@ def test_a_second_budget_reuses_the_measurement_and_writes_the_same_model(monkey
     fresh = _cluster(2.25, None)
     assert len(calls) == 2 and "measured once" not in " ".join(fresh.result_of("cluster").notes)
     assert serialize(again.proto) == serialize(fresh.proto)
-    _cluster(2.75, memo)  # the next width (3 bits): measured, and both widths are kept
-    _cluster(2.6, memo)
+    _cluster(2.75, memo)  # the next width (3 bits): measured; the one before (2 bits) is kept too
     _cluster(2.4, memo)
     assert len(calls) == 3

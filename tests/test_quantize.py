@@ -311,7 +311,7 @@ def test_recipe_structured_then_quantize_composes():
     from onnxcomp.pipeline import recipe
 
     rec = recipe.make([("structured", {"ratio": 0.5}), ("quantize", {})])
-    out = recipe.apply(RESNET, rec, data=str(CALIB))
+    out = recipe.apply(M.MODELS / "mobilenet_digits.onnx", rec, data=str(CALIB))
     assert [r.pass_name for r in out.results][:2] == ["structured", "quantize"]
     test = np.load(TEST)
     y = _run(out.proto, {"input": test["input"]})[0]

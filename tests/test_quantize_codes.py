@@ -81,14 +81,15 @@ def test_prune_then_int8_keeps_the_zeros_and_stores_them_sparse(tmp_path):
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     opt = onnx.load(str(tmp_path / "opt.onnx"))
     assert [n.op_type for n in opt.graph.node].count("QLinearConv") == 15  # the sparse decoders folded at load
-    dense = oc.replay(RESNET, recipe.make([("prune", {"sparsity": 0.5}), ("quantize", {})], encoding="dense"),
-                      data=data).model.proto
+    inits = {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer}
     kept = 0
-    for t in dense.graph.initializer:
-        base = t.name.split("_bn_int8")[0].replace("_int8", "")
-        if t.data_type == onnx.TensorProto.INT8 and base in zeros and zeros[base].shape == tuple(t.dims):
-            assert (numpy_helper.to_array(t)[zeros[base]] == 0).all(), t.name
-            kept += 1
+    for n in opt.graph.node:  # the integer weights onnxruntime runs: zero where the pruning put zeros
+        if n.op_type == "QLinearConv" and n.input[3] in inits and n.input[5] in inits:
+            w, zero = inits[n.input[3]], inits[n.input[5]].reshape(-1, 1, 1, 1)
+            masks = [m for m in zeros.values() if m.shape == w.shape and m.mean() > 0.05]  # pruned ones
+            if masks:
+                assert any((w == zero)[m].all() for m in masks), n.name
+                kept += 1
     assert kept >= 10
     test = np.load(TEST)
     acc = (sess.run(None, {"input": test["input"]})[0].argmax(1) == test["labels"]).mean()

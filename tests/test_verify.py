@@ -99,11 +99,11 @@ def test_shared_options_parse(original):
 
 
 def test_data_free_pruning_that_breaks_the_model_warns_loudly(tmp_path, capsys):
-    """prune --sparsity 0.9 without data ruins resnet_digits: stderr and the JSON say so (exit 0)."""
+    """prune --sparsity 0.9 without data ruins mobilenet_digits: stderr and the JSON say so (exit 0)."""
     from onnxcomp.cli import main
 
     src = tmp_path / "r.onnx"
-    src.write_bytes((M.MODELS / "resnet_digits.onnx").read_bytes())
+    src.write_bytes((M.MODELS / "mobilenet_digits.onnx").read_bytes())
     assert main(["prune", str(src), "--sparsity", "0.9", "--json"]) == 0
     cap = capsys.readouterr()
     report = json.loads(cap.out)
@@ -178,7 +178,7 @@ def test_gates_warn_when_the_samples_cannot_resolve_the_drop(tmp_path, capsys):
     from onnxcomp.cli import main
 
     src = tmp_path / "r.onnx"
-    src.write_bytes((M.MODELS / "resnet_digits.onnx").read_bytes())
+    src.write_bytes((M.MODELS / "mobilenet_digits.onnx").read_bytes())
     calib = str(M.MODELS / "digits_calib.npz")
     assert main(["cluster", str(src), "--bits", "6", "--data", calib, "--samples", "16", "--max-drop", "0.01"]) == 0
     err = capsys.readouterr().err
