@@ -154,10 +154,13 @@ def test_sensitivity_allocation_spends_a_fractional_budget_and_takes_depthwise()
     import numpy as np
     import onnxruntime as ort
 
+    from onnxcomp.data.calibration import load_data
+
     test = np.load(MODELS / "digits_test.npz")
     src, calib = MODELS / "mobilenet_digits.onnx", MODELS / "digits_calib.npz"
-    measured = oc.cluster(src, 2.5, allocation="sensitivity", data=calib)
-    uniform = oc.cluster(src, 3, data=calib)
+    data = load_data(str(calib), oc.load(src).proto, num_samples=32)
+    measured = oc.cluster(src, 2.5, allocation="sensitivity", data=data)
+    uniform = oc.cluster(src, 3, data=data)
     applied = measured.result.applied
     avg = sum(ch.detail["bits"] * ch.params_before for ch in applied) / sum(ch.params_before for ch in applied)
     assert avg <= 2.5 + 1e-9 and len({ch.detail["bits"] for ch in applied}) > 1

@@ -341,3 +341,68 @@ def test_weight_read_through_a_transpose_is_a_weight(capsys, tmp_path):
     stored = {t.name: numpy_helper.to_array(t) for t in got.graph.initializer}
     assert stored["W"].shape == (16, 24) and np.mean(stored["W"] == 0) >= 0.3  # transposed, pruned (LAMP)
     assert [n.input[0] for n in got.graph.node if n.op_type == "Transpose"] == ["E"]  # the tied table's stays
+
+
+def as_einsum(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``proto`` with its MLP MatMuls written as Einsums: up [in, out] as 'bsi,io->bso', down stored
+    [out, in] as 'bsi,oi->bso' (the same products), and the weights so written."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    inits = {t.name: t for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and "/mlp/" in node.name and node.input[1] in inits:
+            w, eq = inits[node.input[1]], "bsi,io->bso"
+            if "mlp.2" in node.name:
+                w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), w.name))
+                eq = "bsi, oi -> bso"
+            node.CopyFrom(helper.make_node("Einsum", list(node.input), list(node.output), name=node.name, equation=eq))
+            names.append(w.name)
+    return model, names
+
+
+def test_einsum_weights_are_compressed_like_the_matmuls_they_equal():
+    """An Einsum that multiplies by a constant matrix ('bsi,io->bso', as TF and einsum-style
+    attention exports write linear layers) is a weight: prune and cluster give it what they give the
+    MatMul it equals, data statistics included (OBS masks, GPTQ codes); the rewrites leave it alone.
+    Before, no pass saw it ('no prunable weights'). On vit_mha_digits' MLP weights."""
+    import onnxcomp as oc
+    from onnxcomp.data.calibration import load_data
+    from onnxcomp.graph.weights import find_weights
+
+    src = onnx.load(str(M.MODELS / "vit_mha_digits.onnx"))
+    ein, names = as_einsum(src)
+    assert len(names) == 4
+    data = load_data(str(M.MODELS / "digits_calib.npz"), src, num_samples=32)
+    for compress in (lambda m: oc.prune(m, 0.5, data=data, correction="none", encoding="dense"),
+                     lambda m: oc.cluster(m, 4, data=data, correction="none", encoding="dense")):
+        ref, got = ({w.name: w.values() for w in find_weights(compress(m).proto)} for m in (src, ein))
+        for k, name in enumerate(names):
+            a, b = ref[name], got[name] if got[name].shape == ref[name].shape else got[name].T
+            before = next(numpy_helper.to_array(t) for t in src.graph.initializer if t.name == name)
+            assert not np.array_equal(b, before), name  # compressed
+            if k < 2:  # the first block's (the later ones see inputs that moved by float rounding)
+                assert np.array_equal(a, b), name
+    inspect = oc.inspect(ein)
+    assert sum(layer.op == "Einsum" and layer.params > 0 for layer in inspect.layers) == 4
+    assert inspect.total_macs == oc.inspect(src).total_macs
+    rewritten = oc.factorize(ein, ratio=0.5, data=data)
+    kept = {w.name: w.values() for w in find_weights(rewritten.proto)}
+    assert all(np.array_equal(kept[n], numpy_helper.to_array(t)) for t in ein.graph.initializer
+               for n in names if t.name == n)
+
+
+@pytest.mark.parametrize("equation,slots,macs", [
+    ("bsi,io->bso", [(1, 1, 0)], 2 * 3 * 5 * 4), ("bi,oi->bo", [(0, 0, 1), (1, 0, 1)], 2 * 5 * 4),
+    ("io,bi->bo", [(0, 1, 0), (1, 0, 1)], 2 * 5 * 4), ("bhqd,bhkd->bhqk", [], None), ("bshd,hdk->bshk", [], None),
+    ("...i,io->...o", [], None), ("ij,jk", [], None), ("ii,io->io", [], None)])
+def test_einsum_matrix_operands_and_macs(equation, slots, macs):
+    from onnxcomp.graph import einsum
+
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], equation=equation)
+    assert [(i, o, s) for i, _, o, s in einsum.roles(node)] == slots
+    if macs is not None:
+        shapes = {"bsi,io->bso": {"a": (2, 3, 4), "b": (4, 5), "y": (2, 3, 5)},
+                  "bi,oi->bo": {"a": (2, 4), "b": (5, 4), "y": (2, 5)},
+                  "io,bi->bo": {"a": (4, 5), "b": (2, 4), "y": (2, 5)}}[equation]
+        assert einsum.macs(node, shapes) == macs

@@ -11,6 +11,7 @@ import onnx
 from onnx import shape_inference
 
 from onnxcomp.errors import ConfigError
+from onnxcomp.graph import einsum
 
 SKELETON_MIN_ELEMENTS = 64
 
@@ -167,7 +168,7 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple], weight_shape: tupl
         if not _known(out) or not _known(x):
             return None
         return int(np.prod(out, dtype=np.int64)) * {"LSTM": 4, "GRU": 3, "RNN": 1}[op] * (int(x[-1]) + int(out[-1]))
-    return None
+    return einsum.macs(node, shapes) if op == "Einsum" else None
 
 
 def same_pads(in_hw: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],

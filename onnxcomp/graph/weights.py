@@ -13,12 +13,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcomp.graph import einsum
 from onnxcomp.graph.constants import MOVES, Constants, constant_of_shape_value, constant_tensor, load_time_constants
 from onnxcomp.graph.nested import nested_nodes, subgraph_reads
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN")  # and embedding tables, recurrent weights
+WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN", "Einsum")  # and tables, recurrent weights
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                onnx.TensorProto.DOUBLE)
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -40,7 +41,8 @@ class Weight:
 
     ``role`` is one of conv, conv_bias, convtranspose, convtranspose_bias, gemm_b, gemm_a, gemm_c,
     matmul_b, matmul_a, gather_data (an embedding table: its rows are picked by ids, its last axis
-    is the output's channels), rnn_w / rnn_r (LSTM/GRU/RNN input and recurrence weights).
+    is the output's channels), rnn_w / rnn_r (LSTM/GRU/RNN input and recurrence weights), einsum_b
+    (a matrix an Einsum multiplies by, :mod:`onnxcomp.graph.einsum`).
     ``out_axis``/``in_axis`` index the output-channel and reduction axes of the stored tensor (None
     where they do not apply). ``source`` tells where it lives: initializer, constant (a Constant
     node) or constant_of_shape.
@@ -147,7 +149,7 @@ def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]
         return [(0, "gather_data", -1, 0)]
     if op in ("LSTM", "GRU", "RNN"):  # W [directions, gates x hidden, input], R [.., hidden]: a row per gate unit
         return [(1, "rnn_w", 1, 2), (2, "rnn_r", 1, 2)]
-    return []
+    return einsum.roles(node) if op == "Einsum" else []
 
 
 def weight_slots(node: onnx.NodeProto) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnx
 
+from onnxcomp.graph import einsum
 from onnxcomp.graph.weights import Weight, _attr
 
 MAX_CAPTURE_BYTES = 256 << 20
@@ -25,6 +26,8 @@ def _input_of(weight: Weight) -> list[tuple[onnx.NodeProto, str]]:
     for use in weight.uses if not weight.nested else ():  # (a body's tensors cannot be captured)
         if use.role in ("conv", "gemm_b", "matmul_b") and use.node.input[0]:
             out.append((use.node, use.node.input[0]))
+        elif use.role == einsum.ROLE and (x := einsum.activation(use.node, use.index)) is not None:
+            out.append((use.node, x))
         elif use.role == "gather_data" and len(use.node.input) > 1 and use.node.input[1]:
             out.append((use.node, use.node.input[1]))  # the ids: how often each row is read
     return out if len(out) == len(weight.uses) else []
@@ -80,10 +83,10 @@ def _stat(weight: Weight, node: onnx.NodeProto, x: np.ndarray) -> np.ndarray | N
         ids = np.where(ids < 0, ids + rows, ids)
         counts = np.bincount(ids[(ids >= 0) & (ids < rows)], minlength=rows).astype(np.float64)
         return counts.reshape([rows] + [1] * (len(weight.shape) - 1))
-    if weight.role == "matmul_b":
+    if weight.role in ("matmul_b", einsum.ROLE):
         s = (x.astype(np.float64) ** 2).reshape(-1, x.shape[-1]).sum(axis=0)
         shape = [1] * len(weight.shape)
-        shape[-2] = s.size
+        shape[-2 if weight.role == "matmul_b" else weight.in_axis] = s.size
         return s.reshape(shape)
     return None
 

@@ -11,7 +11,7 @@ from onnxcomp.graph.shapes import node_macs
 from onnxcomp.graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights
 from onnxcomp.io import stored_size
 
-LAYER_OPS = COMPUTE_OPS + ("LSTM", "GRU", "RNN")  # layers with weights: MACs and params per node
+LAYER_OPS = COMPUTE_OPS + ("LSTM", "GRU", "RNN", "Einsum")  # layers with weights: MACs and params per node
 
 
 @dataclass
@@ -224,8 +224,8 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
                      f"{unknown[0]}); pass --input-shape NAME=DIMS")
     if not found.weights:
         notes.append("no weights found: nothing " + ("in the main graph " if any(
-            "subgraph" in why for why in found.skipped.values()) else "") + "feeds Conv/ConvTranspose/Gemm/MatMul "
-                     "from a constant")
+            "subgraph" in why for why in found.skipped.values()) else "") +
+                     "feeds Conv/ConvTranspose/Gemm/MatMul/Einsum from a constant")
     notes += subgraph_notes(found, "inspect")
     storage: dict[str, int] = {}
     for w in found:

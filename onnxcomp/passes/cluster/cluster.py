@@ -75,7 +75,7 @@ class ClusterPass(Pass):
             missing = len(weights) - len(plan.importance)
             plan.notes.append(f"k-means weighted by calibration importance (E[x^2] per input) on "
                               f"{len(plan.importance)} weight(s)" + (f"; {missing} unweighted" if missing else ""))
-        elif ctx.data is not None:
+        elif ctx.data is not None and not ctx.has_real_data:
             plan.notes.append("random data: k-means unweighted (no calibration importance)")
         if cfg.allocation == "uniform":
             plan.bits = {w.name: cfg.budget_bits for w in weights}

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.encode.tables import Layout
+from onnxcomp.graph import einsum
 from onnxcomp.graph.weights import Weight
 from onnxcomp.algo.obs import prune_obs
 from onnxcomp.measure.patchstats import collect_covariances
@@ -56,6 +57,8 @@ def request(w: Weight) -> StatsRequest | None:
     if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
         trans_a = any(a.name == "transA" and a.i for a in node.attribute) if w.role == "gemm_b" else False
         return StatsRequest(w.name, node.input[0], "matrix", transposed=trans_a)
+    if w.role == einsum.ROLE and (x := einsum.activation(node, w.uses[0].index)) is not None:
+        return StatsRequest(w.name, x, "matrix")  # bsi,io->bso: a MatMul by the weight
     return None
 
 

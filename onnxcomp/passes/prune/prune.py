@@ -30,7 +30,8 @@ from onnxcomp.graph.reach import output_layers
 from onnxcomp.graph.weights import Weight, find_weights, set_weight
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches, skip
 
-PRUNABLE_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a", "gather_data", "rnn_w", "rnn_r")
+PRUNABLE_ROLES = ("conv", "convtranspose", "gemm_b", "gemm_a", "matmul_b", "matmul_a", "gather_data", "rnn_w", "rnn_r",
+                  "einsum_b")
 SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
@@ -57,7 +58,9 @@ def select(weights, cfg, *, single_role: bool = True,
     for w in weights:
         if w.is_bias:
             continue
-        if set(w.roles) - set(PRUNABLE_ROLES) or (single_role and len(w.roles) > 1):
+        if set(w.roles) - set(PRUNABLE_ROLES):
+            skipped.append(skip(w, f"no pass prunes or clusters a {'/'.join(w.roles)} operand"))
+        elif single_role and len(w.roles) > 1:
             skipped.append(skip(w, f"used in several roles ({', '.join(w.roles)})"))
         elif (why := matches(w, cfg.include, cfg.exclude)) is not None:
             skipped.append(skip(w, why))

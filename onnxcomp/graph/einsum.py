@@ -1,0 +1,82 @@
+"""A constant operand of a two-input Einsum that acts as a matrix weight.
+
+``bi,io->bo`` (or ``bsi,oi->bso``, ...) multiplies the activations by a [in, out] (or [out, in])
+matrix: one subscript of the constant is summed over against the other operand (its reduction
+axis), the other one is kept in the output (its output channels). Such an operand is a weight to
+the passes that change values only (prune, cluster); every other Einsum operand is not a weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+ROLE = "einsum_b"
+
+
+def _equation(node: onnx.NodeProto) -> str:
+    for a in node.attribute:
+        if a.name == "equation":
+            return (a.s.decode() if isinstance(a.s, bytes) else str(a.s)).replace(" ", "")
+    return ""
+
+
+def roles(node: onnx.NodeProto) -> list[tuple[int, str, int, int]]:
+    """(input index, role, out_axis, in_axis) of each operand of ``node`` that is a matrix weight
+    by its equation: two operands, an explicit output, no ellipsis, no repeated subscript; the
+    operand has two subscripts, one summed against the other operand and one kept in the output."""
+    eq = _equation(node)
+    if len(node.input) != 2 or "->" not in eq or "." in eq:
+        return []
+    lhs, out = eq.split("->")
+    terms = lhs.split(",")
+    if len(terms) != 2 or any(len(set(t)) != len(t) for t in (*terms, out)):
+        return []
+    found = []
+    for index, (mine, other) in enumerate((terms, terms[::-1])):
+        if len(mine) != 2:
+            continue
+        summed = [i for i, s in enumerate(mine) if s in other and s not in out]
+        kept = [i for i, s in enumerate(mine) if s not in other and s in out]
+        if len(summed) == 1 and len(kept) == 1:
+            found.append((index, ROLE, kept[0], summed[0]))
+    return found
+
+
+def activation(node: onnx.NodeProto, index: int) -> str | None:
+    """The other operand of a matrix weight in slot ``index`` when the product is a MatMul over its
+    last axis (``bsi,io->bso``): the input its statistics are taken on; None otherwise."""
+    if not any(i == index for i, *_ in roles(node)):
+        return None
+    terms = _equation(node).split("->")[0].split(",")
+    mine, other = terms[index], terms[1 - index]
+    summed = next(s for s in mine if s in other)
+    return node.input[1 - index] if other.endswith(summed) and node.input[1 - index] else None
+
+
+def _sizes(term: str, shape: tuple) -> dict[str, int]:
+    pre, _, post = term.partition("...")
+    if "..." not in term and len(term) != len(shape) or len(pre) + len(post) > len(shape):
+        return {}
+    return {**dict(zip(pre, shape)), **dict(zip(post, shape[len(shape) - len(post):]))}
+
+
+def macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int | None:
+    """Multiply-accumulates: each output element sums over the subscripts missing from the output
+    (None when the equation has no explicit output or a shape is unknown)."""
+    eq = _equation(node)
+    out = shapes.get(node.output[0]) if node.output else None
+    if "->" not in eq or out is None or not all(isinstance(d, int) and d > 0 for d in out):
+        return None
+    lhs, right = eq.split("->")
+    sizes: dict[str, int] = {}
+    for term, name in zip(lhs.split(","), node.input):
+        shape = shapes.get(name)
+        if shape is not None and all(isinstance(d, int) and d > 0 for d in shape):
+            sizes.update(_sizes(term, tuple(shape)))
+    summed = {s for s in lhs.replace("...", "").replace(",", "") if s not in right}
+    if not summed <= sizes.keys():
+        return None
+    total = 1
+    for s in summed:
+        total *= sizes[s]
+    return int(np.prod(out, dtype=np.int64)) * total
