@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 ROLE = "einsum_b"
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def _equation(node: onnx.NodeProto) -> str:
@@ -80,3 +81,17 @@ def macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int | None:
     for s in summed:
         total *= sizes[s]
     return int(np.prod(out, dtype=np.int64)) * total
+
+
+def note_operands(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str, str]) -> None:
+    """A skip reason for each constant float operand (2+ dims) of an Einsum that is not a matrix
+    weight (``bshd,hdk->bshk``): no pass changes it, and the user is told so."""
+    for node in graph.node:
+        if node.op_type != "Einsum":
+            continue
+        slots = {i for i, *_ in roles(node)}
+        for index, name in enumerate(node.input):
+            hit = consts.resolve(name) if name and index not in slots else None
+            if hit is not None and hit[0] not in found and len(hit[3]) >= 2 and hit[4] in FLOATS:
+                skipped.setdefault(hit[0], f"an Einsum operand ({_equation(node)}) that is not one matrix "
+                                           "product; left alone")

@@ -20,8 +20,7 @@ from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN", "Einsum")  # and tables, recurrent weights
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-               onnx.TensorProto.DOUBLE)
+FLOAT_TYPES = einsum.FLOATS
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
              "DynamicQuantizeLinear", "QGemm")
 
@@ -225,6 +224,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
                 in_axis=None if in_axis is None else in_axis % rank,
                 group=int(_attr(node, "group", 1)) if node.op_type in ("Conv", "ConvTranspose") else 1,
                 uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored), nested=bool(local))
+    einsum.note_operands(graph, consts, found, report.skipped)
     quantized = set(report.quantized)
     outer, inner = subgraph_reads(graph)
     outer = set() if nested else outer
@@ -271,7 +271,6 @@ def set_weight(model: onnx.ModelProto, weight: Weight, values: np.ndarray) -> No
         graph.node.remove(node)
         graph.initializer.append(tensor)
         weight.source, weight.holder = "initializer", graph.initializer[-1]
-    # Identity / Reshape chains between storage and use stay; values flow through them unchanged
 
 
 def _write_raw(holder: onnx.TensorProto, values: np.ndarray) -> None:

@@ -82,13 +82,16 @@ SUBGRAPH_VERDICTS = {
 
 def subgraph_notes(found, verdict: str = "run") -> list[str]:
     """Notes naming the weights a command leaves alone: those If/Loop/Scan subgraphs hold or read
-    (``verdict``: who leaves them, see SUBGRAPH_VERDICTS), and those already stored behind a decoder."""
+    (``verdict``: who leaves them, see SUBGRAPH_VERDICTS), those already stored behind a decoder, and
+    Einsum operands that are not one matrix product."""
     notes = []
     for pick, what, hint in (
             (lambda why: "subgraph" in why, "inside or read by If/Loop/Scan subgraphs " + SUBGRAPH_VERDICTS[verdict],
              ""),
             (lambda why: why == ENCODED_WHY, "are already compressed (a decoder computes them at load) and left "
-             "alone by every pass", "; to compress further, start from the original model")):
+             "alone by every pass", "; to compress further, start from the original model"),
+            (lambda why: why.startswith("an Einsum operand"), "are Einsum operands that are not one matrix "
+             "product (every pass leaves them alone)", "")):
         names = [n for n, why in found.skipped.items() if pick(why)]
         if names:
             more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
@@ -225,7 +228,7 @@ def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     if not found.weights:
         notes.append("no weights found: nothing " + ("in the main graph " if any(
             "subgraph" in why for why in found.skipped.values()) else "") +
-                     "feeds Conv/ConvTranspose/Gemm/MatMul/Einsum from a constant")
+                     "feeds Conv/ConvTranspose/Gemm/MatMul (or an Einsum's matrix product) from a constant")
     notes += subgraph_notes(found, "inspect")
     storage: dict[str, int] = {}
     for w in found:
