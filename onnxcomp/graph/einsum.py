@@ -1,9 +1,9 @@
 """A constant operand of a two-input Einsum that acts as a matrix weight.
 
-``bi,io->bo`` (or ``bsi,oi->bso``, ...) multiplies the activations by a [in, out] (or [out, in])
-matrix: one subscript of the constant is summed over against the other operand (its reduction
-axis), the other one is kept in the output (its output channels). Such an operand is a weight to
-the passes that change values only (prune, cluster); every other Einsum operand is not a weight.
+``bi,io->bo`` (or ``bsi,oi->bso``, ``bsd,dnh->bsnh``, per head ``bhld,hde->bhle``) multiplies the
+activations by a matrix: some subscripts of the constant are summed over against the other operand
+(its reduction), others are kept in the output (its output channels). Such an operand is a weight
+to the passes that change values only (prune, cluster); other Einsum operands are not weights.
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def _equation(node: onnx.NodeProto) -> str:
 
 def roles(node: onnx.NodeProto) -> list[tuple[int, str, int, int]]:
     """(input index, role, out_axis, in_axis) of each operand of ``node`` that is a matrix weight
-    by its equation: two operands, an explicit output, no ellipsis, no repeated subscript; the
-    operand has two subscripts, one summed against the other operand and one kept in the output."""
+    by its equation: two operands, an explicit output, no ellipsis, no repeated subscript; each of
+    the operand's subscripts is summed against the other operand (the reduction: ``in_axis`` the
+    last), kept in the output (the output channels: ``out_axis`` the first), or shared by both and
+    the output (a matrix per head: 'bhld,hde->bhle'); at least one summed and one kept."""
     eq = _equation(node)
     if len(node.input) != 2 or "->" not in eq or "." in eq:
         return []
@@ -34,12 +36,11 @@ def roles(node: onnx.NodeProto) -> list[tuple[int, str, int, int]]:
         return []
     found = []
     for index, (mine, other) in enumerate((terms, terms[::-1])):
-        if len(mine) != 2:
-            continue
         summed = [i for i, s in enumerate(mine) if s in other and s not in out]
         kept = [i for i, s in enumerate(mine) if s not in other and s in out]
-        if len(summed) == 1 and len(kept) == 1:
-            found.append((index, ROLE, kept[0], summed[0]))
+        batch = [s for s in mine if s in other and s in out]  # one matrix per value, e.g. per head
+        if summed and kept and len(summed) + len(kept) + len(batch) == len(mine):
+            found.append((index, ROLE, kept[0], summed[-1]))
     return found
 
 
@@ -50,6 +51,8 @@ def activation(node: onnx.NodeProto, index: int) -> str | None:
         return None
     terms = _equation(node).split("->")[0].split(",")
     mine, other = terms[index], terms[1 - index]
+    if len(mine) != 2:
+        return None  # per-head matrices or several summed axes: no statistics of one input matrix here
     summed = next(s for s in mine if s in other)
     return node.input[1 - index] if other.endswith(summed) and node.input[1 - index] else None
 
