@@ -422,3 +422,13 @@ def test_an_einsum_operand_that_is_no_matrix_product_is_named(capsys, tmp_path):
                                   "-o", str(tmp_path / "o.onnx")])
     assert code == 0 and "Einsum operands that are not one matrix product (every pass leaves them alone): W" in out
     assert "1.02 k MACs per sample" in run(capsys, ["inspect", str(src)])[1]  # 8 outputs x 16 x 8 summed
+
+
+@pytest.mark.parametrize("equation,x", [("bsi,io->bso", "a"), ("bsi,oi->bso", "a"), ("bis,io->bso", None),
+                                        ("bsi,io->bo", None), ("bhld,hde->bhle", None)])
+def test_einsum_statistics_only_where_it_is_one_matmul(equation, x):
+    """OBS/GPTQ statistics are taken on the other operand only where the product is a MatMul of its
+    rows: summed over its last axis, nothing else summed (bsi,io->bo sums the rows first)."""
+    from onnxcomp.graph import einsum
+
+    assert einsum.activation(helper.make_node("Einsum", ["a", "W"], ["y"], equation=equation), 1) == x

@@ -10,6 +10,7 @@ from onnxcomp.io import tensor_array
 
 
 MOVES = ("Slice", "Concat", "Split", "Transpose", "Unsqueeze", "Squeeze", "Reshape", "Identity")
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:

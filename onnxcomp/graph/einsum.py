@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxcomp.graph.constants import FLOAT_TYPES
+
 ROLE = "einsum_b"
-FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def _equation(node: onnx.NodeProto) -> str:
@@ -53,8 +54,9 @@ def activation(node: onnx.NodeProto, index: int) -> str | None:
     mine, other = terms[index], terms[1 - index]
     if len(mine) != 2:
         return None  # per-head matrices or several summed axes: no statistics of one input matrix here
-    summed = next(s for s in mine if s in other)
-    return node.input[1 - index] if other.endswith(summed) and node.input[1 - index] else None
+    summed, out = next(s for s in mine if s in other), _equation(node).split("->")[1]
+    rows = all(s in out for s in other if s != summed)  # each of its vectors is one product, none summed
+    return node.input[1 - index] if rows and other.endswith(summed) and node.input[1 - index] else None
 
 
 def _sizes(term: str, shape: tuple) -> dict[str, int]:
@@ -88,13 +90,13 @@ def macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int | None:
 
 def note_operands(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str, str]) -> None:
     """A skip reason for each constant float operand (2+ dims) of an Einsum that is not a matrix
-    weight (``bshd,hdk->bshk``): no pass changes it, and the user is told so."""
+    weight (``bsd,dk->bs``: k summed on its own): no pass changes it, and the user is told so."""
     for node in graph.node:
         if node.op_type != "Einsum":
             continue
         slots = {i for i, *_ in roles(node)}
         for index, name in enumerate(node.input):
             hit = consts.resolve(name) if name and index not in slots else None
-            if hit is not None and hit[0] not in found and len(hit[3]) >= 2 and hit[4] in FLOATS:
+            if hit is not None and hit[0] not in found and len(hit[3]) >= 2 and hit[4] in FLOAT_TYPES:
                 skipped.setdefault(hit[0], f"an Einsum operand ({_equation(node)}) that is not one matrix "
                                            "product; left alone")

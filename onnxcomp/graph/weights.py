@@ -14,13 +14,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.graph import einsum
-from onnxcomp.graph.constants import MOVES, Constants, constant_of_shape_value, constant_tensor, load_time_constants
+from onnxcomp.graph.constants import (FLOAT_TYPES, MOVES, Constants, constant_of_shape_value, constant_tensor,
+                                      load_time_constants)
 from onnxcomp.graph.nested import nested_nodes, subgraph_reads
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN", "Einsum")  # and tables, recurrent weights
-FLOAT_TYPES = einsum.FLOATS
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
              "DynamicQuantizeLinear", "QGemm")
 
