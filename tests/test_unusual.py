@@ -247,25 +247,6 @@ def test_depthwise_convtranspose_is_left_alone_like_a_depthwise_conv(capsys, tmp
     assert np.mean(after["w0"] == 0) >= 0.45
 
 
-def test_convtranspose_kmeans_importance_is_its_inputs_energy_per_channel():
-    """The cluster pass weights a ConvTranspose kernel's k-means by what each weight multiplies, as
-    a Conv's: W[ci, co, a, b] meets every element of input channel ci once (no pads crop here), so
-    its importance is that channel's sum of squares (before, its k-means ran unweighted)."""
-    from onnxcomp.graph.subgraph import expose
-    from onnxcomp.graph.weights import find_weights
-    from onnxcomp.measure.hessian import importance
-
-    model = grouped_convtranspose()
-    x = M.rng(4).normal(size=(8, 3, 6, 6)).astype(np.float32)
-    sess = ort.InferenceSession(expose(model, ["h"]).SerializeToString(), providers=["CPUExecutionProvider"])
-    h = sess.run(["h"], {"x": x})[0].astype(np.float64)
-    wt = find_weights(model).by_name()["wt"]
-    got = importance(model, [wt], [{"x": x}])["wt"]
-    energy = (h ** 2).sum(axis=(0, 2, 3))
-    assert got.shape == wt.shape and np.allclose(got[:, 0, 0, 0], energy / energy.mean(), rtol=1e-4)
-    assert np.ptp(got[0]) == 0  # one value per input channel
-
-
 @pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"],
                                   ["cluster", "--bits", "3", "--min-params", "1"],
                                   ["auto", "--target-size", "0.7", "--max-drop", "1"]])

@@ -24,7 +24,7 @@ def _input_of(weight: Weight) -> list[tuple[onnx.NodeProto, str]]:
     """(node, activation input) per use where the weight is the right-hand operand."""
     out = []
     for use in weight.uses if not weight.nested else ():  # (a body's tensors cannot be captured)
-        if use.role in ("conv", "convtranspose", "gemm_b", "matmul_b") and use.node.input[0]:
+        if use.role in ("conv", "gemm_b", "matmul_b") and use.node.input[0]:
             out.append((use.node, use.node.input[0]))
         elif use.role == einsum.ROLE and (x := einsum.activation(use.node, use.index)) is not None:
             out.append((use.node, x))
@@ -73,12 +73,6 @@ def _stat(weight: Weight, node: onnx.NodeProto, x: np.ndarray) -> np.ndarray | N
             return None
         per = stat.reshape(group, stat.shape[0] // group, *stat.shape[1:])  # [g, cin/g, *k]
         return np.repeat(per, weight.shape[0] // group, axis=0)  # [cout, cin/g, *k]
-    if weight.role == "convtranspose":  # W[ci, co, *k] meets every element of channel ci once per
-        # output it spreads to (pads crop a border of them: not counted)
-        if x.ndim != len(weight.shape) or x.shape[1] != weight.shape[0]:
-            return None
-        s = (x.astype(np.float64) ** 2).sum(axis=tuple(i for i in range(x.ndim) if i != 1))
-        return s.reshape([-1] + [1] * (len(weight.shape) - 1))
     if weight.role == "gemm_b":
         xa = x.T if _attr(node, "transA", 0) else x
         s = (xa.astype(np.float64) ** 2).sum(axis=0)
