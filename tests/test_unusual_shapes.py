@@ -398,7 +398,7 @@ def test_einsum_weights_are_compressed_like_the_matmuls_they_equal():
     ("io,bi->bo", [(0, 1, 0), (1, 0, 1)], 2 * 5 * 4), ("bhqd,bhkd->bhqk", [(0, 2, 3), (1, 2, 3)], None),
     ("bshd,hdk->bshk", [(0, 0, 3), (1, 2, 1)], None), ("bsnh,nhd->bsd", [(0, 0, 3), (1, 2, 1)], None),
     ("bsd,dnh->bsnh", [(0, 0, 2), (1, 1, 0)], None), ("bsd,dk->bs", [(0, 0, 2)], None),
-    ("...i,io->...o", [], None), ("ij,jk", [], None), ("ii,io->io", [], None)])
+    ("...i,io->...o", [], 2 * 3 * 5 * 4), ("ij,jk", [], 2 * 5 * 4), ("ii,io->io", [], None)])
 def test_einsum_matrix_operands_and_macs(equation, slots, macs):
     from onnxcomp.graph import einsum
 
@@ -407,7 +407,9 @@ def test_einsum_matrix_operands_and_macs(equation, slots, macs):
     if macs is not None:
         shapes = {"bsi,io->bso": {"a": (2, 3, 4), "b": (4, 5), "y": (2, 3, 5)},
                   "bi,oi->bo": {"a": (2, 4), "b": (5, 4), "y": (2, 5)},
-                  "io,bi->bo": {"a": (4, 5), "b": (2, 4), "y": (2, 5)}}[equation]
+                  "io,bi->bo": {"a": (4, 5), "b": (2, 4), "y": (2, 5)},
+                  "...i,io->...o": {"a": (2, 3, 4), "b": (4, 5), "y": (2, 3, 5)},
+                  "ij,jk": {"a": (2, 4), "b": (4, 5), "y": (2, 5)}}[equation]
         assert einsum.macs(node, shapes) == macs
 
 

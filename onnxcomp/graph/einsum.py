@@ -68,12 +68,17 @@ def _sizes(term: str, shape: tuple) -> dict[str, int]:
 
 def macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int | None:
     """Multiply-accumulates: each output element sums over the subscripts missing from the output
-    (None when the equation has no explicit output or a shape is unknown)."""
+    (None when a shape is unknown)."""
+    if len(node.input) < 2:
+        return 0  # a transpose, trace or sum of one operand: no products
     eq = _equation(node)
     out = shapes.get(node.output[0]) if node.output else None
-    if "->" not in eq or out is None or not all(isinstance(d, int) and d > 0 for d in out):
+    if not eq or out is None or not all(isinstance(d, int) and d > 0 for d in out):
         return None
-    lhs, right = eq.split("->")
+    lhs, _, right = eq.partition("->")
+    if "->" not in eq:  # implicit output: the subscripts that appear once
+        letters = lhs.replace("...", "").replace(",", "")
+        right = "".join(sorted(s for s in set(letters) if letters.count(s) == 1))
     sizes: dict[str, int] = {}
     for term, name in zip(lhs.split(","), node.input):
         shape = shapes.get(name)
