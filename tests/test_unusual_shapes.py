@@ -361,36 +361,46 @@ def as_einsum(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     return model, names
 
 
-def test_einsum_weights_are_compressed_like_the_matmuls_they_equal():
-    """An Einsum that multiplies by a constant matrix ('bsi,io->bso', as TF and einsum-style
-    attention exports write linear layers) is a weight: prune and cluster give it what they give the
-    MatMul it equals, data statistics included (OBS masks, GPTQ codes); the rewrites leave it alone.
-    Before, no pass saw it ('no prunable weights'). On vit_mha_digits' MLP weights."""
+def test_an_einsum_that_is_a_matmul_is_compressed_as_that_matmul():
+    """An Einsum that multiplies by a matrix ('bsi,io->bso', or 'bsi,oi->bso' stored [out, in]; TF
+    and einsum-style exports write linear layers so) becomes that MatMul before the passes: every
+    command, the rewrites and quantize too, writes what it writes for the MatMul model. Before, no
+    pass saw its weight ('no prunable weights'). On vit_mha_digits with its MLP as Einsums."""
     import onnxcomp as oc
     from onnxcomp.data.calibration import load_data
-    from onnxcomp.graph.weights import find_weights
 
     src = onnx.load(str(M.MODELS / "vit_mha_digits.onnx"))
     ein, names = as_einsum(src)
     assert len(names) == 4
-    data = load_data(str(M.MODELS / "digits_calib.npz"), src, num_samples=32)
-    for compress in (lambda m: oc.prune(m, 0.5, data=data, correction="none", encoding="dense"),
-                     lambda m: oc.cluster(m, 4, data=data, correction="none", encoding="dense")):
-        ref, got = ({w.name: w.values() for w in find_weights(compress(m).proto)} for m in (src, ein))
-        for k, name in enumerate(names):
-            a, b = ref[name], got[name] if got[name].shape == ref[name].shape else got[name].T
-            before = next(numpy_helper.to_array(t) for t in src.graph.initializer if t.name == name)
-            assert not np.array_equal(b, before), name  # compressed
-            if k < 2:  # the first block's (the later ones see inputs that moved by float rounding)
-                assert np.array_equal(a, b), name
-    inspect = oc.inspect(ein)
+    inspect = oc.inspect(ein)  # the Einsum model as it is: its layers, params and MACs
     assert sum(layer.op == "Einsum" and layer.params > 0 for layer in inspect.layers) == 4
     assert inspect.total_macs == oc.inspect(src).total_macs
-    rewritten = oc.factorize(ein, ratio=0.5)
-    assert len(rewritten.results[0].applied) == 4  # the attention projections, not the Einsums
-    kept = {w.name: w.values() for w in find_weights(rewritten.proto)}
-    assert all(np.array_equal(kept[n], numpy_helper.to_array(t)) for t in ein.graph.initializer
-               for n in names if t.name == n)
+    data = load_data(str(M.MODELS / "digits_calib.npz"), src, num_samples=32)
+    for compress in (lambda m: oc.prune(m, 0.5, data=data, encoding="dense"), lambda m: oc.factorize(m, ratio=0.5)):
+        ref, got = (compress(m).proto for m in (src, ein))
+        assert not any(n.op_type == "Einsum" for n in got.graph.node)
+        stored = {t.name: numpy_helper.to_array(t) for t in got.graph.initializer}
+        assert all(np.array_equal(numpy_helper.to_array(t), stored[t.name]) for t in ref.graph.initializer)
+
+
+def test_an_einsum_matrix_per_head_is_pruned_and_clustered(capsys, tmp_path):
+    """A matrix per head ('bhld,hde->bhle': no single MatMul) is a weight to the passes that change
+    values only: pruned and clustered (magnitude masks, plain k-means), the rewrites leave it."""
+    r = M.rng(8)
+    w = r.normal(0, 0.3, (4, 16, 24)).astype(np.float32)
+    model = M.make([helper.make_node("Einsum", ["x", "W"], ["y"], equation="bhld,hde->bhle")],
+                   [M.vi("x", ["N", 4, 8, 16])], [M.vi("y", ["N", 4, 8, 24])], [M.init("W", w)])
+    src = M.save(model, tmp_path / "m.onnx")
+    dense = ["--encoding", "dense"]
+    for argv, check in ((["prune", "--sparsity", "0.5", *dense], lambda v: 0.45 <= np.mean(v == 0) <= 0.55),
+                        (["cluster", "--bits", "3", *dense], lambda v: max(len(np.unique(c)) for c in v.transpose(2, 0, 1)
+                                                                           .reshape(24, -1)) <= 8),
+                        (["factorize", "--ratio", "0.5"], lambda v: np.array_equal(v, w))):
+        out = tmp_path / f"{argv[0]}.onnx"
+        code, _, err = run(capsys, [argv[0], str(src), *argv[1:], "--min-params", "1", "-o", str(out)])
+        assert code == 0, err
+        got = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+        assert check(got["W"]), argv
 
 
 @pytest.mark.parametrize("equation,slots,macs", [  # (slot, out_axis, in_axis): either operand may be the constant
@@ -434,3 +444,29 @@ def test_einsum_statistics_only_where_it_is_one_matmul(equation, x):
     from onnxcomp.graph import einsum
 
     assert einsum.activation(helper.make_node("Einsum", ["a", "W"], ["y"], equation=equation), 1) == x
+
+
+@pytest.mark.parametrize("equation,swap,becomes", [
+    ("bsi,io->bso", False, True), ("bsi,oi->bso", False, True), ("io,bsi->bso", True, True),
+    ("...i,io->...o", False, True), ("bsi,io->bos", False, False), ("bsi,io->bo", False, False)])
+def test_einsum_matmuls_rewrites_only_true_matmuls(equation, swap, becomes):
+    from onnxcomp.graph.normalize import einsum_matmuls
+
+    r = M.rng(2)
+    w = r.normal(size=(6, 5) if "oi" in equation else (5, 6)).astype(np.float32)
+    inputs = ["W", "x"] if swap else ["x", "W"]
+    out_shape = {"bsi,io->bos": ["N", 6, 3], "bsi,io->bo": ["N", 6]}.get(equation, ["N", 3, 6])
+    model = M.make([helper.make_node("Einsum", inputs, ["y"], equation=equation)], [M.vi("x", ["N", 3, 5])],
+                   [M.vi("y", out_shape)], [M.init("W", w)])
+    x = r.normal(size=(2, 3, 5)).astype(np.float32)
+    before = run_model(model, x)
+    assert einsum_matmuls(model) == int(becomes)
+    assert [n.op_type for n in model.graph.node] == ["MatMul" if becomes else "Einsum"]
+    onnx.checker.check_model(model, full_check=True)
+    assert np.allclose(run_model(model, x), before, rtol=1e-5, atol=1e-6)
+
+
+def run_model(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

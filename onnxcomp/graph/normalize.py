@@ -2,6 +2,7 @@
 
 - :func:`fold_weight_transposes`: a layer weight read through a ``Transpose`` of an initializer
   becomes that initializer, stored transposed.
+- :func:`einsum_matmuls`: an Einsum that is a MatMul by a matrix initializer becomes that MatMul.
 - :func:`onnxcomp.graph.nested.hoist` (If/Loop/Scan bodies) is the other one.
 """
 from __future__ import annotations
@@ -50,3 +51,43 @@ def fold_weight_transposes(model: onnx.ModelProto, slots) -> int:
         clear_value_info(model, {src, out})
         folded += 1
     return folded
+
+
+def einsum_matmuls(model: onnx.ModelProto) -> int:
+    """An Einsum that is a MatMul by a matrix initializer ('bsi,io->bso', or 'bsi,oi->bso' with the
+    matrix stored transposed) becomes that MatMul, so every pass (the rewrites and quantize too)
+    and the correction treat it as one: the same products, summed as onnxruntime's MatMul sums them.
+    Only when this node is the matrix's one reader. Returns how many were rewritten."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, int] = defaultdict(int)
+    nested: set[str] = set()
+    for n in g.node:
+        for i in n.input:
+            readers[i] += 1
+        nested |= subgraph_inputs(n)
+    fixed = {o.name for o in g.output} | {i.name for i in g.input} | nested
+    done = 0
+    for node in [n for n in g.node if n.op_type == "Einsum" and len(n.input) == 2]:
+        eq = get_attr(node, "equation") or b""
+        eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+        if "->" not in eq or eq.count(",") != 1:
+            continue
+        (a, b), y = eq.split("->")[0].split(","), eq.split("->")[1]
+        for k, (x, w) in enumerate(((a, b), (b, a))):
+            name = node.input[1 - k]
+            t = inits.get(name)
+            if t is None or len(t.dims) != 2 or len(w) != 2 or readers[name] != 1 or name in fixed \
+                    or t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+                continue
+            i, o = (w[0], w[1]) if x.endswith(w[0]) else (w[1], w[0])
+            letters = x.replace("...", "")
+            if not x.endswith(i) or i == o or o in x or y != x[:-1] + o or len(set(letters)) != len(letters):
+                continue
+            if w != i + o:  # stored [out, in]: the MatMul reads [in, out]
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(tensor_array(t).T), name))
+            node.CopyFrom(onnx.helper.make_node("MatMul", [node.input[k], name], list(node.output), name=node.name))
+            clear_value_info(model, {name})
+            done += 1
+            break
+    return done

@@ -175,10 +175,11 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     from onnxcomp.graph.weights import find_weights
     from onnxcomp.measure.inspect import subgraph_notes
 
-    from onnxcomp.graph.normalize import fold_weight_transposes
+    from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes
     from onnxcomp.graph.weights import weight_slots
 
     fold_weight_transposes(work.proto, weight_slots)  # a weight read through a Transpose: stored transposed
+    einsum_matmuls(work.proto)  # an Einsum that is a MatMul by a matrix: that MatMul
     nested = any(p.nested_weights for _, p in passes)
     if nested:  # the weights If/Loop/Scan bodies store move to the main graph (same meaning)
         from onnxcomp.graph.nested import hoist
