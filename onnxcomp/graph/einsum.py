@@ -15,7 +15,8 @@ from onnxcomp.graph.constants import FLOAT_TYPES
 ROLE = "einsum_b"
 
 
-def _equation(node: onnx.NodeProto) -> str:
+def equation(node: onnx.NodeProto) -> str:
+    """The node's equation, spaces removed ('' when it has none)."""
     for a in node.attribute:
         if a.name == "equation":
             return (a.s.decode() if isinstance(a.s, bytes) else str(a.s)).replace(" ", "")
@@ -28,7 +29,7 @@ def roles(node: onnx.NodeProto) -> list[tuple[int, str, int, int]]:
     the operand's subscripts is summed against the other operand (the reduction: ``in_axis`` the
     last), kept in the output (the output channels: ``out_axis`` the first), or shared by both and
     the output (a matrix per head: 'bhld,hde->bhle'); at least one summed and one kept."""
-    eq = _equation(node)
+    eq = equation(node)
     if len(node.input) != 2 or "->" not in eq or "." in eq:
         return []
     lhs, out = eq.split("->")
@@ -50,11 +51,11 @@ def activation(node: onnx.NodeProto, index: int) -> str | None:
     last axis (``bsi,io->bso``): the input its statistics are taken on; None otherwise."""
     if not any(i == index for i, *_ in roles(node)):
         return None
-    terms = _equation(node).split("->")[0].split(",")
+    terms = equation(node).split("->")[0].split(",")
     mine, other = terms[index], terms[1 - index]
     if len(mine) != 2:
         return None  # per-head matrices or several summed axes: no statistics of one input matrix here
-    summed, out = next(s for s in mine if s in other), _equation(node).split("->")[1]
+    summed, out = next(s for s in mine if s in other), equation(node).split("->")[1]
     rows = all(s in out for s in other if s != summed)  # each of its vectors is one product, none summed
     return node.input[1 - index] if rows and other.endswith(summed) and node.input[1 - index] else None
 
@@ -71,7 +72,7 @@ def macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int | None:
     (None when a shape is unknown)."""
     if len(node.input) < 2:
         return 0  # a transpose, trace or sum of one operand: no products
-    eq = _equation(node)
+    eq = equation(node)
     out = shapes.get(node.output[0]) if node.output else None
     if not eq or out is None or not all(isinstance(d, int) and d > 0 for d in out):
         return None
@@ -103,5 +104,5 @@ def note_operands(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str
         for index, name in enumerate(node.input):
             hit = consts.resolve(name) if name and index not in slots else None
             if hit is not None and hit[0] not in found and len(hit[3]) >= 2 and hit[4] in FLOAT_TYPES:
-                skipped.setdefault(hit[0], f"an Einsum operand ({_equation(node)}) that is not one matrix "
+                skipped.setdefault(hit[0], f"an Einsum operand ({equation(node)}) that is not one matrix "
                                            "product; left alone")

@@ -172,11 +172,9 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
          after_step: Callable | None) -> Result:
     work = original.copy()
     work.path = None
-    from onnxcomp.graph.weights import find_weights
-    from onnxcomp.measure.inspect import subgraph_notes
-
     from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes
-    from onnxcomp.graph.weights import weight_slots
+    from onnxcomp.graph.weights import find_weights, weight_slots
+    from onnxcomp.measure.inspect import subgraph_notes
 
     fold_weight_transposes(work.proto, weight_slots)  # a weight read through a Transpose: stored transposed
     einsum_matmuls(work.proto)  # an Einsum that is a MatMul by a matrix: that MatMul

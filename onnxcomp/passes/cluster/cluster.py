@@ -1,10 +1,10 @@
 """Weight sharing: k-means each weight into a small codebook (Deep Compression, stage 2).
 
-plan: select weights (compute kernels; biases, tiny tensors and depthwise kernels skipped with a
-reason), measure each one's importance on real calibration data (diagonal of the layer-input Hessian,
-:mod:`onnxcomp.measure.hessian`), choose the bits per layer (uniform, or mixed from the average-bits budget); apply: write every weight's clustered values (:mod:`.fit`), zeros kept.
-Storage is a separate stage: :func:`onnxcomp.encode.encode_weights` finds the codebook in the
-final values and stores indices + table, bit-exactly.
+plan: select weights (biases, tiny tensors and depthwise kernels skipped with a reason), measure
+each one's importance on real data (diagonal of the layer-input Hessian, :mod:`onnxcomp.measure.hessian`),
+choose the bits per layer (uniform, or mixed from the average-bits budget); apply: write every
+weight's clustered values (:mod:`.fit`), zeros kept. Storage is a separate stage
+(:func:`onnxcomp.encode.encode_weights` finds the codebook in the final values, bit-exactly).
 """
 from __future__ import annotations
 

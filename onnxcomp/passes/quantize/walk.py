@@ -116,13 +116,13 @@ class Walk:
     # --- layers -------------------------------------------------------------------------------
     def layer(self, layer: Layer) -> None:
         node = next(n for n in self.model.graph.node if layer.output in n.output)
-        w = find_weights(self.model).by_name()[layer.weight.name]
+        w = (found := find_weights(self.model)).by_name()[layer.weight.name]
         x = node.input[0]
         source = self.origin.get(x, x)
         if layer.kind == "qdq" and source not in self.params:
             self.solved.append(Solved(layer, "skipped", reason="its input stays float"))
             return
-        bias = _bias(self.model, node, w)
+        bias = _bias(found, node, w)
         if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] and bias is None:
             self.solved.append(Solved(layer, "skipped", reason="Gemm bias C is not one value per output"))
             return
@@ -256,13 +256,13 @@ def _alpha(node: onnx.NodeProto, w: Weight) -> float:
     return float(get_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" and w.role == "gemm_b" else 1.0
 
 
-def _bias(model: onnx.ModelProto, node: onnx.NodeProto, w: Weight) -> np.ndarray | None:
-    """The layer's bias per output channel (Conv B, Gemm beta * C), or None."""
+def _bias(found, node: onnx.NodeProto, w: Weight) -> np.ndarray | None:
+    """The layer's bias per output channel (Conv B, Gemm beta * C) among ``found``, or None."""
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
         return None
     # (by its use, not its name: the TorchScript exporter reads a bias equal to another tensor
     # through an Identity of that one, and the weight is named after the stored tensor)
-    c = next((b for b in find_weights(model) for u in b.uses if u.node is node and u.index == 2), None)
+    c = next((b for b in found for u in b.uses if u.node is node and u.index == 2), None)
     if c is None:
         return None
     beta = float(get_attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
