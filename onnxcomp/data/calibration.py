@@ -21,13 +21,14 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
+from onnxcomp.data.labels import LABELS_KEY, load_labels
+from onnxcomp.data.layout import Convert, converted, converter, spec_samples_first
 from onnxcomp.data.sampling import whole
 from onnxcomp.data.sources import (InputSpec, check_batch, check_stackable, expected, fixed_batch,
                                    input_shapes_for_random, model_inputs, npy_folder, rebatch)
 from onnxcomp.errors import ConfigError, DataError
 
 DEFAULT_BATCH = 16
-LABELS_KEY = "labels"
 RANDOM_NOTE = "random data: no quality guarantee"
 Batch = dict[str, np.ndarray]
 
@@ -38,14 +39,17 @@ class CalibrationData:
     """A re-iterable source of validated batches ``{input_name: ndarray}``.
 
     Iterating twice gives the same batches. ``random`` marks synthetic data (no quality
-    guarantee); ``labels`` holds task labels when the source had them.
+    guarantee); ``labels`` holds task labels when the source had them. Every input is held
+    samples-first; ``layout`` names those the model itself takes otherwise (``{name: axis}``, None
+    for a scalar), for which a model is run through :func:`onnxcomp.graph.layout.adapt`.
     """
 
     def __init__(self, factory: Callable[[], Iterable[Batch]], specs: dict[str, InputSpec], *,
                  description: str, batch_size: int = DEFAULT_BATCH, num_samples: int | None = None,
                  random: bool = False, labels: np.ndarray | None = None, origin: str = "data",
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, layout: dict[str, int | None] | None = None) -> None:
         self._factory = factory
+        self.layout = dict(layout or {})  # inputs the model takes with samples off axis 0 (graph.layout)
         self.specs = specs
         self.origin = origin
         self.random = random
@@ -112,11 +116,19 @@ def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...
     kw = dict(batch_size=int(batch_size), num_samples=num_samples)
     if source is None:
         return _random(specs, input_shapes or {}, seed=seed, **kw)
+    from onnxcomp.graph.layout import sample_axes
+
+    layout = sample_axes(_model_proto(model))
+    convert = converter(specs, layout)
+    specs = {n: spec_samples_first(s, layout[n]) if n in layout else s for n, s in specs.items()}
     if isinstance(source, (str, os.PathLike)):
-        return _from_path(Path(source), specs, preprocess, **kw)
-    if isinstance(source, dict):
-        return _from_arrays(dict(source), specs, "data", **kw)
-    return _from_iterable(source, specs, **kw)
+        data = _from_path(Path(source), specs, preprocess, convert=convert, **kw)
+    elif isinstance(source, dict):
+        data = _from_arrays(dict(source), specs, "data", convert=convert, **kw)
+    else:
+        data = _from_iterable(source, specs, convert=convert, **kw)
+    data.layout = layout
+    return data
 
 
 def _limited(n: int | None, available: int) -> int:
@@ -124,11 +136,12 @@ def _limited(n: int | None, available: int) -> int:
 
 
 def _from_arrays(arrays: dict[str, Any], specs: dict[str, InputSpec], origin: str, *,
-                 batch_size: int, num_samples: int | None) -> CalibrationData:
+                 batch_size: int, num_samples: int | None, convert: Convert | None = None) -> CalibrationData:
     labels = arrays.pop(LABELS_KEY, None)
     if not arrays:
         raise DataError(f"{origin} holds no input arrays", f"store one array per input; {expected(specs)}")
     notes: list[str] = []
+    arrays = convert(arrays, origin) if convert is not None else arrays
     arrays = check_batch(arrays, specs, origin, notes)
     n = _whole_batches(len(next(iter(arrays.values()))), specs, origin, notes)
     if labels is not None:
@@ -156,11 +169,12 @@ def _whole_batches(n: int, specs: dict[str, InputSpec], origin: str, notes: list
 
 
 def _from_path(path: Path, specs: dict[str, InputSpec], preprocess: Any, *, batch_size: int,
-               num_samples: int | None) -> CalibrationData:
+               num_samples: int | None, convert: Convert | None = None) -> CalibrationData:
     if not path.exists():
         raise DataError(f"data path {path} does not exist", f"check the path; {expected(specs)}")
     if path.is_dir():
-        return _from_folder(path, specs, preprocess, batch_size=batch_size, num_samples=num_samples)
+        return _from_folder(path, specs, preprocess, batch_size=batch_size, num_samples=num_samples,
+                            convert=convert)
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes)", f"{expected(specs)}")
     suffix = path.suffix.lower()
@@ -182,17 +196,17 @@ def _from_path(path: Path, specs: dict[str, InputSpec], preprocess: Any, *, batc
     except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean "not readable"
         raise DataError(f"{path} is not a readable {suffix} file ({' '.join(str(exc).split())})",
                         f"save it with numpy.save{'z' if suffix == '.npz' else ''}; {expected(specs)}") from None
-    return _from_arrays(arrays, specs, path.name, batch_size=batch_size, num_samples=num_samples)
+    return _from_arrays(arrays, specs, path.name, batch_size=batch_size, num_samples=num_samples, convert=convert)
 
 
 def _from_folder(folder: Path, specs: dict[str, InputSpec], preprocess: Any, *, batch_size: int,
-                 num_samples: int | None) -> CalibrationData:
+                 num_samples: int | None, convert: Convert | None = None) -> CalibrationData:
     from onnxcomp.data.images import IMAGE_SUFFIXES, image_folder
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     npys = [p for p in files if p.suffix.lower() == ".npy"]
     if npys:
-        factory, n, notes = npy_folder(folder, npys, specs)
+        factory, n, notes = npy_folder(folder, npys, specs, convert)
         desc = f"{folder.name}/: {_limited(num_samples, n)} of {n} samples from {len(npys)} .npy files"
         return CalibrationData(factory, specs, description=desc, batch_size=batch_size,
                                num_samples=_limited(num_samples, n), origin=folder.name, notes=notes)
@@ -207,7 +221,7 @@ def _from_folder(folder: Path, specs: dict[str, InputSpec], preprocess: Any, *, 
 
 
 def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
-                   num_samples: int | None) -> CalibrationData:
+                   num_samples: int | None, convert: Convert | None = None) -> CalibrationData:
     if callable(source):
         factory = source
     else:
@@ -227,7 +241,8 @@ def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
                 return it
         else:
             factory = lambda: source  # noqa: E731 - re-iterable container
-    return CalibrationData(factory, specs, description="in-memory batches", batch_size=batch_size,
+    return CalibrationData(converted(factory, convert, "data"), specs, description="in-memory batches",
+                           batch_size=batch_size,
                            num_samples=num_samples, origin="data")
 
 
@@ -265,35 +280,3 @@ def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]
         f"{k}[{'x'.join(map(str, s))}]" for k, s in shapes.items())
     return CalibrationData(factory, specs, description=desc, batch_size=batch, num_samples=total,
                            random=True, origin="random data")
-
-
-def load_labels(source: Any, n: int | None = None) -> np.ndarray:
-    """Task labels from an array, a ``.npy`` file or a ``.npz`` (its ``labels`` array)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"labels file {path} does not exist", "check the --labels path")
-        try:
-            if path.suffix.lower() == ".npz":
-                with np.load(path, allow_pickle=False) as z:
-                    if LABELS_KEY not in z.files:
-                        raise DataError(f"{path} has no 'labels' array (it has: {', '.join(z.files)})",
-                                        "store the labels under the key 'labels'")
-                    source = z[LABELS_KEY]
-            else:
-                source = np.load(path, allow_pickle=False)
-        except DataError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{path} is not a readable labels file ({' '.join(str(exc).split())})",
-                            "save the labels with numpy.save as one integer per sample") from None
-    labels = np.asarray(source)
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        labels = labels.argmax(1)  # one-hot
-    labels = labels.reshape(-1) if labels.ndim == 2 else labels
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels have shape {labels.shape} and dtype {labels.dtype}",
-                        "give one integer class index per sample, shape [N]")
-    if n is not None and len(labels) < n:
-        raise DataError(f"there are {len(labels)} labels for {n} samples", "give one label per sample")
-    return labels

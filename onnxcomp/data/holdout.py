@@ -48,7 +48,7 @@ def split(data: CalibrationData, frac: float) -> tuple[CalibrationData, Calibrat
                         "give more samples with --data, or another --holdout (0 measures on the fitted samples)")
     fit = n - held
     labels = data.labels
-    common = dict(specs=data.specs, batch_size=data.batch_size, origin=data.origin)
+    common = dict(specs=data.specs, batch_size=data.batch_size, origin=data.origin, layout=data.layout)
     fitted = CalibrationData(lambda: limit_samples(data, fit), description=f"{data.description}; the first {fit} "
                              "fitted", num_samples=fit, labels=None if labels is None else labels[:fit], **common)
     kept = CalibrationData(lambda: skip_samples(data, fit), description=f"{data.description}: the last {held} held "

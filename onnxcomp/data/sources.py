@@ -181,9 +181,12 @@ def rebatch(chunks: Iterable[Batch], size: int, limit: int | None, drop_partial:
         yield _cat(buf)
 
 
-def npy_folder(folder: Path, files: list[Path], specs: dict[str, InputSpec]
+def npy_folder(folder: Path, files: list[Path], specs: dict[str, InputSpec],
+               convert: Callable[[dict, str], dict] | None = None
                ) -> tuple[Callable[[], Iterator[Batch]], int, list[str]]:
-    """Group ``.npy`` files into batches (one input: any names; several: ``<input>.<key>.npy``)."""
+    """Group ``.npy`` files into batches (one input: any names; several: ``<input>.<key>.npy``);
+    ``convert`` makes each batch samples-first (``data.layout``)."""
+    convert = convert or (lambda batch, origin: batch)
     groups: dict[str, dict[str, Path]] = {}
     if len(specs) == 1:
         name = next(iter(specs))
@@ -204,12 +207,13 @@ def npy_folder(folder: Path, files: list[Path], specs: dict[str, InputSpec]
     notes: list[str] = []
     total = 0
     for group in groups.values():  # headers only (memory-mapped): validates shapes and counts samples
-        chunk = check_batch({k: _read(p, mmap=True) for k, p in group.items()}, specs, folder.name, notes)
+        chunk = check_batch(convert({k: _read(p, mmap=True) for k, p in group.items()}, folder.name), specs,
+                            folder.name, notes)
         total += len(next(iter(chunk.values())))
 
     def factory() -> Iterator[Batch]:
         for group in groups.values():
-            yield {k: _read(p) for k, p in group.items()}
+            yield convert({k: _read(p) for k, p in group.items()}, folder.name)
 
     return factory, total, notes
 

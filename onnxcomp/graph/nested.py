@@ -128,14 +128,14 @@ def hoist(model: onnx.ModelProto, slots: Slots, *, min_dims: int = 2) -> list[st
                 model.graph.input.append(onnx.helper.make_tensor_value_info(new, tensor.data_type, list(tensor.dims)))
             (g.initializer if isinstance(holder, onnx.TensorProto) else g.node).remove(holder)
             if new != name:
-                _rename(g, name, new)
+                rename_reads(g, name, new)
             moved.append(new)
 
     visit(model.graph)
     return moved
 
 
-def _rename(g: onnx.GraphProto, old: str, new: str) -> None:
+def rename_reads(g: onnx.GraphProto, old: str, new: str) -> None:
     """Every read of ``old`` in ``g`` and the bodies inside it becomes a read of ``new``."""
     for node in g.node:
         for i, name in enumerate(node.input):
@@ -143,4 +143,4 @@ def _rename(g: onnx.GraphProto, old: str, new: str) -> None:
                 node.input[i] = new
         for body in bodies(node):
             if old not in defined(body):  # (SSA: a body cannot define it again; checked all the same)
-                _rename(body, old, new)
+                rename_reads(body, old, new)

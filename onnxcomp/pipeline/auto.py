@@ -16,11 +16,12 @@ from typing import Any
 
 from onnxcomp.config import AutoConfig, build
 from onnxcomp.errors import ConfigError
+from onnxcomp.graph.layout import adapt, strip
 from onnxcomp.io import model_bytes
 from onnxcomp.io.model import Model, as_model
 from onnxcomp.pipeline import recipe as recipes
 from onnxcomp.pipeline.candidates import (Trial, backend, check_parallel, choose, evaluate_parallel, foldable,
-                                          held_out_drop, latencies, measure, split)
+                                          held_out_drop, held_out_note, latencies, measure, split)
 
 __all__ = ["BITS", "BISECT_STEPS", "MEASURED_STEPS", "Outcome", "Search", "Trial", "choose", "for_size",
            "for_speed", "search", "split"]
@@ -43,6 +44,8 @@ class Search:
         self.original = as_model(model)
         if data is None or getattr(data, "random", False):
             raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
+        if getattr(data, "layout", None):  # samples off axis 0: the trials run samples-first (graph.layout)
+            self.original = Model(adapt(self.original.proto, data.layout), self.original.path)
         self.calib, self.holdout = split(data)
         self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
         self.max_drop, self.threads, self.labels, self.progress = max_drop, threads, labels, progress
@@ -272,6 +275,8 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
         with_int8 = s.evaluate(chosen.steps + [("quantize", {})])
         if with_int8.ok:
             chosen = with_int8
+    for t in (t for t in trials if t.model is not None):
+        strip(t.model.proto)  # (the model's own input layout again)
     source = s.original.path.name if s.original.path is not None else "model"
     rec = recipes.make(chosen.steps, encoding=s.encoding, source=source, max_drop=max_drop,
                        calib_samples=s.calib_samples)
@@ -283,18 +288,5 @@ def _search(model: Model, data: Any, cfg: AutoConfig, jobs: int, threads: int | 
         shown = "unknown" if reached is None else f"{reached:.3g}"
         missed = f"best {kind} ratio within the drop is {shown}, above the target {target:g}"
     out = Outcome(chosen, trials, rec, {kind: target}, missed, warnings=list(s.warnings))
-    held = sum(len(next(iter(b.values()))) for b in s.holdout)
-    out.holdout = f"{held} of {s.calib_samples + held} samples held out"
-    if s.holdout is s.calib:  # fewer than 32 samples: none could be spared (said on stdout: one stderr line)
-        out.holdout = (f"nothing held out ({held} samples, fewer than 32): the drop is measured on the samples the "
-                       "compression was fitted to, so it is optimistic; pass 32 or more calibration samples "
-                       "(a quarter is then held out)")
-    elif chosen.ok and chosen.drop_bound is not None and chosen.drop_bound > max_drop:
-        from onnxcomp.measure.holdout import samples_needed
-
-        need = samples_needed(max_drop, chosen.drop)  # a drop above the gate is said by the gate itself
-        out.warnings.append(f"the {held} held-out samples cannot resolve {spell('max_drop')} {max_drop:g}: the chosen "
-                            f"model's drop {chosen.drop:.4f} may be up to {chosen.drop_bound:.4f} (95 % bound); pass "
-                            f"more calibration samples (a quarter is held out; {f'about {need}' if need else 'many'} "
-                            "held out for top-1 agreement)")
+    out.holdout = held_out_note(s.holdout, s.calib, s.calib_samples, chosen, max_drop, out.warnings)
     return out

@@ -247,3 +247,24 @@ def latencies(original: Model, trials: list[Trial], threads: int | None, sample:
         report = bench(paths, threads=threads or 1, runs=30, warmup=3, input_shapes=shapes)
     for t, entry in zip(ok, report.entries[1:]):
         t.latency_ratio = entry.ratios.get("p50_ms")
+
+
+def held_out_note(holdout: list[dict], calib: list[dict], calib_samples: int, chosen: Trial, max_drop: float,
+                  warnings: list[str]) -> str:
+    """What ``auto`` held out, for its report; a warning when those samples cannot resolve the drop."""
+    from onnxcomp.config import spell
+
+    held = sum(len(next(iter(b.values()))) for b in holdout)
+    if holdout is calib:  # fewer than 32 samples: none could be spared (said on stdout: one stderr line)
+        return (f"nothing held out ({held} samples, fewer than 32): the drop is measured on the samples the "
+                "compression was fitted to, so it is optimistic; pass 32 or more calibration samples "
+                "(a quarter is then held out)")
+    if chosen.ok and chosen.drop_bound is not None and chosen.drop_bound > max_drop:
+        from onnxcomp.measure.holdout import samples_needed
+
+        need = samples_needed(max_drop, chosen.drop)  # a drop above the gate is said by the gate itself
+        warnings.append(f"the {held} held-out samples cannot resolve {spell('max_drop')} {max_drop:g}: the chosen "
+                        f"model's drop {chosen.drop:.4f} may be up to {chosen.drop_bound:.4f} (95 % bound); pass "
+                        f"more calibration samples (a quarter is held out; {f'about {need}' if need else 'many'} "
+                        "held out for top-1 agreement)")
+    return f"{held} of {calib_samples + held} samples held out"

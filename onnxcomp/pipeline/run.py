@@ -172,6 +172,12 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
          after_step: Callable | None) -> Result:
     work = original.copy()
     work.path = None
+    layout = getattr(ctx.data, "layout", None)
+    if layout:  # inputs with samples off axis 0: the passes run the model samples-first (graph.layout)
+        from onnxcomp.graph.layout import adapt
+
+        adapt(work.proto, layout, inplace=True)
+        ctx.original = adapt(ctx.original, layout)
     from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes
     from onnxcomp.graph.weights import find_weights, weight_slots
     from onnxcomp.measure.inspect import subgraph_notes
@@ -191,6 +197,10 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
         io.release()  # what the pass freed (its threads' heaps too) before the next holds more
         if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
             after_step(i, work, ctx)
+    if layout:
+        from onnxcomp.graph.layout import strip
+
+        strip(work.proto)
     results = ctx.history
     results[0].notes += left_alone
     touched = {c.name for r in results for c in r.applied}
