@@ -137,3 +137,21 @@ def test_api_batches_take_the_models_layout(tmp_path):
     path = M.save(result.proto, tmp_path / "c.onnx")
     y, ref = ort_run(path, feed)[0], ort_run(M.save(stateful(), tmp_path / "m.onnx"), feed)[0]
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_sensitivity_and_auto_on_a_state_and_a_scalar(capsys, tmp_path):
+    """The commands that run the model outside the runner (the sensitivity sweep, auto's trials)
+    take the same data; auto writes the model with its own input layout."""
+    src = M.save(stateful(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **samples(64, seed=2))
+    code, out, err = run(capsys, ["sensitivity", str(src), "--data", str(tmp_path / "calib.npz"), "--min-params",
+                                  "1000"])
+    assert code == 0 and "W1" in out and "W2" in out, err
+    code, out, err = run(capsys, ["auto", str(src), "--data", str(tmp_path / "calib.npz"), "--target-size", "0.5",
+                                  "--max-drop", "0.05", "-o", str(tmp_path / "a.onnx")])
+    assert code in (0, 3), err
+    written = onnx.load(str(tmp_path / "a.onnx"))
+    assert [len(i.type.tensor_type.shape.dim) for i in written.graph.input] == [2, 3, 0]
+    assert not any(n.name.startswith("onnxcomp_samples") for n in written.graph.node)
+    feed = samples(8, seed=6)
+    assert np.isfinite(ort_run(tmp_path / "a.onnx", feed)[0]).all()

@@ -109,7 +109,8 @@ def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...
         raise ConfigError(f"number of samples {num_samples} is not positive", "pass --num-samples 1 or more")
     if isinstance(source, CalibrationData):
         return source
-    specs = model_inputs(_model_proto(model))
+    proto = _model_proto(model)
+    specs = model_inputs(proto)
     if not specs:
         raise DataError("the model has no graph inputs, so there is no data to run it on (its outputs are "
                         "constants)", "re-export the model with its inputs")
@@ -118,7 +119,7 @@ def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...
         return _random(specs, input_shapes or {}, seed=seed, **kw)
     from onnxcomp.graph.layout import sample_axes
 
-    layout = sample_axes(_model_proto(model))
+    layout = sample_axes(proto)
     convert = converter(specs, layout)
     specs = {n: spec_samples_first(s, layout[n]) if n in layout else s for n, s in specs.items()}
     if isinstance(source, (str, os.PathLike)):
@@ -242,8 +243,7 @@ def _from_iterable(source: Any, specs: dict[str, InputSpec], *, batch_size: int,
         else:
             factory = lambda: source  # noqa: E731 - re-iterable container
     return CalibrationData(converted(factory, convert, "data"), specs, description="in-memory batches",
-                           batch_size=batch_size,
-                           num_samples=num_samples, origin="data")
+                           batch_size=batch_size, num_samples=num_samples, origin="data")
 
 
 def random_feed(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]],

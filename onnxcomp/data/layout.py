@@ -55,9 +55,9 @@ def samples_first(batch: dict, specs: dict[str, InputSpec], layout: dict[str, in
             raise DataError(f"{origin}: input {name!r} is a scalar (the model expects {specs[name].describe()}) "
                             f"but the array has shape {'x'.join(map(str, arr.shape))}",
                             "store one value: every sample is run with it")
-        if n is None:
-            n = next((len(np.asarray(v)) for k, v in batch.items() if k in specs and k not in layout
-                      and np.ndim(v) > 0), 1)
+        if n is None:  # the samples of an input on axis 0 (1 for a single sample without that axis)
+            n = next((len(v) if np.ndim(v) == len(specs[k].dims) else 1 for k, v in batch.items()
+                      if k in specs and k not in layout and np.ndim(v) > 0), 1)
         out[name] = np.full((n,), arr.reshape(()), arr.dtype)
     return out
 
