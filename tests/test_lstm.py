@@ -158,3 +158,29 @@ def test_a_gru_recurrence_is_solved_only_where_it_multiplies_the_hidden_state(li
     w = Weight(name="r", source="initializer", shape=(1, 12, 4), dtype=np.dtype(np.float32), role="rnn_r",
                out_axis=1, in_axis=2, uses=[Use(node, 2, "rnn_r")])
     assert (recurrent.request(w) is not None) == solved
+
+
+def test_an_initial_state_is_what_r_multiplies_first():
+    """With an initial state (a streaming model's carried state, given with --data), R multiplies it
+    and every step's hidden state but the last: forward h0, y_0 .. y_{T-2}; backward y_1 .. y_{T-1},
+    h0 (it runs from the end). Y alone held the states after each step (a one-step model: none R saw)."""
+    from onnx import helper
+
+    from onnxcomp.graph.weights import Use, Weight
+    from onnxcomp.passes.prune import recurrent
+
+    r = M.rng(3)
+    y1, h0 = r.normal(size=(3, 5, 2, 4)), r.normal(size=(3, 2, 4))  # batch 3, 5 steps, 2 directions, 4 units
+    got = []
+    for layout, y, h in ((0, np.transpose(y1, (1, 2, 0, 3)), np.swapaxes(h0, 0, 1)), (1, y1, h0)):
+        node = helper.make_node("LSTM", ["x", "w", "r", "", "", "h0"], ["y"], direction="bidirectional",
+                                hidden_size=4, layout=layout)
+        w = Weight(name="r", source="initializer", shape=(2, 16, 4), dtype=np.dtype(np.float32), role="rnn_r",
+                   out_axis=1, in_axis=2, uses=[Use(node, 2, "rnn_r")])
+        assert recurrent.initial_state(w) == "h0"
+        got.append(recurrent.hidden_states([y], w, [h])[0])
+    assert got[0].shape == (3, 5, 8) and np.array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0][:, 0, :4], h0[:, 0])  # forward: the initial state first
+    np.testing.assert_array_equal(got[0][:, 1:, :4], y1[:, :-1, 0])
+    np.testing.assert_array_equal(got[0][:, :-1, 4:], y1[:, 1:, 1])  # backward: from the end
+    np.testing.assert_array_equal(got[0][:, -1, 4:], h0[:, 1])

@@ -130,8 +130,12 @@ def walk_stats(eng, weights: list[Weight], reqs: dict[str, StatsRequest | None],
         for w in sites[out]:
             req, stats = reqs[w.name], None
             if site is not None and req is not None:
-                xs, refs = (site.x(), site.x_ref()) if w.role != "rnn_r" else \
-                    (recurrent.hidden_states(site.y(), w), recurrent.hidden_states(site.y_ref(), w))
+                if w.role != "rnn_r":
+                    xs, refs = site.x(), site.x_ref()
+                else:  # the states R multiplies: the initial one (the work stream's for both) and Y's
+                    h0 = recurrent.initial_state(w)
+                    h0s = eng.work.get(h0) if h0 else None
+                    xs, refs = (recurrent.hidden_states(y, w, h0s) for y in (site.y(), site.y_ref()))
                 stats = accumulate(xs, refs, req, samples=eng.samples, seed=seed, ledoit=ledoit)
                 if stats is not None and w.role == "rnn_r":
                     stats = recurrent.own(stats, w, eng.work.model)

@@ -5,7 +5,8 @@ step, the same for both directions: a MatMul over the steps. The recurrence weig
 the previous hidden state ``h_{t-1}``, which the op's output Y holds for every step (all but the
 last step of each direction are some ``h_{t-1}``; the zero initial state adds nothing to second
 moments): read from Y after the op has run with its current weights, one group of statistics per
-direction. A GRU's R too when ``linear_before_reset`` is set (PyTorch's and Keras' GRU): otherwise
+direction; with an initial state (a streaming model's carried state), that state and Y but its
+last step. A GRU's R too when ``linear_before_reset`` is set (PyTorch's and Keras' GRU): otherwise
 its candidate gate multiplies ``r * h_{t-1}``, not ``h_{t-1}``, and R keeps magnitude masks, as
 does one whose op has no Y output. An R split per direction before the op (a dynamo export) takes
 the statistics of the direction whose rows it is (:func:`own`).
@@ -27,9 +28,13 @@ def _layout(w: Weight) -> int:
     return int(attr(w.uses[0].node, "layout", 0))
 
 
+def _direction(w: Weight) -> bytes:
+    d = attr(w.uses[0].node, "direction", b"forward")
+    return d.encode() if isinstance(d, str) else d
+
+
 def _directions(w: Weight) -> int:
-    direction = attr(w.uses[0].node, "direction", b"forward")
-    return 2 if direction == b"bidirectional" else 1
+    return 2 if _direction(w) == b"bidirectional" else 1
 
 
 def request(w: Weight) -> StatsRequest | None:
@@ -49,16 +54,32 @@ def request(w: Weight) -> StatsRequest | None:
     return StatsRequest(w.name, node.output[0], "matrix", group=d)  # 2-D, two directions: see :func:`own`
 
 
-def hidden_states(ys: list[np.ndarray] | None, w: Weight) -> list[np.ndarray] | None:
+def hidden_states(ys: list[np.ndarray] | None, w: Weight, h0s: list[np.ndarray] | None = None
+                  ) -> list[np.ndarray] | None:
     """Y per batch ([seq, dirs, batch, hidden], or [batch, seq, dirs, hidden] with layout 1) as
-    [batch, seq, dirs * hidden]: each step's hidden states, the directions side by side."""
+    [batch, seq, dirs * hidden]: each step's hidden states, the directions side by side. With the
+    op's initial state ``h0s`` (per batch), the states R multiplies exactly: each direction's
+    initial state and every step's but its last (a streaming model run one step at a time with
+    the state it carries has nothing else: Y alone held the state after the step, not before)."""
     if ys is None:
         return None
     out = []
-    for y in ys:
-        y = np.transpose(y, (2, 0, 1, 3)) if _layout(w) == 0 else y
+    for k, y in enumerate(ys):
+        y = np.transpose(y, (1, 2, 0, 3)) if _layout(w) == 1 else y  # [seq, dirs, batch, hidden]
+        if h0s is not None and k < len(h0s):
+            h0 = np.swapaxes(h0s[k], 0, 1) if _layout(w) == 1 else h0s[k]  # [dirs, batch, hidden]
+            backward = [d == 1 or _direction(w) == b"reverse" for d in range(y.shape[1])]
+            y = np.stack([np.concatenate([y[1:, d], h0[None, d]]) if back else np.concatenate([h0[None, d], y[:-1, d]])
+                          for d, back in enumerate(backward)], axis=1)
+        y = np.transpose(y, (2, 0, 1, 3))
         out.append(y.reshape(y.shape[0], y.shape[1], -1))
     return out
+
+
+def initial_state(w: Weight) -> str | None:
+    """The op's initial hidden state input (LSTM/GRU/RNN slot 5), if it has one."""
+    node = w.uses[0].node
+    return node.input[5] if len(node.input) > 5 and node.input[5] else None
 
 
 def own(groups: list[LayerStats], w: Weight, model: onnx.ModelProto) -> list[LayerStats] | None:
