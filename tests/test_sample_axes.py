@@ -64,6 +64,12 @@ def test_which_inputs_have_samples_off_axis_0():
     unnamed = M.make([helper.make_node("Neg", ["s"], ["o"], name="n")], [M.vi("x", [None, 8]),
                      M.vi("s", [3, None, 8])], [M.vi("o", [3, None, 8])])
     assert sample_axes(unnamed) == {"s": 1}
+    seq_first = M.make([helper.make_node("Neg", ["h0"], ["o"], name="n")], [M.vi("x", ["T", "N", 8]),
+                       M.vi("h0", [1, "N", 8])], [M.vi("o", [1, "N", 8])])
+    assert sample_axes(seq_first) == {"x": 1, "h0": 1}  # the one name both share is the batch
+    text = M.make([helper.make_node("Neg", ["ids"], ["o"], name="n")], [M.vi("ids", ["batch", "seq"]),
+                  M.vi("mask", ["batch", "seq"])], [M.vi("o", ["batch", "seq"])])
+    assert sample_axes(text) == {}
 
 
 def test_adapter_runs_samples_first_and_strips_to_the_same_model():

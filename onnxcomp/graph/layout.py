@@ -26,10 +26,18 @@ def _static(d: object) -> bool:
 
 def sample_axes(model: onnx.ModelProto) -> dict[str, int | None]:
     """The inputs whose samples are not on axis 0: ``{name: axis}``, None for a scalar (one value
-    for every sample). Empty unless some input has a dynamic axis 0 (the batch): there, an input
-    with a fixed axis 0 keeps its samples on the dynamic axis named like that batch, else on its
-    first dynamic axis (an RNN's ``state[layers, batch, hidden]``)."""
+    for every sample). When every input but the scalars names exactly one dim alike, that dim is
+    the batch (``x[seq, batch, features]`` beside ``h0[1, batch, hidden]``). Else empty unless some
+    input has a dynamic axis 0 (the batch): there, an input with a fixed axis 0 keeps its samples on
+    the dynamic axis named like that batch, else on its first dynamic axis (an RNN's
+    ``state[layers, batch, hidden]``)."""
     specs = {n: dims for n, (dims, _) in input_specs(model).items()}
+    named = [{d for d in dims if isinstance(d, str)} for dims in specs.values() if dims]
+    shared = set.intersection(*named) if named else set()
+    if len(named) > 1 and len(shared) == 1:  # one dim name every input has: the batch (seq-first inputs too)
+        batch = shared.pop()
+        return {n: dims.index(batch) if dims else None for n, dims in specs.items()
+                if not dims or dims.index(batch) != 0}
     batch = {dims[0] for dims in specs.values() if dims and not _static(dims[0])}
     if not batch:
         return {}  # a fixed batch everywhere (or no batch): samples on axis 0, as always
