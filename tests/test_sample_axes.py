@@ -161,3 +161,24 @@ def test_sensitivity_and_auto_on_a_state_and_a_scalar(capsys, tmp_path):
     assert not any(n.name.startswith("onnxcomp_samples") for n in written.graph.node)
     feed = samples(8, seed=6)
     assert np.isfinite(ort_run(tmp_path / "a.onnx", feed)[0]).all()
+
+
+def test_data_free_commands_measure_on_random_states(capsys, tmp_path):
+    """Without --data the check runs random samples through the same adapter (they could not be
+    stacked on axis 0: 'fidelity: not measured'); an integer scalar (a sample rate) has no random
+    value the model surely takes, so such a model is still written unmeasured."""
+    src = M.save(stateful(), tmp_path / "m.onnx")
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1000",
+                                  "-o", str(tmp_path / "p.onnx")])
+    assert code == 0, err
+    assert "16 samples, x[16x32], state[2x16x16], scale[scalar]" in out and "fidelity: output" in out
+    model = stateful()
+    model.graph.input[2].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    cast = helper.make_node("Cast", ["scale"], ["scale_f"], name="cast", to=onnx.TensorProto.FLOAT)
+    for n in model.graph.node:
+        n.input[:] = ["scale_f" if i == "scale" else i for i in n.input]
+    model.graph.node.insert(0, cast)
+    src = M.save(model, tmp_path / "int.onnx")
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1000",
+                                  "-o", str(tmp_path / "q.onnx")])
+    assert code == 0 and "fidelity: not measured" in out, out + err

@@ -115,14 +115,18 @@ def load_data(source: Any, model: Any, *, input_shapes: dict[str, tuple[int, ...
         raise DataError("the model has no graph inputs, so there is no data to run it on (its outputs are "
                         "constants)", "re-export the model with its inputs")
     kw = dict(batch_size=int(batch_size), num_samples=num_samples)
-    if source is None:
-        return _random(specs, input_shapes or {}, seed=seed, **kw)
-    from onnxcomp.graph.layout import sample_axes
+    from onnxcomp.graph.layout import sample_axes, samples_first
 
     layout = sample_axes(proto)
+    if source is None and any(a is None and not np.issubdtype(specs[n].dtype, np.floating) for n, a in layout.items()):
+        layout = {}  # an integer scalar (a sample rate, a mode) has no random value the model surely takes
     convert = converter(specs, layout)
     specs = {n: spec_samples_first(s, layout[n]) if n in layout else s for n, s in specs.items()}
-    if isinstance(source, (str, os.PathLike)):
+    if source is None:
+        shapes = {n: tuple(samples_first(list(s), layout[n])) if layout.get(n) is not None else s
+                  for n, s in (input_shapes or {}).items()}
+        data = _random(specs, shapes, seed=seed, layout=layout, **kw)
+    elif isinstance(source, (str, os.PathLike)):
         data = _from_path(Path(source), specs, preprocess, convert=convert, **kw)
     elif isinstance(source, dict):
         data = _from_arrays(dict(source), specs, "data", convert=convert, **kw)
@@ -263,7 +267,7 @@ def random_feed(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]],
 
 
 def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]], *, seed: int,
-            batch_size: int, num_samples: int | None) -> CalibrationData:
+            batch_size: int, num_samples: int | None, layout: dict | None = None) -> CalibrationData:
     shapes = input_shapes_for_random(specs, input_shapes, batch_size)
     check_stackable(specs, shapes)
     batch = next(iter(shapes.values()))[0] if shapes and next(iter(shapes.values())) else 1
@@ -276,7 +280,10 @@ def _random(specs: dict[str, InputSpec], input_shapes: dict[str, tuple[int, ...]
         for _ in range(0, total, batch):
             yield random_feed(specs, shapes, rng)
 
-    desc = f"random data (seed {seed}): {total} samples, " + ", ".join(
-        f"{k}[{'x'.join(map(str, s))}]" for k, s in shapes.items())
+    def shown(name: str, shape: tuple) -> str:  # in the model's layout
+        axis = (layout or {}).get(name, 0)
+        return "scalar" if axis is None else "x".join(map(str, [*shape[1:axis + 1], shape[0], *shape[axis + 1:]]))
+
+    desc = f"random data (seed {seed}): {total} samples, " + ", ".join(f"{k}[{shown(k, s)}]" for k, s in shapes.items())
     return CalibrationData(factory, specs, description=desc, batch_size=batch, num_samples=total,
                            random=True, origin="random data")
