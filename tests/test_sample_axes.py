@@ -182,3 +182,28 @@ def test_data_free_commands_measure_on_random_states(capsys, tmp_path):
     code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1000",
                                   "-o", str(tmp_path / "q.onnx")])
     assert code == 0 and "fidelity: not measured" in out, out + err
+
+
+def test_a_layer_whose_input_is_always_zero_keeps_its_weights(capsys, tmp_path):
+    """Calibration states that are all zero (a stream's first chunk) give the layer reading them no
+    statistics: the fit would have zeroed the whole weight (no error on those samples); it gets a
+    magnitude mask at the target instead, with a note."""
+    r = M.rng(41)
+    zero = M.const_node("zero", np.array(0, np.int64))
+    nodes = [zero, helper.make_node("Gather", ["state", "zero"], ["s0"], name="first", axis=0),
+             helper.make_node("MatMul", ["s0", "Ws"], ["a"], name="from_state"),
+             helper.make_node("MatMul", ["x", "Wx"], ["b"], name="from_x"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="sum")]
+    model = M.make(nodes, [M.vi("x", ["N", 32]), M.vi("state", [2, "N", 32])], [M.vi("y", ["N", 32])],
+                   [M.init("Ws", r.normal(size=(32, 32)).astype(np.float32)),
+                    M.init("Wx", r.normal(size=(32, 32)).astype(np.float32))])
+    src = M.save(model, tmp_path / "m.onnx")
+    data = samples(64, seed=2)
+    np.savez(tmp_path / "calib.npz", x=data["x"], state=np.zeros((2, 64, 32), np.float32))
+    code, out, err = run(capsys, ["prune", str(src), "--sparsity", "0.5", "--min-params", "1000", "--encoding",
+                                  "dense", "--data", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "p.onnx")])
+    assert code == 0, err
+    assert "Ws: magnitude mask" in out + err and "Wx: magnitude mask" not in out + err
+    ws = next(onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer
+              if t.name == "Ws")
+    assert 0.3 < np.mean(ws == 0) < 0.8

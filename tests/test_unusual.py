@@ -358,7 +358,7 @@ def function_model() -> onnx.ModelProto:
 def test_sub_models_keep_local_functions():
     """truncate() dropped the model's functions (onnxruntime: no op Block); expose() typed the
     tensors after a function call only when its skeleton kept them."""
-    from onnxcomp.graph.subgraph import _elem_types, truncate
+    from onnxcomp.graph.subgraph import elem_types, truncate
 
     model = function_model()
     sub = truncate(model, ["y"])
@@ -366,7 +366,7 @@ def test_sub_models_keep_local_functions():
     x = M.rng(11).normal(size=(2, 16)).astype(np.float32)
     got = ort.InferenceSession(sub.SerializeToString()).run(["y"], {"x": x})[0]
     np.testing.assert_allclose(got, ort.InferenceSession(model.SerializeToString()).run(["y"], {"x": x})[0])
-    assert _elem_types(model).get("b") == onnx.TensorProto.FLOAT
+    assert elem_types(model).get("b") == onnx.TensorProto.FLOAT
 
 
 @pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5", "--min-params", "1"],

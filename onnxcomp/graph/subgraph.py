@@ -62,7 +62,7 @@ def _shell(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor name -> ONNX elem type from shape inference on a weight-free skeleton."""
     skel = _shell(model)
     g = skel.graph
@@ -118,7 +118,7 @@ def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     new = [n for n in dict.fromkeys(names) if n not in existing]
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    types = _elem_types(model) if new else {}
+    types = elem_types(model) if new else {}
     for name in new:
         vi = copy.graph.output.add()
         vi.name = name

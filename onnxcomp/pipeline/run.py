@@ -190,8 +190,25 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
 
         hoist(work.proto, weight_slots)
     left_alone = subgraph_notes(find_weights(work.proto, nested=nested), "values" if nested else "run")
+    taken = {}
+    if nested and ctx.has_real_data:  # an If taking one branch on every sample: its layers get statistics
+        from onnxcomp.graph.constants import FLOAT_TYPES
+        from onnxcomp.graph.taken import inline, restore
+        from onnxcomp.measure.branches import taken_branches
+
+        taken = taken_branches(work.proto, ctx.data, ctx.threads)
+        frozen = frozenset(t.name for t in work.proto.graph.initializer if t.data_type in FLOAT_TYPES) - \
+            {w.name for w in find_weights(work.proto, nested=True)}  # what no pass takes stays so
     for k, (i, p) in enumerate(passes):
-        report = p.run(work.proto, ctx)
+        stash = inline(work.proto, taken, frozen) if taken and p.nested_weights else []
+        try:
+            report = p.run(work.proto, ctx)
+        finally:
+            if stash:
+                restore(work.proto, stash)
+        if stash:
+            report.notes.append(f"{len(stash)} If node(s) take one branch on every calibration sample: that "
+                                "branch's layers are fitted on the data like the main graph's")
         if report.changes or report.notes or not getattr(p, "idle_unreported", False):
             ctx.history.append(report)  # (a fold that found nothing leaves no report)
         io.release()  # what the pass freed (its threads' heaps too) before the next holds more

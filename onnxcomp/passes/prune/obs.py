@@ -137,6 +137,8 @@ def walk_stats(eng, weights: list[Weight], reqs: dict[str, StatsRequest | None],
                     h0s = eng.work.get(h0) if h0 else None
                     xs, refs = (recurrent.hidden_states(y, w, h0s) for y in (site.y(), site.y_ref()))
                 stats = accumulate(xs, refs, req, samples=eng.samples, seed=seed, ledoit=ledoit)
+                if stats is not None and all(np.max(np.diag(s.cov), initial=0.0) <= 0 for s in stats):
+                    stats = None  # its input was zero on every sample: the fit would zero the weight
                 if stats is not None and w.role == "rnn_r":
                     stats = recurrent.own(stats, w, eng.work.model)
                 if stats is not None and w.role in ("rnn_w", "rnn_r"):
