@@ -50,8 +50,8 @@ def _holder(node: onnx.NodeProto, k: int, other: onnx.GraphProto, kinds: list[in
     for a in dead.attribute:
         if a.name in ("then_branch", "else_branch"):
             a.g.CopyFrom(trivial if a.name == "then_branch" else other)
-    return [helper.make_node("Constant", [], [cond], name=cond, value=helper.make_tensor(cond, onnx.TensorProto.BOOL, [],
-                                                                                           [True])), dead]
+    true = helper.make_tensor(cond, onnx.TensorProto.BOOL, [], [True])
+    return [helper.make_node("Constant", [], [cond], name=cond, value=true), dead]
 
 
 def _copy(node: onnx.NodeProto, name: str) -> list[onnx.NodeProto]:
