@@ -36,7 +36,8 @@ MEMBERS = {"silero_vad": "silero_vad.onnx", "op18_ifless": "silero_vad_op18_ifle
            "op15": "silero_vad_16k_op15.onnx"}
 COMMANDS = [("prune --sparsity 0.5", ["prune", "--sparsity", "0.5"]), ("cluster --bits 4", ["cluster", "--bits", "4"]),
             ("compress --sparsity 0.5 --bits 4", ["compress", "--sparsity", "0.5", "--bits", "4"])]
-COMMANDS += [(f"{label} --data", argv) for label, argv in COMMANDS]  # --data calib.npz (see calibration)
+COMMANDS += [(f"{label} --data", argv) for label, argv in COMMANDS] + [("quantize --data", ["quantize"])]
+# (--data calib.npz, see calibration; quantize needs it)
 CALIB_CHUNKS = 128
 RATES = {16000: 512, 8000: 256}
 

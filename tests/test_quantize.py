@@ -342,3 +342,32 @@ def test_layers_above_the_error_threshold_stay_float_and_read_float_inputs():
     assert not any(n.input[0] in dq for n in r.proto.graph.node if n.op_type in ("Conv", "Gemm"))
     x = calib[0]["x"][:2]
     np.testing.assert_allclose(_run(r.proto, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+def test_one_dimensional_convs_run_in_integer_kernels(tmp_path):
+    """Conv1d stacks (audio front ends: silero-vad's STFT and encoder) were skipped as 'conv weights
+    have no integer kernel'; onnxruntime runs them as QLinearConv like 2-D ones (all but the last,
+    whose float output the model returns)."""
+    r = M.rng(5)
+    nodes, inits, c_in = [], [], 8
+    for i, (k, stride) in enumerate(((5, 1), (3, 2), (3, 1))):
+        x = "x" if i == 0 else f"r{i - 1}"
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"c{i}", kernel_shape=[k],
+                                   pads=[k // 2, k // 2], strides=[stride]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}" if i < 2 else "y"], name=f"relu{i}")]
+        inits += [M.init(f"w{i}", r.normal(0, 1 / np.sqrt(c_in * k), (32, c_in, k)).astype(np.float32)),
+                  M.init(f"b{i}", np.zeros(32, np.float32))]
+        c_in = 32
+    model = M.make(nodes, [M.vi("x", ["N", 8, 64])], [M.vi("y", ["N", 32, "L"])], inits)
+    x = np.cumsum(r.normal(size=(48, 8, 64)), axis=2).astype(np.float32) / 8  # smooth signals
+    result = oc.quantize(model, data=[{"x": x}])
+    assert {c.name for c in result.result.applied} == {"w0", "w1", "w2"}
+    path = tmp_path / "q.onnx"
+    onnx.save(result.proto, path)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node].count("QLinearConv") == 2
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = sess.run(None, {"x": x})[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.03

@@ -100,8 +100,8 @@ class Walk:
                 return None, None
             v = w.values().astype(np.float64) ** 2
             if w.role == "conv":
-                per = v.sum(axis=(0, 2, 3)) if w.group == 1 else v.reshape(w.group, -1, *v.shape[1:]).sum(
-                    axis=(1, 3, 4)).reshape(-1)
+                per = v.sum(axis=(0, *range(2, v.ndim))) if w.group == 1 else v.reshape(w.group, -1, *v.shape[1:]).sum(
+                    axis=(1, *range(3, v.ndim + 1))).reshape(-1)
                 axes.add(1)
             else:
                 per = v.sum(axis=w.out_axis)
