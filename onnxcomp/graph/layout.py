@@ -100,6 +100,13 @@ def adapt(model: onnx.ModelProto, axes: dict[str, int | None], *, inplace: bool 
     return out
 
 
+def adapt_for(model: onnx.ModelProto, data: object, *, inplace: bool = False) -> onnx.ModelProto:
+    """``model`` adapted to the inputs ``data`` holds samples-first (its ``layout``; a
+    CalibrationData), or ``model`` itself when there are none."""
+    layout = getattr(data, "layout", None)
+    return adapt(model, layout, inplace=inplace) if layout else model
+
+
 def strip(model: onnx.ModelProto) -> onnx.ModelProto:
     """Take :func:`adapt`'s adapter out of ``model`` (in place): the inputs get the model's own
     layout back and their readers read them directly."""

@@ -152,10 +152,10 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     data = load_data(data, a.proto, input_shapes=input_shapes, batch_size=batch_size,
                      num_samples=num_samples)
     if data.layout:  # inputs with samples off axis 0: both run samples-first, as the data is held
-        from onnxcomp.graph.layout import adapt
+        from onnxcomp.graph.layout import adapt_for
         from onnxcomp.io.model import Model
 
-        a, b = (Model(adapt(m.proto, data.layout), m.path) for m in (a, b))
+        a, b = (Model(adapt_for(m.proto, data), m.path) for m in (a, b))
     labels = data.labels if labels is None and not data.random else labels
     if labels is not None:
         if data.random:

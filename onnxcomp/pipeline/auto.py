@@ -16,7 +16,7 @@ from typing import Any
 
 from onnxcomp.config import AutoConfig, build
 from onnxcomp.errors import ConfigError
-from onnxcomp.graph.layout import adapt, strip
+from onnxcomp.graph.layout import adapt_for, strip
 from onnxcomp.io import model_bytes
 from onnxcomp.io.model import Model, as_model
 from onnxcomp.pipeline import recipe as recipes
@@ -44,8 +44,8 @@ class Search:
         self.original = as_model(model)
         if data is None or getattr(data, "random", False):
             raise ConfigError("onnxcomp auto needs real calibration data", "pass --data FILE.npz")
-        if getattr(data, "layout", None):  # samples off axis 0: the trials run samples-first (graph.layout)
-            self.original = Model(adapt(self.original.proto, data.layout), self.original.path)
+        # inputs with samples off axis 0: the trials run samples-first (graph.layout)
+        self.original = Model(adapt_for(self.original.proto, data), self.original.path)
         self.calib, self.holdout = split(data)
         self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
         self.max_drop, self.threads, self.labels, self.progress = max_drop, threads, labels, progress

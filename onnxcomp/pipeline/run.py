@@ -172,12 +172,11 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
          after_step: Callable | None) -> Result:
     work = original.copy()
     work.path = None
-    layout = getattr(ctx.data, "layout", None)
-    if layout:  # inputs with samples off axis 0: the passes run the model samples-first (graph.layout)
-        from onnxcomp.graph.layout import adapt
+    from onnxcomp.graph.layout import adapt_for, strip
 
-        adapt(work.proto, layout, inplace=True)
-        ctx.original = adapt(ctx.original, layout)
+    layout = getattr(ctx.data, "layout", None)  # inputs with samples off axis 0: passes run samples-first
+    adapt_for(work.proto, ctx.data, inplace=True)
+    ctx.original = adapt_for(ctx.original, ctx.data)
     from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes
     from onnxcomp.graph.weights import find_weights, weight_slots
     from onnxcomp.measure.inspect import subgraph_notes
@@ -189,7 +188,8 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
         from onnxcomp.graph.nested import hoist
 
         hoist(work.proto, weight_slots)
-    left_alone = subgraph_notes(find_weights(work.proto, nested=nested), "values" if nested else "run")
+    found = find_weights(work.proto, nested=nested)
+    left_alone = subgraph_notes(found, "values" if nested else "run")
     taken = {}
     if nested and ctx.has_real_data:  # an If taking one branch on every sample: its layers get statistics
         from onnxcomp.graph.constants import FLOAT_TYPES
@@ -198,7 +198,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
 
         taken = taken_branches(work.proto, ctx.data, ctx.threads)
         frozen = frozenset(t.name for t in work.proto.graph.initializer if t.data_type in FLOAT_TYPES) - \
-            {w.name for w in find_weights(work.proto, nested=True)}  # what no pass takes stays so
+            {w.name for w in found}  # what no pass takes stays so
     for k, (i, p) in enumerate(passes):
         stash = inline(work.proto, taken, frozen) if taken and p.nested_weights else []
         try:
@@ -214,9 +214,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
         io.release()  # what the pass freed (its threads' heaps too) before the next holds more
         if after_step is not None and (k + 1 == len(passes) or passes[k + 1][0] != i):
             after_step(i, work, ctx)
-    if layout:
-        from onnxcomp.graph.layout import strip
-
+    if layout:  # (only what this run adapted: auto's trials get models adapted by the search)
         strip(work.proto)
     results = ctx.history
     results[0].notes += left_alone

@@ -106,10 +106,9 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
     from onnxcomp.data.sampling import take_samples
 
     levels = list(levels or LEVELS[method])
-    if getattr(data, "layout", None):  # inputs with samples off axis 0: run samples-first (graph.layout)
-        from onnxcomp.graph.layout import adapt
+    from onnxcomp.graph.layout import adapt_for
 
-        model = adapt(model, data.layout)
+    model = adapt_for(model, data)  # inputs with samples off axis 0: run samples-first
     chosen, skipped = select(find_weights(model), PruneConfig(min_params=min_params))
     names = [w.name for w in chosen]
     batches = take_samples(data, samples)
