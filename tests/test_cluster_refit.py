@@ -56,11 +56,11 @@ def test_refit_lowers_output_error_and_keeps_the_table_format(layer):
 def test_refit_in_the_pass_moves_outputs_less_at_the_same_bytes(monkeypatch):
     err = output_error(SRC, CALIB)
 
-    refit = oc.cluster(SRC, 3, granularity="channel", data=CALIB, correction="none")  # the refit's tables
+    refit = oc.cluster(SRC, 4, granularity="channel", data=CALIB, correction="none")  # the refit's tables
     monkeypatch.setattr(cluster_pass, "REFIT", False)
-    plain = oc.cluster(SRC, 3, granularity="channel", data=CALIB, correction="none")
+    plain = oc.cluster(SRC, 4, granularity="channel", data=CALIB, correction="none")
     assert sum(e.bytes for e in refit.encodings) <= 1.01 * sum(e.bytes for e in plain.encodings)
-    assert err(refit) < err(plain)
+    assert err(refit) < 0.95 * err(plain)  # 0.85 at 4 bits; at 3 bits within noise (0.98-1.04 by thread count)
 
 
 def test_allocate_walks_the_convex_hull_of_mixed_options():
