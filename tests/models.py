@@ -424,3 +424,22 @@ def catches_sigterm(pid: int) -> bool:
     except (OSError, StopIteration):
         return False
     return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def conv_pair(rank: int) -> onnx.ModelProto:
+    """Two convs (32 -> 64 -> 64 channels, 3 taps, the second strided and dilated) over a 1-D signal,
+    or the same as 2-D convs over rows of height 1."""
+    r = np.random.default_rng(7)
+    w1, w2 = r.normal(0, 0.2, (64, 32, 3)).astype(np.float32), r.normal(0, 0.1, (64, 64, 3)).astype(np.float32)
+    if rank == 1:
+        a1, a2 = {"pads": [1, 1]}, {"pads": [2, 1], "strides": [2], "dilations": [2]}
+        shape_in, shape_out = ["N", 32, 40], ["N", 64, 20]
+    else:
+        w1, w2 = w1[:, :, None], w2[:, :, None]
+        a1 = {"pads": [0, 1, 0, 1]}
+        a2 = {"pads": [0, 2, 0, 1], "strides": [1, 2], "dilations": [1, 2]}
+        shape_in, shape_out = ["N", 32, 1, 40], ["N", 64, 1, 20]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", **a1),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", **a2)]
+    return make(nodes, [vi("x", shape_in)], [vi("y", shape_out)], [init("w1", w1), init("w2", w2)])

@@ -163,29 +163,6 @@ def test_obs_updates_beat_magnitude_without_correction():
     assert sum(zeros) / len(zeros) > 0.5  # the updates kept the masks: still sparse
 
 
-def _conv_pair(rank: int):
-    """Two convs (32 -> 64 -> 64 channels, 3 taps, the second strided and dilated) over a 1-D signal,
-    or the same as 2-D convs over rows of height 1."""
-    from onnx import helper
-
-    from tests import models as M
-
-    r = np.random.default_rng(7)
-    w1, w2 = r.normal(0, 0.2, (64, 32, 3)).astype(np.float32), r.normal(0, 0.1, (64, 64, 3)).astype(np.float32)
-    if rank == 1:
-        a1, a2 = {"pads": [1, 1]}, {"pads": [2, 1], "strides": [2], "dilations": [2]}
-        shape_in, shape_out = ["N", 32, 40], ["N", 64, 20]
-    else:
-        w1, w2 = w1[:, :, None], w2[:, :, None]
-        a1 = {"pads": [0, 1, 0, 1]}
-        a2 = {"pads": [0, 2, 0, 1], "strides": [1, 2], "dilations": [1, 2]}
-        shape_in, shape_out = ["N", 32, 1, 40], ["N", 64, 1, 20]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", **a1),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
-             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", **a2)]
-    return M.make(nodes, [M.vi("x", shape_in)], [M.vi("y", shape_out)], [M.init("w1", w1), M.init("w2", w2)])
-
-
 @pytest.mark.parametrize("command", ["prune", "cluster"])
 def test_a_1d_conv_is_calibrated_as_the_2d_conv_it_equals(command):
     """1-D convs (audio, text) took magnitude masks / plain k-means with --data: no statistics. They
@@ -196,7 +173,7 @@ def test_a_1d_conv_is_calibrated_as_the_2d_conv_it_equals(command):
     for rank, data in ((1, x), (2, x[:, :, None])):
         batches = [{"x": data[i:i + 8]} for i in range(0, 32, 8)]
         step = oc.prune if command == "prune" else oc.cluster
-        result = step(_conv_pair(rank), 0.5 if command == "prune" else 3, data=batches, encoding="dense")
+        result = step(M.conv_pair(rank), 0.5 if command == "prune" else 3, data=batches, encoding="dense")
         notes = " ".join(result.result_of(command).notes)
         assert ("magnitude mask" not in notes and len(result.result_of(command).applied) == 2) if command == "prune" \
             else "GPTQ-style assignment with error feedback on 2 weight(s)" in notes

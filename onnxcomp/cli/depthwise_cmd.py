@@ -24,7 +24,7 @@ def depthwise_cmd(model: str, dry_run: bool, as_json: bool, **kw: Any) -> None:
     the G diagonal blocks; Gathers on the channel axis permute the input and restore the output
     order, so consumers are untouched. The retained energy is reported per layer.
 
-    Example: onnxcomp depthwise model.onnx --multiplier 2 --data calib.npz --measure
+    Example: onnxcomp depthwise model.onnx --multiplier 2 --data calib.npz
     """
     from onnxcomp import api
 

@@ -42,9 +42,9 @@ class RewriteConfig(Folding, SizedSelection):
                                            "(default: on with real --data, never with random data).")
     measure: bool | None = option(None, "Keep a rewrite only where onnxruntime (1 thread) runs that layer faster "
                                         "(single-layer benchmark, original vs rewritten, interleaved; cached per "
-                                        "layer geometry). Default: factorize with --ratio (not --rank, --energy "
-                                        "or --allow-growth) measures when every layer shape is known and it "
-                                        "takes under two minutes; depthwise does not.")
+                                        "layer geometry). Default: on when every layer shape is known and it takes "
+                                        "under two minutes (factorize: with --ratio, not --rank or --energy; "
+                                        "neither with --allow-growth).")
     allow_growth: bool = option(False, "Rewrite even where MACs do not drop.", flag=True)
 
     @property

@@ -9,7 +9,9 @@
   untouched). The blocks come from a balanced co-clustering that keeps the most weight energy;
   Gathers are left out where a permutation is the identity.
 
-Only dense 2-D convs (group = 1) are rewritten; with real calibration data the pointwise factor
+Only dense convs (group = 1; 1-D ones as the height-1 2-D convs they equal) are rewritten, and
+by default only where a 1-thread micro-benchmark of the layer runs the rewrite faster (as in
+``factorize``: fewer MACs often ran slower); with real calibration data the pointwise factor
 (depthwise) or each block (grouped) is refit by least squares on the layer-input patches of the
 original model (every layer on its original inputs; no sequential waves here).
 """
@@ -29,7 +31,7 @@ from onnxcomp.algo.separable import Separable, co_cluster, grouped_approx, group
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, skip
 from onnxcomp.passes.layerstats import layer_statistics
 from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
-from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
+from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers, measure_by_default
 
 
 @dataclass
@@ -41,6 +43,7 @@ class DepthwisePlan:
     data_aware: bool = False
     notes: list[str] = field(default_factory=list)
     measured: dict = field(default_factory=dict)  # the engine's counts
+    measure: bool = False  # each rewrite kept only where its micro-benchmark runs faster
 
 
 def _costs(lay: Layer, inner: int, mode: str) -> tuple[int | None, int | None, int, int]:
@@ -53,7 +56,7 @@ def _costs(lay: Layer, inner: int, mode: str) -> tuple[int | None, int | None, i
         return None, None, before_p, after_p
     macs_b = macs_a = 0
     for shape in lay.out_shapes:
-        pos = shape[2] * shape[3]
+        pos = int(np.prod(shape[2:]))
         macs_b += o * pos * c * k2
         if mode == "depthwise":
             macs_a += c * inner * pos * k2 + o * pos * c * inner
@@ -82,17 +85,21 @@ class DepthwisePass(Pass):
         biases = {w.name: w for w in report if w.role == "conv_bias"}
         out = DepthwisePlan([], skipped, data_aware)
         dense = [lay for lay in layers if lay.group == 1]
+        out.measure = bool(cfg.measure)
+        if cfg.measure is None and not cfg.allow_growth:
+            out.measure, why = measure_by_default(dense, 1)
+            out.notes += [why] if why else []
         covs = {}
         if data_aware and dense:
             covs = {lay.weight.name: st[0].cov for lay, st, _ in
                     layer_statistics(model, dense, ctx, out.notes, sequential=False, record=out.measured)
                     if st is not None}
         for lay in layers:
-            entry, reason = self._plan_layer(model, lay, covs.get(lay.weight.name), biases)
+            entry, reason = self._plan_layer(model, lay, covs.get(lay.weight.name), biases, out.measure)
             out.layers.append((lay, entry, reason))
         return out
 
-    def _plan_layer(self, model, lay: Layer, cov, biases) -> tuple[dict | None, str | None]:
+    def _plan_layer(self, model, lay: Layer, cov, biases, measure: bool) -> tuple[dict | None, str | None]:
         cfg = self.config
         o, c, kh, kw = lay.kernel.shape
         if lay.group > 1:
@@ -118,7 +125,7 @@ class DepthwisePass(Pass):
         if after >= base and not cfg.allow_growth:
             what = f"multiplier {entry['inner']}" if cfg.mode == "depthwise" else f"{entry['inner']} groups"
             return None, f"{unit} would not drop ({base} -> {after} with {what})"
-        if cfg.measure:
+        if measure:
             return self._measure(model, lay, entry)
         return entry, None
 
@@ -151,7 +158,7 @@ class DepthwisePass(Pass):
 
     def _measure(self, model, lay: Layer, entry: dict) -> tuple[dict | None, str | None]:
         if not lay.shapes_known:
-            return None, "--measure: input shape unknown, cannot benchmark the layer"
+            return None, "measure: input shape unknown, cannot benchmark the layer"
         node = micro_node(lay.nodes[0])
         scope = LocalNames()
         names, inits = tensors(lay, entry, scope)
@@ -161,15 +168,15 @@ class DepthwisePass(Pass):
         entry["latency_ratio"] = measure(node, weight, nodes, inits,
                                          lay.in_shapes[0], dtype, default_opset(model))
         if entry["latency_ratio"] > MEASURE_MAX_RATIO:
-            return None, (f"--measure: the rewritten layer takes {entry['latency_ratio']:.2f}x the original "
-                          "time in onnxruntime (1 thread), not faster")
+            return None, (f"not faster: the rewritten layer takes {entry['latency_ratio']:.2f}x the original "
+                          "time in onnxruntime (1 thread)")
         return entry, None
 
     def apply(self, model: onnx.ModelProto, plan: DepthwisePlan, ctx: Context) -> PassResult:
         cfg = self.config
         result = PassResult(self.name, notes=list(plan.notes), settings={
             "mode": cfg.mode, "multiplier": cfg.multiplier, "groups": cfg.groups, "energy": cfg.target_energy,
-            "data_aware": plan.data_aware, "measure": cfg.measure, **plan.measured})
+            "data_aware": plan.data_aware, "measure": plan.measure, **plan.measured})
         for w, why in plan.skipped:
             result.changes.append(skip(w, why))
             result.changes[-1].detail = {"layer": w.consumers[0]}
@@ -208,6 +215,7 @@ def tensors(lay: Layer, entry: dict, scope) -> tuple[dict, list[onnx.TensorProto
             arrays["perm_in"] = entry["in_perm"].astype(np.int64)
         if not np.array_equal(entry["out_perm"], np.arange(len(entry["out_perm"]))):
             arrays["perm_out"] = np.argsort(entry["out_perm"]).astype(np.int64)
+    arrays = {k: lay.stored(a) if k in ("dw", "pw", "g") else a for k, a in arrays.items()}  # 1-D: no height
     names = {k: scope(f"{lay.weight.name}_{k}") for k in arrays}
     return names, [numpy_helper.from_array(np.ascontiguousarray(a), names[k]) for k, a in arrays.items()]
 
@@ -232,7 +240,7 @@ def build(lay: Layer, entry: dict, node: onnx.NodeProto, names: dict, scope,
         return [helper.make_node("Conv", [node.input[0], names["dw"]], [mid], name=own["dw"],
                                  group=c, **geom),
                 helper.make_node("Conv", [mid, names["pw"]] + bias, [out], name=own["pw"],
-                                 kernel_shape=[1, 1])]
+                                 **lay.geom.pointwise())]
     nodes, src = [], node.input[0]
     if "perm_in" in names:
         nodes.append(helper.make_node("Gather", [src, names["perm_in"]], [scope(out + "_perm_in")],

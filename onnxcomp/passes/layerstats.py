@@ -31,8 +31,8 @@ def stats_requests(layers: list[Layer], notes: list[str]) -> list[StatsRequest]:
                 shape = lay.in_shapes[i]
                 # SAME_* pads on an input of unknown size: worked out from each batch's size
                 same = "" if lay.shapes_known or lay.geom.auto_pad in ("NOTSET", "", "VALID") else lay.geom.auto_pad
-                pads = lay.geom.explicit_pads(tuple(shape[2:]) if lay.shapes_known else (0, 0)) if not same \
-                    else (0, 0, 0, 0)
+                hw = tuple(lay.lifted(shape)[2:]) if lay.shapes_known else (0, 0)
+                pads = lay.geom.explicit_pads(hw) if not same else (0, 0, 0, 0)
                 req = StatsRequest(key, node.input[0], "conv", lay.geom.kernel, lay.geom.strides, pads,
                                    lay.geom.dilations, lay.group, auto_pad=same or "NOTSET")
             else:

@@ -4,7 +4,11 @@ A :class:`Layer` is one weight with all the compute nodes that use it (several w
 shared; they must all be the same kind of use), the kernel as a numpy array in a canonical
 layout (conv ``[O, C/g, kh, kw]``; Gemm/MatMul ``[O, K]`` with ``y = W x``), the conv geometry
 and the input/output shapes of every use. Shapes come from ONNX shape inference, and where it
-gives up (dynamic padding subgraphs, unknown dims) from one onnxruntime run on one sample.
+gives up (dynamic padding subgraphs, unknown dims) from one onnxruntime run on one sample. A 1-D
+conv (audio front ends, TCNs) is planned as the 2-D conv of height 1 it equals (kernel
+``[O, C/g, 1, k]``, shapes ``[N, C, 1, L]``) and written back as 1-D nodes (:meth:`Layer.stored`,
+:meth:`ConvGeometry.conv_attrs`). ``measure_by_default`` decides when a rewrite is kept only where
+a 1-thread micro-benchmark runs it faster.
 
 Rewrites replace each use node by new nodes at the same position in the graph; the last new node
 writes the ORIGINAL output tensor name, so consumers and graph outputs are untouched.
@@ -21,10 +25,12 @@ from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.graph.edit import NameScope
 from onnxcomp.graph.shapes import infer_shapes, same_pads
 from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
+from onnxcomp.measure.microbench import estimate_seconds, micro_node
 from onnxcomp.passes.base import Context, matches
 
 KINDS = {"conv": "Conv", "gemm_b": "Gemm", "matmul_b": "MatMul"}
 UNIFORM = "one repeated value (ConstantOfShape): already stored in a few bytes"
+AUTO_MEASURE_S = 120.0  # measure by default when the estimated micro-benchmark time is below this
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -36,7 +42,8 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Kernel, strides, pads (top, left, bottom, right), dilations, groups and auto_pad of a 2-D conv."""
+    """Kernel, strides, pads (top, left, bottom, right), dilations, groups and auto_pad of a 2-D conv
+    (``dims`` 1: a 1-D conv, held as the height-1 2-D conv it equals)."""
 
     kernel: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
@@ -44,16 +51,22 @@ class ConvGeometry:
     dilations: tuple[int, int] = (1, 1)
     group: int = 1
     auto_pad: str = "NOTSET"
+    dims: int = 2
 
     @staticmethod
     def of(node: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> "ConvGeometry":
+        auto = attr(node, "auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        group = int(attr(node, "group", 1))
+        if len(kernel_shape) == 3:  # 1-D: height 1, no stride, pad or dilation along it
+            (k,), (s,), (d,) = kernel_shape[2:], attr(node, "strides", [1]), attr(node, "dilations", [1])
+            p0, p1 = attr(node, "pads", [0, 0])
+            return ConvGeometry((1, k), (1, s), (0, p0, 0, p1), (1, d), group, auto, dims=1)
         kh, kw = kernel_shape[2:]
         pads = tuple(attr(node, "pads", [0, 0, 0, 0]))
-        auto = attr(node, "auto_pad", b"NOTSET")
         return ConvGeometry((kh, kw), tuple(attr(node, "strides", [1, 1])),
                             (pads[0], pads[1], pads[2], pads[3]),
-                            tuple(attr(node, "dilations", [1, 1])), int(attr(node, "group", 1)),
-                            auto.decode() if isinstance(auto, bytes) else str(auto))
+                            tuple(attr(node, "dilations", [1, 1])), group, auto)
 
     def explicit_pads(self, in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """Pads with auto_pad resolved for an input of height/width ``in_hw``."""
@@ -74,7 +87,13 @@ class ConvGeometry:
             return self._attrs((1, kw), (1, self.strides[1]), (0, left, 0, r), (1, self.dilations[1]))
         return self._attrs((kh, kw), self.strides, self.pads, self.dilations)
 
+    def pointwise(self) -> dict:
+        """Attributes of a 1x1 conv (a 1-wide one for a 1-D conv)."""
+        return {"kernel_shape": [1] * self.dims}
+
     def _attrs(self, kernel, strides, pads, dilations) -> dict:
+        if self.dims == 1:  # the width axis alone
+            kernel, strides, pads, dilations = kernel[1:], strides[1:], (pads[1], pads[3]), dilations[1:]
         out = {"kernel_shape": list(kernel), "strides": list(strides), "dilations": list(dilations)}
         if self.auto_pad not in ("NOTSET", ""):
             out["auto_pad"] = self.auto_pad  # SAME_*/VALID resolve per axis exactly as in the original
@@ -106,8 +125,17 @@ class Layer:
 
     @property
     def shapes_known(self) -> bool:
-        rank = self.kernel.ndim if self.kind == "conv" else None  # a conv's activations: its kernel's rank
+        rank = self.geom.dims + 2 if self.kind == "conv" else None  # a conv's activations: its kernel's rank
         return all(_known(s) and (rank is None or len(s) == rank) for s in self.in_shapes + self.out_shapes)
+
+    def lifted(self, shape: tuple) -> tuple:
+        """A conv activation shape as the 2-D conv sees it (``[N, C, L]`` -> ``[N, C, 1, L]``)."""
+        one_d = self.geom is not None and self.geom.dims == 1 and len(shape) == 3
+        return tuple(shape[:2]) + (1,) + tuple(shape[2:]) if one_d else shape
+
+    def stored(self, kernel: np.ndarray) -> np.ndarray:
+        """A conv kernel in the layout of the node that holds it (a 1-D conv's has no height axis)."""
+        return kernel[:, :, 0] if self.kind == "conv" and self.geom.dims == 1 and kernel.ndim == 4 else kernel
 
 
 def _known(shape) -> bool:
@@ -138,8 +166,8 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
             why = "shared by nodes that use it differently"
         if why is None and any(u.role != w.role for u in w.uses):
             why = "also used as another operand"
-        if why is None and w.role == "conv" and len(w.shape) != 4:
-            why = f"{len(w.shape) - 2}-D convolution (only 2-D convs are rewritten)"
+        if why is None and w.role == "conv" and len(w.shape) not in (3, 4):
+            why = f"{len(w.shape) - 2}-D convolution (only 1-D and 2-D convs are rewritten)"
         if why is None and w.role == "matmul_b" and len(w.shape) != 2:
             why = "batched MatMul weight (more than 2 dims)"
         if why is None and w.role == "conv":
@@ -157,7 +185,8 @@ def collect_layers(model: onnx.ModelProto, config, ctx: Context, roles: tuple[st
             skipped.append((w, why))
             continue
         if w.role == "conv":
-            layers.append(Layer(w, [u.node for u in w.uses], "conv", values, ConvGeometry.of(node, w.shape)))
+            kernel = values[:, :, None] if values.ndim == 3 else values  # 1-D: the height-1 2-D kernel
+            layers.append(Layer(w, [u.node for u in w.uses], "conv", kernel, ConvGeometry.of(node, w.shape)))
         else:
             layers.append(Layer(w, [u.node for u in w.uses], KINDS[w.role].lower(),
                                 _as_matrix(w, values, node)))
@@ -238,3 +267,28 @@ class GraphEditor:
     def _unused(self, name: str) -> bool:
         g = self.model.graph
         return all(name not in n.input for n in g.node) and all(o.name != name for o in g.output)
+
+
+def geometry_key(lay: Layer) -> tuple:
+    """What the speed of a layer depends on: the node's op and attributes, weight and input shapes."""
+    node = micro_node(lay.nodes[0])
+    node.name = ""
+    return (node.SerializeToString(deterministic=True), tuple(lay.kernel.shape), tuple(lay.in_shapes[0]),
+            str(lay.weight.dtype))
+
+
+def measure_by_default(layers: list[Layer], methods: int) -> tuple[bool, str]:
+    """(measure?, why) for ``--measure`` left at its default: on when every shape is known and the
+    estimated micro-benchmark time is under ``AUTO_MEASURE_S``."""
+    if not layers:
+        return False, ""
+    if not all(lay.shapes_known for lay in layers):
+        return False, "layer speed not measured: some input shapes are unknown (give --input-shape)"
+    unique = {geometry_key(lay): lay for lay in layers}
+    macs = sum(int(np.prod(lay.out_shapes[0][1:], dtype=np.int64)) * int(np.prod(lay.kernel.shape[1:]))
+               for lay in unique.values())
+    cost = estimate_seconds(3 * methods * len(unique), 3 * methods * macs)
+    if cost > AUTO_MEASURE_S:
+        return False, (f"layer speed not measured: about {cost:.0f} s of micro-benchmarks "
+                       f"(--measure to measure anyway)")
+    return True, ""

@@ -31,9 +31,9 @@ from onnxcomp.passes.factorize import choose
 from onnxcomp.passes.factorize.allocate import floor_gains, layer_options, probe_weight, spend, summary
 from onnxcomp.passes.factorize.nodes import build_nodes, factor_tensors, node_names
 from onnxcomp.passes.factorize.plan import Candidate, applicable, candidates_for, cost, evaluate, pick
-from onnxcomp.passes.factorize.speed import Speed, measure_by_default
+from onnxcomp.passes.factorize.speed import Speed
 from onnxcomp.passes.layerstats import layer_statistics
-from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers
+from onnxcomp.passes.rewrite import GraphEditor, Layer, collect_layers, measure_by_default
 
 ROLES = ("conv", "gemm_b", "matmul_b")
 PROBE_SAMPLE_PASSES = 2  # the sensitivity probe runs about this many calibration passes (one run per layer)

@@ -26,8 +26,10 @@ def factor_tensors(lay: Layer, cand: Candidate, scope, opset: int) -> tuple[list
     Gemm's C is required: the first Gemm of a pair then reads a zero C (the last name)."""
     dtype = lay.weight.dtype
     arrays = [np.concatenate([f[k] for f in cand.factors], axis=0) for k in range(len(cand.factors[0]))]
-    if lay.kind == "conv" and cand.method == "svd":  # second factor [O, R] -> a 1x1 kernel
-        arrays[1] = arrays[1][:, :, None, None]
+    if lay.kind == "conv":
+        if cand.method == "svd":  # second factor [O, R] -> a 1x1 kernel
+            arrays[1] = arrays[1][:, :, None, None]
+        arrays = [lay.stored(a) for a in arrays]  # a 1-D conv's kernels drop the height axis
     elif lay.kind != "conv":  # MatrixSVD: first [R, K], second [O, R] -> stored as the node expects
         first, second = arrays
         trans_b = lay.kind == "gemm" and bool(attr(lay.nodes[0], "transB", 0))
@@ -82,7 +84,7 @@ def _conv_geometry(lay: Layer, method: str, k: int, last: bool) -> dict:
         return geom.conv_attrs("vertical" if k == 0 else "horizontal")
     if (method == "tucker2" and k == 1) or (method == "svd" and k == 0):
         return geom.conv_attrs()
-    return {"kernel_shape": [1, 1]}
+    return geom.pointwise()
 
 
 def dummy_factors(lay: Layer, method: str, ranks: tuple[int, ...]) -> list[list[np.ndarray]]:

@@ -77,8 +77,8 @@ def candidates_for(layer: Layer, method: str) -> list[str]:
 
 
 def _conv_dims(layer: Layer, i: int):
-    _, c, h, w = layer.in_shapes[i]
-    _, o, ho, wo = layer.out_shapes[i]
+    _, c, h, w = layer.lifted(layer.in_shapes[i])
+    _, o, ho, wo = layer.lifted(layer.out_shapes[i])
     return c, h, w, o, ho, wo
 
 

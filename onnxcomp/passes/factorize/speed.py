@@ -14,20 +14,10 @@ import onnx
 from onnx import helper
 
 from onnxcomp.io import default_opset
-from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, estimate_seconds, measure, micro_node
+from onnxcomp.measure.microbench import MEASURE_MAX_RATIO, LocalNames, measure, micro_node
 from onnxcomp.passes.factorize.nodes import build_nodes, dummy_factors, factor_tensors
 from onnxcomp.passes.factorize.plan import Candidate
-from onnxcomp.passes.rewrite import Layer
-
-AUTO_MEASURE_S = 120.0  # measure by default when the estimated micro-benchmark time is below this
-
-
-def geometry_key(lay: Layer) -> tuple:
-    """What the speed of a layer depends on: the node's op and attributes, weight and input shapes."""
-    node = micro_node(lay.nodes[0])
-    node.name = ""
-    return (node.SerializeToString(deterministic=True), tuple(lay.kernel.shape), tuple(lay.in_shapes[0]),
-            str(lay.weight.dtype))
+from onnxcomp.passes.rewrite import Layer, geometry_key
 
 
 class Speed:
@@ -65,20 +55,3 @@ class Speed:
         r_lo, r_hi = options[0][0], options[-1][0]
         limit = r_lo + (MEASURE_MAX_RATIO - lo) / max(hi - lo, 1e-9) * (r_hi - r_lo)
         return sum(1 for r in options if r[0] <= limit)
-
-
-def measure_by_default(layers: list[Layer], methods: int) -> tuple[bool, str]:
-    """(measure?, why) for ``--measure`` left at its default: on when every shape is known and the
-    estimated micro-benchmark time is under ``AUTO_MEASURE_S``."""
-    if not layers:
-        return False, ""
-    if not all(lay.shapes_known for lay in layers):
-        return False, "layer speed not measured: some input shapes are unknown (give --input-shape)"
-    unique = {geometry_key(lay): lay for lay in layers}
-    macs = sum(int(np.prod(lay.out_shapes[0][1:], dtype=np.int64)) * int(np.prod(lay.kernel.shape[1:]))
-               for lay in unique.values())
-    cost = estimate_seconds(3 * methods * len(unique), 3 * methods * macs)
-    if cost > AUTO_MEASURE_S:
-        return False, (f"layer speed not measured: about {cost:.0f} s of micro-benchmarks "
-                       f"(--measure to measure anyway)")
-    return True, ""

@@ -3,7 +3,8 @@
 Every layer that reads prunable channels through a weight is, at each output position, a linear
 map of an input vector (plus a bias):
 
-- Conv (2-D, group 1): im2col patches, one per output position, in kernel order ``(c, i, j)``;
+- Conv (1-D or 2-D, group 1): im2col patches, one per output position, in kernel order ``(c, i, j)``
+  (a 1-D conv as the 2-D conv of height 1 it equals);
 - ConvTranspose (2-D, group 1): the input vector at each position, scattered through the kernel
   to ``out x kh x kw`` outputs (exactly a matrix product when stride = kernel and no padding,
   an approximation of the overlapping outputs otherwise);
@@ -31,8 +32,8 @@ def kind_of(node: onnx.NodeProto, w: np.ndarray | None) -> tuple[str | None, str
     if w is None:
         return None, "weight not readable"
     if op in ("Conv", "ConvTranspose"):
-        if int(get_attr(node, "group", 1)) != 1 or w.ndim != 4:
-            return None, f"only 2-D {op}s with group 1 are fitted"
+        if int(get_attr(node, "group", 1)) != 1 or w.ndim not in ((3, 4) if op == "Conv" else (4,)):
+            return None, f"only {'1-D and ' if op == 'Conv' else ''}2-D {op}s with group 1 are fitted"
         return ("conv" if op == "Conv" else "convt"), None
     if op == "Gemm":
         if get_attr(node, "transA", 0) or get_attr(node, "alpha", 1.0) != 1.0 or get_attr(node, "beta", 1.0) != 1.0:
@@ -160,7 +161,9 @@ class Fit:
         outputs they produce: ``(A [P, dim], Y [P, out] or None)``."""
         x = np.asarray(x)
         if self.kind == "conv":
-            kh, kw = self.w0.shape[2:]
+            if self.w0.ndim == 3:  # 1-D: the 2-D conv of height 1 it equals
+                x, y = x[:, :, None], (None if y is None else np.asarray(y)[:, :, None])
+            kh, kw = self.w0.shape[2:] if self.w0.ndim == 4 else (1, self.w0.shape[2])
             out_hw = tuple(y.shape[2:]) if y is not None else _conv_out(self.node, x.shape[2:], (kh, kw))
             a, (n, i, j) = _conv_rows(self.node, x, (kh, kw), rng, n_rows, out_hw)
             t = None if y is None else y[n, :, i, j]
@@ -199,14 +202,23 @@ class Fit:
         return self.gram / max(self.rows, 1)
 
 
+def _lifted(node: onnx.NodeProto, name: str) -> list[int]:
+    """strides / dilations / pads of a conv as the 2-D conv sees them (a 1-D conv's: height 1)."""
+    if name == "pads":
+        p = list(get_attr(node, "pads", [0, 0, 0, 0]))
+        return [0, p[0], 0, p[1]] if len(p) == 2 else p
+    v = list(get_attr(node, name, [1, 1]))
+    return [1] + v if len(v) == 1 else v
+
+
 def _conv_out(node: onnx.NodeProto, in_hw, k) -> tuple[int, int]:
-    s = get_attr(node, "strides", [1, 1])
-    d = get_attr(node, "dilations", [1, 1])
+    s = _lifted(node, "strides")
+    d = _lifted(node, "dilations")
     auto = get_attr(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         return tuple(-(-i // st) for i, st in zip(in_hw, s))
-    p = [0, 0, 0, 0] if auto == "VALID" else list(get_attr(node, "pads", [0, 0, 0, 0]))
+    p = [0, 0, 0, 0] if auto == "VALID" else _lifted(node, "pads")
     return tuple((i + p[a] + p[a + 2] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a, i in enumerate(in_hw))
 
 
@@ -214,8 +226,8 @@ def _conv_rows(node: onnx.NodeProto, x: np.ndarray, kshape: tuple, rng: np.rando
                n_rows: int, out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple]:
     """im2col rows [P, C*kh*kw] at ``n_rows`` random output positions, and the positions."""
     kh, kw = kshape
-    sh, sw = get_attr(node, "strides", [1, 1])
-    dh, dw = get_attr(node, "dilations", [1, 1])
+    sh, sw = _lifted(node, "strides")
+    dh, dw = _lifted(node, "dilations")
     ho, wo = out_hw
     pads = _pads(node, x.shape[2:], (kh, kw), (sh, sw), (dh, dw), (ho, wo))
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
@@ -237,4 +249,4 @@ def _pads(node, in_hw, k, s, d, out_hw) -> list[int]:
         return [lo[0], lo[1], total[0] - lo[0], total[1] - lo[1]]
     if auto == "VALID":
         return [0, 0, 0, 0]
-    return list(get_attr(node, "pads", [0, 0, 0, 0]))
+    return _lifted(node, "pads")
