@@ -32,7 +32,27 @@ if WORKER:
     _sessions.session_options = _one_thread
 
 
+def _cpu_quota() -> int | None:
+    """Whole cores a container's CPU quota allows (cgroup v2, then v1), or None without a quota:
+    a container can see all of a host's cores and be allowed two of them."""
+    for path, split in (("/sys/fs/cgroup/cpu.max", None), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "cpu.cfs_period_us")):
+        try:
+            with open(path) as f:
+                fields = f.read().split()
+            if split is not None:
+                with open(os.path.join(os.path.dirname(path), split)) as f:
+                    fields += f.read().split()
+            quota, period = fields[0], fields[1]
+            if quota in ("max", "-1"):
+                return None
+            return max(1, int(quota) // int(period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker per core this process may run on, at most MAX_WORKERS."""
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      MAX_WORKERS))
+    """``-n auto``: one worker per core this process may run on (within a container's CPU quota),
+    at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, _cpu_quota() or cores, MAX_WORKERS))
