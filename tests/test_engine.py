@@ -140,6 +140,35 @@ def test_the_patches_statistics_are_drawn_from_are_what_the_conv_multiplies(kern
         assert np.allclose(np.sort(got[s]), np.sort(y[s].reshape(-1)), atol=1e-4)
 
 
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3, 3], pads=[1, 1, 1, 1, 1, 1]),
+                                   dict(kernel_shape=[2, 3, 1], strides=[2, 1, 3], dilations=[1, 2, 1],
+                                        pads=[1, 0, 0, 0, 2, 1]),
+                                   dict(kernel_shape=[3, 1, 3], strides=[2, 2, 2], auto_pad="SAME_UPPER")])
+def test_a_3d_conv_is_measured_over_every_spatial_axis(attrs):
+    """3-D convs (video, volumes) took magnitude masks with --data: the statistics knew 1-D and 2-D
+    patches only. Every patch drawn for a 3-D conv, dotted with an output channel's kernel, is that
+    channel's Conv output somewhere: strides, dilations, uneven and SAME pads on each axis."""
+    from onnxcomp.measure.stats import conv_patches
+    from onnxcomp.passes.prune.obs import _rows, request
+
+    g = np.random.default_rng(7)
+    x = g.normal(size=(2, 3, 5, 6, 7)).astype(np.float32)
+    w = g.normal(size=(2, 3, *attrs["kernel_shape"])).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [M.vi("x", [2, 3, 5, 6, 7])], [M.vi("y", None)],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    y = session(model).run(None, {"x": x})[0]
+    weight = find_weights(model).by_name()["w"]
+    patches = conv_patches(x, request(weight), 10**6, np.random.default_rng(0)).astype(np.float64)
+    rows = _rows(weight, w.astype(np.float64))
+    for c in range(2):
+        got = (patches @ rows[c]).reshape(2, -1)
+        for s in range(2):
+            assert got.shape[1] == y[s, c].size
+            assert np.allclose(np.sort(got[s]), np.sort(y[s, c].reshape(-1)), atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel,strides,pads,extra,dilations", [((4, 4), (2, 2), (1, 1, 1, 1), (0, 0), (1, 1)),
                                                                  ((3, 3), (2, 2), (1, 0, 1, 1), (1, 1), (1, 1)),
                                                                  ((3, 2), (1, 3), (0, 0, 0, 0), (0, 2), (2, 1))])

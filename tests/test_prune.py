@@ -183,6 +183,35 @@ def test_a_1d_conv_is_calibrated_as_the_2d_conv_it_equals(command):
         assert np.allclose(out[1][name], out[2][name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("command", ["prune", "cluster"])
+def test_a_3d_conv_is_fitted_to_its_outputs_with_data(command):
+    """3-D convs (video, volumes) took magnitude masks / plain k-means with --data. They are now fit
+    by OBS / GPTQ on their 3-D patches, and on those samples the outputs move less than with the
+    data-free choice at the same sparsity / bits."""
+    from onnx import helper
+
+    r = np.random.default_rng(11)
+    w1, w2 = r.normal(0, 0.2, (16, 4, 3, 3, 3)), r.normal(0, 0.1, (16, 16, 3, 1, 3))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 6),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", strides=[2, 1, 2], pads=[1, 0, 1, 1, 0, 1])]
+    model = M.make(nodes, [M.vi("x", ["N", 4, 6, 8, 8])], [M.vi("y", ["N", 16, 3, 8, 4])],
+                   [M.init("w1", w1.astype(np.float32)), M.init("w2", w2.astype(np.float32))])
+    x = np.cumsum(r.normal(size=(16, 4, 6, 8, 8)), axis=4).astype(np.float32) / 4  # correlated inputs
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    err = {}
+    for data in ([{"x": x}], None):
+        step = oc.prune if command == "prune" else oc.cluster
+        result = step(model, 0.6 if command == "prune" else 3, data=data, correction="none", encoding="dense")
+        notes = " ".join(result.result_of(command).notes)
+        if data is not None:
+            assert "magnitude mask" not in notes and ("GPTQ-style" in notes or command == "prune"), notes
+        got = ort.InferenceSession(result.proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        err[data is not None] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    assert err[True] < 0.8 * err[False]
+
+
 @pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
 def test_auto_pad_convs_are_calibrated_as_their_explicit_pads(mode):
     """A conv with auto_pad SAME_* (TF exports) took magnitude masks with --data: its pads depend on

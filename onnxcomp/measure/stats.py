@@ -27,10 +27,10 @@ class StatsRequest:
     key: str
     tensor: str
     kind: str  # "conv" or "matrix"
-    kernel: tuple[int, int] = (1, 1)
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
-    dilations: tuple[int, int] = (1, 1)
+    kernel: tuple[int, ...] = (1, 1)  # one entry per spatial axis (a 1-D conv: (1, k), height 1)
+    strides: tuple[int, ...] = (1, 1)
+    pads: tuple[int, ...] = (0, 0, 0, 0)  # ONNX order: every axis' begin, then every end (top, left, bottom, right)
+    dilations: tuple[int, ...] = (1, 1)
     group: int = 1
     transposed: bool = False  # matrix input stored [K, M] (Gemm transA=1)
     seq_first: bool = False  # a recurrent op's input [seq, batch, features]: the samples are on axis 1
@@ -40,31 +40,34 @@ class StatsRequest:
 
 def conv_patches(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``count`` random im2col patches per sample of ``x [N, C, H, W]`` (or ``[N, C, L]``, a
-    1-D conv's input, as height 1): ``[S, C·kh·kw]``."""
-    x = x[:, :, None, :] if x.ndim == 3 else x
+    1-D conv's input, as height 1; or ``[N, C, D, H, W]`` with a 3-D request): ``[S, C·prod(kernel)]``."""
+    x = x[:, :, None, :] if x.ndim == 3 and len(req.kernel) == 2 else x
     if req.upsample != (1, 1):  # a ConvTranspose is the conv of its input spread out by its strides
         (uh, uw), (n, c, h, w) = req.upsample, x.shape
         spread = np.zeros((n, c, (h - 1) * uh + 1, (w - 1) * uw + 1), x.dtype)
         spread[:, :, ::uh, ::uw] = x
         x = spread
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = req.kernel, req.strides, req.dilations
-    t, left, b, r = req.pads if not req.auto_pad.startswith("SAME") else \
-        same_pads((h, w), req.kernel, req.strides, req.dilations, req.auto_pad)
-    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
-    ho = (h + t + b - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + left + r - dw * (kw - 1) - 1) // sw + 1
-    if ho <= 0 or wo <= 0:
-        return np.zeros((0, c * kh * kw), np.float64)
-    per = min(count, ho * wo)
-    picks = np.concatenate([rng.choice(ho * wo, per, replace=False) for _ in range(n)])
+    nd, (n, c), size = len(req.kernel), x.shape[:2], x.shape[2:]
+    pads = req.pads if not req.auto_pad.startswith("SAME") else \
+        same_pads(size, req.kernel, req.strides, req.dilations, req.auto_pad)
+    xp = np.pad(x, ((0, 0), (0, 0), *((pads[a], pads[nd + a]) for a in range(nd))))
+    outs = [(size[a] + pads[a] + pads[nd + a] - req.dilations[a] * (req.kernel[a] - 1) - 1) // req.strides[a] + 1
+            for a in range(nd)]
+    dim = c * math.prod(req.kernel)
+    if min(outs) <= 0:
+        return np.zeros((0, dim), np.float64)
+    total = math.prod(outs)
+    per = min(count, total)
+    picks = np.concatenate([rng.choice(total, per, replace=False) for _ in range(n)])
     batch = np.repeat(np.arange(n), per)
-    oy, ox = picks // wo, picks % wo
-    # a strided window view gathered at the picked positions: [S, C, kh, kw] in kernel order (2-4x faster
-    # than indexing the padded input with four broadcast index arrays)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    patches = win[..., ::dh, ::dw][batch, :, oy * sh, ox * sw]
-    return patches.reshape(len(batch), c * kh * kw)
+    at = np.unravel_index(picks, outs)
+    # a strided window view gathered at the picked positions: [S, C, *kernel] in kernel order (2-4x faster
+    # than indexing the padded input with broadcast index arrays)
+    spans = tuple(d * (k - 1) + 1 for d, k in zip(req.dilations, req.kernel))
+    win = np.lib.stride_tricks.sliding_window_view(xp, spans, axis=tuple(range(2, 2 + nd)))
+    win = win[(Ellipsis, *(slice(None, None, d) for d in req.dilations))]
+    patches = win[(batch, slice(None), *(p * s for p, s in zip(at, req.strides)))]
+    return patches.reshape(len(batch), dim)
 
 
 def matrix_rows(x: np.ndarray, req: StatsRequest, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Calibration-based pruning: OBS/SparseGPT updates from each layer's input second moments.
 
-Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 2-D
-convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
-Layers it cannot describe (3-D convs, batched MatMul, grouped ConvTranspose, GRU recurrence) fall back to
+Statistics come from :func:`onnxcomp.measure.patchstats.collect_covariances` (im2col patches for 1-D,
+2-D and 3-D convs, rows for Gemm/MatMul), gathered in chunks so at most ~1 GB of D×D matrices is alive.
+Layers it cannot describe (batched MatMul, grouped ConvTranspose, GRU recurrence) fall back to
 magnitude masks, with a note.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def request(w: Weight) -> StatsRequest | None:
     node = w.uses[0].node
     if w.nested:
         return None
-    if w.role == "conv" and len(w.shape) in (3, 4):
+    if w.role == "conv" and len(w.shape) in (3, 4, 5):
         auto = _auto_pad(node)
         if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return None
@@ -48,10 +48,10 @@ def request(w: Weight) -> StatsRequest | None:
             return StatsRequest(w.name, node.input[0], "conv", (1, w.shape[2]),
                                 (1, _ints(node, "strides", [1])[0]), (0, pads[0], 0, pads[1]),
                                 (1, _ints(node, "dilations", [1])[0]), w.group, auto_pad=auto)
-        pads = _ints(node, "pads", [0, 0, 0, 0])
+        nd = len(w.shape) - 2  # 2-D, or 3-D (video, volumes): patches over every spatial axis
         return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
-                            tuple(_ints(node, "strides", [1, 1])), tuple(pads),
-                            tuple(_ints(node, "dilations", [1, 1])), w.group, auto_pad=auto)
+                            tuple(_ints(node, "strides", [1] * nd)), tuple(_ints(node, "pads", [0] * (2 * nd))),
+                            tuple(_ints(node, "dilations", [1] * nd)), w.group, auto_pad=auto)
     if w.role == "convtranspose" and len(w.shape) == 4 and w.group == 1:
         return _transposed(w, node)
     if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
