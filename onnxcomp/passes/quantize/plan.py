@@ -106,7 +106,7 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
         if why is None and w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
             why = _gemm_ok(w)
             kind = "nbits" if cfg.nbits else "qdq"
-        elif why is None and w.role == "conv" and len(w.shape) in (3, 4):
+        elif why is None and w.role == "conv" and len(w.shape) in (3, 4, 5):
             kind = "qdq"
             if not act:
                 why = "no onnxruntime kernel runs a low-bit Conv with float activations (use --activations int8)"
