@@ -182,3 +182,18 @@ def same_pads(in_hw: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[in
         begin.append(first)
         end.append(total - first)
     return tuple(begin + end)
+
+
+
+def conv_attrs(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """(kernel, strides, pads, dilations) of a conv with a ``weight_shape`` kernel, defaults filled
+    in, pads in ONNX order (every begin, then every end). A 1-D conv's come as the height-1 2-D conv
+    it equals (``(1, k)``, ``(1, s)``, ``(0, p0, 0, p1)``, ``(1, d)``), the form the 2-D statistics
+    and rewrites take."""
+    dims = len(weight_shape) - 2
+    got = {a.name: list(a.ints) for a in node.attribute if a.name in ("strides", "pads", "dilations")}
+    strides, pads = got.get("strides", [1] * dims), got.get("pads", [0] * (2 * dims))
+    dilations = got.get("dilations", [1] * dims)
+    if dims == 1:
+        return (1, weight_shape[2]), (1, strides[0]), (0, pads[0], 0, pads[1]), (1, dilations[0])
+    return tuple(weight_shape[2:]), tuple(strides), tuple(pads), tuple(dilations)

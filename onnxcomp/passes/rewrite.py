@@ -23,7 +23,7 @@ from onnx import helper
 
 from onnxcomp.algo.numeric import numeric_problem
 from onnxcomp.graph.edit import NameScope
-from onnxcomp.graph.shapes import infer_shapes, same_pads
+from onnxcomp.graph.shapes import conv_attrs, infer_shapes, same_pads
 from onnxcomp.graph.weights import Weight, WeightReport, find_weights, remove_storage
 from onnxcomp.measure.microbench import estimate_seconds, micro_node
 from onnxcomp.passes.base import Context, matches
@@ -57,16 +57,9 @@ class ConvGeometry:
     def of(node: onnx.NodeProto, kernel_shape: tuple[int, ...]) -> "ConvGeometry":
         auto = attr(node, "auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-        group = int(attr(node, "group", 1))
-        if len(kernel_shape) == 3:  # 1-D: height 1, no stride, pad or dilation along it
-            (k,), (s,), (d,) = kernel_shape[2:], attr(node, "strides", [1]), attr(node, "dilations", [1])
-            p0, p1 = attr(node, "pads", [0, 0])
-            return ConvGeometry((1, k), (1, s), (0, p0, 0, p1), (1, d), group, auto, dims=1)
-        kh, kw = kernel_shape[2:]
-        pads = tuple(attr(node, "pads", [0, 0, 0, 0]))
-        return ConvGeometry((kh, kw), tuple(attr(node, "strides", [1, 1])),
-                            (pads[0], pads[1], pads[2], pads[3]),
-                            tuple(attr(node, "dilations", [1, 1])), group, auto)
+        kernel, strides, pads, dilations = conv_attrs(node, kernel_shape)  # 1-D: height 1
+        return ConvGeometry(kernel, strides, pads, dilations, int(attr(node, "group", 1)), auto,
+                            dims=len(kernel_shape) - 2)
 
     def explicit_pads(self, in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """Pads with auto_pad resolved for an input of height/width ``in_hw``."""

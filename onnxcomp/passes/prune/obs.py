@@ -14,6 +14,7 @@ import onnx
 
 from onnxcomp.encode.tables import Layout
 from onnxcomp.graph import einsum
+from onnxcomp.graph.shapes import conv_attrs
 from onnxcomp.graph.weights import Weight
 from onnxcomp.algo.obs import prune_obs
 from onnxcomp.measure.patchstats import collect_covariances
@@ -43,15 +44,10 @@ def request(w: Weight) -> StatsRequest | None:
         auto = _auto_pad(node)
         if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return None
-        if len(w.shape) == 3:  # a 1-D conv is a 2-D one over rows of height 1 (conv_patches reads x[N, C, L])
-            pads = _ints(node, "pads", [0, 0])
-            return StatsRequest(w.name, node.input[0], "conv", (1, w.shape[2]),
-                                (1, _ints(node, "strides", [1])[0]), (0, pads[0], 0, pads[1]),
-                                (1, _ints(node, "dilations", [1])[0]), w.group, auto_pad=auto)
-        nd = len(w.shape) - 2  # 2-D, or 3-D (video, volumes): patches over every spatial axis
-        return StatsRequest(w.name, node.input[0], "conv", tuple(w.shape[2:]),
-                            tuple(_ints(node, "strides", [1] * nd)), tuple(_ints(node, "pads", [0] * (2 * nd))),
-                            tuple(_ints(node, "dilations", [1] * nd)), w.group, auto_pad=auto)
+        # a 1-D conv is a 2-D one over rows of height 1 (conv_patches reads x[N, C, L]); a 3-D one
+        # (video, volumes) is measured over every spatial axis
+        kernel, strides, pads, dilations = conv_attrs(node, w.shape)
+        return StatsRequest(w.name, node.input[0], "conv", kernel, strides, pads, dilations, w.group, auto_pad=auto)
     if w.role == "convtranspose" and len(w.shape) == 4 and w.group == 1:
         return _transposed(w, node)
     if w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:

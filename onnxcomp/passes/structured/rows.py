@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.graph.edit import ConstEval, get_attr, set_input, uses
+from onnxcomp.graph.shapes import conv_attrs, same_pads
 
 ROWS = 32768  # at most this many sampled rows (output positions) per layer
 MIN_ROWS = 2048
@@ -163,9 +164,9 @@ class Fit:
         if self.kind == "conv":
             if self.w0.ndim == 3:  # 1-D: the 2-D conv of height 1 it equals
                 x, y = x[:, :, None], (None if y is None else np.asarray(y)[:, :, None])
-            kh, kw = self.w0.shape[2:] if self.w0.ndim == 4 else (1, self.w0.shape[2])
-            out_hw = tuple(y.shape[2:]) if y is not None else _conv_out(self.node, x.shape[2:], (kh, kw))
-            a, (n, i, j) = _conv_rows(self.node, x, (kh, kw), rng, n_rows, out_hw)
+            (kh, kw), *attrs = conv_attrs(self.node, self.w0.shape)  # a 1-D conv's as height 1
+            out_hw = tuple(y.shape[2:]) if y is not None else _conv_out(self.node, x.shape[2:], (kh, kw), attrs)
+            a, (n, i, j) = _conv_rows(self.node, x, (kh, kw), rng, n_rows, out_hw, attrs)
             t = None if y is None else y[n, :, i, j]
         elif self.kind == "convt":
             kh, kw = self.w0.shape[2:]
@@ -202,34 +203,31 @@ class Fit:
         return self.gram / max(self.rows, 1)
 
 
-def _lifted(node: onnx.NodeProto, name: str) -> list[int]:
-    """strides / dilations / pads of a conv as the 2-D conv sees them (a 1-D conv's: height 1)."""
-    if name == "pads":
-        p = list(get_attr(node, "pads", [0, 0, 0, 0]))
-        return [0, p[0], 0, p[1]] if len(p) == 2 else p
-    v = list(get_attr(node, name, [1, 1]))
-    return [1] + v if len(v) == 1 else v
-
-
-def _conv_out(node: onnx.NodeProto, in_hw, k) -> tuple[int, int]:
-    s = _lifted(node, "strides")
-    d = _lifted(node, "dilations")
+def _auto_pad(node: onnx.NodeProto) -> str:
     auto = get_attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return auto.decode() if isinstance(auto, bytes) else auto
+
+
+def _conv_out(node: onnx.NodeProto, in_hw, k, attrs: tuple) -> tuple[int, int]:
+    s, p, d = attrs
+    auto = _auto_pad(node)
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         return tuple(-(-i // st) for i, st in zip(in_hw, s))
-    p = [0, 0, 0, 0] if auto == "VALID" else _lifted(node, "pads")
+    p = [0, 0, 0, 0] if auto == "VALID" else p
     return tuple((i + p[a] + p[a + 2] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a, i in enumerate(in_hw))
 
 
 def _conv_rows(node: onnx.NodeProto, x: np.ndarray, kshape: tuple, rng: np.random.Generator,
-               n_rows: int, out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple]:
+               n_rows: int, out_hw: tuple[int, int], attrs: tuple) -> tuple[np.ndarray, tuple]:
     """im2col rows [P, C*kh*kw] at ``n_rows`` random output positions, and the positions."""
     kh, kw = kshape
-    sh, sw = _lifted(node, "strides")
-    dh, dw = _lifted(node, "dilations")
+    (sh, sw), pads, (dh, dw) = attrs
     ho, wo = out_hw
-    pads = _pads(node, x.shape[2:], (kh, kw), (sh, sw), (dh, dw), (ho, wo))
+    auto = _auto_pad(node)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = same_pads(x.shape[2:], kshape, (sh, sw), (dh, dw), auto)
+    elif auto == "VALID":
+        pads = (0, 0, 0, 0)
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     total = len(x) * ho * wo
     flat = rng.choice(total, size=min(n_rows, total), replace=False)
@@ -238,15 +236,3 @@ def _conv_rows(node: onnx.NodeProto, x: np.ndarray, kshape: tuple, rng: np.rando
     cols = [xp[n, :, i * sh + a * dh, j * sw + b * dw] for a in range(kh) for b in range(kw)]
     a = np.stack(cols, axis=2).reshape(len(flat), -1)  # [P, C, kh*kw] -> matches W[o, c, a, b]
     return a, (n, i, j)
-
-
-def _pads(node, in_hw, k, s, d, out_hw) -> list[int]:
-    auto = get_attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max(0, (o - 1) * st + (kk - 1) * dd + 1 - i) for o, st, kk, dd, i in zip(out_hw, s, k, d, in_hw)]
-        lo = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
-        return [lo[0], lo[1], total[0] - lo[0], total[1] - lo[1]]
-    if auto == "VALID":
-        return [0, 0, 0, 0]
-    return _lifted(node, "pads")
