@@ -20,15 +20,19 @@ __all__ = ["Terminated", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
-    previous = previous_int = None
     SIGNALLED.clear()
     hook = sys.unraisablehook
     sys.unraisablehook = quiet_unraisable(hook)
+    handlers = {}  # the handlers to put back, read before ours go in: a signal may come at any line
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C, from the first line
+        handlers[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where the shell ignores it)
-            previous_int = signal.signal(signal.SIGINT, raise_interrupt)
-    try:
+            handlers[signal.SIGINT] = signal.default_int_handler
+    try:  # from here on an interrupt, even one while the handlers go in, ends in _interrupted
+        if signal.SIGTERM in handlers:
+            signal.signal(signal.SIGTERM, raise_terminated)  # unwinds like Ctrl-C, from the first line
+        if signal.SIGINT in handlers:
+            signal.signal(signal.SIGINT, raise_interrupt)
         code = _run(argv)
     except KeyboardInterrupt as exc:  # during start-up, before the command's own handling
         code = _interrupted(exc)
@@ -38,10 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = _interrupted(cause)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         sys.unraisablehook = hook
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         _exit_if_abandoned(code)

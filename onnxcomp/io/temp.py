@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 _swept: set[Path] = set()  # folders already swept by this process
@@ -75,3 +79,54 @@ def sweep_once(folder: Path) -> None:
         if f not in _swept:
             _swept.add(f)
             sweep_stale(f)
+
+
+class _Held:
+    """SIGINT and SIGTERM recorded instead of handled while held, then delivered to the handlers
+    that were in place (main thread only: elsewhere Python handles no signals)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
+        self.arrived: list[int] = []
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self.arrived.append(signum)
+
+    def hold(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(s)
+            if current is not None and current is not self._hold:  # None: a handler not set from Python
+                self.previous[s] = current
+                signal.signal(s, self._hold)
+
+    def release(self) -> None:
+        while self.previous:
+            s, handler = self.previous.popitem()
+            signal.signal(s, handler)
+        arrived, self.arrived = self.arrived, []
+        for s in dict.fromkeys(arrived):
+            signal.raise_signal(s)  # the handler now in place runs (raises, exits or ignores)
+
+
+@contextmanager
+def temp_folder(prefix: str, folder: Path) -> Iterator[Path]:
+    """A new folder ``<folder>/<prefix>...`` for the block, removed with all it holds afterwards.
+
+    An interrupt that arrives while the folder is made or removed is held until that is done, so
+    Ctrl-C or SIGTERM at any moment leaves no folder behind (it arrived between ``mkdtemp`` and
+    the ``try`` that would remove it)."""
+    held, path = _Held(), None
+    try:
+        held.hold()
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+        held.release()
+        yield path
+    finally:
+        held.hold()
+        try:
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        finally:
+            held.release()

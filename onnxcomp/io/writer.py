@@ -18,7 +18,7 @@ from onnxcomp.io.ort import compatible_ir, ort_load_error, verify_file
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.tensors import (_external_info, _fill, _header, _lost, _set_location,
                                  EMBEDDED, inline_copy, is_lazy, lazy_tensors, needs_external_data, stored_size)
-from onnxcomp.io.temp import sweep_once, temp_prefix
+from onnxcomp.io.temp import sweep_once, temp_folder, temp_prefix
 
 
 
@@ -166,49 +166,45 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | o
     if external and input_path is not None and not force:
         _refuse_input_data(folder / (path.name + ".data"), Path(input_path))
     sweep_once(folder)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{path.name}"), dir=folder))
     try:
-        tmp = tmp_dir / path.name
-        data_name = path.name + ".data"
-        placed = write_model(model, tmp, external=external, data_name=data_name)  # ``model`` as it was
-        stale = _reading(model, folder / data_name) if external else []  # in the file to be replaced
-        if verify:
-            try:
-                verify_file(tmp)
-            except Exception:  # noqa: BLE001 - blame the input when onnxruntime cannot load it either
-                problem = ort_load_error(Path(input_path)) if input_path is not None else None
-                if problem is not None:
-                    raise ModelLoadError(f"onnxruntime cannot load {input_path}: {problem}",
-                                         "re-export the model; onnxcomp writes only models onnxruntime "
-                                         "loads") from None
-                raise
-        for t in stale:  # small ones were written inline: read them in now, while the file is there
-            if t.name not in placed:
-                _fill(t, t)
-        if external:
-            os.replace(tmp_dir / data_name, folder / data_name)
-            for t in stale:  # the same bytes, at their place in the new file
-                if t.name in placed:
-                    _point(t, str((folder / data_name).resolve()), *placed[t.name])
-            try:
-                os.replace(tmp, path)
-            except BaseException:  # never a .data file without its model
-                (folder / data_name).unlink(missing_ok=True)
-                raise
-        else:
-            orphan = _own_data(path, folder / data_name)
-            os.replace(tmp, path)
-            if orphan is not None:  # the replaced file's .data: nothing refers to it any more
-                for t in _reading(model, orphan):
+        with temp_folder(temp_prefix(f".{path.name}"), folder) as tmp_dir:
+            tmp = tmp_dir / path.name
+            data_name = path.name + ".data"
+            placed = write_model(model, tmp, external=external, data_name=data_name)  # ``model`` as it was
+            stale = _reading(model, folder / data_name) if external else []  # in the file to be replaced
+            if verify:
+                try:
+                    verify_file(tmp)
+                except Exception:  # noqa: BLE001 - blame the input when onnxruntime cannot load it either
+                    problem = ort_load_error(Path(input_path)) if input_path is not None else None
+                    if problem is not None:
+                        raise ModelLoadError(f"onnxruntime cannot load {input_path}: {problem}",
+                                             "re-export the model; onnxcomp writes only models onnxruntime "
+                                             "loads") from None
+                    raise
+            for t in stale:  # small ones were written inline: read them in now, while the file is there
+                if t.name not in placed:
                     _fill(t, t)
-                orphan.unlink(missing_ok=True)
+            if external:
+                os.replace(tmp_dir / data_name, folder / data_name)
+                for t in stale:  # the same bytes, at their place in the new file
+                    if t.name in placed:
+                        _point(t, str((folder / data_name).resolve()), *placed[t.name])
+                try:
+                    os.replace(tmp, path)
+                except BaseException:  # never a .data file without its model
+                    (folder / data_name).unlink(missing_ok=True)
+                    raise
+            else:
+                orphan = _own_data(path, folder / data_name)
+                os.replace(tmp, path)
+                if orphan is not None:  # the replaced file's .data: nothing refers to it any more
+                    for t in _reading(model, orphan):
+                        _fill(t, t)
+                    orphan.unlink(missing_ok=True)
     except OSError as exc:
         raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}",
                              "check the folder's permissions and free space") from None
-    finally:
-        for leftover in tmp_dir.glob("*"):
-            leftover.unlink()
-        tmp_dir.rmdir()
     return path
 
 
@@ -237,20 +233,17 @@ def atomic_file(path: str | os.PathLike, data: bytes, *, source: str | os.PathLi
     check_output(path, source, force)
     folder = path.parent if str(path.parent) else Path(".")
     sweep_once(folder)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(f".{path.name}"), dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}",
-                                 "check the folder's permissions and free space") from None
-        raise
+        with temp_folder(temp_prefix(f".{path.name}"), folder) as tmp_dir:
+            tmp = tmp_dir / path.name
+            tmp.write_bytes(data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelSaveError(f"cannot write {path}: {exc.strerror or exc}",
+                             "check the folder's permissions and free space") from None
     return path
 
 
