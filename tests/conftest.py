@@ -8,6 +8,7 @@ Two workers each running onnxruntime and BLAS with a thread per core made every 
 from __future__ import annotations
 
 import os
+import signal
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 MAX_WORKERS = 4  # each worker holds its own models and sessions; more adds memory, not much speed
@@ -30,6 +31,12 @@ if WORKER:
 
     _runtime.session_options = _one_thread
     _sessions.session_options = _one_thread
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # A suite started in the background by a non-interactive shell (``cmd &``, some CI runners)
+    # inherits SIGINT ignored, and so would every command the interrupt tests start: those tests
+    # are about a terminal's Ctrl-C, so they get one.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cpu_quota() -> int | None:

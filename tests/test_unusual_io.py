@@ -214,7 +214,7 @@ def test_interrupt_during_a_big_svd_exits_at_once(tmp_path):
         proc.kill()
         pytest.fail("the process did not exit after SIGINT")
     assert proc.returncode == 130, err
-    assert time.monotonic() - t0 < 3  # the SVD alone takes longer (about 10-60 s here)
+    assert time.monotonic() - t0 < 5  # the SVD alone takes longer (about 10-60 s here)
 
 
 # --- leftovers of a killed run: removed by the next run, and only onnxcomp's own ------------------------
