@@ -15,7 +15,8 @@ from onnxcomp.report.tables import fmt_bytes, table
 def render_quantized(result: Any) -> str:
     """Per-layer table (format, bits, measured error, bytes) plus skipped weights and notes."""
     r = result.result_of("quantize")
-    kinds = {"nbits": "MatMulNBits", "qdq": "QDQ int8", "gather": "GatherBlockQuantized"}
+    kinds = {"nbits": "MatMulNBits", "qdq": "QDQ int8", "gather": "GatherBlockQuantized",
+             "stored": "int8 + DequantizeLinear"}
     rows = [[c.name, c.op, kinds.get(c.detail.get("kind"), "?"), str(c.detail.get("bits", "")),
              f"{c.detail.get('error', 0):.2e}", fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)]
             for c in r.applied]

@@ -2,7 +2,9 @@
 
 Layers (a weight the pass can quantize): MatMul/Gemm with a constant 2-D weight go to MatMulNBits
 (``nbits``) or QDQ int8 (``qdq``), Conv to QDQ int8 when activations are quantized; Gather over a
-constant table to GatherBlockQuantized (``gather``). Every other weight is skipped with a reason.
+constant table to GatherBlockQuantized (``gather``); the weights of ops with no integer kernel
+(LSTM/GRU/RNN, Einsum, batched MatMul, ConvTranspose) are stored as int8 (``stored``). Every other
+weight is skipped with a reason.
 
 Quantization points (activations stored as uint8 between integer kernels): the float inputs of
 every integer node (a QDQ layer, and the elementwise ops onnxruntime runs on integers between
@@ -22,6 +24,8 @@ from onnxcomp.config.quantize import QuantizeConfig
 from onnxcomp.graph.edit import get_attr
 from onnxcomp.graph.weights import Use, Weight, find_weights
 from onnxcomp.passes.base import Change, matches, skip
+from onnxcomp.passes.quantize import stored
+from onnxcomp.passes.quantize.prep import opset_of
 
 INT8_ELEMENTWISE = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu")
 ACTIVATIONS = ("Relu", "Clip")
@@ -38,7 +42,7 @@ class Layer:
     """One weight to quantize: how, and the node (by its output name) that uses it."""
 
     weight: Weight
-    kind: str  # "nbits", "qdq" or "gather"
+    kind: str  # "nbits", "qdq", "gather" or "stored" (int8 + DequantizeLinear, :mod:`.stored`)
     output: str
 
 
@@ -95,12 +99,16 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
     out = QuantPlan()
     act = cfg.activations == "int8"
     report = find_weights(model)
+    tables = _gather_tables(model, cfg) if cfg.embeddings else []
+    opset = opset_of(model)
     for w in report:
         if w.is_bias:
             continue
         why = matches(w, cfg.include, cfg.exclude)
         if why is None and w.size < cfg.min_params:
             why = f"fewer than {cfg.min_params} parameters"
+        if why is None and any(t.name == w.name for _, t in tables):
+            continue  # GatherBlockQuantized, below
         if why is None and w.shared:
             why = "shared by several nodes"
         if why is None and w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
@@ -111,19 +119,28 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
             if not act:
                 why = "no onnxruntime kernel runs a low-bit Conv with float activations (use --activations int8)"
         elif why is None:
-            why = f"{w.role} weights have no integer kernel"
+            why = f"{w.role} weights have no integer kernel" + \
+                ("" if cfg.store_int8 or w.role not in stored.ROLES else
+                 " (--store-int8 stores them as int8: smaller, dequantized at each run)")
+        if why is not None and not matches(w, cfg.include, cfg.exclude) and w.size >= cfg.min_params and \
+                cfg.store_int8 and w.role in stored.ROLES:
+            if stored.why_not(w, model, opset) is None:
+                why, kind = None, "stored"
         if why is not None:
             out.skipped.append(skip(w, why))
             continue
         out.layers.append(Layer(w, kind, w.uses[0].node.output[0]))
     if cfg.embeddings:
-        for node, t in _gather_tables(model, cfg):
+        for node, t in tables:
             tw = Weight(t.name, "initializer", tuple(t.dims), np.dtype(np.float32), "gather", 0, 1,
                         uses=[Use(node, 0, "gather")], holder=t)
             out.layers.append(Layer(tw, "gather", node.output[0]))
     if act:
         for layer in _islands(model, [l for l in out.layers if l.kind == "qdq"]):
             out.layers.remove(layer)
+            if cfg.store_int8 and stored.why_not(layer.weight, model, opset) is None:
+                out.layers.append(Layer(layer.weight, "stored", layer.output))  # int8 bytes, float compute
+                continue
             out.skipped.append(skip(layer.weight, f"an isolated layer with {ISLAND_K} or fewer products per output "
                                                   f"(its neighbours run in float: converting its input and output "
                                                   f"would cost more than its integer kernel saves)"))

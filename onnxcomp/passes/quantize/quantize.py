@@ -1,7 +1,7 @@
 """The quantize pass: weights (and activations) in onnxruntime's own integer kernels.
 
-plan: which weight becomes MatMulNBits, QDQ int8 or GatherBlockQuantized, which activations are
-quantized, and whether the opset must be raised (:mod:`.plan`); nothing is changed.
+plan: which weight becomes MatMulNBits, QDQ int8, GatherBlockQuantized or int8 storage, which
+activations are quantized, and whether the opset must be raised (:mod:`.plan`); nothing is changed.
 apply: exact preparation (:mod:`.prep`), embeddings (round to nearest per block: their rows are
 read, not multiplied), one walk of the streaming engine (:mod:`.walk`), the check of the
 optimized session with bisection to float for layers it miscomputes (:mod:`.verify`), cleanup.
@@ -16,7 +16,7 @@ from onnxcomp.graph.edit import remove_dead
 from onnxcomp.graph.fold import fold_affine
 from onnxcomp.io.tensors import tensor_array
 from onnxcomp.passes.base import Change, Context, Pass, PassResult
-from onnxcomp.passes.quantize import emit, prep, verify
+from onnxcomp.passes.quantize import emit, prep, stored, verify
 from onnxcomp.passes.quantize.plan import QDQ_OPSET, QuantPlan, plan as make_plan
 from onnxcomp.passes.quantize.walk import Solved, Walk
 
@@ -50,6 +50,9 @@ class QuantizePass(Pass):
             if folded.total:
                 notes.append(f"lossless fold: {folded.into_outputs + folded.into_inputs} constant Mul/Add into the "
                              f"convs next to them, {folded.hard_sigmoid} Clip(x+3,0,6)/6 chain(s) as HardSigmoid")
+        if self.config.embeddings and (untied := stored.untie_tables(work)):
+            notes.append(f"{untied} output layer(s) tied to an embedding table got a weight of their own: the "
+                         f"table and the layer are quantized each for its own kernel")
         p = make_plan(work, self.config)
         p.prepared, p.notes = work, notes + p.notes
         return p
@@ -66,10 +69,13 @@ class QuantizePass(Pass):
         mode = "none" if self.correction == "none" or not ctx.has_real_data else \
             ("affine" if self.correction == "auto" else self.correction)
         walk = Walk(model, cfg, mode, ctx.seed, plan.integer)
-        gathers = [l for l in plan.layers if l.kind == "gather"]
-        for layer in gathers:
-            self._gather(model, layer, walk)
-        layers = {l.output: l for l in plan.layers if l.kind != "gather"}
+        for layer in plan.layers:
+            if layer.kind == "gather":
+                self._gather(model, layer, walk)
+            elif layer.kind == "stored":
+                err = stored.store(model, layer.weight, walk.scope)
+                walk.solved.append(Solved(layer, "quantized", err, detail={"bits": 8, "error": round(err, 6)}))
+        layers = {l.output: l for l in plan.layers if l.kind not in ("gather", "stored")}
         points = set(plan.points)
         if (layers or points) and ctx.data is not None and ctx.has_real_data:
             self._walk(model, reference, walk, layers, points, ctx, result.settings)
@@ -135,6 +141,8 @@ class QuantizePass(Pass):
             return copy
 
         def to_float(copy: onnx.ModelProto, s: Solved, node: onnx.NodeProto) -> None:
+            if s.layer.kind == "stored":
+                return stored.unstore(copy, s.layer.weight.name, reference)
             node.CopyFrom(s.node)
             node.input[0] = walk.origin.get(node.input[0], node.input[0])
 
