@@ -2,9 +2,9 @@
 
 Layers (a weight the pass can quantize): MatMul/Gemm with a constant 2-D weight go to MatMulNBits
 (``nbits``) or QDQ int8 (``qdq``), Conv to QDQ int8 when activations are quantized; Gather over a
-constant table to GatherBlockQuantized (``gather``); the weights of ops with no integer kernel
-(LSTM/GRU/RNN, Einsum, batched MatMul, ConvTranspose) are stored as int8 (``stored``). Every other
-weight is skipped with a reason.
+constant table to GatherBlockQuantized (``gather``); with ``store_int8`` the weights of ops with
+no integer kernel (LSTM/GRU/RNN, Einsum, batched MatMul, ConvTranspose) and of float layers are
+stored as int8 (``stored``). Every other weight is skipped with a reason.
 
 Quantization points (activations stored as uint8 between integer kernels): the float inputs of
 every integer node (a QDQ layer, and the elementwise ops onnxruntime runs on integers between
