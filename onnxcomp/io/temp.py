@@ -97,7 +97,7 @@ class _Held:
             return
         for s in (signal.SIGINT, signal.SIGTERM):
             current = signal.getsignal(s)
-            if current is not None and current is not self._hold:  # None: a handler not set from Python
+            if current is not None:  # None: a handler not set from Python, left alone
                 self.previous[s] = current
                 signal.signal(s, self._hold)
 

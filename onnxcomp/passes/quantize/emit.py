@@ -68,15 +68,22 @@ def uint8_params(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), zero
 
 
-def qdq_weight(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, q: np.ndarray, scale: np.ndarray,
-               axis: int, scope: NameScope, base: str) -> str:
-    """Feed ``node.input[slot]`` from int8 ``q`` dequantized per channel along ``axis``."""
+def int8_weight(model: onnx.ModelProto, q: np.ndarray, scale: np.ndarray, axis: int, scope: NameScope,
+                base: str, out: str, position: int) -> None:
+    """Int8 ``q`` dequantized per channel along ``axis`` into the tensor ``out``, by a
+    DequantizeLinear inserted at graph position ``position``."""
     w = _init(model, q.astype(np.int8), scope(f"{base}_int8"))
     s = _init(model, scale.astype(np.float32), scope(f"{base}_scale"))
     z = _init(model, np.zeros(len(scale), np.int8), scope(f"{base}_zero"))
-    out = scope(f"{base}_dq")
     dq = helper.make_node("DequantizeLinear", [w, s, z], [out], name=scope(f"{base}_DQ"), axis=axis)
-    model.graph.node.insert(list(model.graph.node).index(node), dq)
+    model.graph.node.insert(position, dq)
+
+
+def qdq_weight(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, q: np.ndarray, scale: np.ndarray,
+               axis: int, scope: NameScope, base: str) -> str:
+    """Feed ``node.input[slot]`` from int8 ``q`` dequantized per channel along ``axis``."""
+    out = scope(f"{base}_dq")
+    int8_weight(model, q, scale, axis, scope, base, out, list(model.graph.node).index(node))
     node.input[slot] = out
     return out
 

@@ -109,6 +109,7 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
             why = f"fewer than {cfg.min_params} parameters"
         if why is None and any(t.name == w.name for _, t in tables):
             continue  # GatherBlockQuantized, below
+        selected = why is None
         if why is None and w.shared:
             why = "shared by several nodes"
         if why is None and w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
@@ -122,10 +123,8 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
             why = f"{w.role} weights have no integer kernel" + \
                 ("" if cfg.store_int8 or w.role not in stored.ROLES else
                  " (--store-int8 stores them as int8: smaller, dequantized at each run)")
-        if why is not None and not matches(w, cfg.include, cfg.exclude) and w.size >= cfg.min_params and \
-                cfg.store_int8 and w.role in stored.ROLES:
-            if stored.why_not(w, model, opset) is None:
-                why, kind = None, "stored"
+        if why is not None and selected and cfg.store_int8 and stored.why_not(w, model, opset) is None:
+            why, kind = None, "stored"
         if why is not None:
             out.skipped.append(skip(w, why))
             continue

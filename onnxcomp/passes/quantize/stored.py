@@ -16,9 +16,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxcomp.algo import quant
+from onnxcomp.algo.masks import as_rows, from_rows
 from onnxcomp.graph.edit import NameScope, get_attr
 from onnxcomp.graph.weights import Weight
 from onnxcomp.io.tensors import tensor_array
+from onnxcomp.passes.quantize.emit import int8_weight
 
 ROLES = ("rnn_w", "rnn_r", "einsum_b", "matmul_b", "gemm_b", "convtranspose", "conv")
 DQ_AXIS_OPSET = 13  # per-axis DequantizeLinear
@@ -40,26 +43,17 @@ def why_not(w: Weight, model: onnx.ModelProto, opset: int) -> str | None:
 
 
 def store(model: onnx.ModelProto, w: Weight, scope: NameScope) -> float:
-    """Replace the initializer ``w`` by int8 integers (per output channel, round to nearest) and a
-    DequantizeLinear that computes a tensor of the same name, so every reader (the layer, or the
-    nodes that assemble an LSTM's weights at load) reads the dequantized values. Returns the
-    relative error of the stored weight."""
-    g = model.graph
-    init = next(t for t in g.initializer if t.name == w.name)
-    value = tensor_array(init).astype(np.float32)
-    axis = w.out_axis % value.ndim
-    others = tuple(i for i in range(value.ndim) if i != axis)
-    scale = np.maximum(np.abs(value).max(axis=others), np.float32(1e-30)) / np.float32(127)
-    q = np.clip(np.rint(value / np.expand_dims(scale, others)), -127, 127)
-    den = float(np.sum(np.square(value, dtype=np.float64)))
-    err = float(np.sum(np.square(q * np.expand_dims(scale, others) - value, dtype=np.float64))) / den if den else 0.0
-    g.initializer.remove(init)
-    names = [scope(f"{w.name}_int8"), scope(f"{w.name}_scale"), scope(f"{w.name}_zero")]
-    g.initializer.extend([numpy_helper.from_array(q.astype(np.int8), names[0]),
-                          numpy_helper.from_array(scale.astype(np.float32), names[1]),
-                          numpy_helper.from_array(np.zeros(len(scale), np.int8), names[2])])
-    g.node.insert(0, onnx.helper.make_node("DequantizeLinear", names, [w.name], name=scope(f"{w.name}_DQ"),
-                                           axis=axis))
+    """Replace the initializer ``w`` by int8 integers (per output channel, rounded to nearest on
+    the best-clipped grid) and a DequantizeLinear that computes a tensor of the same name, so
+    every reader (the layer, or the nodes that assemble an LSTM's weights at load) reads the
+    dequantized values. Returns the relative error of the stored weight."""
+    init = next(t for t in model.graph.initializer if t.name == w.name)
+    rows = as_rows(tensor_array(init).astype(np.float64), w)
+    q, grid = quant.rtn(rows, 8, rows.shape[1], symmetric=True)
+    den = float(np.sum(rows ** 2))
+    err = float(np.sum((grid.dequantize(q) - rows) ** 2)) / den if den else 0.0
+    model.graph.initializer.remove(init)
+    int8_weight(model, from_rows(q, w), grid.scale[:, 0], w.out_axis % len(w.shape), scope, w.name, w.name, 0)
     return err
 
 
