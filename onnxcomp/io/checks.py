@@ -214,14 +214,14 @@ def check_declared_sizes(model: onnx.ModelProto, path: Path | str) -> None:
             check_allocation(n * 8, f"{path}: ConstantOfShape {label!r} of shape {dims}")
 
 
-def check_valid(model: bytes | Path, path: Path) -> None:
+def check_valid(model: bytes | Path | onnx.ModelProto, path: Path) -> None:
     """Run onnx.checker with strict shape inference and turn a failure into one line.
 
-    ``model`` is the file's bytes, or its path when tensors live in external data (the checker
-    then resolves their locations against the model's folder). A model that only ONNX's shape
+    ``model`` is the file's path (the checker then resolves external data against its folder),
+    its bytes, or the model in memory (sorted by :mod:`onnxcomp.io.order`). A model that only ONNX's shape
     inference rejects is accepted when onnxruntime loads it (onnxruntime has the last word).
     """
-    src = model if isinstance(model, bytes) else str(model)
+    src = model if isinstance(model, (bytes, onnx.ModelProto)) else str(model)
     try:
         onnx.checker.check_model(src, full_check=True)
         return
@@ -262,8 +262,8 @@ def check_external_location(base_dir: Path, location: str, model_path: Path) -> 
     return target
 
 
-def check_external(model: onnx.ModelProto, path: Path) -> bool:
-    """Check every external tensor's location, bounds and size (and run the checker); False if none."""
+def check_external(model: onnx.ModelProto, path: Path, checked: Path | onnx.ModelProto | None = None) -> bool:
+    """Check every external tensor's location, bounds, size; run the checker (on ``checked``, else the file)."""
     from onnx.external_data_helper import ExternalDataInfo
 
     tensors = external_tensors(model)
@@ -296,5 +296,5 @@ def check_external(model: onnx.ModelProto, path: Path) -> bool:
                                  f"its shape and type need {n_bytes}", "re-export the model")
         total += length or 0
     check_allocation(total, f"{path}: its external data")
-    check_valid(path, path)
+    check_valid(path if checked is None else checked, path)
     return True

@@ -18,6 +18,7 @@ from onnxcomp.io.checks import (check_declared_sizes, check_external, check_exte
 from onnxcomp.io.ort import check_runnable
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.memory import release
+from onnxcomp.io.order import is_sorted, sort_nodes
 from onnxcomp.io.tensors import _external_info, _set_location, is_lazy
 
 _ONNX_MAGIC_FIRST_BYTE = 0x08  # field 1 (ir_version), varint: every serialized ModelProto starts so
@@ -46,12 +47,14 @@ def _parse(path: Path) -> tuple[onnx.ModelProto, bytes]:
     return model, data
 
 
-def _load_external(model: onnx.ModelProto, path: Path, lazy: bool = False) -> None:
+def _load_external(model: onnx.ModelProto, path: Path, lazy: bool = False,
+                   checked: Path | onnx.ModelProto | None = None) -> None:
     """Validate every external tensor, then read it into the model (or, ``lazy``, the large ones
-    become references to their checked files by absolute path)."""
+    become references to their checked files by absolute path); ``checked``: what the checker
+    reads (the file when None)."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
-    if not check_external(model, path):
+    if not check_external(model, path, checked):
         return
     if not lazy:
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -110,16 +113,19 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     model, data = _parse(path)
     check_runnable(model, str(path))
     external = bool(external_tensors(model))
+    checked: Path | onnx.ModelProto = path  # what the checker reads: the file, or the model sorted here
+    if not is_sorted(model) and sort_nodes(model):
+        checked = model  # nodes out of order (onnxruntime's float16 converter): sorted in memory
     if not external and lazy:  # the parsed weights are freed before the checker parses the file again
         model = _leave_on_disk(model, data, path)  # (each big one's length checked against its shape)
     del data
     check_tensor_data(model, path)  # external tensors are checked against their files below
     if not external:  # from the path, not the bytes read: handing bytes to the checker copies them
-        check_valid(path, path)  # (a second file-sized buffer) before its own parse (a third)
+        check_valid(checked, path)  # (a second file-sized buffer) before its own parse (a third)
     if load_external_data and external:
-        _load_external(model, path, lazy)  # runs the checker once the locations are known to be safe
+        _load_external(model, path, lazy, checked)  # runs the checker once the locations are known to be safe
     elif external:
-        check_valid(path, path)
+        check_valid(checked, path)
     check_declared_sizes(model, path)
     unique_node_names(model)
     release()  # what the parses and the checker freed
