@@ -110,3 +110,13 @@ def test_a_cycle_is_still_refused(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_float16_model_quantize_says_why(capsys, tmp_path):
+    """quantize's kernels are float32: a float16 layer is skipped with the reason and the way out."""
+    src = fp16_converted(tmp_path)
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(src), "--data", str(M.MODELS / "digits_calib.npz"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "float16 weights: the integer kernels take float32 layers" in text
+    assert "its input stays float" not in text

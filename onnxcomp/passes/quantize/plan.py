@@ -112,7 +112,10 @@ def plan(model: onnx.ModelProto, cfg: QuantizeConfig) -> QuantPlan:
         selected = why is None
         if why is None and w.shared:
             why = "shared by several nodes"
-        if why is None and w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
+        if why is None and w.dtype != np.float32:  # e.g. onnxruntime's float16 converter's output
+            why = (f"{w.dtype} weights: the integer kernels take float32 layers (quantize the float32 export; "
+                   f"cluster and prune keep {w.dtype})")
+        elif why is None and w.role in ("gemm_b", "matmul_b") and len(w.shape) == 2:
             why = _gemm_ok(w)
             kind = "nbits" if cfg.nbits else "qdq"
         elif why is None and w.role == "conv" and len(w.shape) in (3, 4, 5):
