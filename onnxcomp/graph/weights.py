@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcomp.graph import einsum
+from onnxcomp.graph import einsum, foreign
 from onnxcomp.graph.constants import (FLOAT_TYPES, MOVES, Constants, constant_of_shape_value, constant_tensor,
                                       load_time_constants)
 from onnxcomp.graph.nested import nested_nodes, subgraph_reads
@@ -225,6 +225,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
                 group=int(_attr(node, "group", 1)) if node.op_type in ("Conv", "ConvTranspose") else 1,
                 uses=[use], holder=holder, stored_shape=tuple(int(d) for d in stored), nested=bool(local))
     einsum.note_operands(graph, consts, found, report.skipped)
+    foreign.note_weights(graph, consts, found, report.skipped)
     quantized = set(report.quantized)
     outer, inner = subgraph_reads(graph)
     outer = set() if nested else outer

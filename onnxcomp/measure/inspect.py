@@ -8,6 +8,7 @@ import onnx
 
 from onnxcomp.graph.channels.groups import static_shapes
 from onnxcomp.graph.shapes import node_macs
+from onnxcomp.graph import foreign
 from onnxcomp.graph.weights import COMPUTE_OPS, ENCODED_WHY, Weight, find_weights
 from onnxcomp.io import stored_size
 
@@ -91,7 +92,10 @@ def subgraph_notes(found, verdict: str = "run") -> list[str]:
             (lambda why: why == ENCODED_WHY, "are already compressed (a decoder computes them at load) and left "
              "alone by every pass", "; to compress further, start from the original model"),
             (lambda why: why.startswith("an Einsum operand"), "are Einsum operands that are not one matrix "
-             "product (every pass leaves them alone)", "")):
+             "product (every pass leaves them alone)", ""),
+            (lambda why: why.endswith(foreign.WHY), "are read by ops outside the ONNX standard (" +
+             ", ".join(sorted({w.split(" ")[0] for w in found.skipped.values() if w.endswith(foreign.WHY)})) +
+             ") and left alone by every pass", foreign.HINT)):
         names = [n for n, why in found.skipped.items() if pick(why)]
         if names:
             more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""

@@ -1,0 +1,45 @@
+"""A graph onnxruntime optimized and saved (FusedConv from com.microsoft): its weights are left
+alone, and every command says so instead of silently compressing only the plain layers."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from onnxcomp.cli import main
+
+from . import models as M
+
+
+def ort_optimized(tmp_path):
+    """models/mobilenet_digits.onnx as onnxruntime saves it at its extended level (Conv + Relu -> FusedConv)."""
+    out = tmp_path / "opt.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(M.MODELS / "mobilenet_digits.onnx"), so, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(str(out)).graph.node if n.domain == "com.microsoft" and n.op_type == "FusedConv"]
+    assert fused
+    return out, {n.input[1] for n in fused}
+
+
+def test_inspect_names_weights_of_other_domains(capsys, tmp_path):
+    src, _ = ort_optimized(tmp_path)
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "are read by ops outside the ONNX standard (com.microsoft:FusedConv) and left alone by every pass" in out
+    assert "before onnxruntime's offline optimizations" in out
+
+
+def test_prune_says_so_and_leaves_them_exact(capsys, tmp_path):
+    src, names = ort_optimized(tmp_path)
+    out = tmp_path / "out.onnx"
+    assert main(["prune", str(src), "--sparsity", "0.5", "--data", str(M.MODELS / "digits_calib.npz"),
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "com.microsoft:FusedConv" in text
+    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src)).graph.initializer if t.name in names}
+    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.name in names}
+    assert before.keys() == after.keys() == names
+    assert all(np.array_equal(before[k], after[k]) for k in names)
