@@ -181,6 +181,10 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     from onnxcomp.graph.weights import find_weights, weight_slots
     from onnxcomp.measure.inspect import subgraph_notes
 
+    from onnxcomp.graph import tail
+
+    cut = tail.split(work.proto)  # outputs sized by the data (after an NMS): the passes see the head
+    ctx.original = tail.head(ctx.original) if cut is not None else ctx.original
     fold_weight_transposes(work.proto, weight_slots)  # a weight read through a Transpose: stored transposed
     einsum_matmuls(work.proto)  # an Einsum that is a MatMul by a matrix: that MatMul
     nested = any(p.nested_weights for _, p in passes)
@@ -217,7 +221,9 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     if layout:  # (only what this run adapted: auto's trials get models adapted by the search)
         strip(work.proto)
     results = ctx.history
-    results[0].notes += left_alone
+    results[0].notes += left_alone + ([tail.note(cut)] if cut is not None else [])
+    if cut is not None:
+        tail.attach(work.proto, cut)
     touched = {c.name for r in results for c in r.applied}
     from onnxcomp.graph.edit import flush_subnormals
 

@@ -108,7 +108,9 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
     levels = list(levels or LEVELS[method])
     from onnxcomp.graph.layout import adapt_for
 
-    model = adapt_for(model, data)  # inputs with samples off axis 0: run samples-first
+    from onnxcomp.graph import tail
+
+    model = tail.head(adapt_for(model, data))  # samples first; outputs sized by the data: measured before them
     chosen, skipped = select(find_weights(model), PruneConfig(min_params=min_params))
     names = [w.name for w in chosen]
     batches = take_samples(data, samples)

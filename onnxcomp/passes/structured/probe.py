@@ -37,7 +37,8 @@ def _outputs(model: onnx.ModelProto, batches, threads) -> list[np.ndarray]:
     sess = session(model, threads=threads)
     names = [o.name for o in sess.get_outputs()]
     outs = [sess.run(names, {i.name: b[i.name] for i in sess.get_inputs()}) for b in batches]
-    return [np.concatenate([o[k] for o in outs]).astype(np.float64) for k in range(len(names))]
+    return [np.concatenate([np.atleast_1d(o[k]) for o in outs]).astype(np.float64)  # (a scalar output too)
+            for k in range(len(names))]
 
 
 def _error(ref: list[np.ndarray], out: list[np.ndarray], parts: list) -> float:

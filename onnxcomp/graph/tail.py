@@ -1,0 +1,142 @@
+"""Outputs whose shape depends on the data: the nodes after a NonZero or NonMaxSuppression.
+
+A detector exported with its NMS (YOLO "end-to-end" exports, torchvision's detection models)
+writes as many boxes as it finds: the compressed model finds a few more or fewer, so its outputs
+cannot be compared element for element with the original's (every calibrated command crashed on
+such a model, and the data-free ones refused it). The passes work on the model's *head* instead,
+whose outputs are the tensors those ops read (the scores and boxes before the NMS), and the
+*tail* (the data-dependent ops and everything after them) is put back unchanged at the end.
+Fidelity is measured on the head of both models the same way (:func:`head`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxcomp.graph.nested import subgraph_inputs
+
+DYNAMIC = frozenset({"NonZero", "NonMaxSuppression", "Compress", "Unique"})  # output size set by values
+LOGIC = frozenset({"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor",
+                   "IsNaN", "IsInf"})  # boolean masks: measured at what they test
+
+
+@dataclass
+class Tail:
+    """What :func:`split` took out of the model, to put back with :func:`attach`."""
+
+    nodes: list[onnx.NodeProto]
+    outputs: list[onnx.ValueInfoProto]  # the graph's outputs as they were
+    initializers: list[onnx.TensorProto] = field(default_factory=list)  # read by the tail only
+    frontier: list[str] = field(default_factory=list)  # the head's outputs the tail reads
+    dynamic: list[str] = field(default_factory=list)  # the data-dependent op types found
+
+
+def _tail_indices(graph: onnx.GraphProto) -> set[int]:
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for x in list(n.input) + sorted(subgraph_inputs(n)):
+            readers.setdefault(x, []).append(i)
+    todo = [i for i, n in enumerate(graph.node) if n.op_type in DYNAMIC and n.domain in ("", "ai.onnx")]
+    seen = set(todo)
+    while todo:
+        for o in graph.node[todo.pop()].output:
+            for j in readers.get(o, []):
+                if j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+    if seen:
+        _grow_back(graph, seen)
+    return seen
+
+
+def _grow_back(graph: onnx.GraphProto, idx: set[int]) -> None:
+    """Comparisons and logic feeding only the tail join it: the head then ends at the float
+    tensors they test (``NonZero(scores > t)`` is measured at the scores, not at a mask)."""
+    readers: dict[str, set[int]] = {}
+    for i, n in enumerate(graph.node):
+        for x in list(n.input) + sorted(subgraph_inputs(n)):
+            readers.setdefault(x, set()).add(i)
+    changed = True
+    while changed:
+        changed = False
+        for i, n in enumerate(graph.node):
+            if i in idx or n.op_type not in LOGIC:
+                continue
+            users = set().union(*(readers.get(o, set()) for o in n.output))
+            outs = {o.name for o in graph.output}
+            if users and users <= idx and not outs & set(n.output):
+                idx.add(i)
+                changed = True
+
+
+def has_tail(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in DYNAMIC for n in model.graph.node)
+
+
+def split(model: onnx.ModelProto) -> Tail | None:
+    """Cut the tail off ``model`` in place (its outputs become the head's outputs, then the
+    tensors the tail reads); None when no output depends on a data-dependent op."""
+    g = model.graph
+    idx = _tail_indices(g)
+    if not idx:
+        return None
+    tail_nodes = [g.node[i] for i in sorted(idx)]
+    produced_tail = {o for n in tail_nodes for o in n.output}
+    head_nodes = [n for i, n in enumerate(g.node) if i not in idx]
+    produced_head = {o for n in head_nodes for o in n.output if o}
+    tail_reads = {x for n in tail_nodes for x in list(n.input) + sorted(subgraph_inputs(n)) if x}
+    head_reads = {x for n in head_nodes for x in list(n.input) + sorted(subgraph_inputs(n)) if x}
+    kept_outputs = [o for o in g.output if o.name not in produced_tail]
+    frontier = sorted((tail_reads & produced_head) - {o.name for o in kept_outputs})
+    if not kept_outputs and not frontier:
+        return None  # the whole graph is data-dependent: nothing to measure apart
+    typed = {v.name: v for v in list(g.value_info)}
+    stash = Tail([_copy(n) for n in tail_nodes], [_copy(o) for o in g.output], frontier=frontier,
+                 dynamic=sorted({n.op_type for n in tail_nodes if n.op_type in DYNAMIC}))
+    only_tail = (tail_reads - head_reads) - produced_head
+    for t in [t for t in g.initializer if t.name in only_tail]:
+        stash.initializers.append(_copy(t))
+        g.initializer.remove(t)
+    del g.node[:]
+    g.node.extend(head_nodes)
+    del g.output[:]
+    g.output.extend(kept_outputs)
+    g.output.extend(_copy(typed[n]) if n in typed else onnx.ValueInfoProto(name=n) for n in frontier)
+    return stash
+
+
+def attach(model: onnx.ModelProto, stash: Tail) -> None:
+    """Put the tail back after the (compressed) head, and the graph's outputs as they were."""
+    g = model.graph
+    g.node.extend(stash.nodes)
+    g.initializer.extend(stash.initializers)
+    del g.output[:]
+    g.output.extend(stash.outputs)
+
+
+def head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its tail (``model`` itself when it has none)."""
+    if not has_tail(model):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out if split(out) is not None else model
+
+
+def note(stash: Tail) -> str:
+    """One line for the report: which outputs, where they are measured, what stays as it was."""
+    made = {x for n in stash.nodes for x in n.output}
+    outs = ", ".join(o.name for o in stash.outputs if o.name in made)
+    weights = sum(1 for t in stash.initializers if len(t.dims) >= 2)
+    more = f" ...(+{len(stash.frontier) - 4})" if len(stash.frontier) > 4 else ""
+    return (f"output(s) {outs}: their shape depends on the data (after {', '.join(stash.dynamic)}); fitted and "
+            f"measured at the tensors those ops read ({', '.join(stash.frontier[:4])}{more}); the "
+            f"{len(stash.nodes)} node(s) from there on are kept as they were"
+            + (f", with the {weights} weight(s) they read" if weights else ""))
+
+
+def _copy(msg):
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
