@@ -1,8 +1,11 @@
-"""Outputs whose shape depends on the data (a detector exported with its NMS, a NonZero of a
-mask): every command fits and measures the model up to the tensors those ops read and keeps the
+"""Outputs that cannot be compared element for element: their shape depends on the data (a
+detector exported with its NMS, a NonZero of a mask), or they are not tensors (sklearn-onnx's
+ZipMap: a list of dicts; every calibrated command crashed on those too). Every command fits and measures the model up to the tensors those ops read and keeps the
 nodes after them; before, the calibrated commands crashed (traceback) and the data-free ones
 refused the model ("output 'boxes' is 11756x4 in the original but 9423x4 in the candidate")."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import onnx
@@ -121,3 +124,45 @@ def test_sensitivity_measures_before_the_tail(capsys, tmp_path):
     src = M.save(with_hits(keep_logits=False), tmp_path / "hits.onnx")
     assert main(["sensitivity", str(src), "--data", str(CALIB), "--samples", "16"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def sklearn_mlp(tmp_path):
+    """An MLP trained on sklearn's digits, written as sklearn-onnx writes classifiers: a label
+    output and the probabilities as a ZipMap (a list of {class: probability} dicts, not a tensor)."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    with warnings.catch_warnings():  # (not converged to the last digit: it is trained enough)
+        warnings.simplefilter("ignore")
+        clf = MLPClassifier((64,), max_iter=60, random_state=0).fit(x[:1200], y[:1200])
+    (w1, w2), (b1, b2) = clf.coefs_, clf.intercepts_
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["z0"]),
+             helper.make_node("Add", ["z0", "b2"], ["z"]), helper.make_node("Softmax", ["z"], ["p"], axis=1),
+             helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+             helper.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=list(range(10)))]
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64,
+                                                                     helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(nodes, "mlp", [M.vi("x", ["N", 64])],
+                              [M.vi("label", ["N"], TensorProto.INT64), helper.make_value_info("probabilities", seq)],
+                              [M.init(n, v.astype(np.float32)) for n, v in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 9
+    src = M.save(model, tmp_path / "mlp.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=x[1200:1328])
+    return src, calib, x[1400:], y[1400:]
+
+
+@pytest.mark.parametrize("argv", [["prune", "--sparsity", "0.5"], ["cluster", "--bits", "4"]])
+def test_sklearn_zipmap_classifier(capsys, tmp_path, argv):
+    src, calib, x, y = sklearn_mlp(tmp_path)
+    out = tmp_path / "out.onnx"
+    assert main([argv[0], str(src), *argv[1:], "--min-params", "1", "--data", str(calib), "-o", str(out)]) == 0
+    assert "output(s) probabilities: they are not tensors (after ZipMap)" in capsys.readouterr().out
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert isinstance(b[1], list) and isinstance(b[1][0], dict)  # still sklearn-onnx's list of dicts
+    assert np.mean(b[0] == y) >= np.mean(a[0] == y) - 0.03

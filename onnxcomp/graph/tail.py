@@ -1,4 +1,5 @@
-"""Outputs whose shape depends on the data: the nodes after a NonZero or NonMaxSuppression.
+"""Outputs that cannot be compared element for element: after a NonZero or NonMaxSuppression
+(their shape depends on the data), or not tensors at all (sklearn-onnx's ZipMap: a list of dicts).
 
 A detector exported with its NMS (YOLO "end-to-end" exports, torchvision's detection models)
 writes as many boxes as it finds: the compressed model finds a few more or fewer, so its outputs
@@ -17,6 +18,8 @@ import onnx
 from onnxcomp.graph.nested import subgraph_inputs
 
 DYNAMIC = frozenset({"NonZero", "NonMaxSuppression", "Compress", "Unique"})  # output size set by values
+SEQUENCES = frozenset({"ZipMap", "SequenceConstruct", "SplitToSequence", "SequenceInsert", "SequenceErase",
+                       "SequenceEmpty", "Optional"})  # outputs that are not tensors (sklearn-onnx's ZipMap)
 LOGIC = frozenset({"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor",
                    "IsNaN", "IsInf"})  # boolean masks: measured at what they test
 
@@ -32,12 +35,18 @@ class Tail:
     dynamic: list[str] = field(default_factory=list)  # the data-dependent op types found
 
 
+def _roots(graph: onnx.GraphProto) -> list[int]:
+    """Nodes whose outputs cannot be compared element for element: sized by values, or not tensors."""
+    odd = {o.name for o in graph.output if not o.type.HasField("tensor_type") and o.type.WhichOneof("value")}
+    return [i for i, n in enumerate(graph.node) if n.op_type in DYNAMIC | SEQUENCES or odd & set(n.output)]
+
+
 def _tail_indices(graph: onnx.GraphProto) -> set[int]:
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.node):
         for x in list(n.input) + sorted(subgraph_inputs(n)):
             readers.setdefault(x, []).append(i)
-    todo = [i for i, n in enumerate(graph.node) if n.op_type in DYNAMIC and n.domain in ("", "ai.onnx")]
+    todo = _roots(graph)
     seen = set(todo)
     while todo:
         for o in graph.node[todo.pop()].output:
@@ -71,7 +80,7 @@ def _grow_back(graph: onnx.GraphProto, idx: set[int]) -> None:
 
 
 def has_tail(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in DYNAMIC for n in model.graph.node)
+    return bool(_roots(model.graph))
 
 
 def split(model: onnx.ModelProto) -> Tail | None:
@@ -93,7 +102,7 @@ def split(model: onnx.ModelProto) -> Tail | None:
         return None  # the whole graph is data-dependent: nothing to measure apart
     typed = {v.name: v for v in list(g.value_info)}
     stash = Tail([_copy(n) for n in tail_nodes], [_copy(o) for o in g.output], frontier=frontier,
-                 dynamic=sorted({n.op_type for n in tail_nodes if n.op_type in DYNAMIC}))
+                 dynamic=sorted({g.node[i].op_type for i in _roots(g)}))
     only_tail = (tail_reads - head_reads) - produced_head
     for t in [t for t in g.initializer if t.name in only_tail]:
         stash.initializers.append(_copy(t))
@@ -130,7 +139,8 @@ def note(stash: Tail) -> str:
     outs = ", ".join(o.name for o in stash.outputs if o.name in made)
     weights = sum(1 for t in stash.initializers if len(t.dims) >= 2)
     more = f" ...(+{len(stash.frontier) - 4})" if len(stash.frontier) > 4 else ""
-    return (f"output(s) {outs}: their shape depends on the data (after {', '.join(stash.dynamic)}); fitted and "
+    why = "their shape depends on the data" if DYNAMIC & set(stash.dynamic) else "they are not tensors"
+    return (f"output(s) {outs}: {why} (after {', '.join(stash.dynamic)}); fitted and "
             f"measured at the tensors those ops read ({', '.join(stash.frontier[:4])}{more}); the "
             f"{len(stash.nodes)} node(s) from there on are kept as they were"
             + (f", with the {weights} weight(s) they read" if weights else ""))
