@@ -21,10 +21,10 @@ from onnxcomp.graph.edit import ConstEval, get_attr
 UNARY = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "HardSwish",
          "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf",
          "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast", "CastLike", "Not", "Clip",
-         "IsNaN", "IsInf"}
+         "IsNaN", "IsInf", "QuickGelu"}  # (QuickGelu, BiasGelu, FastGelu, BiasAdd: onnxruntime's fused forms)
 POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 ELTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Equal", "Greater",
-           "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod"}
+           "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BiasGelu", "FastGelu", "BiasAdd"}
 REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
