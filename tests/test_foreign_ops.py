@@ -1,14 +1,17 @@
-"""A graph onnxruntime optimized and saved (com.microsoft FusedConv, BiasGelu): FusedConv's weights
-are left alone, and every command says so instead of silently compressing only the plain layers;
-the elementwise fused ops (BiasGelu, FastGelu, QuickGelu, BiasAdd) let channels through."""
+"""A graph onnxruntime optimized and saved (com.microsoft FusedConv, BiasGelu). Its FusedConvs are
+written out as the Conv and activation they fuse, so every pass compresses them (they were left
+out without a word); weights other such ops read are named in a note; the elementwise fused ops
+(BiasGelu, FastGelu, QuickGelu, BiasAdd) let channels through structured pruning."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+import pytest
+from onnx import helper
 
 from onnxcomp.cli import main
+from onnxcomp.graph.normalize import unfused_copy
 
 from . import models as M
 
@@ -28,25 +31,46 @@ def ort_optimized(tmp_path, name: str = "mobilenet_digits.onnx"):
     return out, {n.input[1] for n in fused}
 
 
-def test_inspect_names_weights_of_other_domains(capsys, tmp_path):
+def test_inspect_counts_fused_convs_as_the_layers_they_are(capsys, tmp_path):
     src, _ = ort_optimized(tmp_path)
     assert main(["inspect", str(src)]) == 0
-    out = capsys.readouterr().out
-    assert "are read by ops outside the ONNX standard (com.microsoft:FusedConv) and left alone by every pass" in out
-    assert "before onnxruntime's offline optimizations" in out
+    fused = capsys.readouterr().out
+    assert main(["inspect", str(M.MODELS / "mobilenet_digits.onnx")]) == 0
+    plain = capsys.readouterr().out
+    pick = [line for line in plain.splitlines() if line.startswith(("Conv ", "total:"))]
+    assert pick and all(line in fused for line in pick)  # the same layers, parameters and MACs
+    assert "outside the ONNX standard" not in fused
 
 
-def test_prune_says_so_and_leaves_them_exact(capsys, tmp_path):
+def test_prune_compresses_fused_convs(capsys, tmp_path):
     src, names = ort_optimized(tmp_path)
     out = tmp_path / "out.onnx"
     assert main(["prune", str(src), "--sparsity", "0.5", "--data", str(M.MODELS / "digits_calib.npz"),
                  "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "com.microsoft:FusedConv" in text
-    before = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(src)).graph.initializer if t.name in names}
-    after = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.name in names}
-    assert before.keys() == after.keys() == names
-    assert all(np.array_equal(before[k], after[k]) for k in names)
+    assert "onnxruntime fused op(s) (FusedConv/FusedGemm) written as the standard ops they fuse" in text
+    assert "pruned 0 " not in text
+    res = onnx.load(str(out))
+    assert not any(n.op_type == "FusedConv" for n in res.graph.node)
+    test = np.load(M.MODELS / "digits_test.npz")
+    acc = [float(np.mean(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+        None, {"input": test["input"]})[0].argmax(1) == test["labels"])) for p in (src, out)]
+    assert acc[1] >= acc[0] - 0.02, acc
+    assert names  # (the FusedConv weights, now pruned like the rest)
+
+
+def test_weights_of_other_ops_are_named(capsys, tmp_path):
+    """A com.microsoft FusedMatMul reading a weight: no pass rewrites it, and the note says so."""
+    r = M.rng(8)
+    node = helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft", name="fmm", transB=1, alpha=0.5)
+    graph = helper.make_graph([node], "g", [M.vi("x", ["N", 32])], [M.vi("y", ["N", 48])],
+                              [M.init("w", r.normal(size=(48, 32)).astype(np.float32))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    src = M.save(model, tmp_path / "fmm.onnx")
+    assert main(["prune", str(src), "--sparsity", "0.5", "--min-params", "1", "-o", str(tmp_path / "o.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "1 weight(s) are read by ops outside the ONNX standard (com.microsoft:FusedMatMul)" in out
 
 
 def test_structured_prunes_mlp_neurons_through_bias_gelu(capsys, tmp_path):
@@ -65,3 +89,34 @@ def test_structured_prunes_mlp_neurons_through_bias_gelu(capsys, tmp_path):
     acc = [float(np.mean(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
         None, {"input": test["input"]})[0].argmax(1) == test["labels"])) for p in (src, out)]
     assert acc[1] >= acc[0] - 0.01, acc
+
+
+@pytest.mark.parametrize("op,act,params", [("FusedConv", "HardSigmoid", [0.2, 0.5]), ("FusedConv", "Clip", [0.0, 6.0]),
+                                           ("FusedGemm", "LeakyRelu", [0.1]), ("FusedGemm", "Relu", [])])
+def test_unfuse_is_exact(op, act, params):
+    r = M.rng(9)
+    if op == "FusedConv":  # with the sum input Z
+        node = helper.make_node(op, ["x", "w", "b", "z"], ["y"], domain="com.microsoft", name="f", pads=[1] * 4,
+                                activation=act, activation_params=params)
+        inits = [M.init("w", r.normal(size=(6, 3, 3, 3)).astype(np.float32)),
+                 M.init("b", r.normal(size=6).astype(np.float32))]
+        x_shape, z_shape, y_shape = [2, 3, 5, 5], [2, 6, 5, 5], [2, 6, 5, 5]
+    else:
+        kw = dict(zip(("activation_alpha", "activation_beta"), params))
+        node = helper.make_node(op, ["x", "w", "b"], ["y"], domain="com.microsoft", name="f", transB=1, alpha=0.7,
+                                activation=act, **kw)
+        inits = [M.init("w", r.normal(size=(6, 4)).astype(np.float32)), M.init("b", r.normal(size=6).astype(np.float32))]
+        x_shape, z_shape, y_shape = [2, 4], None, [2, 6]
+    inputs = [M.vi("x", x_shape)] + ([M.vi("z", z_shape)] if z_shape else [])
+    graph = helper.make_graph([node], "g", inputs, [M.vi("y", y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    plain = unfused_copy(model)
+    onnx.checker.check_model(plain, full_check=True)
+    assert not any(n.domain for n in plain.graph.node)
+    feed = {"x": r.normal(size=x_shape).astype(np.float32) * 3}
+    if z_shape:
+        feed["z"] = r.normal(size=z_shape).astype(np.float32)
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for m in (model, plain))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -1,10 +1,10 @@
 """Weights read by ops outside the ONNX standard (another domain), named so the user knows why.
 
 A graph onnxruntime optimized offline and saved (``SessionOptions.optimized_model_filepath``, or
-an optimizer's "O2" export) computes its layers with onnxruntime's own ops: ``com.microsoft``
-FusedConv (a Conv with its activation), FusedGemm, FusedMatMul, Attention. Their semantics are
-onnxruntime's, so no pass rewrites them; before this, their weights (effnet_lite0 saved so: 33
-of its 49 convs, 1.87 M of its 4.63 M parameters) were left alone without a word.
+an optimizer's "O2" export) computes layers with onnxruntime's own ops. FusedConv and FusedGemm
+are written out as the standard ops they fuse before the passes (:func:`onnxcomp.graph.normalize.unfuse`);
+the others (FusedMatMul, Attention, ...) have onnxruntime's semantics, so no pass rewrites them,
+and their weights are named here instead of being left out without a word.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 - :func:`fold_weight_transposes`: a layer weight read through a ``Transpose`` of an initializer
   becomes that initializer, stored transposed.
 - :func:`einsum_matmuls`: an Einsum that is a MatMul by a matrix initializer becomes that MatMul.
+- :func:`unfuse`: onnxruntime's FusedConv / FusedGemm become the Conv / Gemm and activation they fuse.
 - :func:`onnxcomp.graph.nested.hoist` (If/Loop/Scan bodies) is the other one.
 """
 from __future__ import annotations
@@ -94,3 +95,91 @@ def einsum_matmuls(model: onnx.ModelProto) -> int:
             done += 1
             break
     return done
+
+
+FUSED_ACTS = {"Relu": (), "Tanh": (), "Sigmoid": (), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+              "Clip": ("min", "max")}  # onnxruntime's FusedConv / FusedGemm activations, with their parameters
+
+
+def unfuse(model: onnx.ModelProto) -> int:
+    """onnxruntime's com.microsoft FusedConv / FusedGemm (a graph it optimized and saved) become the
+    standard Conv / Gemm, the Add of FusedConv's sum input, and the activation they fuse, so the
+    passes find their weights (onnxruntime fuses them again when it loads the output). Exact; a
+    fused op with another activation stays (its weights are then reported left alone). Returns
+    how many were written out."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    taken = {o for n in g.node for o in n.output} | set(inits) | {i.name for i in g.input}
+    nodes, done, added = [], 0, []
+    for node in g.node:
+        parts = _unfused(node, inits, opset, taken, added) if node.domain == "com.microsoft" else None
+        nodes.extend(parts if parts is not None else [node])
+        done += parts is not None
+    if done:
+        kept = [onnx.NodeProto() for _ in nodes]
+        for k, n in zip(kept, nodes):
+            k.CopyFrom(n)
+        del g.node[:]
+        g.node.extend(kept)
+        g.initializer.extend(added)
+    return done
+
+
+def unfused_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with :func:`unfuse` applied (the same new names as on the model itself)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    unfuse(out)
+    return out
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def _unfused(node: onnx.NodeProto, inits: dict, opset: int, taken: set[str],
+             added: list[onnx.TensorProto]) -> list[onnx.NodeProto] | None:
+    from onnx import helper
+
+    if node.op_type not in ("FusedConv", "FusedGemm") or len(node.output) != 1:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    act = attrs.pop("activation", b"")
+    act = act.decode() if isinstance(act, bytes) else str(act)
+    w = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if act not in FUSED_ACTS or w is None:
+        return None
+    if node.op_type == "FusedConv":
+        params = list(attrs.pop("activation_params", []))
+        base = helper.make_node("Conv", list(node.input[:3]), [], name=node.name, **attrs)
+    else:
+        params = [attrs.pop(k) for k in ("activation_alpha", "activation_beta", "activation_gamma") if k in attrs]
+        base = helper.make_node("Gemm", list(node.input[:3]), [], name=node.name, **attrs)
+    if len(params) < len(FUSED_ACTS[act]):
+        return None
+    out = node.output[0]
+    mid = _fresh(f"{out}_unfused", taken)
+    base.output.append(mid)
+    parts = [base]
+    if node.op_type == "FusedConv" and len(node.input) > 3 and node.input[3]:  # the sum input Z
+        summed = _fresh(f"{out}_sum", taken)
+        parts.append(helper.make_node("Add", [mid, node.input[3]], [summed], name=_fresh(f"{node.name}_add", taken)))
+        mid = summed
+    name = _fresh(f"{node.name}_{act.lower()}", taken)
+    if act == "Clip" and opset >= 11:  # min and max are inputs, in the weight's type
+        bounds = []
+        for b, v in zip(("min", "max"), params[:2]):
+            bounds.append(_fresh(f"{name}_{b}", taken))
+            dtype = helper.tensor_dtype_to_np_dtype(w.data_type)
+            added.append(numpy_helper.from_array(np.array(v, dtype), bounds[-1]))
+        parts.append(helper.make_node("Clip", [mid, *bounds], [out], name=name))
+    else:
+        kw = dict(zip(FUSED_ACTS[act], params))
+        parts.append(helper.make_node(act, [mid], [out], name=name, **kw))
+    return parts

@@ -156,6 +156,12 @@ class _Encoded:
 def inspect(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             file_size: int | None = None, name: str = "") -> InspectReport:
     """Show where a model's parameters and MACs are, layer by layer and per op type."""
+    if any(n.domain == "com.microsoft" for n in model.graph.node):  # onnxruntime's FusedConv/FusedGemm:
+        from onnxcomp.graph.normalize import unfuse  # counted as the layers every pass sees
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy if unfuse(copy) else model
     found = find_weights(model)
     shapes = static_shapes(model, input_shapes)  # what inference cannot follow: one run at batch 1
     by_node: dict[int, dict[str, Weight]] = {}

@@ -177,7 +177,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     layout = getattr(ctx.data, "layout", None)  # inputs with samples off axis 0: passes run samples-first
     adapt_for(work.proto, ctx.data, inplace=True)
     ctx.original = adapt_for(ctx.original, ctx.data)
-    from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes
+    from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes, unfuse, unfused_copy
     from onnxcomp.graph.weights import find_weights, weight_slots
     from onnxcomp.measure.inspect import subgraph_notes
 
@@ -185,6 +185,9 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
 
     cut = tail.split(work.proto)  # outputs sized by the data (after an NMS): the passes see the head
     ctx.original = tail.head(ctx.original) if cut is not None else ctx.original
+    unfused = unfuse(work.proto)  # onnxruntime's FusedConv/FusedGemm: the Conv/Gemm and activation they fuse
+    if unfused:
+        ctx.original = unfused_copy(ctx.original)  # the same names: the walks pair their tensors
     fold_weight_transposes(work.proto, weight_slots)  # a weight read through a Transpose: stored transposed
     einsum_matmuls(work.proto)  # an Einsum that is a MatMul by a matrix: that MatMul
     nested = any(p.nested_weights for _, p in passes)
@@ -221,7 +224,9 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     if layout:  # (only what this run adapted: auto's trials get models adapted by the search)
         strip(work.proto)
     results = ctx.history
-    results[0].notes += left_alone + ([tail.note(cut)] if cut is not None else [])
+    results[0].notes += left_alone + ([tail.note(cut)] if cut is not None else []) + \
+        ([f"{unfused} onnxruntime fused op(s) (FusedConv/FusedGemm) written as the standard ops they fuse, "
+          "so their weights are compressed (onnxruntime fuses them again at load)"] if unfused else [])
     if cut is not None:
         tail.attach(work.proto, cut)
     touched = {c.name for r in results for c in r.applied}
