@@ -184,8 +184,8 @@ def _into_inputs(gr: _Graph, out: Folded, scale: bool) -> None:
             continue
         y = node.output[0]
         readers = gr.readers.get(y, [])
-        if not readers or y in gr.outputs or any(r.op_type != "Conv" or list(r.input).count(y) != 1
-                                                 or r.input[0] != y for r in readers):
+        if not readers or y in gr.outputs or any(r.op_type != "Conv" or r.domain not in ("", "ai.onnx")
+                                                 or list(r.input).count(y) != 1 or r.input[0] != y for r in readers):
             continue
         consts = [gr.const(i) for i in node.input]
         if sum(v is not None for v in consts) != 1:

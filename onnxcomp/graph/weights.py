@@ -181,7 +181,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
                 if hit is not None and hit[0] not in report.quantized:
                     report.quantized.append(hit[0])
             continue
-        if node.op_type not in WEIGHT_OPS or all(i in folded for i in node.input if i):
+        if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx") or all(i in folded for i in node.input if i):
             continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
         pending: list[tuple[tuple, str, int | None, int | None, int]] = []  # (resolved constant, role, axes, slot)
         for index, role, out_axis, in_axis in _roles(node):

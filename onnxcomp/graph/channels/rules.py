@@ -21,7 +21,8 @@ from onnxcomp.graph.edit import ConstEval, get_attr
 UNARY = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "HardSwish",
          "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Erf",
          "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout", "Cast", "CastLike", "Not", "Clip",
-         "IsNaN", "IsInf", "QuickGelu"}  # (QuickGelu, BiasGelu, FastGelu, BiasAdd: onnxruntime's fused forms)
+         "IsNaN", "IsInf", "QuickGelu"}
+CONTRIB = {"Gelu", "QuickGelu", "BiasGelu", "FastGelu", "BiasAdd"}  # onnxruntime's elementwise ops (com.microsoft)
 POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
 ELTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Equal", "Greater",
            "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BiasGelu", "FastGelu", "BiasAdd"}
@@ -60,8 +61,10 @@ class Walker(HeadRules, MapRules, ReshapeRules, ChunkRules):
                     inner.update(i for n in sub.node for i in n.input)
             self.node = node
             if node.op_type in PRODUCERS or any(i in self.L for i in node.input):
+                rule = getattr(self, f"r_{node.op_type}", self.default) if node.domain in ("", "ai.onnx") or \
+                    node.op_type in CONTRIB else self.default  # (com.microsoft.nchwc's Conv is not a Conv)
                 try:
-                    getattr(self, f"r_{node.op_type}", self.default)(node)
+                    rule(node)
                 except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as exc:
                     # an unusual form of a known op: freeze what it touches rather than guess
                     for o in node.output:
