@@ -166,3 +166,12 @@ def test_sklearn_zipmap_classifier(capsys, tmp_path, argv):
     b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     assert isinstance(b[1], list) and isinstance(b[1][0], dict)  # still sklearn-onnx's list of dicts
     assert np.mean(b[0] == y) >= np.mean(a[0] == y) - 0.03
+
+
+def test_outputs_of_different_shapes_count_as_moved_by_their_size():
+    """A shape no rule cuts off (an op beyond graph.tail's list) makes the error 1, not a crash."""
+    from onnxcomp.measure.outputs import output_error
+
+    a = np.ones((5, 4), np.float32)
+    assert output_error(a, np.ones((7, 4), np.float32)) == 1.0
+    assert output_error(a, a * 1.1) == pytest.approx(0.01)

@@ -178,7 +178,10 @@ def slice_axis(a: np.ndarray, parts) -> int | None:
 def output_error(a: np.ndarray, b: np.ndarray, parts=None) -> float:
     """``||b - a||² / ||a||²``; with ``parts`` (a concatenated output, from :func:`output_parts`),
     the mean over the slices along its axis of each slice's error over its energy (at least
-    :func:`slice_floor`)."""
+    :func:`slice_floor`). Outputs of different shapes (sized by the data in a way
+    :mod:`onnxcomp.graph.tail` does not cut off) count as moved by their whole size: 1."""
+    if np.shape(a) != np.shape(b):
+        return 1.0
     a = np.asarray(a, np.float64)
     d = np.asarray(b, np.float64) - a
     axis = slice_axis(a, parts)
