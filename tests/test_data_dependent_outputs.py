@@ -175,3 +175,20 @@ def test_outputs_of_different_shapes_count_as_moved_by_their_size():
     a = np.ones((5, 4), np.float32)
     assert output_error(a, np.ones((7, 4), np.float32)) == 1.0
     assert output_error(a, a * 1.1) == pytest.approx(0.01)
+
+
+def test_a_nonzero_whose_result_keeps_the_outputs_shape_cuts_nothing(capsys, tmp_path):
+    """A NonZero inside (a count of confident classes added to the logits): every output keeps
+    its declared shape, so the model is compressed and measured whole."""
+    m = with_hits(keep_logits=False)
+    g = m.graph
+    del g.output[:]
+    g.node.extend([helper.make_node("Shape", ["hits"], ["hs"], name="hs", start=1),
+                   helper.make_node("Cast", ["hs"], ["hf"], name="hf", to=TensorProto.FLOAT),
+                   helper.make_node("Add", ["prob", "hf"], ["score"], name="score")])
+    g.output.append(M.vi("score", ["batch", 10]))
+    g.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    assert tail.split(m) is None
+    src = M.save(m, tmp_path / "count.onnx")
+    assert main(["prune", str(src), "--sparsity", "0.5", "--data", str(CALIB), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "depends on the data" not in capsys.readouterr().out

@@ -54,9 +54,20 @@ def _tail_indices(graph: onnx.GraphProto) -> set[int]:
                 if j not in seen:
                     seen.add(j)
                     todo.append(j)
-    if seen:
-        _grow_back(graph, seen)
+    made = {o for i in seen for o in graph.node[i].output}
+    params = {d.dim_param for v in graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
+    if not any(_sized_by_data(o, params) for o in graph.output if o.name in made):
+        return set()  # a NonZero inside whose result is reduced away: every output keeps its shape
+    _grow_back(graph, seen)
     return seen
+
+
+def _sized_by_data(out: onnx.ValueInfoProto, params: set[str]) -> bool:
+    """Whether an output's declared type leaves its size to the data: not a tensor, no shape, or a
+    dimension that is neither a number nor one of the inputs' named dimensions."""
+    if not out.type.HasField("tensor_type") or not out.type.tensor_type.HasField("shape"):
+        return True
+    return any(not d.HasField("dim_value") and d.dim_param not in params for d in out.type.tensor_type.shape.dim)
 
 
 def _grow_back(graph: onnx.GraphProto, idx: set[int]) -> None:
