@@ -98,6 +98,15 @@ def _leave_on_disk(model: onnx.ModelProto, data: bytes, path: Path) -> onnx.Mode
     return out
 
 
+def _inline(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        from onnx.inliner import inline_local_functions
+
+        return inline_local_functions(model)
+    except Exception:  # noqa: BLE001 - an older onnx, or a function it cannot inline: left as it is
+        return model
+
+
 def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool = False) -> onnx.ModelProto:
     """Load an ONNX model, with its external data, or raise a one-line ModelLoadError.
 
@@ -127,6 +136,8 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     elif external:
         check_valid(checked, path)
     check_declared_sizes(model, path)
+    if model.functions:  # model-local functions (torch's export_modules_as_functions): their layers are
+        model = _inline(model)  # layers like any other once inlined, exactly, as onnxruntime does at load
     unique_node_names(model)
     release()  # what the parses and the checker freed
     return model
