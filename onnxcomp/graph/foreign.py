@@ -17,6 +17,14 @@ HINT = ("; compress the model as it was exported, before onnxruntime's offline o
         "(they run again when onnxruntime loads the compressed model)")
 
 
+def hint(ops: list[str]) -> str:
+    """The way out for weights of these ``domain:op`` readers: onnxruntime's own ops come from its
+    offline optimizations; any other domain is a custom op whose computation no pass knows."""
+    if ops and all(o.startswith("com.microsoft") for o in ops):
+        return HINT
+    return "; no pass knows what those ops compute (write them as standard ONNX ops to compress those weights)"
+
+
 def note_weights(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str, str]) -> None:
     """A skip reason for each float constant (2+ dims) a node of another domain reads, unless the
     node also reads integer tensors (an already quantized op: MatMulNBits, GatherBlockQuantized)."""

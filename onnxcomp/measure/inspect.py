@@ -94,8 +94,8 @@ def subgraph_notes(found, verdict: str = "run") -> list[str]:
             (lambda why: why.startswith("an Einsum operand"), "are Einsum operands that are not one matrix "
              "product (every pass leaves them alone)", ""),
             (lambda why: why.endswith(foreign.WHY), "are read by ops outside the ONNX standard (" +
-             ", ".join(sorted({w.split(" ")[0] for w in found.skipped.values() if w.endswith(foreign.WHY)})) +
-             ") and left alone by every pass", foreign.HINT)):
+             ", ".join(ops := sorted({w.split(" ")[0] for w in found.skipped.values() if w.endswith(foreign.WHY)})) +
+             ") and left alone by every pass", foreign.hint(ops))):
         names = [n for n, why in found.skipped.items() if pick(why)]
         if names:
             more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
