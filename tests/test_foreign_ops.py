@@ -4,6 +4,8 @@ out without a word); weights other such ops read are named in a note; the elemen
 (BiasGelu, FastGelu, QuickGelu, BiasAdd) let channels through structured pruning."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -50,14 +52,18 @@ def test_prune_compresses_fused_convs(capsys, tmp_path):
                  "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "onnxruntime fused op(s) (FusedConv/FusedGemm) written as the standard ops they fuse" in text
-    assert "pruned 0 " not in text
+    assert main(["prune", str(M.MODELS / "mobilenet_digits.onnx"), "--sparsity", "0.5", "--data",
+                 str(M.MODELS / "digits_calib.npz"), "-o", str(tmp_path / "plain.onnx")]) == 0
+    plain = capsys.readouterr().out
+    prunable = [re.search(r"pruned [^\n]* prunable params", t).group(0) for t in (text, plain)]
+    assert prunable[0] == prunable[1]  # every conv the plain export prunes, the fused convs included
     res = onnx.load(str(out))
     assert not any(n.op_type == "FusedConv" for n in res.graph.node)
     test = np.load(M.MODELS / "digits_test.npz")
     acc = [float(np.mean(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
         None, {"input": test["input"]})[0].argmax(1) == test["labels"])) for p in (src, out)]
     assert acc[1] >= acc[0] - 0.02, acc
-    assert names  # (the FusedConv weights, now pruned like the rest)
+    assert names
 
 
 def test_weights_of_other_ops_are_named(capsys, tmp_path):

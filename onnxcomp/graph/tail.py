@@ -41,12 +41,19 @@ def _roots(graph: onnx.GraphProto) -> list[int]:
     return [i for i, n in enumerate(graph.node) if n.op_type in DYNAMIC | SEQUENCES or odd & set(n.output)]
 
 
-def _tail_indices(graph: onnx.GraphProto) -> set[int]:
-    readers: dict[str, list[int]] = {}
+def _readers(graph: onnx.GraphProto) -> dict[str, set[int]]:
+    readers: dict[str, set[int]] = {}
     for i, n in enumerate(graph.node):
         for x in list(n.input) + sorted(subgraph_inputs(n)):
-            readers.setdefault(x, []).append(i)
+            readers.setdefault(x, set()).add(i)
+    return readers
+
+
+def _tail_indices(graph: onnx.GraphProto) -> set[int]:
     todo = _roots(graph)
+    if not todo:
+        return set()
+    readers = _readers(graph)
     seen = set(todo)
     while todo:
         for o in graph.node[todo.pop()].output:
@@ -58,7 +65,7 @@ def _tail_indices(graph: onnx.GraphProto) -> set[int]:
     params = {d.dim_param for v in graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
     if not any(_sized_by_data(o, params) for o in graph.output if o.name in made):
         return set()  # a NonZero inside whose result is reduced away: every output keeps its shape
-    _grow_back(graph, seen)
+    _grow_back(graph, seen, readers)
     return seen
 
 
@@ -70,13 +77,10 @@ def _sized_by_data(out: onnx.ValueInfoProto, params: set[str]) -> bool:
     return any(not d.HasField("dim_value") and d.dim_param not in params for d in out.type.tensor_type.shape.dim)
 
 
-def _grow_back(graph: onnx.GraphProto, idx: set[int]) -> None:
+def _grow_back(graph: onnx.GraphProto, idx: set[int], readers: dict[str, set[int]]) -> None:
     """Comparisons and logic feeding only the tail join it: the head then ends at the float
     tensors they test (``NonZero(scores > t)`` is measured at the scores, not at a mask)."""
-    readers: dict[str, set[int]] = {}
-    for i, n in enumerate(graph.node):
-        for x in list(n.input) + sorted(subgraph_inputs(n)):
-            readers.setdefault(x, set()).add(i)
+    outs = {o.name for o in graph.output}
     changed = True
     while changed:
         changed = False
@@ -84,14 +88,14 @@ def _grow_back(graph: onnx.GraphProto, idx: set[int]) -> None:
             if i in idx or n.op_type not in LOGIC:
                 continue
             users = set().union(*(readers.get(o, set()) for o in n.output))
-            outs = {o.name for o in graph.output}
             if users and users <= idx and not outs & set(n.output):
                 idx.add(i)
                 changed = True
 
 
 def has_tail(model: onnx.ModelProto) -> bool:
-    return bool(_roots(model.graph))
+    """Whether :func:`split` would cut something (cheap when there is no data-dependent op)."""
+    return bool(_tail_indices(model.graph))
 
 
 def split(model: onnx.ModelProto) -> Tail | None:

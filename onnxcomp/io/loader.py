@@ -18,7 +18,7 @@ from onnxcomp.io.checks import (check_declared_sizes, check_external, check_exte
 from onnxcomp.io.ort import check_runnable
 from onnxcomp.io.checks import external_tensors
 from onnxcomp.io.memory import release
-from onnxcomp.io.order import is_sorted, sort_nodes
+from onnxcomp.io.order import sort_nodes
 from onnxcomp.io.tensors import _external_info, _set_location, is_lazy
 
 _ONNX_MAGIC_FIRST_BYTE = 0x08  # field 1 (ir_version), varint: every serialized ModelProto starts so
@@ -123,7 +123,7 @@ def load(path: str | os.PathLike, *, load_external_data: bool = True, lazy: bool
     check_runnable(model, str(path))
     external = bool(external_tensors(model))
     checked: Path | onnx.ModelProto = path  # what the checker reads: the file, or the model sorted here
-    if not is_sorted(model) and sort_nodes(model):
+    if sort_nodes(model):
         checked = model  # nodes out of order (onnxruntime's float16 converter): sorted in memory
     if not external and lazy:  # the parsed weights are freed before the checker parses the file again
         model = _leave_on_disk(model, data, path)  # (each big one's length checked against its shape)

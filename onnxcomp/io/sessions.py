@@ -120,19 +120,20 @@ def session(model: Any, *, threads: int | None = None, provider: str = DEFAULT_P
         opts.enable_cpu_mem_arena = False  # each decoder's unfolded tensors freed once used, not
         opts.enable_mem_pattern = False  # kept in an arena sized for all of them at once
     tmp = None
+    kw = {"providers": [provider], "disabled_optimizers": UNSAFE_FUSIONS}
     try:
         if isinstance(src, Path):
-            sess = ort.InferenceSession(str(src), opts, providers=[provider], disabled_optimizers=UNSAFE_FUSIONS)
+            sess = ort.InferenceSession(str(src), opts, **kw)
         elif (direct := session_source(src)) is None:
             tmp = tempfile.TemporaryDirectory(prefix=temp_prefix("onnxcomp-session"))
             path = Path(tmp.name) / "model.onnx"
             write_model(src, path, external=True, data_name="model.onnx.data")
-            sess = ort.InferenceSession(str(path), opts, providers=[provider], disabled_optimizers=UNSAFE_FUSIONS)
+            sess = ort.InferenceSession(str(path), opts, **kw)
         else:
             blob, folder = direct
             if folder is not None:  # lazy tensors: onnxruntime maps them from their files
                 opts.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-            sess = ort.InferenceSession(blob, opts, providers=[provider], disabled_optimizers=UNSAFE_FUSIONS)
+            sess = ort.InferenceSession(blob, opts, **kw)
             del blob
     except (ConfigError, ModelLoadError):
         raise

@@ -151,16 +151,14 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     a, b = _model(original), _model(candidate)
     data = load_data(data, a.proto, input_shapes=input_shapes, batch_size=batch_size,
                      num_samples=num_samples)
+    from onnxcomp.graph import tail
+    from onnxcomp.io.model import Model
+
     if data.layout:  # inputs with samples off axis 0: both run samples-first, as the data is held
         from onnxcomp.graph.layout import adapt_for
-        from onnxcomp.io.model import Model
 
         a, b = (Model(adapt_for(m.proto, data), m.path) for m in (a, b))
-    from onnxcomp.graph import tail
-
     if tail.has_tail(a.proto):  # outputs sized by the data (after an NMS): compared where they are not
-        from onnxcomp.io.model import Model
-
         a, b = (Model(tail.head(m.proto), m.path) for m in (a, b))
     labels = data.labels if labels is None and not data.random else labels
     if labels is not None:
