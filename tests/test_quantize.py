@@ -144,7 +144,8 @@ def test_quantize_cli_on_a_model_whose_big_weights_stay_on_disk(tmp_path, capsys
 
 @pytest.mark.parametrize("argv,expect", [
     (["--weights", "int3"], "int3"), (["--block", "48"], "48"), (["--max-layer-error", "2"], "max-layer-error"),
-    (["--residual", "int4"], "int4"), ([], "needs real calibration data")])
+    (["--residual", "int4"], "int4"),
+    ([], "needs real calibration data; pass --data with inputs from your task (e.g. a calib.npz), or --activations none")])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, expect):
     code = main(["quantize", str(RESNET), "-o", str(tmp_path / "q.onnx")] + argv)
     err = capsys.readouterr().err.strip()

@@ -119,11 +119,13 @@ class Needs:
     """What a step needs before it may run: real calibration data, and why (for the message)."""
 
     real_data: str | None = None  # the option (spelled) that needs it, e.g. "--score obs"
+    instead: str | None = None  # what runs without data, for the message (e.g. "--activations none ...")
 
     def check(self, has_real_data: bool, step: str) -> None:
         if self.real_data and not has_real_data:
             raise ConfigError(f"{step}: {self.real_data} needs real calibration data",
-                              "pass --data with inputs from your task (e.g. a calib.npz)")
+                              "pass --data with inputs from your task (e.g. a calib.npz)"
+                              + (f", or {self.instead}" if self.instead else ""))
 
 
 def names(cls: type) -> tuple[str, ...]:

@@ -99,7 +99,8 @@ class QuantizeConfig(SizedSelection):
     @property
     def needs(self) -> Needs:
         if self.activations == "int8":
-            return Needs(spell_value("activations", "int8"))
+            return Needs(spell_value("activations", "int8"), instead=f"{spell_value('activations', 'none')} to "
+                         "quantize weights only without data (MatMul/Gemm as MatMulNBits; convs stay float)")
         if self.gptq:
             return Needs(spell("gptq"))
         return Needs()
