@@ -106,7 +106,8 @@ def compare_cmd(original: str, candidate: str, per_layer: bool, threads: int | N
     a, b = load_model(original), load_model(candidate)
     data = load_data(a.proto, dcfg)
     report = compare(a, b, data, labels=dcfg.labels, per_layer=per_layer or bool(plot), threads=threads,
-                     progress=_progress(data.num_samples) if progress_enabled(quiet) else None)
+                     progress=_progress(data.num_samples) if progress_enabled(quiet) else None,
+                     metric=gates.metric, output=gates.judge)
     if progress_enabled(quiet):
         click.echo("\r\033[K", err=True, nl=False)
     gate = check_gates(report, max_drop, min_agreement)

@@ -123,7 +123,8 @@ class Gates:
                                                "e.g. 0.99 or 99%.", metavar="A", percent=True)
     metric: str = option("auto", "The fidelity headline the gates judge: top-1 agreement of class scores, or the "
                                  "cosine similarity of the outputs (embeddings, maps, ...); auto = top-1 for "
-                                 "[N, C] scores, cosine for everything else.", choices=Metric)
+                                 "[N, C] scores, cosine for everything else (an [N, C] output that is normalized, "
+                                 "pooled or a tanh is an embedding).", choices=Metric)
     judge: str | None = option(None, "The model output the headline and the gates judge (default: the one that moved "
                                        "most; with labels, the first).",
                                metavar="OUTPUT")

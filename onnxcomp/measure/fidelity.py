@@ -18,7 +18,7 @@ from onnxcomp.data.calibration import load_data, load_labels
 from onnxcomp.io.memory import release
 from onnxcomp.errors import DataError, UnsupportedModelError
 from onnxcomp.measure.fidelity_report import DEGRADED_SQNR_DB, FidelityReport, OutputMetrics
-from onnxcomp.measure.outputs import output_parts
+from onnxcomp.measure.outputs import feature_outputs, output_parts
 
 PER_LAYER_BYTES = 256 << 20  # per-layer mode splits batches to keep captured tensors below this
 HELD_BYTES = 256 << 20  # the original's results kept while its session is dropped and the candidate's runs
@@ -38,12 +38,16 @@ class _Run:
     """State of one comparison: accumulators filled pass by pass (pass 0 also takes the outputs)."""
 
     def __init__(self, a: Any, b: Any, pairs: list[tuple[str, str]], layers: list[str],
-                 labels: np.ndarray | None, threads: int | None, progress: Any = None) -> None:
+                 labels: np.ndarray | None, threads: int | None, progress: Any = None,
+                 metric: str = "auto") -> None:
         self.a, self.b, self.pairs, self.labels, self.threads = a, b, pairs, labels, threads
         self.progress = progress or (lambda *args: None)
         self.pass_index, self.pass_count = 0, 1
-        parts = dict(zip((o.name for o in a.proto.graph.output), output_parts(a.proto)))
-        self.out_m = {p: OutputMetrics(parts.get(p[0])) for p in pairs}
+        names = [o.name for o in a.proto.graph.output]
+        parts = dict(zip(names, output_parts(a.proto)))
+        # --metric top1 asks for the argmax of whatever the output holds
+        features = dict(zip(names, feature_outputs(a.proto) if metric != "top1" else [False] * len(names)))
+        self.out_m = {p: OutputMetrics(parts.get(p[0]), features.get(p[0], False)) for p in pairs}
         self.layer_m = {t: OutputMetrics() for t in layers}
         self.skipped: set[str] = set()
         self.correct = np.zeros(2, np.int64)
@@ -168,7 +172,7 @@ def compare(original: Any, candidate: Any, data: Any = None, *, labels: Any = No
     notes: list[str] = []
     pairs = _pair_outputs([o.name for o in a.graph.output], [o.name for o in b.graph.output], notes)
     layers = _common_layers(a, b, pairs) if per_layer else []
-    run = _Run(a, b, pairs, layers, labels, threads, progress)
+    run = _Run(a, b, pairs, layers, labels, threads, progress, metric)
     from onnxcomp.io.sessions import low_memory_sessions
 
     runs = -(-data.num_samples // max(1, data.batch_size)) if data.num_samples and not layers else None

@@ -21,10 +21,11 @@ class OutputMetrics:
     cosine is then the mean, over the slices along the concatenated axis that carry signal (energy
     at least their part's median slice energy), of each slice's cosine over all samples, so class
     scores beside box coordinates in pixels are not drowned out (the whole tensor's is kept as
-    ``cosine_whole``).
+    ``cosine_whole``). ``features``: the output is a feature vector, not class scores
+    (:func:`onnxcomp.measure.outputs.feature_outputs`), so no top-1 agreement is counted.
     """
 
-    def __init__(self, parts: tuple | None = None) -> None:
+    def __init__(self, parts: tuple | None = None, features: bool = False) -> None:
         self.parts = parts
         self.axis: int | None = None
         self.slices: np.ndarray | None = None  # [3, S]: sum a*b, sum a^2, sum b^2 per slice
@@ -36,7 +37,7 @@ class OutputMetrics:
         self.top1 = 0
         self.scalar = np.zeros(3)  # sum a*b, a^2, b^2 over every sample of a one-value output
         self.scalar_n = 0
-        self.classification: bool | None = None
+        self.classification: bool | None = False if features else None
         self.shape: tuple | None = None
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:

@@ -25,6 +25,64 @@ PASS_THROUGH = frozenset({"Identity", "Cast", "Sigmoid", "Tanh", "Relu", "Exp", 
                           "HardSigmoid", "LeakyRelu", "Softplus", "Sqrt"})
 
 
+# the output of these is a feature vector, not class scores: a norm of its input, a tanh (BERT's pooler)
+FEATURE_OPS = frozenset({"LpNormalization", "LayerNormalization", "Tanh", "SimplifiedLayerNormalization",
+                         "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"})
+_SHAPE_ONLY = frozenset({"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice"})
+
+
+def feature_outputs(model: onnx.ModelProto) -> list[bool]:
+    """Per graph output: whether it is a feature vector (an embedding) rather than class scores, so
+    that no top-1 agreement over its dimensions is reported as its headline.
+
+    Looking back from the output through reshapes, casts, row picks (a CLS token) and affine steps by
+    constants (a LayerNorm's gamma and beta, a temperature), it is a feature vector when it comes
+    from a normalization (``LpNormalization``, ``LayerNormalization`` and onnxruntime's fused
+    ones), a ``Tanh``, or a division by a computed tensor (an L2 norm; the token count of mean
+    pooling) or a product with a computed ``Reciprocal``, unless the numerator is an ``Exp`` (a
+    softmax written out) or a constant (``1 / (1 + exp(-x))``). Logits, softmax and sigmoid
+    outputs are not. A sentence-embedding transformer's pooled and normalized ``[N, 384]`` read
+    "top-1 agreement 78 %" before: an argmax over embedding dimensions, which means nothing.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fixed = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+    def source(name: str) -> onnx.NodeProto | None:
+        node = producer.get(name)
+        while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+            if any(x and x not in fixed for x in node.input[1:]):  # an index or a shape read from data
+                return node
+            node = producer.get(node.input[0])
+        return node
+
+    def feature(name: str) -> bool:
+        for _ in range(64):
+            node = source(name)
+            if node is None:
+                return False
+            if node.op_type in FEATURE_OPS:
+                return True
+            if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
+                return False
+            left, right = (x in fixed for x in node.input)
+            if right or (left and node.op_type in ("Add", "Mul")):  # an affine step by a constant
+                name = node.input[0] if right else node.input[1]
+                continue
+            if left:  # a constant over a computed tensor: a sigmoid written out
+                return False
+            if node.op_type == "Div":  # over a norm or a count, unless a softmax written out
+                top = source(node.input[0])
+                return top is None or top.op_type != "Exp"
+            if node.op_type == "Mul":
+                return any((n := source(x)) is not None and n.op_type == "Reciprocal" for x in node.input)
+            return False
+        return False
+
+    return [feature(o.name) for o in graph.output]
+
+
 def _attr(node: onnx.NodeProto, name: str, default=None):
     for a in node.attribute:
         if a.name == name:
