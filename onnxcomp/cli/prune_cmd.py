@@ -27,7 +27,7 @@ def render_changes(result: Any) -> str:
         rows = []
         for c in r.applied:
             e = enc.get(c.name)
-            rows.append([c.name, c.op, "x".join(map(str, c.detail.get("shape", []))),
+            rows.append([c.detail.get("layer", c.name), c.op, "x".join(map(str, c.detail.get("shape", []))),
                          fmt_pct(c.detail.get("sparsity")), e.kind if e else "dense",
                          fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)])
         settings = settings_line(r.settings)
@@ -42,7 +42,7 @@ def render_changes(result: Any) -> str:
                          f"({fmt_pct(1 - after / before)}); weights {fmt_bytes(r.total('bytes_before'))}"
                          f" -> {fmt_bytes(r.total('bytes_after'))}")
         for c in r.skipped:
-            lines.append(f"skipped {c.name} ({c.op}): {c.reason}")
+            lines.append(f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}")
         lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines + [x for x in [engine_line(result)] if x])
 

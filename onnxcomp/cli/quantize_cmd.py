@@ -17,13 +17,13 @@ def render_quantized(result: Any) -> str:
     r = result.result_of("quantize")
     kinds = {"nbits": "MatMulNBits", "qdq": "QDQ int8", "gather": "GatherBlockQuantized",
              "stored": "int8 + DequantizeLinear"}
-    rows = [[c.name, c.op, kinds.get(c.detail.get("kind"), "?"), str(c.detail.get("bits", "")),
+    rows = [[c.detail.get("layer", c.name), c.op, kinds.get(c.detail.get("kind"), "?"), str(c.detail.get("bits", "")),
              f"{c.detail.get('error', 0):.2e}", fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)]
             for c in r.applied]
     lines = [f"quantize: {settings_line({k: v for k, v in r.settings.items() if k != 'optimized_check'})}"]
     if rows:
         lines.append(table(["weight", "op", "format", "bits", "error", "bytes", "after"], rows, "llllrrr"))
-    lines += [f"skipped {c.name} ({c.op}): {c.reason}" for c in r.skipped]
+    lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
     check = r.settings.get("optimized_check")
     if check:
         lines.append(f"optimized session: relative gap {check['gap']:.2e} to the graph's meaning "
