@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from onnxcomp.encode.base import NODE_OVERHEAD, TENSOR_OVERHEAD, Encoding, Names, const, node, reshape_to
-from onnxcomp.encode.nibbles import pack_nibbles, unpack_nibbles
+from onnxcomp.encode.nibbles import nibble_indices
 from onnxcomp.encode.rows import gather_axis, gather_rows
 from onnxcomp.encode.tables import Layout, Table, build_table, detect
 
@@ -264,8 +264,7 @@ class Codebook4(_Codebook):
         return 7
 
     def indices(self, idx, fresh, name, inits, nodes, shape=None):
-        packed = const(fresh, f"{name}_idx4", pack_nibbles(idx), inits)
-        return unpack_nibbles(packed, idx.size, fresh, name, inits, nodes, shape)
+        return nibble_indices(idx, fresh, name, inits, nodes, shape)
 
 
 class CodebookUint4(_Codebook):

@@ -25,6 +25,49 @@ def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, no
     return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
 
 
+def nibble_indices(idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list,
+                   shape: tuple[int, ...] | None = None) -> str:
+    """Store 4-bit indices two per byte and return the decoded int32 indices (in ``shape`` when
+    given): as two halves of the weight paired byte by byte when an axis of ``shape`` is even
+    (:func:`unpack_halves`), else as one stream, first value in the high nibble."""
+    axis = even_axis(shape)
+    if axis is not None:
+        packed = const(fresh, f"{name}_idx4", pack_halves(idx, shape, axis), inits)
+        return unpack_halves(packed, axis, fresh, name, inits, nodes)
+    packed = const(fresh, f"{name}_idx4", pack_nibbles(idx), inits)
+    return unpack_nibbles(packed, idx.size, fresh, name, inits, nodes, shape)
+
+
+def even_axis(shape: tuple[int, ...] | None) -> int | None:
+    """The first axis of even length, along which :func:`pack_halves` can pair indices (None: none)."""
+    return next((i for i, d in enumerate(shape or ()) if d > 0 and d % 2 == 0), None)
+
+
+def pack_halves(values: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """Indices in ``shape`` as bytes in that shape with ``axis`` halved: the first half's value in
+    the high nibble, the second half's at the same place in the low nibble."""
+    v = np.asarray(values, np.uint8).reshape(shape)
+    first, second = np.split(v, 2, axis=axis)
+    return (first << 4) | second
+
+
+def unpack_halves(packed: str, axis: int, fresh: Names, name: str, inits: list, nodes: list) -> str:
+    """Decoder nodes turning :func:`pack_halves` bytes into int32 indices in the weight's shape:
+    BitShift and Mod give the two halves, a Concat joins them on ``axis``. No Reshape: in
+    onnxruntime's constant folding each Reshape copies its input and every temporary is held until
+    the pass ends, so :func:`unpack_nibbles` in a shape holds 8.5 bytes per weight while a session
+    is made, this 6 (a float32 weight's own 4 bytes come after either)."""
+    four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
+    sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
+    hi, lo, both = (fresh(f"{name}_{s}") for s in ("hi", "lo", "nibs"))
+    out = fresh(f"{name}_idx")
+    nodes += [node("BitShift", [packed, four], hi, direction="RIGHT"),
+              node("Mod", [packed, sixteen], lo),
+              node("Concat", [hi, lo], both, axis=axis),
+              node("Cast", [both], out, to=onnx.TensorProto.INT32)]
+    return out
+
+
 def first_as_int32(seq: str, n: int, padded: bool, fresh: Names, name: str, inits: list, nodes: list,
                    shape: tuple[int, ...] | None = None) -> str:
     """Decoder tail: the first ``n`` unpacked values (when the packing ``padded`` them), as int32
