@@ -34,3 +34,20 @@ def test_tables_name_the_layer_and_json_keeps_both(tmp_path, capsys):
     rows = {c["name"]: c for c in report["passes"][0]["changes"]}
     assert rows["onnx::MatMul_322"]["detail"]["layer"] == HEAD
     assert rows["onnx::MatMul_322"]["action"] == "skipped"
+
+
+def test_notes_name_the_layer_and_leave_other_text_alone():
+    import onnx
+
+    from onnxcomp.graph.weights import find_weights
+    from onnxcomp.passes.base import Change, PassResult
+    from onnxcomp.pipeline.labels import label_layers
+
+    weights = find_weights(onnx.load(VIT))
+    r = PassResult("prune", changes=[Change("onnx::MatMul_322", "MatMul", "pruned")],
+                   notes=["output layer(s) held at 0.5: head.weight, onnx::MatMul_322; 322 samples",
+                          "onnx::MatMul_3220 is not a weight here"])
+    label_layers([r], weights)
+    assert r.changes[0].detail["layer"] == HEAD
+    assert r.notes[0] == f"output layer(s) held at 0.5: head.weight, {HEAD}; 322 samples"
+    assert r.notes[1] == "onnx::MatMul_3220 is not a weight here"  # a longer name is not cut

@@ -18,11 +18,11 @@ from onnxcomp.encode import EncodeChoice, encode_weights
 from onnxcomp.encode.budget import LOAD_TARGET
 from onnxcomp.encode.select import LOAD_MEMORY_REASON
 from onnxcomp.errors import ConfigError
-from onnxcomp.graph.names import layer_names
 from onnxcomp.io.model import Model, ModelLike, as_model
 from onnxcomp.passes import make_pass
 from onnxcomp.passes.base import Context, Pass, PassResult
 from onnxcomp.passes.correction import CorrectionPass
+from onnxcomp.pipeline.labels import label_layers
 
 if TYPE_CHECKING:
     from onnxcomp.measure.loadpeak import Loads
@@ -225,9 +225,6 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     if layout:  # (only what this run adapted: auto's trials get models adapted by the search)
         strip(work.proto)
     results = ctx.history
-    shown = layer_names(found)  # the layer behind a weight the exporter named onnx::MatMul_314
-    for c in (c for r in results for c in r.changes if c.name in shown):
-        c.detail.setdefault("layer", shown[c.name])
     results[0].notes += left_alone + ([tail.note(cut)] if cut is not None else []) + \
         ([f"{unfused} onnxruntime fused op(s) (FusedConv/FusedGemm) written as the standard ops they fuse, "
           "so their weights are compressed (onnxruntime fuses them again at load)"] if unfused else [])
@@ -264,6 +261,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     if touched and enc.encoding != "dense" and all(isinstance(c, SIZE_STEPS) for c in steps) and \
             io.model_bytes(work.proto) > io.model_bytes(original.proto):
         work, encodings = _keep_input(original, results, io.model_bytes(work.proto))
+    label_layers(results, found)  # the layer behind a weight the exporter named onnx::MatMul_314
     sizes = {e.name: e.bytes for e in encodings}
     for r in results:
         if r.pass_name == "correction":
