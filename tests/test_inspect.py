@@ -80,6 +80,19 @@ def test_input_shape_for_unknown_input_is_an_error(capsys):
     assert code == 2 and "not a model input" in err and err.count("\n") == 1
 
 
+def test_one_input_shape_option_may_name_several_inputs():
+    """A transformer takes input_ids, attention_mask and token_type_ids: written in one
+    --input-shape, the first name took the rest (`--input-shape names 'input_ids=1x32,attention_mask
+    =1x32,token_type_ids', which is not a model input`). Dims may still be written with commas."""
+    from onnxcomp.graph.shapes import parse_input_shapes
+
+    assert parse_input_shapes(["input_ids=1x32,attention_mask=1x32 token_type_ids=1x32"]) == {
+        "input_ids": (1, 32), "attention_mask": (1, 32), "token_type_ids": (1, 32)}
+    assert parse_input_shapes(["x=1,3,224,224", "y=2x4"]) == {"x": (1, 3, 224, 224), "y": (2, 4)}
+    with pytest.raises(oc.ConfigError, match="bad --input-shape"):
+        parse_input_shapes(["x=1x3,y="])
+
+
 def test_a_compressed_model_reads_like_its_original():
     """A clustered model stores its weights behind decoders that onnxruntime folds at load: inspect
     counts their decoder MatMuls as no MACs (they made auto's macs_ratio 1.12) and shows each

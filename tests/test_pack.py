@@ -51,3 +51,17 @@ def test_cli_pack_unpack(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "truncated" in err[0]
     assert main(["pack", str(tmp_path / "missing.onnx")]) == 2
+
+
+def test_a_model_with_external_data_is_refused_with_how_to_make_it_one_file(tmp_path, capsys):
+    """A dynamo export keeps its weights in `model.onnx.data`: pack refused it without saying how
+    to write the model as one file (the fix now does)."""
+    import onnx
+
+    src = tmp_path / "m.onnx"
+    onnx.save(onnx.load(MODELS / "mobilenet_digits.onnx"), src, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    code = main(["pack", str(src), "-o", str(tmp_path / "m.onnxc")])
+    err = capsys.readouterr().err
+    assert code == 2 and "external data file" in err and "onnx.save(onnx.load(path)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "m.onnxc").exists()

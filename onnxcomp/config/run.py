@@ -85,7 +85,8 @@ class DataConfig:
                                           "0.456/0.406,std=0.229/0.224/0.225,channels=RGB,layout=NCHW'.",
                                     metavar="SPEC")
     input_shape: tuple[str, ...] = option((), "Static shape for an input with dynamic dims, e.g. "
-                                              "input=1x3x224x224 (repeatable).", metavar="NAME=DIMS", repeat=True)
+                                              "input=1x3x224x224 (repeatable; several inputs in one: "
+                                              "ids=1x128,mask=1x128).", metavar="NAME=DIMS", repeat=True)
 
     def __post_init__(self) -> None:
         positive("samples", self.samples, example=128)

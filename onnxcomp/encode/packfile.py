@@ -32,7 +32,8 @@ def pack_file(model: str | os.PathLike, output: str | os.PathLike | None = None,
     proto = io.load(src, load_external_data=False)  # one-line errors for missing / non-ONNX files
     if io.checks.external_tensors(proto):
         raise ModelLoadError(f"{src} keeps tensors in an external data file",
-                             "pack works on self-contained .onnx files (below 2 GB)")
+                             "pack works on self-contained .onnx files (below 2 GB): write it as one with "
+                             "onnx.save(onnx.load(path), 'single.onnx') and pack that")
     data, report = pack_bytes(_read(src, "model"))
     out = Path(output) if output is not None else src.with_name(src.stem + SUFFIX)
     _write(out, data, src, force)

@@ -6,6 +6,8 @@ per sample); any other dynamic dimension stays unknown and so do the MACs that d
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 from onnx import shape_inference
@@ -17,9 +19,11 @@ SKELETON_MIN_ELEMENTS = 64
 
 
 def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME=1x3x224x224`` strings (the --input-shape option) into a dict."""
+    """Parse ``NAME=1x3x224x224`` strings (the --input-shape option) into a dict; one string may
+    name several inputs, split by commas or spaces (``input_ids=1x128,attention_mask=1x128``:
+    the name of the first took the rest before)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs or ():
+    for spec in (part for given in specs or () for part in re.split(r"[,\s]+(?=[^,\s=]+=)", given.strip())):
         name, sep, dims = spec.rpartition("=")
         try:
             if not sep or not name:
