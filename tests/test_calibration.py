@@ -89,6 +89,20 @@ def test_random_token_ids_span_the_vocabulary():
     assert set(np.unique(batch["mask"])) == {0, 1}
 
 
+def test_the_shape_hint_names_every_input_that_needs_sizes():
+    """A transformer's token ids and mask both have a dynamic sequence length: the hint named the
+    first only, and following it gave the same error for the next input."""
+    model = _token_model()
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        dims[1].Clear()
+        dims[1].dim_param = "seq"
+    with pytest.raises(DataError, match=r"--input-shape ids=1x64,mask=1x64x1x1 with the sizes"):
+        load_data(None, model)
+    data = load_data(None, model, input_shapes={"ids": (2, 64), "mask": (2, 64, 1, 1)})
+    assert next(iter(data))["mask"].shape == (2, 64, 1, 1)
+
+
 def test_random_needs_shapes_for_dynamic_dims():
     model = M.conv_bn_relu()
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -242,8 +242,7 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
     """Concrete shapes for random data: user shapes, else the dims with a dynamic batch = batch_size."""
     unknown = [n for n in input_shapes if n not in specs]
     if unknown:
-        raise ConfigError(f"--input-shape names {unknown[0]!r}, which is not a model input",
-                          expected(specs))
+        raise ConfigError(f"--input-shape names {unknown[0]!r}, which is not a model input", expected(specs))
     shapes = {}
     for name, spec in specs.items():
         if name in input_shapes:
@@ -257,16 +256,21 @@ def input_shapes_for_random(specs: dict[str, InputSpec], input_shapes: dict[str,
             if dims and not (isinstance(dims[0], int) and dims[0] > 0):
                 dims[0] = batch_size
             if any(not (isinstance(d, int) and d > 0) for d in dims):
-                example = "x".join([str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else "64")
-                                    for i, d in enumerate(spec.dims)])  # a fixed dim stays as it is
+                example = ",".join(f"{n}={_example(specs[n].dims)}" for n in specs if n not in input_shapes and
+                                   not all(isinstance(d, int) and d > 0 for d in specs[n].dims[1:]))
                 raise DynamicDimsError(f"random inputs for {name!r} need sizes for its dynamic dims "
                                        f"(the model takes {spec.describe()})",
-                                       f"pass --data with real inputs, or --input-shape {name}={example} "
-                                       "with the sizes your model takes", f"{name}={example}")
+                                       f"pass --data with real inputs, or --input-shape {example} with the "
+                                       "sizes your model takes (every input that needs them)", example)
             shape = tuple(dims)
         shapes[name] = shape
     _check_random_size(specs, shapes)
     return shapes
+
+
+def _example(dims) -> str:
+    """An --input-shape value for ``dims``: a fixed dim as it is, a dynamic batch 1, others 64."""
+    return "x".join(str(d) if isinstance(d, int) and d > 0 else ("1" if i == 0 else "64") for i, d in enumerate(dims))
 
 
 def check_stackable(specs: dict[str, InputSpec], shapes: dict[str, tuple[int, ...]]) -> None:

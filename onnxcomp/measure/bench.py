@@ -124,7 +124,7 @@ def _feed(model: Path | onnx.ModelProto, folder: Path, index: int, batch: int,
     except DynamicDimsError as exc:  # bench runs on random inputs only: no --data to suggest
         where = model if isinstance(model, Path) else "the model"
         raise DataError(f"{where}: {exc.problem}", f"pass --input-shape {exc.example} with the sizes "
-                        "your model takes (repeatable, one per input)") from None
+                        "your model takes") from None
     feed = random_feed(specs, shapes, np.random.default_rng(0))
     np.savez(path, **feed)
     return path, len(next(iter(feed.values())))
