@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from onnxcomp.cli import main
-from onnxcomp.graph.names import GENERATED
+from onnxcomp.pipeline.labels import GENERATED
 
 from . import models as M
 

@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli.common import Writing, engine_line, model_argument, settings_line, writing_options
+from onnxcomp.cli.common import (Writing, engine_line, model_argument, settings_line, skipped_lines,
+                                 writing_options)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import ClusterConfig, CorrectionConfig, EncodeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -18,7 +19,7 @@ def render_clustered(result: Any) -> str:
     rows = []
     for c in r.applied:
         e = enc.get(c.name)
-        rows.append([c.detail.get("layer", c.name), c.op, "x".join(map(str, c.detail["shape"])), f"{c.detail['bits']:g}",
+        rows.append([c.shown, c.op, "x".join(map(str, c.detail["shape"])), f"{c.detail['bits']:g}",
                      c.detail["granularity"], f"{c.detail['sqnr_db']:.1f}", e.kind if e else "dense",
                      fmt_bytes(c.bytes_before), fmt_bytes(e.bytes if e else c.bytes_before)])
     settings = settings_line(r.settings)
@@ -26,7 +27,7 @@ def render_clustered(result: Any) -> str:
     if rows:
         lines.append(table(["weight", "op", "shape", "bits", "codebook", "SQNR dB", "encoding", "bytes",
                             "after"], rows, "lllrlrlrr"))
-    lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
+    lines += skipped_lines(r)
     lines += [f"note: {n}" for x in result.results for n in x.notes]
     return "\n".join(lines + [x for x in [engine_line(result)] if x])
 

@@ -72,6 +72,11 @@ def settings_line(settings: dict, skip: tuple = (None,)) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items() if k != "engine" and v not in skip)
 
 
+def skipped_lines(result: Any) -> list[str]:
+    """One line per weight a pass left alone, with the reason."""
+    return [f"skipped {c.shown} ({c.op}): {c.reason}" for c in result.skipped]
+
+
 def fold_lines(result: Any) -> list[str]:
     """The notes of the lossless fold a speed rewrite ends with (see onnxcomp.graph.fold)."""
     return [f"note: {n}" for r in result.results if r.pass_name == "fold" for n in r.notes]

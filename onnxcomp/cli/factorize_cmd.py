@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from onnxcomp.cli.common import Writing, engine_line, fold_lines, model_argument, settings_line, writing_options
+from onnxcomp.cli.common import (Writing, engine_line, fold_lines, model_argument, settings_line,
+                                 skipped_lines, writing_options)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import FactorizeConfig
 from onnxcomp.report.tables import fmt_count, fmt_pct, fmt_ratio, table
@@ -35,7 +36,7 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
         for c in r.applied:
             d = c.detail
             err = d.get("output_error")
-            rows.append([d.get("layer", c.name), c.op, _size(c), _arrow(c.macs_before, c.macs_after),
+            rows.append([c.shown, c.op, _size(c), _arrow(c.macs_before, c.macs_after),
                          _arrow(c.params_before, c.params_after), fmt_pct(d.get("energy")),
                          "-" if err is None else f"{err:.4f}", fmt_ratio(d.get("latency_ratio"))])
         if rows:
@@ -55,7 +56,7 @@ def render_changes(compressed, model_macs: tuple[int | None, int | None] | None 
         if model_macs and model_macs[0] and model_macs[1] is not None:
             lines.append(f"model MACs per sample: {_arrow(*model_macs)} "
                          f"({fmt_ratio(model_macs[1] / model_macs[0])})")
-        lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
+        lines += skipped_lines(r)
         lines += [f"note: {n}" for n in r.notes]
     lines += fold_lines(compressed)
     return "\n".join(lines + [x for x in [engine_line(compressed)] if x])

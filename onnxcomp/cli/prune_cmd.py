@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from onnxcomp.cli.common import (Writing, engine_line, fold_lines, model_argument, refuse_given, settings_line,
-                                 writing_options)
+                                 skipped_lines, writing_options)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, EncodeConfig, PruneConfig, StructuredPruneConfig, names
 from onnxcomp.report.tables import fmt_bytes, fmt_count, fmt_pct, table
@@ -27,7 +27,7 @@ def render_changes(result: Any) -> str:
         rows = []
         for c in r.applied:
             e = enc.get(c.name)
-            rows.append([c.detail.get("layer", c.name), c.op, "x".join(map(str, c.detail.get("shape", []))),
+            rows.append([c.shown, c.op, "x".join(map(str, c.detail.get("shape", []))),
                          fmt_pct(c.detail.get("sparsity")), e.kind if e else "dense",
                          fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)])
         settings = settings_line(r.settings)
@@ -41,8 +41,7 @@ def render_changes(result: Any) -> str:
             lines.append(f"pruned {fmt_count(before - after)} of {fmt_count(before)} prunable params "
                          f"({fmt_pct(1 - after / before)}); weights {fmt_bytes(r.total('bytes_before'))}"
                          f" -> {fmt_bytes(r.total('bytes_after'))}")
-        for c in r.skipped:
-            lines.append(f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}")
+        lines += skipped_lines(r)
         lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines + [x for x in [engine_line(result)] if x])
 

@@ -6,7 +6,8 @@ from typing import Any
 import click
 
 from onnxcomp.cli.common import (Writing, data_options, engine_line, gate_options, holdout_option, json_option,
-                                 model_argument, output_options, quiet_option, settings_line, threads_option)
+                                 model_argument, output_options, quiet_option, settings_line, skipped_lines,
+                                 threads_option)
 from onnxcomp.cli.options import config_options, take
 from onnxcomp.config import CorrectionConfig, QuantizeConfig
 from onnxcomp.report.tables import fmt_bytes, table
@@ -17,13 +18,13 @@ def render_quantized(result: Any) -> str:
     r = result.result_of("quantize")
     kinds = {"nbits": "MatMulNBits", "qdq": "QDQ int8", "gather": "GatherBlockQuantized",
              "stored": "int8 + DequantizeLinear"}
-    rows = [[c.detail.get("layer", c.name), c.op, kinds.get(c.detail.get("kind"), "?"), str(c.detail.get("bits", "")),
+    rows = [[c.shown, c.op, kinds.get(c.detail.get("kind"), "?"), str(c.detail.get("bits", "")),
              f"{c.detail.get('error', 0):.2e}", fmt_bytes(c.bytes_before), fmt_bytes(c.bytes_after)]
             for c in r.applied]
     lines = [f"quantize: {settings_line({k: v for k, v in r.settings.items() if k != 'optimized_check'})}"]
     if rows:
         lines.append(table(["weight", "op", "format", "bits", "error", "bytes", "after"], rows, "llllrrr"))
-    lines += [f"skipped {c.detail.get('layer', c.name)} ({c.op}): {c.reason}" for c in r.skipped]
+    lines += skipped_lines(r)
     check = r.settings.get("optimized_check")
     if check:
         lines.append(f"optimized session: relative gap {check['gap']:.2e} to the graph's meaning "

@@ -13,16 +13,23 @@ def unpack_nibbles(packed: str, n: int, fresh: Names, name: str, inits: list, no
     """Decoder nodes turning bytes (first value in the high nibble) into ``n`` int32 values (flat,
     or in ``shape``: reshaped while still bytes)."""
     col = const(fresh, f"{name}_col", np.array([-1, 1], np.int64), inits)
+    flat_shape = const(fresh, f"{name}_flatshape", np.array([-1], np.int64), inits)
+    p2, seq = fresh(f"{name}_p2"), fresh(f"{name}_nibs")
+    nodes.append(node("Reshape", [packed, col], p2))
+    both = _high_then_low(p2, 1, fresh, name, inits, nodes)
+    nodes.append(node("Reshape", [both, flat_shape], seq))
+    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
+
+
+def _high_then_low(packed: str, axis: int, fresh: Names, name: str, inits: list, nodes: list) -> str:
+    """The bytes' high nibbles, then their low ones, joined on ``axis`` (BitShift, Mod, Concat)."""
     four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
     sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
-    flat_shape = const(fresh, f"{name}_flatshape", np.array([-1], np.int64), inits)
-    p2, hi, lo, both, seq = (fresh(f"{name}_{s}") for s in ("p2", "hi", "lo", "nib2", "nibs"))
-    nodes += [node("Reshape", [packed, col], p2),
-              node("BitShift", [p2, four], hi, direction="RIGHT"),
-              node("Mod", [p2, sixteen], lo),
-              node("Concat", [hi, lo], both, axis=1),
-              node("Reshape", [both, flat_shape], seq)]
-    return first_as_int32(seq, n, n % 2 != 0, fresh, name, inits, nodes, shape)
+    hi, lo, both = (fresh(f"{name}_{s}") for s in ("hi", "lo", "nib2"))
+    nodes += [node("BitShift", [packed, four], hi, direction="RIGHT"),
+              node("Mod", [packed, sixteen], lo),
+              node("Concat", [hi, lo], both, axis=axis)]
+    return both
 
 
 def nibble_indices(idx: np.ndarray, fresh: Names, name: str, inits: list, nodes: list,
@@ -57,14 +64,9 @@ def unpack_halves(packed: str, axis: int, fresh: Names, name: str, inits: list, 
     onnxruntime's constant folding each Reshape copies its input and every temporary is held until
     the pass ends, so :func:`unpack_nibbles` in a shape holds 8.5 bytes per weight while a session
     is made, this 6 (a float32 weight's own 4 bytes come after either)."""
-    four = const(fresh, f"{name}_four", np.array([4], np.uint8), inits)
-    sixteen = const(fresh, f"{name}_sixteen", np.array([16], np.uint8), inits)
-    hi, lo, both = (fresh(f"{name}_{s}") for s in ("hi", "lo", "nibs"))
+    both = _high_then_low(packed, axis, fresh, name, inits, nodes)
     out = fresh(f"{name}_idx")
-    nodes += [node("BitShift", [packed, four], hi, direction="RIGHT"),
-              node("Mod", [packed, sixteen], lo),
-              node("Concat", [hi, lo], both, axis=axis),
-              node("Cast", [both], out, to=onnx.TensorProto.INT32)]
+    nodes.append(node("Cast", [both], out, to=onnx.TensorProto.INT32))
     return out
 
 

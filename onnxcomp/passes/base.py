@@ -59,6 +59,12 @@ class Change:
     def skipped(self) -> bool:
         return self.action == "skipped"
 
+    @property
+    def shown(self) -> str:
+        """The name tables show: the layer's when the weight's own was made up by the exporter
+        (``detail["layer"]``, see :mod:`onnxcomp.pipeline.labels`), else the weight's."""
+        return self.detail.get("layer", self.name)
+
 
 @dataclass
 class PassResult:
