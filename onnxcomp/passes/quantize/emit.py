@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.algo.quant import Grid, pack
-from onnxcomp.graph.edit import NameScope
+from onnxcomp.graph.edit import NameScope, set_attr
 
 MS = "com.microsoft"
 INT32_LIMIT = 2**31 - 1
@@ -210,3 +210,34 @@ def float_inputs(model: onnx.ModelProto, origin: dict[str, str]) -> int:
 def ensure_domain(model: onnx.ModelProto, domain: str, version: int = 1) -> None:
     if not any(o.domain == domain for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def drop_alpha_beta(node: onnx.NodeProto) -> None:
+    """Gemm alpha and beta back to 1 (the scales now hold them)."""
+    if node.op_type == "Gemm":
+        set_attr(node, "alpha", 1.0)
+        set_attr(node, "beta", 1.0)
+
+
+def bias_add(model: onnx.ModelProto, node: onnx.NodeProto, n: int) -> tuple[str, np.ndarray] | None:
+    """(initializer, value) of the constant [n] vector an Add alone reading ``node``'s output adds."""
+    readers = [m for m in model.graph.node if node.output[0] in m.input]
+    if len(readers) != 1 or readers[0].op_type != "Add":
+        return None
+    other = [x for x in readers[0].input if x != node.output[0]]
+    init = next((t for t in model.graph.initializer if other and t.name == other[0]), None)
+    if init is None or sum(other[0] in m.input for m in model.graph.node) != 1:
+        return None
+    value = numpy_helper.to_array(init)
+    return (init.name, value) if value.size == n and value.shape[-1] == n and value.dtype == np.float32 else None
+
+
+def set_nbits_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: np.ndarray, scope: NameScope,
+                   base: str) -> None:
+    """A MatMulNBits node's bias input (slot 5) set to ``bias``."""
+    if len(node.input) > 5 and node.input[5]:
+        set_tensor(model, node.input[5], bias.astype(np.float32))
+        return
+    while len(node.input) < 5:
+        node.input.append("")
+    node.input.append(_init(model, bias.astype(np.float32), scope(f"{base}_bias")))

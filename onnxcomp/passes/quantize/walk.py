@@ -24,7 +24,7 @@ import onnx
 
 from onnxcomp.algo import quant
 from onnxcomp.algo.linalg import blas_threads
-from onnxcomp.graph.edit import NameScope, get_attr, set_attr
+from onnxcomp.graph.edit import NameScope, get_attr
 from onnxcomp.graph.weights import Weight, find_weights
 from onnxcomp.measure.engine import Engine
 from onnxcomp.measure.stats import accumulate
@@ -63,6 +63,14 @@ class Walk:
         self.point_errors: dict[str, float] = {}  # quantized activation -> relative squared error
         self.notes: list[str] = []
         self.eng: Engine | None = None
+        self._found = None  # find_weights of the work model; None after a layer is rewritten
+
+    def _weights(self):
+        """The work model's weights (points add only activation Q/DQ pairs: found again only after
+        a layer is rewritten; each search walks the whole graph)."""
+        if self._found is None:
+            self._found = find_weights(self.model)
+        return self._found
 
     # --- activations --------------------------------------------------------------------------
     def point(self, t: str) -> None:
@@ -89,7 +97,7 @@ class Walk:
         """(channel axis, importance per channel) of ``t`` for the layers reading it: the squared
         weights each input channel meets (the first-order output error of its rounding), averaged
         over the readers; (None, None) when a reader is not a layer or they disagree on the axis."""
-        found = find_weights(self.model).by_name()
+        found = self._weights().by_name()
         axes, parts = set(), []
         for node in self.model.graph.node:
             if t not in node.input:
@@ -116,7 +124,7 @@ class Walk:
     # --- layers -------------------------------------------------------------------------------
     def layer(self, layer: Layer) -> None:
         node = next(n for n in self.model.graph.node if layer.output in n.output)
-        w = (found := find_weights(self.model)).by_name()[layer.weight.name]
+        w = (found := self._weights()).by_name()[layer.weight.name]
         x = node.input[0]
         source = self.origin.get(x, x)
         if layer.kind == "qdq" and source not in self.params:
@@ -144,6 +152,7 @@ class Walk:
             return
         before = onnx.NodeProto()
         before.CopyFrom(node)
+        self._found = None  # this layer's weight becomes integers (a shared one is no float weight after)
         if layer.kind == "nbits":
             grid = grids[0]
             emit.matmul_nbits(self.model, node, x, q, grid, bias, self._accuracy(), self.scope, w.name)
@@ -151,7 +160,7 @@ class Walk:
             scale = np.concatenate([g.scale[:, 0] for g in grids])
             emit.qdq_weight(self.model, node, 1, _unrows(w, q).astype(np.int8), scale, w.out_axis, self.scope,
                             w.name)
-            _drop_alpha_beta(node)
+            emit.drop_alpha_beta(node)
         info = {"bits": grids[0].bits, "error": round(err, 6), "matched": stats is not None}
         self._correct(node, layer, w, x, q, grids, bias, info)
         self.solved.append(Solved(layer, "quantized", err, detail=info, node=before))
@@ -205,7 +214,7 @@ class Walk:
         a, b = corr.fit(new, old, mode)
         for g, part in zip(grids, np.split(a, len(grids))):
             g.scale = g.scale * part[:, None]
-        add = _bias_add(self.model, node, len(a)) if bias is None and layer.kind == "nbits" else None
+        add = emit.bias_add(self.model, node, len(a)) if bias is None and layer.kind == "nbits" else None
         base = bias if bias is not None else np.zeros(len(a))
         bias = a * base + b
         info["scale_mean"], info["shift_abs_mean"] = float(a.mean()), float(np.abs(b).mean())
@@ -215,7 +224,7 @@ class Walk:
                 emit.set_tensor(self.model, add[0], (add[1] + bias).astype(np.float32).reshape(add[1].shape))
                 bias = None
             else:
-                _set_nbits_bias(self.model, node, bias, self.scope, w.name)
+                emit.set_nbits_bias(self.model, node, bias, self.scope, w.name)
         else:
             dq = next(n for n in self.model.graph.node if node.input[1] in n.output)
             emit.set_tensor(self.model, dq.input[1], np.concatenate([g.scale[:, 0] for g in grids]).astype(np.float32))
@@ -269,32 +278,3 @@ def _bias(found, node: onnx.NodeProto, w: Weight) -> np.ndarray | None:
     n = w.shape[w.out_axis]
     v = c.values().astype(np.float64).reshape(-1) * beta
     return np.broadcast_to(v, (n,)).copy() if v.size in (1, n) else None
-
-
-def _drop_alpha_beta(node: onnx.NodeProto) -> None:
-    if node.op_type == "Gemm":
-        set_attr(node, "alpha", 1.0)
-        set_attr(node, "beta", 1.0)
-
-
-def _bias_add(model: onnx.ModelProto, node: onnx.NodeProto, n: int) -> tuple[str, np.ndarray] | None:
-    """(initializer, value) of the constant [n] vector an Add alone reading ``node``'s output adds."""
-    readers = [m for m in model.graph.node if node.output[0] in m.input]
-    if len(readers) != 1 or readers[0].op_type != "Add":
-        return None
-    other = [x for x in readers[0].input if x != node.output[0]]
-    init = next((t for t in model.graph.initializer if other and t.name == other[0]), None)
-    if init is None or sum(other[0] in m.input for m in model.graph.node) != 1:
-        return None
-    value = emit.numpy_helper.to_array(init)
-    return (init.name, value) if value.size == n and value.shape[-1] == n and value.dtype == np.float32 else None
-
-
-def _set_nbits_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: np.ndarray, scope: NameScope,
-                    base: str) -> None:
-    if len(node.input) > 5 and node.input[5]:
-        emit.set_tensor(model, node.input[5], bias.astype(np.float32))
-        return
-    while len(node.input) < 5:
-        node.input.append("")
-    node.input.append(emit._init(model, bias.astype(np.float32), scope(f"{base}_bias")))
