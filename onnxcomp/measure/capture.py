@@ -104,6 +104,14 @@ class Capturer:
         return out
 
 
+def check_runs(model: Any, data: Iterable[dict[str, np.ndarray]], *, threads: int | None = None) -> None:
+    """Run ``model`` on the first batch of ``data``: onnxruntime's refusal of the data (a shape the
+    export fixed, an input of the wrong type) is one line before any long work, not a traceback."""
+    first = next(iter(data), None)
+    if first is not None:
+        Capturer(model, [], threads=threads, include_outputs=True).run(first)
+
+
 def capture(model: Any, tensor_names: Sequence[str], data: Iterable[dict[str, np.ndarray]], *,
             threads: int | None = None, include_outputs: bool = False,
             max_bytes: int | None = None) -> Iterator[dict[str, np.ndarray]]:

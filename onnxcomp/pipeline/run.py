@@ -178,6 +178,10 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     layout = getattr(ctx.data, "layout", None)  # inputs with samples off axis 0: passes run samples-first
     adapt_for(work.proto, ctx.data, inplace=True)
     ctx.original = adapt_for(ctx.original, ctx.data)
+    if ctx.has_real_data and ctx.memo is None:  # auto checks once for all of its trials
+        from onnxcomp.measure.capture import check_runs
+
+        check_runs(ctx.original, ctx.data, threads=ctx.threads)
     from onnxcomp.graph.normalize import einsum_matmuls, fold_weight_transposes, unfuse, unfused_copy
     from onnxcomp.graph.weights import find_weights, weight_slots
     from onnxcomp.measure.inspect import subgraph_notes

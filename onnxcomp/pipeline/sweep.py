@@ -104,6 +104,7 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
     from onnxcomp.passes.prune.prune import select
     from onnxcomp.config import PruneConfig
     from onnxcomp.data.sampling import take_samples
+    from onnxcomp.measure.capture import check_runs
 
     levels = list(levels or LEVELS[method])
     from onnxcomp.graph.layout import adapt_for
@@ -114,6 +115,7 @@ def sweep(model: onnx.ModelProto, data: Any, method: str = "prune", *, levels=No
     chosen, skipped = select(find_weights(model), PruneConfig(min_params=min_params))
     names = [w.name for w in chosen]
     batches = take_samples(data, samples)
+    check_runs(model, batches)  # the data runs through the model, before the layers are measured
     n = sum(len(next(iter(b.values()))) for b in batches)
     chunks = [c.tolist() for c in np.array_split(np.array(names, dtype=object), max(1, min(jobs, len(names))))
               if len(c)]
