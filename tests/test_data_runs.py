@@ -22,6 +22,7 @@ COMMANDS = {
     "quantize": ["quantize"],
     "compress": ["compress", "--sparsity", "0.5", "--bits", "4"],
     "auto": ["auto", "--target-size", "0.5"],
+    "auto-speed": ["auto", "--target-latency", "0.8"],
     "sensitivity": ["sensitivity"],
 }
 

@@ -39,6 +39,7 @@ class Search:
     def __init__(self, model: Any, data: Any, max_drop: float, threads: int | None = None,
                  labels: Any = None, progress: Any = None, goal: tuple[str, float] | None = None,
                  keep_going: bool = False, jobs: int = 1) -> None:
+        from onnxcomp.measure.capture import check_runs
         from onnxcomp.measure.inspect import inspect
 
         self.original = as_model(model)
@@ -47,6 +48,7 @@ class Search:
         # inputs with samples off axis 0: the trials run samples-first (graph.layout)
         self.original = Model(adapt_for(self.original.proto, data), self.original.path)
         self.calib, self.holdout = split(data)
+        check_runs(self.original, self.calib, threads=threads)  # once, before any trial
         self.calib_samples = sum(len(next(iter(b.values()))) for b in self.calib)
         self.max_drop, self.threads, self.labels, self.progress = max_drop, threads, labels, progress
         self.base_size = model_bytes(self.original.proto)

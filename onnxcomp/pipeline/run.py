@@ -178,7 +178,7 @@ def _run(original: Model, passes: list, steps: Sequence[Any], ctx: Context, enc:
     layout = getattr(ctx.data, "layout", None)  # inputs with samples off axis 0: passes run samples-first
     adapt_for(work.proto, ctx.data, inplace=True)
     ctx.original = adapt_for(ctx.original, ctx.data)
-    if ctx.has_real_data and ctx.memo is None:  # auto checks once for all of its trials
+    if ctx.has_real_data and ctx.memo is None:  # auto (a memo) checks once before its trials
         from onnxcomp.measure.capture import check_runs
 
         check_runs(ctx.original, ctx.data, threads=ctx.threads)
