@@ -52,4 +52,16 @@ def test_data_the_model_cannot_run_is_refused_before_the_work(capsys, tmp_path, 
     cap = capsys.readouterr()
     assert code == 2 and "Traceback" not in cap.err, cap.err
     assert cap.err.count("\n") == 1 and "failed to run" in cap.err and "Reshape" in cap.err, cap.err
+    assert "--batch-size" in cap.err and "16 samples ran at once" in cap.err, cap.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
+
+
+def test_following_the_hint_runs(capsys, tmp_path):
+    """The batch the export traced, as the refusal says: the command runs."""
+    src = M.save(traced_batch_model(), tmp_path / "m.onnx")
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=M.rng(1).normal(size=(16, 32)).astype(np.float32))
+    code = main(["prune", str(src), "--sparsity", "0.5", "--data", str(data), "--batch-size", "4",
+                 "-o", str(tmp_path / "out.onnx")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out.onnx").exists()

@@ -108,8 +108,15 @@ def check_runs(model: Any, data: Iterable[dict[str, np.ndarray]], *, threads: in
     """Run ``model`` on the first batch of ``data``: onnxruntime's refusal of the data (a shape the
     export fixed, an input of the wrong type) is one line before any long work, not a traceback."""
     first = next(iter(data), None)
-    if first is not None:
+    if first is None:
+        return
+    try:
         Capturer(model, [], threads=threads, include_outputs=True).run(first)
+    except DataError as exc:
+        ran = max((np.shape(v)[0] for v in first.values() if np.ndim(v)), default=1)
+        raise DataError(exc.problem, f"check that the data fits the model's inputs (an export can fix the batch "
+                                     f"size it was traced with: pass --batch-size with that size; {ran} samples "
+                                     "ran at once)") from None
 
 
 def capture(model: Any, tensor_names: Sequence[str], data: Iterable[dict[str, np.ndarray]], *,
