@@ -239,32 +239,6 @@ def test_culprits_found_by_bisection_are_reverted():
     assert sorted(found) == [2, 5] and check.ok
 
 
-def test_bisection_probes_few_samples_and_judges_on_all():
-    """Each bisection step runs 4 samples (the step costs a session pair, the samples add run
-    time); whether the model agrees is decided on every calibration batch."""
-    seen = []
-
-    def run(m, batches, optimized):
-        seen.append(sum(len(b["x"]) for b in batches))
-        reverted = {int(x) for x in m.doc_string.split(",") if x}
-        miss = 1.0 if optimized and 3 not in reverted else 0.0
-        return [[b["x"] * (1.0 + 1e-3 * len(reverted)) + miss] for b in batches]
-
-    data = [{"x": np.ones((16, 2), np.float32)} for _ in range(3)]
-    v = verify.Verifier(onnx.ModelProto(), data, run=run)
-
-    def revert(m, items):
-        c = onnx.ModelProto()
-        c.doc_string = ",".join(str(i) for i in items)
-        return c
-
-    seen.clear()
-    found, check = verify.culprits(onnx.ModelProto(), list(range(8)), revert, v)
-    assert found == [3] and check.ok
-    assert seen[:2] == [48, 48] and seen[-2:] == [48, 48]  # the first and last checks: every sample
-    assert set(seen[2:-2]) == {verify.PROBE_SAMPLES} and len(seen) > 6
-
-
 def test_pass_puts_back_a_layer_the_optimized_session_miscomputes(monkeypatch):
     """onnxruntime's fusions are not trusted: a layer whose fused result is wrong goes back to float."""
     real = verify.outputs

@@ -26,7 +26,6 @@ FLOOR = 1e-6  # relative squared gaps below this are rounding, whatever the quan
 GAP_FACTOR = 4.0
 MAX_CULPRITS = 4
 BATCHES = 4
-PROBE_SAMPLES = 4  # the bisection's probes run this many samples; its verdicts use every batch
 
 
 @dataclass
@@ -75,26 +74,13 @@ class Verifier:
         self.threads = threads
         self.run = run or (lambda m, bs, opt: outputs(m, bs, opt, threads))
         self.reference = self.run(original, self.batches, False)
-        self.probe = [_head(self.batches[0])] if self.batches else []
-        self.probe_reference = self.run(original, self.probe, False)
         self.sessions = 0
 
-    def check(self, model: onnx.ModelProto, probe: bool = False) -> Check:
-        """The gap on every batch, or (``probe``) on the first :data:`PROBE_SAMPLES` samples only."""
-        batches, reference = (self.probe, self.probe_reference) if probe else (self.batches, self.reference)
-        plain = self.run(model, batches, False)
-        fused = self.run(model, batches, True)
+    def check(self, model: onnx.ModelProto) -> Check:
+        plain = self.run(model, self.batches, False)
+        fused = self.run(model, self.batches, True)
         self.sessions += 2
-        return Check(_rel(fused, plain), _rel(plain, reference))
-
-
-def _head(batch: dict) -> dict:
-    """The first :data:`PROBE_SAMPLES` samples of a batch whose inputs all lead with the batch
-    axis; the whole batch otherwise (an RNN state [layers, N, H] beside x[N, ...])."""
-    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in batch.values()}
-    if len(sizes) != 1 or None in sizes:
-        return batch
-    return {k: v[:PROBE_SAMPLES] for k, v in batch.items()}
+        return Check(_rel(fused, plain), _rel(plain, self.reference))
 
 
 def culprits(model: onnx.ModelProto, items: list[Any], revert: Callable[[onnx.ModelProto, list[Any]], onnx.ModelProto],
@@ -102,18 +88,17 @@ def culprits(model: onnx.ModelProto, items: list[Any], revert: Callable[[onnx.Mo
     """The items whose reversion makes the optimized session agree (bisection, at most
     :data:`MAX_CULPRITS` of them), and the check of the model with them reverted. ``cheap``: the
     reversion costs little (uint8 weights, the same values), so when more items than that are
-    needed, the shortest prefix of the rest (in graph order) that makes it agree is taken whole.
-    The bisection's steps are probes on a few samples; whether the model agrees is checked on all."""
+    needed, the shortest prefix of the rest (in graph order) that makes it agree is taken whole."""
     found: list[Any] = []
     pool = list(items)
     check = verifier.check(revert(model, found))
     while not check.ok and pool:
         lo, hi = 0, len(pool)  # the shortest prefix of the pool whose reversion fixes the gap
-        if not verifier.check(revert(model, found + pool), probe=True).ok:
+        if not verifier.check(revert(model, found + pool)).ok:
             break  # not caused by these layers
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if verifier.check(revert(model, found + pool[:mid]), probe=True).ok:
+            if verifier.check(revert(model, found + pool[:mid])).ok:
                 hi = mid
             else:
                 lo = mid
