@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxcomp.graph.channels.maps import apply_index_edit
+from onnxcomp.graph.channels.edits import apply_index_edit
 from onnxcomp.graph.channels.rules import Walker
 from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup, Producer, kept_mask
 from onnxcomp.graph.edit import ConstEval, NameScope, clear_value_info, remove_dead
@@ -86,32 +86,34 @@ def _components(n: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarra
 
 def _build_groups(cg: ChannelGraph) -> None:
     n = cg.n_ids
-    owner = np.zeros(n, np.int64)
+    owner = np.full(n, -1, np.int64)  # -1: an id no producer makes (channels a Pad adds)
     for k, p in enumerate(cg.producers):
         owner[p.ids] = k
     cg.unit_of = _components(n, cg.ties)
     n_units = int(cg.unit_of.max()) + 1 if n else 0
-    unit_owner = np.zeros(n_units, np.int64)
-    unit_owner[cg.unit_of] = owner
+    unit_owner = np.full(n_units, -1, np.int64)
+    made = owner >= 0
+    unit_owner[cg.unit_of[made]] = owner[made]
     # producers are in one group when any of their channels share a unit
-    links = [(owner, unit_owner[cg.unit_of])] if n else []
-    prod_group = _components(len(cg.producers), links)
-    cg.group_of_unit = prod_group[unit_owner] if n_units else np.zeros(0, np.int64)
+    prod_group = _components(len(cg.producers), [(owner[made], unit_owner[cg.unit_of[made]])])
     members: dict[int, list[Producer]] = {}
     for k, p in enumerate(cg.producers):
         members.setdefault(int(prod_group[k]), []).append(p)
     order = sorted(members, key=lambda g: min(cg.producers.index(p) for p in members[g]))
     renumber = {g: i for i, g in enumerate(order)}
-    cg.group_of_unit = np.array([renumber[int(g)] for g in cg.group_of_unit], np.int64)
+    # a unit no producer makes (padding read only by a conv) belongs to no group: it stays
+    cg.group_of_unit = np.array([renumber[int(prod_group[o])] if o >= 0 else -1 for o in unit_owner], np.int64)
     units_by_group: list[list[np.ndarray]] = [[] for _ in order]
     ids_by_unit = np.argsort(cg.unit_of, kind="stable")
     bounds = np.searchsorted(cg.unit_of[ids_by_unit], np.arange(n_units + 1))
     for u in range(n_units):
-        units_by_group[cg.group_of_unit[u]].append(ids_by_unit[bounds[u]:bounds[u + 1]])
+        if cg.group_of_unit[u] >= 0:
+            units_by_group[cg.group_of_unit[u]].append(ids_by_unit[bounds[u]:bounds[u + 1]])
     cg.groups = [ChannelGroup(i, members[g], units_by_group[i]) for i, g in enumerate(order)]
     for cid, reasons in cg.frozen.items():
-        group = cg.group_of(cid)
-        group.frozen += [r for r in reasons if r not in group.frozen]
+        if cg.group_of_unit[cg.unit_of[cid]] >= 0:
+            group = cg.group_of(cid)
+            group.frozen += [r for r in reasons if r not in group.frozen]
 
 
 def apply_removal(model: onnx.ModelProto, cg: ChannelGraph, keep: np.ndarray) -> None:

@@ -1,20 +1,18 @@
 """Index-mapping rules for coupled-channel discovery: ops that move, cut or regroup the channel axis.
 
 Concat / Split / Slice map index offsets, Flatten maps each channel to a run of positions,
-Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad and Resize pass channels when they
-leave the channel axis alone, Softmax and LayerNormalization when they normalise another axis
-(Reshape and Shape: :mod:`onnxcomp.graph.channels.reshape`). :func:`apply_index_edit` rewrites the attribute or
-constant input that counts channels (Split sizes, Slice bounds, Reshape target, Resize sizes,
-depthwise ``group``) once the kept channels are known.
+Transpose / Squeeze / Unsqueeze / Reduce move the axis, Pad gives channels it adds ids of their
+own, Resize passes channels when it leaves the channel axis alone, Softmax and LayerNormalization
+when they normalise another axis (Reshape and Shape: :mod:`onnxcomp.graph.channels.reshape`).
+The :class:`IndexEdit` records they leave are applied by :mod:`onnxcomp.graph.channels.edits`.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from onnxcomp.io import default_opset
 from onnxcomp.graph.channels.types import IndexEdit
-from onnxcomp.graph.edit import ConstEval, get_attr
+from onnxcomp.graph.edit import get_attr
 
 
 def _prod(xs) -> int:
@@ -109,9 +107,17 @@ class MapRules:
         axes = [int(a) % R for a in np.reshape(axes, -1)] if axes is not None else list(range(R))
         pads = [int(p) for p in np.reshape(pads, -1)]
         n = len(axes)
-        if lay.axis in axes and (pads[axes.index(lay.axis)] or pads[axes.index(lay.axis) + n]):
-            return self.opaque(node, "pads the channel axis")
-        self.passthrough(node, lay)
+        k = axes.index(lay.axis) if lay.axis in axes else None
+        if k is None or not (pads[k] or pads[k + n]):
+            return self.passthrough(node, lay)
+        mode = get_attr(node, "mode", b"constant")
+        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant" or min(pads[k], pads[k + n]) < 0:
+            return self.opaque(node, "pads the channel axis with copies of channels or crops it")
+        # channel padding (TFLite / BlazeFace residuals widen the skip with zero channels): the new
+        # channels get ids of their own, removed with the channels they are added to
+        new = [self.cg.new_ids(pads[k]), self.cg.new_ids(pads[k + n])]
+        self.cg.edits.append(IndexEdit(node, "pad", new, {"k": k, "n": n}))
+        self.out(node.output[0], lay.axis, np.concatenate([new[0], lay.ids, new[1]]), R)
 
     def r_Resize(self, node: onnx.NodeProto) -> None:
         lay = self._data(node)
@@ -230,64 +236,3 @@ class MapRules:
         if int(get_attr(node, "keepdims", 1)):
             return self.passthrough(node, lay)
         self.passthrough(node, lay, axis=lay.axis - sum(x < lay.axis for x in axes), rank=R - len(axes))
-
-
-def apply_index_edit(model: onnx.ModelProto, e: IndexEdit, masks: list[np.ndarray], ev: ConstEval,
-                     scope) -> None:
-    """Rewrite the attribute / constant input of ``e.node`` that counts channels (a computed
-    Reshape target: in a copy of its Concat, read by that Reshape alone)."""
-    from onnxcomp.graph.edit import del_attr, set_attr, set_input
-
-    node, opset = e.node, default_opset(model)
-    base = node.name or node.op_type
-    if e.kind == "group":
-        set_attr(node, "group", int(masks[0].sum()))
-    elif e.kind == "split":
-        sizes = np.array([int(m.sum()) for m in masks], np.int64)
-        if opset >= 13:
-            del_attr(node, "num_outputs")
-            set_input(model, node, 1, sizes, scope, f"{base}_split")
-        else:
-            set_attr(node, "split", [int(x) for x in sizes])
-    elif e.kind == "slice":
-        m, k = masks[0], e.info["k"]
-        start = int(m[:e.info["start"]].sum())
-        end = start + int(m[e.info["start"]:e.info["end"]].sum())
-        if opset < 10:
-            for name, v in (("starts", start), ("ends", end)):
-                vals = list(get_attr(node, name))
-                vals[k] = v
-                set_attr(node, name, vals)
-        else:
-            for slot, v in ((1, start), (2, end)):
-                vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()
-                vals[k] = v
-                set_input(model, node, slot, vals, scope, f"{base}_{'starts' if slot == 1 else 'ends'}")
-    elif e.kind == "reshape":
-        if opset < 5:
-            raise ValueError("Reshape-1 with a channel count in its attribute")
-        owner, slot, copies = node, 1, []
-        if e.info.get("computed"):  # a computed target: this Reshape reads copies of the nodes from
-            producer = {o: n for n in model.graph.node for o in n.output}  # it down to the constant
-            for nxt in e.info["path"]:
-                copy = onnx.NodeProto()
-                copy.CopyFrom(producer[owner.input[slot]])
-                copy.name, copy.output[0] = scope(f"{base}_target"), scope(f"{base}_target")
-                owner.input[slot] = copy.output[0]
-                owner, slot = copy, nxt
-                copies.append(copy)
-        # a piece read at run time (a frozen tensor's width) becomes the constant [kept count]
-        old = np.zeros(1, np.int64) if e.info.get("replace") else np.array(ev.value(owner.input[slot]))
-        vals = old.reshape(-1).copy()
-        vals[e.info["entry"]] = int(masks[0].sum()) * e.info["factor"]
-        set_input(model, owner, slot, vals.reshape(old.shape), scope, f"{base}_shape")
-        at = next(k for k, n in enumerate(model.graph.node) if n is node)
-        for copy in copies:  # inserted as copies, before their reader (other nodes keep their identity)
-            model.graph.node.insert(at, copy)
-    elif e.kind == "resize":
-        slot = e.info["slot"]
-        vals = np.array(ev.value(node.input[slot])).reshape(-1).copy()
-        vals[e.info["k"]] = int(masks[0].sum())
-        set_input(model, node, slot, vals, scope, f"{base}_sizes")
-    else:
-        raise ValueError(f"unknown index edit {e.kind}")
