@@ -264,6 +264,28 @@ def test_quantized_reported_by_inspect(capsys, tmp_path):
     assert code == 0 and "already quantized, left alone: 3 tensor(s)" in out  # wq and its scale, zero point
 
 
+def test_integer_kernels_are_named_by_every_pass(capsys, tmp_path):
+    """Weights integer kernels read (QOperator QLinearConv, quantize_dynamic's ConvInteger and
+    MatMulInteger, MatMulNBits) are named with the way out; before, a prune of such a model said
+    only "no prunable weights selected"."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx.save_model(qoperator_model(), str(tmp_path / "qop.onnx"))
+    onnx.save_model(M.chan_mlp(), str(tmp_path / "mlp.onnx"))
+    quantize_dynamic(str(tmp_path / "mlp.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
+    assert run(capsys, ["quantize", str(tmp_path / "mlp.onnx"), "--weights", "int4", "--activations", "none",
+                        "--min-params", "1", "-o", str(tmp_path / "nbits.onnx")])[0] == 0
+    nbits = onnx.load(str(tmp_path / "nbits.onnx"))
+    assert any(n.op_type == "MatMulNBits" for n in nbits.graph.node)
+    for name, kernels in (("qop", "QLinearConv"), ("dyn", "ConvInteger, MatMulInteger"),
+                          ("nbits", "com.microsoft:MatMulNBits")):
+        code, out, _ = run(capsys, ["prune", str(tmp_path / f"{name}.onnx"), "--sparsity", "0.5", "--min-params", "1",
+                                    "-o", str(tmp_path / f"{name}_p.onnx")])
+        assert code == 0
+        assert f"are already quantized ({kernels}) and left alone by every pass" in out, out
+        assert "to compress further, start from the float model" in out
+
+
 # --- dynamic dims ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("command", WRITERS)

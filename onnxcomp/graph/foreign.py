@@ -26,13 +26,17 @@ def hint(ops: list[str]) -> str:
 
 
 def note_weights(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str, str]) -> None:
-    """A skip reason for each float constant (2+ dims) a node of another domain reads, unless the
-    node also reads integer tensors (an already quantized op: MatMulNBits, GatherBlockQuantized)."""
+    """A skip reason for each float constant (2+ dims) a node of another domain reads; when the
+    node also reads integer tensors (an already quantized op: MatMulNBits, GatherBlockQuantized),
+    for those instead."""
     for node in graph.node:
         if node.domain in ("", "ai.onnx"):
             continue
         hits = [h for name in node.input if name and (h := consts.resolve(name)) is not None]
-        if any(h[4] not in FLOAT_TYPES and len(h[3]) >= 2 for h in hits):
+        if any(h[4] not in FLOAT_TYPES and len(h[3]) >= 2 for h in hits):  # an integer layer's weight
+            for h in hits:
+                if h[4] not in FLOAT_TYPES and len(h[3]) >= 2:
+                    skipped.setdefault(h[0], f"already quantized ({node.domain}:{node.op_type}); left alone")
             continue
         for h in hits:
             if h[0] not in found and len(h[3]) >= 2 and h[4] in FLOAT_TYPES:

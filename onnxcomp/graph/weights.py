@@ -16,13 +16,15 @@ from onnx import helper, numpy_helper
 from onnxcomp.graph import einsum, foreign
 from onnxcomp.graph.constants import (FLOAT_TYPES, MOVES, Constants, constant_of_shape_value, constant_tensor,
                                       load_time_constants)
+from onnxcomp.graph.edit import get_attr as _attr
 from onnxcomp.graph.nested import nested_nodes, subgraph_reads
 from onnxcomp.io import tensor_array
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN", "Einsum")  # and tables, recurrent weights
-QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-             "DynamicQuantizeLinear", "QGemm")
+KERNELS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")  # integer layers
+QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear") + KERNELS
+QUANTIZED_WHY = "already quantized ({}); left alone"
 
 
 @dataclass
@@ -123,13 +125,6 @@ class WeightReport:
         return len(self.weights)
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _roles(node: onnx.NodeProto) -> list[tuple[int, str, int | None, int | None]]:
     """(input index, role, out_axis, in_axis) for each weight slot of a compute node."""
     op = node.op_type
@@ -180,6 +175,8 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
                 hit = consts.resolve(name) if name else None
                 if hit is not None and hit[0] not in report.quantized:
                     report.quantized.append(hit[0])
+                    if node.op_type in KERNELS and len(hit[3]) >= 2:  # an integer layer's weight
+                        report.skipped.setdefault(hit[0], QUANTIZED_WHY.format(node.op_type))
             continue
         if node.op_type not in WEIGHT_OPS or node.domain not in ("", "ai.onnx") or all(i in folded for i in node.input if i):
             continue  # no layer: a decoder's MatMul or Gather (folded at load), not a weight's consumer
@@ -232,7 +229,7 @@ def find_weights(model: onnx.ModelProto | onnx.GraphProto, *, min_size: int = 1,
     report.weights = [w for w in found.values() if w.name not in quantized and w.name not in outer]
     for w in found.values():
         if w.name in quantized:
-            report.skipped[w.name] = "already quantized (feeds DequantizeLinear); left alone"
+            report.skipped[w.name] = QUANTIZED_WHY.format("feeds DequantizeLinear")
         elif w.name in outer:
             report.skipped[w.name] = "also read inside an If/Loop/Scan subgraph; left alone"
             report.held.append(w)

@@ -91,6 +91,9 @@ def subgraph_notes(found, verdict: str = "run") -> list[str]:
              ""),
             (lambda why: why == ENCODED_WHY, "are already compressed (a decoder computes them at load) and left "
              "alone by every pass", "; to compress further, start from the original model"),
+            (lambda why: why.startswith("already quantized"), "are already quantized (" + ", ".join(sorted(
+                {why.split("(", 1)[1].split(")")[0] for why in found.skipped.values() if why.startswith("already q")})) +
+             ") and left alone by every pass", "; to compress further, start from the float model"),
             (lambda why: why.startswith("an Einsum operand"), "are Einsum operands that are not one matrix "
              "product (every pass leaves them alone)", ""),
             (lambda why: why.endswith(foreign.WHY), "are read by ops outside the ONNX standard (" +
