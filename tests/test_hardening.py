@@ -284,6 +284,11 @@ def test_integer_kernels_are_named_by_every_pass(capsys, tmp_path):
         assert code == 0
         assert f"are already quantized ({kernels}) and left alone by every pass" in out, out
         assert "to compress further, start from the float model" in out
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32))
+    code, out, _ = run(capsys, ["prune", "--structured", str(tmp_path / "dyn.onnx"), "--data", str(tmp_path / "d.npz"),
+                                "-o", str(tmp_path / "dyn_s.onnx")])
+    assert code == 0 and "no channel groups: no Conv, ConvTranspose, Gemm or MatMul has a float weight" in out
+    assert "importance activation," in out  # nothing to prune: the two orders are not both tried
 
 
 # --- dynamic dims ---------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def render_structured(result: Any) -> str:
     s = r.settings
     lines = [f"structured pruning: ratio {s['ratio']}, importance {s['importance']}, allocation "
              f"{s['allocation']}, round-to {s['round_to']}, refit {'on' if s['refit'] else 'off'}",
-             table(["group", "producers", "channels", "status", "reason"], rows, "rllll")]
+             table(["group", "producers", "channels", "status", "reason"], rows, "rllll") if rows else
+             "no channel groups: no Conv, ConvTranspose, Gemm or MatMul has a float weight"]
     mb, ma = s["macs_before"], s["macs_after"]
     pb, pa = r.total("params_before"), r.total("params_after")
     lines.append(f"MACs per sample: {fmt_count(mb)} -> {fmt_count(ma)} ({fmt_pct(ma / mb if mb else 1.0)}); "

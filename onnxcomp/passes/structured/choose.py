@@ -22,6 +22,8 @@ def plan_both(owner, model: onnx.ModelProto, ctx, allocation: str):
     from onnxcomp.io import model_bytes
 
     first = owner.plan_for(model, ctx, ORDERS[0], allocation)
+    if all(gp.reason is not None for gp in first.groups):  # nothing prunable: no order to choose
+        return first
     if model_bytes(model) > MAX_BYTES:
         first.notes.append(f"importance {ORDERS[0]}: the model is too big to try both orders")
         return first
