@@ -90,5 +90,10 @@ def test_structured_pruning_cuts_a_padded_residual_model():
     assert s["macs_after"] < 0.75 * s["macs_before"]
     trunk = next(g for g in res.results[0].groups if "conv0" in g["producers"])
     assert trunk["status"] == "pruned" and trunk["kept"] == 8
+    # every stage of the stream loses half its channels (8, 12, 16 -> 4, 6, 8), not the 8 units the
+    # scores rank last wherever they are: the stream narrows alike and the MACs follow the ratio
+    inits = {t.name: t for t in res.proto.graph.initializer}
+    width = {n.name: inits[n.input[1]].dims[0] for n in res.proto.graph.node if n.op_type == "Conv"}
+    assert (width["conv0"], width["conv1"], width["conv2"]) == (4, 6, 8)
     y = run(res.proto, x[:2])
     assert y.shape == (2, 5) and np.isfinite(y).all()

@@ -20,7 +20,7 @@ from onnxcomp.data.sampling import take_samples
 from onnxcomp.graph.channels.groups import apply_removal, rebind
 from onnxcomp.io.sessions import session
 from onnxcomp.measure.outputs import output_error, output_parts
-from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
+from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, mask, unit_multiple
 from onnxcomp.passes.structured.select import compensations, write_compensations
 
 LEVELS = (0.5, 1.0, 1.5)
@@ -46,11 +46,6 @@ def _error(ref: list[np.ndarray], out: list[np.ndarray], parts: list) -> float:
     return float(err) if np.isfinite(err) else float("inf")
 
 
-def _keep_for(plan, gp, n_keep: int) -> np.ndarray:
-    keep = np.ones(plan.cg.n_ids, bool)
-    for u in np.argsort(-gp.scores, kind="stable")[n_keep:]:
-        keep[gp.group.units[u]] = False
-    return keep
 
 
 def _probe(model: onnx.ModelProto, plan, gp, batches, ref, parts, ctx, cfg) -> list[tuple]:
@@ -62,7 +57,7 @@ def _probe(model: onnx.ModelProto, plan, gp, batches, ref, parts, ctx, cfg) -> l
         if k in seen:
             continue
         seen.add(k)
-        keep = _keep_for(plan, gp, k)
+        keep = mask(plan, gp, k, cfg.round_to)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         bound = rebind(plan.cg, copy)
@@ -82,11 +77,11 @@ def _joint(plan, options: list[list[tuple]], level: list[int]) -> np.ndarray:
     return keep
 
 
-def _saved(plan, groups, kept: list[int]) -> float:
+def _saved(plan, groups, kept: list[int], round_to: int) -> float:
     keep = np.ones(plan.cg.n_ids, bool)
     for gp, k in zip(groups, kept):
         if k < gp.group.size:
-            keep &= _keep_for(plan, gp, k)
+            keep &= mask(plan, gp, k, round_to)
     return plan.macs.total - plan.macs.after(keep)
 
 
@@ -108,7 +103,7 @@ def _give_back(plan, groups, options: list[list[tuple]], kept: list[int], target
                 cands.append((gain / (k - kept[g]), g, k))
         for _, g, k in sorted(cands, reverse=True):
             trial = kept[:g] + [k] + kept[g + 1:]
-            if _saved(plan, groups, trial) >= target * 0.995:
+            if _saved(plan, groups, trial, round_to) >= target * 0.995:
                 kept = trial
                 break
         else:

@@ -26,7 +26,7 @@ from onnxcomp.graph.channels.types import ChannelGraph, ChannelGroup
 from onnxcomp.graph.channels.groups import analyze, apply_removal
 from onnxcomp.graph.weights import find_weights
 from onnxcomp.passes.base import Change, Context, Pass, PassResult, matches
-from onnxcomp.passes.structured.alloc import MAX_RATIO, keep_count, unit_multiple
+from onnxcomp.passes.structured.alloc import MAX_RATIO, decide, keep_count, stages, uniform_keep, unit_multiple
 from onnxcomp.passes.structured.importance import MacModel, activation_scores, activation_stats, unit_scores, weight_scores
 
 
@@ -36,6 +36,7 @@ class GroupPlan:
 
     group: ChannelGroup
     scores: np.ndarray | None = None
+    stages: list[np.ndarray] | None = None  # units each stage of a widened stream adds (alloc.stages)
     ratio: float = 0.0
     n_keep: int | None = None  # units kept, when the allocation chose it
     keep: np.ndarray | None = None  # bool per unit
@@ -155,13 +156,15 @@ class StructuredPrunePass(Pass):
         elif importance != "reconstruction":
             id_scores = weight_scores(cg, importance)
         curves = {}
+        staged = stages(cg)
         with blas_threads(1):
             for gp in live:
                 gp.ratio = cfg.ratio
+                gp.stages = staged.get(gp.group.index)
                 gp.scores = None if id_scores is None else unit_scores(cg, gp.group, id_scores)
                 if plan.measured and (importance == "reconstruction" or allocation == "curves"):
                     curves[gp.group.index] = self._curve(plan, gp)
-        target = plan.macs.total - plan.macs.after(_uniform(plan, cfg.round_to)) if live else 0.0
+        target = plan.macs.total - plan.macs.after(uniform_keep(plan, cfg.round_to)) if live else 0.0
         note = None
         if allocation == "curves" and curves:
             from onnxcomp.passes.structured.alloc import allocate
@@ -256,42 +259,3 @@ def summary(gp: GroupPlan) -> dict:
     return {"group": g.index, "producers": g.names, "channels": g.size, "kept": gp.kept,
             "ratio": round(1 - gp.kept / g.size, 4) if g.size else 0.0, "status": status,
             "reason": gp.reason if status != "pruned" else None}
-
-
-def _uniform(plan: StructuredPlan, round_to: int) -> np.ndarray:
-    """The kept channel ids if every live group kept its share at the uniform ratio."""
-    keep = np.ones(plan.cg.n_ids, bool)
-    for gp in plan.groups:
-        if gp.reason is None:
-            k = keep_count(gp.group.size, gp.ratio, unit_multiple(gp.group, round_to))
-            for u in np.argsort(-gp.scores, kind="stable")[k:]:
-                keep[gp.group.units[u]] = False
-    return keep
-
-
-def decide(plan: StructuredPlan, round_to: int) -> None:
-    """Choose the kept units of every group at its count; never empty a producer, Split or Slice."""
-    cg = plan.cg
-    keep = np.ones(cg.n_ids, bool)
-    for gp in plan.groups:
-        if gp.reason is not None or (gp.ratio <= 0 and gp.n_keep is None):
-            continue
-        k = gp.n_keep if gp.n_keep is not None else keep_count(gp.group.size, gp.ratio,
-                                                               unit_multiple(gp.group, round_to))
-        order = np.argsort(-gp.scores, kind="stable")
-        gp.keep = np.zeros(gp.group.size, bool)
-        gp.keep[order[:k]] = True
-        for u, kept in zip(gp.group.units, gp.keep):
-            keep[u] = kept
-    segments = [p.ids for p in cg.producers] + [ids for e in cg.edits if e.kind == "split" for ids in e.ids]
-    segments += [e.ids[0][e.info["start"]:e.info["end"]] for e in cg.edits if e.kind == "slice"]
-    for ids in segments:  # a part that would lose every channel keeps its best unit
-        real = ids[ids >= 0]
-        if len(real) and not keep[real].any():
-            units = np.unique(cg.unit_of[real])
-            gp = plan.groups[int(cg.group_of_unit[units[0]])]
-            index = {int(cg.unit_of[u[0]]): i for i, u in enumerate(gp.group.units)}
-            best = max((index[int(u)] for u in units), key=lambda i: gp.scores[i])
-            gp.keep[best] = True
-            keep[gp.group.units[best]] = True
-    plan.keep = keep
