@@ -33,7 +33,7 @@ from common import CORPUS_PYTHON, ROOT, batched_outputs, outside_main, outside_r
 BUILD = r'''
 import sys
 import numpy as np
-sys.path.insert(0, sys.argv[2]); out = sys.argv[1]; sys.argv = [sys.argv[0], out]
+sys.path.insert(0, sys.argv[2]); out, specs = sys.argv[1], sys.argv[3:]; sys.argv = [sys.argv[0], out]
 from build_corpus import photo_list
 from PIL import Image
 photos = [Image.fromarray(a).convert("RGB") for _, a in photo_list()]
@@ -45,7 +45,7 @@ def views(seed, n, size):
         im = p.crop((x, y, x + s, y + s)).resize((size, size), Image.BILINEAR)
         xs.append(np.asarray(im, np.float32) / 127.5 - 1.0)
     return np.stack(xs)
-for name, size in [a.split(":") for a in sys.argv[3:]]:
+for name, size in [a.split(":") for a in specs]:
     np.savez(f"{out}/{name}_calib.npz", input=views(1, 128, int(size)))
     np.savez(f"{out}/{name}_test.npz", input=views(2, 96, int(size)))
 '''
