@@ -18,7 +18,12 @@ MODELS = ROOT / "models"
 RESULTS = ROOT / "benchmarks" / "results"
 CORPUS_EVAL = ROOT.parent / "shared" / "corpus" / "evaluate.py"
 CORPUS_PYTHON = Path("/tmp/corpus-venv/bin/python")
-_ARGS = argparse.Namespace(command="")  # what outside_args parsed (--command), for outside_rows and write_json
+_ARGS = argparse.Namespace(command="")  # what outside_args parsed, for outside_rows, write_json and builds
+
+
+def parsed_args() -> argparse.Namespace:
+    """The arguments :func:`outside_args` parsed (for a benchmark's ``build``)."""
+    return _ARGS
 
 
 @dataclass
@@ -193,13 +198,19 @@ def outside_rows(name: str, model: Path, commands: list[tuple[str, list[str]]], 
 
 
 def outside_main(doc: str, name: str, members: list[str],
-                 build: Callable[[Path], None], each: Callable[[str, Path, list], dict]) -> None:
-    """The frame of a benchmark on models from wheels: arguments (``--only`` one of ``members``),
-    a temp folder ``build`` fills, ``each(member, folder, onnxcomp versions)`` per model (usually
-    :func:`outside_rows`), the results in benchmarks/results/NAME.json."""
+                 build: Callable[[Path], None], each: Callable[[str, Path, list], dict],
+                 add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The frame of a benchmark on models from wheels: arguments (``--only`` one of ``members``,
+    and what ``add`` declares), a temp folder ``build`` fills, ``each(member, folder, onnxcomp
+    versions)`` per model (usually :func:`outside_rows`), the results in benchmarks/results/NAME.json."""
     import tempfile
 
-    args = outside_args(doc, lambda ap: ap.add_argument("--only", choices=sorted(members), help="one model only"))
+    def declare(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--only", choices=sorted(members), help="one model only")
+        if add is not None:
+            add(ap)
+
+    args = outside_args(doc, declare)
     results = {}
     with tempfile.TemporaryDirectory(prefix=f"onnxcomp-{name}-") as t:
         tmp = Path(t)
@@ -208,6 +219,7 @@ def outside_main(doc: str, name: str, members: list[str],
         for member in [args.only] if args.only else list(members):
             results[member] = each(member, tmp, tools)
     write_json(name, results)
+    return args
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -250,7 +262,7 @@ def outside_args(doc: str, add: Callable[[argparse.ArgumentParser], None]) -> ar
     ap.add_argument("--command", default="", help="only the commands whose label contains this, e.g. quantize")
     add(ap)
     args = ap.parse_args()
-    _ARGS.command = args.command
+    vars(_ARGS).update(vars(args))
     if not CORPUS_PYTHON.exists():
         sys.exit(f"error: {CORPUS_PYTHON} not found; build the corpus venv: bash ../shared/corpus/setup.sh "
                  "/tmp/corpus-venv /tmp/corpus-cache")

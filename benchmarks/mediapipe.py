@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS_PYTHON, ROOT, batched_outputs, outside_main, outside_rows  # noqa: E402
+from common import CORPUS_PYTHON, ROOT, batched_outputs, outside_main, outside_rows, parsed_args  # noqa: E402
 
 BUILD = r'''
 import sys
@@ -54,11 +54,8 @@ MODELS = {"face_detection_short_range": ("face_detection", 128), "palm_detection
 COMMANDS = [("prune --structured --ratio 0.3", ["prune", "--structured", "--ratio", "0.3"]),
             ("prune --structured --ratio 0.1", ["prune", "--structured", "--ratio", "0.1"]),
             ("factorize --ratio 0.5", ["factorize", "--ratio", "0.5"])]
-_TF = {"python": "/tmp/tf-venv/bin/python"}
-
-
 def build(tmp: Path) -> None:
-    py = Path(_TF["python"])
+    py = Path(parsed_args().tf_python)
     if not py.exists():
         sys.exit(f"error: {py} not found; make a Python with tf2onnx: python -m venv /tmp/tf-venv && "
                  "/tmp/tf-venv/bin/pip install tf2onnx tensorflow-cpu (or pass --tf-python)")
@@ -120,11 +117,8 @@ def _one(name: str, tmp: Path, tools: list) -> dict:
 
 
 def main() -> None:
-    if "--tf-python" in sys.argv:
-        i = sys.argv.index("--tf-python")
-        _TF["python"] = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
-    outside_main(__doc__, "mediapipe", list(MODELS), build, _one)
+    outside_main(__doc__, "mediapipe", list(MODELS), build, _one, lambda ap: ap.add_argument(
+        "--tf-python", default="/tmp/tf-venv/bin/python", help="a Python with tf2onnx and tensorflow-cpu"))
 
 
 if __name__ == "__main__":

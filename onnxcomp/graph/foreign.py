@@ -13,6 +13,7 @@ import onnx
 from onnxcomp.graph.constants import FLOAT_TYPES
 
 WHY = "is read by an op outside the ONNX standard; left alone"
+QUANTIZED_WHY = "already quantized ({}); left alone"  # integer kernels' weights, of any domain
 HINT = ("; compress the model as it was exported, before onnxruntime's offline optimizations "
         "(they run again when onnxruntime loads the compressed model)")
 
@@ -33,10 +34,10 @@ def note_weights(graph: onnx.GraphProto, consts, found: dict, skipped: dict[str,
         if node.domain in ("", "ai.onnx"):
             continue
         hits = [h for name in node.input if name and (h := consts.resolve(name)) is not None]
-        if any(h[4] not in FLOAT_TYPES and len(h[3]) >= 2 for h in hits):  # an integer layer's weight
-            for h in hits:
-                if h[4] not in FLOAT_TYPES and len(h[3]) >= 2:
-                    skipped.setdefault(h[0], f"already quantized ({node.domain}:{node.op_type}); left alone")
+        integers = [h for h in hits if h[4] not in FLOAT_TYPES and len(h[3]) >= 2]  # an integer layer's weights
+        for h in integers:
+            skipped.setdefault(h[0], QUANTIZED_WHY.format(f"{node.domain}:{node.op_type}"))
+        if integers:
             continue
         for h in hits:
             if h[0] not in found and len(h[3]) >= 2 and h[4] in FLOAT_TYPES:

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcomp.graph import einsum, foreign
+from onnxcomp.graph.foreign import QUANTIZED_WHY
 from onnxcomp.graph.constants import (FLOAT_TYPES, MOVES, Constants, constant_of_shape_value, constant_tensor,
                                       load_time_constants)
 from onnxcomp.graph.edit import get_attr as _attr
@@ -24,7 +25,6 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_OPS = COMPUTE_OPS + ("Gather", "LSTM", "GRU", "RNN", "Einsum")  # and tables, recurrent weights
 KERNELS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")  # integer layers
 QUANT_OPS = ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear") + KERNELS
-QUANTIZED_WHY = "already quantized ({}); left alone"
 
 
 @dataclass
